@@ -1,0 +1,85 @@
+"""`job-orchestrator server | client`: read the environment, then serve until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import uvicorn
+
+from job_orchestrator import __version__
+from job_orchestrator.errors import ConfigError
+
+logger = logging.getLogger("job_orchestrator")
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="job-orchestrator",
+        description="Fair job queue (server) and executor (client) for scientific web portals. "
+        "Configured through environment variables; see the README.",
+    )
+    parser.add_argument("--version", action="version", version=f"job-orchestrator {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{server,client}", required=True)
+    commands.add_parser("server", help="Run orchestrator server (user API, queue, dispatch)")
+    commands.add_parser("client", help="Run orchestrator client (executes run.sh payloads)")
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    # One line per server->client call would drown the log; failures are logged by us.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    # Imports after argument parsing keep --help and --version independent of the environment.
+    from fastapi import FastAPI
+
+    from job_orchestrator.config import load_client_settings, load_server_settings
+
+    try:
+        settings = (
+            load_server_settings() if arguments.command == "server" else load_client_settings()
+        )
+    except ConfigError as error:
+        print(f"job-orchestrator: invalid setting {error}", file=sys.stderr)
+        return 2
+    _configure_logging(settings.log_level)
+    app: FastAPI
+    if arguments.command == "server":
+        from job_orchestrator.server.app import create_app as create_server
+
+        app = create_server(settings)  # type: ignore[arg-type]
+    else:
+        from job_orchestrator.client.app import create_app as create_client
+
+        app = create_client(settings)  # type: ignore[arg-type]
+    logger.info("job-orchestrator %s %s listening on %s:%d", __version__, arguments.command,
+                settings.host, settings.port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            lifespan="on",
+        )
+    )
+    server.run()
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

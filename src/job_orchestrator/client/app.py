@@ -1,0 +1,259 @@
+"""The client (executor node) application: the routes the server drives, and its loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
+from urllib.parse import quote
+
+import psutil
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.background import BackgroundTask
+
+from job_orchestrator import __version__
+from job_orchestrator._loops import wait_any
+from job_orchestrator.archive import ArchiveError, write_directory_zip
+from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
+from job_orchestrator.client.runner import Runner
+from job_orchestrator.config import ClientSettings
+from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
+from job_orchestrator.http_common import HEALTHY, PING, install_conventions, json_response, parse_u32
+from job_orchestrator.multipart import BoundaryError, MultipartError, read_multipart
+from job_orchestrator.status import Status
+
+logger = logging.getLogger(__name__)
+
+MESSAGE_HEADER = "X-Orchestrator-Message"
+LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_LONG_POLL_S = 60.0
+
+
+class ClientState:
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        self.registry = Registry(settings.data_path)
+        self.runner = Runner(settings, self.registry)
+        self.cpu_percent = 0.0
+        self._stop = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for payload in self.registry.rebuild():
+            self.runner.adopt(payload)
+        psutil.cpu_percent(interval=None)
+        self._loops = [
+            asyncio.create_task(self._load_loop(), name="load_loop"),
+            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.runner.stop()
+
+    async def _load_loop(self) -> None:
+        """Sample CPU load in the background so /load never blocks a request."""
+        while not self._stop.is_set():
+            await wait_any(self._stop.wait(), timeout_s=1.0)
+            self.cpu_percent = float(psutil.cpu_percent(interval=None))
+
+    async def _cleaner_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.clean_once()
+            except OSError:
+                logger.exception("cleaning failed")
+            await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
+
+    async def clean_once(self) -> int:
+        """Remove payloads that finished more than MAX_AGE ago, and our orphan directories."""
+        cutoff = time.time() - self.settings.max_age_s
+        cleaned = 0
+        for payload in self.registry.finished_before(cutoff):
+            await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
+            self.registry.update(payload.id, status=Status.CLEANED)
+            cleaned += 1
+        with contextlib.suppress(FileNotFoundError):
+            for entry in self.settings.data_path.iterdir():
+                if (
+                    entry.name.isdigit()
+                    and entry.is_dir()
+                    and self.registry.get(int(entry.name)) is None
+                    and entry.stat().st_mtime < cutoff
+                ):
+                    await asyncio.to_thread(shutil.rmtree, entry, True)
+                    cleaned += 1
+        return cleaned
+
+
+def _state(request: Request) -> ClientState:
+    state: ClientState = request.app.state.client
+    return state
+
+
+def _payload_response(payload: Payload, status_code: int = 200, *, long_polled: bool = False) -> JSONResponse:
+    headers = {}
+    if payload.message:
+        headers[MESSAGE_HEADER] = quote(payload.message, safe=" :/,.;()'-_=")
+    if long_polled:
+        headers[LONG_POLL_HEADER] = "1"
+    return json_response(payload.wire(), status_code, headers=headers)
+
+
+def _empty(status_code: int) -> JSONResponse:
+    return json_response(EMPTY_PAYLOAD, status_code)
+
+
+def create_app(settings: ClientSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ClientState(settings)
+        app.state.client = state
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="job-orchestrator client",
+        version=__version__,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api-docs/openapi.json",
+        lifespan=lifespan,
+    )
+
+    @app.get("/", summary="Ping")
+    async def ping() -> JSONResponse:
+        return json_response(PING)
+
+    @app.get("/health", summary="Registry health")
+    async def health(request: Request) -> Response:
+        try:
+            _state(request).registry.ping()
+        except Exception:  # any failure of the registry means unhealthy
+            return Response(status_code=503)
+        return json_response(HEALTHY)
+
+    @app.get("/load", summary="CPU use of the node in percent (0-100)")
+    async def load(request: Request) -> JSONResponse:
+        return json_response(_state(request).cpu_percent)
+
+    @app.post("/submit", summary="Receive a payload (multipart: one part per file)")
+    async def submit(request: Request) -> Response:
+        state = _state(request)
+        key = request.headers.get(IDEMPOTENCY_HEADER) or None
+        if key is not None:
+            existing = state.registry.by_dispatch_key(key)
+            if existing is not None:
+                return _payload_response(existing)
+        paths = state.registry.allocate()
+        try:
+            await read_multipart(
+                request.stream(),
+                request.headers.get("content-type"),
+                paths.work,
+                name_for_file=lambda _field, filename: PurePosixPath(sanitize_filename(filename)),
+            )
+            # A concurrent duplicate of the same dispatch may have won while we read.
+            if key is not None and (existing := state.registry.by_dispatch_key(key)) is not None:
+                raise _Duplicate(existing)
+            payload = state.registry.add(paths, dispatch_key=key)
+        except _Duplicate as duplicate:
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return _payload_response(duplicate.payload)
+        except BoundaryError as error:
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return PlainTextResponse(str(error), status_code=400)
+        except (MultipartError, UnsafeFileNameError):
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return _empty(400)
+        except OSError:
+            logger.exception("could not store payload %s", paths.root.name)
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return _empty(500)
+        state.runner.start(payload)
+        return _payload_response(payload)
+
+    @app.get("/retrieve/{payload_id}", summary="The result ZIP when Completed, else the payload")
+    async def retrieve(
+        request: Request, payload_id: str, wait: float = 0.0, known: str | None = None
+    ) -> Response:
+        state = _state(request)
+        payload = state.registry.get(parse_u32(payload_id))
+        if payload is None:
+            return _empty(404)
+        long_polled = wait > 0
+        if long_polled:
+            payload = await _wait_for_change(
+                state.registry, payload, known or payload.status.wire, min(wait, MAX_LONG_POLL_S)
+            )
+        if payload.status is Status.COMPLETED:
+            if not payload.paths.result.is_file():
+                return _empty(500)
+            return FileResponse(payload.paths.result, media_type="application/zip")
+        return _payload_response(payload, long_polled=long_polled)
+
+    @app.get("/retrieve_partial/{payload_id}", summary="A ZIP of the payload directory as it is now")
+    async def retrieve_partial(request: Request, payload_id: str) -> Response:
+        state = _state(request)
+        payload = state.registry.get(parse_u32(payload_id))
+        if payload is None:
+            return _empty(404)
+        if payload.status is Status.COMPLETED and payload.paths.result.is_file():
+            return FileResponse(payload.paths.result, media_type="application/zip")
+        # Built beside (not inside) the work directory, and removed once sent.
+        partial = payload.paths.root / f".partial-{secrets.token_hex(8)}.zip"
+        try:
+            await asyncio.to_thread(write_directory_zip, Path(payload.loc), partial)
+        except ArchiveError as error:
+            logger.warning("partial zip of payload %d failed: %s", payload.id, error)
+            return _empty(500)
+        return FileResponse(
+            partial, media_type="application/zip", background=BackgroundTask(partial.unlink, True)
+        )
+
+    @app.post("/kill/{payload_id}", summary="Kill a payload's whole process group")
+    async def kill(request: Request, payload_id: str) -> Response:
+        state = _state(request)
+        payload = state.registry.get(parse_u32(payload_id))
+        if payload is None:
+            return _empty(404)
+        state.runner.kill(payload)
+        return Response(status_code=200)
+
+    install_conventions(app)
+    return app
+
+
+class _Duplicate(Exception):
+    def __init__(self, payload: Payload) -> None:
+        self.payload = payload
+
+
+async def _wait_for_change(
+    registry: Registry, payload: Payload, known: str, wait_s: float
+) -> Payload:
+    """Hold a /retrieve until the payload is final or its status differs from `known`."""
+    deadline = time.monotonic() + wait_s
+    with registry.watch(payload.id) as changed:
+        while True:
+            # Re-read after registering the watch, so no change slips in between.
+            payload = registry.get(payload.id) or payload
+            remaining = deadline - time.monotonic()
+            if payload.status.is_terminal() or payload.status.wire != known or remaining <= 0:
+                return payload
+            changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), timeout=remaining)

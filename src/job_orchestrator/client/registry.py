@@ -1,0 +1,282 @@
+"""The client's payload registry: an in-memory SQLite table, written through to disk.
+
+Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `state.json`
+(this registry's row), `exit_code` (written by the wrapper when run.sh ends), `result.zip` and
+the script's logs. The registry is rebuilt from those directories at start, so finished
+results survive a restart, and ids are never reused (a high-water mark is kept on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from job_orchestrator.status import TERMINAL, Status
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.json"
+NEXT_ID_FILE = ".next-payload-id"
+
+_SCHEMA = """
+CREATE TABLE payloads (
+    id INTEGER PRIMARY KEY,
+    status TEXT NOT NULL,
+    loc TEXT NOT NULL,
+    pid INTEGER NOT NULL DEFAULT 0,
+    pid_started_at REAL,
+    killed INTEGER NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    exit_code INTEGER,
+    dispatch_key TEXT UNIQUE,
+    created_at REAL NOT NULL,
+    finished_at REAL
+)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadPaths:
+    root: Path
+
+    @property
+    def work(self) -> Path:
+        return self.root / "work"
+
+    @property
+    def state(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def exit_code(self) -> Path:
+        return self.root / "exit_code"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.zip"
+
+    @property
+    def stdout(self) -> Path:
+        return self.root / "stdout.log"
+
+    @property
+    def stderr(self) -> Path:
+        return self.root / "stderr.log"
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    id: int
+    status: Status
+    loc: str
+    pid: int = 0
+    pid_started_at: float | None = None
+    killed: bool = False
+    message: str = ""
+    exit_code: int | None = None
+    dispatch_key: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+    @property
+    def paths(self) -> PayloadPaths:
+        return PayloadPaths(Path(self.loc).parent)
+
+    def wire(self) -> dict[str, Any]:
+        """The original's six-field Payload JSON; `input` is never echoed back."""
+        return {
+            "id": self.id,
+            "input": {},
+            "status": self.status.wire,
+            "loc": self.loc,
+            "pid": self.pid,
+            "killed": self.killed,
+        }
+
+
+EMPTY_PAYLOAD = {"id": 0, "input": {}, "status": "Unknown", "loc": "", "pid": 0, "killed": False}
+
+
+class Registry:
+    def __init__(self, data_path: Path) -> None:
+        self.data_path = data_path
+        self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute(_SCHEMA)
+        self._next_id = 1
+        self._watchers: dict[int, set[asyncio.Event]] = {}
+
+    # ---- ids and directories ---------------------------------------------------------------
+
+    def allocate(self) -> PayloadPaths:
+        """Reserve a new payload id and create its directory (never an existing one)."""
+        while True:
+            payload_id = self._next_id
+            self._next_id += 1
+            root = self.data_path / str(payload_id)
+            try:
+                root.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            self._write_next_id()
+            (root / "work").mkdir()
+            return PayloadPaths(root)
+
+    def _write_next_id(self) -> None:
+        marker = self.data_path / NEXT_ID_FILE
+        temporary = marker.with_name(marker.name + ".tmp")
+        temporary.write_text(str(self._next_id))
+        os.replace(temporary, marker)
+
+    def rebuild(self) -> list[Payload]:
+        """Load every payload directory with a state file; return them."""
+        self.data_path.mkdir(parents=True, exist_ok=True)
+        highest = 0
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            highest = int((self.data_path / NEXT_ID_FILE).read_text()) - 1
+        loaded: list[Payload] = []
+        for entry in self.data_path.iterdir():
+            if not entry.name.isdigit():
+                continue
+            highest = max(highest, int(entry.name))
+            payload = _read_state(entry / STATE_FILE)
+            if payload is not None and payload.id == int(entry.name):
+                self._insert(payload)
+                loaded.append(payload)
+        self._next_id = highest + 1
+        return sorted(loaded, key=lambda p: p.id)
+
+    # ---- rows ------------------------------------------------------------------------------
+
+    def _insert(self, payload: Payload) -> None:
+        row = _row(payload)
+        columns = ", ".join(row)
+        self._db.execute(
+            f"INSERT INTO payloads ({columns}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+
+    def add(self, paths: PayloadPaths, *, dispatch_key: str | None) -> Payload:
+        payload = Payload(
+            id=int(paths.root.name),
+            status=Status.PREPARED,
+            loc=str(paths.work),
+            dispatch_key=dispatch_key,
+            created_at=time.time(),
+        )
+        self._insert(payload)
+        _write_state(payload)
+        return payload
+
+    def get(self, payload_id: int) -> Payload | None:
+        row = self._db.execute("SELECT * FROM payloads WHERE id = ?", (payload_id,)).fetchone()
+        return _from_row(row) if row is not None else None
+
+    def by_dispatch_key(self, key: str) -> Payload | None:
+        row = self._db.execute("SELECT * FROM payloads WHERE dispatch_key = ?", (key,)).fetchone()
+        return _from_row(row) if row is not None else None
+
+    def with_status(self, *statuses: Status) -> list[Payload]:
+        marks = ", ".join("?" * len(statuses))
+        rows = self._db.execute(
+            f"SELECT * FROM payloads WHERE status IN ({marks}) ORDER BY id",
+            [s.db for s in statuses],
+        ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def finished_before(self, cutoff: float) -> list[Payload]:
+        rows = self._db.execute(
+            "SELECT * FROM payloads WHERE finished_at < ? AND status != ?",
+            (cutoff, Status.CLEANED.db),
+        ).fetchall()
+        return [_from_row(row) for row in rows]
+
+    def update(self, payload_id: int, expected: set[Status] | None = None, **changes: Any) -> Payload | None:
+        """Change a payload (only from `expected` statuses, if given); persist; wake watchers.
+
+        A final status is never left for another one, except Cleaned.
+        """
+        current = self.get(payload_id)
+        if current is None:
+            return None
+        new_status = changes.get("status")
+        if expected is not None and current.status not in expected:
+            return None
+        if current.status in TERMINAL and new_status not in (None, Status.CLEANED):
+            return None
+        if isinstance(new_status, Status) and new_status.is_terminal() and current.finished_at is None:
+            changes.setdefault("finished_at", time.time())
+        updated = replace(current, **changes)
+        row = _row(updated)
+        self._db.execute(
+            f"UPDATE payloads SET {', '.join(f'{k} = ?' for k in row)} WHERE id = ?",
+            [*row.values(), payload_id],
+        )
+        if updated.status is not Status.CLEANED:
+            _write_state(updated)
+        for event in self._watchers.get(payload_id, ()):
+            event.set()
+        return updated
+
+    @contextlib.contextmanager
+    def watch(self, payload_id: int) -> Iterator[asyncio.Event]:
+        """An event set whenever the payload changes, for long-polling."""
+        event = asyncio.Event()
+        self._watchers.setdefault(payload_id, set()).add(event)
+        try:
+            yield event
+        finally:
+            watchers = self._watchers.get(payload_id)
+            if watchers is not None:
+                watchers.discard(event)
+                if not watchers:
+                    del self._watchers[payload_id]
+
+    def ping(self) -> None:
+        self._db.execute("SELECT 1").fetchone()
+
+
+def _row(payload: Payload) -> dict[str, Any]:
+    row = asdict(payload)
+    row["status"] = payload.status.db
+    row["killed"] = int(payload.killed)
+    return row
+
+
+def _from_row(row: sqlite3.Row) -> Payload:
+    values = dict(row)
+    values["status"] = Status.from_db(values["status"])
+    values["killed"] = bool(values["killed"])
+    return Payload(**values)
+
+
+def _write_state(payload: Payload) -> None:
+    state = payload.paths.state
+    temporary = state.with_name(state.name + ".tmp")
+    try:
+        temporary.write_text(json.dumps({**_row(payload), "status": payload.status.wire}))
+        os.replace(temporary, state)
+    except OSError:
+        logger.exception("could not persist the state of payload %d", payload.id)
+
+
+def _read_state(path: Path) -> Payload | None:
+    try:
+        values = json.loads(path.read_text())
+        values["status"] = Status.from_wire(values["status"])
+        values["killed"] = bool(values["killed"])
+        return Payload(**values)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, KeyError):
+        logger.warning("ignoring unreadable payload state %s", path)
+        return None

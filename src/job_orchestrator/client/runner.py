@@ -1,0 +1,280 @@
+"""Runs payloads: `bash run.sh` in its own process group, exit capture, kill, re-adoption.
+
+The script runs under a tiny bash wrapper that writes run.sh's exit status to a file beside
+the work directory. The client awaits its own children, but because the status also reaches
+disk, a payload whose client restarted can be re-adopted: its process group is not the
+client's, it keeps running, and its true status is read when it ends (watched via a pidfd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+import psutil
+
+from job_orchestrator.archive import ArchiveError, write_directory_zip
+from job_orchestrator.client.registry import Payload, Registry
+from job_orchestrator.client.validator import validate_script
+from job_orchestrator.config import ClientSettings
+from job_orchestrator.status import Status
+
+logger = logging.getLogger(__name__)
+
+# run.sh's status reaches disk atomically, even if the client is gone by then.
+_WRAPPER = 'bash run.sh; code=$?; echo "$code" > "$1.tmp" && mv -f "$1.tmp" "$1"; exit "$code"'
+_PRIVATE_ENV_PREFIXES = ("SERVICE_",)
+_PRIVATE_ENV = {"CLIENT_TOKEN", "API_TOKENS_FILE"}
+
+
+def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The client's environment without the orchestrator's own secrets and service URLs."""
+    return {
+        key: value
+        for key, value in environ.items()
+        if key not in _PRIVATE_ENV and not key.startswith(_PRIVATE_ENV_PREFIXES)
+    }
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Signal a whole process group; False once nothing of it is left."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Only zombies we cannot reap remain in the group (or the pgid was reused by
+        # someone else's group, which we must not touch).
+        return False
+    return True
+
+
+class Runner:
+    def __init__(self, settings: ClientSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self._slots = (
+            asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent else None
+        )
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
+
+    def start(self, payload: Payload) -> None:
+        self._spawn(payload.id, self._run(payload))
+
+    def adopt(self, payload: Payload) -> None:
+        """Resume a payload found on disk at start-up."""
+        if payload.status is Status.PREPARED:
+            self.start(payload)
+        elif payload.status is Status.RUNNING:
+            self._spawn(payload.id, self._watch_orphan(payload))
+        elif payload.status is Status.COMPLETED and not payload.paths.result.is_file():
+            self._spawn(payload.id, self._finish(payload, 0))
+
+    def _spawn(self, payload_id: int, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine, name=f"payload-{payload_id}")
+        self._tasks[payload_id] = task
+        task.add_done_callback(lambda done: self._forget(payload_id, done))
+
+    def _forget(self, payload_id: int, done: asyncio.Task[None]) -> None:
+        if self._tasks.get(payload_id) is done:
+            del self._tasks[payload_id]
+        if not done.cancelled() and done.exception() is not None:
+            logger.error("payload %d task failed", payload_id, exc_info=done.exception())
+
+    async def stop(self) -> None:
+        """Stop watching; the scripts themselves keep running and are re-adopted at start."""
+        self._stopping = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ---- one payload -----------------------------------------------------------------------
+
+    async def _run(self, payload: Payload) -> None:
+        if payload.killed:
+            self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+            return
+        script = payload.paths.work / "run.sh"
+        rejection = await asyncio.to_thread(
+            validate_script, script, require_exit_trap=self.settings.require_exit_trap
+        )
+        if rejection is not None:
+            logger.info("payload %d rejected: %s", payload.id, rejection.reason)
+            self.registry.update(payload.id, status=Status.INVALID, message=rejection.message())
+            return
+        async with self._slots if self._slots is not None else contextlib.nullcontext():
+            current = self.registry.get(payload.id)
+            if current is None or current.killed or current.status is not Status.PREPARED:
+                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                return
+            await self._execute(current)
+
+    async def _execute(self, payload: Payload) -> None:
+        paths = payload.paths
+        paths.exit_code.unlink(missing_ok=True)
+        try:
+            with paths.stdout.open("ab") as stdout, paths.stderr.open("ab") as stderr:
+                process = await asyncio.create_subprocess_exec(
+                    "bash", "-c", _WRAPPER, "job-orchestrator-wrapper", str(paths.exit_code),
+                    cwd=paths.work,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=stdout,
+                    stderr=stderr,
+                    env=job_environment(os.environ),
+                    start_new_session=True,
+                )
+        except OSError as error:
+            self.registry.update(payload.id, status=Status.FAILED,
+                                 message=f"could not start run.sh: {error.strerror}")
+            return
+        started_at = _process_start_time(process.pid)
+        running = self.registry.update(
+            payload.id, {Status.PREPARED}, status=Status.RUNNING, pid=process.pid,
+            pid_started_at=started_at,
+        )
+        if running is None or running.killed:
+            # Killed while we were starting it.
+            await self.terminate_group(process.pid)
+        try:
+            returncode = await process.wait()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                _signal_group(process.pid, signal.SIGKILL)
+            raise
+        # run.sh is done: whatever it left in the background goes too.
+        _signal_group(process.pid, signal.SIGKILL)
+        await self._finish(payload, returncode)
+
+    async def _finish(self, payload: Payload, returncode: int | None) -> None:
+        current = self.registry.get(payload.id)
+        if current is None:
+            return
+        if current.killed:
+            self.registry.update(payload.id, status=Status.KILLED, exit_code=returncode,
+                                 message="job terminated")
+            return
+        if returncode is None:
+            self.registry.update(payload.id, status=Status.FAILED,
+                                 message="run.sh ended while the client was down and its exit "
+                                         "status was lost")
+            return
+        if returncode != 0:
+            self.registry.update(payload.id, status=Status.FAILED, exit_code=returncode,
+                                 message=_describe_exit(returncode))
+            return
+        try:
+            await asyncio.to_thread(
+                write_directory_zip, current.paths.work, current.paths.result,
+                max_total_bytes=self.settings.result_max_bytes,
+            )
+        except ArchiveError as error:
+            self.registry.update(payload.id, status=Status.FAILED, exit_code=0, message=str(error))
+            return
+        self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0)
+
+    async def _watch_orphan(self, payload: Payload) -> None:
+        """A payload that was running when the client stopped: wait for it, then settle it."""
+        process = _live_process(payload)
+        if process is not None:
+            logger.info("re-adopting payload %d (pid %d)", payload.id, payload.pid)
+            await _wait_for_exit(process)
+            _signal_group(payload.pid, signal.SIGKILL)
+        await self._finish(payload, _read_exit_code(payload))
+
+    # ---- kill ------------------------------------------------------------------------------
+
+    def kill(self, payload: Payload) -> None:
+        """Mark the payload killed; a running one gets SIGTERM, then SIGKILL after the grace."""
+        updated = self.registry.update(payload.id, killed=True)
+        if updated is None or updated.status.is_terminal():
+            return
+        if updated.status is Status.PREPARED:
+            task = self._tasks.get(payload.id)
+            if task is None:
+                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+            return
+        if updated.status is Status.RUNNING and updated.pid and _live_process(updated) is not None:
+            asyncio.create_task(self.terminate_group(updated.pid), name=f"kill-{payload.id}")
+
+    async def terminate_group(self, pgid: int) -> None:
+        if not _signal_group(pgid, signal.SIGTERM):
+            return
+        deadline = time.monotonic() + self.settings.kill_grace_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if not _group_alive(pgid):
+                return
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group (zombies are reaped by others)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _process_start_time(pid: int) -> float | None:
+    with contextlib.suppress(psutil.Error):
+        return float(psutil.Process(pid).create_time())
+    return None
+
+
+def _live_process(payload: Payload) -> psutil.Process | None:
+    """The payload's wrapper process if it is still the same, living process (no PID reuse)."""
+    if not payload.pid:
+        return None
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(payload.pid)
+        if payload.pid_started_at is not None and abs(process.create_time() - payload.pid_started_at) > 0.5:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    return None
+
+
+async def _wait_for_exit(process: psutil.Process) -> None:
+    """Wait for a process that is not our child, without polling where Linux allows."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (OSError, AttributeError):
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+            await asyncio.sleep(0.5)
+        return
+    loop = asyncio.get_running_loop()
+    exited = loop.create_future()
+    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _read_exit_code(payload: Payload) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(payload.paths.exit_code.read_text().strip())
+    return None
+
+
+def _describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        with contextlib.suppress(ValueError):
+            return f"run.sh was killed by {signal.Signals(-returncode).name}"
+        return f"run.sh was killed by signal {-returncode}"
+    return f"run.sh exited with status {returncode}"

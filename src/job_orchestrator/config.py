@@ -1,0 +1,303 @@
+"""Typed settings read from the environment.
+
+Names and defaults follow the original (SPEC §1); every value is validated at start-up and
+a bad one raises ConfigError naming the variable (the CLI turns it into exit status 2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from job_orchestrator.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_S = 864_000
+DEFAULT_RUNS_PER_USER = 5
+DEFAULT_MAX_RUNS = 10
+UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
+
+_RUST_UNSIGNED = re.compile(r"\+?[0-9]+")
+_SERVICE_SUFFIXES = (
+    "UPLOAD_URL",
+    "DOWNLOAD_URL",
+    "TERMINATE_URL",
+    "RUNS_PER_USER",
+    "MAX_RUNS",
+    "CLIENTS",
+    "TIMEOUT",
+    "CLIENT_TOKEN",
+)
+
+
+def parse_unsigned(variable: str, raw: str, *, maximum: int) -> int:
+    """Digits with an optional '+', no whitespace: what Rust's `u16/u64::from_str` accept."""
+    if not _RUST_UNSIGNED.fullmatch(raw):
+        raise ConfigError(variable, f"expected a non-negative integer, got {raw!r}")
+    value = int(raw)
+    if value > maximum:
+        raise ConfigError(variable, f"{value} is larger than the maximum {maximum}")
+    return value
+
+
+def parse_seconds(variable: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(variable, f"expected a number of seconds, got {raw!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ConfigError(variable, f"expected a finite non-negative number, got {raw!r}")
+    return value
+
+
+def parse_bool(variable: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(variable, f"expected 1/0, true/false or yes/no, got {raw!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One client (executor node) of a service, as the three URLs the server calls."""
+
+    upload_url: str
+    download_url: str
+    terminate_url: str
+
+    @property
+    def partial_url(self) -> str:
+        return derive_partial_url(self.download_url)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    name: str
+    nodes: tuple[NodeConfig, ...]
+    runs_per_user: int = DEFAULT_RUNS_PER_USER
+    max_runs: int = DEFAULT_MAX_RUNS
+    timeout_s: float | None = None
+    client_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommonSettings:
+    port: int
+    host: str
+    data_path: Path
+    max_age_s: int
+    log_level: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings(CommonSettings):
+    db_path: str
+    services: Mapping[str, ServiceConfig] = field(default_factory=dict)
+    upload_limit_bytes: int = UPLOAD_LIMIT_BYTES
+    client_timeout_s: float = 30.0
+    retry_deadline_s: float = 6 * 3600.0
+    poll_interval_s: float = 1.0
+    long_poll_s: float = 25.0
+    dispatch_attempts: int = 3
+    safety_tick_s: float = 5.0
+    cleaner_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings(CommonSettings):
+    max_concurrent: int | None = None
+    require_exit_trap: bool = False
+    kill_grace_s: float = 10.0
+    result_max_bytes: int | None = None
+    cleaner_interval_s: float = 60.0
+
+
+def derive_partial_url(download_url: str) -> str:
+    """UPSTREAM §3.4: replace the last path segment of DOWNLOAD_URL with `retrieve_partial`."""
+    slash = download_url.rfind("/")
+    if slash == -1:
+        return f"{download_url}/retrieve_partial"
+    return f"{download_url[: slash + 1]}retrieve_partial"
+
+
+def _common(env: Mapping[str, str], default_port: int) -> CommonSettings:
+    cwd = Path.cwd()
+    port = parse_unsigned("PORT", env["PORT"], maximum=65535) if "PORT" in env else default_port
+    max_age = (
+        parse_unsigned("MAX_AGE", env["MAX_AGE"], maximum=2**64 - 1)
+        if "MAX_AGE" in env
+        else DEFAULT_MAX_AGE_S
+    )
+    log_level = env.get("LOG_LEVEL", "INFO").upper()
+    if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    return CommonSettings(
+        port=port,
+        host=env.get("HOST", "0.0.0.0"),
+        data_path=Path(env.get("DATA_PATH", str(cwd / "data"))).absolute(),
+        max_age_s=max_age,
+        log_level=log_level,
+    )
+
+
+def _optional(env: Mapping[str, str], variable: str) -> str | None:
+    value = env.get(variable)
+    return value if value else None
+
+
+def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings:
+    env = os.environ if env is None else env
+    common = _common(env, default_port=5000)
+    upload_mb = env.get("UPLOAD_MAX_MB")
+    return ServerSettings(
+        port=common.port,
+        host=common.host,
+        data_path=common.data_path,
+        max_age_s=common.max_age_s,
+        log_level=common.log_level,
+        db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
+        services=load_services(env),
+        upload_limit_bytes=(
+            parse_unsigned("UPLOAD_MAX_MB", upload_mb, maximum=1 << 20) * 1024 * 1024
+            if upload_mb
+            else UPLOAD_LIMIT_BYTES
+        ),
+        client_timeout_s=_seconds(env, "CLIENT_TIMEOUT", 30.0),
+        retry_deadline_s=_seconds(env, "RETRY_DEADLINE", 6 * 3600.0),
+        poll_interval_s=_seconds(env, "POLL_INTERVAL", 1.0),
+        long_poll_s=_seconds(env, "LONG_POLL", 25.0),
+        cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
+    )
+
+
+def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:
+    env = os.environ if env is None else env
+    common = _common(env, default_port=9000)
+    max_concurrent = _optional(env, "MAX_CONCURRENT")
+    result_mb = _optional(env, "RESULT_MAX_MB")
+    return ClientSettings(
+        port=common.port,
+        host=common.host,
+        data_path=common.data_path,
+        max_age_s=common.max_age_s,
+        log_level=common.log_level,
+        max_concurrent=(
+            parse_unsigned("MAX_CONCURRENT", max_concurrent, maximum=1 << 20) or None
+            if max_concurrent
+            else None
+        ),
+        require_exit_trap=parse_bool("REQUIRE_EXIT_TRAP", env.get("REQUIRE_EXIT_TRAP", "0")),
+        kill_grace_s=_seconds(env, "KILL_GRACE", 10.0),
+        result_max_bytes=(
+            parse_unsigned("RESULT_MAX_MB", result_mb, maximum=1 << 30) * 1024 * 1024
+            if result_mb
+            else None
+        ),
+        cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
+    )
+
+
+def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
+    raw = env.get(variable)
+    return parse_seconds(variable, raw) if raw else default
+
+
+def _split_service_key(key: str) -> tuple[str, str] | None:
+    """`SERVICE_MY_APP_UPLOAD_URL` -> ("my_app", "UPLOAD_URL"); None for unknown suffixes."""
+    rest = key[len("SERVICE_") :]
+    for suffix in _SERVICE_SUFFIXES:
+        if rest.endswith("_" + suffix) and len(rest) > len(suffix) + 1:
+            return rest[: -len(suffix) - 1].lower(), suffix
+    return None
+
+
+def _url_list(variable: str, raw: str) -> list[str]:
+    urls = [part.strip() for part in raw.split(",") if part.strip()]
+    if not urls:
+        raise ConfigError(variable, "expected one or more URLs")
+    for url in urls:
+        if not re.match(r"https?://", url):
+            raise ConfigError(variable, f"expected an http:// or https:// URL, got {url!r}")
+    return urls
+
+
+def load_services(env: Mapping[str, str]) -> dict[str, ServiceConfig]:
+    raw: dict[str, dict[str, tuple[str, str]]] = {}
+    for key in sorted(env):
+        if not key.startswith("SERVICE_"):
+            continue
+        split = _split_service_key(key)
+        if split is None:
+            logger.warning("ignoring %s: not a known SERVICE_<NAME>_<SETTING> variable", key)
+            continue
+        name, suffix = split
+        raw.setdefault(name, {})[suffix] = (key, env[key])
+    return {
+        name: service
+        for name, values in sorted(raw.items())
+        if (service := _build_service(name, values)) is not None
+    }
+
+
+def _build_service(name: str, values: Mapping[str, tuple[str, str]]) -> ServiceConfig | None:
+    def urls(suffix: str) -> list[str] | None:
+        if suffix not in values:
+            return None
+        variable, text = values[suffix]
+        return _url_list(variable, text)
+
+    uploads, downloads, terminates = urls("UPLOAD_URL"), urls("DOWNLOAD_URL"), urls("TERMINATE_URL")
+    if "CLIENTS" in values:
+        bases = [url.rstrip("/") for url in _url_list(*values["CLIENTS"])]
+        uploads = uploads or [f"{base}/submit" for base in bases]
+        downloads = downloads or [f"{base}/retrieve" for base in bases]
+        terminates = terminates or [f"{base}/kill" for base in bases]
+    prefix = f"SERVICE_{name.upper()}"
+    if uploads is None or downloads is None:
+        logger.warning(
+            "ignoring service %r: it needs %s_UPLOAD_URL and %s_DOWNLOAD_URL (or %s_CLIENTS)",
+            name,
+            prefix,
+            prefix,
+            prefix,
+        )
+        return None
+    if terminates is None:
+        terminates = [_sibling_url(url, "kill") for url in downloads]
+        logger.warning("%s_TERMINATE_URL not set; using %s", prefix, ",".join(terminates))
+    if not len(uploads) == len(downloads) == len(terminates):
+        raise ConfigError(
+            f"{prefix}_UPLOAD_URL",
+            "UPLOAD_URL, DOWNLOAD_URL and TERMINATE_URL must list the same number of clients",
+        )
+
+    def count(suffix: str, default: int) -> int:
+        if suffix not in values:
+            return default
+        return parse_unsigned(*values[suffix], maximum=65535)
+
+    timeout = parse_seconds(*values["TIMEOUT"]) if "TIMEOUT" in values else None
+    token = values["CLIENT_TOKEN"][1] if "CLIENT_TOKEN" in values else None
+    return ServiceConfig(
+        name=name,
+        nodes=tuple(
+            NodeConfig(upload_url=up, download_url=down, terminate_url=kill)
+            for up, down, kill in zip(uploads, downloads, terminates, strict=True)
+        ),
+        runs_per_user=count("RUNS_PER_USER", DEFAULT_RUNS_PER_USER),
+        max_runs=count("MAX_RUNS", DEFAULT_MAX_RUNS),
+        timeout_s=timeout or None,
+        client_token=token or None,
+    )
+
+
+def _sibling_url(url: str, last_segment: str) -> str:
+    slash = url.rfind("/")
+    return f"{url[: slash + 1]}{last_segment}" if slash != -1 else f"{url}/{last_segment}"

@@ -1,0 +1,45 @@
+"""Errors of job-orchestrator.
+
+    JobOrchestratorError
+    ├── ConfigError            a setting in the environment is invalid (exit status 2)
+    ├── StoreError             the database failed
+    └── ClientCallError        a server -> client HTTP call failed
+        ├── TransientClientError   worth retrying: refused, timeout, 5xx
+        └── PermanentClientError   a definite answer: 4xx or an unreadable reply
+            └── PayloadLostError   the client answered 404 for a payload we gave it
+
+Multipart, archive and file-name errors live beside their code (multipart.py,
+archive.py, filenames.py) because they carry user-facing messages of their own.
+"""
+
+from __future__ import annotations
+
+
+class JobOrchestratorError(Exception):
+    pass
+
+
+class ConfigError(JobOrchestratorError):
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+class StoreError(JobOrchestratorError):
+    pass
+
+
+class ClientCallError(JobOrchestratorError):
+    pass
+
+
+class TransientClientError(ClientCallError):
+    pass
+
+
+class PermanentClientError(ClientCallError):
+    pass
+
+
+class PayloadLostError(PermanentClientError):
+    pass

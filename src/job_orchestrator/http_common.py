@@ -1,0 +1,73 @@
+"""HTTP conventions shared by the server and the client (the original's framework behaviour).
+
+Unknown paths answer 404 and wrong methods 405 with empty bodies; GET routes answer HEAD;
+path ids parse like Rust's u32 with axum's plain-text rejection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from job_orchestrator.status import Status
+
+U32_MAX = 2**32 - 1
+_RUST_UNSIGNED = re.compile(r"\+?[0-9]+")
+
+
+class InvalidPathIdError(Exception):
+    def __init__(self, raw: str) -> None:
+        super().__init__(f"Invalid URL: Cannot parse `{raw}` to a `u32`")
+
+
+def parse_u32(raw: str) -> int:
+    if _RUST_UNSIGNED.fullmatch(raw) and int(raw) <= U32_MAX:
+        return int(raw)
+    raise InvalidPathIdError(raw)
+
+
+def json_response(content: Any, status_code: int = 200, **kwargs: Any) -> JSONResponse:
+    return JSONResponse(content, status_code=status_code, **kwargs)
+
+
+def status_body(job_id: int, status: Status, message: str, status_code: int) -> JSONResponse:
+    return json_response({"id": job_id, "status": status.wire, "message": message}, status_code)
+
+
+PING = {"message": "pong"}
+HEALTHY = {"status": "ok", "database": "ok"}
+
+
+class HeadAsGet:
+    """Serve HEAD through the GET route; uvicorn drops the body for the original HEAD scope."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "HEAD":
+            scope = dict(scope, method="GET")
+        await self.app(scope, receive, send)
+
+
+def install_conventions(app: FastAPI) -> None:
+    async def bare_status(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return Response(status_code=exc.status_code, headers=exc.headers)
+
+    async def invalid_id(_request: Request, exc: Exception) -> Response:
+        return PlainTextResponse(str(exc), status_code=400)
+
+    async def invalid_request(_request: Request, exc: Exception) -> Response:
+        return PlainTextResponse(f"Invalid request: {exc}", status_code=400)
+
+    app.add_exception_handler(StarletteHTTPException, bare_status)
+    app.add_exception_handler(InvalidPathIdError, invalid_id)
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_middleware(HeadAsGet)

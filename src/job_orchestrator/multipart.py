@@ -1,0 +1,374 @@
+"""Streaming ``multipart/form-data`` reader that writes file parts straight to disk.
+
+Shared by the server's ``/upload`` and the client's ``/submit``. Part classification follows
+upstream (multer 3.1, UPSTREAM §2): a part is a file iff its Content-Disposition has a
+``filename`` parameter (``filename*`` alone does not count); inside quotes only ``\\"`` is
+unescaped; a value that is not valid UTF-8 counts as absent. Unlike upstream we also accept
+``name*=utf-8''<percent-encoded>`` (RFC 5987), which is how reqwest sends nested names such as
+``sub/x.txt``.
+
+Errors::
+
+    MultipartError              str(e) is the user-facing message
+    ├── BoundaryError           Content-Type missing, not multipart/form-data, or no boundary
+    ├── MalformedBodyError      truncated or garbled body
+    │   ├── FieldTooLargeError  a text part exceeds ``max_field_bytes``
+    │   └── TooManyPartsError   more than ``max_parts`` parts
+    ├── BodyTooLargeError       the body exceeds ``max_body_bytes``
+    └── UnsafePartNameError     a file name that must not be stored
+
+``OSError`` from creating or writing a file propagates unchanged, so callers can tell a disk
+failure (500) from a bad request (400).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, BinaryIO
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser
+
+from job_orchestrator.filenames import UnsafeFileNameError
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+__all__ = [
+    "BodyTooLargeError",
+    "BoundaryError",
+    "FieldTooLargeError",
+    "MalformedBodyError",
+    "MultipartError",
+    "MultipartForm",
+    "SavedFile",
+    "TooManyPartsError",
+    "UnsafePartNameError",
+    "boundary_from_content_type",
+    "read_multipart",
+]
+
+INVALID_BOUNDARY_MESSAGE = "Invalid `boundary` for `multipart/form-data` request"
+PARSE_ERROR_MESSAGE = "Error parsing `multipart/form-data` request"
+
+# python-multipart refuses longer boundaries; RFC 2046 itself stops at 70.
+_MAX_BOUNDARY_BYTES = 256
+# multer's MAX_HEADERS; python-multipart's default of 8 would reject parts upstream accepted.
+_MAX_HEADERS_PER_PART = 32
+# Leaves room for a percent-encoded `name*` of a long nested path (3 bytes per character).
+_MAX_HEADER_BYTES = 16 * 1024
+_RFC5987_CHARSETS = {"utf-8": "utf-8", "iso-8859-1": "latin-1"}
+
+
+class MultipartError(Exception):
+    """Base; str(e) is the user-facing message."""
+
+
+class BoundaryError(MultipartError):
+    def __init__(self) -> None:
+        super().__init__(INVALID_BOUNDARY_MESSAGE)
+
+
+class MalformedBodyError(MultipartError):
+    """``detail`` says what the parser disliked, for logs; the message stays upstream's."""
+
+    def __init__(self, message: str = PARSE_ERROR_MESSAGE, *, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class FieldTooLargeError(MalformedBodyError):
+    def __init__(self, field_name: str, limit_bytes: int) -> None:
+        super().__init__(f"text field {field_name!r} exceeds the limit of {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class TooManyPartsError(MalformedBodyError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request has more than {limit} parts")
+        self.limit = limit
+
+
+class BodyTooLargeError(MultipartError):
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"request body exceeds the limit of {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class UnsafePartNameError(MultipartError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SavedFile:
+    field_name: str
+    filename: str
+    relative_path: PurePosixPath
+    size_bytes: int
+
+
+@dataclass(slots=True)
+class MultipartForm:
+    fields: dict[str, str]
+    files: list[SavedFile]
+
+
+def _header_params(value: bytes) -> dict[str, bytes | None]:
+    """Parameters after the first ``;`` of a header value; keys lower-cased, first one wins.
+
+    A quoted value ends at the first ``"`` not preceded by a backslash and only ``\\"`` is
+    unescaped (multer). An unterminated quoted value is ``None``. An unquoted value ends at
+    ``;`` or a space.
+    """
+    params: dict[str, bytes | None] = {}
+    pos = value.find(b";")
+    if pos < 0:
+        return params
+    n = len(value)
+    while pos < n:
+        while pos < n and value[pos] in b"; \t":
+            pos += 1
+        key_end = pos
+        while key_end < n and value[key_end] not in b"=;":
+            key_end += 1
+        key = value[pos:key_end].strip().lower().decode("latin-1")
+        pos = key_end
+        if pos >= n or value[pos] != ord("="):
+            continue  # a bare token such as `form-data; inline;` carries no value
+        pos += 1
+        while pos < n and value[pos] in b" \t":
+            pos += 1
+        parsed: bytes | None
+        if value.startswith(b'"', pos):
+            close = value.find(b'"', pos + 1)
+            while close > 0 and value[close - 1] == ord("\\"):
+                close = value.find(b'"', close + 1)
+            if close < 0:
+                parsed, pos = None, n
+            else:
+                parsed, pos = value[pos + 1 : close].replace(b'\\"', b'"'), close + 1
+        else:
+            end = pos
+            while end < n and value[end] not in b"; ":
+                end += 1
+            parsed, pos = value[pos:end], end
+        params.setdefault(key, parsed)
+    return params
+
+
+def _utf8(raw: bytes | None) -> str | None:
+    try:
+        return None if raw is None else raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _ext_value(raw: bytes | None) -> str | None:
+    """Decode an RFC 5987 ``charset'lang'percent-encoded`` value, or ``None``."""
+    text = _utf8(raw)
+    if text is None or text.count("'") < 2:
+        return None
+    charset, _language, encoded = text.split("'", 2)
+    codec = _RFC5987_CHARSETS.get(charset.lower())
+    if codec is None:
+        return None
+    try:
+        return urllib.parse.unquote_to_bytes(encoded).decode(codec)
+    except UnicodeDecodeError:
+        return None
+
+
+def _parse_disposition(value: bytes) -> tuple[str | None, str | None]:
+    """Return ``(name, filename)`` of a Content-Disposition value."""
+    params = _header_params(value)
+    # RFC 6266 §4.3: the extended form wins when both are present.
+    name = _ext_value(params.get("name*")) or _utf8(params.get("name"))
+    return name, _utf8(params.get("filename"))
+
+
+def boundary_from_content_type(content_type: str | None) -> bytes:
+    if not content_type:
+        raise BoundaryError
+    try:
+        raw = content_type.encode("latin-1")
+    except UnicodeEncodeError:
+        raise BoundaryError from None
+    media_type = raw.split(b";", 1)[0].strip().lower()
+    boundary = _header_params(raw).get("boundary")
+    if media_type != b"multipart/form-data" or not boundary or len(boundary) > _MAX_BOUNDARY_BYTES:
+        raise BoundaryError
+    return boundary
+
+
+class _FormReader:
+    """Parser callbacks; state of the part currently being read."""
+
+    def __init__(
+        self,
+        dest_dir: Path,
+        name_for_file: Callable[[str, str], PurePosixPath],
+        max_field_bytes: int,
+        max_parts: int,
+    ) -> None:
+        self._root = dest_dir.resolve(strict=True)
+        self._name_for_file = name_for_file
+        self._max_field_bytes = max_field_bytes
+        self._max_parts = max_parts
+        self.fields: dict[str, str] = {}
+        # Keyed by path so that a file overwritten on disk is also replaced here.
+        self.saved: dict[PurePosixPath, SavedFile] = {}
+        self.ended = False
+        self._parts = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._disposition: bytes | None = None
+        self._field_name = ""
+        self._filename = ""
+        self._text: bytearray | None = None
+        self.file: BinaryIO | None = None
+        self._path = PurePosixPath()
+        self._size = 0
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        }
+
+    def _on_part_begin(self) -> None:
+        self._parts += 1
+        if self._parts > self._max_parts:
+            raise TooManyPartsError(self._max_parts)
+        self._disposition = None
+        self._text = None
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        # Like http::HeaderMap::get, the first Content-Disposition of a part counts.
+        if self._disposition is None and self._header_field.lower() == b"content-disposition":
+            self._disposition = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _on_headers_finished(self) -> None:
+        name, filename = _parse_disposition(self._disposition or b"")
+        self._field_name = "unnamed" if name is None else name
+        if filename is None:
+            self._text = bytearray()
+            return
+        self._filename = filename
+        self._path = self._checked_path(self._field_name, filename)
+        target = self._root / self._path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # "wb" truncates, so a later part with the same name replaces the earlier one.
+        self.file = target.open("wb")
+        self._size = 0
+
+    def _checked_path(self, field_name: str, filename: str) -> PurePosixPath:
+        try:
+            rel = self._name_for_file(field_name, filename)
+        except UnsafeFileNameError as exc:
+            raise UnsafePartNameError(str(exc)) from exc
+        text = str(rel)
+        if "\0" in text or rel.is_absolute() or ".." in rel.parts or text == ".":
+            raise UnsafePartNameError(f"unsafe file name {filename!r}")
+        # Resolving catches symlinks already inside dest_dir that point elsewhere.
+        if not (self._root / rel).resolve().is_relative_to(self._root):
+            raise UnsafePartNameError(f"unsafe file name {filename!r}")
+        return rel
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self.file is not None:
+            self.file.write(memoryview(data)[start:end])
+            self._size += end - start
+        elif self._text is not None:
+            if len(self._text) + end - start > self._max_field_bytes:
+                raise FieldTooLargeError(self._field_name, self._max_field_bytes)
+            self._text += data[start:end]
+
+    def _on_part_end(self) -> None:
+        if self.file is not None:
+            # Cleared first so a failing close (a deferred write error) is not retried.
+            file, self.file = self.file, None
+            file.close()
+            self.saved.pop(self._path, None)
+            self.saved[self._path] = SavedFile(
+                self._field_name, self._filename, self._path, self._size
+            )
+        elif self._text is not None:
+            self.fields[self._field_name] = self._text.decode("utf-8", errors="replace")
+            self._text = None
+
+    def _on_end(self) -> None:
+        self.ended = True
+
+
+async def read_multipart(
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    dest_dir: Path,
+    *,
+    name_for_file: Callable[[str, str], PurePosixPath],
+    max_body_bytes: int | None = None,
+    max_field_bytes: int = 1024 * 1024,
+    max_parts: int = 10_000,
+) -> MultipartForm:
+    """Read a whole ``multipart/form-data`` body, storing file parts under ``dest_dir``.
+
+    ``dest_dir`` must already exist. Each file part is stored at
+    ``dest_dir / name_for_file(field_name, filename)`` (parent directories are created) and
+    written as its bytes arrive, so memory use does not grow with file size. A later file
+    with the same relative path overwrites the earlier one and replaces it in ``files``.
+    Text parts are decoded as UTF-8 with replacement; for duplicate names the last one wins.
+
+    On any error the open file is closed but nothing is deleted: files already written stay
+    in ``dest_dir``, and the caller is expected to remove ``dest_dir``.
+
+    Raises:
+        BoundaryError: before reading anything, if ``content_type`` is unusable.
+        MalformedBodyError: the body is garbled or ends before the closing boundary.
+        BodyTooLargeError: more than ``max_body_bytes`` arrived; the chunk that crossed the
+            limit is not processed.
+        UnsafePartNameError: ``name_for_file`` refused a name or returned a path that would
+            leave ``dest_dir``.
+        OSError: a file or directory could not be created or written.
+    """
+    boundary = boundary_from_content_type(content_type)
+    reader = _FormReader(dest_dir, name_for_file, max_field_bytes, max_parts)
+    parser = MultipartParser(
+        boundary,
+        reader.callbacks(),
+        max_header_count=_MAX_HEADERS_PER_PART,
+        max_header_size=_MAX_HEADER_BYTES,
+    )
+    received = 0
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if max_body_bytes is not None and received > max_body_bytes:
+                raise BodyTooLargeError(max_body_bytes)
+            try:
+                parser.write(chunk)
+            except MultipartParseError as exc:
+                raise MalformedBodyError(detail=str(exc)) from exc
+        parser.finalize()
+        if not reader.ended:
+            raise MalformedBodyError(detail="body ended before the closing boundary")
+    finally:
+        if reader.file is not None:
+            reader.file.close()
+    return MultipartForm(fields=reader.fields, files=list(reader.saved.values()))

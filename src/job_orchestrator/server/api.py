@@ -1,0 +1,287 @@
+"""The user-facing routes: parse the request, call the engine, map the outcome to HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from job_orchestrator.errors import ClientCallError, PayloadLostError, StoreError
+from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
+from job_orchestrator.http_common import HEALTHY, PING, json_response, parse_u32, status_body
+from job_orchestrator.multipart import (
+    BodyTooLargeError,
+    BoundaryError,
+    MultipartError,
+    read_multipart,
+)
+from job_orchestrator.server.dispatcher import (
+    INPUT_DIR,
+    PARTIAL_NAME,
+    RESULT_NAME,
+    Orchestrator,
+)
+from job_orchestrator.server.storage import JobRecord
+from job_orchestrator.status import TERMINAL, Status
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+_I32 = re.compile(r"[+-]?[0-9]+")
+_STATUS_BODY = {
+    "type": "object",
+    "required": ["id", "status", "message"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 0},
+        "status": {"type": "string", "enum": [s.wire for s in Status]},
+        "message": {"type": "string"},
+    },
+}
+_JSON_STATUS = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
+_ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+_PATH_ERROR = {"description": "The id is not a number", "content": {"text/plain": {}}}
+
+
+def engine(request: Request) -> Orchestrator:
+    orchestrator: Orchestrator = request.app.state.orchestrator
+    return orchestrator
+
+
+def parse_user_id(raw: str) -> int | None:
+    """Like Rust's i32::from_str: optional sign, ASCII digits, no whitespace, in range."""
+    if not _I32.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if -(2**31) <= value < 2**31 else None
+
+
+def _not_found(job_id: int) -> JSONResponse:
+    return status_body(0, Status.UNKNOWN, f"Job {job_id} not found in the database", 404)
+
+
+async def _lookup(request: Request, raw_id: str) -> JobRecord | JSONResponse:
+    job_id = parse_u32(raw_id)
+    try:
+        job = await engine(request).store.get_job(job_id)
+    except StoreError:
+        logger.exception("lookup of job %d failed", job_id)
+        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
+    return job if job is not None else _not_found(job_id)
+
+
+@router.get("/", summary="Ping", tags=["health"])
+async def ping() -> JSONResponse:
+    return json_response(PING)
+
+
+@router.get(
+    "/health",
+    summary="Database health",
+    tags=["health"],
+    responses={503: {"description": "The database does not answer"}},
+)
+async def health(request: Request) -> Response:
+    try:
+        await engine(request).store.ping()
+    except StoreError:
+        return Response(status_code=503)
+    return json_response(HEALTHY)
+
+
+@router.post(
+    "/upload",
+    summary="Submit a job: its files (one of them run.sh), user_id and service",
+    tags=["files"],
+    status_code=201,
+    responses={
+        201: {"description": "Job queued", "content": _JSON_STATUS},
+        400: {"description": "Invalid form", "content": _JSON_STATUS},
+        413: {"description": "Body over the upload limit", "content": _JSON_STATUS},
+        500: {"description": "Storage failure", "content": _JSON_STATUS},
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["user_id", "service"],
+                        "properties": {
+                            "user_id": {"type": "string", "pattern": "^[+-]?[0-9]+$"},
+                            "service": {"type": "string"},
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },
+)
+async def upload(request: Request) -> Response:
+    orchestrator = engine(request)
+    settings = orchestrator.settings
+    limit = settings.upload_limit_bytes
+    too_large = f"Request body exceeds the upload limit of {limit} bytes ({limit // 2**20} MiB)"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return status_body(0, Status.UNKNOWN, too_large, 413)
+    loc = settings.data_path / str(uuid.uuid4())
+    files_dir = loc / INPUT_DIR
+    keep = False
+    try:
+        files_dir.mkdir(parents=True)
+    except OSError:
+        logger.exception("could not create %s", files_dir)
+        return status_body(0, Status.UNKNOWN, "Could not create job directory", 500)
+    try:
+        form = await read_multipart(
+            request.stream(),
+            request.headers.get("content-type"),
+            files_dir,
+            name_for_file=lambda _field, filename: PurePosixPath(sanitize_filename(filename)),
+            max_body_bytes=limit,
+        )
+        fields = form.fields
+        if "user_id" not in fields:
+            return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
+        user_id = parse_user_id(fields["user_id"])
+        if user_id is None:
+            return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
+        if "service" not in fields:
+            return status_body(0, Status.UNKNOWN, "Missing service field", 400)
+        service = fields["service"].lower()
+        if service not in settings.services:
+            return status_body(0, Status.UNKNOWN, "Invalid service", 400)
+        try:
+            job_id = await orchestrator.store.create_job(
+                user_id=user_id, service=service, loc=str(loc)
+            )
+        except StoreError:
+            logger.exception("could not add a job")
+            return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
+        keep = True
+        orchestrator.wake_dispatch()
+        return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
+    except BoundaryError as error:
+        return PlainTextResponse(str(error), status_code=400)
+    except BodyTooLargeError:
+        return status_body(0, Status.UNKNOWN, too_large, 413)
+    except (MultipartError, UnsafeFileNameError) as error:
+        return status_body(0, Status.UNKNOWN, f"Multipart error: {error}", 400)
+    except OSError as error:
+        logger.exception("could not save an upload")
+        return status_body(0, Status.UNKNOWN, f"Could not save file: {error.strerror}", 500)
+    finally:
+        if not keep:
+            # A rejected upload leaves nothing behind.
+            await asyncio.to_thread(shutil.rmtree, loc, True)
+
+
+@router.get(
+    "/download/{job_id}",
+    summary="The result ZIP of a Completed job, otherwise its status",
+    tags=["files"],
+    responses={
+        200: {"description": "ZIP when Completed, else the status", "content": {**_ZIP, **_JSON_STATUS}},
+        400: _PATH_ERROR,
+        404: {"description": "No such job", "content": _JSON_STATUS},
+        500: {"description": "Result unreadable", "content": _JSON_STATUS},
+    },
+)
+async def download(request: Request, job_id: str) -> Response:
+    job = await _lookup(request, job_id)
+    if isinstance(job, Response):
+        return job
+    if job.status is not Status.COMPLETED:
+        return status_body(job.id, job.status, job.message, 200)
+    result = Path(job.loc) / RESULT_NAME
+    if not result.is_file():
+        return status_body(job.id, job.status, "Error reading output file", 500)
+    return FileResponse(result, media_type="application/zip", filename=f"job-{job.id}.zip")
+
+
+@router.get(
+    "/download_partial/{job_id}",
+    summary="A ZIP of the job's files as they are now (running or finished)",
+    tags=["files"],
+    responses={
+        200: {"description": "ZIP", "content": _ZIP},
+        400: _PATH_ERROR,
+        404: {"description": "No such job, or not on a client", "content": _JSON_STATUS},
+        500: {"description": "The client could not be read", "content": _JSON_STATUS},
+    },
+)
+async def download_partial(request: Request, job_id: str) -> Response:
+    job = await _lookup(request, job_id)
+    if isinstance(job, Response):
+        return job
+    if job.status in TERMINAL:
+        for name in (PARTIAL_NAME, RESULT_NAME):
+            kept = Path(job.loc) / name
+            if kept.is_file():
+                return FileResponse(kept, media_type="application/zip")
+    if job.dest_id == 0:
+        return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
+    orchestrator = engine(request)
+    service = orchestrator.settings.services.get(job.service)
+    node = orchestrator._node(job)
+    if service is None or node is None:
+        return status_body(job.id, Status.UNKNOWN, "Invalid service configuration", 400)
+    stack = contextlib.AsyncExitStack()
+    try:
+        upstream = await stack.enter_async_context(
+            orchestrator.gateway.open_partial(node, job.dest_id, token=service.client_token)
+        )
+    except PayloadLostError:
+        await stack.aclose()
+        return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
+    except ClientCallError as error:
+        await stack.aclose()
+        logger.warning("partial download of job %d failed: %s", job.id, error)
+        return status_body(job.id, Status.UNKNOWN, "Error retrieving partial data from client", 500)
+
+    async def relay() -> AsyncIterator[bytes]:
+        async with stack:
+            async for chunk in upstream.aiter_bytes(1024 * 1024):
+                yield chunk
+
+    return StreamingResponse(relay(), media_type="application/zip")
+
+
+@router.post(
+    "/terminate/{job_id}",
+    summary="Cancel a queued job or kill a running one",
+    tags=["files"],
+    responses={
+        200: {"description": "Terminated", "content": _JSON_STATUS},
+        400: _PATH_ERROR,
+        404: {"description": "No such job", "content": _JSON_STATUS},
+        409: {"description": "Already finished", "content": _JSON_STATUS},
+        500: {"description": "The client could not kill it", "content": _JSON_STATUS},
+    },
+)
+async def terminate(request: Request, job_id: str) -> Response:
+    job = await _lookup(request, job_id)
+    if isinstance(job, Response):
+        return job
+    outcome = await engine(request).terminate(job.id)
+    if outcome is None:
+        return _not_found(job.id)
+    return status_body(job.id, outcome.status, outcome.message, outcome.http_status)
+
+
+def openapi_components() -> dict[str, Any]:
+    return {"StatusBody": _STATUS_BODY}

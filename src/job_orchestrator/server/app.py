@@ -1,0 +1,67 @@
+"""The server application: create_app(settings) wires the store, the gateway and the loops."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+
+from job_orchestrator import __version__
+from job_orchestrator.config import ServerSettings
+from job_orchestrator.http_common import install_conventions
+from job_orchestrator.server import api
+from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.nodes import NodeGateway
+from job_orchestrator.server.storage import open_store
+
+
+def create_app(settings: ServerSettings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_path.mkdir(parents=True, exist_ok=True)
+        store = await open_store(settings.db_path)
+        gateway = NodeGateway(timeout_s=settings.client_timeout_s)
+        orchestrator = Orchestrator(settings, store, gateway)
+        app.state.orchestrator = orchestrator
+        await orchestrator.start()
+        try:
+            yield
+        finally:
+            await orchestrator.stop()
+            await gateway.close()
+            await store.close()
+
+    app = FastAPI(
+        title="job-orchestrator",
+        version=__version__,
+        description="Fair job queue for scientific web portals",
+        docs_url="/swagger/",
+        redoc_url=None,
+        openapi_url="/api-docs/openapi.json",
+        lifespan=lifespan,
+    )
+    app.include_router(api.router)
+
+    @app.get("/swagger", include_in_schema=False)
+    async def swagger_redirect() -> RedirectResponse:
+        return RedirectResponse("/swagger/", status_code=303)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(
+                api.openapi_components()
+            )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    install_conventions(app)
+    return app

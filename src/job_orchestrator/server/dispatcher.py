@@ -1,0 +1,398 @@
+"""The server's engine: dispatch queued jobs, collect outcomes, terminate, clean.
+
+Dispatch is woken by an event (an upload, a job leaving its slot) with a slow fallback tick
+as a safety net. Each job on a client has one collector task that long-polls the client for
+its outcome (or polls, for clients without long-polling). Every status change goes through
+the Store's compare-and-set, so the loops, the API and a restart can never double-move a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from job_orchestrator._loops import Wakeup, backoff_s, wait_any
+from job_orchestrator.config import NodeConfig, ServerSettings, ServiceConfig
+from job_orchestrator.errors import (
+    ClientCallError,
+    PayloadLostError,
+    PermanentClientError,
+    StoreError,
+    TransientClientError,
+)
+from job_orchestrator.server.nodes import NodeGateway
+from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
+from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
+
+logger = logging.getLogger(__name__)
+
+RESULT_NAME = "output.zip"
+PARTIAL_NAME = "partial.zip"
+INPUT_DIR = "input"
+
+
+def input_dir(loc: str) -> Path:
+    """Where a job's uploaded files are; jobs from an upstream database keep them in loc."""
+    nested = Path(loc) / INPUT_DIR
+    return nested if nested.is_dir() else Path(loc)
+
+
+@dataclass(frozen=True, slots=True)
+class TerminateOutcome:
+    http_status: int
+    status: Status
+    message: str
+
+
+class Orchestrator:
+    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self._dispatch_wakeup = Wakeup()
+        self._stop = asyncio.Event()
+        self._job_tasks: dict[int, asyncio.Task[object]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._recover()
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
+            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+        ]
+        for task in self._loops:
+            task.add_done_callback(self._loop_died)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        tasks = [*self._loops, *self._job_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _loop_died(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._stop.is_set():
+            return
+        logger.critical("background loop %s died: %r; stopping the server", task.get_name(),
+                        task.exception())
+        os.kill(os.getpid(), 15)
+
+    def wake_dispatch(self) -> None:
+        self._dispatch_wakeup.set()
+
+    async def _recover(self) -> None:
+        """Resume after a restart: nothing in flight is lost or sent twice."""
+        for job in await self.store.jobs_with_status([Status.PROCESSING]):
+            # The dispatch key is kept: a client that already has the payload returns it.
+            await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
+        for job in await self.store.jobs_with_status([*ON_CLIENT, Status.LOCKED]):
+            self._spawn(job.id, self._collect(job) if job.status in ON_CLIENT
+                        else self._finish_termination(job))
+
+    def _spawn(self, job_id: int, coroutine: Coroutine[Any, Any, object]) -> None:
+        """Run one job's dispatch/collection; a job never has two such tasks."""
+        if job_id in self._job_tasks or self._stop.is_set():
+            coroutine.close()
+            return
+        task = asyncio.create_task(coroutine, name=f"job-{job_id}")
+        self._job_tasks[job_id] = task
+
+        def forget(done: asyncio.Task[object]) -> None:
+            if self._job_tasks.get(job_id) is done:
+                del self._job_tasks[job_id]
+
+        task.add_done_callback(forget)
+
+    # ---- dispatch --------------------------------------------------------------------------
+
+    def _service(self, job: JobRecord) -> ServiceConfig | None:
+        return self.settings.services.get(job.service)
+
+    def _node(self, job: JobRecord) -> NodeConfig | None:
+        service = self._service(job)
+        if service is None:
+            return None
+        for node in service.nodes:
+            if node.upload_url == job.node:
+                return node
+        # Jobs from an upstream database (or a node removed from the config) use the first.
+        return service.nodes[0]
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.dispatch_once()
+                retry_at = await self.store.next_retry_at()
+            except StoreError:
+                logger.exception("dispatch failed; retrying on the next tick")
+                retry_at = None
+            timeout = self.settings.safety_tick_s
+            if retry_at is not None:
+                timeout = min(timeout, max(0.0, retry_at - time.time()) + 0.01)
+            await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=timeout)
+
+    async def dispatch_once(self) -> int:
+        services = self.settings.services
+        limits = {
+            name: ServiceLimits(runs_per_user=s.runs_per_user, max_runs=s.max_runs)
+            for name, s in services.items()
+        }
+        heads = await self.store.queue_heads(limits, time.time())
+        if not heads:
+            return 0
+        planned = plan_dispatch(heads, await self.store.occupancy(), limits)
+        if not planned:
+            return 0
+        service_of = {job_id: q.service for q in heads for job_id in q.job_ids}
+        node_by_job = await self._choose_nodes(planned, service_of)
+        for job in await self.store.claim(planned, node_by_job):
+            self._spawn(job.id, self._send(job))
+        return len(planned)
+
+    async def _choose_nodes(self, planned: list[int], service_of: dict[int, str]) -> dict[int, str]:
+        """Each job goes to the node of its service that holds the fewest active jobs."""
+        choice: dict[int, str] = {}
+        load_by_service: dict[str, dict[str, int]] = {}
+        for job_id in planned:
+            service = self.settings.services[service_of[job_id]]
+            if service.name not in load_by_service:
+                load_by_service[service.name] = await self.store.node_occupancy(service.name)
+            load = load_by_service[service.name]
+            node = min(service.nodes, key=lambda n: load.get(n.upload_url, 0))
+            load[node.upload_url] = load.get(node.upload_url, 0) + 1
+            choice[job_id] = node.upload_url
+        return choice
+
+    async def _send(self, job: JobRecord) -> None:
+        service, node = self._service(job), self._node(job)
+        if service is None or node is None:
+            await self._fail(job, [Status.PROCESSING], f"service {job.service!r} is not configured")
+            return
+        assert job.dispatch_key is not None
+        try:
+            dest_id = await self.gateway.submit(
+                node, input_dir(job.loc), dispatch_key=job.dispatch_key, token=service.client_token
+            )
+        except TransientClientError as error:
+            await self._retry_dispatch(job, str(error))
+            return
+        except ClientCallError as error:
+            await self._fail(job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}")
+            return
+        moved = await self.store.transition(
+            job.id, [Status.PROCESSING], Status.SUBMITTED, dest_id=dest_id,
+            failing_since=None, not_before=None, message="",
+        )
+        if moved:
+            fresh = await self.store.get_job(job.id)
+            if fresh is not None:
+                await self._collect(fresh)
+            return
+        # /terminate arrived while the dispatch was in flight: kill what we just created.
+        await self.store.transition(job.id, [Status.LOCKED], dest_id=dest_id)
+        fresh = await self.store.get_job(job.id)
+        if fresh is not None and fresh.status is Status.LOCKED:
+            await self._finish_termination(fresh)
+
+    async def _retry_dispatch(self, job: JobRecord, reason: str) -> None:
+        now = time.time()
+        since = job.failing_since or now
+        if now - since >= self.settings.retry_deadline_s:
+            await self._fail(job, [Status.PROCESSING, Status.LOCKED],
+                             f"could not reach the client for {now - since:.0f} s: {reason}")
+            return
+        delay = backoff_s(job.attempts + 1)
+        logger.warning("dispatch of job %d failed (%s); retrying in %.1f s", job.id, reason, delay)
+        moved = await self.store.transition(
+            job.id, [Status.PROCESSING], Status.QUEUED, attempts=job.attempts + 1,
+            failing_since=since, not_before=now + delay, node=None,
+        )
+        if not moved:  # terminated meanwhile; the job never reached a client
+            await self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
+        self.wake_dispatch()
+
+    async def _fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
+        logger.warning("job %d failed: %s", job.id, message)
+        await self.store.transition(job.id, expected, Status.FAILED, message=message)
+        self.wake_dispatch()
+
+    # ---- collection ------------------------------------------------------------------------
+
+    async def _collect(self, job: JobRecord) -> None:
+        """Follow one job on its client until it reaches a final status."""
+        service, node = self._service(job), self._node(job)
+        if service is None or node is None:
+            await self._fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
+            return
+        known, failures, failing_since = job.status, 0, None
+        loc = Path(job.loc)
+        while not self._stop.is_set():
+            try:
+                result = await self.gateway.retrieve(
+                    node, job.dest_id, loc / RESULT_NAME, wait_s=self.settings.long_poll_s,
+                    known=known, token=service.client_token,
+                )
+            except TransientClientError as error:
+                failures += 1
+                failing_since = failing_since or time.time()
+                if time.time() - failing_since >= self.settings.retry_deadline_s:
+                    await self._fail(job, list(ON_CLIENT),
+                                     f"lost contact with the client: {error}")
+                    return
+                await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
+                continue
+            except PayloadLostError as error:
+                await self._payload_lost(job, str(error))
+                return
+            except (PermanentClientError, OSError) as error:
+                await self._fail(job, list(ON_CLIENT), f"could not collect the result: {error}")
+                return
+            failures, failing_since = 0, None
+            if result.status is Status.COMPLETED:
+                await self._settle(job, Status.COMPLETED, "")
+                return
+            if result.status in TERMINAL:
+                if result.status is Status.CLEANED:
+                    await self._settle(job, Status.FAILED,
+                                       "the client removed the payload before its result was collected")
+                    return
+                await self._keep_partial(job, node, service)
+                await self._settle(job, result.status, result.message)
+                return
+            if result.status in ON_CLIENT and result.status is not known:
+                if not await self.store.transition(job.id, ON_CLIENT, result.status):
+                    return  # terminated or otherwise moved by someone else
+                known = result.status
+            if not result.long_polled:
+                await wait_any(self._stop.wait(), timeout_s=self.settings.poll_interval_s)
+
+    async def _settle(self, job: JobRecord, status: Status, message: str) -> None:
+        # Shielded: once the client told us the outcome, a shutdown must not lose it.
+        await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, message=message))
+        self.wake_dispatch()
+
+    async def _keep_partial(self, job: JobRecord, node: NodeConfig, service: ServiceConfig) -> None:
+        """Copy a failed job's files to the server so /download_partial outlives the client."""
+        try:
+            await self.gateway.fetch_partial(
+                node, job.dest_id, Path(job.loc) / PARTIAL_NAME, token=service.client_token
+            )
+        except (ClientCallError, OSError) as error:
+            logger.warning("could not keep the files of job %d: %s", job.id, error)
+
+    async def _payload_lost(self, job: JobRecord, reason: str) -> None:
+        if job.attempts + 1 >= self.settings.dispatch_attempts:
+            await self._fail(job, list(ON_CLIENT),
+                             f"payload lost on the client {job.attempts + 1} times: {reason}")
+            return
+        logger.warning("job %d: %s; dispatching it again", job.id, reason)
+        # A fresh key: the client lost the old payload, it must create a new one.
+        await self.store.transition(
+            job.id, ON_CLIENT, Status.QUEUED, attempts=job.attempts + 1, dest_id=None,
+            dispatch_key=None, node=None,
+        )
+        self.wake_dispatch()
+
+    # ---- termination -----------------------------------------------------------------------
+
+    async def terminate(self, job_id: int) -> TerminateOutcome | None:
+        while True:
+            job = await self.store.get_job(job_id)
+            if job is None:
+                return None
+            if job.status in TERMINAL:
+                return TerminateOutcome(
+                    409, job.status, f"Job {job_id} already finished with status {job.status.wire}"
+                )
+            if job.status is Status.QUEUED:
+                if await self.store.transition(job_id, [Status.QUEUED], Status.KILLED,
+                                               message="job terminated"):
+                    return TerminateOutcome(200, Status.KILLED, "job terminated")
+                continue
+            if job.status is Status.LOCKED:
+                return TerminateOutcome(200, Status.LOCKED, "job terminated")
+            if not await self.store.transition(job_id, [job.status], Status.LOCKED):
+                continue
+            if job.status is Status.PROCESSING:
+                # The dispatch in flight sees Locked and kills the payload it creates.
+                return TerminateOutcome(200, Status.LOCKED, "job terminated")
+            locked = await self.store.get_job(job_id)
+            assert locked is not None
+            task = self._job_tasks.get(job_id)
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            return await self._finish_termination(locked, restore=job.status)
+
+    async def _finish_termination(
+        self, job: JobRecord, restore: Status | None = None
+    ) -> TerminateOutcome:
+        service, node = self._service(job), self._node(job)
+        try:
+            if service is None or node is None:
+                raise PermanentClientError(f"service {job.service!r} is not configured")
+            if job.dest_id:
+                await self.gateway.kill(node, job.dest_id, token=service.client_token)
+        except PayloadLostError:
+            pass  # nothing left to kill on the client
+        except ClientCallError as error:
+            logger.warning("could not terminate job %d: %s", job.id, error)
+            if restore is not None and await self.store.transition(job.id, [Status.LOCKED], restore):
+                fresh = await self.store.get_job(job.id)
+                if fresh is not None:
+                    self._spawn(job.id, self._collect(fresh))
+                return TerminateOutcome(500, restore, "could not terminate job")
+        await asyncio.shield(
+            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
+        )
+        self.wake_dispatch()
+        if service is not None and node is not None and job.dest_id:
+            await self._keep_partial(job, node, service)
+        return TerminateOutcome(200, Status.KILLED, "job terminated")
+
+    # ---- retention -------------------------------------------------------------------------
+
+    async def _cleaner_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.clean_once()
+            except (StoreError, OSError):
+                logger.exception("cleaning failed")
+            await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
+
+    async def clean_once(self) -> int:
+        """Remove jobs that finished more than MAX_AGE ago, and orphan directories as old."""
+        cutoff = time.time() - self.settings.max_age_s
+        cleaned = 0
+        for job in await self.store.finished_before(cutoff):
+            await asyncio.to_thread(shutil.rmtree, job.loc, True)
+            if await self.store.transition(job.id, [job.status], Status.CLEANED):
+                cleaned += 1
+        cleaned += await self._clean_orphans(cutoff)
+        return cleaned
+
+    async def _clean_orphans(self, cutoff: float) -> int:
+        data_path = self.settings.data_path
+        with contextlib.suppress(FileNotFoundError):
+            old = {
+                str(entry): entry
+                for entry in data_path.iterdir()
+                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff
+            }
+            orphans = set(old) - await self.store.known_locs(list(old))
+            for loc in orphans:
+                logger.info("removing orphan directory %s", loc)
+                await asyncio.to_thread(shutil.rmtree, old[loc], True)
+            return len(orphans)
+        return 0

@@ -1,0 +1,223 @@
+"""HTTP calls from the server to its clients (executor nodes), with errors classified.
+
+Every call has a timeout. Connection failures, timeouts and 5xx answers raise
+TransientClientError (worth retrying); 4xx answers and unreadable replies raise
+PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
+Requests carry only what the original client understands plus headers it ignores
+(`Idempotency-Key`), so a Rust client can be driven unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote
+
+import httpx
+
+from job_orchestrator.config import NodeConfig
+from job_orchestrator.errors import (
+    PayloadLostError,
+    PermanentClientError,
+    TransientClientError,
+)
+from job_orchestrator.status import Status
+
+MESSAGE_HEADER = "X-Orchestrator-Message"
+LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_CHUNK_BYTES = 1024 * 1024
+
+
+def join_url(base: str, payload_id: int) -> str:
+    """`{url}/{id}` as upstream, without the `//` a trailing slash used to produce."""
+    return f"{base.rstrip('/')}/{payload_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveResult:
+    status: Status
+    message: str
+    long_polled: bool
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    if response.status_code == 404:
+        raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
+    if response.status_code >= 500:
+        raise TransientClientError(f"{what}: client answered {response.status_code}")
+    if not 200 <= response.status_code < 300:
+        raise PermanentClientError(f"{what}: client answered {response.status_code}")
+
+
+def _is_zip(response: httpx.Response) -> bool:
+    return response.status_code == 200 and "application/zip" in response.headers.get(
+        "content-type", ""
+    )
+
+
+def _payload_json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise PermanentClientError(f"{what}: client sent a reply that is not JSON") from None
+    if not isinstance(payload, dict):
+        raise PermanentClientError(f"{what}: client sent an unexpected JSON reply")
+    return payload
+
+
+class NodeGateway:
+    """One pooled httpx client for all calls to all nodes."""
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def _headers(token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as error:
+            raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
+        except httpx.TransportError as error:
+            raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
+
+    async def submit(
+        self, node: NodeConfig, files_dir: Path, *, dispatch_key: str, token: str | None
+    ) -> int:
+        """POST every regular file under files_dir as a multipart part; return the payload id."""
+        what = f"dispatch to {node.upload_url}"
+        with contextlib.ExitStack() as stack:
+            parts: list[tuple[str, tuple[str, IO[bytes]]]] = []
+            for path in sorted(files_dir.rglob("*")):
+                if path.is_file() and not path.is_symlink():
+                    relative = path.relative_to(files_dir).as_posix()
+                    parts.append((relative, (path.name, stack.enter_context(path.open("rb")))))
+            # httpx needs at least one part to produce a multipart body.
+            data = {} if parts else {"empty": ""}
+            async with self._call(what):
+                response = await self._http.post(
+                    node.upload_url,
+                    files=parts,
+                    data=data,
+                    headers={IDEMPOTENCY_HEADER: dispatch_key, **self._headers(token)},
+                )
+        if response.status_code == 404:
+            raise PermanentClientError(f"{what}: client answered 404")
+        _raise_for_status(response, what)
+        payload_id = _payload_json(response.content, what).get("id")
+        if not isinstance(payload_id, int) or isinstance(payload_id, bool) or payload_id <= 0:
+            raise PermanentClientError(f"{what}: client reply has no valid payload id")
+        return payload_id
+
+    async def retrieve(
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        zip_destination: Path,
+        *,
+        wait_s: float,
+        known: Status,
+        token: str | None,
+    ) -> RetrieveResult:
+        """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
+
+        `wait`/`known` ask our client to hold the request until the status differs from
+        `known`; the original client ignores them and answers at once.
+        """
+        what = f"retrieve {payload_id} from {node.download_url}"
+        params = {"wait": f"{wait_s:g}", "known": known.wire} if wait_s > 0 else None
+        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET",
+                join_url(node.download_url, payload_id),
+                params=params,
+                headers=self._headers(token),
+                timeout=timeout,
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if _is_zip(response):
+                await _stream_to_file(response, zip_destination)
+                return RetrieveResult(Status.COMPLETED, "", long_polled=False)
+            body = await response.aread()
+        payload = _payload_json(body, what)
+        try:
+            status = Status.from_wire(str(payload.get("status")))
+        except ValueError:
+            raise PermanentClientError(f"{what}: unknown status {payload.get('status')!r}") from None
+        return RetrieveResult(
+            status=status,
+            message=unquote(response.headers.get(MESSAGE_HEADER, "")),
+            long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
+        )
+
+    async def fetch_partial(
+        self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
+    ) -> None:
+        what = f"partial retrieve {payload_id} from {node.partial_url}"
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if not _is_zip(response):
+                raise PermanentClientError(f"{what}: client did not send a ZIP")
+            await _stream_to_file(response, destination)
+
+    @contextlib.asynccontextmanager
+    async def open_partial(
+        self, node: NodeConfig, payload_id: int, *, token: str | None
+    ) -> AsyncIterator[httpx.Response]:
+        """The client's partial ZIP as an open streaming response (for proxying)."""
+        what = f"partial retrieve {payload_id} from {node.partial_url}"
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if not _is_zip(response):
+                raise PermanentClientError(f"{what}: client did not send a ZIP")
+            yield response
+
+    async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
+        what = f"kill {payload_id} at {node.terminate_url}"
+        async with self._call(what):
+            response = await self._http.post(
+                join_url(node.terminate_url, payload_id), headers=self._headers(token)
+            )
+        _raise_for_status(response, what)
+
+
+async def _stream_to_file(response: httpx.Response, destination: Path) -> None:
+    partial = destination.with_name(f".{destination.name}.part")
+    try:
+        with partial.open("wb") as sink:
+            async for chunk in response.aiter_bytes(_CHUNK_BYTES):
+                sink.write(chunk)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

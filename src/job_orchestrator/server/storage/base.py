@@ -1,0 +1,97 @@
+"""The storage interface the server's scheduler and loops speak to.
+
+Every status change is a compare-and-set: `transition(job_id, expected, new)` moves a job only
+from a status its caller saw, so two loops (or, later, two server replicas) can never both move
+the same job, and a final status is never overwritten.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
+from job_orchestrator.status import Status
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    id: int
+    user_id: int
+    service: str
+    status: Status
+    loc: str
+    dest_id: int
+    message: str
+    node: str | None
+    dispatch_key: str | None
+    attempts: int
+    not_before: float | None
+    failing_since: float | None
+    queued_at: float | None
+    finished_at: float | None
+
+
+class Store(abc.ABC):
+    """Domain verbs over the jobs table. Implementations must make `transition` atomic."""
+
+    @abc.abstractmethod
+    async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
+        """Insert a Queued job and return its id (ids are never reused)."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: int) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def transition(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Set `new` (and column `changes`) only if the job's status is in `expected`.
+
+        Returns whether the row changed. `finished_at` is stamped when `new` is final.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, job_ids: Iterable[int], node_by_job: Mapping[int, str]) -> list[JobRecord]:
+        """Move the given Queued jobs to Processing on their chosen node; return those claimed."""
+
+    @abc.abstractmethod
+    async def occupancy(self) -> Occupancy: ...
+
+    @abc.abstractmethod
+    async def node_occupancy(self, service: str) -> dict[str, int]:
+        """Slot-holding jobs of a service per node (client upload URL)."""
+
+    @abc.abstractmethod
+    async def queue_heads(
+        self, limits: Mapping[str, ServiceLimits], now: float
+    ) -> list[UserQueue]:
+        """The oldest due Queued jobs of each (service, user), at most runs_per_user each."""
+
+    @abc.abstractmethod
+    async def next_retry_at(self) -> float | None:
+        """The earliest `not_before` of a Queued job, so dispatch can sleep until then."""
+
+    @abc.abstractmethod
+    async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
+        """Final, not yet Cleaned jobs that finished before `cutoff`."""
+
+    @abc.abstractmethod
+    async def known_locs(self, locs: Collection[str]) -> set[str]:
+        """Which of `locs` belong to a job (used to find orphan directories)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...

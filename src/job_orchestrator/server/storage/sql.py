@@ -1,0 +1,272 @@
+"""The Store on SQLAlchemy Core (async): SQLite through aiosqlite.
+
+Compare-and-set is one `UPDATE ... WHERE id = ? AND status IN (...)` statement, atomic on any
+SQL database; SQLite runs in WAL mode so readers never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from job_orchestrator.errors import StoreError
+from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
+from job_orchestrator.server.storage.base import JobRecord, Store
+from job_orchestrator.server.storage.tables import jobs
+from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
+
+_MIGRATIONS = Path(__file__).with_name("migrations")
+_FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
+
+
+def database_url(db_path: str) -> str:
+    """DB_PATH is a file path (as upstream) or, for PostgreSQL later, a full URL."""
+    if "://" in db_path:
+        return db_path
+    return f"sqlite+aiosqlite:///{db_path}"
+
+
+async def open_store(db_path: str) -> SqlStore:
+    url = database_url(db_path)
+    if url.startswith("sqlite"):
+        if db_path != ":memory:" and "://" not in db_path:
+            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            poolclass=StaticPool if db_path == ":memory:" else None,
+            connect_args={"timeout": 30},
+        )
+        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_async_engine(url, pool_pre_ping=True)
+    store = SqlStore(engine)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_migrate)
+    except (SQLAlchemyError, OSError) as error:
+        await engine.dispose()
+        raise StoreError(f"cannot open database {db_path!r}: {error}") from error
+    return store
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _migrate(connection: Connection) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(_MIGRATIONS))
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _record(row: sa.Row[Any]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        user_id=row.user_id,
+        service=row.service,
+        status=Status.from_db(row.status),
+        loc=row.loc,
+        dest_id=row.dest_id or 0,
+        message=row.message or "",
+        node=row.node,
+        dispatch_key=row.dispatch_key,
+        attempts=row.attempts or 0,
+        not_before=row.not_before,
+        failing_since=row.failing_since,
+        queued_at=row.queued_at,
+        finished_at=row.finished_at,
+    )
+
+
+class SqlStore(Store):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.execute(statement)
+        except SQLAlchemyError as error:
+            raise StoreError(str(error)) from error
+
+    async def _fetch(self, statement: sa.Executable) -> list[sa.Row[Any]]:
+        try:
+            async with self._engine.connect() as connection:
+                return list((await connection.execute(statement)).all())
+        except SQLAlchemyError as error:
+            raise StoreError(str(error)) from error
+
+    async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
+        now = time.time()
+        result = await self._execute(
+            jobs.insert().values(
+                user_id=user_id,
+                service=service,
+                loc=loc,
+                status=Status.QUEUED.db,
+                queued_at=now,
+                updated_at=now,
+            )
+        )
+        primary_key = result.inserted_primary_key
+        assert primary_key is not None
+        return int(primary_key[0])
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        rows = await self._fetch(jobs.select().where(jobs.c.id == job_id))
+        return _record(rows[0]) if rows else None
+
+    async def transition(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> bool:
+        now = time.time()
+        values: dict[str, Any] = {"updated_at": now, **changes}
+        if new is not None:
+            values["status"] = new.db
+            if new.is_terminal() and new is not Status.CLEANED:
+                values["finished_at"] = now
+        result = await self._execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status.in_([s.db for s in expected]))
+            .values(**values)
+        )
+        return result.rowcount == 1
+
+    async def claim(
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        try:
+            async with self._engine.begin() as connection:
+                for job_id in job_ids:
+                    # A dispatch key survives a restart, so a re-dispatch is recognised.
+                    result = await connection.execute(
+                        jobs.update()
+                        .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
+                        .values(
+                            status=Status.PROCESSING.db,
+                            node=node_by_job[job_id],
+                            dispatch_key=sa.func.coalesce(
+                                jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
+                            ),
+                            updated_at=time.time(),
+                        )
+                        .returning(*jobs.c)
+                    )
+                    row = result.first()
+                    if row is not None:
+                        claimed.append(_record(row))
+        except SQLAlchemyError as error:
+            raise StoreError(str(error)) from error
+        return claimed
+
+    async def occupancy(self) -> Occupancy:
+        rows = await self._fetch(
+            sa.select(jobs.c.service, jobs.c.user_id, sa.func.count())
+            .where(jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
+            .group_by(jobs.c.service, jobs.c.user_id)
+        )
+        per_user = {(row[0], row[1]): row[2] for row in rows}
+        per_service: dict[str, int] = {}
+        for (service, _user), count in per_user.items():
+            per_service[service] = per_service.get(service, 0) + count
+        return Occupancy(per_user=per_user, per_service=per_service)
+
+    async def node_occupancy(self, service: str) -> dict[str, int]:
+        rows = await self._fetch(
+            sa.select(jobs.c.node, sa.func.count())
+            .where(
+                jobs.c.service == service,
+                jobs.c.status.in_([s.db for s in SLOT_HOLDING]),
+            )
+            .group_by(jobs.c.node)
+        )
+        return {row[0]: row[1] for row in rows if row[0] is not None}
+
+    async def queue_heads(
+        self, limits: Mapping[str, ServiceLimits], now: float
+    ) -> list[UserQueue]:
+        depth = max((limit.runs_per_user for limit in limits.values()), default=0)
+        if depth == 0:
+            return []
+        position = (
+            sa.func.row_number()
+            .over(partition_by=(jobs.c.service, jobs.c.user_id), order_by=jobs.c.id)
+            .label("position")
+        )
+        due = (
+            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.id, position)
+            .where(
+                jobs.c.status == Status.QUEUED.db,
+                jobs.c.service.in_(list(limits)),
+                sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
+            )
+            .subquery()
+        )
+        rows = await self._fetch(
+            sa.select(due.c.service, due.c.user_id, due.c.id)
+            .where(due.c.position <= depth)
+            .order_by(due.c.service, due.c.user_id, due.c.id)
+        )
+        grouped: dict[tuple[str, int], list[int]] = {}
+        for service, user_id, job_id in rows:
+            grouped.setdefault((service, user_id), []).append(job_id)
+        return [
+            UserQueue(service=service, user_id=user_id, job_ids=tuple(ids))
+            for (service, user_id), ids in grouped.items()
+        ]
+
+    async def next_retry_at(self) -> float | None:
+        rows = await self._fetch(
+            sa.select(sa.func.min(jobs.c.not_before)).where(
+                jobs.c.status == Status.QUEUED.db, jobs.c.not_before.is_not(None)
+            )
+        )
+        value = rows[0][0] if rows else None
+        return float(value) if value is not None else None
+
+    async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]:
+        rows = await self._fetch(
+            jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
+        )
+        return [_record(row) for row in rows]
+
+    async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
+        rows = await self._fetch(
+            jobs.select()
+            .where(jobs.c.status.in_(_FINAL_DB), jobs.c.finished_at < cutoff)
+            .order_by(jobs.c.finished_at)
+            .limit(limit)
+        )
+        return [_record(row) for row in rows]
+
+    async def known_locs(self, locs: Collection[str]) -> set[str]:
+        if not locs:
+            return set()
+        rows = await self._fetch(sa.select(jobs.c.loc).where(jobs.c.loc.in_(list(locs))))
+        return {row[0] for row in rows}
+
+    async def ping(self) -> None:
+        await self._fetch(sa.select(sa.literal(1)))
+
+    async def close(self) -> None:
+        await self._engine.dispose()

@@ -1,0 +1,244 @@
+"""Real `job-orchestrator server` and `client` processes on free loopback ports.
+
+Used by the acceptance tests and the benchmarks. Every process started here, and every job
+process its clients start, carries a tag in its environment so teardown can prove (and
+enforce) that nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+TAG_VARIABLE = "JOB_ORCHESTRATOR_TEST_TAG"
+TRAP = "trap 'echo $? > .orchestrator.exit' EXIT\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tagged_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.environ().get(TAG_VARIABLE) == tag and process.pid != os.getpid():
+                if process.status() != psutil.STATUS_ZOMBIE:
+                    found.append(process)
+    return found
+
+
+@dataclass
+class Node:
+    """One running orchestrator process."""
+
+    kind: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> Node:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "job_orchestrator", self.kind],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+    def wait_healthy(self, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.kind} did not become healthy:\n{self.log()}")
+
+    def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signum)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Cluster:
+    """A server with one service (`example` by default) backed by one or more clients."""
+
+    root: Path
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex)
+    clients: list[Node] = field(default_factory=list)
+    server: Node | None = None
+
+    def base_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith("SERVICE_") and key not in {"PORT", "DB_PATH", "DATA_PATH"}
+        }
+        env[TAG_VARIABLE] = self.tag
+        env.setdefault("LOG_LEVEL", "INFO")
+        env.update(extra or {})
+        return env
+
+    def add_client(self, env: Mapping[str, str] | None = None, start: bool = True) -> Node:
+        index = len(self.clients)
+        port = free_port()
+        node = Node(
+            "client",
+            port,
+            self.base_env(
+                {
+                    "PORT": str(port),
+                    "HOST": "127.0.0.1",
+                    "DATA_PATH": str(self.root / f"client{index}"),
+                    "KILL_GRACE": "2",
+                    **(env or {}),
+                }
+            ),
+            self.root / f"client{index}.log",
+        )
+        self.clients.append(node)
+        return node.start() if start else node
+
+    def start_server(
+        self, env: Mapping[str, str] | None = None, service: str = "example", start: bool = True
+    ) -> Node:
+        port = free_port()
+        urls = ",".join(client.url for client in self.clients)
+        self.server = Node(
+            "server",
+            port,
+            self.base_env(
+                {
+                    "PORT": str(port),
+                    "HOST": "127.0.0.1",
+                    "DB_PATH": str(self.root / "server.db"),
+                    "DATA_PATH": str(self.root / "server-data"),
+                    f"SERVICE_{service.upper()}_CLIENTS": urls,
+                    "POLL_INTERVAL": "0.2",
+                    **(env or {}),
+                }
+            ),
+            self.root / "server.log",
+        )
+        return self.server.start() if start else self.server
+
+    @property
+    def api(self) -> Api:
+        assert self.server is not None
+        return Api(self.server.url)
+
+    def shutdown(self) -> list[str]:
+        """Stop everything; return the command lines of job processes that were still alive."""
+        for node in [self.server, *self.clients]:
+            if node is not None:
+                with contextlib.suppress(Exception):
+                    node.stop()
+        described = []
+        for process in tagged_processes(self.tag):
+            with contextlib.suppress(psutil.Error):
+                described.append(f"{process.pid}: {' '.join(process.cmdline())}")
+                process.kill()
+        return described
+
+
+@dataclass
+class Api:
+    base_url: str
+
+    def upload(
+        self,
+        files: Mapping[str, bytes | str],
+        *,
+        user_id: int | str = 1,
+        service: str = "example",
+    ) -> httpx.Response:
+        parts = [
+            ("file", (name, content.encode() if isinstance(content, str) else content))
+            for name, content in files.items()
+        ]
+        data: dict[str, Any] = {"user_id": str(user_id), "service": service}
+        return httpx.post(f"{self.base_url}/upload", files=parts, data=data, timeout=60)
+
+    def submit(self, script: str, *, user_id: int = 1, extra: Mapping[str, bytes | str] | None = None) -> int:
+        response = self.upload({"run.sh": script, **(extra or {})}, user_id=user_id)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        assert isinstance(job_id, int)
+        return job_id
+
+    def status(self, job_id: int) -> dict[str, Any]:
+        response = httpx.get(f"{self.base_url}/download/{job_id}", timeout=30)
+        if response.headers["content-type"] == "application/zip":
+            return {"id": job_id, "status": "Completed", "message": ""}
+        body: dict[str, Any] = response.json()
+        return body
+
+    def wait_for(self, job_id: int, *statuses: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        body: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            body = self.status(job_id)
+            if body["status"] in statuses:
+                return body
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")
+
+    def download_zip(self, job_id: int) -> zipfile.ZipFile:
+        response = httpx.get(f"{self.base_url}/download/{job_id}", timeout=60)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/zip", response.text
+        return zipfile.ZipFile(io.BytesIO(response.content))
+
+
+@contextlib.contextmanager
+def cluster(root: Path, *, clients: int = 1, server_env: Mapping[str, str] | None = None,
+            client_env: Mapping[str, str] | None = None) -> Iterator[Cluster]:
+    running = Cluster(root)
+    try:
+        for _ in range(clients):
+            running.add_client(client_env)
+        running.start_server(server_env)
+        yield running
+    finally:
+        running.shutdown()

@@ -1,0 +1,373 @@
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from job_orchestrator.server.scheduler import (
+    Occupancy,
+    ServiceLimits,
+    UserQueue,
+    free_slots,
+    plan_dispatch,
+)
+
+SVC = "svc"
+
+
+def occupancy(per_user: Mapping[tuple[str, int], int]) -> Occupancy:
+    """Occupancy as the store computes it: service counts are the sums of the user counts."""
+    per_service: Counter[str] = Counter()
+    for (service, _), count in per_user.items():
+        per_service[service] += count
+    return Occupancy(per_user=dict(per_user), per_service=dict(per_service))
+
+
+def user_queues(service: str, users: int, jobs_each: int) -> list[UserQueue]:
+    """`users` users with `jobs_each` queued jobs each, submitted one user after the other."""
+    return [
+        UserQueue(service, user, tuple(range(user * 100 + 1, user * 100 + 1 + jobs_each)))
+        for user in range(1, users + 1)
+    ]
+
+
+def owners(queues: Iterable[UserQueue]) -> dict[int, tuple[str, int]]:
+    return {job: (q.service, q.user_id) for q in queues for job in q.job_ids}
+
+
+# --- free_slots -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("max_runs", "active", "expected"), [(10, 0, 10), (10, 7, 3), (10, 10, 0), (2, 5, 0), (0, 0, 0)]
+)
+def test_free_slots(max_runs: int, active: int, expected: int) -> None:
+    assert free_slots(ServiceLimits(runs_per_user=5, max_runs=max_runs), active) == expected
+
+
+# --- upstream examples ------------------------------------------------------------------------
+
+
+def test_one_job_per_user_when_slots_are_scarce() -> None:
+    queues = user_queues(SVC, users=3, jobs_each=5)
+    chosen = plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 3)})
+    assert sorted(chosen) == [101, 201, 301]
+
+
+def test_service_over_its_limit_starts_nothing() -> None:
+    queues = user_queues(SVC, users=3, jobs_each=5)
+    busy = occupancy({(SVC, 9): 5})
+    assert plan_dispatch(queues, busy, {SVC: ServiceLimits(5, 2)}) == []
+
+
+def test_two_free_slots_go_to_two_users() -> None:
+    queues = user_queues(SVC, users=3, jobs_each=5)
+    chosen = plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 2)})
+    assert len(chosen) == 2
+    assert len({owners(queues)[job] for job in chosen}) == 2
+
+
+def test_user_at_quota_is_skipped() -> None:
+    queues = user_queues(SVC, users=2, jobs_each=5)
+    chosen = plan_dispatch(queues, occupancy({(SVC, 1): 2}), {SVC: ServiceLimits(2, 10)})
+    assert chosen == [201, 202]
+
+
+@pytest.mark.parametrize("limits", [ServiceLimits(0, 10), ServiceLimits(5, 0), ServiceLimits(0, 0)])
+def test_zero_limits_start_nothing(limits: ServiceLimits) -> None:
+    assert plan_dispatch(user_queues(SVC, 3, 5), occupancy({}), {SVC: limits}) == []
+
+
+def test_unknown_service_waits() -> None:
+    queues = user_queues("unknown", 3, 5)
+    assert plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 10)}) == []
+
+
+def test_services_are_independent_and_in_name_order() -> None:
+    zeta = [UserQueue("zeta", 1, (1, 2, 3))]
+    alpha = [UserQueue("alpha", 1, (4, 5, 6))]
+    limits = {"zeta": ServiceLimits(2, 10), "alpha": ServiceLimits(5, 1)}
+    busy_zeta = occupancy({("zeta", 1): 1})
+    # alpha's single slot does not constrain zeta, zeta's busy user does not constrain alpha.
+    assert plan_dispatch(zeta + alpha, busy_zeta, limits) == [4, 1]
+
+
+def test_empty_input() -> None:
+    assert plan_dispatch([], occupancy({}), {SVC: ServiceLimits(5, 10)}) == []
+    assert plan_dispatch([UserQueue(SVC, 1, ())], occupancy({}), {SVC: ServiceLimits(5, 10)}) == []
+
+
+# --- fairness and determinism -----------------------------------------------------------------
+
+
+def test_freed_slot_goes_to_least_served_user() -> None:
+    # A's jobs are all older than B's, yet B holds fewer slots.
+    queues = [UserQueue(SVC, 1, (1, 2, 3)), UserQueue(SVC, 2, (10, 11))]
+    busy = occupancy({(SVC, 1): 2, (SVC, 2): 0})
+    assert plan_dispatch(queues, busy, {SVC: ServiceLimits(5, 3)}) == [10]
+
+
+def test_tie_goes_to_user_who_waited_longest() -> None:
+    queues = [UserQueue(SVC, 1, (7, 8)), UserQueue(SVC, 2, (3, 9)), UserQueue(SVC, 3, (5,))]
+    busy = occupancy({(SVC, 1): 1, (SVC, 2): 1, (SVC, 3): 1})
+    assert plan_dispatch(queues, busy, {SVC: ServiceLimits(5, 4)}) == [3]
+    assert plan_dispatch(queues, busy, {SVC: ServiceLimits(5, 5)}) == [3, 5]
+
+
+def test_round_robin_order_within_a_decision() -> None:
+    queues = [UserQueue(SVC, 1, (1, 2, 3)), UserQueue(SVC, 2, (4, 5)), UserQueue(SVC, 3, (6,))]
+    chosen = plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 10)})
+    assert chosen == [1, 4, 6, 2, 5, 3]
+
+
+def test_same_input_in_any_order_gives_same_output() -> None:
+    queues = [*user_queues("a", 4, 3), *user_queues("b", 3, 4)]
+    counts = {("a", 1): 1, ("a", 3): 2, ("b", 2): 1}
+    limits = {"a": ServiceLimits(3, 6), "b": ServiceLimits(2, 5)}
+    expected = plan_dispatch(queues, occupancy(counts), limits)
+    rng = random.Random(0)
+    for _ in range(20):
+        shuffled = rng.sample(queues, len(queues))
+        reordered = dict(rng.sample(list(counts.items()), len(counts)))
+        assert plan_dispatch(shuffled, occupancy(reordered), limits) == expected
+
+
+def test_duplicate_queues_of_one_user_are_merged() -> None:
+    queues = [UserQueue(SVC, 1, (5, 6)), UserQueue(SVC, 1, (2, 5))]
+    limits = {SVC: ServiceLimits(2, 10)}
+    assert plan_dispatch(queues, occupancy({}), limits) == [2, 5]
+    assert plan_dispatch(queues[::-1], occupancy({}), limits) == [2, 5]
+
+
+def test_cost_does_not_grow_with_queue_length() -> None:
+    # A coarse guard against an accidental O(users * jobs) or O(users**2) step: 10,000 users
+    # take a few milliseconds; the bound leaves a wide margin for slow or busy machines.
+    queues = [UserQueue(SVC, user, tuple(range(user * 10, user * 10 + 5))) for user in range(10_000)]
+    busy = occupancy({(SVC, user): user % 3 for user in range(0, 10_000, 2)})
+    limits = {SVC: ServiceLimits(5, 20_000)}
+    best_s = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        chosen = plan_dispatch(queues, busy, limits)
+        best_s = min(best_s, time.perf_counter() - started)
+    assert len(chosen) == 20_000 - sum(busy.per_service.values())
+    assert best_s < 0.5
+
+
+# --- properties -------------------------------------------------------------------------------
+
+SERVICES = ("alpha", "beta")
+USERS = tuple(range(4))
+keys = st.tuples(st.sampled_from(SERVICES), st.sampled_from(USERS))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    queues: list[UserQueue]
+    occupancy: Occupancy
+    limits: dict[str, ServiceLimits]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    # Job i + 1 belongs to the i-th drawn key, so each queue is ascending and users interleave
+    # at random; drawing owners is much cheaper for hypothesis than drawing unique ids.
+    queued = draw(st.integers(0, 24))
+    job_owners = draw(st.lists(keys, min_size=queued, max_size=queued))
+    jobs: dict[tuple[str, int], list[int]] = {}
+    for job, key in enumerate(job_owners, start=1):
+        jobs.setdefault(key, []).append(job)
+    queues = [UserQueue(service, user, tuple(ids)) for (service, user), ids in jobs.items()]
+    # Drawn job by job like the queues, so most users hold few slots and services are rarely
+    # all full; users without a slot are absent, as from a GROUP BY query.
+    running = draw(st.integers(0, 10))
+    active = Counter(draw(st.lists(keys, min_size=running, max_size=running)))
+    unconfigured = draw(st.sampled_from((None, *SERVICES)))
+    # Hypothesis favours the first value; a limit of 0 makes a service trivial, so it goes last.
+    size = st.sampled_from((1, 2, 3, 4, 5, 6, 0))
+    limit = st.builds(ServiceLimits, size, size)
+    limits = {service: draw(limit) for service in SERVICES if service != unconfigured}
+    return Scenario(queues, occupancy(active), limits)
+
+
+def reference_plan(scenario: Scenario) -> list[int]:
+    """The fairness rule, spelled out as slowly and plainly as possible."""
+    chosen: list[int] = []
+    for service in sorted(scenario.limits):
+        limits = scenario.limits[service]
+        queues = {q.user_id: list(q.job_ids) for q in scenario.queues if q.service == service}
+        counts = {user: scenario.occupancy.per_user.get((service, user), 0) for user in queues}
+        slots = limits.max_runs - scenario.occupancy.per_service.get(service, 0)
+        while slots > 0:
+            eligible = [u for u in queues if queues[u] and counts[u] < limits.runs_per_user]
+            if not eligible:
+                break
+            user = min(eligible, key=lambda u: (counts[u], queues[u][0]))
+            chosen.append(queues[user].pop(0))
+            counts[user] += 1
+            slots -= 1
+    return chosen
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Per (service, user): jobs active before, chosen now, and queued but left waiting."""
+
+    active: dict[tuple[str, int], int]
+    chosen: dict[tuple[str, int], list[int]]
+    waiting: dict[tuple[str, int], int]
+
+    def final(self, service: str, user: int) -> int:
+        return self.active[service, user] + len(self.chosen[service, user])
+
+
+def outcome(scenario: Scenario, chosen: list[int]) -> Outcome:
+    owner = owners(scenario.queues)
+    picked: dict[tuple[str, int], list[int]] = {}
+    for job in chosen:
+        picked.setdefault(owner[job], []).append(job)
+    everyone = {(q.service, q.user_id) for q in scenario.queues} | set(scenario.occupancy.per_user)
+    return Outcome(
+        active={key: scenario.occupancy.per_user.get(key, 0) for key in everyone},
+        chosen={key: picked.get(key, []) for key in everyone},
+        waiting={
+            (q.service, q.user_id): len(q.job_ids) - len(picked.get((q.service, q.user_id), []))
+            for q in scenario.queues
+        },
+    )
+
+
+@given(scenarios())
+def test_matches_reference_rule(scenario: Scenario) -> None:
+    assert plan_dispatch(scenario.queues, scenario.occupancy, scenario.limits) == reference_plan(
+        scenario
+    )
+
+
+# The invariants share one generated input: drawing scenarios costs more than checking them.
+@given(scenarios())
+def test_invariants(scenario: Scenario) -> None:
+    chosen = plan_dispatch(scenario.queues, scenario.occupancy, scenario.limits)
+    result = outcome(scenario, chosen)
+    check_known_jobs_once_each_services_in_order(scenario, chosen)
+    check_service_limit(scenario, result)
+    check_user_quota(scenario, result)
+    check_prefix_of_each_queue(scenario, result)
+    check_work_conserving(scenario, result)
+    check_max_min_fair(scenario, result)
+
+
+def check_known_jobs_once_each_services_in_order(scenario: Scenario, chosen: list[int]) -> None:
+    owner = owners(scenario.queues)
+    assert len(set(chosen)) == len(chosen)
+    services = [owner[job][0] for job in chosen]
+    assert all(service in scenario.limits for service in services)
+    assert services == sorted(services)
+
+
+def check_service_limit(scenario: Scenario, result: Outcome) -> None:
+    started: Counter[str] = Counter()
+    for (service, _), jobs in result.chosen.items():
+        started[service] += len(jobs)
+    for service, count in started.items():
+        if count:
+            active = scenario.occupancy.per_service.get(service, 0)
+            assert count + active <= scenario.limits[service].max_runs
+
+
+def check_user_quota(scenario: Scenario, result: Outcome) -> None:
+    for (service, user), jobs in result.chosen.items():
+        if jobs:
+            limits = scenario.limits[service]
+            assert result.active[service, user] + len(jobs) <= limits.runs_per_user
+
+
+def check_prefix_of_each_queue(scenario: Scenario, result: Outcome) -> None:
+    for queue in scenario.queues:
+        jobs = result.chosen[queue.service, queue.user_id]
+        assert tuple(jobs) == queue.job_ids[: len(jobs)]
+
+
+def check_work_conserving(scenario: Scenario, result: Outcome) -> None:
+    """While a service has a free slot, nobody with quota to spare is left waiting."""
+    for service, limits in scenario.limits.items():
+        started = sum(len(jobs) for (s, _), jobs in result.chosen.items() if s == service)
+        if scenario.occupancy.per_service.get(service, 0) + started >= limits.max_runs:
+            continue
+        for (s, user), waiting in result.waiting.items():
+            if s == service and waiting:
+                assert result.final(s, user) >= limits.runs_per_user, f"user {user} left waiting"
+
+
+def check_max_min_fair(scenario: Scenario, result: Outcome) -> None:
+    """A user left waiting with quota to spare holds at most one slot fewer than anyone served
+    in this decision: a served user can only be further ahead if it was ahead before."""
+    for (service, user), waiting in result.waiting.items():
+        limits = scenario.limits.get(service)
+        if limits is None or not waiting or result.final(service, user) >= limits.runs_per_user:
+            continue
+        for (other_service, other), jobs in result.chosen.items():
+            if other_service == service and jobs:
+                assert result.final(service, other) <= result.final(service, user) + 1
+
+
+@given(scenarios(), st.integers(0, 2**32))
+def test_input_order_does_not_matter(scenario: Scenario, seed: int) -> None:
+    rng = random.Random(seed)
+    expected = plan_dispatch(scenario.queues, scenario.occupancy, scenario.limits)
+    per_user = list(scenario.occupancy.per_user.items())
+    shuffled = Occupancy(
+        per_user=dict(rng.sample(per_user, len(per_user))),
+        per_service=scenario.occupancy.per_service,
+    )
+    queues = rng.sample(scenario.queues, len(scenario.queues))
+    assert plan_dispatch(queues, shuffled, scenario.limits) == expected
+
+
+# --- simulation -------------------------------------------------------------------------------
+
+
+def submission_order(layout: str) -> dict[int, list[int]]:
+    """Job ids of 4 users x 50 jobs, oldest first, for three ways of submitting them."""
+    if layout == "one user after the other":
+        owner_of = [job // 50 for job in range(200)]
+    elif layout == "interleaved":
+        owner_of = [job % 4 for job in range(200)]
+    else:
+        owner_of = random.Random(layout).sample([job // 50 for job in range(200)], 200)
+    jobs: dict[int, list[int]] = {user: [] for user in range(4)}
+    for job, user in enumerate(owner_of):
+        jobs[user].append(job)
+    return jobs
+
+
+@pytest.mark.parametrize("layout", ["one user after the other", "interleaved", "random 1", "rnd 2"])
+def test_simulation_interleaves_users(layout: str) -> None:
+    limits = ServiceLimits(runs_per_user=2, max_runs=4)
+    queued = submission_order(layout)
+    owner = {job: user for user, jobs in queued.items() for job in jobs}
+    running: list[int] = []  # in start order, so the oldest is first
+    started_by: list[int] = []
+
+    while len(started_by) < 200:
+        counts = Counter(owner[job] for job in running)
+        queues = [UserQueue(SVC, user, tuple(jobs[:2])) for user, jobs in queued.items() if jobs]
+        now = occupancy({(SVC, user): count for user, count in counts.items()})
+        chosen = plan_dispatch(queues, now, {SVC: limits})
+        assert chosen or running, "nothing running and nothing started: stuck"
+        for job in chosen:
+            assert queued[owner[job]].pop(0) == job
+        running.extend(chosen)
+        started_by.extend(owner[job] for job in chosen)
+        assert len(running) <= limits.max_runs
+        assert max(Counter(owner[job] for job in running).values()) <= limits.runs_per_user
+        running.pop(0)
+
+    for start in range(len(started_by) - 8 + 1):
+        assert set(started_by[start : start + 8]) == {0, 1, 2, 3}, f"window at {start}"
