@@ -39,9 +39,12 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if process.environ().get(TAG_VARIABLE) == tag and process.pid != os.getpid():
-                if process.status() != psutil.STATUS_ZOMBIE:
-                    found.append(process)
+            if (
+                process.environ().get(TAG_VARIABLE) == tag
+                and process.pid != os.getpid()
+                and process.status() != psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
     return found
 
 
@@ -200,7 +203,9 @@ class Api:
         data: dict[str, Any] = {"user_id": str(user_id), "service": service}
         return httpx.post(f"{self.base_url}/upload", files=parts, data=data, timeout=60)
 
-    def submit(self, script: str, *, user_id: int = 1, extra: Mapping[str, bytes | str] | None = None) -> int:
+    def submit(
+        self, script: str, *, user_id: int = 1, extra: Mapping[str, bytes | str] | None = None
+    ) -> int:
         response = self.upload({"run.sh": script, **(extra or {})}, user_id=user_id)
         assert response.status_code == 201, response.text
         job_id = response.json()["id"]
@@ -232,8 +237,13 @@ class Api:
 
 
 @contextlib.contextmanager
-def cluster(root: Path, *, clients: int = 1, server_env: Mapping[str, str] | None = None,
-            client_env: Mapping[str, str] | None = None) -> Iterator[Cluster]:
+def cluster(
+    root: Path,
+    *,
+    clients: int = 1,
+    server_env: Mapping[str, str] | None = None,
+    client_env: Mapping[str, str] | None = None,
+) -> Iterator[Cluster]:
     running = Cluster(root)
     try:
         for _ in range(clients):

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
+from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from job_orchestrator import __version__
 from job_orchestrator.errors import ConfigError
@@ -36,15 +40,31 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     # One line per server->client call would drown the log; failures are logged by us.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
+class DrainingServer(uvicorn.Server):
+    """Tells the app the moment a stop signal arrives, before uvicorn waits for connections.
+
+    Long-polling requests then answer at once instead of holding the graceful shutdown.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        draining: asyncio.Event | None = getattr(self._app.state, "draining", None)
+        loop: asyncio.AbstractEventLoop | None = getattr(self._app.state, "loop", None)
+        if draining is not None and loop is not None:
+            loop.call_soon_threadsafe(draining.set)
+        super().handle_exit(sig, frame)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
-    # Imports after argument parsing keep --help and --version independent of the environment.
-    from fastapi import FastAPI
-
     from job_orchestrator.config import load_client_settings, load_server_settings
 
     try:
@@ -64,9 +84,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from job_orchestrator.client.app import create_app as create_client
 
         app = create_client(settings)  # type: ignore[arg-type]
-    logger.info("job-orchestrator %s %s listening on %s:%d", __version__, arguments.command,
-                settings.host, settings.port)
-    server = uvicorn.Server(
+    logger.info(
+        "job-orchestrator %s %s listening on %s:%d",
+        __version__,
+        arguments.command,
+        settings.host,
+        settings.port,
+    )
+    server = DrainingServer(
         uvicorn.Config(
             app,
             host=settings.host,
@@ -75,8 +100,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             lifespan="on",
-        )
+        ),
+        app,
     )
+    # uvicorn re-raises the signal that stopped it once it has shut down gracefully, which
+    # would make a clean SIGTERM stop look like a crash (exit -15); a no-op handler for it to
+    # restore and re-raise lets a graceful stop exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     server.run()
     return 0 if server.started else 1
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
@@ -24,7 +24,13 @@ from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
-from job_orchestrator.http_common import HEALTHY, PING, install_conventions, json_response, parse_u32
+from job_orchestrator.http_common import (
+    HEALTHY,
+    PING,
+    install_conventions,
+    json_response,
+    parse_u32,
+)
 from job_orchestrator.multipart import BoundaryError, MultipartError, read_multipart
 from job_orchestrator.status import Status
 
@@ -43,6 +49,8 @@ class ClientState:
         self.runner = Runner(settings, self.registry)
         self.cpu_percent = 0.0
         self._stop = asyncio.Event()
+        #: Set as soon as a stop signal arrives: long-polls answer at once.
+        self.draining = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,7 +109,9 @@ def _state(request: Request) -> ClientState:
     return state
 
 
-def _payload_response(payload: Payload, status_code: int = 200, *, long_polled: bool = False) -> JSONResponse:
+def _payload_response(
+    payload: Payload, status_code: int = 200, *, long_polled: bool = False
+) -> JSONResponse:
     headers = {}
     if payload.message:
         headers[MESSAGE_HEADER] = quote(payload.message, safe=" :/,.;()'-_=")
@@ -119,6 +129,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ClientState(settings)
         app.state.client = state
+        app.state.draining = state.draining
+        app.state.loop = asyncio.get_running_loop()
         await state.start()
         try:
             yield
@@ -197,7 +209,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         long_polled = wait > 0
         if long_polled:
             payload = await _wait_for_change(
-                state.registry, payload, known or payload.status.wire, min(wait, MAX_LONG_POLL_S)
+                state, payload, known or payload.status.wire, min(wait, MAX_LONG_POLL_S)
             )
         if payload.status is Status.COMPLETED:
             if not payload.paths.result.is_file():
@@ -205,7 +217,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
             return FileResponse(payload.paths.result, media_type="application/zip")
         return _payload_response(payload, long_polled=long_polled)
 
-    @app.get("/retrieve_partial/{payload_id}", summary="A ZIP of the payload directory as it is now")
+    @app.get(
+        "/retrieve_partial/{payload_id}", summary="A ZIP of the payload directory as it is now"
+    )
     async def retrieve_partial(request: Request, payload_id: str) -> Response:
         state = _state(request)
         payload = state.registry.get(parse_u32(payload_id))
@@ -243,17 +257,22 @@ class _Duplicate(Exception):
 
 
 async def _wait_for_change(
-    registry: Registry, payload: Payload, known: str, wait_s: float
+    state: ClientState, payload: Payload, known: str, wait_s: float
 ) -> Payload:
     """Hold a /retrieve until the payload is final or its status differs from `known`."""
     deadline = time.monotonic() + wait_s
+    registry = state.registry
     with registry.watch(payload.id) as changed:
         while True:
             # Re-read after registering the watch, so no change slips in between.
             payload = registry.get(payload.id) or payload
             remaining = deadline - time.monotonic()
-            if payload.status.is_terminal() or payload.status.wire != known or remaining <= 0:
+            if (
+                payload.status.is_terminal()
+                or payload.status.wire != known
+                or remaining <= 0
+                or state.draining.is_set()
+            ):
                 return payload
             changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=remaining)
+            await wait_any(changed.wait(), state.draining.wait(), timeout_s=remaining)

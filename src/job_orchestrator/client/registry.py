@@ -200,7 +200,9 @@ class Registry:
         ).fetchall()
         return [_from_row(row) for row in rows]
 
-    def update(self, payload_id: int, expected: set[Status] | None = None, **changes: Any) -> Payload | None:
+    def update(
+        self, payload_id: int, expected: set[Status] | None = None, **changes: Any
+    ) -> Payload | None:
         """Change a payload (only from `expected` statuses, if given); persist; wake watchers.
 
         A final status is never left for another one, except Cleaned.
@@ -213,7 +215,11 @@ class Registry:
             return None
         if current.status in TERMINAL and new_status not in (None, Status.CLEANED):
             return None
-        if isinstance(new_status, Status) and new_status.is_terminal() and current.finished_at is None:
+        if (
+            isinstance(new_status, Status)
+            and new_status.is_terminal()
+            and current.finished_at is None
+        ):
             changes.setdefault("finished_at", time.time())
         updated = replace(current, **changes)
         row = _row(updated)

@@ -63,6 +63,7 @@ class Runner:
             asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent else None
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._kill_tasks: set[asyncio.Task[None]] = set()
         self._stopping = False
 
     def start(self, payload: Payload) -> None:
@@ -123,7 +124,11 @@ class Runner:
         try:
             with paths.stdout.open("ab") as stdout, paths.stderr.open("ab") as stderr:
                 process = await asyncio.create_subprocess_exec(
-                    "bash", "-c", _WRAPPER, "job-orchestrator-wrapper", str(paths.exit_code),
+                    "bash",
+                    "-c",
+                    _WRAPPER,
+                    "job-orchestrator-wrapper",
+                    str(paths.exit_code),
                     cwd=paths.work,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=stdout,
@@ -132,12 +137,18 @@ class Runner:
                     start_new_session=True,
                 )
         except OSError as error:
-            self.registry.update(payload.id, status=Status.FAILED,
-                                 message=f"could not start run.sh: {error.strerror}")
+            self.registry.update(
+                payload.id,
+                status=Status.FAILED,
+                message=f"could not start run.sh: {error.strerror}",
+            )
             return
         started_at = _process_start_time(process.pid)
         running = self.registry.update(
-            payload.id, {Status.PREPARED}, status=Status.RUNNING, pid=process.pid,
+            payload.id,
+            {Status.PREPARED},
+            status=Status.RUNNING,
+            pid=process.pid,
             pid_started_at=started_at,
         )
         if running is None or running.killed:
@@ -158,21 +169,30 @@ class Runner:
         if current is None:
             return
         if current.killed:
-            self.registry.update(payload.id, status=Status.KILLED, exit_code=returncode,
-                                 message="job terminated")
+            self.registry.update(
+                payload.id, status=Status.KILLED, exit_code=returncode, message="job terminated"
+            )
             return
         if returncode is None:
-            self.registry.update(payload.id, status=Status.FAILED,
-                                 message="run.sh ended while the client was down and its exit "
-                                         "status was lost")
+            self.registry.update(
+                payload.id,
+                status=Status.FAILED,
+                message="run.sh ended while the client was down and its exit status was lost",
+            )
             return
         if returncode != 0:
-            self.registry.update(payload.id, status=Status.FAILED, exit_code=returncode,
-                                 message=_describe_exit(returncode))
+            self.registry.update(
+                payload.id,
+                status=Status.FAILED,
+                exit_code=returncode,
+                message=_describe_exit(returncode),
+            )
             return
         try:
             await asyncio.to_thread(
-                write_directory_zip, current.paths.work, current.paths.result,
+                write_directory_zip,
+                current.paths.work,
+                current.paths.result,
                 max_total_bytes=self.settings.result_max_bytes,
             )
         except ArchiveError as error:
@@ -202,7 +222,9 @@ class Runner:
                 self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
             return
         if updated.status is Status.RUNNING and updated.pid and _live_process(updated) is not None:
-            asyncio.create_task(self.terminate_group(updated.pid), name=f"kill-{payload.id}")
+            task = asyncio.create_task(self.terminate_group(updated.pid), name=f"kill-{payload.id}")
+            self._kill_tasks.add(task)
+            task.add_done_callback(self._kill_tasks.discard)
 
     async def terminate_group(self, pgid: int) -> None:
         if not _signal_group(pgid, signal.SIGTERM):
@@ -240,7 +262,10 @@ def _live_process(payload: Payload) -> psutil.Process | None:
         return None
     with contextlib.suppress(psutil.Error):
         process = psutil.Process(payload.pid)
-        if payload.pid_started_at is not None and abs(process.create_time() - payload.pid_started_at) > 0.5:
+        if (
+            payload.pid_started_at is not None
+            and abs(process.create_time() - payload.pid_started_at) > 0.5
+        ):
             return None
         if process.status() == psutil.STATUS_ZOMBIE:
             return None
@@ -253,12 +278,18 @@ async def _wait_for_exit(process: psutil.Process) -> None:
     try:
         pidfd = os.pidfd_open(process.pid)
     except (OSError, AttributeError):
-        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:
+        # No pidfd (old kernel): nothing signals a non-child's exit, so poll.
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:  # noqa: ASYNC110
             await asyncio.sleep(0.5)
         return
     loop = asyncio.get_running_loop()
-    exited = loop.create_future()
-    loop.add_reader(pidfd, lambda: exited.done() or exited.set_result(None))
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
     try:
         await exited
     finally:

@@ -1,40 +1,36 @@
 """Sanity check of a job's ``run.sh`` before the client executes it (UPSTREAM §7).
 
-This is a screen against obvious mistakes and unsophisticated abuse, **not a sandbox**: whatever
-the script runs indirectly (other uploaded files, command names held in variables, ``$'\\x63url'``,
-interpreters reading code from files or heredocs, ``find -exec``) passes unseen. Real containment
-is the executor's sandbox option. Categories and reason strings are upstream's (§7.1, in the same
-priority order), but the script is read roughly the way bash reads it, to avoid upstream's false
-positives (§7.2):
+A screen against obvious mistakes and unsophisticated abuse, **not a sandbox**: whatever the script
+runs indirectly (other uploaded files, command names in variables, ``$'\\x63url'``, interpreters
+reading code from files or heredocs, ``find -exec``) passes unseen; real containment is the
+executor's sandbox option. Categories, reason strings and their priority are upstream's (§7.1),
+but the script is read roughly the way bash reads it, to avoid upstream's false positives (§7.2):
 
 * comments are ignored (a ``#`` starting a word outside quotes; ``$#`` and ``${#x}`` are not);
 * heredoc bodies are data (``at 300 K`` in an input deck is fine) unless the heredoc line feeds a
   shell (``bash <<EOF``, ``cat <<EOF | sh``); data is still searched for paths and secrets;
 * tools count only as the command word of a simple command, after wrappers (``sudo``, ``env``,
-  ``nohup``, ``xargs``, ``timeout 5``, ``busybox``, ``then``/``do``...), with any path prefix
-  (``/usr/bin/wget``, ``./xmrig``) or quoting (``"curl"``, ``c\\url``). So ``echo "service
-  started"``, ``ncdump data.nc``, ``--mount``, ``stress-strain`` pass. Separators inside quotes
-  still start a command, so ``bash -c 'a; curl x'`` is caught and, rarely, a message such as
-  ``echo "done; mount it"`` is rejected;
+  ``nohup``, ``xargs``, ``timeout 5``, ``busybox``, ``then``...), with any path prefix or quoting
+  (``/usr/bin/wget``, ``./xmrig``, ``c\\url``): ``echo "service started"``, ``ncdump data.nc``,
+  ``--mount``, ``stress-strain`` pass. Separators inside quotes still start a command, so
+  ``bash -c 'a; curl x'`` is caught and, rarely, ``echo "done; mount it"`` is rejected;
 * ``rm`` is destructive only when recursive or forced and a target is absolute (except a named
   entry below ``/tmp``, ``/var/tmp``, ``/dev/shm``), in the home directory, contains ``..``, or is
-  ``$VAR/``/``$VAR/*`` (an empty ``DIR`` turns ``rm -rf "$DIR"/*`` into ``rm -rf /*``; write
-  ``${DIR:?}``). ``rm -rf *``, ``rm -rf .``, ``rm -rf ./tmp`` stay in the job directory and pass;
+  ``$VAR/``/``$VAR/*`` (an empty ``DIR`` makes ``rm -rf "$DIR"/*`` wipe ``/*``; use ``${DIR:?}``).
+  ``rm -rf *``, ``rm -rf .``, ``rm -rf ./tmp`` stay in the job directory and pass;
 * ``chmod`` is dangerous only when it sets setuid/setgid (``4755``, ``2755``, ``+s``, ``g+s``);
 * ``/proc`` only for other processes and kernel interfaces (``/proc/1/...``, ``/proc/*/mem``,
   ``/proc/self/environ``, ``/proc/sys``, ``/proc/kcore``); ``/proc/cpuinfo``, ``/proc/meminfo``,
-  ``/proc/self/status``, ``/proc/$$/status`` pass;
-* ``/sys`` only for writes (``> /sys/...``, ``tee /sys/...``, ``of=/sys/...``) and
+  ``/proc/self/status`` pass. ``/sys`` only for writes (``> /sys/...``, ``tee``, ``of=``) and
   ``/sys/{kernel,firmware,module,power,hypervisor}``: reading ``/sys/fs/cgroup/memory.max`` or
   ``/sys/devices/system/cpu/online`` is how a job discovers its resources, so it passes;
-* ``/root`` only as an absolute path; ``dd`` writing ``/dev/null`` passes;
-* secrets are whole variable names: ``$TOKEN``, ``${TOKEN}``, ``${AWS_KEY}``, not ``$TOKENIZER``.
+* ``/root`` only as an absolute path; ``dd`` writing ``/dev/null`` passes; secrets are whole
+  variable names (``$TOKEN``, ``${TOKEN}``, ``${AWS_KEY}``, not ``$TOKENIZER``).
 
-Deliberately still rejected: ``busybox nc``/``busybox wget`` (real network use), any ``rsync``
-(even local), ``dd`` reading ``/dev/zero``/``/dev/urandom`` unless into ``/dev/null``, any
-``python -c``. Caught beyond upstream: base64 into ``bash -c``/``sh -c``/``bash <(...)``,
-``python3.11 -c``/``python -Bc``, ``perl -E``, fork bombs with spaces or other names, ``nft``,
-indented ``at``, ``rm -rf ..``/``$HOME``, ``mkfs.ext4``, ``chmod u+s``. Upper case is not folded.
+Deliberately still rejected: ``busybox nc`` (real network use), any ``rsync``, ``python -c``,
+``dd`` from ``/dev/zero``/``/dev/urandom`` unless into ``/dev/null``. Caught beyond upstream:
+base64 into ``sh -c``, ``python3.11 -c``, ``perl -E``, spaced fork bombs, ``nft``, indented ``at``,
+``rm -rf ..``/``$HOME``, ``chmod u+s``. Upper case is not folded.
 """
 
 from __future__ import annotations
@@ -139,20 +135,14 @@ _TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             "access to /sys",
             rf"{_ABS}/sys/(?:kernel|firmware|module|power|hypervisor)(?![\w.-])"
-            r"|(?:>>?\|?|\btee(?:\s+-\S+)*\s|\bof=)\s*['\"]?/sys/",
+            r"|(?:>>?\|?|\btee\s+(?:-a\s+)?|\bof=)\s*['\"]?/sys/",
         ),
         ("access to SSH keys", r"(?:~|\$HOME|\$\{HOME\}|/root|/home/[^/\s]+)/\.ssh(?![\w-])"),
         ("access to root home", rf"{_ABS}/root(?![\w.-])"),
         ("access to Docker socket", r"docker\.sock\b"),
         ("reverse shell via /dev/tcp", r"/dev/tcp/"),
         ("reverse shell via /dev/udp", r"/dev/udp/"),
-        (
-            "obfuscated execution: base64 pipe to shell",
-            rf"\bbase64\b[^\n]*\|\s*(?:sudo\s+)?(?:\S*/)?{_SHELL}"
-            rf"|{_SHELL}\s+(?:-\w*c\w*\s|<\()[^\n]*\bbase64\b",
-        ),
         ("persistence: cron directory", r"/etc/cron"),
-        ("fork bomb", r"(?<![\w:])([\w:]+)\s*\(\)\s*\{[^}]*?(?<![\w:])\1\s*\|\s*\1(?![\w:])"),
         ("crypto mining: xmrig", r"\bxmrig\b"),
         ("crypto mining: minerd", r"\bminerd\b"),
         ("crypto mining: cpuminer", r"\bcpuminer\b"),
@@ -164,19 +154,27 @@ _TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 
-_LEX = re.compile(
-    r"""(?P<quoted>'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.)
-    |(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
-        (?:'(?P<d1>[^'\n]+)'|"(?P<d2>[^"\n]+)"|\\?(?P<d3>[A-Za-z_][\w.-]*)))
-    |(?P<comment>\#[^\n]*)
-    |(?P<newline>\n)
-    |[^'"\\\n#<$]+|.""",
-    re.VERBOSE | re.DOTALL,
+# Every pattern below is linear in the script size: a 20 MiB script must not stall the client.
+_BREAK = r"\s;&|()<>"
+_HEREDOC = r"""(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
+    (?:'(?P<d1>[^'\n]+)'|"(?P<d2>[^"\n]+)"|\\?(?P<d3>[A-Za-z_][\w.-]*)))"""
+_COMMENT = rf"(?P<comment>(?<![^{_BREAK}])(?<!\\[{_BREAK}])\#[^\n]*)"  # `#` starting a word
+# A run of ordinary text: quoted strings, escapes, `#` inside a word (`$#`, `${#x}`), `<<<`.
+_RUN = rf"""(?:'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.|(?<![{_BREAK}])\#
+    |<(?!<)|<<<+|[^'"\\\#<%s])++"""
+_LEX_ANY = re.compile(rf"{_HEREDOC}|{_COMMENT}|{_RUN % ''}|.", re.VERBOSE | re.DOTALL)
+_LEX_LINE = re.compile(  # while a heredoc is pending, stop at the end of its line
+    rf"{_HEREDOC}|{_COMMENT}|(?P<newline>\n)|{_RUN % chr(10)}|.", re.VERBOSE | re.DOTALL
 )
-_WORD_BREAK = frozenset(" \t\n;&|()<>")
 _FEEDS_SHELL = re.compile(rf"{_SHELL}|/dev/stdin")
 # Simple-command boundaries; `sh -c '` too, so the quoted program is checked like a script.
-_SPLIT = re.compile(rf"[\n;&|()`]|{_SHELL}\s+-\w*c\w*\s+['\"]")
+_SHELL_C = rf"{_SHELL}\s+-(?=\w*c)\w++\s+"
+_SPLIT = re.compile(rf"[\n;&|()`]|{_SHELL_C}['\"]")
+_BASE64 = re.compile(r"\bbase64\b")
+_PIPE_TO_SHELL = re.compile(rf"\|\s*(?:sudo\s+)?(?:[^\s|;&]*/)?{_SHELL}")
+_SHELL_RUNS = re.compile(rf"{_SHELL_C}|{_SHELL}\s+<\(")
+_FUNCTION = re.compile(r"(?<![\w:])([\w:]+)\s*\(\)|\bfunction\s+([\w:]+)")
+_SELF_PIPE = re.compile(r"(?<![\w:])([\w:]+)\s*\|\s*\1(?![\w:])")  # `:|:`, `bomb | bomb`
 _REDIRECT = re.compile(r"\d*(?:[<>]{1,2}|&>>?|[<>]&|>\|)")
 _ASSIGN = re.compile(r"[A-Za-z_]\w*(?:\[[^\]]*\])?\+?=")
 _WRAPPER_OPT = re.compile(r"[-+].*|\d[\w.:]*|\{\}")
@@ -200,34 +198,41 @@ def _split_script(text: str) -> tuple[str, str]:
     code: list[str] = []
     data: list[str] = []
     pending: list[str] = []
-    pos = line_start = 0
+    pos = line_start = arithmetic = 0
     while pos < len(text):
-        match = _LEX.match(text, pos)
+        match = (_LEX_LINE if pending else _LEX_ANY).match(text, pos)
         assert match is not None  # the final `.` alternative matches any character
         kind, token, start, pos = match.lastgroup, match.group(), match.start(), match.end()
         if kind == "comment":
-            if start > 0 and text[start - 1] not in _WORD_BREAK:  # `$#`, `${#x}`, `a#b`
-                code.append("#")
-                pos = start + 1
             continue
         code.append(token)
         if kind == "heredoc":
-            before = text[line_start:start]
-            arithmetic = before.count("((") > before.count("))") or before.rfind(
-                "$["
-            ) > before.rfind("]")
-            if not arithmetic:  # `$((1 << n))` is a shift, not a heredoc
+            if arithmetic <= 0:  # in `$((1 << n))` or `$[1 << n]` it is a shift
                 pending.append(match["d1"] or match["d2"] or match["d3"])
         elif kind == "newline":
-            if pending:
-                sink = code if _FEEDS_SHELL.search(text, line_start, pos) else data
-                for delimiter in pending:
-                    end = _heredoc_end(text, pos, delimiter)
-                    sink.append(text[pos:end])
-                    pos = end
-                pending.clear()
-            line_start = pos
+            sink = code if _FEEDS_SHELL.search(text, line_start, pos) else data
+            for delimiter in pending:
+                end = _heredoc_end(text, pos, delimiter)
+                sink.append(text[pos:end])
+                pos = end
+            pending.clear()
+            line_start, arithmetic = pos, 0
+        else:
+            newline = token.rfind("\n")
+            if newline >= 0:
+                line_start, arithmetic, token = start + newline + 1, 0, token[newline + 1 :]
+            arithmetic += token.count("((") + token.count("$[") - token.count("))")
     return "".join(code), "".join(data)
+
+
+def _followed_on_line(text: str, first: re.Pattern[str], then: re.Pattern[str]) -> bool:
+    # Only the first `first` of a line matters (later ones see less of it): stays linear.
+    pos = 0
+    while (match := first.search(text, pos)) is not None:
+        pos = text.find("\n", match.end()) % (len(text) + 1)
+        if then.search(text, match.end(), pos):
+            return True
+    return False
 
 
 def _heredoc_end(text: str, pos: int, delimiter: str) -> int:
@@ -335,6 +340,13 @@ def check_script_text(text: str, *, require_exit_trap: bool = False) -> ScriptRe
     """Check decoded script text; the earliest (upstream order) matching reason is reported."""
     code, data = _split_script(text.removeprefix("\ufeff"))
     found = {reason for reason, rx in _TEXT_RULES if rx.search(code) or rx.search(data)}
+    if _followed_on_line(code, _BASE64, _PIPE_TO_SHELL) or _followed_on_line(
+        code, _SHELL_RUNS, _BASE64
+    ):
+        found.add("obfuscated execution: base64 pipe to shell")
+    piped = {match[1] for match in _SELF_PIPE.finditer(code)}
+    if piped and any((m[1] or m[2]) in piped for m in _FUNCTION.finditer(code)):
+        found.add("fork bomb")
     for segment in _SPLIT.split(code):
         found.update(_segment_reasons(segment))
     if found:
@@ -351,12 +363,10 @@ def validate_script(path: Path, *, require_exit_trap: bool = False) -> ScriptRej
         info = path.stat()
     except OSError:
         return ScriptRejection(RejectionKind.MISSING, "run.sh not found")
-    if stat.S_ISDIR(info.st_mode):
-        return ScriptRejection(RejectionKind.MISSING, "run.sh is a directory")
+    if not stat.S_ISREG(info.st_mode):  # a directory; a FIFO would block the client forever
+        return ScriptRejection(RejectionKind.MISSING, "run.sh is not a regular file")
     if info.st_size > MAX_SCRIPT_BYTES:
         return ScriptRejection(RejectionKind.UNSAFE, "script too large")
-    if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block the client forever
-        return ScriptRejection(RejectionKind.MISSING, "run.sh is not a regular file")
     try:
         with path.open("rb") as handle:
             raw = handle.read(MAX_SCRIPT_BYTES + 1)  # bounded even if the file grows meanwhile

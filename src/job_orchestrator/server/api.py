@@ -13,7 +13,13 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 
 from job_orchestrator.errors import ClientCallError, PayloadLostError, StoreError
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
@@ -195,7 +201,10 @@ async def upload(request: Request) -> Response:
     summary="The result ZIP of a Completed job, otherwise its status",
     tags=["files"],
     responses={
-        200: {"description": "ZIP when Completed, else the status", "content": {**_ZIP, **_JSON_STATUS}},
+        200: {
+            "description": "ZIP when Completed, else the status",
+            "content": {**_ZIP, **_JSON_STATUS},
+        },
         400: _PATH_ERROR,
         404: {"description": "No such job", "content": _JSON_STATUS},
         500: {"description": "Result unreadable", "content": _JSON_STATUS},

@@ -84,8 +84,9 @@ class Orchestrator:
     def _loop_died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set():
             return
-        logger.critical("background loop %s died: %r; stopping the server", task.get_name(),
-                        task.exception())
+        logger.critical(
+            "background loop %s died: %r; stopping the server", task.get_name(), task.exception()
+        )
         os.kill(os.getpid(), 15)
 
     def wake_dispatch(self) -> None:
@@ -97,8 +98,10 @@ class Orchestrator:
             # The dispatch key is kept: a client that already has the payload returns it.
             await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
         for job in await self.store.jobs_with_status([*ON_CLIENT, Status.LOCKED]):
-            self._spawn(job.id, self._collect(job) if job.status in ON_CLIENT
-                        else self._finish_termination(job))
+            self._spawn(
+                job.id,
+                self._collect(job) if job.status in ON_CLIENT else self._finish_termination(job),
+            )
 
     def _spawn(self, job_id: int, coroutine: Coroutine[Any, Any, object]) -> None:
         """Run one job's dispatch/collection; a job never has two such tasks."""
@@ -188,11 +191,18 @@ class Orchestrator:
             await self._retry_dispatch(job, str(error))
             return
         except ClientCallError as error:
-            await self._fail(job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}")
+            await self._fail(
+                job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
+            )
             return
         moved = await self.store.transition(
-            job.id, [Status.PROCESSING], Status.SUBMITTED, dest_id=dest_id,
-            failing_since=None, not_before=None, message="",
+            job.id,
+            [Status.PROCESSING],
+            Status.SUBMITTED,
+            dest_id=dest_id,
+            failing_since=None,
+            not_before=None,
+            message="",
         )
         if moved:
             fresh = await self.store.get_job(job.id)
@@ -209,17 +219,27 @@ class Orchestrator:
         now = time.time()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
-            await self._fail(job, [Status.PROCESSING, Status.LOCKED],
-                             f"could not reach the client for {now - since:.0f} s: {reason}")
+            await self._fail(
+                job,
+                [Status.PROCESSING, Status.LOCKED],
+                f"could not reach the client for {now - since:.0f} s: {reason}",
+            )
             return
         delay = backoff_s(job.attempts + 1)
         logger.warning("dispatch of job %d failed (%s); retrying in %.1f s", job.id, reason, delay)
         moved = await self.store.transition(
-            job.id, [Status.PROCESSING], Status.QUEUED, attempts=job.attempts + 1,
-            failing_since=since, not_before=now + delay, node=None,
+            job.id,
+            [Status.PROCESSING],
+            Status.QUEUED,
+            attempts=job.attempts + 1,
+            failing_since=since,
+            not_before=now + delay,
+            node=None,
         )
         if not moved:  # terminated meanwhile; the job never reached a client
-            await self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
+            await self.store.transition(
+                job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
+            )
         self.wake_dispatch()
 
     async def _fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
@@ -240,15 +260,18 @@ class Orchestrator:
         while not self._stop.is_set():
             try:
                 result = await self.gateway.retrieve(
-                    node, job.dest_id, loc / RESULT_NAME, wait_s=self.settings.long_poll_s,
-                    known=known, token=service.client_token,
+                    node,
+                    job.dest_id,
+                    loc / RESULT_NAME,
+                    wait_s=self.settings.long_poll_s,
+                    known=known,
+                    token=service.client_token,
                 )
             except TransientClientError as error:
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self.settings.retry_deadline_s:
-                    await self._fail(job, list(ON_CLIENT),
-                                     f"lost contact with the client: {error}")
+                    await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
                 continue
@@ -264,8 +287,11 @@ class Orchestrator:
                 return
             if result.status in TERMINAL:
                 if result.status is Status.CLEANED:
-                    await self._settle(job, Status.FAILED,
-                                       "the client removed the payload before its result was collected")
+                    await self._settle(
+                        job,
+                        Status.FAILED,
+                        "the client removed the payload before its result was collected",
+                    )
                     return
                 await self._keep_partial(job, node, service)
                 await self._settle(job, result.status, result.message)
@@ -293,14 +319,22 @@ class Orchestrator:
 
     async def _payload_lost(self, job: JobRecord, reason: str) -> None:
         if job.attempts + 1 >= self.settings.dispatch_attempts:
-            await self._fail(job, list(ON_CLIENT),
-                             f"payload lost on the client {job.attempts + 1} times: {reason}")
+            await self._fail(
+                job,
+                list(ON_CLIENT),
+                f"payload lost on the client {job.attempts + 1} times: {reason}",
+            )
             return
         logger.warning("job %d: %s; dispatching it again", job.id, reason)
         # A fresh key: the client lost the old payload, it must create a new one.
         await self.store.transition(
-            job.id, ON_CLIENT, Status.QUEUED, attempts=job.attempts + 1, dest_id=None,
-            dispatch_key=None, node=None,
+            job.id,
+            ON_CLIENT,
+            Status.QUEUED,
+            attempts=job.attempts + 1,
+            dest_id=None,
+            dispatch_key=None,
+            node=None,
         )
         self.wake_dispatch()
 
@@ -316,8 +350,9 @@ class Orchestrator:
                     409, job.status, f"Job {job_id} already finished with status {job.status.wire}"
                 )
             if job.status is Status.QUEUED:
-                if await self.store.transition(job_id, [Status.QUEUED], Status.KILLED,
-                                               message="job terminated"):
+                if await self.store.transition(
+                    job_id, [Status.QUEUED], Status.KILLED, message="job terminated"
+                ):
                     return TerminateOutcome(200, Status.KILLED, "job terminated")
                 continue
             if job.status is Status.LOCKED:
@@ -348,7 +383,9 @@ class Orchestrator:
             pass  # nothing left to kill on the client
         except ClientCallError as error:
             logger.warning("could not terminate job %d: %s", job.id, error)
-            if restore is not None and await self.store.transition(job.id, [Status.LOCKED], restore):
+            if restore is not None and await self.store.transition(
+                job.id, [Status.LOCKED], restore
+            ):
                 fresh = await self.store.get_job(job.id)
                 if fresh is not None:
                     self._spawn(job.id, self._collect(fresh))

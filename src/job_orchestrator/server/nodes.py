@@ -9,6 +9,7 @@ Requests carry only what the original client understands plus headers it ignores
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -103,12 +104,12 @@ class NodeGateway:
     ) -> int:
         """POST every regular file under files_dir as a multipart part; return the payload id."""
         what = f"dispatch to {node.upload_url}"
+        files = await asyncio.to_thread(_regular_files, files_dir)
         with contextlib.ExitStack() as stack:
-            parts: list[tuple[str, tuple[str, IO[bytes]]]] = []
-            for path in sorted(files_dir.rglob("*")):
-                if path.is_file() and not path.is_symlink():
-                    relative = path.relative_to(files_dir).as_posix()
-                    parts.append((relative, (path.name, stack.enter_context(path.open("rb")))))
+            parts: list[tuple[str, tuple[str, IO[bytes]]]] = [
+                (relative, (path.name, stack.enter_context(path.open("rb"))))
+                for relative, path in files
+            ]
             # httpx needs at least one part to produce a multipart body.
             data = {} if parts else {"empty": ""}
             async with self._call(what):
@@ -163,7 +164,9 @@ class NodeGateway:
         try:
             status = Status.from_wire(str(payload.get("status")))
         except ValueError:
-            raise PermanentClientError(f"{what}: unknown status {payload.get('status')!r}") from None
+            raise PermanentClientError(
+                f"{what}: unknown status {payload.get('status')!r}"
+            ) from None
         return RetrieveResult(
             status=status,
             message=unquote(response.headers.get(MESSAGE_HEADER, "")),
@@ -209,6 +212,15 @@ class NodeGateway:
                 join_url(node.terminate_url, payload_id), headers=self._headers(token)
             )
         _raise_for_status(response, what)
+
+
+def _regular_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of every regular file under root, in a stable order."""
+    return [
+        (path.relative_to(root).as_posix(), path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    ]
 
 
 async def _stream_to_file(response: httpx.Response, destination: Path) -> None:

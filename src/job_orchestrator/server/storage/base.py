@@ -58,7 +58,9 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, job_ids: Iterable[int], node_by_job: Mapping[int, str]) -> list[JobRecord]:
+    async def claim(
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+    ) -> list[JobRecord]:
         """Move the given Queued jobs to Processing on their chosen node; return those claimed."""
 
     @abc.abstractmethod
@@ -69,9 +71,7 @@ class Store(abc.ABC):
         """Slot-holding jobs of a service per node (client upload URL)."""
 
     @abc.abstractmethod
-    async def queue_heads(
-        self, limits: Mapping[str, ServiceLimits], now: float
-    ) -> list[UserQueue]:
+    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
         """The oldest due Queued jobs of each (service, user), at most runs_per_user each."""
 
     @abc.abstractmethod

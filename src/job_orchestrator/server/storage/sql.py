@@ -74,7 +74,7 @@ def _migrate(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _record(row: sa.Row[Any]) -> JobRecord:
+def _record(row: Any) -> JobRecord:
     return JobRecord(
         id=row.id,
         user_id=row.user_id,
@@ -104,7 +104,7 @@ class SqlStore(Store):
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
 
-    async def _fetch(self, statement: sa.Executable) -> list[sa.Row[Any]]:
+    async def _fetch(self, statement: sa.Executable) -> list[Any]:
         try:
             async with self._engine.connect() as connection:
                 return list((await connection.execute(statement)).all())
@@ -202,9 +202,7 @@ class SqlStore(Store):
         )
         return {row[0]: row[1] for row in rows if row[0] is not None}
 
-    async def queue_heads(
-        self, limits: Mapping[str, ServiceLimits], now: float
-    ) -> list[UserQueue]:
+    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
         depth = max((limit.runs_per_user for limit in limits.values()), default=0)
         if depth == 0:
             return []

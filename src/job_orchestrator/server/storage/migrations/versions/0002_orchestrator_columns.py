@@ -25,9 +25,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("queued_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("updated_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("finished_at", sa.Float, nullable=True))
-    op.create_index(
-        "ix_jobs_status_service_user", "jobs", ["status", "service", "user_id", "id"]
-    )
+    op.create_index("ix_jobs_status_service_user", "jobs", ["status", "service", "user_id", "id"])
     op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"])
     op.create_index("ix_jobs_loc", "jobs", ["loc"])
     # Upstream jobs that already ended have no finish time: count retention from now.
