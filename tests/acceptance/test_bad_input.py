@@ -53,7 +53,9 @@ def leaves_nothing(directory: Path) -> Iterator[None]:
     before = subdirectories(directory)
     yield
     after = subdirectories(directory)
-    assert after == before, f"left behind: {sorted(after - before)}; removed: {sorted(before - after)}"
+    assert after == before, (
+        f"left behind: {sorted(after - before)}; removed: {sorted(before - after)}"
+    )
 
 
 def server_data(cl: Cluster) -> Path:
@@ -76,7 +78,9 @@ def multipart(parts: list[tuple[bytes, bytes]]) -> tuple[str, bytes]:
 
 
 def form(fields: dict[str, str], files: dict[str, bytes] | None = None) -> tuple[str, bytes]:
-    parts = [(f'form-data; name="{name}"'.encode(), value.encode()) for name, value in fields.items()]
+    parts = [
+        (f'form-data; name="{name}"'.encode(), value.encode()) for name, value in fields.items()
+    ]
     for name, content in (files if files is not None else {"run.sh": SCRIPT}).items():
         parts.append((f'form-data; name="file"; filename="{name}"'.encode(), content))
     return multipart(parts)
@@ -87,7 +91,9 @@ def post_upload(server_url: str, content_type: str | None, body: Any) -> httpx.R
     return httpx.post(f"{server_url}/upload", content=body, headers=headers, timeout=60)
 
 
-def assert_json_error(response: httpx.Response, status_code: int, message: str | None = None) -> str:
+def assert_json_error(
+    response: httpx.Response, status_code: int, message: str | None = None
+) -> str:
     assert response.status_code == status_code, response.text
     assert response.headers["content-type"] == "application/json"
     body = response.json()
@@ -96,7 +102,8 @@ def assert_json_error(response: httpx.Response, status_code: int, message: str |
     assert body["status"] == "Unknown"
     if message is not None:
         assert body["message"] == message
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
     return str(body["message"])
 
 
@@ -114,7 +121,8 @@ def accept_upload(cl: Cluster, server_url: str, fields: dict[str, str]) -> int:
     response = post_upload(server_url, content_type, body)
     assert response.status_code == 201, response.text
     job_id = response.json()["id"]
-    assert isinstance(job_id, int) and job_id > 0
+    assert isinstance(job_id, int)
+    assert job_id > 0
     accepted.append(job_id)
     return job_id
 
@@ -132,7 +140,9 @@ def test_missing_user_id(cl: Cluster, server_url: str) -> None:
     reject_upload(cl, server_url, {"service": "example"}, 400, "Missing user_id field")
 
 
-@pytest.mark.parametrize("user_id", ["abc", " 1", "1 ", "1.0", "", "0x1", "1_000", "2147483648", "１"])
+@pytest.mark.parametrize(
+    "user_id", ["abc", " 1", "1 ", "1.0", "", "0x1", "1_000", "2147483648", "１"]
+)
 def test_invalid_user_id(cl: Cluster, server_url: str, user_id: str) -> None:
     reject_upload(
         cl,
@@ -160,7 +170,11 @@ def test_unknown_service(cl: Cluster, server_url: str, service: str) -> None:
 
 def test_user_id_is_checked_before_service(cl: Cluster, server_url: str) -> None:
     reject_upload(
-        cl, server_url, {"user_id": "x", "service": "nope"}, 400, "Invalid user_id, should be a number"
+        cl,
+        server_url,
+        {"user_id": "x", "service": "nope"},
+        400,
+        "Invalid user_id, should be a number",
     )
 
 
@@ -217,7 +231,8 @@ def test_body_over_the_limit_with_content_length(cl: Cluster, server_url: str) -
         response = post_upload(server_url, content_type, body)
     assert response.request.headers["content-length"] == str(len(body))
     message = assert_json_error(response, 413)
-    assert "limit" in message and str(LIMIT_MB * 1024 * 1024) in message
+    assert "limit" in message
+    assert str(LIMIT_MB * 1024 * 1024) in message
 
 
 def test_body_over_the_limit_chunked(cl: Cluster, server_url: str) -> None:
@@ -232,7 +247,8 @@ def test_body_over_the_limit_chunked(cl: Cluster, server_url: str) -> None:
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
     message = assert_json_error(response, 413)
-    assert "limit" in message and str(LIMIT_MB * 1024 * 1024) in message
+    assert "limit" in message
+    assert str(LIMIT_MB * 1024 * 1024) in message
 
 
 def test_body_just_under_the_limit_is_accepted(cl: Cluster, server_url: str) -> None:
@@ -265,7 +281,7 @@ def test_unsafe_file_names(cl: Cluster, server_url: str, filename: bytes) -> Non
     assert_json_error(response, 400)
 
 
-# ---- bad path ids ---------------------------------------------------------------------------------
+# ---- bad path ids ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("route", ["/download/{}", "/download_partial/{}", "/terminate/{}"])
@@ -307,7 +323,9 @@ def test_client_submit_not_multipart(cl: Cluster, content_type: str | None) -> N
 
 def test_client_submit_truncated_multipart(cl: Cluster) -> None:
     settle(cl)
-    content_type, body = multipart([(b'form-data; name="run.sh"; filename="run.sh"', b"x" * 10_000)])
+    content_type, body = multipart(
+        [(b'form-data; name="run.sh"; filename="run.sh"', b"x" * 10_000)]
+    )
     before = _client_payload_dirs(cl)
     response = httpx.post(
         f"{cl.clients[0].url}/submit",
@@ -326,7 +344,10 @@ def test_client_submit_nul_file_name(cl: Cluster) -> None:
     content_type, body = multipart([(b'form-data; name="run.sh"; filename="r\x00un.sh"', SCRIPT)])
     before = _client_payload_dirs(cl)
     response = httpx.post(
-        f"{cl.clients[0].url}/submit", content=body, headers={"content-type": content_type}, timeout=30
+        f"{cl.clients[0].url}/submit",
+        content=body,
+        headers={"content-type": content_type},
+        timeout=30,
     )
     assert response.status_code == 400
     assert _client_payload_dirs(cl) == before
@@ -344,7 +365,8 @@ def test_a_normal_job_still_completes(cl: Cluster, server_url: str) -> None:
     settle(cl)
     for node in [cl.server, *cl.clients]:
         assert node is not None
-        assert node.process is not None and node.process.poll() is None
+        assert node.process is not None
+        assert node.process.poll() is None
         assert "Traceback" not in node.log()
     # Every job the module accepted is final; none is stuck.
     for job_id in accepted:

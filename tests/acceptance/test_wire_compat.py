@@ -282,7 +282,8 @@ def test_load_is_a_bare_number(client_url: str) -> None:
     assert response.headers["content-type"] == "application/json"
     assert re.fullmatch(r"[0-9]+(\.[0-9]+)?", response.text), response.text
     value = json.loads(response.text)
-    assert isinstance(value, int | float) and not isinstance(value, bool)
+    assert isinstance(value, int | float)
+    assert not isinstance(value, bool)
     assert 0 <= value <= 100
 
 
@@ -348,7 +349,10 @@ def test_upload_answer_is_exact(ours: Cluster) -> None:
     body = status_body(response)
     job_id = body["id"]
     assert job_id > 0
-    assert response.text == f'{{"id":{job_id},"status":"Queued","message":"Job successfully uploaded"}}'
+    assert (
+        response.text
+        == f'{{"id":{job_id},"status":"Queued","message":"Job successfully uploaded"}}'
+    )
     ours.api.wait_for(job_id, "Completed")
     assert ours.api.download_zip(job_id).read("done.txt") == b"done\n"
 
@@ -358,7 +362,7 @@ def test_download_of_active_job_is_a_status_body(ours: Cluster) -> None:
     response = upload_raw(ours, {"run.sh": b"sleep 60\n"})
     assert response.status_code == 201
     job_id = response.json()["id"]
-    seen = []
+    seen: list[str] = []
     deadline = time.monotonic() + TIMEOUT_S
     while True:
         assert time.monotonic() < deadline, f"job never ran; saw {seen}"
@@ -383,11 +387,16 @@ def test_download_unknown_job(ours: Cluster) -> None:
     response = httpx.get(f"{ours.server.url}/download/999", timeout=30)
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
-    assert response.text == '{"id":0,"status":"Unknown","message":"Job 999 not found in the database"}'
+    assert (
+        response.text == '{"id":0,"status":"Unknown","message":"Job 999 not found in the database"}'
+    )
     for route, method in [("/download_partial/999", "GET"), ("/terminate/999", "POST")]:
         other = httpx.request(method, f"{ours.server.url}{route}", timeout=30)
         assert other.status_code == 404, route
-        assert other.text == '{"id":0,"status":"Unknown","message":"Job 999 not found in the database"}'
+        assert (
+            other.text
+            == '{"id":0,"status":"Unknown","message":"Job 999 not found in the database"}'
+        )
 
 
 def test_swagger_and_openapi(ours: Cluster) -> None:
@@ -478,7 +487,9 @@ class FakeRustClient:
         with self.lock:
             return next((p for p in self.payloads.values() if p.marker == marker), None)
 
-    def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[int, str | None, bytes]:
+    def handle(
+        self, method: str, target: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, str | None, bytes]:
         split = urlsplit(target)
         with self.lock:
             self.requests.append(Recorded(method, split.path, split.query, headers, body))
@@ -545,7 +556,7 @@ def _make_handler(fake: FakeRustClient) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
         def _read_body(self) -> bytes:
@@ -572,8 +583,8 @@ def _make_handler(fake: FakeRustClient) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(content)
 
-        do_GET = _serve  # noqa: N815
-        do_POST = _serve  # noqa: N815
+        do_GET = _serve
+        do_POST = _serve
 
     return Handler
 
@@ -588,7 +599,9 @@ def fake_client() -> Iterator[FakeRustClient]:
 
 
 @pytest.fixture(scope="module")
-def rust_peer(tmp_path_factory: pytest.TempPathFactory, fake_client: FakeRustClient) -> Iterator[Cluster]:
+def rust_peer(
+    tmp_path_factory: pytest.TempPathFactory, fake_client: FakeRustClient
+) -> Iterator[Cluster]:
     """Our server configured the original way: three URLs per service, no _CLIENTS."""
     running = Cluster(tmp_path_factory.mktemp("rust-peer"))
     port = free_port()
@@ -645,7 +658,9 @@ def test_dispatch_to_rust_client_and_collect_the_zip(
     script = b"#!/bin/bash\necho hi > out.txt\n"
     job_id, marker = _upload_with_marker(rust_peer, script)
     payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
-    submit = next(r for r in fake_client.recorded("POST", "/v1/submit") if marker.encode() in r.body)
+    submit = next(
+        r for r in fake_client.recorded("POST", "/v1/submit") if marker.encode() in r.body
+    )
 
     # The dispatch is a multipart body a Rust client (multer) reads: every part a file part.
     assert submit.query == ""
@@ -692,7 +707,9 @@ def test_download_partial_is_proxied_to_the_derived_url(
 
     payload.released.set()
     rust_peer.api.wait_for(job_id, "Completed")
-    assert httpx.get(f"{rust_peer.server.url}/download/{job_id}", timeout=30).content == payload.result
+    assert (
+        httpx.get(f"{rust_peer.server.url}/download/{job_id}", timeout=30).content == payload.result
+    )
 
 
 def test_terminate_calls_the_rust_kill_url(rust_peer: Cluster, fake_client: FakeRustClient) -> None:

@@ -63,53 +63,61 @@ def plan_dispatch(
     limit, never picks a job of a user at quota, never picks a later job of a user before an
     earlier one. Costs O(users + slots * log users) whatever the length of the queues.
     """
-    by_service: dict[str, dict[int, tuple[int, ...]]] = {}
+    by_service: dict[str, list[UserQueue]] = {}
     for queue in queues:
-        if queue.service not in limits or not queue.job_ids:
-            continue
-        users = by_service.setdefault(queue.service, {})
-        earlier = users.get(queue.user_id)
-        if earlier is None:
-            users[queue.user_id] = tuple(queue.job_ids)
-        else:
-            # The store should send one queue per user; merging a duplicate keeps the
-            # oldest-first guarantee and makes the result independent of input order.
-            users[queue.user_id] = tuple(sorted({*earlier, *queue.job_ids}))
+        if queue.job_ids:
+            by_service.setdefault(queue.service, []).append(queue)
 
     chosen: list[int] = []
     for service in sorted(by_service):
-        chosen.extend(_plan_service(service, by_service[service], occupancy, limits[service]))
+        service_limits = limits.get(service)
+        if service_limits is not None:
+            chosen.extend(_plan_service(service, by_service[service], occupancy, service_limits))
     return chosen
 
 
 def _plan_service(
     service: str,
-    users: Mapping[int, tuple[int, ...]],
+    queues: list[UserQueue],
     occupancy: Occupancy,
     limits: ServiceLimits,
 ) -> list[int]:
     slots = free_slots(limits, occupancy.per_service.get(service, 0))
     if slots == 0:
         return []
+    users = {queue.user_id: queue.job_ids for queue in queues}
+    if len(users) < len(queues):
+        users = _merge_duplicates(queues)
 
-    # Entries: (active, next job id, user id, index of next job, jobs the user may start).
-    # The first three make the key total (user ids are unique within a service), so the result
-    # does not depend on the iteration order of the input.
-    heap: list[tuple[int, int, int, int, int]] = []
+    # Entries: (active, next job id, user id, index of next job, the user's jobs). The first
+    # three are a total order (user ids are unique here), so neither the input order nor the
+    # uncomparable last field can influence the result.
+    quota = limits.runs_per_user
+    active_of = occupancy.per_user.get
+    heap: list[tuple[int, int, int, int, tuple[int, ...]]] = []
     for user_id, job_ids in users.items():
-        active = occupancy.per_user.get((service, user_id), 0)
-        allowed = min(limits.runs_per_user - active, len(job_ids))
-        if allowed > 0:
-            heap.append((active, job_ids[0], user_id, 0, allowed))
+        active = active_of((service, user_id), 0)
+        if active < quota:
+            heap.append((active, job_ids[0], user_id, 0, job_ids))
     heapq.heapify(heap)
 
     chosen: list[int] = []
     while heap and len(chosen) < slots:
-        active, job_id, user_id, index, allowed = heap[0]
+        active, job_id, user_id, index, job_ids = heap[0]
         chosen.append(job_id)
         index += 1
-        if index < allowed:
-            heapq.heapreplace(heap, (active + 1, users[user_id][index], user_id, index, allowed))
+        if index < len(job_ids) and active + 1 < quota:
+            heapq.heapreplace(heap, (active + 1, job_ids[index], user_id, index, job_ids))
         else:
             heapq.heappop(heap)
     return chosen
+
+
+def _merge_duplicates(queues: list[UserQueue]) -> dict[int, tuple[int, ...]]:
+    # The store should send one queue per user; merging a duplicate keeps the oldest-first
+    # guarantee and keeps the result independent of input order.
+    users: dict[int, tuple[int, ...]] = {}
+    for queue in queues:
+        earlier = users.get(queue.user_id, ())
+        users[queue.user_id] = tuple(sorted({*earlier, *queue.job_ids}))
+    return users
