@@ -119,9 +119,8 @@ class MultipartForm:
 def _header_params(value: bytes) -> dict[str, bytes | None]:
     """Parameters after the first ``;`` of a header value; keys lower-cased, first one wins.
 
-    A quoted value ends at the first ``"`` not preceded by a backslash and only ``\\"`` is
-    unescaped (multer). An unterminated quoted value is ``None``. An unquoted value ends at
-    ``;`` or a space.
+    Quoted values follow RFC 7230 (see _quoted_string). An unterminated quoted value is
+    ``None``. An unquoted value ends at ``;`` or a space.
     """
     params: dict[str, bytes | None] = {}
     pos = value.find(b";")
@@ -143,13 +142,7 @@ def _header_params(value: bytes) -> dict[str, bytes | None]:
             pos += 1
         parsed: bytes | None
         if value.startswith(b'"', pos):
-            close = value.find(b'"', pos + 1)
-            while close > 0 and value[close - 1] == ord("\\"):
-                close = value.find(b'"', close + 1)
-            if close < 0:
-                parsed, pos = None, n
-            else:
-                parsed, pos = value[pos + 1 : close].replace(b'\\"', b'"'), close + 1
+            parsed, pos = _quoted_string(value, pos + 1)
         else:
             end = pos
             while end < n and value[end] not in b"; ":
@@ -157,6 +150,27 @@ def _header_params(value: bytes) -> dict[str, bytes | None]:
             parsed, pos = value[pos:end], end
         params.setdefault(key, parsed)
     return params
+
+
+def _quoted_string(value: bytes, start: int) -> tuple[bytes | None, int]:
+    """Read a quoted string from just after its opening quote; return (content, end).
+
+    Both ``\\"`` and ``\\\\`` are unescaped. multer unescapes only ``\\"``, but reqwest and
+    curl escape backslashes too, so this way a name such as ``a\\b`` arrives intact.
+    """
+    content = bytearray()
+    position = start
+    while position < len(value):
+        byte = value[position]
+        if byte == 0x5C and position + 1 < len(value) and value[position + 1] in b'"\\':
+            content.append(value[position + 1])
+            position += 2
+        elif byte == 0x22:
+            return bytes(content), position + 1
+        else:
+            content.append(byte)
+            position += 1
+    return None, len(value)
 
 
 def _utf8(raw: bytes | None) -> str | None:

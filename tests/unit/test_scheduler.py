@@ -145,20 +145,20 @@ def test_duplicate_queues_of_one_user_are_merged() -> None:
     assert plan_dispatch(queues[::-1], occupancy({}), limits) == [2, 5]
 
 
-def test_cost_does_not_grow_with_queue_length() -> None:
-    # A coarse guard against an accidental O(users * jobs) or O(users**2) step: 10,000 users
-    # take a few milliseconds; the bound leaves a wide margin for slow or busy machines.
+def test_ten_thousand_users_decide_quickly() -> None:
+    # A coarse guard against an accidental O(users * slots) or O(users**2) step. This takes a few
+    # milliseconds; the bound leaves a wide margin for slow or busy machines.
     queues = [
         UserQueue(SVC, user, tuple(range(user * 10, user * 10 + 5))) for user in range(10_000)
     ]
     busy = occupancy({(SVC, user): user % 3 for user in range(0, 10_000, 2)})
-    limits = {SVC: ServiceLimits(5, 20_000)}
+    limits = {SVC: ServiceLimits(5, sum(busy.per_service.values()) + 1_000)}
     best_s = float("inf")
     for _ in range(3):
         started = time.perf_counter()
         chosen = plan_dispatch(queues, busy, limits)
         best_s = min(best_s, time.perf_counter() - started)
-    assert len(chosen) == 20_000 - sum(busy.per_service.values())
+    assert len(chosen) == 1_000
     assert best_s < 0.5
 
 

@@ -247,6 +247,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         state.runner.kill(payload)
         return Response(status_code=200)
 
+    app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     return app
 

@@ -1,36 +1,35 @@
 """Sanity check of a job's ``run.sh`` before the client executes it (UPSTREAM §7).
 
-A screen against obvious mistakes and unsophisticated abuse, **not a sandbox**: whatever the script
-runs indirectly (other uploaded files, command names in variables, ``$'\\x63url'``, interpreters
-reading code from files or heredocs, ``find -exec``) passes unseen; real containment is the
-executor's sandbox option. Categories, reason strings and their priority are upstream's (§7.1),
-but the script is read roughly the way bash reads it, to avoid upstream's false positives (§7.2):
+A screen against mistakes and unsophisticated abuse, **not a sandbox**: what the script runs
+indirectly (other uploaded files, command names in variables, ``$'\\x63url'``, interpreters reading
+code from files or heredocs) passes unseen; real containment is the executor's sandbox option.
+Categories, reason strings and their priority are upstream's (§7.1), but the script is read
+roughly the way bash reads it, which removes upstream's false positives (§7.2):
 
-* comments are ignored (a ``#`` starting a word outside quotes; ``$#`` and ``${#x}`` are not);
-* heredoc bodies are data (``at 300 K`` in an input deck is fine) unless the heredoc line feeds a
-  shell (``bash <<EOF``, ``cat <<EOF | sh``); data is still searched for paths and secrets;
-* tools count only as the command word of a simple command, after wrappers (``sudo``, ``env``,
-  ``nohup``, ``xargs``, ``timeout 5``, ``busybox``, ``then``...), with any path prefix or quoting
-  (``/usr/bin/wget``, ``./xmrig``, ``c\\url``): ``echo "service started"``, ``ncdump data.nc``,
-  ``--mount``, ``stress-strain`` pass. Separators inside quotes still start a command, so
-  ``bash -c 'a; curl x'`` is caught and, rarely, ``echo "done; mount it"`` is rejected;
-* ``rm`` is destructive only when recursive or forced and a target is absolute (except a named
-  entry below ``/tmp``, ``/var/tmp``, ``/dev/shm``), in the home directory, contains ``..``, or is
-  ``$VAR/``/``$VAR/*`` (an empty ``DIR`` makes ``rm -rf "$DIR"/*`` wipe ``/*``; use ``${DIR:?}``).
+* comments are ignored (a ``#`` starting a word outside quotes; ``$#``, ``${#x}`` are not);
+  heredoc bodies are data (``at 300 K`` in an input deck is fine), still searched for paths and
+  secrets, unless the heredoc feeds a shell (``bash <<EOF``, ``cat <<EOF | sh``);
+* tools count only as the command word of a simple command, also after wrappers (``sudo``,
+  ``env``, ``nohup``, ``xargs``, ``timeout 5``, ``busybox``...), inside ``sh -c '...'``, with a path
+  or quoting (``/usr/bin/wget``, ``./xmrig``, ``c\\url``): ``echo "service started"``, ``ncdump
+  data.nc``, ``--mount``, ``stress-strain`` pass. Separators inside quotes still split commands,
+  so ``echo "done; mount it"`` is (rarely) rejected;
+* ``rm`` is destructive only when recursive or forced and a target is absolute (but a named entry
+  below ``/tmp``, ``/var/tmp``, ``/dev/shm`` is fine), in the home directory, contains ``..``, or
+  is ``$VAR/``/``$VAR/*`` (empty ``DIR`` makes ``rm -rf "$DIR"/*`` wipe ``/*``; use ``${DIR:?}``).
   ``rm -rf *``, ``rm -rf .``, ``rm -rf ./tmp`` stay in the job directory and pass;
 * ``chmod`` is dangerous only when it sets setuid/setgid (``4755``, ``2755``, ``+s``, ``g+s``);
 * ``/proc`` only for other processes and kernel interfaces (``/proc/1/...``, ``/proc/*/mem``,
-  ``/proc/self/environ``, ``/proc/sys``, ``/proc/kcore``); ``/proc/cpuinfo``, ``/proc/meminfo``,
-  ``/proc/self/status`` pass. ``/sys`` only for writes (``> /sys/...``, ``tee``, ``of=``) and
-  ``/sys/{kernel,firmware,module,power,hypervisor}``: reading ``/sys/fs/cgroup/memory.max`` or
-  ``/sys/devices/system/cpu/online`` is how a job discovers its resources, so it passes;
-* ``/root`` only as an absolute path; ``dd`` writing ``/dev/null`` passes; secrets are whole
-  variable names (``$TOKEN``, ``${TOKEN}``, ``${AWS_KEY}``, not ``$TOKENIZER``).
+  ``/proc/self/environ``, ``/proc/sys``, ``/proc/kcore``): ``/proc/cpuinfo``, ``/proc/meminfo``
+  pass. ``/sys`` only for writes (``> /sys/...``, ``tee``, ``of=``) and ``/sys/kernel``,
+  ``firmware``, ``module``, ``power``: reading ``/sys/fs/cgroup/memory.max`` or
+  ``/sys/devices/system/cpu`` is how a job learns its resources, so it passes;
+* ``/root`` only as an absolute path; ``dd`` into ``/dev/null`` passes; secrets are whole variable
+  names (``$TOKEN``, ``${TOKEN}``, ``${AWS_KEY}``, not ``$TOKENIZER``). Upper case is not folded.
 
 Deliberately still rejected: ``busybox nc`` (real network use), any ``rsync``, ``python -c``,
-``dd`` from ``/dev/zero``/``/dev/urandom`` unless into ``/dev/null``. Caught beyond upstream:
-base64 into ``sh -c``, ``python3.11 -c``, ``perl -E``, spaced fork bombs, ``nft``, indented ``at``,
-``rm -rf ..``/``$HOME``, ``chmod u+s``. Upper case is not folded.
+``dd`` from ``/dev/zero``/``/dev/urandom``. Newly caught: base64 into ``sh -c``, ``python3.11 -c``,
+``perl -E``, spaced fork bombs, ``nft``, indented ``at``, ``rm -rf ..``/``$HOME``, ``chmod u+s``.
 """
 
 from __future__ import annotations
@@ -89,25 +88,15 @@ REASONS: tuple[str, ...] = (
     *(f"environment secret: {name}" for name in ("AWS", "SECRET", "TOKEN", "PASSWORD", "API_KEY")),
 )
 _RANK = {reason: rank for rank, reason in enumerate(REASONS)}
-_NAMED_CATEGORIES = {
-    *("network tool", "privilege escalation", "ownership change", "container escape"),
-    *("filesystem manipulation", "kernel manipulation", "kernel module"),
-    *("firewall manipulation", "dynamic code execution", "resource exhaustion", "crypto mining"),
-}
-# Command word -> reason for tools that are dangerous whatever their arguments.
-_PLAIN: dict[str, str] = {
-    reason.rpartition(": ")[2]: reason
+_NOT_COMMANDS = ("access", "reverse", "environment", "inline", "obfuscated", "persistence: cron ")
+# Command word -> reason, for tools that are dangerous whatever their arguments.
+_PLAIN = {
+    reason.rpartition(": ")[2].split()[0]: reason
     for reason in REASONS
-    if reason.rpartition(": ")[0] in _NAMED_CATEGORIES
-} | {
-    "mkfs": "filesystem format command",
-    "ip6tables": "firewall manipulation: iptables",
-    "nft": "firewall manipulation: nftables",
-    "crontab": "persistence: crontab",
-    "systemctl": "persistence: systemctl",
-    "service": "persistence: service command",
-    "at": "persistence: at scheduler",
+    if ": " in reason and not reason.startswith(_NOT_COMMANDS)
 }
+_PLAIN |= {"ip6tables": _PLAIN["iptables"], "nft": _PLAIN["nftables"]}
+_PLAIN["mkfs"] = "filesystem format command"
 # Words that let the real command follow: keywords, grouping and exec/priv/env wrappers.
 _WRAPPERS = frozenset(
     (
@@ -117,64 +106,70 @@ _WRAPPERS = frozenset(
     )
 )
 
-_ABS = r"(?<![\w.~}$-])"  # an absolute path, not the tail of ./x/root or $DIR/proc
-_SHELL = r"(?<![\w.-])(?:ba|da|k|z)?sh(?![\w.-])"
+
+def _abs(path: str) -> str:
+    # Literal first (fast search), then: not the tail of ./x/root, /data/root or $DIR/proc.
+    return rf"{path}(?<![\w.~}}$-]{path})"
+
+
 _SELF = r"(?:self|thread-self|\$\$|\$\{?BASHPID\}?)"
-_TEXT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (reason, re.compile(rx))
-    for reason, rx in (
-        ("access to /etc/passwd", r"/etc/passwd"),
-        ("access to /etc/shadow", r"/etc/shadow"),
-        ("access to /etc/sudoers", r"/etc/sudoers"),
+# (reason, substring that must be present, pattern), searched in both code and heredoc data.
+_TEXT_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+    (reason, needle, re.compile(rx))
+    for reason, needle, rx in (
+        *((f"access to {path}", path, path) for path in ("/etc/passwd", "/etc/shadow")),
+        ("access to /etc/sudoers", "/etc/sudoers", "/etc/sudoers"),
         (
             "access to /proc",
-            rf"{_ABS}/proc/(?:{_SELF}/(?:environ|mem|root|map_files|pagemap)"
+            "/proc/",
+            rf"{_abs('/proc')}/(?:{_SELF}/(?:environ|mem|root|map_files|pagemap)"
             rf"|(?!{_SELF}/)[^/\s'\"]+/|(?:sys|kcore|kmem|kallsyms|kmsg|keys|sysrq-trigger"
             r"|config\.gz|modules|kpage\w+)(?![\w.-]))",
         ),
         (
             "access to /sys",
-            rf"{_ABS}/sys/(?:kernel|firmware|module|power|hypervisor)(?![\w.-])"
+            "/sys/",
+            rf"{_abs('/sys')}/(?:kernel|firmware|module|power|hypervisor)(?![\w.-])"
             r"|(?:>>?\|?|\btee\s+(?:-a\s+)?|\bof=)\s*['\"]?/sys/",
         ),
-        ("access to SSH keys", r"(?:~|\$HOME|\$\{HOME\}|/root|/home/[^/\s]+)/\.ssh(?![\w-])"),
-        ("access to root home", rf"{_ABS}/root(?![\w.-])"),
-        ("access to Docker socket", r"docker\.sock\b"),
-        ("reverse shell via /dev/tcp", r"/dev/tcp/"),
-        ("reverse shell via /dev/udp", r"/dev/udp/"),
-        ("persistence: cron directory", r"/etc/cron"),
-        ("crypto mining: xmrig", r"\bxmrig\b"),
-        ("crypto mining: minerd", r"\bminerd\b"),
-        ("crypto mining: cpuminer", r"\bcpuminer\b"),
-        ("environment secret: AWS", r"\$(?:\{[#!]?)?AWS_"),
+        ("access to SSH keys", "/.ssh", r"(?:~|\$\{?HOME\}?|/root|/home/[^/\s]+)/\.ssh\b"),
+        ("access to root home", "/root", rf"{_abs('/root')}(?![\w.-])"),
+        ("access to Docker socket", "docker.sock", r"docker\.sock\b"),
+        *((f"reverse shell via {dev}", f"{dev}/", f"{dev}/") for dev in ("/dev/tcp", "/dev/udp")),
+        ("persistence: cron directory", "/etc/cron", r"/etc/cron"),
+        *((f"crypto mining: {m}", m, rf"\b{m}\b") for m in ("xmrig", "minerd", "cpuminer")),
+        ("environment secret: AWS", "AWS_", r"\$(?:\{[#!]?)?AWS_"),
         *(
-            (f"environment secret: {name}", rf"\$(?:\{{[#!]?)?{name}(?!\w)")
+            (f"environment secret: {name}", name, rf"\$(?:\{{[#!]?)?{name}(?!\w)")
             for name in ("SECRET", "TOKEN", "PASSWORD", "API_KEY")
         ),
     )
 )
 
-# Every pattern below is linear in the script size: a 20 MiB script must not stall the client.
+# All scanning is linear in the script size, so even a 20 MiB script cannot stall the client.
 _BREAK = r"\s;&|()<>"
 _HEREDOC = r"""(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
     (?:'(?P<d1>[^'\n]+)'|"(?P<d2>[^"\n]+)"|\\?(?P<d3>[A-Za-z_][\w.-]*)))"""
 _COMMENT = rf"(?P<comment>(?<![^{_BREAK}])(?<!\\[{_BREAK}])\#[^\n]*)"  # `#` starting a word
-# A run of ordinary text: quoted strings, escapes, `#` inside a word (`$#`, `${#x}`), `<<<`.
-_RUN = rf"""(?:'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.|(?<![{_BREAK}])\#
-    |<(?!<)|<<<+|[^'"\\\#<%s])++"""
-_LEX_ANY = re.compile(rf"{_HEREDOC}|{_COMMENT}|{_RUN % ''}|.", re.VERBOSE | re.DOTALL)
+# Ordinary text: quoted strings, escapes, `#` inside a word (`$#`, `${#x}`), `<<<`, `$((1<<2))`.
+_RUN = r"""(?:[^'"\\\#<$%s]++|'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.|\$(?!')
+    |(?<![%s])\#|<(?!<)|<<<+)++"""
+_LEX_ANY = re.compile(rf"{_HEREDOC}|{_COMMENT}|{_RUN % ('', _BREAK)}|.", re.VERBOSE | re.DOTALL)
 _LEX_LINE = re.compile(  # while a heredoc is pending, stop at the end of its line
-    rf"{_HEREDOC}|{_COMMENT}|(?P<newline>\n)|{_RUN % chr(10)}|.", re.VERBOSE | re.DOTALL
+    rf"{_HEREDOC}|{_COMMENT}|(?P<newline>\n)|{_RUN % (chr(10), _BREAK)}|.",
+    re.VERBOSE | re.DOTALL,
 )
+_SHELL = r"(?<![\w.-])(?:ba|da|k|z)?sh(?![\w.-])"
 _FEEDS_SHELL = re.compile(rf"{_SHELL}|/dev/stdin")
-# Simple-command boundaries; `sh -c '` too, so the quoted program is checked like a script.
-_SHELL_C = rf"{_SHELL}\s+-(?=\w*c)\w++\s+"
-_SPLIT = re.compile(rf"[\n;&|()`]|{_SHELL_C}['\"]")
+_SPLIT = re.compile(r"[\n;&|()`]")  # simple-command boundaries, also inside quotes
+_SHELL_WORD = re.compile(r"(?:\S*/)?(?:ba|da|k|z)?sh")
+_C_OPTION = re.compile(r"-\w*c\w*")
 _BASE64 = re.compile(r"\bbase64\b")
 _PIPE_TO_SHELL = re.compile(rf"\|\s*(?:sudo\s+)?(?:[^\s|;&]*/)?{_SHELL}")
-_SHELL_RUNS = re.compile(rf"{_SHELL_C}|{_SHELL}\s+<\(")
-_FUNCTION = re.compile(r"(?<![\w:])([\w:]+)\s*\(\)|\bfunction\s+([\w:]+)")
-_SELF_PIPE = re.compile(r"(?<![\w:])([\w:]+)\s*\|\s*\1(?![\w:])")  # `:|:`, `bomb | bomb`
+_SHELL_RUNS = re.compile(rf"{_SHELL}\s+(?:-(?=\w*c)\w++\s|<\()")  # `sh -c ...`, `bash <(...)`
+_FUNCTION_BODY = re.compile(r"\(\)\s*\{([^{}]{0,80})")
+_NAME_BEFORE = re.compile(r"([\w:]+)\s*\Z")
+_PIPE_PAIR = re.compile(r"(?<![\w:])([\w:]+)\s*\|(?=\s*([\w:]+)(?![\w:]))")
 _REDIRECT = re.compile(r"\d*(?:[<>]{1,2}|&>>?|[<>]&|>\|)")
 _ASSIGN = re.compile(r"[A-Za-z_]\w*(?:\[[^\]]*\])?\+?=")
 _WRAPPER_OPT = re.compile(r"[-+].*|\d[\w.:]*|\{\}")
@@ -225,16 +220,6 @@ def _split_script(text: str) -> tuple[str, str]:
     return "".join(code), "".join(data)
 
 
-def _followed_on_line(text: str, first: re.Pattern[str], then: re.Pattern[str]) -> bool:
-    # Only the first `first` of a line matters (later ones see less of it): stays linear.
-    pos = 0
-    while (match := first.search(text, pos)) is not None:
-        pos = text.find("\n", match.end()) % (len(text) + 1)
-        if then.search(text, match.end(), pos):
-            return True
-    return False
-
-
 def _heredoc_end(text: str, pos: int, delimiter: str) -> int:
     # Lenient about indentation: ending early only means more lines get checked as code.
     while pos < len(text):
@@ -244,6 +229,27 @@ def _heredoc_end(text: str, pos: int, delimiter: str) -> int:
             return end
         pos = end
     return pos
+
+
+def _followed_on_line(text: str, first: re.Pattern[str], then: re.Pattern[str]) -> bool:
+    # Only a line's first `first` matters (later ones see less of the line), which keeps it linear.
+    pos = 0
+    while (match := first.search(text, pos)) is not None:
+        newline = text.find("\n", match.end())
+        pos = len(text) if newline < 0 else newline
+        if then.search(text, match.end(), pos):
+            return True
+    return False
+
+
+def _has_fork_bomb(code: str) -> bool:
+    """A function whose body pipes it into itself: ``:(){ :|:& };:``, ``f() { f | f & }``."""
+    for body in _FUNCTION_BODY.finditer(code):
+        name = _NAME_BEFORE.search(code, max(0, body.start() - 64), body.start())
+        pairs = _PIPE_PAIR.finditer(body[1])
+        if name and any(pair[1] == pair[2] == name[1] for pair in pairs):
+            return True
+    return False
 
 
 def _unquote(word: str) -> str:
@@ -294,24 +300,23 @@ def _command_reason(name: str, args: list[str]) -> str | None:
         name = "mkfs"
     if name in _PLAIN:
         return _PLAIN[name]
-    plain = [_unquote(arg) for arg in args]
-    if name == "rm" and _rm_is_destructive(args):
-        return "destructive rm command"
-    if name == "dd" and any(_DD_DEVICE_OUT.match(arg) for arg in plain):
-        return "direct device write"
-    if name == "dd" and any(map(_DD_FILL_IN.match, plain)) and "of=/dev/null" not in plain:
-        return "disk-filling dd command"
+    if name == "rm":
+        return "destructive rm command" if _rm_is_destructive(args) else None
+    if name in _INLINE_FLAG:
+        return f"inline interpreter: {name}" if args and _INLINE_FLAG[name].match(args[0]) else None
+    if _PYTHON.fullmatch(name):
+        return "inline interpreter: python" if _python_inline(args) else None
+    plain = [_unquote(arg) for arg in args] if name in ("dd", "chmod") else []
     if name == "chmod" and any(map(_SETID.search, plain)):
         return "dangerous chmod"
-    if _PYTHON.fullmatch(name) and _python_inline(args):
-        return "inline interpreter: python"
-    if name in _INLINE_FLAG and args and _INLINE_FLAG[name].match(args[0]):
-        return f"inline interpreter: {name}"
+    if any(map(_DD_DEVICE_OUT.match, plain)):
+        return "direct device write"
+    if any(map(_DD_FILL_IN.match, plain)) and "of=/dev/null" not in plain:
+        return "disk-filling dd command"
     return None
 
 
-def _segment_reasons(segment: str) -> Iterator[str]:
-    words = segment.split()
+def _segment_reasons(words: list[str]) -> Iterator[str]:
     i, after_wrapper = 0, False
     while i < len(words):
         word = words[i]
@@ -328,6 +333,10 @@ def _segment_reasons(segment: str) -> Iterator[str]:
             reason = _command_reason(name, words[i:])
             if reason is not None:
                 yield reason
+            for j in range(i - 1, len(words) - 1):  # `sh -c 'cmd'`, `find -exec sh -c 'cmd'`
+                if _SHELL_WORD.fullmatch(words[j]) and _C_OPTION.fullmatch(words[j + 1]):
+                    yield from _segment_reasons(words[j + 2 :])
+                    break
             return
         if name in _PLAIN:  # sudo is a finding itself, and so is what it runs
             yield _PLAIN[name]
@@ -339,16 +348,20 @@ def _segment_reasons(segment: str) -> Iterator[str]:
 def check_script_text(text: str, *, require_exit_trap: bool = False) -> ScriptRejection | None:
     """Check decoded script text; the earliest (upstream order) matching reason is reported."""
     code, data = _split_script(text.removeprefix("\ufeff"))
-    found = {reason for reason, rx in _TEXT_RULES if rx.search(code) or rx.search(data)}
-    if _followed_on_line(code, _BASE64, _PIPE_TO_SHELL) or _followed_on_line(
-        code, _SHELL_RUNS, _BASE64
+    found = {
+        reason
+        for reason, needle, rx in _TEXT_RULES
+        if (needle in code and rx.search(code)) or (needle in data and rx.search(data))
+    }
+    if "base64" in code and (
+        _followed_on_line(code, _BASE64, _PIPE_TO_SHELL)
+        or _followed_on_line(code, _SHELL_RUNS, _BASE64)
     ):
         found.add("obfuscated execution: base64 pipe to shell")
-    piped = {match[1] for match in _SELF_PIPE.finditer(code)}
-    if piped and any((m[1] or m[2]) in piped for m in _FUNCTION.finditer(code)):
+    if "()" in code and _has_fork_bomb(code):
         found.add("fork bomb")
     for segment in _SPLIT.split(code):
-        found.update(_segment_reasons(segment))
+        found.update(_segment_reasons(segment.split()))
     if found:
         return ScriptRejection(RejectionKind.UNSAFE, min(found, key=_RANK.__getitem__))
     # Upstream semantics: plain substrings anywhere, so a comment naming them satisfies it.

@@ -65,5 +65,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     return app

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import json
 import os
+import re
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import unquote
+from typing import Any
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -105,20 +107,18 @@ class NodeGateway:
         """POST every regular file under files_dir as a multipart part; return the payload id."""
         what = f"dispatch to {node.upload_url}"
         files = await asyncio.to_thread(_regular_files, files_dir)
-        with contextlib.ExitStack() as stack:
-            parts: list[tuple[str, tuple[str, IO[bytes]]]] = [
-                (relative, (path.name, stack.enter_context(path.open("rb"))))
-                for relative, path in files
-            ]
-            # httpx needs at least one part to produce a multipart body.
-            data = {} if parts else {"empty": ""}
-            async with self._call(what):
-                response = await self._http.post(
-                    node.upload_url,
-                    files=parts,
-                    data=data,
-                    headers={IDEMPOTENCY_HEADER: dispatch_key, **self._headers(token)},
-                )
+        body = MultipartBody(files)
+        async with self._call(what):
+            response = await self._http.post(
+                node.upload_url,
+                content=body.stream(),
+                headers={
+                    "Content-Type": body.content_type,
+                    "Content-Length": str(body.length),
+                    IDEMPOTENCY_HEADER: dispatch_key,
+                    **self._headers(token),
+                },
+            )
         if response.status_code == 404:
             raise PermanentClientError(f"{what}: client answered 404")
         _raise_for_status(response, what)
@@ -212,6 +212,54 @@ class NodeGateway:
                 join_url(node.terminate_url, payload_id), headers=self._headers(token)
             )
         _raise_for_status(response, what)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+class MultipartBody:
+    """A multipart/form-data body streamed from disk, shaped as the original server's.
+
+    Every part carries `filename` (what the original client keys files by); names outside
+    the URL path-segment set are sent as `name*=utf-8''...`, as reqwest does. Quotes and
+    backslashes in file names are backslash-escaped (httpx would percent-encode them, which
+    no receiver decodes).
+    """
+
+    def __init__(self, files: list[tuple[str, Path]]) -> None:
+        self._boundary = "-".join(secrets.token_hex(8) for _ in range(4))
+        self._parts = [(self._part_header(name, path.name), path) for name, path in files]
+        self._closing = f"--{self._boundary}--\r\n".encode()
+        self.content_type = f"multipart/form-data; boundary={self._boundary}"
+        self.length = len(self._closing) + sum(
+            len(header) + path.stat().st_size + 2 for header, path in self._parts
+        )
+
+    def _part_header(self, name: str, filename: str) -> bytes:
+        name_param = (
+            f'name="{name}"'
+            if _PLAIN_NAME.fullmatch(name)
+            else f"name*=utf-8''{quote(name, safe='')}"
+        )
+        escaped = (
+            filename.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\r", "%0D")
+            .replace("\n", "%0A")
+        )
+        return (
+            f"--{self._boundary}\r\n"
+            f'Content-Disposition: form-data; {name_param}; filename="{escaped}"\r\n\r\n'
+        ).encode()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for header, path in self._parts:
+            yield header
+            with path.open("rb") as source:
+                while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
+                    yield chunk
+            yield b"\r\n"
+        yield self._closing
 
 
 def _regular_files(root: Path) -> list[tuple[str, Path]]:
