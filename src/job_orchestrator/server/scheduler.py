@@ -96,7 +96,7 @@ def _plan_service(
     active_of = occupancy.per_user.get
     heap: list[tuple[int, int, int, int, tuple[int, ...]]] = []
     for user_id, job_ids in users.items():
-        active = 0
+        active = active_of((service, user_id), 0)
         if active < quota:
             heap.append((active, job_ids[0], user_id, 0, job_ids))
     heapq.heapify(heap)
