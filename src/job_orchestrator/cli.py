@@ -39,6 +39,7 @@ def _configure_logging(level: str) -> None:
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
+        force=True,
     )
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # One line per server->client call would drown the log; failures are logged by us.
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     from job_orchestrator.config import load_client_settings, load_server_settings
 
+    # Logging first, so warnings about the configuration go to the log, not to stderr.
+    _configure_logging("INFO")
     try:
         settings = (
             load_server_settings() if arguments.command == "server" else load_client_settings()

@@ -108,6 +108,8 @@ class ServerSettings(CommonSettings):
     dispatch_attempts: int = 3
     safety_tick_s: float = 5.0
     cleaner_interval_s: float = 60.0
+    node_check_interval_s: float = 5.0
+    failover_after_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,7 @@ class ClientSettings(CommonSettings):
     kill_grace_s: float = 10.0
     result_max_bytes: int | None = None
     cleaner_interval_s: float = 60.0
+    adopt_hold_s: float = 60.0
 
 
 def derive_partial_url(download_url: str) -> str:
@@ -174,6 +177,8 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         poll_interval_s=_seconds(env, "POLL_INTERVAL", 1.0),
         long_poll_s=_seconds(env, "LONG_POLL", 25.0),
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
+        node_check_interval_s=_seconds(env, "NODE_CHECK_INTERVAL", 5.0),
+        failover_after_s=_seconds(env, "FAILOVER_AFTER", 30.0),
     )
 
 
@@ -201,6 +206,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
             else None
         ),
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
+        adopt_hold_s=_seconds(env, "ADOPT_HOLD", 60.0),
     )
 
 

@@ -506,3 +506,15 @@ def test_cli_server_bad_service_url(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "SERVICE_FOO_UPLOAD_URL" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_cli_bad_setting_is_the_only_stderr_line_despite_warnings(tmp_path: Path) -> None:
+    result = run_cli(
+        tmp_path,
+        "server",
+        SERVICE_X_WHATEVER="1",
+        SERVICE_FOO_UPLOAD_URL="ftp://x",
+        SERVICE_FOO_DOWNLOAD_URL="http://c/retrieve",
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr

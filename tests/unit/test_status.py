@@ -144,8 +144,9 @@ def test_from_wire_is_case_sensitive_and_strict(text: str) -> None:
 
 
 def test_status_equality() -> None:
-    assert Status.COMPLETED == Status.COMPLETED
-    assert Status.COMPLETED != Status.FAILED
+    completed, failed = Status.from_db("completed"), Status.from_db("failed")
+    assert completed == Status.COMPLETED
+    assert completed != failed
     assert Status.from_db("completed") == Status.from_wire("Completed")
     assert len({Status.from_db(s.db) for s in Status}) == 12
 

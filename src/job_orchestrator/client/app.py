@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 MESSAGE_HEADER = "X-Orchestrator-Message"
 LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+TIMEOUT_HEADER = "X-Orchestrator-Timeout"
+CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 MAX_LONG_POLL_S = 60.0
 
 
@@ -152,11 +154,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
 
     @app.get("/health", summary="Registry health")
     async def health(request: Request) -> Response:
+        state = _state(request)
         try:
-            _state(request).registry.ping()
+            state.registry.ping()
         except Exception:  # any failure of the registry means unhealthy
             return Response(status_code=503)
-        return json_response(HEALTHY)
+        headers = {}
+        if state.settings.max_concurrent:
+            headers[CAPACITY_HEADER] = str(state.settings.max_concurrent)
+        return json_response(HEALTHY, headers=headers)
 
     @app.get("/load", summary="CPU use of the node in percent (0-100)")
     async def load(request: Request) -> JSONResponse:
@@ -170,6 +176,10 @@ def create_app(settings: ClientSettings) -> FastAPI:
             existing = state.registry.by_dispatch_key(key)
             if existing is not None:
                 return _payload_response(existing)
+        try:
+            timeout_s = _timeout_header(request.headers.get(TIMEOUT_HEADER))
+        except ValueError:
+            return PlainTextResponse(f"Invalid {TIMEOUT_HEADER} header", status_code=400)
         paths = state.registry.allocate()
         try:
             await read_multipart(
@@ -181,7 +191,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
             # A concurrent duplicate of the same dispatch may have won while we read.
             if key is not None and (existing := state.registry.by_dispatch_key(key)) is not None:
                 raise _Duplicate(existing)
-            payload = state.registry.add(paths, dispatch_key=key)
+            payload = state.registry.add(paths, dispatch_key=key, timeout_s=timeout_s)
         except _Duplicate as duplicate:
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return _payload_response(duplicate.payload)
@@ -206,6 +216,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.get(parse_u32(payload_id))
         if payload is None:
             return _empty(404)
+        state.runner.release(payload.id)
         long_polled = wait > 0
         if long_polled:
             payload = await _wait_for_change(
@@ -250,6 +261,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     return app
+
+
+def _timeout_header(raw: str | None) -> float | None:
+    if raw is None:
+        return None
+    value = float(raw)
+    if not 0 < value < float("inf"):
+        raise ValueError(raw)
+    return value
 
 
 class _Duplicate(Exception):

@@ -38,6 +38,8 @@ CREATE TABLE payloads (
     message TEXT NOT NULL DEFAULT '',
     exit_code INTEGER,
     dispatch_key TEXT UNIQUE,
+    timeout_s REAL,
+    timed_out INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL
 )
@@ -84,6 +86,8 @@ class Payload:
     message: str = ""
     exit_code: int | None = None
     dispatch_key: str | None = None
+    timeout_s: float | None = None
+    timed_out: bool = False
     created_at: float = 0.0
     finished_at: float | None = None
 
@@ -165,12 +169,15 @@ class Registry:
             list(row.values()),
         )
 
-    def add(self, paths: PayloadPaths, *, dispatch_key: str | None) -> Payload:
+    def add(
+        self, paths: PayloadPaths, *, dispatch_key: str | None, timeout_s: float | None = None
+    ) -> Payload:
         payload = Payload(
             id=int(paths.root.name),
             status=Status.PREPARED,
             loc=str(paths.work),
             dispatch_key=dispatch_key,
+            timeout_s=timeout_s,
             created_at=time.time(),
         )
         self._insert(payload)
@@ -255,6 +262,7 @@ def _row(payload: Payload) -> dict[str, Any]:
     row = asdict(payload)
     row["status"] = payload.status.db
     row["killed"] = int(payload.killed)
+    row["timed_out"] = int(payload.timed_out)
     return row
 
 
@@ -262,6 +270,7 @@ def _from_row(row: sqlite3.Row) -> Payload:
     values = dict(row)
     values["status"] = Status.from_db(values["status"])
     values["killed"] = bool(values["killed"])
+    values["timed_out"] = bool(values["timed_out"])
     return Payload(**values)
 
 
@@ -280,6 +289,7 @@ def _read_state(path: Path) -> Payload | None:
         values = json.loads(path.read_text())
         values["status"] = Status.from_wire(values["status"])
         values["killed"] = bool(values["killed"])
+        values["timed_out"] = bool(values.get("timed_out", False))
         return Payload(**values)
     except FileNotFoundError:
         return None

@@ -64,19 +64,38 @@ class Runner:
         )
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._kill_tasks: set[asyncio.Task[None]] = set()
+        self._held: dict[int, asyncio.TimerHandle] = {}
         self._stopping = False
 
     def start(self, payload: Payload) -> None:
         self._spawn(payload.id, self._run(payload))
 
     def adopt(self, payload: Payload) -> None:
-        """Resume a payload found on disk at start-up."""
+        """Resume a payload found on disk at start-up.
+
+        A payload that had not started yet waits until its server asks for it again (or
+        ADOPT_HOLD passes): while this client was down, the server may have given the job to
+        another client, and then it sends a kill instead.
+        """
         if payload.status is Status.PREPARED:
-            self.start(payload)
+            handle = asyncio.get_running_loop().call_later(
+                self.settings.adopt_hold_s, self.release, payload.id
+            )
+            self._held[payload.id] = handle
         elif payload.status is Status.RUNNING:
             self._spawn(payload.id, self._watch_orphan(payload))
         elif payload.status is Status.COMPLETED and not payload.paths.result.is_file():
             self._spawn(payload.id, self._finish(payload, 0))
+
+    def release(self, payload_id: int) -> None:
+        """Start a held payload (the server still wants it)."""
+        handle = self._held.pop(payload_id, None)
+        if handle is None:
+            return
+        handle.cancel()
+        payload = self.registry.get(payload_id)
+        if payload is not None and payload.status is Status.PREPARED:
+            self.start(payload)
 
     def _spawn(self, payload_id: int, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine, name=f"payload-{payload_id}")
@@ -92,6 +111,8 @@ class Runner:
     async def stop(self) -> None:
         """Stop watching; the scripts themselves keep running and are re-adopted at start."""
         self._stopping = True
+        for handle in self._held.values():
+            handle.cancel()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -155,7 +176,7 @@ class Runner:
             # Killed while we were starting it.
             await self.terminate_group(process.pid)
         try:
-            returncode = await process.wait()
+            returncode = await self._wait_within_limit(payload, process.pid, process.wait())
         except asyncio.CancelledError:
             if not self._stopping:
                 _signal_group(process.pid, signal.SIGKILL)
@@ -163,6 +184,25 @@ class Runner:
         # run.sh is done: whatever it left in the background goes too.
         _signal_group(process.pid, signal.SIGKILL)
         await self._finish(payload, returncode)
+
+    async def _wait_within_limit(
+        self, payload: Payload, pgid: int, exited: Coroutine[Any, Any, int | None]
+    ) -> int | None:
+        """Await the script's end; past its wall-time limit, kill its group first."""
+        waiting = asyncio.ensure_future(exited)
+        if payload.timeout_s is None:
+            return await waiting
+        started_at = payload.pid_started_at or time.time()
+        remaining = payload.timeout_s - (time.time() - started_at)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiting), max(0.0, remaining))
+        except TimeoutError:
+            logger.info(
+                "payload %d exceeded its wall-time limit of %g s", payload.id, payload.timeout_s
+            )
+            self.registry.update(payload.id, timed_out=True)
+            await self.terminate_group(pgid)
+            return await waiting
 
     async def _finish(self, payload: Payload, returncode: int | None) -> None:
         current = self.registry.get(payload.id)
@@ -205,7 +245,7 @@ class Runner:
         process = _live_process(payload)
         if process is not None:
             logger.info("re-adopting payload %d (pid %d)", payload.id, payload.pid)
-            await _wait_for_exit(process)
+            await self._wait_within_limit(payload, payload.pid, _wait_for_exit(process))
             _signal_group(payload.pid, signal.SIGKILL)
         await self._finish(payload, _read_exit_code(payload))
 
@@ -217,6 +257,9 @@ class Runner:
         if updated is None or updated.status.is_terminal():
             return
         if updated.status is Status.PREPARED:
+            held = self._held.pop(payload.id, None)
+            if held is not None:
+                held.cancel()
             task = self._tasks.get(payload.id)
             if task is None:
                 self.registry.update(payload.id, status=Status.KILLED, message="job terminated")

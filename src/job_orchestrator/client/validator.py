@@ -147,9 +147,9 @@ _TEXT_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
 )
 
 # All scanning is linear in the script size, so even a 20 MiB script cannot stall the client.
-_BREAK = r"\s;&|()<>"
-_HEREDOC = r"""(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
-    (?:'(?P<d1>[^'\n]+)'|"(?P<d2>[^"\n]+)"|\\?(?P<d3>[A-Za-z_][\w.-]*)))"""
+_BREAK = r" \t\n;&|()<>"  # bash metacharacters; `\r` and NBSP are word characters
+_HEREDOC = rf"""(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
+    (?P<delimiter>(?:'[^'\n]*'|"[^"\n]*"|\\.|[^{_BREAK}'"\\])+))"""
 _COMMENT = rf"(?P<comment>(?<![^{_BREAK}])(?<!\\[{_BREAK}])\#[^\n]*)"  # `#` starting a word
 # Ordinary text: quoted strings, escapes, `#` inside a word (`$#`, `${#x}`), `<<<`, `$((1<<2))`.
 _RUN = r"""(?:[^'"\\\#<$%s]++|'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.|\$(?!')
@@ -168,7 +168,7 @@ _BASE64 = re.compile(r"\bbase64\b")
 _PIPE_TO_SHELL = re.compile(rf"\|\s*(?:sudo\s+)?(?:[^\s|;&]*/)?{_SHELL}")
 _SHELL_RUNS = re.compile(rf"{_SHELL}\s+(?:-(?=\w*c)\w++\s|<\()")  # `sh -c ...`, `bash <(...)`
 _FUNCTION_BODY = re.compile(r"\(\)\s*\{([^{}]{0,80})")
-_NAME_BEFORE = re.compile(r"([\w:]+)\s*\Z")
+_TRAILING_NAME = re.compile(r"[\w:]+$")
 _PIPE_PAIR = re.compile(r"(?<![\w:])([\w:]+)\s*\|(?=\s*([\w:]+)(?![\w:]))")
 _REDIRECT = re.compile(r"\d*(?:[<>]{1,2}|&>>?|[<>]&|>\|)")
 _ASSIGN = re.compile(r"[A-Za-z_]\w*(?:\[[^\]]*\])?\+?=")
@@ -203,7 +203,7 @@ def _split_script(text: str) -> tuple[str, str]:
         code.append(token)
         if kind == "heredoc":
             if arithmetic <= 0:  # in `$((1 << n))` or `$[1 << n]` it is a shift
-                pending.append(match["d1"] or match["d2"] or match["d3"])
+                pending.append(_unquote(match["delimiter"]))
         elif kind == "newline":
             sink = code if _FEEDS_SHELL.search(text, line_start, pos) else data
             for delimiter in pending:
@@ -211,12 +211,14 @@ def _split_script(text: str) -> tuple[str, str]:
                 sink.append(text[pos:end])
                 pos = end
             pending.clear()
-            line_start, arithmetic = pos, 0
+            line_start = pos
         else:
             newline = token.rfind("\n")
             if newline >= 0:
-                line_start, arithmetic, token = start + newline + 1, 0, token[newline + 1 :]
-            arithmetic += token.count("((") + token.count("$[") - token.count("))")
+                line_start = start + newline + 1
+            # Arithmetic may span lines; an unbalanced `((` only makes heredocs count as code.
+            opened = token.count("((") + token.count("$[") - token.count("))")
+            arithmetic = max(0, arithmetic + opened)
     return "".join(code), "".join(data)
 
 
@@ -245,9 +247,9 @@ def _followed_on_line(text: str, first: re.Pattern[str], then: re.Pattern[str]) 
 def _has_fork_bomb(code: str) -> bool:
     """A function whose body pipes it into itself: ``:(){ :|:& };:``, ``f() { f | f & }``."""
     for body in _FUNCTION_BODY.finditer(code):
-        name = _NAME_BEFORE.search(code, max(0, body.start() - 64), body.start())
+        name = _TRAILING_NAME.search(code[max(0, body.start() - 64) : body.start()].rstrip())
         pairs = _PIPE_PAIR.finditer(body[1])
-        if name and any(pair[1] == pair[2] == name[1] for pair in pairs):
+        if name and any(pair[1] == pair[2] == name[0] for pair in pairs):
             return True
     return False
 
@@ -306,9 +308,11 @@ def _command_reason(name: str, args: list[str]) -> str | None:
         return f"inline interpreter: {name}" if args and _INLINE_FLAG[name].match(args[0]) else None
     if _PYTHON.fullmatch(name):
         return "inline interpreter: python" if _python_inline(args) else None
-    plain = [_unquote(arg) for arg in args] if name in ("dd", "chmod") else []
-    if name == "chmod" and any(map(_SETID.search, plain)):
-        return "dangerous chmod"
+    if name not in ("chmod", "dd"):
+        return None
+    plain = [_unquote(arg) for arg in args]
+    if name == "chmod":
+        return "dangerous chmod" if any(map(_SETID.search, plain)) else None
     if any(map(_DD_DEVICE_OUT.match, plain)):
         return "direct device write"
     if any(map(_DD_FILL_IN.match, plain)) and "of=/dev/null" not in plain:
@@ -316,7 +320,61 @@ def _command_reason(name: str, args: list[str]) -> str | None:
     return None
 
 
-def _segment_reasons(words: list[str]) -> Iterator[str]:
+def _command_segments(code: str) -> list[str]:
+    """Split code into simple commands at `;`, `&`, `|`, newlines, parentheses and backticks.
+
+    Separators inside quotes are text (`echo "done; at noon"` is one command), except in a
+    `$(...)` or backquoted substitution inside double quotes, which is code of its own. One
+    pass with an explicit stack, so the cost stays linear whatever the nesting. A quote that
+    is never closed is read as an ordinary character (bash would not run the script at all).
+    """
+    segments: list[str] = []
+    current: list[str] = []
+    # One frame per substitution opened inside double quotes: (outer word, closer, depth).
+    frames: list[tuple[list[str], str, int]] = []
+    depth = 0
+    in_double = False
+    position, length = 0, len(code)
+    while position < length:
+        char = code[position]
+        if char == "\\":
+            current.append(code[position : position + 2])
+            position += 2
+            continue
+        position += 1
+        if in_double:
+            if char == '"':
+                in_double = False
+            elif char == "`" or (char == "$" and code.startswith("(", position)):
+                closer = "`" if char == "`" else ")"
+                position += 0 if char == "`" else 1
+                frames.append((current, closer, depth))
+                current, depth, in_double = [], 0, False
+                continue
+            current.append(char)
+        elif char == "'" and (end := code.find("'", position)) >= 0:
+            current.append(code[position - 1 : end + 1])
+            position = end + 1
+        elif char == '"' and code.find('"', position) >= 0:
+            in_double = True
+            current.append(char)
+        elif frames and char == frames[-1][1] and (char == "`" or depth == 0):
+            segments.append("".join(current))
+            current, _closer, depth = frames.pop()
+            current.append("$_")
+            in_double = True
+        elif char in "\n;&|()`":
+            depth += 1 if char == "(" else -1 if char == ")" and depth > 0 else 0
+            segments.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    segments.append("".join(current))
+    segments.extend("".join(outer) for outer, _closer, _depth in frames)
+    return segments
+
+
+def _segment_reasons(words: list[str], depth: int = 0) -> Iterator[str]:
     i, after_wrapper = 0, False
     while i < len(words):
         word = words[i]
@@ -333,9 +391,14 @@ def _segment_reasons(words: list[str]) -> Iterator[str]:
             reason = _command_reason(name, words[i:])
             if reason is not None:
                 yield reason
-            for j in range(i - 1, len(words) - 1):  # `sh -c 'cmd'`, `find -exec sh -c 'cmd'`
-                if _SHELL_WORD.fullmatch(words[j]) and _C_OPTION.fullmatch(words[j + 1]):
-                    yield from _segment_reasons(words[j + 2 :])
+            # `sh -c 'cmd'`, `find -exec sh -c 'cmd'`; the depth cap keeps `sh -c sh -c ...` linear.
+            for j in range(i - 1, len(words) - 1 if depth < 3 else 0):
+                if _SHELL_WORD.fullmatch(_unquote(words[j])) and _C_OPTION.fullmatch(words[j + 1]):
+                    inner = " ".join(words[j + 2 :])
+                    if inner[:1] in ("'", '"'):  # the -c argument is code: drop its quotes
+                        inner = inner[1:].removesuffix(inner[0])
+                    for segment in _command_segments(inner):
+                        yield from _segment_reasons(segment.split(), depth + 1)
                     break
             return
         if name in _PLAIN:  # sudo is a finding itself, and so is what it runs
@@ -360,7 +423,7 @@ def check_script_text(text: str, *, require_exit_trap: bool = False) -> ScriptRe
         found.add("obfuscated execution: base64 pipe to shell")
     if "()" in code and _has_fork_bomb(code):
         found.add("fork bomb")
-    for segment in _SPLIT.split(code):
+    for segment in _command_segments(code):
         found.update(_segment_reasons(segment.split()))
     if found:
         return ScriptRejection(RejectionKind.UNSAFE, min(found, key=_RANK.__getitem__))

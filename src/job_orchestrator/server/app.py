@@ -15,7 +15,7 @@ from job_orchestrator.config import ServerSettings
 from job_orchestrator.http_common import install_conventions
 from job_orchestrator.server import api
 from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.nodes import NodeGateway
+from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage import open_store
 
 

@@ -28,7 +28,8 @@ from job_orchestrator.errors import (
     StoreError,
     TransientClientError,
 )
-from job_orchestrator.server.nodes import NodeGateway
+from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 RESULT_NAME = "output.zip"
 PARTIAL_NAME = "partial.zip"
 INPUT_DIR = "input"
+#: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
+LIMIT_BACKSTOP_S = 60.0
 
 
 def input_dir(loc: str) -> Path:
@@ -58,6 +61,7 @@ class Orchestrator:
         self.settings = settings
         self.store = store
         self.gateway = gateway
+        self.fleet = Fleet(settings, store, gateway)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
@@ -70,6 +74,7 @@ class Orchestrator:
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
             asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+            asyncio.create_task(self._node_loop(), name="node_loop"),
         ]
         for task in self._loops:
             task.add_done_callback(self._loop_died)
@@ -159,21 +164,24 @@ class Orchestrator:
             return 0
         service_of = {job_id: q.service for q in heads for job_id in q.job_ids}
         node_by_job = await self._choose_nodes(planned, service_of)
-        for job in await self.store.claim(planned, node_by_job):
+        claimed = await self.store.claim(list(node_by_job), node_by_job)
+        for job in claimed:
             self._spawn(job.id, self._send(job))
-        return len(planned)
+        return len(claimed)
 
     async def _choose_nodes(self, planned: list[int], service_of: dict[int, str]) -> dict[int, str]:
-        """Each job goes to the node of its service that holds the fewest active jobs."""
+        """A usable node for each job; jobs of a service with none stay queued."""
         choice: dict[int, str] = {}
-        load_by_service: dict[str, dict[str, int]] = {}
+        active_by_service: dict[str, dict[str, int]] = {}
         for job_id in planned:
             service = self.settings.services[service_of[job_id]]
-            if service.name not in load_by_service:
-                load_by_service[service.name] = await self.store.node_occupancy(service.name)
-            load = load_by_service[service.name]
-            node = min(service.nodes, key=lambda n: load.get(n.upload_url, 0))
-            load[node.upload_url] = load.get(node.upload_url, 0) + 1
+            if service.name not in active_by_service:
+                active_by_service[service.name] = await self.store.node_occupancy(service.name)
+            active = active_by_service[service.name]
+            node = self.fleet.choose(service.nodes, active)
+            if node is None:
+                continue
+            active[node.upload_url] = active.get(node.upload_url, 0) + 1
             choice[job_id] = node.upload_url
         return choice
 
@@ -185,9 +193,14 @@ class Orchestrator:
         assert job.dispatch_key is not None
         try:
             dest_id = await self.gateway.submit(
-                node, input_dir(job.loc), dispatch_key=job.dispatch_key, token=service.client_token
+                node,
+                input_dir(job.loc),
+                dispatch_key=job.dispatch_key,
+                token=service.client_token,
+                timeout_s=service.timeout_s,
             )
         except TransientClientError as error:
+            self.fleet.report_failure(node.upload_url)
             await self._retry_dispatch(job, str(error))
             return
         except ClientCallError as error:
@@ -203,6 +216,7 @@ class Orchestrator:
             failing_since=None,
             not_before=None,
             message="",
+            dispatched_at=time.time(),
         )
         if moved:
             fresh = await self.store.get_job(job.id)
@@ -257,17 +271,30 @@ class Orchestrator:
             return
         known, failures, failing_since = job.status, 0, None
         loc = Path(job.loc)
+        # Clients enforce the limit themselves; this backstop covers those that cannot.
+        limit_at = (
+            (job.dispatched_at or time.time()) + service.timeout_s + LIMIT_BACKSTOP_S
+            if service.timeout_s
+            else None
+        )
         while not self._stop.is_set():
+            wait_s = self.settings.long_poll_s
+            if limit_at is not None:
+                if time.time() >= limit_at:
+                    await self._enforce_time_limit(job, node, service)
+                    return
+                wait_s = max(0.1, min(wait_s, limit_at - time.time()))
             try:
                 result = await self.gateway.retrieve(
                     node,
                     job.dest_id,
                     loc / RESULT_NAME,
-                    wait_s=self.settings.long_poll_s,
+                    wait_s=wait_s,
                     known=known,
                     token=service.client_token,
                 )
             except TransientClientError as error:
+                self.fleet.report_failure(node.upload_url)
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self.settings.retry_deadline_s:
@@ -302,6 +329,18 @@ class Orchestrator:
                 known = result.status
             if not result.long_polled:
                 await wait_any(self._stop.wait(), timeout_s=self.settings.poll_interval_s)
+
+    async def _enforce_time_limit(
+        self, job: JobRecord, node: NodeConfig, service: ServiceConfig
+    ) -> None:
+        try:
+            await self.gateway.kill(node, job.dest_id, token=service.client_token)
+        except ClientCallError as error:
+            logger.warning("could not kill job %d past its time limit: %s", job.id, error)
+        await self._keep_partial(job, node, service)
+        await self._settle(
+            job, Status.FAILED, f"wall-time limit of {service.timeout_s:g} s exceeded"
+        )
 
     async def _settle(self, job: JobRecord, status: Status, message: str) -> None:
         # Shielded: once the client told us the outcome, a shutdown must not lose it.
@@ -397,6 +436,25 @@ class Orchestrator:
         if service is not None and node is not None and job.dest_id:
             await self._keep_partial(job, node, service)
         return TerminateOutcome(200, Status.KILLED, "job terminated")
+
+    # ---- nodes -----------------------------------------------------------------------------
+
+    async def _node_loop(self) -> None:
+        """Sample node health in the background; fail over from nodes that stay down."""
+        while not self._stop.is_set():
+            try:
+                woke = await self.fleet.check_once()
+                moved = await self.fleet.fail_over()
+            except StoreError:
+                logger.exception("node check failed")
+                woke, moved = False, []
+            for job_id in moved:
+                task = self._job_tasks.get(job_id)
+                if task is not None:
+                    task.cancel()
+            if woke or moved:
+                self.wake_dispatch()
+            await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
 
     # ---- retention -------------------------------------------------------------------------
 

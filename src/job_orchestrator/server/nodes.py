@@ -1,283 +1,133 @@
-"""HTTP calls from the server to its clients (executor nodes), with errors classified.
+"""The clients (nodes) of each service: health, capacity, choice and failover.
 
-Every call has a timeout. Connection failures, timeouts and 5xx answers raise
-TransientClientError (worth retrying); 4xx answers and unreadable replies raise
-PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
-Requests carry only what the original client understands plus headers it ignores
-(`Idempotency-Key`), so a Rust client can be driven unchanged.
+Health and load are sampled in the background, never on a job's path. A node that fails two
+checks in a row (or a dispatch) is skipped for new work until it answers again; once it has
+been down for FAILOVER_AFTER seconds, its jobs that had not started are queued again for
+another node, and their payloads there are revoked: killed as soon as the node is back, before
+it gets any new work. (A payload a restarted client finds unstarted waits for the server to
+ask for it before it runs, so a revoked payload never starts.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import os
-import re
-import secrets
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote
 
-import httpx
-
-from job_orchestrator.config import NodeConfig
-from job_orchestrator.errors import (
-    PayloadLostError,
-    PermanentClientError,
-    TransientClientError,
-)
+from job_orchestrator.config import NodeConfig, ServerSettings
+from job_orchestrator.errors import ClientCallError, PayloadLostError
+from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.storage import Store
 from job_orchestrator.status import Status
 
-MESSAGE_HEADER = "X-Orchestrator-Message"
-LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-_CHUNK_BYTES = 1024 * 1024
+logger = logging.getLogger(__name__)
+
+FAILURES_BEFORE_DOWN = 2
+NOT_STARTED = (Status.SUBMITTED, Status.PREPARED)
 
 
-def join_url(base: str, payload_id: int) -> str:
-    """`{url}/{id}` as upstream, without the `//` a trailing slash used to produce."""
-    return f"{base.rstrip('/')}/{payload_id}"
+@dataclass(slots=True)
+class NodeState:
+    healthy: bool = True  # optimistic until the first check, so start-up costs no latency
+    failures: int = 0
+    down_since: float | None = None
+    max_concurrent: int | None = None
+    load_percent: float | None = None
+    revocations_pending: bool = True
 
 
-@dataclass(frozen=True, slots=True)
-class RetrieveResult:
-    status: Status
-    message: str
-    long_polled: bool
+class Fleet:
+    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
+        self.settings = settings
+        self.store = store
+        self.gateway = gateway
+        self._tokens: dict[str, str | None] = {}
+        self._nodes: dict[str, NodeConfig] = {}
+        for service in settings.services.values():
+            for node in service.nodes:
+                self._nodes[node.upload_url] = node
+                self._tokens[node.upload_url] = service.client_token
+        self.state: dict[str, NodeState] = {url: NodeState() for url in self._nodes}
 
+    def usable(self, node: NodeConfig) -> bool:
+        state = self.state[node.upload_url]
+        return state.healthy and not state.revocations_pending
 
-def _raise_for_status(response: httpx.Response, what: str) -> None:
-    if response.status_code == 404:
-        raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
-    if response.status_code >= 500:
-        raise TransientClientError(f"{what}: client answered {response.status_code}")
-    if not 200 <= response.status_code < 300:
-        raise PermanentClientError(f"{what}: client answered {response.status_code}")
+    def choose(self, nodes: tuple[NodeConfig, ...], active: Mapping[str, int]) -> NodeConfig | None:
+        """The usable node with the most free capacity; ties go to the least loaded."""
 
+        def rank(node: NodeConfig) -> tuple[float, int, float]:
+            state = self.state[node.upload_url]
+            running = active.get(node.upload_url, 0)
+            free = (state.max_concurrent - running) if state.max_concurrent else float("inf")
+            return (-free, running, state.load_percent or 0.0)
 
-def _is_zip(response: httpx.Response) -> bool:
-    return response.status_code == 200 and "application/zip" in response.headers.get(
-        "content-type", ""
-    )
+        candidates = [node for node in nodes if self.usable(node)]
+        return min(candidates, key=rank) if candidates else None
 
+    def report_failure(self, node_url: str) -> None:
+        """A call to the node failed: count it like a failed health check."""
+        state = self.state.get(node_url)
+        if state is not None:
+            self._failed(node_url, state, "a call failed")
 
-def _payload_json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise PermanentClientError(f"{what}: client sent a reply that is not JSON") from None
-    if not isinstance(payload, dict):
-        raise PermanentClientError(f"{what}: client sent an unexpected JSON reply")
-    return payload
+    def _failed(self, url: str, state: NodeState, reason: str) -> None:
+        state.failures += 1
+        if state.failures >= FAILURES_BEFORE_DOWN and state.healthy:
+            state.healthy = False
+            state.down_since = time.time()
+            logger.warning("client %s is down (%s); skipping it", url, reason)
 
+    async def check_once(self) -> bool:
+        """Check every node; return True if one became usable (dispatch should wake)."""
+        woke = False
+        for url, node in self._nodes.items():
+            state = self.state[url]
+            was_usable = self.usable(node)
+            try:
+                report = await self.gateway.check(node, token=self._tokens[url])
+            except ClientCallError as error:
+                self._failed(url, state, str(error))
+                continue
+            if not state.healthy:
+                logger.info("client %s answers again", url)
+            state.healthy, state.failures, state.down_since = True, 0, None
+            state.max_concurrent, state.load_percent = report.max_concurrent, report.load_percent
+            if state.revocations_pending:
+                state.revocations_pending = not await self._flush_revocations(node)
+            woke = woke or (self.usable(node) and not was_usable)
+        return woke
 
-class NodeGateway:
-    """One pooled httpx client for all calls to all nodes."""
+    async def _flush_revocations(self, node: NodeConfig) -> bool:
+        """Kill payloads revoked from this node; True once none is left."""
+        for payload_id, job_id in await self.store.revocations(node.upload_url):
+            try:
+                await self.gateway.kill(node, payload_id, token=self._tokens[node.upload_url])
+            except PayloadLostError:
+                pass
+            except ClientCallError as error:
+                logger.warning(
+                    "could not revoke payload %d of job %d: %s", payload_id, job_id, error
+                )
+                return False
+            await self.store.forget_revocation(node.upload_url, payload_id)
+        return True
 
-    def __init__(self, *, timeout_s: float) -> None:
-        self._timeout_s = timeout_s
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-            trust_env=False,
-        )
-
-    async def close(self) -> None:
-        await self._http.aclose()
-
-    @staticmethod
-    def _headers(token: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"} if token else {}
-
-    @contextlib.asynccontextmanager
-    async def _call(self, what: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except httpx.TimeoutException as error:
-            raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
-            raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
-
-    async def submit(
-        self, node: NodeConfig, files_dir: Path, *, dispatch_key: str, token: str | None
-    ) -> int:
-        """POST every regular file under files_dir as a multipart part; return the payload id."""
-        what = f"dispatch to {node.upload_url}"
-        files = await asyncio.to_thread(_regular_files, files_dir)
-        body = MultipartBody(files)
-        async with self._call(what):
-            response = await self._http.post(
-                node.upload_url,
-                content=body.stream(),
-                headers={
-                    "Content-Type": body.content_type,
-                    "Content-Length": str(body.length),
-                    IDEMPOTENCY_HEADER: dispatch_key,
-                    **self._headers(token),
-                },
-            )
-        if response.status_code == 404:
-            raise PermanentClientError(f"{what}: client answered 404")
-        _raise_for_status(response, what)
-        payload_id = _payload_json(response.content, what).get("id")
-        if not isinstance(payload_id, int) or isinstance(payload_id, bool) or payload_id <= 0:
-            raise PermanentClientError(f"{what}: client reply has no valid payload id")
-        return payload_id
-
-    async def retrieve(
-        self,
-        node: NodeConfig,
-        payload_id: int,
-        zip_destination: Path,
-        *,
-        wait_s: float,
-        known: Status,
-        token: str | None,
-    ) -> RetrieveResult:
-        """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
-
-        `wait`/`known` ask our client to hold the request until the status differs from
-        `known`; the original client ignores them and answers at once.
-        """
-        what = f"retrieve {payload_id} from {node.download_url}"
-        params = {"wait": f"{wait_s:g}", "known": known.wire} if wait_s > 0 else None
-        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
-        async with (
-            self._call(what),
-            self._http.stream(
-                "GET",
-                join_url(node.download_url, payload_id),
-                params=params,
-                headers=self._headers(token),
-                timeout=timeout,
-            ) as response,
-        ):
-            _raise_for_status(response, what)
-            if _is_zip(response):
-                await _stream_to_file(response, zip_destination)
-                return RetrieveResult(Status.COMPLETED, "", long_polled=False)
-            body = await response.aread()
-        payload = _payload_json(body, what)
-        try:
-            status = Status.from_wire(str(payload.get("status")))
-        except ValueError:
-            raise PermanentClientError(
-                f"{what}: unknown status {payload.get('status')!r}"
-            ) from None
-        return RetrieveResult(
-            status=status,
-            message=unquote(response.headers.get(MESSAGE_HEADER, "")),
-            long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
-        )
-
-    async def fetch_partial(
-        self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
-    ) -> None:
-        what = f"partial retrieve {payload_id} from {node.partial_url}"
-        async with (
-            self._call(what),
-            self._http.stream(
-                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
-            ) as response,
-        ):
-            _raise_for_status(response, what)
-            if not _is_zip(response):
-                raise PermanentClientError(f"{what}: client did not send a ZIP")
-            await _stream_to_file(response, destination)
-
-    @contextlib.asynccontextmanager
-    async def open_partial(
-        self, node: NodeConfig, payload_id: int, *, token: str | None
-    ) -> AsyncIterator[httpx.Response]:
-        """The client's partial ZIP as an open streaming response (for proxying)."""
-        what = f"partial retrieve {payload_id} from {node.partial_url}"
-        async with (
-            self._call(what),
-            self._http.stream(
-                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
-            ) as response,
-        ):
-            _raise_for_status(response, what)
-            if not _is_zip(response):
-                raise PermanentClientError(f"{what}: client did not send a ZIP")
-            yield response
-
-    async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
-        what = f"kill {payload_id} at {node.terminate_url}"
-        async with self._call(what):
-            response = await self._http.post(
-                join_url(node.terminate_url, payload_id), headers=self._headers(token)
-            )
-        _raise_for_status(response, what)
-
-
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
-
-
-class MultipartBody:
-    """A multipart/form-data body streamed from disk, shaped as the original server's.
-
-    Every part carries `filename` (what the original client keys files by); names outside
-    the URL path-segment set are sent as `name*=utf-8''...`, as reqwest does. Quotes and
-    backslashes in file names are backslash-escaped (httpx would percent-encode them, which
-    no receiver decodes).
-    """
-
-    def __init__(self, files: list[tuple[str, Path]]) -> None:
-        self._boundary = "-".join(secrets.token_hex(8) for _ in range(4))
-        self._parts = [(self._part_header(name, path.name), path) for name, path in files]
-        self._closing = f"--{self._boundary}--\r\n".encode()
-        self.content_type = f"multipart/form-data; boundary={self._boundary}"
-        self.length = len(self._closing) + sum(
-            len(header) + path.stat().st_size + 2 for header, path in self._parts
-        )
-
-    def _part_header(self, name: str, filename: str) -> bytes:
-        name_param = (
-            f'name="{name}"'
-            if _PLAIN_NAME.fullmatch(name)
-            else f"name*=utf-8''{quote(name, safe='')}"
-        )
-        escaped = (
-            filename.replace("\\", "\\\\")
-            .replace('"', '\\"')
-            .replace("\r", "%0D")
-            .replace("\n", "%0A")
-        )
-        return (
-            f"--{self._boundary}\r\n"
-            f'Content-Disposition: form-data; {name_param}; filename="{escaped}"\r\n\r\n'
-        ).encode()
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        for header, path in self._parts:
-            yield header
-            with path.open("rb") as source:
-                while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
-                    yield chunk
-            yield b"\r\n"
-        yield self._closing
-
-
-def _regular_files(root: Path) -> list[tuple[str, Path]]:
-    """(relative name, path) of every regular file under root, in a stable order."""
-    return [
-        (path.relative_to(root).as_posix(), path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    ]
-
-
-async def _stream_to_file(response: httpx.Response, destination: Path) -> None:
-    partial = destination.with_name(f".{destination.name}.part")
-    try:
-        with partial.open("wb") as sink:
-            async for chunk in response.aiter_bytes(_CHUNK_BYTES):
-                sink.write(chunk)
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    async def fail_over(self) -> list[int]:
+        """Queue again the unstarted jobs of nodes down for longer than FAILOVER_AFTER."""
+        moved: list[int] = []
+        now = time.time()
+        for url, state in self.state.items():
+            if state.healthy or state.down_since is None:
+                continue
+            if now - state.down_since < self.settings.failover_after_s:
+                continue
+            for job in await self.store.jobs_on_node(url, NOT_STARTED):
+                if await self.store.revoke_to_queue(job, NOT_STARTED):
+                    state.revocations_pending = True
+                    logger.warning(
+                        "job %d: client %s is down; dispatching it elsewhere", job.id, url
+                    )
+                    moved.append(job.id)
+        return moved

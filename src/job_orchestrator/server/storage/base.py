@@ -31,6 +31,7 @@ class JobRecord:
     not_before: float | None
     failing_since: float | None
     queued_at: float | None
+    dispatched_at: float | None
     finished_at: float | None
 
 
@@ -88,6 +89,21 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def known_locs(self, locs: Collection[str]) -> set[str]:
         """Which of `locs` belong to a job (used to find orphan directories)."""
+
+    @abc.abstractmethod
+    async def jobs_on_node(self, node: str, statuses: Collection[Status]) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
+        """Send a job held by an unreachable node back to the queue, atomically recording its
+        payload there as revoked (to be killed when the node answers again)."""
+
+    @abc.abstractmethod
+    async def revocations(self, node: str) -> list[tuple[int, int]]:
+        """(payload_id, job_id) pairs revoked on a node."""
+
+    @abc.abstractmethod
+    async def forget_revocation(self, node: str, payload_id: int) -> None: ...
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.pool import StaticPool
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
 from job_orchestrator.server.storage.base import JobRecord, Store
-from job_orchestrator.server.storage.tables import jobs
+from job_orchestrator.server.storage.tables import jobs, revocations
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -89,6 +89,7 @@ def _record(row: Any) -> JobRecord:
         not_before=row.not_before,
         failing_since=row.failing_since,
         queued_at=row.queued_at,
+        dispatched_at=row.dispatched_at,
         finished_at=row.finished_at,
     )
 
@@ -203,8 +204,8 @@ class SqlStore(Store):
         return {row[0]: row[1] for row in rows if row[0] is not None}
 
     async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        depth = max((limit.runs_per_user for limit in limits.values()), default=0)
-        if depth == 0:
+        depths = {name: limit.runs_per_user for name, limit in limits.items()}
+        if not any(depths.values()):
             return []
         position = (
             sa.func.row_number()
@@ -222,7 +223,7 @@ class SqlStore(Store):
         )
         rows = await self._fetch(
             sa.select(due.c.service, due.c.user_id, due.c.id)
-            .where(due.c.position <= depth)
+            .where(due.c.position <= sa.case(depths, value=due.c.service, else_=0))
             .order_by(due.c.service, due.c.user_id, due.c.id)
         )
         grouped: dict[tuple[str, int], list[int]] = {}
@@ -262,6 +263,61 @@ class SqlStore(Store):
             return set()
         rows = await self._fetch(sa.select(jobs.c.loc).where(jobs.c.loc.in_(list(locs))))
         return {row[0] for row in rows}
+
+    async def jobs_on_node(self, node: str, statuses: Collection[Status]) -> list[JobRecord]:
+        rows = await self._fetch(
+            jobs.select()
+            .where(jobs.c.node == node, jobs.c.status.in_([s.db for s in statuses]))
+            .order_by(jobs.c.id)
+        )
+        return [_record(row) for row in rows]
+
+    async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
+        now = time.time()
+        try:
+            async with self._engine.begin() as connection:
+                result = await connection.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == job.id,
+                        jobs.c.node == job.node,
+                        jobs.c.dest_id == job.dest_id,
+                        jobs.c.status.in_([s.db for s in expected]),
+                    )
+                    .values(
+                        status=Status.QUEUED.db,
+                        node=None,
+                        dest_id=None,
+                        dispatch_key=None,
+                        attempts=job.attempts + 1,
+                        updated_at=now,
+                    )
+                )
+                if result.rowcount != 1:
+                    return False
+                await connection.execute(
+                    revocations.insert().values(
+                        node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
+                    )
+                )
+        except SQLAlchemyError as error:
+            raise StoreError(str(error)) from error
+        return True
+
+    async def revocations(self, node: str) -> list[tuple[int, int]]:
+        rows = await self._fetch(
+            sa.select(revocations.c.payload_id, revocations.c.job_id)
+            .where(revocations.c.node == node)
+            .order_by(revocations.c.payload_id)
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    async def forget_revocation(self, node: str, payload_id: int) -> None:
+        await self._execute(
+            revocations.delete().where(
+                revocations.c.node == node, revocations.c.payload_id == payload_id
+            )
+        )
 
     async def ping(self) -> None:
         await self._fetch(sa.select(sa.literal(1)))

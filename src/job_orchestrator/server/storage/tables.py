@@ -24,6 +24,7 @@ jobs = sa.Table(
     sa.Column("not_before", sa.Float, nullable=True),
     sa.Column("failing_since", sa.Float, nullable=True),
     sa.Column("queued_at", sa.Float, nullable=True),
+    sa.Column("dispatched_at", sa.Float, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
     sqlite_autoincrement=True,
@@ -32,3 +33,13 @@ jobs = sa.Table(
 sa.Index("ix_jobs_status_service_user", jobs.c.status, jobs.c.service, jobs.c.user_id, jobs.c.id)
 sa.Index("ix_jobs_finished_at", jobs.c.finished_at)
 sa.Index("ix_jobs_loc", jobs.c.loc)
+sa.Index("ix_jobs_node_status", jobs.c.node, jobs.c.status)
+
+revocations = sa.Table(
+    "revocations",
+    metadata,
+    sa.Column("node", sa.Text, primary_key=True),
+    sa.Column("payload_id", sa.Integer, primary_key=True),
+    sa.Column("job_id", sa.Integer, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)

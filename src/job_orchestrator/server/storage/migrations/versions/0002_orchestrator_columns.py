@@ -1,4 +1,4 @@
-"""Columns for compare-and-set dispatch, retries, messages and retention; query indexes.
+"""Columns for compare-and-set dispatch, retries, messages, retention; revocations; indexes.
 
 Revision ID: 0002
 """
@@ -23,11 +23,21 @@ def upgrade() -> None:
         batch.add_column(sa.Column("not_before", sa.Float, nullable=True))
         batch.add_column(sa.Column("failing_since", sa.Float, nullable=True))
         batch.add_column(sa.Column("queued_at", sa.Float, nullable=True))
+        batch.add_column(sa.Column("dispatched_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("updated_at", sa.Float, nullable=True))
         batch.add_column(sa.Column("finished_at", sa.Float, nullable=True))
     op.create_index("ix_jobs_status_service_user", "jobs", ["status", "service", "user_id", "id"])
     op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"])
     op.create_index("ix_jobs_loc", "jobs", ["loc"])
+    op.create_index("ix_jobs_node_status", "jobs", ["node", "status"])
+    # Payloads given to another client while theirs was down: killed when it comes back.
+    op.create_table(
+        "revocations",
+        sa.Column("node", sa.Text, primary_key=True),
+        sa.Column("payload_id", sa.Integer, primary_key=True),
+        sa.Column("job_id", sa.Integer, nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
     # Upstream jobs that already ended have no finish time: count retention from now.
     op.execute(
         "UPDATE jobs SET finished_at = CAST(strftime('%s','now') AS REAL) "
@@ -39,6 +49,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("revocations")
+    op.drop_index("ix_jobs_node_status", "jobs")
     op.drop_index("ix_jobs_loc", "jobs")
     op.drop_index("ix_jobs_finished_at", "jobs")
     op.drop_index("ix_jobs_status_service_user", "jobs")
@@ -46,6 +58,7 @@ def downgrade() -> None:
         for column in (
             "finished_at",
             "updated_at",
+            "dispatched_at",
             "queued_at",
             "failing_since",
             "not_before",

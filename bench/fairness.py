@@ -1,0 +1,181 @@
+"""fairness: how evenly slots go to users who all have work queued."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import (
+    Context,
+    SectionResult,
+    check_status_body,
+    http_client,
+    is_zip,
+    log,
+    ms,
+    running_cluster,
+    upload_form,
+)
+
+RUNS_PER_USER = 2
+MAX_RUNS = 4
+
+
+def _script(user: int, starts: Path, ends: Path) -> str:
+    # $EPOCHREALTIME is a bash variable: no process is started to read the clock.
+    return (
+        f'echo "{user} $EPOCHREALTIME" >> {starts}\n'
+        "sleep 0.05\n"
+        f'echo "{user} $EPOCHREALTIME" >> {ends}\n'
+    )
+
+
+def _submit_all(base_url: str, user: int, jobs: int, script: str) -> list[int]:
+    ids = []
+    with http_client(base_url) as http:
+        for _ in range(jobs):
+            response = http.post(
+                "/upload", files=[("file", ("run.sh", script))], data=upload_form(user)
+            )
+            if response.status_code != 201:
+                raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
+            ids.append(int(response.json()["id"]))
+    return ids
+
+
+def _wait_all(base_url: str, ids: list[int], timeout_s: float) -> None:
+    left = set(ids)
+    deadline = time.monotonic() + timeout_s
+    with http_client(base_url) as http:
+        while left:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(left)} jobs did not complete in {timeout_s:.0f} s")
+            for job_id in sorted(left):
+                answer = http.get(f"/download/{job_id}")
+                if is_zip(answer):
+                    left.discard(job_id)
+                else:
+                    check_status_body(answer, job_id)
+                    break  # jobs finish roughly in id order: wait for this one first
+            time.sleep(0.05)
+
+
+def _read(path: Path) -> list[tuple[float, int]]:
+    events = []
+    for line in path.read_text().splitlines():
+        user, stamp = line.split()
+        events.append((float(stamp), int(user)))
+    return sorted(events)
+
+
+def _max_concurrency(
+    starts: list[tuple[float, int]], ends: list[tuple[float, int]]
+) -> tuple[int, int]:
+    """(most jobs running at once, most jobs of one user running at once)."""
+    events = sorted([(t, 1, u) for t, u in starts] + [(t, -1, u) for t, u in ends])
+    running: Counter[int] = Counter()
+    most_total = most_user = 0
+    for _stamp, delta, user in events:
+        running[user] += delta
+        most_total = max(most_total, sum(running.values()))
+        most_user = max(most_user, running[user])
+    return most_total, most_user
+
+
+@dataclass(frozen=True)
+class Spread:
+    contended: int  # starts while every user still had jobs left to start
+    window: int
+    window_min: int  # fewest starts of one user in any window
+    window_max: int  # most starts of one user in any window
+    gap_contended: int  # largest started-count difference between two users, contended part
+    gap_all: int  # the same over the whole run
+
+
+def analyse(order: list[int], users: list[int], jobs_each: int, window: int) -> Spread:
+    """Spread of the start order between users, while every user still had jobs waiting."""
+    started: Counter[int] = Counter()
+    contended = len(order)
+    gap_contended = gap_all = 0
+    for index, user in enumerate(order):
+        started[user] += 1
+        gap = max(started[u] for u in users) - min(started[u] for u in users)
+        gap_all = max(gap_all, gap)
+        if index < contended:
+            gap_contended = max(gap_contended, gap)
+        if started[user] == jobs_each and contended == len(order):
+            contended = index + 1  # from here on this user has nothing left to start
+    size = min(window, contended)
+    lows, highs = [], []
+    for first in range(contended - size + 1):
+        counts = Counter(order[first : first + size])
+        per_user = [counts[u] for u in users]
+        lows.append(min(per_user))
+        highs.append(max(per_user))
+    return Spread(contended, size, min(lows), max(highs), gap_contended, gap_all)
+
+
+def fairness(ctx: Context) -> SectionResult:
+    users_n, jobs, window = (
+        ctx.sizes.fairness_users,
+        ctx.sizes.fairness_jobs,
+        ctx.sizes.fairness_window,
+    )
+    users = list(range(1, users_n + 1))
+    result = SectionResult(
+        "fairness",
+        "Fairness: start order between users competing for few slots",
+        f"SERVICE_EXAMPLE_RUNS_PER_USER={RUNS_PER_USER}, SERVICE_EXAMPLE_MAX_RUNS={MAX_RUNS}, "
+        f"{users_n} users submit {jobs} jobs each at once (one thread per user); each run.sh "
+        "appends '<user> <start time>' to a ledger outside the job dir, sleeps 0.05 s, and "
+        "appends its end time to a second ledger",
+    )
+    root = ctx.workdir / "fairness"
+    root.mkdir(parents=True, exist_ok=True)
+    starts_path, ends_path = root / "starts.txt", root / "ends.txt"
+    env = {
+        "SERVICE_EXAMPLE_RUNS_PER_USER": str(RUNS_PER_USER),
+        "SERVICE_EXAMPLE_MAX_RUNS": str(MAX_RUNS),
+    }
+    log(f"fairness: {users_n} users x {jobs} jobs")
+    with running_cluster(root / "cluster", server_env=env) as running:
+        base_url = running.api.base_url
+        began = time.perf_counter()
+        with ThreadPoolExecutor(users_n) as pool:
+            batches = list(
+                pool.map(
+                    lambda user: _submit_all(
+                        base_url, user, jobs, _script(user, starts_path, ends_path)
+                    ),
+                    users,
+                )
+            )
+        submitted = time.perf_counter() - began
+        _wait_all(base_url, [job for batch in batches for job in batch], 60 + jobs * users_n)
+        elapsed = time.perf_counter() - began
+    starts, ends = _read(starts_path), _read(ends_path)
+    if len(starts) != users_n * jobs:
+        raise RuntimeError(f"{len(starts)} starts in the ledger, expected {users_n * jobs}")
+    order = [user for _stamp, user in starts]
+    spread = analyse(order, users, jobs, window)
+    most_total, most_user = _max_concurrency(starts, ends)
+    result.add("first 24 starts (user of each)", " ".join(str(u) for u in order[:24]))
+    result.add(
+        f"starts of one user in any {spread.window} consecutive starts",
+        f"min {spread.window_min}, max {spread.window_max} (ideal {spread.window // users_n}"
+        f" and {-(-spread.window // users_n)}; over the first {spread.contended} starts, "
+        "while every user still had jobs to start)",
+    )
+    result.add(
+        "max difference in started count between two users",
+        f"{spread.gap_contended} while all had jobs to start, {spread.gap_all} overall",
+    )
+    result.add(
+        "most jobs running at once (total / one user)",
+        f"{most_total} / {most_user} (limits {MAX_RUNS} / {RUNS_PER_USER})",
+    )
+    result.add("all submitted after / all completed after", f"{ms(submitted)} / {elapsed:.2f} s")
+    return result

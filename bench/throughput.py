@@ -1,0 +1,136 @@
+"""throughput: many trivial jobs from several users, submitted as fast as possible."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import psutil
+
+from bench.common import (
+    SCRIPT,
+    Context,
+    SectionResult,
+    check_result_zip,
+    check_status_body,
+    cpu_breakdown,
+    cpu_snapshot,
+    is_zip,
+    log,
+    median,
+    ms,
+    processes,
+    running_cluster,
+    upload_form,
+)
+from bench.profiling import Profiler
+
+THROUGHPUT_TARGET = 150.0
+QUOTA = "64"
+
+
+class _Counts:
+    def __init__(self) -> None:
+        self.polls = 0
+        self.submitted_at: float | None = None
+        self.turnaround: list[float] = []
+
+
+async def _drive(
+    base_url: str, jobs: int, users: int, concurrency: int, poll_s: float
+) -> tuple[float, float, _Counts]:
+    """Returns (seconds until all downloaded, seconds until all submitted, counters)."""
+    counts = _Counts()
+    submitters = max(1, concurrency // 2)
+    collectors = max(1, concurrency - submitters)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    pending: asyncio.Queue[tuple[int, float] | None] = asyncio.Queue()
+    numbers = iter(range(jobs))
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=120, trust_env=False
+    ) as http:
+
+        async def submit() -> None:
+            for number in numbers:  # shared iterator: each job is taken once
+                started = time.perf_counter()
+                response = await http.post(
+                    "/upload",
+                    files=[("file", ("run.sh", SCRIPT))],
+                    data=upload_form(number % users + 1),
+                )
+                if response.status_code != 201:
+                    raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
+                pending.put_nowait((int(response.json()["id"]), started))
+
+        async def collect() -> None:
+            while (item := await pending.get()) is not None:
+                job_id, started = item
+                while True:
+                    answer = await http.get(f"/download/{job_id}")
+                    counts.polls += 1
+                    if is_zip(answer):
+                        check_result_zip(answer.content, job_id)
+                        counts.turnaround.append(time.perf_counter() - started)
+                        break
+                    check_status_body(answer, job_id)
+                    await asyncio.sleep(poll_s)
+
+        started = time.perf_counter()
+        collecting = [asyncio.create_task(collect()) for _ in range(collectors)]
+        try:
+            await asyncio.gather(*(submit() for _ in range(submitters)))
+            submitted = time.perf_counter() - started
+            for _ in collecting:
+                pending.put_nowait(None)
+            await asyncio.gather(*collecting)
+        finally:
+            for task in collecting:
+                task.cancel()
+            await asyncio.gather(*collecting, return_exceptions=True)
+        return time.perf_counter() - started, submitted, counts
+
+
+def throughput(ctx: Context) -> SectionResult:
+    sizes = ctx.sizes
+    jobs, users, concurrency = (
+        sizes.throughput_jobs,
+        sizes.throughput_users,
+        sizes.throughput_concurrency,
+    )
+    result = SectionResult(
+        "throughput",
+        "Throughput: trivial jobs submitted as fast as possible, until all are downloaded",
+        f"{jobs} jobs from {users} users (round-robin), SERVICE_EXAMPLE_MAX_RUNS="
+        f"SERVICE_EXAMPLE_RUNS_PER_USER={QUOTA}, one client; asyncio + one httpx.AsyncClient "
+        f"with {concurrency} connections: {concurrency // 2} tasks upload, the others take the "
+        f"ids in submission order and poll /download/{{id}} every "
+        f"{sizes.throughput_poll_s * 1000:g} ms until the ZIP arrives (output.txt checked)",
+    )
+    env = {"SERVICE_EXAMPLE_MAX_RUNS": QUOTA, "SERVICE_EXAMPLE_RUNS_PER_USER": QUOTA}
+    log(f"throughput: {jobs} jobs from {users} users, concurrency {concurrency}")
+    with running_cluster(ctx.workdir / "throughput", server_env=env) as running:
+        procs = processes(running)
+        # Warm-up: one job end to end, so imports and connection set-up are not timed.
+        asyncio.run(_drive(running.api.base_url, 1, 1, 2, sizes.throughput_poll_s))
+        with_driver = {**procs, "bench driver": psutil.Process()}
+        before = cpu_snapshot(with_driver)
+        with Profiler(ctx.profile_dir, "throughput", procs):
+            elapsed, submitted, counts = asyncio.run(
+                _drive(running.api.base_url, jobs, users, concurrency, sizes.throughput_poll_s)
+            )
+        after = cpu_snapshot(with_driver)
+    rate = jobs / elapsed
+    result.add("jobs/s (first upload -> last ZIP downloaded)", f"{rate:.1f}")
+    result.add("wall time", f"{elapsed:.2f} s")
+    result.add("uploads/s (all submitted after)", f"{jobs / submitted:.1f} ({submitted:.2f} s)")
+    result.add("job turnaround (upload start -> ZIP) p50", ms(median(counts.turnaround)))
+    result.add("job turnaround max", ms(max(counts.turnaround)))
+    result.add("polls of /download", f"{counts.polls} ({counts.polls / jobs:.1f} per job)")
+    result.add("CPU per job", cpu_breakdown(before, after, jobs))
+    result.target(
+        f"throughput >= {THROUGHPUT_TARGET:g} jobs/s",
+        f"{rate:.1f} jobs/s",
+        rate >= THROUGHPUT_TARGET,
+    )
+    return result

@@ -1,0 +1,328 @@
+"""HTTP calls from the server to its clients (executor nodes), with errors classified.
+
+Every call has a timeout. Connection failures, timeouts and 5xx answers raise
+TransientClientError (worth retrying); 4xx answers and unreadable replies raise
+PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
+Requests carry only what the original client understands plus headers it ignores
+(`Idempotency-Key`), so a Rust client can be driven unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+import httpx
+
+from job_orchestrator.config import NodeConfig
+from job_orchestrator.errors import (
+    PayloadLostError,
+    PermanentClientError,
+    TransientClientError,
+)
+from job_orchestrator.status import Status
+
+MESSAGE_HEADER = "X-Orchestrator-Message"
+LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+TIMEOUT_HEADER = "X-Orchestrator-Timeout"
+CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
+_CHUNK_BYTES = 1024 * 1024
+
+
+def join_url(base: str, payload_id: int) -> str:
+    """`{url}/{id}` as upstream, without the `//` a trailing slash used to produce."""
+    return f"{base.rstrip('/')}/{payload_id}"
+
+
+def node_base_url(node: NodeConfig) -> str:
+    """`http://client:9000/submit` -> `http://client:9000` (where /health and /load live)."""
+    url = node.upload_url.rstrip("/")
+    scheme_end = url.find("://") + 3
+    slash = url.rfind("/")
+    return url[:slash] if slash >= scheme_end else url
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    max_concurrent: int | None
+    load_percent: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveResult:
+    status: Status
+    message: str
+    long_polled: bool
+
+
+def _raise_for_status(response: httpx.Response, what: str) -> None:
+    if response.status_code == 404:
+        raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
+    if response.status_code >= 500:
+        raise TransientClientError(f"{what}: client answered {response.status_code}")
+    if not 200 <= response.status_code < 300:
+        raise PermanentClientError(f"{what}: client answered {response.status_code}")
+
+
+def _is_zip(response: httpx.Response) -> bool:
+    return response.status_code == 200 and "application/zip" in response.headers.get(
+        "content-type", ""
+    )
+
+
+def _payload_json(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise PermanentClientError(f"{what}: client sent a reply that is not JSON") from None
+    if not isinstance(payload, dict):
+        raise PermanentClientError(f"{what}: client sent an unexpected JSON reply")
+    return payload
+
+
+class NodeGateway:
+    """One pooled httpx client for all calls to all nodes."""
+
+    def __init__(self, *, timeout_s: float) -> None:
+        self._timeout_s = timeout_s
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    @staticmethod
+    def _headers(token: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
+    @contextlib.asynccontextmanager
+    async def _call(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except httpx.TimeoutException as error:
+            raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
+        except httpx.TransportError as error:
+            raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
+
+    async def submit(
+        self,
+        node: NodeConfig,
+        files_dir: Path,
+        *,
+        dispatch_key: str,
+        token: str | None,
+        timeout_s: float | None = None,
+    ) -> int:
+        """POST every regular file under files_dir as a multipart part; return the payload id."""
+        what = f"dispatch to {node.upload_url}"
+        files = await asyncio.to_thread(_regular_files, files_dir)
+        body = MultipartBody(files)
+        async with self._call(what):
+            response = await self._http.post(
+                node.upload_url,
+                content=body.stream(),
+                headers={
+                    "Content-Type": body.content_type,
+                    "Content-Length": str(body.length),
+                    IDEMPOTENCY_HEADER: dispatch_key,
+                    **({TIMEOUT_HEADER: f"{timeout_s:g}"} if timeout_s else {}),
+                    **self._headers(token),
+                },
+            )
+        if response.status_code == 404:
+            raise PermanentClientError(f"{what}: client answered 404")
+        _raise_for_status(response, what)
+        payload_id = _payload_json(response.content, what).get("id")
+        if not isinstance(payload_id, int) or isinstance(payload_id, bool) or payload_id <= 0:
+            raise PermanentClientError(f"{what}: client reply has no valid payload id")
+        return payload_id
+
+    async def retrieve(
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        zip_destination: Path,
+        *,
+        wait_s: float,
+        known: Status,
+        token: str | None,
+    ) -> RetrieveResult:
+        """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
+
+        `wait`/`known` ask our client to hold the request until the status differs from
+        `known`; the original client ignores them and answers at once.
+        """
+        what = f"retrieve {payload_id} from {node.download_url}"
+        params = {"wait": f"{wait_s:g}", "known": known.wire} if wait_s > 0 else None
+        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET",
+                join_url(node.download_url, payload_id),
+                params=params,
+                headers=self._headers(token),
+                timeout=timeout,
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if _is_zip(response):
+                await _stream_to_file(response, zip_destination)
+                return RetrieveResult(Status.COMPLETED, "", long_polled=False)
+            body = await response.aread()
+        payload = _payload_json(body, what)
+        try:
+            status = Status.from_wire(str(payload.get("status")))
+        except ValueError:
+            raise PermanentClientError(
+                f"{what}: unknown status {payload.get('status')!r}"
+            ) from None
+        return RetrieveResult(
+            status=status,
+            message=unquote(response.headers.get(MESSAGE_HEADER, "")),
+            long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
+        )
+
+    async def fetch_partial(
+        self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
+    ) -> None:
+        what = f"partial retrieve {payload_id} from {node.partial_url}"
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if not _is_zip(response):
+                raise PermanentClientError(f"{what}: client did not send a ZIP")
+            await _stream_to_file(response, destination)
+
+    @contextlib.asynccontextmanager
+    async def open_partial(
+        self, node: NodeConfig, payload_id: int, *, token: str | None
+    ) -> AsyncIterator[httpx.Response]:
+        """The client's partial ZIP as an open streaming response (for proxying)."""
+        what = f"partial retrieve {payload_id} from {node.partial_url}"
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            if not _is_zip(response):
+                raise PermanentClientError(f"{what}: client did not send a ZIP")
+            yield response
+
+    async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport:
+        """The node's /health (with its declared capacity) and /load; raises if it is down."""
+        base = node_base_url(node)
+        async with self._call(f"health check of {base}"):
+            health = await self._http.get(f"{base}/health", headers=self._headers(token))
+        if health.status_code >= 500:
+            raise TransientClientError(f"health check of {base}: answered {health.status_code}")
+        if health.status_code != 200:
+            # It answers HTTP, so it is up; its /health just is not where we derived it
+            # (a URL behind a path prefix, say). Nothing more to learn from it.
+            return NodeReport(max_concurrent=None, load_percent=None)
+        capacity = health.headers.get(CAPACITY_HEADER, "")
+        load: float | None = None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            answer = await self._http.get(f"{base}/load", headers=self._headers(token))
+            if answer.status_code == 200:
+                load = float(answer.json())
+        return NodeReport(
+            max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
+            load_percent=load,
+        )
+
+    async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
+        what = f"kill {payload_id} at {node.terminate_url}"
+        async with self._call(what):
+            response = await self._http.post(
+                join_url(node.terminate_url, payload_id), headers=self._headers(token)
+            )
+        _raise_for_status(response, what)
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+
+
+class MultipartBody:
+    """A multipart/form-data body streamed from disk, shaped as the original server's.
+
+    Every part carries `filename` (what the original client keys files by); names outside
+    the URL path-segment set are sent as `name*=utf-8''...`, as reqwest does. Quotes and
+    backslashes in file names are backslash-escaped (httpx would percent-encode them, which
+    no receiver decodes).
+    """
+
+    def __init__(self, files: list[tuple[str, Path]]) -> None:
+        self._boundary = "-".join(secrets.token_hex(8) for _ in range(4))
+        self._parts = [(self._part_header(name, path.name), path) for name, path in files]
+        self._closing = f"--{self._boundary}--\r\n".encode()
+        self.content_type = f"multipart/form-data; boundary={self._boundary}"
+        self.length = len(self._closing) + sum(
+            len(header) + path.stat().st_size + 2 for header, path in self._parts
+        )
+
+    def _part_header(self, name: str, filename: str) -> bytes:
+        name_param = (
+            f'name="{name}"'
+            if _PLAIN_NAME.fullmatch(name)
+            else f"name*=utf-8''{quote(name, safe='')}"
+        )
+        escaped = (
+            filename.replace("\\", "\\\\")
+            .replace('"', '\\"')
+            .replace("\r", "%0D")
+            .replace("\n", "%0A")
+        )
+        return (
+            f"--{self._boundary}\r\n"
+            f'Content-Disposition: form-data; {name_param}; filename="{escaped}"\r\n\r\n'
+        ).encode()
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        for header, path in self._parts:
+            yield header
+            with path.open("rb") as source:
+                while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
+                    yield chunk
+            yield b"\r\n"
+        yield self._closing
+
+
+def _regular_files(root: Path) -> list[tuple[str, Path]]:
+    """(relative name, path) of every regular file under root, in a stable order."""
+    return [
+        (path.relative_to(root).as_posix(), path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    ]
+
+
+async def _stream_to_file(response: httpx.Response, destination: Path) -> None:
+    partial = destination.with_name(f".{destination.name}.part")
+    try:
+        with partial.open("wb") as sink:
+            async for chunk in response.aiter_bytes(_CHUNK_BYTES):
+                sink.write(chunk)
+        os.replace(partial, destination)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
