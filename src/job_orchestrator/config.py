@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ DEFAULT_MAX_RUNS = 10
 UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
 
 _RUST_UNSIGNED = re.compile(r"\+?[0-9]+")
+_I32 = re.compile(r"[+-]?[0-9]+")
 _SERVICE_SUFFIXES = (
     "UPLOAD_URL",
     "DOWNLOAD_URL",
@@ -110,6 +113,7 @@ class ServerSettings(CommonSettings):
     cleaner_interval_s: float = 60.0
     node_check_interval_s: float = 5.0
     failover_after_s: float = 30.0
+    api_tokens_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +124,13 @@ class ClientSettings(CommonSettings):
     result_max_bytes: int | None = None
     cleaner_interval_s: float = 60.0
     adopt_hold_s: float = 60.0
+    client_token: str | None = None
+    sandbox: str = "none"
+    job_max_memory_mb: int | None = None
+    job_max_processes: int | None = None
+    job_max_file_mb: int | None = None
+    job_max_cpu_seconds: int | None = None
+    job_user: str | None = None
 
 
 def derive_partial_url(download_url: str) -> str:
@@ -166,7 +177,8 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         max_age_s=common.max_age_s,
         log_level=common.log_level,
         db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
-        services=load_services(env),
+        services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
+        api_tokens_file=_tokens_file(env),
         upload_limit_bytes=(
             parse_unsigned("UPLOAD_MAX_MB", upload_mb, maximum=1 << 20) * 1024 * 1024
             if upload_mb
@@ -207,7 +219,48 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         ),
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
         adopt_hold_s=_seconds(env, "ADOPT_HOLD", 60.0),
+        client_token=_optional(env, "CLIENT_TOKEN"),
+        sandbox=_sandbox(env),
+        job_max_memory_mb=_limit(env, "JOB_MAX_MEMORY_MB"),
+        job_max_processes=_limit(env, "JOB_MAX_PROCESSES"),
+        job_max_file_mb=_limit(env, "JOB_MAX_FILE_MB"),
+        job_max_cpu_seconds=_limit(env, "JOB_MAX_CPU_SECONDS"),
+        job_user=_job_user(env),
     )
+
+
+def _sandbox(env: Mapping[str, str]) -> str:
+    sandbox = env.get("SANDBOX", "none").strip().lower() or "none"
+    if sandbox not in {"none", "rlimits", "bwrap"}:
+        raise ConfigError("SANDBOX", f"expected none, rlimits or bwrap, got {sandbox!r}")
+    if sandbox == "bwrap" and shutil.which("bwrap") is None:
+        raise ConfigError("SANDBOX", "bwrap is not installed (Debian package bubblewrap)")
+    return sandbox
+
+
+def _limit(env: Mapping[str, str], variable: str) -> int | None:
+    raw = _optional(env, variable)
+    if raw is None:
+        return None
+    value = parse_unsigned(variable, raw, maximum=2**40)
+    if value == 0:
+        raise ConfigError(variable, "must be at least 1 (leave it unset for no limit)")
+    return value
+
+
+def _job_user(env: Mapping[str, str]) -> str | None:
+    name = _optional(env, "JOB_USER")
+    if name is None:
+        return None
+    try:
+        entry = pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError("JOB_USER", f"no such user: {name!r}") from None
+    if entry.pw_uid == 0:
+        raise ConfigError("JOB_USER", "must be an unprivileged user, not root")
+    if os.geteuid() != 0:
+        raise ConfigError("JOB_USER", "the client must run as root to switch users")
+    return name
 
 
 def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
@@ -234,7 +287,38 @@ def _url_list(variable: str, raw: str) -> list[str]:
     return urls
 
 
-def load_services(env: Mapping[str, str]) -> dict[str, ServiceConfig]:
+def _tokens_file(env: Mapping[str, str]) -> Path | None:
+    raw = _optional(env, "API_TOKENS_FILE")
+    if raw is None:
+        return None
+    path = Path(raw)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError("API_TOKENS_FILE", f"cannot read {raw!r}: {error.strerror}") from None
+    parse_tokens(text)  # a malformed file stops the start, naming the line
+    return path
+
+
+def parse_tokens(text: str, source: str = "API_TOKENS_FILE") -> dict[str, int]:
+    """`token user_id` lines (blank lines and `#` comments allowed) -> {token: user_id}."""
+    tokens: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        parts = stripped.split()
+        if len(parts) != 2 or not _I32.fullmatch(parts[1]) or not -(2**31) <= int(parts[1]) < 2**31:
+            raise ConfigError(source, f"line {number}: expected 'token user_id'")
+        if len(parts[0]) < 16:
+            raise ConfigError(source, f"line {number}: tokens must have at least 16 characters")
+        tokens[parts[0]] = int(parts[1])
+    return tokens
+
+
+def load_services(
+    env: Mapping[str, str], default_token: str | None = None
+) -> dict[str, ServiceConfig]:
     raw: dict[str, dict[str, tuple[str, str]]] = {}
     for key in sorted(env):
         if not key.startswith("SERVICE_"):
@@ -248,11 +332,13 @@ def load_services(env: Mapping[str, str]) -> dict[str, ServiceConfig]:
     return {
         name: service
         for name, values in sorted(raw.items())
-        if (service := _build_service(name, values)) is not None
+        if (service := _build_service(name, values, default_token)) is not None
     }
 
 
-def _build_service(name: str, values: Mapping[str, tuple[str, str]]) -> ServiceConfig | None:
+def _build_service(
+    name: str, values: Mapping[str, tuple[str, str]], default_token: str | None
+) -> ServiceConfig | None:
     def urls(suffix: str) -> list[str] | None:
         if suffix not in values:
             return None
@@ -290,7 +376,7 @@ def _build_service(name: str, values: Mapping[str, tuple[str, str]]) -> ServiceC
         return parse_unsigned(*values[suffix], maximum=65535)
 
     timeout = parse_seconds(*values["TIMEOUT"]) if "TIMEOUT" in values else None
-    token = values["CLIENT_TOKEN"][1] if "CLIENT_TOKEN" in values else None
+    token = values["CLIENT_TOKEN"][1] if "CLIENT_TOKEN" in values else default_token
     return ServiceConfig(
         name=name,
         nodes=tuple(

@@ -6,6 +6,7 @@ path ids parse like Rust's u32 with axum's plain-text rejection.
 
 from __future__ import annotations
 
+import hmac
 import re
 from typing import Any
 
@@ -71,3 +72,37 @@ def install_conventions(app: FastAPI) -> None:
     app.add_exception_handler(InvalidPathIdError, invalid_id)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_middleware(HeadAsGet)
+
+
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Constant-time check of an `Authorization: Bearer <token>` header."""
+    supplied = (authorization or "").encode()
+    return hmac.compare_digest(supplied, f"Bearer {token}".encode())
+
+
+UNAUTHORIZED = {"message": "missing or invalid bearer token"}
+
+
+class BearerGuard:
+    """Refuse every request without the right bearer token, except a few open GET routes."""
+
+    def __init__(self, app: ASGIApp, token: str, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.token = token
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (
+            scope["method"] in ("GET", "HEAD") and scope["path"] in self.open_paths
+        ):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        authorization = headers.get(b"authorization", b"").decode("latin-1")
+        if bearer_matches(authorization, self.token):
+            await self.app(scope, receive, send)
+            return
+        response = JSONResponse(
+            UNAUTHORIZED, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+        await response(scope, receive, send)

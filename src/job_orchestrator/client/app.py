@@ -27,6 +27,7 @@ from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
     HEALTHY,
     PING,
+    BearerGuard,
     install_conventions,
     json_response,
     parse_u32,
@@ -260,6 +261,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
 
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
+    if settings.client_token:
+        app.add_middleware(
+            BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})
+        )
+    else:
+        logger.warning(
+            "CLIENT_TOKEN is not set: this client runs whatever any caller sends it; "
+            "set CLIENT_TOKEN here and on the server"
+        )
     return app
 
 

@@ -1,9 +1,10 @@
 """The client's payload registry: an in-memory SQLite table, written through to disk.
 
 Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `state.json`
-(this registry's row), `exit_code` (written by the wrapper when run.sh ends), `result.zip` and
-the script's logs. The registry is rebuilt from those directories at start, so finished
-results survive a restart, and ids are never reused (a high-water mark is kept on disk).
+(this registry's row), `exit/code` (written by the wrapper when run.sh ends), `tmp/` (its /tmp
+in the sandbox), `result.zip` and the script's logs. The registry is rebuilt from those
+directories at start, so finished results survive a restart, and ids are never reused (a
+high-water mark is kept on disk).
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ class PayloadPaths:
 
     @property
     def exit_code(self) -> Path:
-        return self.root / "exit_code"
+        return self.root / "exit" / "code"
+
+    @property
+    def tmp(self) -> Path:
+        """The job's private /tmp under the bwrap sandbox."""
+        return self.root / "tmp"
 
     @property
     def result(self) -> Path:
@@ -132,8 +138,10 @@ class Registry:
             except FileExistsError:
                 continue
             self._write_next_id()
-            (root / "work").mkdir()
-            return PayloadPaths(root)
+            paths = PayloadPaths(root)
+            for directory in (paths.work, paths.exit_code.parent, paths.tmp):
+                directory.mkdir()
+            return paths
 
     def _write_next_id(self) -> None:
         marker = self.data_path / NEXT_ID_FILE

@@ -1,5 +1,7 @@
 """Runs payloads: `bash run.sh` in its own process group, exit capture, kill, re-adoption.
 
+How the script is wrapped (limits, bubblewrap, another user) is client/sandbox.py's business.
+
 The script runs under a tiny bash wrapper that writes run.sh's exit status to a file beside
 the work directory. The client awaits its own children, but because the status also reaches
 disk, a payload whose client restarted can be re-adopted: its process group is not the
@@ -14,32 +16,19 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any
 
 import psutil
 
 from job_orchestrator.archive import ArchiveError, write_directory_zip
 from job_orchestrator.client.registry import Payload, Registry
+from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
 from job_orchestrator.client.validator import validate_script
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
-
-# run.sh's status reaches disk atomically, even if the client is gone by then.
-_WRAPPER = 'bash run.sh; code=$?; echo "$code" > "$1.tmp" && mv -f "$1.tmp" "$1"; exit "$code"'
-_PRIVATE_ENV_PREFIXES = ("SERVICE_",)
-_PRIVATE_ENV = {"CLIENT_TOKEN", "API_TOKENS_FILE"}
-
-
-def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The client's environment without the orchestrator's own secrets and service URLs."""
-    return {
-        key: value
-        for key, value in environ.items()
-        if key not in _PRIVATE_ENV and not key.startswith(_PRIVATE_ENV_PREFIXES)
-    }
 
 
 def _signal_group(pgid: int, signum: int) -> bool:
@@ -143,19 +132,19 @@ class Runner:
         paths = payload.paths
         paths.exit_code.unlink(missing_ok=True)
         try:
+            await asyncio.to_thread(
+                hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
+            )
             with paths.stdout.open("ab") as stdout, paths.stderr.open("ab") as stderr:
                 process = await asyncio.create_subprocess_exec(
-                    "bash",
-                    "-c",
-                    _WRAPPER,
-                    "job-orchestrator-wrapper",
-                    str(paths.exit_code),
+                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
                     cwd=paths.work,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=stdout,
                     stderr=stderr,
                     env=job_environment(os.environ),
                     start_new_session=True,
+                    **spawn_options(self.settings),
                 )
         except OSError as error:
             self.registry.update(

@@ -30,6 +30,7 @@ from job_orchestrator.multipart import (
     MultipartError,
     read_multipart,
 )
+from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import (
     INPUT_DIR,
     PARTIAL_NAME,
@@ -74,14 +75,36 @@ def _not_found(job_id: int) -> JSONResponse:
     return status_body(0, Status.UNKNOWN, f"Job {job_id} not found in the database", 404)
 
 
+_ANYONE = object()
+
+
+def _authenticate(request: Request) -> int | object | JSONResponse:
+    """The caller's user id when API_TOKENS_FILE is set, `_ANYONE` when it is not."""
+    tokens: UserTokens | None = request.app.state.user_tokens
+    if tokens is None:
+        return _ANYONE
+    user_id = tokens.user_for(request.headers.get("authorization"))
+    if user_id is None:
+        response = status_body(0, Status.UNKNOWN, "missing or invalid bearer token", 401)
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    return user_id
+
+
 async def _lookup(request: Request, raw_id: str) -> JobRecord | JSONResponse:
+    """The job, if it exists and the caller may see it (others' jobs look absent)."""
+    caller = _authenticate(request)
+    if isinstance(caller, JSONResponse):
+        return caller
     job_id = parse_u32(raw_id)
     try:
         job = await engine(request).store.get_job(job_id)
     except StoreError:
         logger.exception("lookup of job %d failed", job_id)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
-    return job if job is not None else _not_found(job_id)
+    if job is None or (caller is not _ANYONE and job.user_id != caller):
+        return _not_found(job_id)
+    return job
 
 
 @router.get("/", summary="Ping", tags=["health"])
@@ -137,6 +160,9 @@ async def health(request: Request) -> Response:
     },
 )
 async def upload(request: Request) -> Response:
+    caller = _authenticate(request)
+    if isinstance(caller, JSONResponse):
+        return caller
     orchestrator = engine(request)
     settings = orchestrator.settings
     limit = settings.upload_limit_bytes
@@ -161,11 +187,13 @@ async def upload(request: Request) -> Response:
             max_body_bytes=limit,
         )
         fields = form.fields
-        if "user_id" not in fields:
+        if "user_id" not in fields and caller is _ANYONE:
             return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
-        user_id = parse_user_id(fields["user_id"])
-        if user_id is None:
+        user_id = parse_user_id(fields["user_id"]) if "user_id" in fields else caller
+        if not isinstance(user_id, int):
             return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
+        if caller is not _ANYONE and user_id != caller:
+            return status_body(0, Status.UNKNOWN, "user_id does not match the token", 403)
         if "service" not in fields:
             return status_body(0, Status.UNKNOWN, "Missing service field", 400)
         service = fields["service"].lower()

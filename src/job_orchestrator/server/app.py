@@ -14,6 +14,7 @@ from job_orchestrator import __version__
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.http_common import install_conventions
 from job_orchestrator.server import api
+from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage import open_store
@@ -27,6 +28,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         gateway = NodeGateway(timeout_s=settings.client_timeout_s)
         orchestrator = Orchestrator(settings, store, gateway)
         app.state.orchestrator = orchestrator
+        app.state.user_tokens = (
+            UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
+        )
         await orchestrator.start()
         try:
             yield
