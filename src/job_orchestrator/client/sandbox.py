@@ -83,7 +83,9 @@ def command_for(settings: ClientSettings, work: Path, exit_file: Path, tmp: Path
         *("--tmpfs", str(settings.data_path)),
         *("--bind", str(work), str(work)),
         *("--bind", str(exit_file.parent), str(exit_file.parent)),
-        *("--unshare-net", "--unshare-ipc", "--unshare-uts"),
+        # A PID namespace: killing the group kills its init, and with it every process of
+        # the job, even one that left the process group with setsid.
+        *("--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid"),
         *("--setenv", "TMPDIR", "/tmp"),
         *("--chdir", str(work)),
         "--",
