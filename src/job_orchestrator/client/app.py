@@ -50,7 +50,6 @@ class ClientState:
         self.settings = settings
         self.registry = Registry(settings.data_path)
         self.runner = Runner(settings, self.registry)
-        self.cpu_percent = 0.0
         self._stop = asyncio.Event()
         #: Set as soon as a stop signal arrives: long-polls answer at once.
         self.draining = asyncio.Event()
@@ -59,11 +58,8 @@ class ClientState:
     async def start(self) -> None:
         for payload in self.registry.rebuild():
             self.runner.adopt(payload)
-        psutil.cpu_percent(interval=None)
-        self._loops = [
-            asyncio.create_task(self._load_loop(), name="load_loop"),
-            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
-        ]
+        psutil.cpu_percent(interval=None)  # starts the first measuring window
+        self._loops = [asyncio.create_task(self._cleaner_loop(), name="cleaner_loop")]
 
     async def stop(self) -> None:
         self._stop.set()
@@ -71,12 +67,6 @@ class ClientState:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.runner.stop()
-
-    async def _load_loop(self) -> None:
-        """Sample CPU load in the background so /load never blocks a request."""
-        while not self._stop.is_set():
-            await wait_any(self._stop.wait(), timeout_s=1.0)
-            self.cpu_percent = float(psutil.cpu_percent(interval=None))
 
     async def _cleaner_loop(self) -> None:
         while not self._stop.is_set():
@@ -166,8 +156,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         return json_response(HEALTHY, headers=headers)
 
     @app.get("/load", summary="CPU use of the node in percent (0-100)")
-    async def load(request: Request) -> JSONResponse:
-        return json_response(_state(request).cpu_percent)
+    async def load() -> JSONResponse:
+        # CPU use since the previous call: no sampling sleep on the request, no idle cost.
+        return json_response(float(psutil.cpu_percent(interval=None)))
 
     @app.post("/submit", summary="Receive a payload (multipart: one part per file)")
     async def submit(request: Request) -> Response:
