@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -238,6 +239,48 @@ def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot, jobs: int) -> str:
     cores = os.cpu_count() or 1
     busy = 100 * total / (wall * cores) if wall > 0 else 0.0
     return f"{', '.join(parts)} (these processes kept {busy:.0f}% of {cores} cores busy)"
+
+
+class StatusSampler:
+    """Counts the server's jobs by status every `interval_s`, read-only from its SQLite file.
+
+    Shows where jobs wait (queued, processing = being sent, submitted/running = on the
+    client). Statuses are stored lower-case, as the original's.
+    """
+
+    def __init__(self, db_path: Path, interval_s: float = 0.25) -> None:
+        self._db_path = db_path
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
+        self.samples: list[dict[str, int]] = []
+
+    def _run(self) -> None:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True, timeout=5)
+        ) as connection:
+            while not self._stop.is_set():
+                with contextlib.suppress(sqlite3.Error):
+                    rows = connection.execute("SELECT status, count(*) FROM jobs GROUP BY status")
+                    self.samples.append({str(status): int(n) for status, n in rows})
+                self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> StatusSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, statuses: Sequence[str]) -> str:
+        if not self.samples:
+            return "no samples"
+        parts = []
+        for status in statuses:
+            counts = [sample.get(status, 0) for sample in self.samples]
+            parts.append(f"{status} {sum(counts) / len(counts):.1f} (max {max(counts)})")
+        return ", ".join(parts)
 
 
 class RssSampler:

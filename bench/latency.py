@@ -88,6 +88,7 @@ def latency(ctx: Context) -> SectionResult:
         with Profiler(ctx.profile_dir, "latency", procs):
             jobs = [_one_job(http, sizes.latency_poll_s) for _ in range(sizes.latency_jobs)]
         after = cpu_snapshot({**procs, "bench driver": psutil.Process()})
+        poll_cost = _poll_cost(http, procs["server"])
     totals = [job.total for job in jobs]
     polls = [job.polls for job in jobs]
     p50 = median(totals)
@@ -104,6 +105,7 @@ def latency(ctx: Context) -> SectionResult:
         f"p50 {median(polls):.0f}, max {max(polls)} (one every {sizes.latency_poll_s * 1000:g} ms)",
     )
     result.add("CPU per job", cpu_breakdown(before, after, len(totals)))
+    result.add("one status poll alone (GET /download of an unknown id, 200 times)", poll_cost)
     result.target(
         f"latency p50 <= {LATENCY_TARGET_RATIO:g}x floor p50",
         f"{ms(p50)} = {ratio:.1f}x {ms(ctx.floor_p50_s)}",
@@ -142,6 +144,20 @@ def _one_job(http: httpx.Client, poll_s: float) -> _Job:
     done = time.perf_counter()
     seen["Completed (ZIP read)"] = done - uploaded
     return _Job(done - started, uploaded - started, done - uploaded, polls, seen)
+
+
+def _poll_cost(http: httpx.Client, server: psutil.Process, count: int = 200) -> str:
+    """What one poll costs the server: the price of the polling method itself."""
+    times = server.cpu_times()
+    cpu_before = times.user + times.system
+    durations = []
+    for _ in range(count):
+        started = time.perf_counter()
+        http.get("/download/4000000000")
+        durations.append(time.perf_counter() - started)
+    times = server.cpu_times()
+    cpu = (times.user + times.system - cpu_before) / count
+    return f"p50 {ms(median(durations))} round trip, {ms(cpu)} server CPU each"
 
 
 def _timeline(jobs: list[_Job]) -> str:

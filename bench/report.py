@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from bench.common import SectionResult
@@ -51,9 +52,11 @@ def print_console(
             print(plain_table(title, header, rows))
             print()
     else:
-        console = Console()
+        # Piped output gets a wide console, so long values are not folded into many lines.
+        console = Console(width=None if sys.stdout.isatty() else 220)
         for title, header, rows in tables:
-            table = Table(title=title, title_justify="left", show_header=any(header))
+            console.print(f"\n[bold]{title}[/bold]")
+            table = Table(show_header=any(header))
             for column in header:
                 table.add_column(column, overflow="fold")
             for row in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import httpx
 import psutil
@@ -12,6 +13,7 @@ from bench.common import (
     SCRIPT,
     Context,
     SectionResult,
+    StatusSampler,
     check_result_zip,
     check_status_body,
     cpu_breakdown,
@@ -115,7 +117,8 @@ def throughput(ctx: Context) -> SectionResult:
         asyncio.run(_drive(running.api.base_url, 1, 1, 2, sizes.throughput_poll_s))
         with_driver = {**procs, "bench driver": psutil.Process()}
         before = cpu_snapshot(with_driver)
-        with Profiler(ctx.profile_dir, "throughput", procs):
+        db_path = Path(running.server.env["DB_PATH"]) if running.server else Path()
+        with StatusSampler(db_path) as statuses, Profiler(ctx.profile_dir, "throughput", procs):
             elapsed, submitted, counts = asyncio.run(
                 _drive(running.api.base_url, jobs, users, concurrency, sizes.throughput_poll_s)
             )
@@ -128,6 +131,10 @@ def throughput(ctx: Context) -> SectionResult:
     result.add("job turnaround max", ms(max(counts.turnaround)))
     result.add("polls of /download", f"{counts.polls} ({counts.polls / jobs:.1f} per job)")
     result.add("CPU per job", cpu_breakdown(before, after, jobs))
+    result.add(
+        "server jobs by status, mean over the run (sampled every 250 ms)",
+        statuses.summary(["queued", "processing", "submitted", "prepared", "running"]),
+    )
     result.target(
         f"throughput >= {THROUGHPUT_TARGET:g} jobs/s",
         f"{rate:.1f} jobs/s",

@@ -1,20 +1,25 @@
-"""The Store on SQLAlchemy Core (async): SQLite through aiosqlite.
+"""The Store on SQLAlchemy Core, one implementation for SQLite and PostgreSQL.
 
-Compare-and-set is one `UPDATE ... WHERE id = ? AND status IN (...)` statement, atomic on any
-SQL database; SQLite runs in WAL mode so readers never wait for the writer.
+Every Store method is one synchronous unit of work on a Connection, run in one transaction:
+on SQLite by a single dedicated thread that owns the only connection (writes are serialised
+there, as in datasette, so they never wait on SQLite's lock and each call costs one thread
+hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
+`UPDATE ... WHERE id = ? AND status IN (...)`, atomic on either database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
@@ -27,36 +32,87 @@ from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
+T = TypeVar("T")
+Work = Callable[[Connection], T]
 
 
 def database_url(db_path: str) -> str:
-    """DB_PATH is a file path (as upstream) or, for PostgreSQL later, a full URL."""
+    """DB_PATH is a file path (as upstream) or a full SQLAlchemy URL (PostgreSQL)."""
     if "://" in db_path:
         return db_path
-    return f"sqlite+aiosqlite:///{db_path}"
+    return f"sqlite:///{db_path}"
 
 
 async def open_store(db_path: str) -> SqlStore:
     url = database_url(db_path)
+    backend: _Backend
     if url.startswith("sqlite"):
         if db_path != ":memory:" and "://" not in db_path:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(
-            url,
-            poolclass=StaticPool if db_path == ":memory:" else None,
-            connect_args={"timeout": 30},
-        )
-        sa.event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        backend = _SqliteThread(url)
     else:
-        engine = create_async_engine(url, pool_pre_ping=True)
-    store = SqlStore(engine)
+        backend = _AsyncEngine(create_async_engine(url, pool_pre_ping=True))
     try:
-        async with engine.begin() as connection:
-            await connection.run_sync(_migrate)
+        await backend.run(_migrate)
     except (SQLAlchemyError, OSError) as error:
-        await engine.dispose()
+        await backend.close()
         raise StoreError(f"cannot open database {db_path!r}: {error}") from error
-    return store
+    return SqlStore(backend)
+
+
+class _Backend:
+    async def run(self, work: Work[T]) -> T:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+
+class _SqliteThread(_Backend):
+    """One thread, one connection: every unit of work runs there, one after the other."""
+
+    def __init__(self, url: str) -> None:
+        self._engine: Engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30}
+        )
+        sa.event.listen(self._engine, "connect", _sqlite_pragmas)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._connection: Connection | None = None
+        self._closed = False
+
+    def _in_thread(self, work: Work[T]) -> T:
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        with self._connection.begin():
+            return work(self._connection)
+
+    async def run(self, work: Work[T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, work)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        def shut() -> None:
+            if self._connection is not None:
+                self._connection.close()
+            self._engine.dispose()
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
+        self._thread.shutdown(wait=True)
+
+
+class _AsyncEngine(_Backend):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def run(self, work: Work[T]) -> T:
+        async with self._engine.begin() as connection:
+            return await connection.run_sync(work)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -95,38 +151,39 @@ def _record(row: Any) -> JobRecord:
 
 
 class SqlStore(Store):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, backend: _Backend) -> None:
+        self._backend = backend
 
-    async def _execute(self, statement: sa.Executable) -> sa.CursorResult[Any]:
+    async def _run(self, work: Work[T]) -> T:
         try:
-            async with self._engine.begin() as connection:
-                return await connection.execute(statement)
+            return await self._backend.run(work)
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
+
+    async def _execute(self, statement: sa.Executable) -> int:
+        """Run one statement; return the number of rows it changed."""
+        return await self._run(lambda connection: connection.execute(statement).rowcount)
 
     async def _fetch(self, statement: sa.Executable) -> list[Any]:
-        try:
-            async with self._engine.connect() as connection:
-                return list((await connection.execute(statement)).all())
-        except SQLAlchemyError as error:
-            raise StoreError(str(error)) from error
+        return await self._run(lambda connection: list(connection.execute(statement).all()))
 
     async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
         now = time.time()
-        result = await self._execute(
-            jobs.insert().values(
-                user_id=user_id,
-                service=service,
-                loc=loc,
-                status=Status.QUEUED.db,
-                queued_at=now,
-                updated_at=now,
-            )
+        statement = jobs.insert().values(
+            user_id=user_id,
+            service=service,
+            loc=loc,
+            status=Status.QUEUED.db,
+            queued_at=now,
+            updated_at=now,
         )
-        primary_key = result.inserted_primary_key
-        assert primary_key is not None
-        return int(primary_key[0])
+
+        def insert(connection: Connection) -> int:
+            primary_key = connection.execute(statement).inserted_primary_key
+            assert primary_key is not None
+            return int(primary_key[0])
+
+        return await self._run(insert)
 
     async def get_job(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(jobs.select().where(jobs.c.id == job_id))
@@ -144,41 +201,42 @@ class SqlStore(Store):
         if new is not None:
             values["status"] = new.db
             if new.is_terminal() and new is not Status.CLEANED:
-                values["finished_at"] = now
-        result = await self._execute(
+                values.setdefault("finished_at", now)
+        changed = await self._execute(
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.db for s in expected]))
             .values(**values)
         )
-        return result.rowcount == 1
+        return changed == 1
 
     async def claim(
         self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
     ) -> list[JobRecord]:
-        claimed: list[JobRecord] = []
-        try:
-            async with self._engine.begin() as connection:
-                for job_id in job_ids:
-                    # A dispatch key survives a restart, so a re-dispatch is recognised.
-                    result = await connection.execute(
-                        jobs.update()
-                        .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
-                        .values(
-                            status=Status.PROCESSING.db,
-                            node=node_by_job[job_id],
-                            dispatch_key=sa.func.coalesce(
-                                jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
-                            ),
-                            updated_at=time.time(),
-                        )
-                        .returning(*jobs.c)
+        wanted = list(job_ids)
+        now = time.time()
+
+        def claim_all(connection: Connection) -> list[JobRecord]:
+            claimed = []
+            for job_id in wanted:
+                # A dispatch key survives a restart, so a re-dispatch is recognised.
+                row = connection.execute(
+                    jobs.update()
+                    .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
+                    .values(
+                        status=Status.PROCESSING.db,
+                        node=node_by_job[job_id],
+                        dispatch_key=sa.func.coalesce(
+                            jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
+                        ),
+                        updated_at=now,
                     )
-                    row = result.first()
-                    if row is not None:
-                        claimed.append(_record(row))
-        except SQLAlchemyError as error:
-            raise StoreError(str(error)) from error
-        return claimed
+                    .returning(*jobs.c)
+                ).first()
+                if row is not None:
+                    claimed.append(_record(row))
+            return claimed
+
+        return await self._run(claim_all) if wanted else []
 
     async def occupancy(self) -> Occupancy:
         rows = await self._fetch(
@@ -274,35 +332,35 @@ class SqlStore(Store):
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
         now = time.time()
-        try:
-            async with self._engine.begin() as connection:
-                result = await connection.execute(
-                    jobs.update()
-                    .where(
-                        jobs.c.id == job.id,
-                        jobs.c.node == job.node,
-                        jobs.c.dest_id == job.dest_id,
-                        jobs.c.status.in_([s.db for s in expected]),
-                    )
-                    .values(
-                        status=Status.QUEUED.db,
-                        node=None,
-                        dest_id=None,
-                        dispatch_key=None,
-                        attempts=job.attempts + 1,
-                        updated_at=now,
-                    )
+
+        def revoke(connection: Connection) -> bool:
+            moved = connection.execute(
+                jobs.update()
+                .where(
+                    jobs.c.id == job.id,
+                    jobs.c.node == job.node,
+                    jobs.c.dest_id == job.dest_id,
+                    jobs.c.status.in_([s.db for s in expected]),
                 )
-                if result.rowcount != 1:
-                    return False
-                await connection.execute(
-                    revocations.insert().values(
-                        node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
-                    )
+                .values(
+                    status=Status.QUEUED.db,
+                    node=None,
+                    dest_id=None,
+                    dispatch_key=None,
+                    attempts=job.attempts + 1,
+                    updated_at=now,
                 )
-        except SQLAlchemyError as error:
-            raise StoreError(str(error)) from error
-        return True
+            ).rowcount
+            if moved != 1:
+                return False
+            connection.execute(
+                revocations.insert().values(
+                    node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
+                )
+            )
+            return True
+
+        return await self._run(revoke)
 
     async def revocations(self, node: str) -> list[tuple[int, int]]:
         rows = await self._fetch(
@@ -323,4 +381,4 @@ class SqlStore(Store):
         await self._fetch(sa.select(sa.literal(1)))
 
     async def close(self) -> None:
-        await self._engine.dispose()
+        await self._backend.close()
