@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import sqlite3
 import time
 import uuid
@@ -830,3 +831,36 @@ async def test_dispatch_round_then_claim(store: Store) -> None:
     occupancy = await store.occupancy()
     assert occupancy.per_service == {"svc": 3}
     assert sorted(occupancy.per_user.values()) == [1, 2]
+
+
+# --- dispatch_candidates: the same decision as seeing every queue ---------------------------------
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_dispatch_candidates_decide_like_the_full_queue(store: Store, seed: int) -> None:
+    rng = random.Random(seed)
+    limits = {
+        "svc": ServiceLimits(rng.randint(1, 3), rng.randint(1, 8)),
+        "other": ServiceLimits(rng.randint(1, 3), rng.randint(1, 8)),
+    }
+    now = time.time()
+    for _ in range(rng.randint(5, 60)):
+        service = rng.choice(["svc", "other"])
+        job_id = await new_job(store, service=service, user_id=rng.randint(1, 9))
+        roll = rng.random()
+        if roll < 0.25:
+            status = rng.choice([Status.RUNNING, Status.SUBMITTED, Status.PREPARED])
+            assert await store.transition(job_id, [Status.QUEUED], status)
+        elif roll < 0.3:
+            assert await store.transition(job_id, [Status.QUEUED], not_before=now + 60)
+        elif roll < 0.35:
+            assert await store.transition(job_id, [Status.QUEUED], Status.COMPLETED)
+    occupancy = await store.occupancy()
+    everything = await store.queue_heads(limits, now)
+    candidates = await store.dispatch_candidates(limits, occupancy, now)
+    assert plan_dispatch(candidates, occupancy, limits) == plan_dispatch(
+        everything, occupancy, limits
+    )
+    for service, limit in limits.items():
+        free = max(0, limit.max_runs - occupancy.per_service.get(service, 0))
+        assert sum(1 for queue in candidates if queue.service == service) <= free

@@ -156,10 +156,11 @@ class Orchestrator:
             name: ServiceLimits(runs_per_user=s.runs_per_user, max_runs=s.max_runs)
             for name, s in services.items()
         }
-        heads = await self.store.queue_heads(limits, time.time())
+        occupancy = await self.store.occupancy()
+        heads = await self.store.dispatch_candidates(limits, occupancy, time.time())
         if not heads:
             return 0
-        planned = plan_dispatch(heads, await self.store.occupancy(), limits)
+        planned = plan_dispatch(heads, occupancy, limits)
         if not planned:
             return 0
         service_of = {job_id: q.service for q in heads for job_id in q.job_ids}

@@ -76,6 +76,14 @@ class Store(abc.ABC):
         """The oldest due Queued jobs of each (service, user), at most runs_per_user each."""
 
     @abc.abstractmethod
+    async def dispatch_candidates(
+        self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
+    ) -> list[UserQueue]:
+        """The due queues plan_dispatch needs for an exact decision: only the users it could
+        pick now (at most the free slots of each service), each with the jobs it could start.
+        """
+
+    @abc.abstractmethod
     async def next_retry_at(self) -> float | None:
         """The earliest `not_before` of a Queued job, so dispatch can sleep until then."""
 

@@ -150,6 +150,76 @@ def _record(row: Any) -> JobRecord:
     )
 
 
+_SCAN_BATCH = 256
+
+
+def _due(now: float) -> sa.ColumnElement[bool]:
+    return sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now)
+
+
+def _service_candidates(
+    connection: Connection, service: str, limit: ServiceLimits, occupancy: Occupancy, now: float
+) -> list[UserQueue]:
+    """The queues plan_dispatch needs to decide exactly as if it saw every user's queue.
+
+    The scheduler serves users in order of (active jobs, oldest queued job), and the users it
+    picks in one decision are a prefix of that order no longer than the free slots. Users with
+    no active job come first, in the order of their oldest queued job: an index walk in job
+    order finds the first `free` of them, however long the queue. Users with active jobs are
+    few (at most max_runs) and looked up one by one. Cost grows with slots, not with jobs.
+    """
+    free = limit.max_runs - occupancy.per_service.get(service, 0)
+    if free <= 0 or limit.runs_per_user <= 0:
+        return []
+    queued = sa.and_(jobs.c.status == Status.QUEUED.db, jobs.c.service == service, _due(now))
+    active = {
+        user: count
+        for (name, user), count in occupancy.per_user.items()
+        if name == service and count > 0
+    }
+    ranked: list[tuple[int, int, int]] = []  # (active, oldest job, user)
+    for user, count in active.items():
+        if count < limit.runs_per_user:
+            oldest = connection.execute(
+                sa.select(sa.func.min(jobs.c.id)).where(queued, jobs.c.user_id == user)
+            ).scalar()
+            if oldest is not None:
+                ranked.append((count, oldest, user))
+    seen: set[int] = set(active)
+    fresh: list[tuple[int, int, int]] = []
+    after = 0
+    while len(fresh) < free:
+        rows = connection.execute(
+            sa.select(jobs.c.id, jobs.c.user_id)
+            .where(queued, jobs.c.id > after, jobs.c.user_id.not_in(seen) if seen else sa.true())
+            .order_by(jobs.c.id)
+            .limit(_SCAN_BATCH)
+        ).all()
+        for job_id, user in rows:
+            if user not in seen:
+                seen.add(user)
+                fresh.append((0, job_id, user))
+        if len(rows) < _SCAN_BATCH:
+            break
+        after = rows[-1][0]
+    chosen = sorted(fresh + ranked)[:free]
+    return [
+        UserQueue(
+            service=service,
+            user_id=user,
+            job_ids=tuple(
+                connection.execute(
+                    sa.select(jobs.c.id)
+                    .where(queued, jobs.c.user_id == user)
+                    .order_by(jobs.c.id)
+                    .limit(limit.runs_per_user - count)
+                ).scalars()
+            ),
+        )
+        for count, _oldest, user in chosen
+    ]
+
+
 class SqlStore(Store):
     def __init__(self, backend: _Backend) -> None:
         self._backend = backend
@@ -291,6 +361,17 @@ class SqlStore(Store):
             UserQueue(service=service, user_id=user_id, job_ids=tuple(ids))
             for (service, user_id), ids in grouped.items()
         ]
+
+    async def dispatch_candidates(
+        self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
+    ) -> list[UserQueue]:
+        return await self._run(
+            lambda connection: [
+                queue
+                for service, limit in sorted(limits.items())
+                for queue in _service_candidates(connection, service, limit, occupancy, now)
+            ]
+        )
 
     async def next_retry_at(self) -> float | None:
         rows = await self._fetch(

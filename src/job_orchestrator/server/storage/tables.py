@@ -34,6 +34,8 @@ sa.Index("ix_jobs_status_service_user", jobs.c.status, jobs.c.service, jobs.c.us
 sa.Index("ix_jobs_finished_at", jobs.c.finished_at)
 sa.Index("ix_jobs_loc", jobs.c.loc)
 sa.Index("ix_jobs_node_status", jobs.c.node, jobs.c.status)
+sa.Index("ix_jobs_status_service_id", jobs.c.status, jobs.c.service, jobs.c.id)
+sa.Index("ix_jobs_status_not_before", jobs.c.status, jobs.c.not_before)
 
 revocations = sa.Table(
     "revocations",
