@@ -103,6 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
             lifespan="on",
+            http="httptools",
+            # uvloop for the server's HTTP-heavy work; the client keeps asyncio's own loop,
+            # whose subprocess support has the options the runner needs (user=, group=).
+            loop="uvloop" if arguments.command == "server" else "asyncio",
         ),
         app,
     )

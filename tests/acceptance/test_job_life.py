@@ -191,7 +191,12 @@ def test_client_restart_readopts_running_payload(tmp_path: Path, signum: int) ->
     running = Cluster(tmp_path)
     try:
         client = running.add_client()
-        script = b"sleep 1.5\necho survived > output.txt\nexit 4\n"
+        # The script waits for a file the test creates once the client is back, so a slow
+        # machine cannot let it finish while the client is down.
+        go = tmp_path / "go"
+        script = (
+            f"while [ ! -e {go} ]; do sleep 0.05; done\necho survived > output.txt\nexit 4\n"
+        ).encode()
         response = httpx.post(
             f"{client.url}/submit", files=[("run.sh", ("run.sh", script))], timeout=30
         )
@@ -201,8 +206,9 @@ def test_client_restart_readopts_running_payload(tmp_path: Path, signum: int) ->
             assert time.monotonic() < deadline
             time.sleep(0.05)
         client.stop(signum)
-        assert any("sleep 1.5" in " ".join(p.cmdline()) for p in tagged_processes(running.tag))
+        assert any("run.sh" in " ".join(p.cmdline()) for p in tagged_processes(running.tag))
         client.start()
+        go.touch()
         deadline = time.monotonic() + 30
         while (body := httpx.get(f"{client.url}/retrieve/{payload_id}").json())[
             "status"
