@@ -188,23 +188,38 @@ class Cluster:
 @dataclass
 class Api:
     base_url: str
+    #: A user token (API_TOKENS_FILE) sent as `Authorization: Bearer <token>` when set.
+    token: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def upload(
         self,
         files: Mapping[str, bytes | str],
         *,
-        user_id: int | str = 1,
+        user_id: int | str | None = 1,
         service: str = "example",
     ) -> httpx.Response:
+        """POST /upload; `user_id=None` leaves the field out (the token then says who)."""
         parts = [
             ("file", (name, content.encode() if isinstance(content, str) else content))
             for name, content in files.items()
         ]
-        data: dict[str, Any] = {"user_id": str(user_id), "service": service}
-        return httpx.post(f"{self.base_url}/upload", files=parts, data=data, timeout=60)
+        data: dict[str, Any] = {"service": service}
+        if user_id is not None:
+            data["user_id"] = str(user_id)
+        return httpx.post(
+            f"{self.base_url}/upload", files=parts, data=data, headers=self.headers, timeout=60
+        )
 
     def submit(
-        self, script: str, *, user_id: int = 1, extra: Mapping[str, bytes | str] | None = None
+        self,
+        script: str,
+        *,
+        user_id: int | None = 1,
+        extra: Mapping[str, bytes | str] | None = None,
     ) -> int:
         response = self.upload({"run.sh": script, **(extra or {})}, user_id=user_id)
         assert response.status_code == 201, response.text
@@ -213,7 +228,7 @@ class Api:
         return job_id
 
     def status(self, job_id: int) -> dict[str, Any]:
-        response = httpx.get(f"{self.base_url}/download/{job_id}", timeout=30)
+        response = httpx.get(f"{self.base_url}/download/{job_id}", headers=self.headers, timeout=30)
         if response.headers["content-type"] == "application/zip":
             return {"id": job_id, "status": "Completed", "message": ""}
         body: dict[str, Any] = response.json()
@@ -230,8 +245,16 @@ class Api:
         raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")
 
     def download_zip(self, job_id: int) -> zipfile.ZipFile:
-        response = httpx.get(f"{self.base_url}/download/{job_id}", timeout=60)
+        response = httpx.get(f"{self.base_url}/download/{job_id}", headers=self.headers, timeout=60)
         assert response.status_code == 200
+        assert response.headers["content-type"] == "application/zip", response.text
+        return zipfile.ZipFile(io.BytesIO(response.content))
+
+    def download_partial_zip(self, job_id: int) -> zipfile.ZipFile:
+        response = httpx.get(
+            f"{self.base_url}/download_partial/{job_id}", headers=self.headers, timeout=60
+        )
+        assert response.status_code == 200, response.text
         assert response.headers["content-type"] == "application/zip", response.text
         return zipfile.ZipFile(io.BytesIO(response.content))
 

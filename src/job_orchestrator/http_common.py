@@ -76,8 +76,9 @@ def install_conventions(app: FastAPI) -> None:
 
 def bearer_matches(authorization: str | None, token: str) -> bool:
     """Constant-time check of an `Authorization: Bearer <token>` header."""
-    supplied = (authorization or "").encode()
-    return hmac.compare_digest(supplied, f"Bearer {token}".encode())
+    scheme, _, supplied = (authorization or "").partition(" ")
+    # The scheme is case-insensitive (RFC 7235); the token is compared in constant time.
+    return scheme.lower() == "bearer" and hmac.compare_digest(supplied.encode(), token.encode())
 
 
 UNAUTHORIZED = {"message": "missing or invalid bearer token"}

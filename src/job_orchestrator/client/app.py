@@ -10,12 +10,14 @@ import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import quote
 
 import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._loops import wait_any
@@ -113,6 +115,31 @@ def _payload_response(
     return json_response(payload.wire(), status_code, headers=headers)
 
 
+_PAYLOAD_SCHEMA = {
+    "type": "object",
+    "required": ["id", "input", "status", "loc", "pid", "killed"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 0},
+        "input": {"type": "object"},
+        "status": {"type": "string", "enum": [status.wire for status in Status]},
+        "loc": {"type": "string"},
+        "pid": {"type": "integer", "minimum": 0},
+        "killed": {"type": "boolean"},
+    },
+}
+_PAYLOAD = {"application/json": {"schema": _PAYLOAD_SCHEMA}}
+_ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+_GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No valid bearer token (only when CLIENT_TOKEN is set)"}
+}
+_BY_ID: dict[int | str, dict[str, Any]] = {
+    **_GUARDED,
+    400: {"description": "The id is not a number", "content": {"text/plain": {}}},
+    404: {"description": "No such payload", "content": _PAYLOAD},
+    500: {"description": "The payload's files could not be read", "content": _PAYLOAD},
+}
+
+
 def _empty(status_code: int) -> JSONResponse:
     return json_response(EMPTY_PAYLOAD, status_code)
 
@@ -155,12 +182,46 @@ def create_app(settings: ClientSettings) -> FastAPI:
             headers[CAPACITY_HEADER] = str(state.settings.max_concurrent)
         return json_response(HEALTHY, headers=headers)
 
-    @app.get("/load", summary="CPU use of the node in percent (0-100)")
+    @app.get(
+        "/load",
+        summary="CPU use of the node in percent (0-100)",
+        responses={
+            **_GUARDED,
+            200: {"content": {"application/json": {"schema": {"type": "number"}}}},
+        },
+    )
     async def load() -> JSONResponse:
         # CPU use since the previous call: no sampling sleep on the request, no idle cost.
         return json_response(float(psutil.cpu_percent(interval=None)))
 
-    @app.post("/submit", summary="Receive a payload (multipart: one part per file)")
+    @app.post(
+        "/submit",
+        summary="Receive a payload (multipart: one part per file)",
+        responses={
+            **_GUARDED,
+            200: {"description": "The payload, Prepared", "content": _PAYLOAD},
+            400: {
+                "description": "Not a valid multipart body",
+                "content": {**_PAYLOAD, "text/plain": {}},
+            },
+            500: {"description": "The files could not be stored", "content": _PAYLOAD},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "run.sh": {"type": "string", "format": "binary"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def submit(request: Request) -> Response:
         state = _state(request)
         key = request.headers.get(IDEMPOTENCY_HEADER) or None
@@ -190,6 +251,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except BoundaryError as error:
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return PlainTextResponse(str(error), status_code=400)
+        except ClientDisconnect:
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return _empty(400)
         except (MultipartError, UnsafeFileNameError):
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return _empty(400)
@@ -200,7 +264,14 @@ def create_app(settings: ClientSettings) -> FastAPI:
         state.runner.start(payload)
         return _payload_response(payload)
 
-    @app.get("/retrieve/{payload_id}", summary="The result ZIP when Completed, else the payload")
+    @app.get(
+        "/retrieve/{payload_id}",
+        summary="The result ZIP when Completed, else the payload",
+        responses={
+            **_BY_ID,
+            200: {"description": "ZIP or payload", "content": {**_ZIP, **_PAYLOAD}},
+        },
+    )
     async def retrieve(
         request: Request, payload_id: str, wait: float = 0.0, known: str | None = None
     ) -> Response:
@@ -241,7 +312,11 @@ def create_app(settings: ClientSettings) -> FastAPI:
             partial, media_type="application/zip", background=BackgroundTask(partial.unlink, True)
         )
 
-    @app.post("/kill/{payload_id}", summary="Kill a payload's whole process group")
+    @app.post(
+        "/kill/{payload_id}",
+        summary="Kill a payload's whole process group",
+        responses={**_BY_ID, 200: {"description": "Killed (empty body)", "content": {}}},
+    )
     async def kill(request: Request, payload_id: str) -> Response:
         state = _state(request)
         payload = state.registry.get(parse_u32(payload_id))
@@ -252,6 +327,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
 
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
+    if settings.sandbox == "none" and any(
+        (
+            settings.job_max_memory_mb,
+            settings.job_max_processes,
+            settings.job_max_file_mb,
+            settings.job_max_cpu_seconds,
+        )
+    ):
+        logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
     if settings.client_token:
         app.add_middleware(
             BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})

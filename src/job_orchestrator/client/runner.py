@@ -202,6 +202,14 @@ class Runner:
                 payload.id, status=Status.KILLED, exit_code=returncode, message="job terminated"
             )
             return
+        if current.timed_out:
+            self.registry.update(
+                payload.id,
+                status=Status.FAILED,
+                exit_code=returncode,
+                message=f"wall-time limit of {current.timeout_s:g} s exceeded",
+            )
+            return
         if returncode is None:
             self.registry.update(
                 payload.id,
@@ -242,6 +250,8 @@ class Runner:
 
     def kill(self, payload: Payload) -> None:
         """Mark the payload killed; a running one gets SIGTERM, then SIGKILL after the grace."""
+        if payload.status.is_terminal():
+            return  # nothing to kill; its outcome stands
         updated = self.registry.update(payload.id, killed=True)
         if updated is None or updated.status.is_terminal():
             return
@@ -340,4 +350,9 @@ def _describe_exit(returncode: int) -> str:
         with contextlib.suppress(ValueError):
             return f"run.sh was killed by {signal.Signals(-returncode).name}"
         return f"run.sh was killed by signal {-returncode}"
+    # The wrapper's bash reports a script killed by signal n as status 128 + n.
+    if 128 < returncode <= 128 + signal.SIGRTMAX:
+        with contextlib.suppress(ValueError):
+            name = signal.Signals(returncode - 128).name
+            return f"run.sh exited with status {returncode} (killed by {name})"
     return f"run.sh exited with status {returncode}"

@@ -58,12 +58,19 @@ def ulimit_prefix(settings: ClientSettings) -> str:
         ("-t", settings.job_max_cpu_seconds, 1),
     ]
     calls = [f"ulimit -S -H {flag} {value * scale}" for flag, value, scale in limits if value]
+    if settings.job_max_cpu_seconds:
+        # Hard one second above soft: the kernel sends SIGXCPU first (a named, catchable
+        # signal), and SIGKILL only if the job ignores it.
+        seconds = settings.job_max_cpu_seconds
+        calls[-1] = f"ulimit -S -t {seconds} && ulimit -H -t {seconds + 1}"
     return "".join(f"{call} || exit 125; " for call in calls)
 
 
 def wrapper_script(settings: ClientSettings) -> str:
     limits = ulimit_prefix(settings) if settings.sandbox != "none" else ""
-    return f"{limits}bash run.sh; {_RECORD_EXIT}"
+    # The wrapper ignores SIGTERM so it outlives run.sh and the script gets KILL_GRACE to
+    # run its own traps; SIGKILL still ends everything.
+    return f"{limits}trap : TERM; bash run.sh; {_RECORD_EXIT}"
 
 
 def command_for(settings: ClientSettings, work: Path, exit_file: Path, tmp: Path) -> list[str]:

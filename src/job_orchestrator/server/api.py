@@ -20,6 +20,7 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
+from starlette.requests import ClientDisconnect
 
 from job_orchestrator.errors import ClientCallError, PayloadLostError, StoreError
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
@@ -56,6 +57,10 @@ _STATUS_BODY = {
 _JSON_STATUS = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
 _ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
 _PATH_ERROR = {"description": "The id is not a number", "content": {"text/plain": {}}}
+_UNAUTHORIZED = {
+    "description": "No valid bearer token (only when API_TOKENS_FILE is set)",
+    "content": _JSON_STATUS,
+}
 
 
 def engine(request: Request) -> Orchestrator:
@@ -133,7 +138,12 @@ async def health(request: Request) -> Response:
     status_code=201,
     responses={
         201: {"description": "Job queued", "content": _JSON_STATUS},
-        400: {"description": "Invalid form", "content": _JSON_STATUS},
+        400: {"description": "Invalid form", "content": {**_JSON_STATUS, "text/plain": {}}},
+        401: _UNAUTHORIZED,
+        403: {
+            "description": "user_id disagrees with the token (API_TOKENS_FILE)",
+            "content": _JSON_STATUS,
+        },
         413: {"description": "Body over the upload limit", "content": _JSON_STATUS},
         500: {"description": "Storage failure", "content": _JSON_STATUS},
     },
@@ -144,7 +154,7 @@ async def health(request: Request) -> Response:
                 "multipart/form-data": {
                     "schema": {
                         "type": "object",
-                        "required": ["user_id", "service"],
+                        "required": ["service"],
                         "properties": {
                             "user_id": {"type": "string", "pattern": "^[+-]?[0-9]+$"},
                             "service": {"type": "string"},
@@ -213,6 +223,8 @@ async def upload(request: Request) -> Response:
         return PlainTextResponse(str(error), status_code=400)
     except BodyTooLargeError:
         return status_body(0, Status.UNKNOWN, too_large, 413)
+    except ClientDisconnect:
+        return status_body(0, Status.UNKNOWN, "Request body incomplete", 400)
     except (MultipartError, UnsafeFileNameError) as error:
         return status_body(0, Status.UNKNOWN, f"Multipart error: {error}", 400)
     except OSError as error:
@@ -234,6 +246,7 @@ async def upload(request: Request) -> Response:
             "content": {**_ZIP, **_JSON_STATUS},
         },
         400: _PATH_ERROR,
+        401: _UNAUTHORIZED,
         404: {"description": "No such job", "content": _JSON_STATUS},
         500: {"description": "Result unreadable", "content": _JSON_STATUS},
     },
@@ -257,6 +270,7 @@ async def download(request: Request, job_id: str) -> Response:
     responses={
         200: {"description": "ZIP", "content": _ZIP},
         400: _PATH_ERROR,
+        401: _UNAUTHORIZED,
         404: {"description": "No such job, or not on a client", "content": _JSON_STATUS},
         500: {"description": "The client could not be read", "content": _JSON_STATUS},
     },
@@ -305,6 +319,7 @@ async def download_partial(request: Request, job_id: str) -> Response:
     responses={
         200: {"description": "Terminated", "content": _JSON_STATUS},
         400: _PATH_ERROR,
+        401: _UNAUTHORIZED,
         404: {"description": "No such job", "content": _JSON_STATUS},
         409: {"description": "Already finished", "content": _JSON_STATUS},
         500: {"description": "The client could not kill it", "content": _JSON_STATUS},

@@ -38,9 +38,10 @@ class UserTokens:
             self._reload()
         except (OSError, ConfigError):
             logger.exception("could not re-read %s; keeping the tokens loaded before", self.path)
-        if not authorization or not authorization.startswith("Bearer "):
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
             return None
-        supplied = authorization.removeprefix("Bearer ").encode()
+        supplied = token.encode()
         found = None
         # Compare against every token, so timing reveals nothing about which prefix matched.
         for token, user_id in self._tokens.items():

@@ -249,7 +249,6 @@ class Orchestrator:
             attempts=job.attempts + 1,
             failing_since=since,
             not_before=now + delay,
-            node=None,
         )
         if not moved:  # terminated meanwhile; the job never reached a client
             await self.store.transition(
@@ -299,6 +298,8 @@ class Orchestrator:
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self.settings.retry_deadline_s:
+                    # If the client comes back, the script must not run on unaccounted for.
+                    await self.fleet.revoke(node.upload_url, job.dest_id, job.id)
                     await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
@@ -423,7 +424,11 @@ class Orchestrator:
             pass  # nothing left to kill on the client
         except ClientCallError as error:
             logger.warning("could not terminate job %d: %s", job.id, error)
-            if restore is not None and await self.store.transition(
+            if restore is None and node is not None and job.dest_id:
+                # Nobody waits for an answer (a restart resumed this): kill it when the
+                # client answers again, and report the job Killed now.
+                await self.fleet.revoke(node.upload_url, job.dest_id, job.id)
+            elif restore is not None and await self.store.transition(
                 job.id, [Status.LOCKED], restore
             ):
                 fresh = await self.store.get_job(job.id)

@@ -64,6 +64,10 @@ class Fleet:
             return (-free, running, state.load_percent or 0.0)
 
         candidates = [node for node in nodes if self.usable(node)]
+        if not candidates:
+            # None answers: try them anyway, so the dispatch fails, backs off and
+            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever.
+            candidates = list(nodes)
         return min(candidates, key=rank) if candidates else None
 
     def report_failure(self, node_url: str) -> None:
@@ -113,6 +117,13 @@ class Fleet:
                 return False
             await self.store.forget_revocation(node.upload_url, payload_id)
         return True
+
+    async def revoke(self, node_url: str, payload_id: int, job_id: int) -> None:
+        """Kill this payload when its node answers again (the server gave the job up)."""
+        await self.store.add_revocation(node_url, payload_id, job_id)
+        state = self.state.get(node_url)
+        if state is not None:
+            state.revocations_pending = True
 
     async def fail_over(self) -> list[int]:
         """Queue again the unstarted jobs of nodes down for longer than FAILOVER_AFTER."""

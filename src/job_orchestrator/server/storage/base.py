@@ -111,6 +111,10 @@ class Store(abc.ABC):
         """(payload_id, job_id) pairs revoked on a node."""
 
     @abc.abstractmethod
+    async def add_revocation(self, node: str, payload_id: int, job_id: int) -> None:
+        """Record a payload to kill on a node when it answers again (idempotent)."""
+
+    @abc.abstractmethod
     async def forget_revocation(self, node: str, payload_id: int) -> None: ...
 
     @abc.abstractmethod

@@ -294,7 +294,9 @@ class SqlStore(Store):
                     .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
                     .values(
                         status=Status.PROCESSING.db,
-                        node=node_by_job[job_id],
+                        # A dispatch that may have reached a node is only ever resent there,
+                        # with its key, so that node can recognise it.
+                        node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
                         dispatch_key=sa.func.coalesce(
                             jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
                         ),
@@ -450,6 +452,22 @@ class SqlStore(Store):
             .order_by(revocations.c.payload_id)
         )
         return [(row[0], row[1]) for row in rows]
+
+    async def add_revocation(self, node: str, payload_id: int, job_id: int) -> None:
+        def add(connection: Connection) -> None:
+            exists = connection.execute(
+                sa.select(revocations.c.job_id).where(
+                    revocations.c.node == node, revocations.c.payload_id == payload_id
+                )
+            ).first()
+            if exists is None:
+                connection.execute(
+                    revocations.insert().values(
+                        node=node, payload_id=payload_id, job_id=job_id, created_at=time.time()
+                    )
+                )
+
+        await self._run(add)
 
     async def forget_revocation(self, node: str, payload_id: int) -> None:
         await self._execute(
