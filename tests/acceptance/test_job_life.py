@@ -131,7 +131,8 @@ def test_quotas_hold_for_three_users_with_five_jobs_each(tmp_path: Path) -> None
             for user in (1, 2, 3):
                 script = (
                     f'echo "start $(date +%s.%N) {user} {job}" >> {ledger}\n'
-                    "sleep 0.3\n"
+                    # Long enough that three jobs overlap even on a busy machine.
+                    "sleep 1.5\n"
                     f'echo "end $(date +%s.%N) {user} {job}" >> {ledger}\n'
                 )
                 jobs.append(running.api.submit(script, user_id=user))

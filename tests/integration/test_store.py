@@ -374,16 +374,21 @@ async def test_claim_nothing(store: Store) -> None:
     assert await store.claim([], {}) == []
 
 
-async def test_claim_keeps_an_existing_dispatch_key(store: Store) -> None:
+async def test_claim_keeps_an_existing_dispatch_key_and_node(store: Store) -> None:
     job_id = await new_job(store)
     [first] = await store.claim([job_id], {job_id: "http://n1/submit"})
     assert first.dispatch_key
-    # A transient dispatch failure puts it back in the queue; the retry keeps the key.
+    # A transient dispatch failure puts it back in the queue; the retry keeps the key and
+    # goes to the same node (the first request may have reached it).
     assert await store.transition(job_id, [Status.PROCESSING], Status.QUEUED, attempts=1)
     [second] = await store.claim([job_id], {job_id: "http://n2/submit"})
     assert second.dispatch_key == first.dispatch_key
-    assert second.node == "http://n2/submit"
+    assert second.node == "http://n1/submit"
     assert second.attempts == 1
+    # A job sent back without a node (lost payload, failover) takes the one chosen now.
+    assert await store.transition(job_id, [Status.PROCESSING], Status.QUEUED, node=None)
+    [third] = await store.claim([job_id], {job_id: "http://n2/submit"})
+    assert third.node == "http://n2/submit"
 
 
 async def test_claim_keeps_a_preset_dispatch_key(store: Store) -> None:

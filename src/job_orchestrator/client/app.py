@@ -292,7 +292,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         return _payload_response(payload, long_polled=long_polled)
 
     @app.get(
-        "/retrieve_partial/{payload_id}", summary="A ZIP of the payload directory as it is now"
+        "/retrieve_partial/{payload_id}",
+        summary="A ZIP of the payload directory as it is now",
+        responses={**_BY_ID, 200: {"description": "ZIP", "content": _ZIP}},
     )
     async def retrieve_partial(request: Request, payload_id: str) -> Response:
         state = _state(request)
