@@ -199,16 +199,8 @@ class NodeGateway:
     async def fetch_partial(
         self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
     ) -> None:
-        what = f"partial retrieve {payload_id} from {node.partial_url}"
-        async with (
-            self._call(what),
-            self._http.stream(
-                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
-            ) as response,
-        ):
-            _raise_for_status(response, what)
-            if not _is_zip(response):
-                raise PermanentClientError(f"{what}: client did not send a ZIP")
+        """Store the client's partial ZIP at destination (atomically)."""
+        async with self.open_partial(node, payload_id, token=token) as response:
             await _stream_to_file(response, destination)
 
     @contextlib.asynccontextmanager
