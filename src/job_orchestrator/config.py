@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from job_orchestrator import wire
 from job_orchestrator.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -24,8 +25,6 @@ DEFAULT_RUNS_PER_USER = 5
 DEFAULT_MAX_RUNS = 10
 UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
 
-_RUST_UNSIGNED = re.compile(r"\+?[0-9]+")
-_I32 = re.compile(r"[+-]?[0-9]+")
 _SERVICE_SUFFIXES = (
     "UPLOAD_URL",
     "DOWNLOAD_URL",
@@ -40,11 +39,11 @@ _SERVICE_SUFFIXES = (
 
 def parse_unsigned(variable: str, raw: str, *, maximum: int) -> int:
     """Digits with an optional '+', no whitespace: what Rust's `u16/u64::from_str` accept."""
-    if not _RUST_UNSIGNED.fullmatch(raw):
+    value = wire.parse_unsigned(raw, maximum)
+    if value is None:
+        if wire.parse_unsigned(raw, 2**64) is not None:
+            raise ConfigError(variable, f"{int(raw)} is larger than the maximum {maximum}")
         raise ConfigError(variable, f"expected a non-negative integer, got {raw!r}")
-    value = int(raw)
-    if value > maximum:
-        raise ConfigError(variable, f"{value} is larger than the maximum {maximum}")
     return value
 
 
@@ -308,11 +307,12 @@ def parse_tokens(text: str, source: str = "API_TOKENS_FILE") -> dict[str, int]:
         if not stripped or stripped.startswith("#"):
             continue
         parts = stripped.split()
-        if len(parts) != 2 or not _I32.fullmatch(parts[1]) or not -(2**31) <= int(parts[1]) < 2**31:
+        user_id = wire.parse_i32(parts[1]) if len(parts) == 2 else None
+        if user_id is None:
             raise ConfigError(source, f"line {number}: expected 'token user_id'")
         if len(parts[0]) < 16:
             raise ConfigError(source, f"line {number}: tokens must have at least 16 characters")
-        tokens[parts[0]] = int(parts[1])
+        tokens[parts[0]] = user_id
     return tokens
 
 

@@ -7,7 +7,6 @@ path ids parse like Rust's u32 with axum's plain-text rejection.
 from __future__ import annotations
 
 import hmac
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,9 +16,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from job_orchestrator.status import Status
+from job_orchestrator.wire import parse_unsigned
 
 U32_MAX = 2**32 - 1
-_RUST_UNSIGNED = re.compile(r"\+?[0-9]+")
 
 
 class InvalidPathIdError(Exception):
@@ -28,9 +27,10 @@ class InvalidPathIdError(Exception):
 
 
 def parse_u32(raw: str) -> int:
-    if _RUST_UNSIGNED.fullmatch(raw) and int(raw) <= U32_MAX:
-        return int(raw)
-    raise InvalidPathIdError(raw)
+    value = parse_unsigned(raw, U32_MAX)
+    if value is None:
+        raise InvalidPathIdError(raw)
+    return value
 
 
 def json_response(content: Any, status_code: int = 200, **kwargs: Any) -> JSONResponse:

@@ -36,14 +36,16 @@ from job_orchestrator.http_common import (
 )
 from job_orchestrator.multipart import BoundaryError, MultipartError, read_multipart
 from job_orchestrator.status import Status
+from job_orchestrator.wire import (
+    CAPACITY_HEADER,
+    IDEMPOTENCY_HEADER,
+    LONG_POLL_HEADER,
+    MESSAGE_HEADER,
+    TIMEOUT_HEADER,
+)
 
 logger = logging.getLogger(__name__)
 
-MESSAGE_HEADER = "X-Orchestrator-Message"
-LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-TIMEOUT_HEADER = "X-Orchestrator-Timeout"
-CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 MAX_LONG_POLL_S = 60.0
 
 

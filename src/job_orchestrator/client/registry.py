@@ -276,10 +276,19 @@ def _row(payload: Payload) -> dict[str, Any]:
 
 def _from_row(row: sqlite3.Row) -> Payload:
     values = dict(row)
-    values["status"] = Status.from_db(values["status"])
-    values["killed"] = bool(values["killed"])
-    values["timed_out"] = bool(values["timed_out"])
-    return Payload(**values)
+    return _payload(values, Status.from_db(values["status"]))
+
+
+def _payload(values: dict[str, Any], status: Status) -> Payload:
+    """A Payload from a row or a state file (SQLite and JSON keep booleans as 0/1)."""
+    return Payload(
+        **{
+            **values,
+            "status": status,
+            "killed": bool(values["killed"]),
+            "timed_out": bool(values.get("timed_out", False)),
+        }
+    )
 
 
 def _write_state(payload: Payload) -> None:
@@ -295,10 +304,7 @@ def _write_state(payload: Payload) -> None:
 def _read_state(path: Path) -> Payload | None:
     try:
         values = json.loads(path.read_text())
-        values["status"] = Status.from_wire(values["status"])
-        values["killed"] = bool(values["killed"])
-        values["timed_out"] = bool(values.get("timed_out", False))
-        return Payload(**values)
+        return _payload(values, Status.from_wire(values["status"]))
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError, KeyError):

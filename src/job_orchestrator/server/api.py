@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -40,11 +39,11 @@ from job_orchestrator.server.dispatcher import (
 )
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import TERMINAL, Status
+from job_orchestrator.wire import parse_i32
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-_I32 = re.compile(r"[+-]?[0-9]+")
 _STATUS_BODY = {
     "type": "object",
     "required": ["id", "status", "message"],
@@ -66,14 +65,6 @@ _UNAUTHORIZED = {
 def engine(request: Request) -> Orchestrator:
     orchestrator: Orchestrator = request.app.state.orchestrator
     return orchestrator
-
-
-def parse_user_id(raw: str) -> int | None:
-    """Like Rust's i32::from_str: optional sign, ASCII digits, no whitespace, in range."""
-    if not _I32.fullmatch(raw):
-        return None
-    value = int(raw)
-    return value if -(2**31) <= value < 2**31 else None
 
 
 def _not_found(job_id: int) -> JSONResponse:
@@ -199,7 +190,7 @@ async def upload(request: Request) -> Response:
         fields = form.fields
         if "user_id" not in fields and caller is _ANYONE:
             return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
-        user_id = parse_user_id(fields["user_id"]) if "user_id" in fields else caller
+        user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller
         if not isinstance(user_id, int):
             return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
         if caller is not _ANYONE and user_id != caller:

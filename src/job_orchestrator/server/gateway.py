@@ -30,12 +30,14 @@ from job_orchestrator.errors import (
     TransientClientError,
 )
 from job_orchestrator.status import Status
+from job_orchestrator.wire import (
+    CAPACITY_HEADER,
+    IDEMPOTENCY_HEADER,
+    LONG_POLL_HEADER,
+    MESSAGE_HEADER,
+    TIMEOUT_HEADER,
+)
 
-MESSAGE_HEADER = "X-Orchestrator-Message"
-LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-TIMEOUT_HEADER = "X-Orchestrator-Timeout"
-CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 _CHUNK_BYTES = 1024 * 1024
 
 

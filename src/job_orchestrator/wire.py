@@ -1,0 +1,39 @@
+"""Small pieces of the wire contract shared by the server and the client.
+
+Header names of our extensions (the original ignores them) and number parsing with the
+original's Rust semantics: optional sign, ASCII digits only, no whitespace, in range.
+"""
+
+from __future__ import annotations
+
+import re
+
+#: Why a payload failed or was rejected, on the client's /retrieve answers.
+MESSAGE_HEADER = "X-Orchestrator-Message"
+#: Set on a /retrieve answer when the client honoured `?wait=` (long-polled).
+LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
+#: Sent with every dispatch; a client that already has that payload returns it.
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The service's wall-time limit, sent with a dispatch.
+TIMEOUT_HEADER = "X-Orchestrator-Timeout"
+#: A client's MAX_CONCURRENT, on its /health answers.
+CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
+
+_UNSIGNED = re.compile(r"\+?[0-9]+")
+_SIGNED = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_unsigned(raw: str, maximum: int) -> int | None:
+    """Rust's `u16/u32/u64::from_str`: None unless `raw` is such a number up to maximum."""
+    if not _UNSIGNED.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if value <= maximum else None
+
+
+def parse_i32(raw: str) -> int | None:
+    """Rust's `i32::from_str` (Python's int() would accept whitespace, `_` and other digits)."""
+    if not _SIGNED.fullmatch(raw):
+        return None
+    value = int(raw)
+    return value if -(2**31) <= value < 2**31 else None
