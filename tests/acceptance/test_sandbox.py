@@ -32,6 +32,9 @@ from tests.harness import Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 JOB_USER = "jo-test-job"
+# Every job here runs as the same user, and RLIMIT_NPROC counts that user's processes across
+# jobs: the module runs on one xdist worker so no other test's jobs share the count.
+pytestmark = pytest.mark.xdist_group("sandbox-job-user")
 PYTHON = sys.executable
 MIB = 1024 * 1024
 #: A backstop so that no sandbox test can leave a job running forever.
@@ -392,7 +395,9 @@ def assert_fork_bomb_contained(cl: Cluster, uid: int) -> None:
     assert counter.samples > 0
     # The bomb really pushed against the limit, and the limit held.
     assert counter.maximum >= MAX_PROCESSES // 2, counter.maximum
-    assert counter.maximum <= MAX_PROCESSES + 2, counter.maximum
+    # The limit binds forks made after the wrapper's ulimit; up to three processes of the
+    # user exist before it (bwrap, bwrap's PID-namespace init, the wrapper itself).
+    assert counter.maximum <= MAX_PROCESSES + 3, counter.maximum
     if "spawned.txt" in outcome.files.namelist():
         assert int(outcome.text("spawned.txt")) < 300
     # Nothing of the job is left running.
