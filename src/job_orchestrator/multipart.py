@@ -155,22 +155,16 @@ def _header_params(value: bytes) -> dict[str, bytes | None]:
 def _quoted_string(value: bytes, start: int) -> tuple[bytes | None, int]:
     """Read a quoted string from just after its opening quote; return (content, end).
 
-    Both ``\\"`` and ``\\\\`` are unescaped. multer unescapes only ``\\"``, but reqwest and
-    curl escape backslashes too, so this way a name such as ``a\\b`` arrives intact.
+    Exactly multer 3.1's rule (UPSTREAM §2), shared by /upload and /submit: the value ends at
+    the first ``"`` not preceded by a backslash, and only ``\\"`` is unescaped, so
+    ``filename="a\\\\b"`` is ``a\\\\b`` (two backslashes) on both, as on the original.
     """
-    content = bytearray()
-    position = start
-    while position < len(value):
-        byte = value[position]
-        if byte == 0x5C and position + 1 < len(value) and value[position + 1] in b'"\\':
-            content.append(value[position + 1])
-            position += 2
-        elif byte == 0x22:
-            return bytes(content), position + 1
-        else:
-            content.append(byte)
-            position += 1
-    return None, len(value)
+    end = value.find(b'"', start)
+    while end > start and value[end - 1] == 0x5C:
+        end = value.find(b'"', end + 1)
+    if end < 0:
+        return None, len(value)
+    return value[start:end].replace(b'\\"', b'"'), end + 1
 
 
 def _utf8(raw: bytes | None) -> str | None:

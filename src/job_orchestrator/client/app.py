@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -30,9 +31,10 @@ from job_orchestrator.http_common import (
     HEALTHY,
     PING,
     BearerGuard,
+    id_parameter,
     install_conventions,
     json_response,
-    parse_u32,
+    path_id,
 )
 from job_orchestrator.multipart import BoundaryError, MultipartError, read_multipart
 from job_orchestrator.status import Status
@@ -136,10 +138,31 @@ _GUARDED: dict[int | str, dict[str, Any]] = {
 }
 _BY_ID: dict[int | str, dict[str, Any]] = {
     **_GUARDED,
-    400: {"description": "The id is not a number", "content": {"text/plain": {}}},
+    400: {"description": "The id is not a u32", "content": {"text/plain": {}}},
     404: {"description": "No such payload", "content": _PAYLOAD},
     500: {"description": "The payload's files could not be read", "content": _PAYLOAD},
 }
+
+
+_PAYLOAD_ID = id_parameter("Payload identifier")
+# Our long-poll extension; the original ignores the query string, and so do we when it is bad.
+_LONG_POLL_PARAMETERS = [
+    {
+        "name": "wait",
+        "in": "query",
+        "description": f"Seconds (at most {MAX_LONG_POLL_S:g}) to hold the answer until the "
+        "status differs from `known`; an invalid value means no wait",
+        "required": False,
+        "schema": {"type": "number"},
+    },
+    {
+        "name": "known",
+        "in": "query",
+        "description": "The status the caller already knows (default: the current one)",
+        "required": False,
+        "schema": {"type": "string"},
+    },
+]
 
 
 def _empty(status_code: int) -> JSONResponse:
@@ -267,21 +290,22 @@ def create_app(settings: ClientSettings) -> FastAPI:
         return _payload_response(payload)
 
     @app.get(
-        "/retrieve/{payload_id}",
+        "/retrieve/{id}",
         summary="The result ZIP when Completed, else the payload",
         responses={
             **_BY_ID,
             200: {"description": "ZIP or payload", "content": {**_ZIP, **_PAYLOAD}},
         },
+        openapi_extra={"parameters": _PAYLOAD_ID["parameters"] + _LONG_POLL_PARAMETERS},
     )
-    async def retrieve(
-        request: Request, payload_id: str, wait: float = 0.0, known: str | None = None
-    ) -> Response:
+    async def retrieve(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.get(path_id(request))
         if payload is None:
             return _empty(404)
         state.runner.release(payload.id)
+        wait = _seconds(request.query_params.get("wait"))
+        known = _status_wire(request.query_params.get("known"))
         long_polled = wait > 0
         if long_polled:
             payload = await _wait_for_change(
@@ -294,13 +318,14 @@ def create_app(settings: ClientSettings) -> FastAPI:
         return _payload_response(payload, long_polled=long_polled)
 
     @app.get(
-        "/retrieve_partial/{payload_id}",
+        "/retrieve_partial/{id}",
         summary="A ZIP of the payload directory as it is now",
         responses={**_BY_ID, 200: {"description": "ZIP", "content": _ZIP}},
+        openapi_extra=_PAYLOAD_ID,
     )
-    async def retrieve_partial(request: Request, payload_id: str) -> Response:
+    async def retrieve_partial(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.get(path_id(request))
         if payload is None:
             return _empty(404)
         if payload.status is Status.COMPLETED and payload.paths.result.is_file():
@@ -317,13 +342,14 @@ def create_app(settings: ClientSettings) -> FastAPI:
         )
 
     @app.post(
-        "/kill/{payload_id}",
+        "/kill/{id}",
         summary="Kill a payload's whole process group",
         responses={**_BY_ID, 200: {"description": "Killed (empty body)", "content": {}}},
+        openapi_extra=_PAYLOAD_ID,
     )
-    async def kill(request: Request, payload_id: str) -> Response:
+    async def kill(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.get(path_id(request))
         if payload is None:
             return _empty(404)
         state.runner.kill(payload)
@@ -359,6 +385,23 @@ def _timeout_header(raw: str | None) -> float | None:
     if not 0 < value < float("inf"):
         raise ValueError(raw)
     return value
+
+
+def _seconds(raw: str | None) -> float:
+    """`?wait=`: a finite number of seconds; anything else means no wait."""
+    try:
+        value = float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def _status_wire(raw: str | None) -> str | None:
+    """`?known=`: a status string; anything else counts as absent."""
+    try:
+        return Status.from_wire(raw).wire if raw is not None else None
+    except ValueError:
+        return None
 
 
 class _Duplicate(Exception):

@@ -23,7 +23,15 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator.errors import ClientCallError, PayloadLostError, StoreError
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
-from job_orchestrator.http_common import HEALTHY, PING, json_response, parse_u32, status_body
+from job_orchestrator.http_common import (
+    HEALTHY,
+    PING,
+    U32_SCHEMA,
+    id_parameter,
+    json_response,
+    path_id,
+    status_body,
+)
 from job_orchestrator.multipart import (
     BodyTooLargeError,
     BoundaryError,
@@ -44,18 +52,39 @@ from job_orchestrator.wire import parse_i32
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-_STATUS_BODY = {
-    "type": "object",
-    "required": ["id", "status", "message"],
-    "properties": {
-        "id": {"type": "integer", "minimum": 0},
-        "status": {"type": "string", "enum": [s.wire for s in Status]},
-        "message": {"type": "string"},
+# The original's component schemas, as utoipa 5 derives them from its Rust structs.
+_I32 = {"type": "integer", "format": "int32"}
+_STRING = {"type": "string"}
+_STATUS_REF = {"$ref": "#/components/schemas/Status"}
+_COMPONENTS: dict[str, Any] = {
+    "Health": {
+        "type": "object",
+        "required": ["status", "database"],
+        "properties": {"status": _STRING, "database": _STRING},
+    },
+    "Job": {
+        "type": "object",
+        "required": ["id", "user_id", "service", "status", "loc", "dest_id"],
+        "properties": {
+            "id": U32_SCHEMA,
+            "user_id": _I32,
+            "service": _STRING,
+            "status": _STATUS_REF,
+            "loc": _STRING,
+            "dest_id": U32_SCHEMA,
+        },
+    },
+    "Status": {"type": "string", "enum": [s.wire for s in Status]},
+    "StatusBody": {
+        "type": "object",
+        "required": ["id", "status", "message"],
+        "properties": {"id": U32_SCHEMA, "status": _STATUS_REF, "message": _STRING},
     },
 }
+_JOB_ID = id_parameter("Job identifier")
 _JSON_STATUS = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
 _ZIP = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
-_PATH_ERROR = {"description": "The id is not a number", "content": {"text/plain": {}}}
+_PATH_ERROR = {"description": "The id is not a u32", "content": {"text/plain": {}}}
 _UNAUTHORIZED = {
     "description": "No valid bearer token (only when API_TOKENS_FILE is set)",
     "content": _JSON_STATUS,
@@ -87,12 +116,12 @@ def _authenticate(request: Request) -> int | object | JSONResponse:
     return user_id
 
 
-async def _lookup(request: Request, raw_id: str) -> JobRecord | JSONResponse:
-    """The job, if it exists and the caller may see it (others' jobs look absent)."""
+async def _lookup(request: Request) -> JobRecord | JSONResponse:
+    """The job of the path's id, if it exists and the caller may see it (others' look absent)."""
     caller = _authenticate(request)
     if isinstance(caller, JSONResponse):
         return caller
-    job_id = parse_u32(raw_id)
+    job_id = path_id(request)
     try:
         job = await engine(request).store.get_job(job_id)
     except StoreError:
@@ -112,7 +141,13 @@ async def ping() -> JSONResponse:
     "/health",
     summary="Database health",
     tags=["health"],
-    responses={503: {"description": "The database does not answer"}},
+    responses={
+        200: {
+            "description": "Service is healthy",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Health"}}},
+        },
+        503: {"description": "The database does not answer"},
+    },
 )
 async def health(request: Request) -> Response:
     try:
@@ -228,9 +263,10 @@ async def upload(request: Request) -> Response:
 
 
 @router.get(
-    "/download/{job_id}",
+    "/download/{id}",
     summary="The result ZIP of a Completed job, otherwise its status",
     tags=["files"],
+    openapi_extra=_JOB_ID,
     responses={
         200: {
             "description": "ZIP when Completed, else the status",
@@ -242,8 +278,8 @@ async def upload(request: Request) -> Response:
         500: {"description": "Result unreadable", "content": _JSON_STATUS},
     },
 )
-async def download(request: Request, job_id: str) -> Response:
-    job = await _lookup(request, job_id)
+async def download(request: Request) -> Response:
+    job = await _lookup(request)
     if isinstance(job, Response):
         return job
     if job.status is not Status.COMPLETED:
@@ -255,9 +291,10 @@ async def download(request: Request, job_id: str) -> Response:
 
 
 @router.get(
-    "/download_partial/{job_id}",
+    "/download_partial/{id}",
     summary="A ZIP of the job's files as they are now (running or finished)",
     tags=["files"],
+    openapi_extra=_JOB_ID,
     responses={
         200: {"description": "ZIP", "content": _ZIP},
         400: _PATH_ERROR,
@@ -266,8 +303,8 @@ async def download(request: Request, job_id: str) -> Response:
         500: {"description": "The client could not be read", "content": _JSON_STATUS},
     },
 )
-async def download_partial(request: Request, job_id: str) -> Response:
-    job = await _lookup(request, job_id)
+async def download_partial(request: Request) -> Response:
+    job = await _lookup(request)
     if isinstance(job, Response):
         return job
     if job.status in TERMINAL:
@@ -304,9 +341,10 @@ async def download_partial(request: Request, job_id: str) -> Response:
 
 
 @router.post(
-    "/terminate/{job_id}",
+    "/terminate/{id}",
     summary="Cancel a queued job or kill a running one",
     tags=["files"],
+    openapi_extra=_JOB_ID,
     responses={
         200: {"description": "Terminated", "content": _JSON_STATUS},
         400: _PATH_ERROR,
@@ -316,8 +354,8 @@ async def download_partial(request: Request, job_id: str) -> Response:
         500: {"description": "The client could not kill it", "content": _JSON_STATUS},
     },
 )
-async def terminate(request: Request, job_id: str) -> Response:
-    job = await _lookup(request, job_id)
+async def terminate(request: Request) -> Response:
+    job = await _lookup(request)
     if isinstance(job, Response):
         return job
     outcome = await engine(request).terminate(job.id)
@@ -327,4 +365,4 @@ async def terminate(request: Request, job_id: str) -> Response:
 
 
 def openapi_components() -> dict[str, Any]:
-    return {"StatusBody": _STATUS_BODY}
+    return _COMPONENTS

@@ -46,6 +46,10 @@ def create_app(settings: ServerSettings) -> FastAPI:
         docs_url="/swagger/",
         redoc_url=None,
         openapi_url="/api-docs/openapi.json",
+        openapi_tags=[
+            {"name": "files", "description": "File management endpoints"},
+            {"name": "health", "description": "Health check endpoints"},
+        ],
         lifespan=lifespan,
     )
     app.include_router(api.router)
@@ -61,6 +65,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 version=app.version,
                 description=app.description,
                 routes=app.routes,
+                tags=app.openapi_tags,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
                 api.openapi_components()
