@@ -48,18 +48,18 @@ SERVER_OPERATIONS = [
     ("GET", "/"),
     ("GET", "/health"),
     ("POST", "/upload"),
-    ("GET", "/download/{job_id}"),
-    ("GET", "/download_partial/{job_id}"),
-    ("POST", "/terminate/{job_id}"),
+    ("GET", "/download/{id}"),
+    ("GET", "/download_partial/{id}"),
+    ("POST", "/terminate/{id}"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),
     ("GET", "/health"),
     ("GET", "/load"),
     ("POST", "/submit"),
-    ("GET", "/retrieve/{payload_id}"),
-    ("GET", "/retrieve_partial/{payload_id}"),
-    ("POST", "/kill/{payload_id}"),
+    ("GET", "/retrieve/{id}"),
+    ("GET", "/retrieve_partial/{id}"),
+    ("POST", "/kill/{id}"),
 ]
 
 
@@ -213,9 +213,7 @@ def test_server_upload_rejects_schema_violations_cleanly(
 
 
 @pytest.mark.parametrize("job", ["completed", "failed", "invalid", "missing", "not-a-number"])
-@pytest.mark.parametrize(
-    ("method", "path"), [op for op in SERVER_OPERATIONS if "{job_id}" in op[1]]
-)
+@pytest.mark.parametrize(("method", "path"), [op for op in SERVER_OPERATIONS if "{id}" in op[1]])
 def test_server_known_ids_conform(
     fuzzed: Cluster,
     server_schema: Any,
@@ -227,13 +225,21 @@ def test_server_known_ids_conform(
     """Generated ids rarely exist; these do (terminate comes last, on finished jobs: 409)."""
     ids = {"completed": 1, "failed": 2, "invalid": 3, "missing": 4_000_000_000}
     job_id = str(ids[job]) if job in ids else "1e3"
-    case = server_schema[path][method].Case(path_parameters={"job_id": job_id})
+    case = server_schema[path][method].Case(path_parameters={"id": job_id})
     response = case.call_and_validate(session=session, checks=CHECKS, timeout=60)
     assert urlsplit(response.request.url).hostname == "127.0.0.1"
     expected = {"missing": 404, "not-a-number": 400}.get(job)
     if expected is None and method == "POST":
         expected = 409  # /terminate of a finished job
     assert response.status_code == (expected or 200)
+
+
+@pytest.mark.parametrize(("method", "path"), [op for op in SERVER_OPERATIONS if "{id}" in op[1]])
+def test_server_ids_reject_schema_violations_cleanly(
+    server_schema: Any, session: requests.Session, method: str, path: str
+) -> None:
+    """Ids that are not a u32 get the documented 400, never 422 (the parameter is an integer)."""
+    assert fuzz(server_schema, method, path, GenerationMode.NEGATIVE, session) > 0
 
 
 # ---- the client ----------------------------------------------------------------------------------
@@ -251,14 +257,14 @@ def test_client_conforms_to_its_document(
 def test_client_retrieve_rejects_schema_violations_cleanly(
     client_schema: Any, session: requests.Session
 ) -> None:
-    fuzz(client_schema, "GET", "/retrieve/{payload_id}", GenerationMode.NEGATIVE, session)
+    fuzz(client_schema, "GET", "/retrieve/{id}", GenerationMode.NEGATIVE, session)
 
 
 def test_client_result_of_a_completed_payload_conforms(
     client_schema: Any, session: requests.Session
 ) -> None:
     # Payload 1 is the server's Completed job: /retrieve answers its ZIP.
-    case = client_schema["/retrieve/{payload_id}"]["GET"].Case(path_parameters={"payload_id": "1"})
+    case = client_schema["/retrieve/{id}"]["GET"].Case(path_parameters={"id": "1"})
     case.call_and_validate(session=session, checks=CHECKS, timeout=60)
 
 

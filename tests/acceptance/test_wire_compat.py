@@ -53,6 +53,23 @@ TIMEOUT_S = 60.0
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+U32_SCHEMA = {"type": "integer", "format": "int32", "minimum": 0}
+
+
+def id_parameter(description: str) -> dict[str, Any]:
+    """The `{id}` path parameter as utoipa 5 documents `("id" = u32, Path, ...)`."""
+    return {
+        "name": "id",
+        "in": "path",
+        "description": description,
+        "required": True,
+        "schema": U32_SCHEMA,
+    }
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     keys = [key for key, _ in pairs]
@@ -433,13 +450,214 @@ def test_swagger_and_openapi(ours: Cluster) -> None:
     spec = document.json()
     assert spec["openapi"].startswith("3.")
     assert spec["info"]["title"] == "job-orchestrator"
+    assert spec["openapi"] == "3.1.0"
     paths = spec["paths"]
     assert "post" in paths["/upload"]
     assert "multipart/form-data" in paths["/upload"]["post"]["requestBody"]["content"]
-    assert "get" in paths["/download/{job_id}"]
-    assert "get" in paths["/download_partial/{job_id}"]
-    assert "get" in paths["/health"]
-    assert "StatusBody" in spec["components"]["schemas"]
+    # What the original's utoipa document says (u32: int32 with minimum 0, no maximum).
+    for route, method in [
+        ("/download/{id}", "get"),
+        ("/download_partial/{id}", "get"),
+        ("/terminate/{id}", "post"),
+    ]:
+        assert list(paths[route]) == [method]
+        assert paths[route][method]["parameters"] == [id_parameter("Job identifier")], route
+        assert paths[route][method]["tags"] == ["files"]
+        # Ids that are not a u32 (out of range too) get axum's plain-text 400, documented.
+        assert "text/plain" in paths[route][method]["responses"]["400"]["content"]
+    assert paths["/health"]["get"]["tags"] == ["health"]
+    health = paths["/health"]["get"]["responses"]
+    assert health["200"]["content"]["application/json"]["schema"] == ref("Health")
+    assert "503" in health
+    assert spec["tags"] == [
+        {"name": "files", "description": "File management endpoints"},
+        {"name": "health", "description": "Health check endpoints"},
+    ]
+    schemas = spec["components"]["schemas"]
+    assert schemas["Job"] == {
+        "type": "object",
+        "required": ["id", "user_id", "service", "status", "loc", "dest_id"],
+        "properties": {
+            "id": U32_SCHEMA,
+            "user_id": {"type": "integer", "format": "int32"},
+            "service": {"type": "string"},
+            "status": ref("Status"),
+            "loc": {"type": "string"},
+            "dest_id": U32_SCHEMA,
+        },
+    }
+    assert schemas["Health"] == {
+        "type": "object",
+        "required": ["status", "database"],
+        "properties": {"status": {"type": "string"}, "database": {"type": "string"}},
+    }
+    assert schemas["StatusBody"] == {
+        "type": "object",
+        "required": ["id", "status", "message"],
+        "properties": {"id": U32_SCHEMA, "status": ref("Status"), "message": {"type": "string"}},
+    }
+    assert schemas["Status"]["type"] == "string"
+    assert set(schemas["Status"]["enum"]) == STATUSES
+    # FastAPI's 422 is never sent (a bad id is axum's 400), so it is not documented either.
+    assert "HTTPValidationError" not in schemas
+    for route, operations in paths.items():
+        for method, operation in operations.items():
+            assert "422" not in operation["responses"], (method, route)
+
+
+def test_client_serves_its_own_openapi_document(client_url: str) -> None:
+    """A deliberate difference (README): the original's client has no OpenAPI document."""
+    document = httpx.get(f"{client_url}/api-docs/openapi.json", timeout=30)
+    assert document.status_code == 200
+    assert document.headers["content-type"] == "application/json"
+    paths = document.json()["paths"]
+    for route, method in [
+        ("/retrieve/{id}", "get"),
+        ("/retrieve_partial/{id}", "get"),
+        ("/kill/{id}", "post"),
+    ]:
+        assert list(paths[route]) == [method]
+        parameters = paths[route][method]["parameters"]
+        assert parameters[0] == id_parameter("Payload identifier"), route
+        extensions = ["wait", "known"] if route == "/retrieve/{id}" else []
+        assert [parameter["name"] for parameter in parameters[1:]] == extensions
+        assert "422" not in paths[route][method]["responses"]
+    # Only the document: no Swagger UI on the client.
+    assert httpx.get(f"{client_url}/swagger/", timeout=30).status_code == 404
+
+
+# ---- the original's multipart and query-string rules ----------------------------------------
+
+
+def completed_zip(client_url: str, payload_id: int) -> bytes:
+    def zipped() -> bytes | None:
+        response = rust_retrieve(client_url, payload_id)
+        assert response.status_code == 200, response.text
+        if response.headers["content-type"] != "application/zip":
+            assert rust_payload(response)["status"] in {"Prepared", "Running"}, response.text
+            return None
+        return response.content
+
+    content: bytes = wait_until(zipped, f"the ZIP of payload {payload_id}")
+    return content
+
+
+def test_backslashes_in_quoted_file_names_stay_as_multer_leaves_them(client_url: str) -> None:
+    """multer 3.1 ends a quoted value at the first `"` not after a backslash, and unescapes
+    only a backslash-quote pair."""
+    headers, body = reqwest_multipart(
+        [
+            ('form-data; name="run.sh"; filename="run.sh"', b"ls > listing.txt\n"),
+            ('form-data; name="f"; filename="a\\\\b.txt"', b"two backslashes\n"),
+            ('form-data; name="g"; filename="c\\\\\\"d.txt"', b"backslash, quote\n"),
+            ('form-data; name="h"; filename="e\\f.txt"', b"one backslash\n"),
+        ]
+    )
+    response = httpx.post(f"{client_url}/submit", content=body, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    files = zip_names(completed_zip(client_url, rust_payload(response)["id"]))
+    # `c\\\"d` ends at the last quote; only its `\"` loses the backslash.
+    expected = ["a\\\\b.txt", 'c\\\\"d.txt', "e\\f.txt", "listing.txt", "run.sh"]
+    assert sorted(files["listing.txt"].decode().split("\n")[:-1]) == expected
+    assert files["a\\\\b.txt"] == b"two backslashes\n"
+    assert files['c\\\\"d.txt'] == b"backslash, quote\n"
+
+
+def test_upload_reads_quoted_file_names_like_submit(ours: Cluster) -> None:
+    """The original's server is axum + multer too: /upload keeps `\\` as /submit does."""
+    assert ours.server is not None
+    marker = secrets.token_hex(4)
+    headers, body = reqwest_multipart(
+        [
+            ('form-data; name="user_id"', b"1"),
+            ('form-data; name="service"', b"example"),
+            ('form-data; name="file"; filename="run.sh"', b"ls > listing.txt\n"),
+            (f'form-data; name="file"; filename="{marker}\\\\x.txt"', b"x\n"),
+        ]
+    )
+    response = httpx.post(f"{ours.server.url}/upload", content=body, headers=headers, timeout=30)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    stored = [path.name for path in (ours.root / "server-data").glob(f"*/input/{marker}*")]
+    assert stored == [f"{marker}\\\\x.txt"]
+    assert ours.api.wait_for(job_id, "Completed", "Failed", "Invalid")["status"] == "Completed"
+    # Dispatch escapes each backslash (as reqwest does) and the client keeps both, so the
+    # name doubles again, exactly as it does between the original's server and client.
+    listed = ours.api.download_zip(job_id).read("listing.txt").decode().split("\n")[:-1]
+    assert sorted(listed) == sorted(["listing.txt", "run.sh", f"{marker}\\\\\\\\x.txt"])
+
+
+@pytest.mark.parametrize(
+    "query", ["wait=abc", "wait=nan", "wait=-5", "wait=1e999", "wait=%ff", "known=Bogus&wait=x"]
+)
+def test_bad_extension_parameters_are_ignored(client_url: str, query: str) -> None:
+    """The original ignores the query string; an invalid `wait`/`known` is treated as absent."""
+    payload_id = rust_submit(client_url, "echo done > done.txt\n")["id"]
+    plain = completed_zip(client_url, payload_id)
+    response = httpx.get(f"{client_url}/retrieve/{payload_id}?{query}", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert response.content == plain
+    assert "x-orchestrator-long-poll" not in response.headers
+
+
+# ---- deliberate differences, pinned (README "Differences from the original") -----------------
+
+
+def test_zip_downloads_carry_caching_headers_and_answer_ranges(ours: Cluster) -> None:
+    """The original sends the whole ZIP with only Content-Type; ours adds resumable downloads."""
+    assert ours.server is not None
+    job_id = ours.api.submit("head -c 5000 /dev/urandom > noise.bin\n")
+    ours.api.wait_for(job_id, "Completed")
+    url = f"{ours.server.url}/download/{job_id}"
+    whole = httpx.get(url, timeout=30)
+    assert whole.status_code == 200
+    assert whole.headers["content-type"] == "application/zip"
+    assert whole.headers["content-disposition"] == f'attachment; filename="job-{job_id}.zip"'
+    assert whole.headers["accept-ranges"] == "bytes"
+    assert whole.headers["etag"].startswith('"')
+    assert whole.headers["last-modified"].endswith(" GMT")
+    size = len(whole.content)
+    part = httpx.get(url, headers={"Range": "bytes=100-199"}, timeout=30)
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-199/{size}"
+    assert part.content == whole.content[100:200]
+    rest = httpx.get(url, headers={"Range": "bytes=4000-"}, timeout=30)
+    assert rest.status_code == 206
+    assert whole.content[:4000] + rest.content == whole.content
+    # A client that sends no Range (the Rust getter, a plain curl) still gets the whole ZIP.
+    assert zipfile.ZipFile(io.BytesIO(whole.content)).read("noise.bin")
+
+
+def raw_upload(ours: Cluster, parts: list[tuple[str, bytes]]) -> httpx.Response:
+    assert ours.server is not None
+    headers, body = reqwest_multipart(parts)
+    return httpx.post(f"{ours.server.url}/upload", content=body, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("user_id", "service"),
+    [
+        ("form-data; name*=utf-8''user_id", "form-data; name*=UTF-8''service"),
+        ('form-data; Name="user_id"', 'form-data; NAME="service"'),
+    ],
+)
+def test_server_reads_extended_and_any_case_parameter_names(
+    ours: Cluster, user_id: str, service: str
+) -> None:
+    """The original answers 400 `Missing user_id field` to both; ours reads the fields."""
+    response = raw_upload(
+        ours,
+        [
+            (user_id, b"7"),
+            (service, b"example"),
+            ('form-data; name="file"; FILENAME="run.sh"', b"echo ok > ok.txt\n"),
+        ],
+    )
+    assert response.status_code == 201, response.text
+    job_id = status_body(response)["id"]
+    assert ours.api.wait_for(job_id, "Completed", "Failed", "Invalid")["status"] == "Completed"
+    assert ours.api.download_zip(job_id).read("ok.txt") == b"ok\n"
 
 
 # ---- our server driving a Rust-like client --------------------------------------------------

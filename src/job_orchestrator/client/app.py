@@ -344,7 +344,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
     @app.post(
         "/kill/{id}",
         summary="Kill a payload's whole process group",
-        responses={**_BY_ID, 200: {"description": "Killed (empty body)", "content": {}}},
+        responses={**_BY_ID, 200: {"description": "Killed (empty body)"}},
+        response_class=Response,  # documents the 200 without a media type
         openapi_extra=_PAYLOAD_ID,
     )
     async def kill(request: Request) -> Response:
