@@ -601,6 +601,23 @@ def test_bad_extension_parameters_are_ignored(client_url: str, query: str) -> No
     assert "x-orchestrator-long-poll" not in response.headers
 
 
+def test_valid_extension_parameters_still_long_poll(client_url: str) -> None:
+    payload_id = rust_submit(client_url, "sleep 60\n")["id"]
+    retrieve_until(client_url, payload_id, "Running")
+    url = f"{client_url}/retrieve/{payload_id}"
+    for query, long_polled in [
+        ("wait=0.2&known=Running", True),
+        ("wait=0.2&known=Bogus", True),  # an invalid `known` counts as absent: the current one
+        ("wait=abc&known=Running", False),
+    ]:
+        response = httpx.get(f"{url}?{query}", timeout=30)
+        assert response.status_code == 200, query
+        assert rust_payload(response)["status"] == "Running", query
+        assert ("x-orchestrator-long-poll" in response.headers) is long_polled, query
+    assert httpx.post(f"{client_url}/kill/{payload_id}", timeout=30).status_code == 200
+    retrieve_until(client_url, payload_id, "Killed")
+
+
 # ---- deliberate differences, pinned (README "Differences from the original") -----------------
 
 
