@@ -422,12 +422,13 @@ def test_result_just_under_result_max_mb_completes(hostile: Cluster) -> None:
 
 NAME_CHARACTERS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n")
 NAME_PIECES = ["..", ".", "", "/", "a", "run.sh", "etc", "passwd", "\\", "ü", " ", "\0", "~"]
+# multer takes a quote after a backslash as escaped, so a quoted name cannot end in one.
 NAMES = st.one_of(
     st.text(NAME_CHARACTERS, max_size=30),
     st.lists(st.sampled_from(NAME_PIECES), max_size=8).map("/".join),
     st.lists(st.sampled_from(NAME_PIECES), max_size=8).map("".join),
     st.text(NAME_CHARACTERS, min_size=240, max_size=300),
-)
+).filter(lambda name: not name.endswith("\\"))
 
 
 @settings(
