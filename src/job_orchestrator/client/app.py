@@ -98,6 +98,14 @@ class ClientState:
                 ):
                     await asyncio.to_thread(shutil.rmtree, entry, True)
                     cleaned += 1
+        if cleaned:
+            held = self.registry.count()
+            logger.info(
+                "retention: removed %d payload(s); %d left in the registry",
+                cleaned,
+                held,
+                extra={"removed": cleaned, "registry_rows": held},
+            )
         return cleaned
 
 

@@ -262,6 +262,11 @@ class Registry:
                 if not watchers:
                     del self._watchers[payload_id]
 
+    def count(self) -> int:
+        """How many payloads the registry holds (what its memory grows with)."""
+        row = self._db.execute("SELECT COUNT(*) FROM payloads").fetchone()
+        return int(row[0])
+
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
 
