@@ -47,6 +47,9 @@ from job_orchestrator.wire import (
 logger = logging.getLogger(__name__)
 
 MAX_LONG_POLL_S = 60.0
+#: A result no server has collected yet is kept at least this long whatever MAX_AGE says: a
+#: server retries an unreachable client for RETRY_DEADLINE (6 h by default) before it gives up.
+UNCOLLECTED_KEEP_S = 6 * 3600.0
 
 
 class ClientState:
@@ -81,12 +84,14 @@ class ClientState:
             await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
 
     async def clean_once(self) -> int:
-        """Remove payloads that finished more than MAX_AGE ago, and our orphan directories."""
-        cutoff = time.time() - self.settings.max_age_s
+        """Remove payloads collected more than MAX_AGE ago, and our orphan directories."""
+        now = time.time()
+        cutoff = now - self.settings.max_age_s
+        uncollected_cutoff = now - max(self.settings.max_age_s, UNCOLLECTED_KEEP_S)
         cleaned = 0
-        for payload in self.registry.finished_before(cutoff):
+        for payload in self.registry.cleanable(cutoff, uncollected_cutoff):
             await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
-            self.registry.update(payload.id, status=Status.CLEANED)
+            self.registry.remove(payload.id)
             cleaned += 1
         with contextlib.suppress(FileNotFoundError):
             for entry in self.settings.data_path.iterdir():
@@ -286,7 +291,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         request: Request, payload_id: str, wait: float = 0.0, known: str | None = None
     ) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.lookup(parse_u32(payload_id))
         if payload is None:
             return _empty(404)
         state.runner.release(payload.id)
@@ -298,7 +303,13 @@ def create_app(settings: ClientSettings) -> FastAPI:
         if payload.status is Status.COMPLETED:
             if not payload.paths.result.is_file():
                 return _empty(500)
-            return FileResponse(payload.paths.result, media_type="application/zip")
+            return FileResponse(
+                payload.paths.result,
+                media_type="application/zip",
+                background=BackgroundTask(state.registry.mark_collected, payload.id),
+            )
+        if payload.status.is_terminal():
+            state.registry.mark_collected(payload.id)
         return _payload_response(payload, long_polled=long_polled)
 
     @app.get(
@@ -308,7 +319,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def retrieve_partial(request: Request, payload_id: str) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.lookup(parse_u32(payload_id))
         if payload is None:
             return _empty(404)
         if payload.status is Status.COMPLETED and payload.paths.result.is_file():
@@ -331,7 +342,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def kill(request: Request, payload_id: str) -> Response:
         state = _state(request)
-        payload = state.registry.get(parse_u32(payload_id))
+        payload = state.registry.lookup(parse_u32(payload_id))
         if payload is None:
             return _empty(404)
         state.runner.kill(payload)

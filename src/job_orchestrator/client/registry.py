@@ -5,6 +5,13 @@ Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `
 in the sandbox), `result.zip` and the script's logs. The registry is rebuilt from those
 directories at start, so finished results survive a restart, and ids are never reused (a
 high-water mark is kept on disk).
+
+A cleaned payload leaves the registry (and its directory the disk), so memory grows with the
+payloads held, not with every payload ever run. An id below the high-water mark that is no
+longer held was cleaned (or its directory removed by hand): `lookup` answers for it with a
+Cleaned stand-in, as the original answers for its cleaned rows, so a server never takes it
+for a payload that was lost and runs the job again. Only an id this client never handed out
+is unknown (404).
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ CREATE TABLE payloads (
     timeout_s REAL,
     timed_out INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    collected_at REAL
 )
 """
 
@@ -96,6 +104,8 @@ class Payload:
     timed_out: bool = False
     created_at: float = 0.0
     finished_at: float | None = None
+    #: When a /retrieve first answered the final status (the server has the outcome).
+    collected_at: float | None = None
 
     @property
     def paths(self) -> PayloadPaths:
@@ -196,6 +206,14 @@ class Registry:
         row = self._db.execute("SELECT * FROM payloads WHERE id = ?", (payload_id,)).fetchone()
         return _from_row(row) if row is not None else None
 
+    def lookup(self, payload_id: int) -> Payload | None:
+        """The payload, a Cleaned stand-in for one this client held and cleaned, or None."""
+        payload = self.get(payload_id)
+        if payload is None and 0 < payload_id < self._next_id:
+            root = self.data_path / str(payload_id)
+            return Payload(id=payload_id, status=Status.CLEANED, loc=str(PayloadPaths(root).work))
+        return payload
+
     def by_dispatch_key(self, key: str) -> Payload | None:
         row = self._db.execute("SELECT * FROM payloads WHERE dispatch_key = ?", (key,)).fetchone()
         return _from_row(row) if row is not None else None
@@ -208,12 +226,33 @@ class Registry:
         ).fetchall()
         return [_from_row(row) for row in rows]
 
-    def finished_before(self, cutoff: float) -> list[Payload]:
+    def cleanable(self, cutoff: float, uncollected_cutoff: float) -> list[Payload]:
+        """Final payloads whose retention ran out.
+
+        Retention counts from the collection of the outcome; a payload that was killed (the
+        server gave it up) counts from its end, and one never collected is kept until
+        `uncollected_cutoff` too, so a server that was away still finds its result.
+        """
         rows = self._db.execute(
-            "SELECT * FROM payloads WHERE finished_at < ? AND status != ?",
-            (cutoff, Status.CLEANED.db),
+            "SELECT * FROM payloads WHERE finished_at IS NOT NULL AND ("
+            " collected_at < :cutoff"
+            " OR (killed = 1 AND finished_at < :cutoff)"
+            " OR (finished_at < :cutoff AND finished_at < :uncollected))",
+            {"cutoff": cutoff, "uncollected": uncollected_cutoff},
         ).fetchall()
         return [_from_row(row) for row in rows]
+
+    def mark_collected(self, payload_id: int) -> None:
+        """The server has received this final payload's outcome; its retention starts."""
+        payload = self.get(payload_id)
+        if payload is not None and payload.status.is_terminal() and payload.collected_at is None:
+            self.update(payload_id, collected_at=time.time())
+
+    def remove(self, payload_id: int) -> None:
+        """Forget a cleaned payload; its id stays used (see `lookup`)."""
+        self._db.execute("DELETE FROM payloads WHERE id = ?", (payload_id,))
+        for event in self._watchers.get(payload_id, ()):
+            event.set()
 
     def update(
         self, payload_id: int, expected: set[Status] | None = None, **changes: Any
