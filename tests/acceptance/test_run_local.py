@@ -36,10 +36,11 @@ def run_local_env(tag: str, local_dir: Path, port: int, client_port: int) -> dic
             "CLIENT_PORT": str(client_port),
             "LOCAL_DIR": str(local_dir),
             "HOST": "127.0.0.1",
-            # The interpreter running the tests has the package installed: nothing to install.
-            "VENV": sys.prefix,
         }
     )
+    if sys.prefix != sys.base_prefix:
+        # The virtualenv running the tests has the package installed: nothing to install.
+        env["VENV"] = sys.prefix
     return env
 
 
