@@ -50,6 +50,9 @@ MAX_LONG_POLL_S = 60.0
 #: A result no server has collected yet is kept at least this long whatever MAX_AGE says: a
 #: server retries an unreachable client for RETRY_DEADLINE (6 h by default) before it gives up.
 UNCOLLECTED_KEEP_S = 6 * 3600.0
+#: ... and a collected one at least this long: the server's follow-up calls (the copy of a
+#: failed job's files) come right after the final status.
+COLLECTED_KEEP_S = 5.0
 
 
 class ClientState:
@@ -86,10 +89,12 @@ class ClientState:
     async def clean_once(self) -> int:
         """Remove payloads collected more than MAX_AGE ago, and our orphan directories."""
         now = time.time()
-        cutoff = now - self.settings.max_age_s
-        uncollected_cutoff = now - max(self.settings.max_age_s, UNCOLLECTED_KEEP_S)
+        max_age_s = self.settings.max_age_s
+        cutoff = now - max_age_s
         cleaned = 0
-        for payload in self.registry.cleanable(cutoff, uncollected_cutoff):
+        for payload in self.registry.cleanable(
+            now - max(max_age_s, COLLECTED_KEEP_S), now - max(max_age_s, UNCOLLECTED_KEEP_S)
+        ):
             await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
             self.registry.remove(payload.id)
             cleaned += 1

@@ -229,15 +229,15 @@ class Registry:
     def cleanable(self, cutoff: float, uncollected_cutoff: float) -> list[Payload]:
         """Final payloads whose retention ran out.
 
-        Retention counts from the collection of the outcome; a payload that was killed (the
-        server gave it up) counts from its end, and one never collected is kept until
-        `uncollected_cutoff` too, so a server that was away still finds its result.
+        Retention counts from the collection of the outcome (`cutoff`); a payload that was
+        killed (the server gave it up) counts from its end, and one never collected is kept
+        until `uncollected_cutoff`, so a server that was away still finds its result.
         """
         rows = self._db.execute(
             "SELECT * FROM payloads WHERE finished_at IS NOT NULL AND ("
             " collected_at < :cutoff"
             " OR (killed = 1 AND finished_at < :cutoff)"
-            " OR (finished_at < :cutoff AND finished_at < :uncollected))",
+            " OR finished_at < :uncollected)",
             {"cutoff": cutoff, "uncollected": uncollected_cutoff},
         ).fetchall()
         return [_from_row(row) for row in rows]
