@@ -34,6 +34,7 @@ LANES = 8
 QUOTA = "16"
 CLEANER_INTERVAL_S = 1.0
 POLL_S = 0.02
+SETTLE_S = 30.0
 _REGISTRY_LINE = re.compile(r"retention: removed \d+ payload\(s\); (\d+) left in the registry")
 
 
@@ -115,7 +116,8 @@ def soak(ctx: Context) -> SectionResult:
         f"CLEANER_INTERVAL={CLEANER_INTERVAL_S:g}, quotas {QUOTA}/{QUOTA}, {LANES} lanes that "
         f"each upload a job and poll /download every {POLL_S * 1000:g} ms until its ZIP "
         f"(output.txt checked); RSS of server and client after {milestone} and after all "
-        f"jobs, then one cleaner interval later the registry size from the client's log",
+        f"jobs; then the registry size from the client's log once it is 0, or {SETTLE_S:g} s "
+        "after the last job",
     )
     client_env = {"MAX_AGE": "0", "CLEANER_INTERVAL": f"{CLEANER_INTERVAL_S:g}"}
     server_env = {"SERVICE_EXAMPLE_MAX_RUNS": QUOTA, "SERVICE_EXAMPLE_RUNS_PER_USER": QUOTA}
@@ -128,8 +130,12 @@ def soak(ctx: Context) -> SectionResult:
         asyncio.run(_drive(running.api.base_url, progress))
         elapsed = time.perf_counter() - progress.started
         at_end = rss(procs)
-        time.sleep(3 * CLEANER_INTERVAL_S)  # the last results leave at the next passes
-        rows = registry_rows(running.clients[0].log())
+        # The last results leave at the first passes after they were collected.
+        deadline = time.monotonic() + SETTLE_S
+        while (rows := registry_rows(running.clients[0].log())) != 0:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(CLEANER_INTERVAL_S)
         data_path = Path(running.clients[0].env["DATA_PATH"])
         payload_dirs = sum(1 for entry in data_path.iterdir() if entry.name.isdigit())
     result.add("jobs/s", f"{jobs / elapsed:.1f} ({elapsed:.0f} s)")
