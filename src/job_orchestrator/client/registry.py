@@ -11,7 +11,8 @@ payloads held, not with every payload ever run. An id below the high-water mark 
 longer held was cleaned (or its directory removed by hand): `lookup` answers for it with a
 Cleaned stand-in, as the original answers for its cleaned rows, so a server never takes it
 for a payload that was lost and runs the job again. Only an id this client never handed out
-is unknown (404).
+is unknown (404). A cleaned payload's Idempotency-Key is forgotten with it; payloads are kept
+until their outcome was collected (or for hours), far beyond a server's resend of a dispatch.
 """
 
 from __future__ import annotations
