@@ -80,3 +80,17 @@ def test_retention_counts_from_collection_except_for_killed_payloads(tmp_path: P
     again = restarted.get(collected)
     assert again is not None
     assert again.collected_at is not None
+
+
+def test_an_upload_being_received_is_held_until_it_is_added_or_abandoned(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    receiving, abandoned = registry.allocate(), registry.allocate()
+    # Not in the table yet, but the cleaner's orphan sweep must leave its directory alone.
+    assert registry.holds(int(receiving.root.name))
+    shutil.rmtree(abandoned.root)  # what /submit does when the upload fails
+    registry.forget_abandoned()
+    assert not registry.holds(int(abandoned.root.name))
+    assert registry.holds(int(receiving.root.name))
+    payload = registry.add(receiving, dispatch_key=None)
+    assert registry.holds(payload.id)

@@ -98,12 +98,13 @@ class ClientState:
             await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
             self.registry.remove(payload.id)
             cleaned += 1
+        self.registry.forget_abandoned()
         with contextlib.suppress(FileNotFoundError):
             for entry in self.settings.data_path.iterdir():
                 if (
                     entry.name.isdigit()
                     and entry.is_dir()
-                    and self.registry.get(int(entry.name)) is None
+                    and not self.registry.holds(int(entry.name))
                     and entry.stat().st_mtime < cutoff
                 ):
                     await asyncio.to_thread(shutil.rmtree, entry, True)

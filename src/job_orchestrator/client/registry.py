@@ -134,6 +134,8 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute(_SCHEMA)
         self._next_id = 1
+        #: Ids whose directory a /submit is still filling (not in the table yet).
+        self._receiving: set[int] = set()
         self._watchers: dict[int, set[asyncio.Event]] = {}
 
     # ---- ids and directories ---------------------------------------------------------------
@@ -152,6 +154,7 @@ class Registry:
             paths = PayloadPaths(root)
             for directory in (paths.work, paths.exit_code.parent, paths.tmp):
                 directory.mkdir()
+            self._receiving.add(payload_id)
             return paths
 
     def _write_next_id(self) -> None:
@@ -200,12 +203,21 @@ class Registry:
             created_at=time.time(),
         )
         self._insert(payload)
+        self._receiving.discard(payload.id)
         _write_state(payload)
         return payload
 
     def get(self, payload_id: int) -> Payload | None:
         row = self._db.execute("SELECT * FROM payloads WHERE id = ?", (payload_id,)).fetchone()
         return _from_row(row) if row is not None else None
+
+    def holds(self, payload_id: int) -> bool:
+        """Whether the id is a payload here, or one whose upload is still being received."""
+        return payload_id in self._receiving or self.get(payload_id) is not None
+
+    def forget_abandoned(self) -> None:
+        """Stop counting uploads as received whose directory was removed (a failed /submit)."""
+        self._receiving = {i for i in self._receiving if (self.data_path / str(i)).is_dir()}
 
     def lookup(self, payload_id: int) -> Payload | None:
         """The payload, a Cleaned stand-in for one this client held and cleaned, or None."""
