@@ -18,6 +18,7 @@ from bench.latency import floor, latency
 from bench.machine import describe
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
+from bench.soak import soak
 from bench.throughput import throughput
 
 Case = Callable[[Context], SectionResult]
@@ -28,6 +29,7 @@ CASES: dict[str, Case] = {
     "scheduler": scheduler,
     "bigfile": bigfile,
     "fairness": fairness,
+    "soak": soak,
 }
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 

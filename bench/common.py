@@ -45,6 +45,7 @@ class Sizes:
     fairness_users: int = 4
     fairness_jobs: int = 50
     fairness_window: int = 8
+    soak_jobs: int = 20_000
 
 
 FULL = Sizes()
@@ -58,6 +59,7 @@ QUICK = Sizes(
     big_bytes=5 * MB,
     fairness_users=2,
     fairness_jobs=5,
+    soak_jobs=200,
 )
 
 

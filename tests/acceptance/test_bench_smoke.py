@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness")
+SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness", "soak")
 
 
 @pytest.mark.timeout(900)

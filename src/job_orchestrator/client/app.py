@@ -49,6 +49,12 @@ from job_orchestrator.wire import (
 logger = logging.getLogger(__name__)
 
 MAX_LONG_POLL_S = 60.0
+#: A result no server has collected yet is kept at least this long whatever MAX_AGE says: a
+#: server retries an unreachable client for RETRY_DEADLINE (6 h by default) before it gives up.
+UNCOLLECTED_KEEP_S = 6 * 3600.0
+#: ... and a collected one at least this long: the server's follow-up calls (the copy of a
+#: failed job's files) come right after the final status.
+COLLECTED_KEEP_S = 5.0
 
 
 class ClientState:
@@ -83,23 +89,36 @@ class ClientState:
             await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
 
     async def clean_once(self) -> int:
-        """Remove payloads that finished more than MAX_AGE ago, and our orphan directories."""
-        cutoff = time.time() - self.settings.max_age_s
+        """Remove payloads collected more than MAX_AGE ago, and our orphan directories."""
+        now = time.time()
+        max_age_s = self.settings.max_age_s
+        cutoff = now - max_age_s
         cleaned = 0
-        for payload in self.registry.finished_before(cutoff):
+        for payload in self.registry.cleanable(
+            now - max(max_age_s, COLLECTED_KEEP_S), now - max(max_age_s, UNCOLLECTED_KEEP_S)
+        ):
             await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
-            self.registry.update(payload.id, status=Status.CLEANED)
+            self.registry.remove(payload.id)
             cleaned += 1
+        self.registry.forget_abandoned()
         with contextlib.suppress(FileNotFoundError):
             for entry in self.settings.data_path.iterdir():
                 if (
                     entry.name.isdigit()
                     and entry.is_dir()
-                    and self.registry.get(int(entry.name)) is None
+                    and not self.registry.holds(int(entry.name))
                     and entry.stat().st_mtime < cutoff
                 ):
                     await asyncio.to_thread(shutil.rmtree, entry, True)
                     cleaned += 1
+        if cleaned:
+            held = self.registry.count()
+            logger.info(
+                "retention: removed %d payload(s); %d left in the registry",
+                cleaned,
+                held,
+                extra={"removed": cleaned, "registry_rows": held},
+            )
         return cleaned
 
 
@@ -300,7 +319,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def retrieve(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(path_id(request))
+        payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
         state.runner.release(payload.id)
@@ -314,7 +333,13 @@ def create_app(settings: ClientSettings) -> FastAPI:
         if payload.status is Status.COMPLETED:
             if not payload.paths.result.is_file():
                 return _empty(500)
-            return FileResponse(payload.paths.result, media_type="application/zip")
+            return FileResponse(
+                payload.paths.result,
+                media_type="application/zip",
+                background=BackgroundTask(state.registry.mark_collected, payload.id),
+            )
+        if payload.status.is_terminal():
+            state.registry.mark_collected(payload.id)
         return _payload_response(payload, long_polled=long_polled)
 
     @app.get(
@@ -325,7 +350,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def retrieve_partial(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(path_id(request))
+        payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
         if payload.status is Status.COMPLETED and payload.paths.result.is_file():
@@ -350,7 +375,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def kill(request: Request) -> Response:
         state = _state(request)
-        payload = state.registry.get(path_id(request))
+        payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
         state.runner.kill(payload)

@@ -5,6 +5,14 @@ Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `
 in the sandbox), `result.zip` and the script's logs. The registry is rebuilt from those
 directories at start, so finished results survive a restart, and ids are never reused (a
 high-water mark is kept on disk).
+
+A cleaned payload leaves the registry (and its directory the disk), so memory grows with the
+payloads held, not with every payload ever run. An id below the high-water mark that is no
+longer held was cleaned (or its directory removed by hand): `lookup` answers for it with a
+Cleaned stand-in, as the original answers for its cleaned rows, so a server never takes it
+for a payload that was lost and runs the job again. Only an id this client never handed out
+is unknown (404). A cleaned payload's Idempotency-Key is forgotten with it; payloads are kept
+until their outcome was collected (or for hours), far beyond a server's resend of a dispatch.
 """
 
 from __future__ import annotations
@@ -42,7 +50,8 @@ CREATE TABLE payloads (
     timeout_s REAL,
     timed_out INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    collected_at REAL
 )
 """
 
@@ -96,6 +105,8 @@ class Payload:
     timed_out: bool = False
     created_at: float = 0.0
     finished_at: float | None = None
+    #: When a /retrieve first answered the final status (the server has the outcome).
+    collected_at: float | None = None
 
     @property
     def paths(self) -> PayloadPaths:
@@ -123,6 +134,8 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute(_SCHEMA)
         self._next_id = 1
+        #: Ids whose directory a /submit is still filling (not in the table yet).
+        self._receiving: set[int] = set()
         self._watchers: dict[int, set[asyncio.Event]] = {}
 
     # ---- ids and directories ---------------------------------------------------------------
@@ -141,6 +154,7 @@ class Registry:
             paths = PayloadPaths(root)
             for directory in (paths.work, paths.exit_code.parent, paths.tmp):
                 directory.mkdir()
+            self._receiving.add(payload_id)
             return paths
 
     def _write_next_id(self) -> None:
@@ -189,12 +203,29 @@ class Registry:
             created_at=time.time(),
         )
         self._insert(payload)
+        self._receiving.discard(payload.id)
         _write_state(payload)
         return payload
 
     def get(self, payload_id: int) -> Payload | None:
         row = self._db.execute("SELECT * FROM payloads WHERE id = ?", (payload_id,)).fetchone()
         return _from_row(row) if row is not None else None
+
+    def holds(self, payload_id: int) -> bool:
+        """Whether the id is a payload here, or one whose upload is still being received."""
+        return payload_id in self._receiving or self.get(payload_id) is not None
+
+    def forget_abandoned(self) -> None:
+        """Stop counting uploads as received whose directory was removed (a failed /submit)."""
+        self._receiving = {i for i in self._receiving if (self.data_path / str(i)).is_dir()}
+
+    def lookup(self, payload_id: int) -> Payload | None:
+        """The payload, a Cleaned stand-in for one this client held and cleaned, or None."""
+        payload = self.get(payload_id)
+        if payload is None and 0 < payload_id < self._next_id:
+            root = self.data_path / str(payload_id)
+            return Payload(id=payload_id, status=Status.CLEANED, loc=str(PayloadPaths(root).work))
+        return payload
 
     def by_dispatch_key(self, key: str) -> Payload | None:
         row = self._db.execute("SELECT * FROM payloads WHERE dispatch_key = ?", (key,)).fetchone()
@@ -208,12 +239,33 @@ class Registry:
         ).fetchall()
         return [_from_row(row) for row in rows]
 
-    def finished_before(self, cutoff: float) -> list[Payload]:
+    def cleanable(self, cutoff: float, uncollected_cutoff: float) -> list[Payload]:
+        """Final payloads whose retention ran out.
+
+        Retention counts from the collection of the outcome (`cutoff`); a payload that was
+        killed (the server gave it up) counts from its end, and one never collected is kept
+        until `uncollected_cutoff`, so a server that was away still finds its result.
+        """
         rows = self._db.execute(
-            "SELECT * FROM payloads WHERE finished_at < ? AND status != ?",
-            (cutoff, Status.CLEANED.db),
+            "SELECT * FROM payloads WHERE finished_at IS NOT NULL AND ("
+            " collected_at < :cutoff"
+            " OR (killed = 1 AND finished_at < :cutoff)"
+            " OR finished_at < :uncollected)",
+            {"cutoff": cutoff, "uncollected": uncollected_cutoff},
         ).fetchall()
         return [_from_row(row) for row in rows]
+
+    def mark_collected(self, payload_id: int) -> None:
+        """The server has received this final payload's outcome; its retention starts."""
+        payload = self.get(payload_id)
+        if payload is not None and payload.status.is_terminal() and payload.collected_at is None:
+            self.update(payload_id, collected_at=time.time())
+
+    def remove(self, payload_id: int) -> None:
+        """Forget a cleaned payload; its id stays used (see `lookup`)."""
+        self._db.execute("DELETE FROM payloads WHERE id = ?", (payload_id,))
+        for event in self._watchers.get(payload_id, ()):
+            event.set()
 
     def update(
         self, payload_id: int, expected: set[Status] | None = None, **changes: Any
@@ -261,6 +313,11 @@ class Registry:
                 watchers.discard(event)
                 if not watchers:
                     del self._watchers[payload_id]
+
+    def count(self) -> int:
+        """How many payloads the registry holds (what its memory grows with)."""
+        row = self._db.execute("SELECT COUNT(*) FROM payloads").fetchone()
+        return int(row[0])
 
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()

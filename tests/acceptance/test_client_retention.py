@@ -1,0 +1,98 @@
+"""A real client with MAX_AGE=0: cleaned payloads leave its registry, never their ids.
+
+The test plays the server: it submits to the client and collects from it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.harness import Cluster, Node
+
+REGISTRY_LINE = re.compile(r"retention: removed \d+ payload\(s\); (\d+) left in the registry")
+
+
+def submit(client: Node, script: str) -> int:
+    response = httpx.post(
+        f"{client.url}/submit", files=[("run.sh", ("run.sh", script.encode()))], timeout=30
+    )
+    assert response.status_code == 200, response.text
+    payload_id = response.json()["id"]
+    assert isinstance(payload_id, int)
+    return payload_id
+
+
+def collect(client: Node, payload_id: int) -> bytes:
+    """Long-poll /retrieve until the ZIP arrives, as a server does."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{client.url}/retrieve/{payload_id}", params={"wait": 5}, timeout=30)
+        assert response.status_code == 200, response.text
+        if response.headers["content-type"] == "application/zip":
+            return response.content
+        assert response.json()["status"] in {"Prepared", "Running"}, response.text
+    raise AssertionError(f"payload {payload_id} never completed")
+
+
+def wait_for_registry_rows(client: Node, rows: int) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = REGISTRY_LINE.findall(client.log())
+        if found and int(found[-1]) == rows:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no retention pass left {rows} payloads:\n{client.log()}")
+
+
+def state_of(client: Node, payload_id: int) -> dict[str, object] | None:
+    state = Path(client.env["DATA_PATH"]) / str(payload_id) / "state.json"
+    try:
+        loaded: dict[str, object] = json.loads(state.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return loaded
+
+
+def test_cleaned_payloads_leave_the_registry_and_keep_their_ids(tmp_path: Path) -> None:
+    cl = Cluster(tmp_path)
+    try:
+        client = cl.add_client({"MAX_AGE": "0", "CLEANER_INTERVAL": "0.2"})
+        uncollected = submit(client, "echo early > output.txt\n")
+        deadline = time.monotonic() + 60
+        while (state_of(client, uncollected) or {}).get("status") != "Completed":
+            assert time.monotonic() < deadline, client.log()
+            time.sleep(0.05)
+        collected = submit(client, "echo hello > output.txt\n")
+        assert collect(client, collected)
+        # The pass that removed the collected payload kept the one nobody collected yet.
+        wait_for_registry_rows(client, 1)
+        assert state_of(client, uncollected) is not None
+        assert not (Path(client.env["DATA_PATH"]) / str(collected)).exists()
+
+        # A cleaned id answers as the original answers for a cleaned payload, not 404.
+        answer = httpx.get(f"{client.url}/retrieve/{collected}", timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "Cleaned"
+        assert answer.json()["id"] == collected
+        partial = httpx.get(f"{client.url}/retrieve_partial/{collected}", timeout=30)
+        assert partial.status_code == 500
+        assert httpx.post(f"{client.url}/kill/{collected}", timeout=30).status_code == 200
+        assert httpx.get(f"{client.url}/retrieve/{collected + 100}", timeout=30).status_code == 404
+
+        assert collect(client, uncollected)
+        wait_for_registry_rows(client, 0)
+
+        # After a restart nothing of them is rebuilt, and their ids are not handed out again.
+        assert client.stop() == 0
+        client.start()
+        fresh = submit(client, "echo again > output.txt\n")
+        assert fresh > max(collected, uncollected)
+        again = httpx.get(f"{client.url}/retrieve/{collected}", timeout=30)
+        assert again.json()["status"] == "Cleaned"
+    finally:
+        assert cl.shutdown() == []
