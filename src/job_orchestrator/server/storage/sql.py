@@ -161,14 +161,64 @@ def _record(row: Any) -> JobRecord:
 _SCAN_BATCH = 256
 
 
-def _due(now: float) -> sa.ColumnElement[bool]:
-    return sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now)
-
-
 def _insert_user(connection: Connection, **values: Any) -> Any:
     """INSERT INTO service_users, with the dialect's ON CONFLICT clauses available."""
     dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
     return dialect.insert(service_users).values(**values)
+
+
+# The statements of a dispatch decision, built once: executing the same statement object again
+# skips SQLAlchemy's per-statement construction and cache-key work, which is most of the cost
+# of a decision that reads a few index entries.
+_DUE_QUEUED = sa.and_(
+    jobs.c.status == Status.QUEUED.db,
+    jobs.c.service == sa.bindparam("service"),
+    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("now")),
+)
+_OLDEST_DUE = (
+    sa.select(sa.func.min(jobs.c.id))
+    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
+    .correlate(service_users)
+    .scalar_subquery()
+)
+_OF_SERVICE = service_users.c.service == sa.bindparam("service")
+
+_BUSY_USERS = sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE).where(
+    _OF_SERVICE, service_users.c.user_id.in_(sa.bindparam("users", expanding=True))
+)
+_NEVER_SERVED_WALK = (
+    sa.select(service_users.c.user_id, service_users.c.first_job_id, _OLDEST_DUE)
+    .where(
+        _OF_SERVICE,
+        service_users.c.served_turn.is_(None),
+        service_users.c.first_job_id > sa.bindparam("after"),
+    )
+    .order_by(service_users.c.first_job_id)
+    .limit(sa.bindparam("batch"))
+)
+_SERVED_WALK = (
+    sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE)
+    .where(
+        _OF_SERVICE,
+        service_users.c.served_turn.is_not(None),
+        sa.or_(
+            service_users.c.served_turn > sa.bindparam("turn"),
+            sa.and_(
+                service_users.c.served_turn == sa.bindparam("turn"),
+                service_users.c.user_id > sa.bindparam("user"),
+            ),
+        ),
+    )
+    .order_by(service_users.c.served_turn, service_users.c.user_id)
+    .limit(sa.bindparam("batch"))
+)
+_USER_HEAD = (
+    sa.select(jobs.c.id)
+    .where(_DUE_QUEUED, jobs.c.user_id == sa.bindparam("user"))
+    .order_by(jobs.c.id)
+    .limit(sa.bindparam("depth"))
+)
+_LOWEST = -(2**63)  # below any user id, job id or turn, in a bound (never sent to the database)
 
 
 def _service_candidates(
@@ -188,79 +238,56 @@ def _service_candidates(
     quota = limit.runs_per_user
     if free <= 0 or quota <= 0:
         return []
-    queued = sa.and_(jobs.c.status == Status.QUEUED.db, jobs.c.service == service, _due(now))
     active = {
         user: count
         for (name, user), count in occupancy.per_user.items()
         if name == service and count > 0
     }
-    of_user = service_users.c.user_id
-    oldest = (
-        sa.select(sa.func.min(jobs.c.id))
-        .where(queued, jobs.c.user_id == of_user)
-        .correlate(service_users)
-        .scalar_subquery()
-    )
-    mine = service_users.c.service == service
+    where = {"service": service, "now": now}
     ranked: list[tuple[FairnessKey, int]] = []  # (key, slots held), sorted
     busy = [user for user, count in active.items() if count < quota]
     if busy:
-        for user, turn, first in connection.execute(
-            sa.select(of_user, service_users.c.served_turn, oldest).where(mine, of_user.in_(busy))
-        ):
-            if first is not None:
-                bisect.insort(ranked, (fairness_key(active[user], turn, first, user), active[user]))
+        for user, turn, oldest in connection.execute(_BUSY_USERS, {**where, "users": busy}):
+            if oldest is not None:
+                bisect.insort(
+                    ranked, (fairness_key(active[user], turn, oldest, user), active[user])
+                )
 
     def enough(bound: FairnessKey) -> bool:
         # No later row of this walk can beat the free-th best user found so far.
         return len(ranked) >= free and ranked[free - 1][0] < bound
 
-    after_first = None
-    while not enough((0, 0, 0, after_first or 0, 0)):
-        rows = connection.execute(
-            sa.select(of_user, service_users.c.first_job_id, oldest)
-            .where(
-                mine,
-                service_users.c.served_turn.is_(None),
-                service_users.c.first_job_id > after_first
-                if after_first is not None
-                else sa.true(),
-            )
-            .order_by(service_users.c.first_job_id)
-            .limit(_SCAN_BATCH)
-        ).all()
-        for user, first_job_id, first in rows:
-            if enough((0, 0, 0, first_job_id, 0)):
+    # Each row read costs one index probe for its oldest job: read about as many as needed.
+    batch, after = max(free, 8), 0  # job ids start at 1
+    # A later row's first_job_id, hence its user's oldest queued job, is above `after`.
+    while not enough((0, 0, 0, after + 1, _LOWEST)):
+        rows = connection.execute(_NEVER_SERVED_WALK, {**where, "after": after, "batch": batch})
+        read = 0
+        for user, first_job_id, oldest in rows:
+            read += 1
+            if enough((0, 0, 0, first_job_id, _LOWEST)):
                 break
-            if first is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, None, first, user), 0))
-        if len(rows) < _SCAN_BATCH:
+            if oldest is not None and user not in active:
+                bisect.insort(ranked, (fairness_key(0, None, oldest, user), 0))
+            after = first_job_id
+        if read < batch:
             break
-        after_first = rows[-1][1]
+        batch = min(2 * batch, _SCAN_BATCH)
 
-    after: tuple[int, int] | None = None  # (turn, user id) of the last row read
-    while not enough((0, 1, after[0] if after else 0, -1, 0)):
-        turn_col = service_users.c.served_turn
-        rows = connection.execute(
-            sa.select(of_user, turn_col, oldest)
-            .where(
-                mine,
-                turn_col.is_not(None),
-                sa.or_(turn_col > after[0], sa.and_(turn_col == after[0], of_user > after[1]))
-                if after
-                else sa.true(),
-            )
-            .order_by(turn_col, of_user)
-            .limit(_SCAN_BATCH)
-        ).all()
-        for user, turn, first in rows:
-            if enough((0, 1, turn, -1, 0)):
+    batch, turn_after, user_after = max(free, 8), 0, 0  # turns start at 1
+    while not enough((0, 1, turn_after, _LOWEST, _LOWEST)):
+        params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
+        read = 0
+        for user, turn, oldest in connection.execute(_SERVED_WALK, params):
+            read += 1
+            if enough((0, 1, turn, _LOWEST, _LOWEST)):
                 break
-            if first is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, turn, first, user), 0))
-        if len(rows) < _SCAN_BATCH:
+            if oldest is not None and user not in active:
+                bisect.insort(ranked, (fairness_key(0, turn, oldest, user), 0))
+            turn_after, user_after = turn, user
+        if read < batch:
             break
-        after = (rows[-1][1], rows[-1][0])
+        batch = min(2 * batch, _SCAN_BATCH)
 
     return [
         UserQueue(
@@ -268,10 +295,7 @@ def _service_candidates(
             user_id=key[4],
             job_ids=tuple(
                 connection.execute(
-                    sa.select(jobs.c.id)
-                    .where(queued, jobs.c.user_id == key[4])
-                    .order_by(jobs.c.id)
-                    .limit(quota - count)
+                    _USER_HEAD, {**where, "user": key[4], "depth": quota - count}
                 ).scalars()
             ),
             last_served=key[2] if key[1] else None,
