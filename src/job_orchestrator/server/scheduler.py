@@ -121,13 +121,13 @@ def _plan_service(
     # a turn after every stored one, in pick order, as the store will stamp it on claim.
     quota = limits.runs_per_user
     active_of = occupancy.per_user.get
-    turn = 1 + max((q.last_served for q in users.values() if q.last_served is not None), default=0)
-    heap: list[tuple[FairnessKey, int, tuple[int, ...]]] = []
-    for user_id, queue in users.items():
-        active = active_of((service, user_id), 0)
-        if active < quota:
-            key = fairness_key(active, queue.last_served, queue.job_ids[0], user_id)
-            heap.append((key, 0, queue.job_ids))
+    key_of = fairness_key
+    heap: list[tuple[FairnessKey, int, tuple[int, ...]]] = [
+        (key_of(active, queue.last_served, queue.job_ids[0], user_id), 0, queue.job_ids)
+        for user_id, queue in users.items()
+        if (active := active_of((service, user_id), 0)) < quota
+    ]
+    turn = 1 + max((entry[0][2] for entry in heap), default=0)
     heapq.heapify(heap)
 
     chosen: list[int] = []
