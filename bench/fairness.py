@@ -201,7 +201,10 @@ def fairness(ctx: Context) -> SectionResult:
         "appends '<user> <start time>' to a ledger outside the job dir, sleeps 0.05 s, and "
         "appends its end time to a second ledger. Flood: MAX_RUNS=RUNS_PER_USER="
         f"{FLOOD_MAX_RUNS}, user 1 uploads {FLOOD_JOBS} such jobs, then "
-        f"{FLOOD_SMALL_USERS} users upload {FLOOD_SMALL_JOBS} each, one after the other",
+        f"{FLOOD_SMALL_USERS} users upload {FLOOD_SMALL_JOBS} each, one after the other, while "
+        "the first two flood jobs hold the slots (their run.sh waits for a gate file the driver "
+        "creates after the last upload); waits are counted in the ledger's start order, where "
+        "two dispatches close together may start swapped",
     )
     root = ctx.workdir / "fairness"
     root.mkdir(parents=True, exist_ok=True)
