@@ -144,8 +144,13 @@ def worst_wait(order: list[int], ready_at: dict[int, int], users: list[int]) -> 
     return worst
 
 
+def _flood_sizes(ctx: Context) -> tuple[int, int]:
+    """(jobs of the flooding user, jobs of each small user)."""
+    return (20, 2) if ctx.quick else (FLOOD_JOBS, FLOOD_SMALL_JOBS)
+
+
 def _flood(ctx: Context, result: SectionResult) -> None:
-    flood_jobs, small_jobs = (20, 2) if ctx.quick else (FLOOD_JOBS, FLOOD_SMALL_JOBS)
+    flood_jobs, small_jobs = _flood_sizes(ctx)
     small_users = list(range(2, 2 + FLOOD_SMALL_USERS))
     root = ctx.workdir / "fairness-flood"
     root.mkdir(parents=True, exist_ok=True)
@@ -200,8 +205,8 @@ def fairness(ctx: Context) -> SectionResult:
         f"{users_n} users submit {jobs} jobs each at once (one thread per user); each run.sh "
         "appends '<user> <start time>' to a ledger outside the job dir, sleeps 0.05 s, and "
         "appends its end time to a second ledger. Flood: MAX_RUNS=RUNS_PER_USER="
-        f"{FLOOD_MAX_RUNS}, user 1 uploads {FLOOD_JOBS} such jobs, then "
-        f"{FLOOD_SMALL_USERS} users upload {FLOOD_SMALL_JOBS} each, one after the other, while "
+        f"{FLOOD_MAX_RUNS}, user 1 uploads {_flood_sizes(ctx)[0]} such jobs, then "
+        f"{FLOOD_SMALL_USERS} users upload {_flood_sizes(ctx)[1]} each, one after the other, while "
         "the first two flood jobs hold the slots (their run.sh waits for a gate file the driver "
         "creates after the last upload); waits are counted in the ledger's start order, where "
         "two dispatches close together may start swapped",
