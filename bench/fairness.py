@@ -22,6 +22,9 @@ from bench.common import (
 
 RUNS_PER_USER = 2
 MAX_RUNS = 4
+# The flood: one user queues many jobs, then a few users queue a few each.
+FLOOD_MAX_RUNS = 2
+FLOOD_JOBS, FLOOD_SMALL_USERS, FLOOD_SMALL_JOBS = 200, 3, 5
 
 
 def _script(user: int, starts: Path, ends: Path) -> str:
@@ -118,6 +121,76 @@ def analyse(order: list[int], users: list[int], jobs_each: int, window: int) -> 
     return Spread(contended, size, min(lows), max(highs), gap_contended, gap_all)
 
 
+def _gated(script: str, gate: Path) -> str:
+    # The first jobs to start hold their slots until every job is uploaded, so the flood is
+    # really queued when the small users arrive, however fast the uploads are.
+    start, rest = script.split("\n", 1)
+    return f"{start}\nwhile [ ! -e {gate} ]; do sleep 0.01; done\n{rest}"
+
+
+def worst_wait(order: list[int], ready_at: dict[int, int], users: list[int]) -> int:
+    """Most dispatches of other jobs between a user's job becoming the head of its queue and
+    its own start, over the jobs of `users`; a head is counted from the moment all the user's
+    jobs were queued (`ready_at[user]`: the number of starts before then) or from its
+    predecessor's start, whichever is later.
+    """
+    worst = 0
+    for user in users:
+        head_since = ready_at[user]
+        for index, starter in enumerate(order):
+            if starter == user and index >= head_since:
+                worst = max(worst, index - head_since)
+                head_since = index + 1
+    return worst
+
+
+def _flood_sizes(ctx: Context) -> tuple[int, int]:
+    """(jobs of the flooding user, jobs of each small user)."""
+    return (20, 2) if ctx.quick else (FLOOD_JOBS, FLOOD_SMALL_JOBS)
+
+
+def _flood(ctx: Context, result: SectionResult) -> None:
+    flood_jobs, small_jobs = _flood_sizes(ctx)
+    small_users = list(range(2, 2 + FLOOD_SMALL_USERS))
+    root = ctx.workdir / "fairness-flood"
+    root.mkdir(parents=True, exist_ok=True)
+    starts_path, ends_path, gate = root / "starts.txt", root / "ends.txt", root / "gate"
+    env = {
+        "SERVICE_EXAMPLE_RUNS_PER_USER": str(FLOOD_MAX_RUNS),
+        "SERVICE_EXAMPLE_MAX_RUNS": str(FLOOD_MAX_RUNS),
+    }
+    log(f"fairness: flood of {flood_jobs} jobs, then {len(small_users)} users x {small_jobs}")
+    with running_cluster(root / "cluster", server_env=env) as running:
+        base_url = running.api.base_url
+        ids = _submit_all(base_url, 1, flood_jobs, _gated(_script(1, starts_path, ends_path), gate))
+        uploaded_at: dict[int, float] = {}
+        for user in small_users:
+            script = _gated(_script(user, starts_path, ends_path), gate)
+            ids += _submit_all(base_url, user, small_jobs, script)
+            uploaded_at[user] = time.time()
+        gate.touch()
+        _wait_all(base_url, ids, 60 + len(ids))
+    starts = _read(starts_path)
+    order = [user for _stamp, user in starts]
+    ready_at = {
+        user: sum(1 for stamp, _ in starts if stamp < uploaded)
+        for user, uploaded in uploaded_at.items()
+    }
+    last_small = max(index for index, user in enumerate(order) if user != 1)
+    result.add(
+        f"flood (MAX_RUNS={FLOOD_MAX_RUNS}): worst wait of a small user's job, in dispatches",
+        f"{worst_wait(order, ready_at, small_users)} (user 1 queued {flood_jobs} jobs first, "
+        f"then users {small_users[0]}-{small_users[-1]} {small_jobs} each; a fair rotation "
+        f"between the 4 users: 3)",
+    )
+    first = min(ready_at.values())
+    result.add(
+        "flood: starts from the small users' uploads until their last job started",
+        f"{last_small + 1 - first} for {len(small_users) * small_jobs} small jobs; "
+        f"the first 24 of them: {' '.join(str(u) for u in order[first : first + 24])}",
+    )
+
+
 def fairness(ctx: Context) -> SectionResult:
     users_n, jobs, window = (
         ctx.sizes.fairness_users,
@@ -131,7 +204,12 @@ def fairness(ctx: Context) -> SectionResult:
         f"SERVICE_EXAMPLE_RUNS_PER_USER={RUNS_PER_USER}, SERVICE_EXAMPLE_MAX_RUNS={MAX_RUNS}, "
         f"{users_n} users submit {jobs} jobs each at once (one thread per user); each run.sh "
         "appends '<user> <start time>' to a ledger outside the job dir, sleeps 0.05 s, and "
-        "appends its end time to a second ledger",
+        "appends its end time to a second ledger. Flood: MAX_RUNS=RUNS_PER_USER="
+        f"{FLOOD_MAX_RUNS}, user 1 uploads {_flood_sizes(ctx)[0]} such jobs, then "
+        f"{FLOOD_SMALL_USERS} users upload {_flood_sizes(ctx)[1]} each, one after the other, while "
+        "the first two flood jobs hold the slots (their run.sh waits for a gate file the driver "
+        "creates after the last upload); waits are counted in the ledger's start order, where "
+        "two dispatches close together may start swapped",
     )
     root = ctx.workdir / "fairness"
     root.mkdir(parents=True, exist_ok=True)
@@ -178,4 +256,5 @@ def fairness(ctx: Context) -> SectionResult:
         f"{most_total} / {most_user} (limits {MAX_RUNS} / {RUNS_PER_USER})",
     )
     result.add("all submitted after / all completed after", f"{ms(submitted)} / {elapsed:.2f} s")
+    _flood(ctx, result)
     return result

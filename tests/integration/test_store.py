@@ -841,6 +841,19 @@ async def test_dispatch_round_then_claim(store: Store) -> None:
 # --- dispatch_candidates: the same decision as seeing every queue ---------------------------------
 
 
+async def claim_some(store: Store, rng: random.Random, limits: dict[str, ServiceLimits]) -> None:
+    """Served history: one dispatch decision claimed as the dispatcher would, or one queued job
+    claimed out of turn; most claimed jobs then end, freeing their slots."""
+    if rng.random() < 0.7:
+        picked = await plan(store, limits)
+    else:
+        queued = [job.id for job in await store.jobs_with_status([Status.QUEUED])]
+        picked = rng.sample(queued, min(len(queued), 1))
+    for job in await store.claim(picked, dict.fromkeys(picked, "http://n/submit")):
+        if rng.random() < 0.8:
+            assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+
+
 @pytest.mark.parametrize("seed", range(12))
 async def test_dispatch_candidates_decide_like_the_full_queue(store: Store, seed: int) -> None:
     rng = random.Random(seed)
@@ -849,23 +862,105 @@ async def test_dispatch_candidates_decide_like_the_full_queue(store: Store, seed
         "other": ServiceLimits(rng.randint(1, 3), rng.randint(1, 8)),
     }
     now = time.time()
-    for _ in range(rng.randint(5, 60)):
+    for _ in range(rng.randint(5, 90)):
         service = rng.choice(["svc", "other"])
-        job_id = await new_job(store, service=service, user_id=rng.randint(1, 9))
+        job_id = await new_job(store, service=service, user_id=rng.randint(1, 20))
         roll = rng.random()
-        if roll < 0.25:
+        if roll < 0.1:
             status = rng.choice([Status.RUNNING, Status.SUBMITTED, Status.PREPARED])
             assert await store.transition(job_id, [Status.QUEUED], status)
-        elif roll < 0.3:
+        elif roll < 0.15:
             assert await store.transition(job_id, [Status.QUEUED], not_before=now + 60)
-        elif roll < 0.35:
+        elif roll < 0.2:
             assert await store.transition(job_id, [Status.QUEUED], Status.COMPLETED)
+        elif roll < 0.5:
+            await claim_some(store, rng, limits)
+    await assert_candidates_decide_like_everything(store, limits, now)
+
+
+async def assert_candidates_decide_like_everything(
+    store: Store, limits: dict[str, ServiceLimits], now: float
+) -> None:
     occupancy = await store.occupancy()
     everything = await store.queue_heads(limits, now)
-    candidates = await store.dispatch_candidates(limits, occupancy, now)
-    assert plan_dispatch(candidates, occupancy, limits) == plan_dispatch(
-        everything, occupancy, limits
+    # Also with exactly 1, 2, 3 free slots: fewer slots than waiting users is where the walks
+    # must stop at the right row.
+    for extra in (None, 1, 2, 3):
+        tried = limits
+        if extra is not None:
+            tried = {
+                service: ServiceLimits(
+                    limit.runs_per_user, occupancy.per_service.get(service, 0) + extra
+                )
+                for service, limit in limits.items()
+            }
+        candidates = await store.dispatch_candidates(tried, occupancy, now)
+        assert plan_dispatch(candidates, occupancy, tried) == plan_dispatch(
+            everything, occupancy, tried
+        ), extra
+        for service, limit in tried.items():
+            free = max(0, limit.max_runs - occupancy.per_service.get(service, 0))
+            assert sum(1 for queue in candidates if queue.service == service) <= free
+
+
+async def test_dispatch_candidates_walk_past_many_users_with_nothing_due(store: Store) -> None:
+    """More rows than one batch of each walk: served users and never-served users whose jobs
+    all ended or are not due, ahead of the few who can start."""
+    rng = random.Random(7)
+    limits = {"svc": ServiceLimits(2, 3)}
+    now = time.time()
+    served = []
+    for user in range(300):
+        served.append(await new_job(store, user_id=user))
+    rng.shuffle(served)
+    for job in await store.claim(served, dict.fromkeys(served, "http://n/submit")):
+        assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+    for user in range(300, 600):
+        job_id = await new_job(store, user_id=user)
+        ended = Status.KILLED if user % 2 else Status.QUEUED
+        assert await store.transition(job_id, [Status.QUEUED], ended, not_before=now + 60)
+    # The last served users come back; so do two users who never got a slot.
+    for user in [served_user for served_user in range(290, 300)] + [600, 601]:
+        await new_job(store, user_id=user)
+    await assert_candidates_decide_like_everything(store, limits, now)
+    chosen = plan_dispatch(
+        await store.dispatch_candidates(limits, await store.occupancy(), now),
+        await store.occupancy(),
+        limits,
     )
-    for service, limit in limits.items():
-        free = max(0, limit.max_runs - occupancy.per_service.get(service, 0))
-        assert sum(1 for queue in candidates if queue.service == service) <= free
+    assert (await owners(store, chosen))[:2] == [600, 601]
+
+
+async def test_flood_by_one_user_does_not_starve_the_next(store: Store) -> None:
+    """Issue 14: MAX_RUNS=1; user 1 queues five jobs, gets one started, then user 2 queues one.
+    The next slot is user 2's, then user 1's again."""
+    limits = {"svc": ServiceLimits(runs_per_user=5, max_runs=1)}
+    flood = [await new_job(store, user_id=1) for _ in range(5)]
+    order = []
+    for _ in range(6):
+        occupancy = await store.occupancy()
+        chosen = plan_dispatch(
+            await store.dispatch_candidates(limits, occupancy, time.time()), occupancy, limits
+        )
+        [job] = await store.claim(chosen, dict.fromkeys(chosen, "http://n/submit"))
+        order.append(job.user_id)
+        if job.id == flood[0]:
+            await new_job(store, user_id=2)
+        assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+    assert order == [1, 2, 1, 1, 1, 1]
+
+
+async def test_claim_stamps_turns_in_claim_order(reopen: OpenStore) -> None:
+    store = await reopen()
+    jobs = {user: await new_job(store, user_id=user) for user in (1, 2, 3)}
+    await store.claim([jobs[3], jobs[1]], dict.fromkeys(jobs.values(), "http://n/submit"))
+    for user in (1, 2, 3):
+        await new_job(store, user_id=user)
+    # A second replica (or a restart) sees the same history.
+    other = await reopen()
+    heads = await other.queue_heads({"svc": ServiceLimits(5, 10)}, time.time())
+    turns = {queue.user_id: queue.last_served for queue in heads}
+    assert turns[2] is None
+    assert turns[3] is not None
+    assert turns[1] is not None
+    assert turns[3] < turns[1]

@@ -125,6 +125,39 @@ def test_round_robin_order_within_a_decision() -> None:
     assert chosen == [1, 4, 6, 2, 5, 3]
 
 
+def test_freed_slot_goes_to_user_served_least_recently() -> None:
+    # Issue 14's flood: user 1 queued 5 jobs before user 2's one and was served first.
+    queues = [UserQueue(SVC, 1, (2, 3, 4, 5), last_served=1), UserQueue(SVC, 2, (6,))]
+    assert plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 1)}) == [6]
+    # Both served: the one served earlier goes first, whoever has the oldest job.
+    queues = [UserQueue(SVC, 1, (2, 3), last_served=4), UserQueue(SVC, 2, (6,), last_served=3)]
+    assert plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 2)}) == [6, 2]
+
+
+def test_fewest_slots_still_come_before_least_recently_served() -> None:
+    queues = [UserQueue(SVC, 1, (1,), last_served=1), UserQueue(SVC, 2, (2,), last_served=9)]
+    busy = occupancy({(SVC, 1): 1})
+    assert plan_dispatch(queues, busy, {SVC: ServiceLimits(5, 2)}) == [2]
+
+
+def test_ties_on_turn_go_to_the_oldest_job_then_the_user_id() -> None:
+    # Two replicas may stamp the same turn.
+    queues = [
+        UserQueue(SVC, 3, (9,), last_served=2),
+        UserQueue(SVC, 2, (7,), last_served=2),
+        UserQueue(SVC, 1, (8,), last_served=2),
+    ]
+    assert plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 3)}) == [7, 8, 9]
+    assert plan_dispatch(
+        [UserQueue(SVC, 1, (), 1), *queues], occupancy({}), {SVC: ServiceLimits(5, 3)}
+    ) == [7, 8, 9]
+
+
+def test_users_served_in_this_decision_go_behind_the_others() -> None:
+    queues = [UserQueue(SVC, 1, (1, 2), last_served=None), UserQueue(SVC, 2, (3, 4), 5)]
+    assert plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(5, 4)}) == [1, 3, 2, 4]
+
+
 def test_same_input_in_any_order_gives_same_output() -> None:
     queues = [*user_queues("a", 4, 3), *user_queues("b", 3, 4)]
     counts = {("a", 1): 1, ("a", 3): 2, ("b", 2): 1}
@@ -167,7 +200,11 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     jobs: dict[tuple[str, int], list[int]] = {}
     for job, key in enumerate(job_owners, start=1):
         jobs.setdefault(key, []).append(job)
-    queues = [UserQueue(service, user, tuple(ids)) for (service, user), ids in jobs.items()]
+    # Stored turns, ties included (two replicas can stamp the same turn); None: never served.
+    turn = st.one_of(st.none(), st.integers(1, 6))
+    queues = [
+        UserQueue(service, user, tuple(ids), draw(turn)) for (service, user), ids in jobs.items()
+    ]
     # Drawn job by job like the queues, so most users hold few slots and services are rarely
     # all full; users without a slot are absent, as from a GROUP BY query.
     running = draw(st.integers(0, 8))
@@ -185,16 +222,27 @@ def reference_plan(scenario: Scenario) -> list[int]:
     chosen: list[int] = []
     for service in sorted(scenario.limits):
         limits = scenario.limits[service]
-        queues = {q.user_id: list(q.job_ids) for q in scenario.queues if q.service == service}
+        mine = [q for q in scenario.queues if q.service == service]
+        queues = {q.user_id: list(q.job_ids) for q in mine}
+        served = {q.user_id: q.last_served for q in mine}
         counts = {user: scenario.occupancy.per_user.get((service, user), 0) for user in queues}
         slots = limits.max_runs - scenario.occupancy.per_service.get(service, 0)
+        now = max([t for t in served.values() if t is not None], default=0)
         while slots > 0:
             eligible = [u for u in queues if queues[u] and counts[u] < limits.runs_per_user]
             if not eligible:
                 break
-            user = min(eligible, key=lambda u: (counts[u], queues[u][0]))
+            fewest = min(counts[u] for u in eligible)
+            least = [u for u in eligible if counts[u] == fewest]
+            never = [u for u in least if served[u] is None]
+            if never:
+                user = min(never, key=lambda u: (queues[u][0], u))
+            else:
+                user = min(least, key=lambda u: (served[u] or 0, queues[u][0], u))
             chosen.append(queues[user].pop(0))
             counts[user] += 1
+            now += 1
+            served[user] = now
             slots -= 1
     return chosen
 
@@ -301,6 +349,51 @@ def check_max_min_fair(scenario: Scenario, result: Outcome) -> None:
                 assert result.final(service, other) <= result.final(service, user) + 1
 
 
+@st.composite
+def submissions(draw: st.DrawFn) -> list[list[int]]:
+    """Per tick, the users who submit one job each (in that order) before the decision."""
+    users = draw(st.integers(2, 5))
+    ticks = draw(st.integers(1, 40))
+    return draw(
+        st.lists(st.lists(st.integers(1, users), max_size=6), min_size=ticks, max_size=ticks)
+    )
+
+
+@given(submissions(), st.integers(1, 3))
+def test_rotation_over_many_ticks(arrivals: list[list[int]], quota: int) -> None:
+    """MAX_RUNS=1 and one slot freed per tick, with turns stamped as the store does on claim:
+    a user's next dispatch comes only after every other user with a queued job got one."""
+    queued: dict[int, list[int]] = {}
+    owner: dict[int, int] = {}
+    turns: dict[int, int] = {}
+    dispatched: list[int] = []  # user of each dispatch, in order
+    previous: dict[int, int] = {}  # user -> index of its latest dispatch in `dispatched`
+    drain = sum(len(tick) for tick in arrivals)
+    for arriving in [*arrivals, *([[]] * drain)]:
+        for user in arriving:
+            owner[len(owner) + 1] = user
+            queued.setdefault(user, []).append(len(owner))
+        queues = [
+            UserQueue(SVC, user, tuple(jobs[:quota]), turns.get(user))
+            for user, jobs in queued.items()
+            if jobs
+        ]
+        chosen = plan_dispatch(queues, occupancy({}), {SVC: ServiceLimits(quota, 1)})
+        assert len(chosen) == min(1, len(queues))
+        if not chosen:
+            continue
+        user = owner[chosen[0]]
+        assert queued[user].pop(0) == chosen[0]
+        waiting = {other for other, jobs in queued.items() if jobs and other != user}
+        if user in previous:
+            skipped = waiting - set(dispatched[previous[user] + 1 :])
+            assert not skipped, f"user {user} served again before {sorted(skipped)}"
+        previous[user] = len(dispatched)
+        dispatched.append(user)
+        turns[user] = len(dispatched)
+    assert not any(queued.values())
+
+
 @given(scenarios(), st.integers(0, 2**32))
 def test_input_order_does_not_matter(scenario: Scenario, seed: int) -> None:
     rng = random.Random(seed)
@@ -338,10 +431,15 @@ def test_simulation_interleaves_users(layout: str) -> None:
     owner = {job: user for user, jobs in queued.items() for job in jobs}
     running: list[int] = []  # in start order, so the oldest is first
     started_by: list[int] = []
+    turns: dict[int, int] = {}  # as the store stamps them on claim
 
     while len(started_by) < 200:
         counts = Counter(owner[job] for job in running)
-        queues = [UserQueue(SVC, user, tuple(jobs[:2])) for user, jobs in queued.items() if jobs]
+        queues = [
+            UserQueue(SVC, user, tuple(jobs[:2]), turns.get(user))
+            for user, jobs in queued.items()
+            if jobs
+        ]
         now = occupancy({(SVC, user): count for user, count in counts.items()})
         chosen = plan_dispatch(queues, now, {SVC: limits})
         assert chosen or running, "nothing running and nothing started: stuck"
@@ -349,6 +447,9 @@ def test_simulation_interleaves_users(layout: str) -> None:
             assert queued[owner[job]].pop(0) == job
         running.extend(chosen)
         started_by.extend(owner[job] for job in chosen)
+        turns.update(
+            (owner[job], len(started_by) - len(chosen) + n) for n, job in enumerate(chosen)
+        )
         assert len(running) <= limits.max_runs
         assert max(Counter(owner[job] for job in running).values()) <= limits.runs_per_user
         running.pop(0)

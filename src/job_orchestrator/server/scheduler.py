@@ -2,11 +2,13 @@
 
 Pure: the store gathers plain data, this module returns a decision, the dispatcher applies it.
 
-Fairness rule, within a service: each free slot goes to the eligible user with the fewest
-slot-holding jobs (jobs chosen earlier in the same decision included); ties go to the user whose
-oldest remaining queued job is oldest. When every user is idle this is upstream's "one job per
-user per round"; across ticks a freed slot goes to the least-served user instead of whoever a hash
-order favours, and no state has to survive between ticks.
+Fairness rule, within a service: each free slot goes to the eligible user (below its quota, with a
+due queued job) that comes first by `fairness_key`: fewest slot-holding jobs (jobs chosen earlier
+in the same decision included), then served least recently in that service (never-served users
+first), then oldest queued job, then user id. Within a user, oldest job first. "Served" is the
+store's per-(service, user) dispatch turn, stamped when a job is claimed, so the rotation holds
+across ticks, restarts and replicas with no state of ours between ticks: a user who flooded the
+queue gets one slot, then waits until every other waiting user got one.
 """
 
 from __future__ import annotations
@@ -15,7 +17,18 @@ import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["Occupancy", "ServiceLimits", "UserQueue", "free_slots", "plan_dispatch"]
+__all__ = [
+    "FairnessKey",
+    "Occupancy",
+    "ServiceLimits",
+    "UserQueue",
+    "fairness_key",
+    "free_slots",
+    "plan_dispatch",
+]
+
+# (active, served at all, last turn, oldest queued job, user id): smaller goes first.
+FairnessKey = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +48,8 @@ class UserQueue:
     service: str
     user_id: int
     job_ids: tuple[int, ...]  # ascending
+    # The user's latest dispatch turn in this service (larger is more recent); None: never.
+    last_served: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +59,18 @@ class Occupancy:
 
     per_user: Mapping[tuple[str, int], int]
     per_service: Mapping[str, int]
+
+
+def fairness_key(
+    active: int, last_served: int | None, oldest_job: int, user_id: int
+) -> FairnessKey:
+    """The order in which users of one service get a free slot; the store preselects by it.
+
+    A total order: user ids are unique within a service, so no input order can matter.
+    """
+    if last_served is None:
+        return (active, 0, 0, oldest_job, user_id)
+    return (active, 1, last_served, oldest_job, user_id)
 
 
 def free_slots(limits: ServiceLimits, active: int) -> int:
@@ -85,39 +112,53 @@ def _plan_service(
     slots = free_slots(limits, occupancy.per_service.get(service, 0))
     if slots == 0:
         return []
-    users = {queue.user_id: queue.job_ids for queue in queues}
+    users = {queue.user_id: queue for queue in queues}
     if len(users) < len(queues):
         users = _merge_duplicates(queues)
 
-    # Entries: (active, next job id, user id, index of next job, the user's jobs). The first
-    # three are a total order (user ids are unique here), so neither the input order nor the
-    # uncomparable last field can influence the result.
+    # Entries: (fairness key, index of next job, the user's jobs); the key is a total order, so
+    # the uncomparable last field never decides. A user served in this decision is stamped with
+    # a turn after every stored one, in pick order, as the store will stamp it on claim.
     quota = limits.runs_per_user
     active_of = occupancy.per_user.get
-    heap: list[tuple[int, int, int, int, tuple[int, ...]]] = []
-    for user_id, job_ids in users.items():
-        active = active_of((service, user_id), 0)
-        if active < quota:
-            heap.append((active, job_ids[0], user_id, 0, job_ids))
+    key_of = fairness_key
+    heap: list[tuple[FairnessKey, int, tuple[int, ...]]] = [
+        (key_of(active, queue.last_served, queue.job_ids[0], user_id), 0, queue.job_ids)
+        for user_id, queue in users.items()
+        if (active := active_of((service, user_id), 0)) < quota
+    ]
+    turn = 1 + max((entry[0][2] for entry in heap), default=0)
     heapq.heapify(heap)
 
     chosen: list[int] = []
     while heap and len(chosen) < slots:
-        active, job_id, user_id, index, job_ids = heap[0]
-        chosen.append(job_id)
+        key, index, job_ids = heap[0]
+        active, user_id = key[0], key[4]
+        chosen.append(job_ids[index])
         index += 1
         if index < len(job_ids) and active + 1 < quota:
-            heapq.heapreplace(heap, (active + 1, job_ids[index], user_id, index, job_ids))
+            key = fairness_key(active + 1, turn, job_ids[index], user_id)
+            heapq.heapreplace(heap, (key, index, job_ids))
         else:
             heapq.heappop(heap)
+        turn += 1
     return chosen
 
 
-def _merge_duplicates(queues: list[UserQueue]) -> dict[int, tuple[int, ...]]:
+def _merge_duplicates(queues: list[UserQueue]) -> dict[int, UserQueue]:
     # The store should send one queue per user; merging a duplicate keeps the oldest-first
-    # guarantee and keeps the result independent of input order.
-    users: dict[int, tuple[int, ...]] = {}
+    # guarantee (and the latest turn) and keeps the result independent of input order.
+    users: dict[int, UserQueue] = {}
     for queue in queues:
-        earlier = users.get(queue.user_id, ())
-        users[queue.user_id] = tuple(sorted({*earlier, *queue.job_ids}))
+        earlier = users.get(queue.user_id)
+        if earlier is None:
+            users[queue.user_id] = queue
+            continue
+        turns = [t for t in (earlier.last_served, queue.last_served) if t is not None]
+        users[queue.user_id] = UserQueue(
+            queue.service,
+            queue.user_id,
+            tuple(sorted({*earlier.job_ids, *queue.job_ids})),
+            max(turns) if turns else None,
+        )
     return users

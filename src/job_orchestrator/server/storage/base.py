@@ -62,7 +62,11 @@ class Store(abc.ABC):
     async def claim(
         self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
     ) -> list[JobRecord]:
-        """Move the given Queued jobs to Processing on their chosen node; return those claimed."""
+        """Move the given Queued jobs to Processing on their chosen node; return those claimed.
+
+        Each claimed job's user becomes the most recently served of its service (a new turn,
+        in the order given), which the fairness rule reads back as `UserQueue.last_served`.
+        """
 
     @abc.abstractmethod
     async def occupancy(self) -> Occupancy: ...
@@ -73,14 +77,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        """The oldest due Queued jobs of each (service, user), at most runs_per_user each."""
+        """The oldest due Queued jobs of each (service, user), at most runs_per_user each, with
+        the user's latest turn in the service."""
 
     @abc.abstractmethod
     async def dispatch_candidates(
         self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
     ) -> list[UserQueue]:
         """The due queues plan_dispatch needs for an exact decision: only the users it could
-        pick now (at most the free slots of each service), each with the jobs it could start.
+        pick now (at most the free slots of each service, the first by `fairness_key`), each
+        with the jobs it could start and its latest turn.
         """
 
     @abc.abstractmethod

@@ -10,6 +10,7 @@ hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -19,15 +20,22 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
 from job_orchestrator.errors import StoreError
-from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
+from job_orchestrator.server.scheduler import (
+    FairnessKey,
+    Occupancy,
+    ServiceLimits,
+    UserQueue,
+    fairness_key,
+)
 from job_orchestrator.server.storage.base import JobRecord, Store
-from job_orchestrator.server.storage.tables import jobs, revocations
+from job_orchestrator.server.storage.tables import jobs, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -153,8 +161,72 @@ def _record(row: Any) -> JobRecord:
 _SCAN_BATCH = 256
 
 
-def _due(now: float) -> sa.ColumnElement[bool]:
-    return sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now)
+def _insert_user(connection: Connection, **values: Any) -> Any:
+    """INSERT INTO service_users, with the dialect's ON CONFLICT clauses available."""
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(service_users).values(**values)
+
+
+# The statements of a dispatch decision, built once: executing the same statement object again
+# skips SQLAlchemy's per-statement construction and cache-key work, which is most of the cost
+# of a decision that reads a few index entries.
+_DUE_QUEUED = sa.and_(
+    jobs.c.status == Status.QUEUED.db,
+    jobs.c.service == sa.bindparam("service"),
+    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("now")),
+)
+_OLDEST_DUE = (
+    sa.select(sa.func.min(jobs.c.id))
+    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
+    .correlate(service_users)
+    .scalar_subquery()
+)
+# In the walks' WHERE, so the database (not a round trip per batch) skips the rows of users
+# with nothing due.
+_HAS_DUE = (
+    sa.select(jobs.c.id)
+    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
+    .correlate(service_users)
+    .exists()
+)
+_OF_SERVICE = service_users.c.service == sa.bindparam("service")
+
+_BUSY_USERS = sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE).where(
+    _OF_SERVICE, service_users.c.user_id.in_(sa.bindparam("users", expanding=True))
+)
+_NEVER_SERVED_WALK = (
+    sa.select(service_users.c.user_id, service_users.c.first_job_id, _OLDEST_DUE)
+    .where(
+        _OF_SERVICE,
+        service_users.c.served_turn.is_(None),
+        service_users.c.first_job_id > sa.bindparam("after"),
+        _HAS_DUE,
+    )
+    .order_by(service_users.c.first_job_id)
+    .limit(sa.bindparam("batch"))
+)
+_SERVED_WALK = (
+    sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE)
+    .where(
+        _OF_SERVICE,
+        # Keyset after (turn, user): the first condition alone bounds the index range.
+        service_users.c.served_turn >= sa.bindparam("turn"),
+        sa.or_(
+            service_users.c.served_turn > sa.bindparam("turn"),
+            service_users.c.user_id > sa.bindparam("user"),
+        ),
+        _HAS_DUE,
+    )
+    .order_by(service_users.c.served_turn, service_users.c.user_id)
+    .limit(sa.bindparam("batch"))
+)
+_USER_HEAD = (
+    sa.select(jobs.c.id)
+    .where(_DUE_QUEUED, jobs.c.user_id == sa.bindparam("user"))
+    .order_by(jobs.c.id)
+    .limit(sa.bindparam("depth"))
+)
+_LOWEST = -(2**63)  # below any user id, job id or turn, in a bound (never sent to the database)
 
 
 def _service_candidates(
@@ -162,62 +234,112 @@ def _service_candidates(
 ) -> list[UserQueue]:
     """The queues plan_dispatch needs to decide exactly as if it saw every user's queue.
 
-    The scheduler serves users in order of (active jobs, oldest queued job), and the users it
-    picks in one decision are a prefix of that order no longer than the free slots. Users with
-    no active job come first, in the order of their oldest queued job: an index walk in job
-    order finds the first `free` of them, however long the queue. Users with active jobs are
-    few (at most max_runs) and looked up one by one. Cost grows with slots, not with jobs.
+    The users plan_dispatch picks in one decision are a prefix, no longer than the free slots,
+    of the users sorted by `fairness_key`; this finds that prefix without reading every queue.
+    Users holding slots are few (at most max_runs) and looked up one by one. Idle users come
+    before them: first the never-served, walked in `first_job_id` order (a lower bound of their
+    oldest queued job), then the served, walked in turn order; each walk stops once it has
+    `free` users that no later row could beat. Cost grows with slots, not with queued jobs,
+    plus one index probe (in the database) for each user the walks pass with nothing due:
+    users served before the waiting ones whose queues are empty now. Rows are never deleted,
+    since a returning user must rank by its old turn, so that part grows with the service's
+    history of users.
     """
     free = limit.max_runs - occupancy.per_service.get(service, 0)
-    if free <= 0 or limit.runs_per_user <= 0:
+    quota = limit.runs_per_user
+    if free <= 0 or quota <= 0:
         return []
-    queued = sa.and_(jobs.c.status == Status.QUEUED.db, jobs.c.service == service, _due(now))
     active = {
         user: count
         for (name, user), count in occupancy.per_user.items()
         if name == service and count > 0
     }
-    ranked: list[tuple[int, int, int]] = []  # (active, oldest job, user)
-    for user, count in active.items():
-        if count < limit.runs_per_user:
-            oldest = connection.execute(
-                sa.select(sa.func.min(jobs.c.id)).where(queued, jobs.c.user_id == user)
-            ).scalar()
+    where = {"service": service, "now": now}
+    ranked: list[tuple[FairnessKey, int]] = []  # (key, slots held), sorted
+    busy = [user for user, count in active.items() if count < quota]
+    if busy:
+        for user, turn, oldest in connection.execute(_BUSY_USERS, {**where, "users": busy}):
             if oldest is not None:
-                ranked.append((count, oldest, user))
-    seen: set[int] = set(active)
-    fresh: list[tuple[int, int, int]] = []
-    after = 0
-    while len(fresh) < free:
-        rows = connection.execute(
-            sa.select(jobs.c.id, jobs.c.user_id)
-            .where(queued, jobs.c.id > after, jobs.c.user_id.not_in(seen) if seen else sa.true())
-            .order_by(jobs.c.id)
-            .limit(_SCAN_BATCH)
-        ).all()
-        for job_id, user in rows:
-            if user not in seen:
-                seen.add(user)
-                fresh.append((0, job_id, user))
-        if len(rows) < _SCAN_BATCH:
+                bisect.insort(
+                    ranked, (fairness_key(active[user], turn, oldest, user), active[user])
+                )
+
+    def enough(bound: FairnessKey) -> bool:
+        # No later row of this walk can beat the free-th best user found so far.
+        return len(ranked) >= free and ranked[free - 1][0] < bound
+
+    # Each row read costs one index probe for its oldest job: read about as many as needed.
+    batch, after = max(free, 8), 0  # job ids start at 1
+    # A later row's first_job_id, hence its user's oldest queued job, is above `after`.
+    while not enough((0, 0, 0, after + 1, _LOWEST)):
+        rows = connection.execute(_NEVER_SERVED_WALK, {**where, "after": after, "batch": batch})
+        read = 0
+        for user, first_job_id, oldest in rows:
+            read += 1
+            if enough((0, 0, 0, first_job_id, _LOWEST)):
+                break
+            if oldest is not None and user not in active:
+                bisect.insort(ranked, (fairness_key(0, None, oldest, user), 0))
+            after = first_job_id
+        if read < batch:
             break
-        after = rows[-1][0]
-    chosen = sorted(fresh + ranked)[:free]
+        batch = min(2 * batch, _SCAN_BATCH)
+
+    batch, turn_after, user_after = max(free, 8), 0, 0  # turns start at 1
+    while not enough((0, 1, turn_after, _LOWEST, _LOWEST)):
+        params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
+        read = 0
+        for user, turn, oldest in connection.execute(_SERVED_WALK, params):
+            read += 1
+            if enough((0, 1, turn, _LOWEST, _LOWEST)):
+                break
+            if oldest is not None and user not in active:
+                bisect.insort(ranked, (fairness_key(0, turn, oldest, user), 0))
+            turn_after, user_after = turn, user
+        if read < batch:
+            break
+        batch = min(2 * batch, _SCAN_BATCH)
+
     return [
         UserQueue(
             service=service,
-            user_id=user,
+            user_id=key[4],
             job_ids=tuple(
                 connection.execute(
-                    sa.select(jobs.c.id)
-                    .where(queued, jobs.c.user_id == user)
-                    .order_by(jobs.c.id)
-                    .limit(limit.runs_per_user - count)
+                    _USER_HEAD, {**where, "user": key[4], "depth": quota - count}
                 ).scalars()
             ),
+            last_served=key[2] if key[1] else None,
         )
-        for count, _oldest, user in chosen
+        for key, count in ranked[:free]
     ]
+
+
+def _stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
+    """Each claimed job's user becomes the most recently served of its service, in claim
+    order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
+    turns: dict[str, int] = {}
+    for job in claimed:
+        if job.service not in turns:
+            latest = connection.execute(
+                sa.select(sa.func.max(service_users.c.served_turn)).where(
+                    service_users.c.service == job.service
+                )
+            ).scalar()
+            turns[job.service] = int(latest or 0)
+        turns[job.service] += 1
+        connection.execute(
+            _insert_user(
+                connection,
+                service=job.service,
+                user_id=job.user_id,
+                first_job_id=job.id,
+                served_turn=turns[job.service],
+            ).on_conflict_do_update(
+                index_elements=["service", "user_id"],
+                set_={"served_turn": turns[job.service]},
+            )
+        )
 
 
 class SqlStore(Store):
@@ -251,7 +373,13 @@ class SqlStore(Store):
         def insert(connection: Connection) -> int:
             primary_key = connection.execute(statement).inserted_primary_key
             assert primary_key is not None
-            return int(primary_key[0])
+            job_id = int(primary_key[0])
+            connection.execute(
+                _insert_user(
+                    connection, service=service, user_id=user_id, first_job_id=job_id
+                ).on_conflict_do_nothing(index_elements=["service", "user_id"])
+            )
+            return job_id
 
         return await self._run(insert)
 
@@ -306,6 +434,7 @@ class SqlStore(Store):
                 ).first()
                 if row is not None:
                     claimed.append(_record(row))
+            _stamp_turns(connection, claimed)
             return claimed
 
         return await self._run(claim_all) if wanted else []
@@ -359,8 +488,19 @@ class SqlStore(Store):
         grouped: dict[tuple[str, int], list[int]] = {}
         for service, user_id, job_id in rows:
             grouped.setdefault((service, user_id), []).append(job_id)
+        turns = {
+            (service, user_id): turn
+            for service, user_id, turn in await self._fetch(
+                sa.select(
+                    service_users.c.service, service_users.c.user_id, service_users.c.served_turn
+                ).where(
+                    service_users.c.service.in_(list(limits)),
+                    service_users.c.served_turn.is_not(None),
+                )
+            )
+        }
         return [
-            UserQueue(service=service, user_id=user_id, job_ids=tuple(ids))
+            UserQueue(service, user_id, tuple(ids), turns.get((service, user_id)))
             for (service, user_id), ids in grouped.items()
         ]
 

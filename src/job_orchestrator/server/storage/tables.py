@@ -37,6 +37,33 @@ sa.Index("ix_jobs_node_status", jobs.c.node, jobs.c.status)
 sa.Index("ix_jobs_status_service_id", jobs.c.status, jobs.c.service, jobs.c.id)
 sa.Index("ix_jobs_status_not_before", jobs.c.status, jobs.c.not_before)
 
+# One row per (service, user) that ever queued a job there: who was served least recently.
+# `served_turn` is the service's dispatch counter at the user's latest claim (NULL: never served);
+# `first_job_id` is no greater than any job of the user that can still be queued, so a walk in
+# its order finds never-served users in the order of their oldest queued job. create_job and
+# claim keep it; a job inserted into `jobs` by other means must add its row too.
+service_users = sa.Table(
+    "service_users",
+    metadata,
+    sa.Column("service", sa.Text, primary_key=True),
+    sa.Column("user_id", sa.Integer, primary_key=True),
+    sa.Column("first_job_id", sa.Integer, nullable=False),
+    sa.Column("served_turn", sa.BigInteger, nullable=True),
+)
+
+sa.Index(
+    "ix_service_users_turn",
+    service_users.c.service,
+    service_users.c.served_turn,
+    service_users.c.user_id,
+)
+sa.Index(
+    "ix_service_users_first_job",
+    service_users.c.service,
+    service_users.c.served_turn,
+    service_users.c.first_job_id,
+)
+
 revocations = sa.Table(
     "revocations",
     metadata,
