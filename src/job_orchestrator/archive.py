@@ -96,9 +96,13 @@ class ArchiveSummary:
         names = ", ".join(f"{name} ({reason})" for name, reason in self.skipped_named[:shown])
         more = "" if self.skipped <= shown else ", ..."
         return (
-            f"result incomplete: {self.skipped} entries left out ({MANIFEST_NAME} in the "
+            f"result incomplete: {_entries(self.skipped)} left out ({MANIFEST_NAME} in the "
             f"archive lists them): {names}{more}"
         )
+
+
+def _entries(count: int) -> str:
+    return f"{count} entry" if count == 1 else f"{count} entries"
 
 
 def write_directory_zip(
@@ -294,7 +298,7 @@ def _manifest_info() -> zipfile.ZipInfo:
 
 def _manifest_text(skipped: Skipped) -> str:
     lines = [
-        f"{skipped.count} entries of the job's directory are not in this archive:",
+        f"{_entries(skipped.count)} of the job's directory not in this archive:",
         *(f"{name}\t{reason}" for name, reason in skipped.named),
     ]
     if skipped.count > len(skipped.named):

@@ -320,7 +320,7 @@ def test_manifest_lists_what_was_left_out(src: Path, dest: Path) -> None:
     files = contents(dest)
     assert set(files) == {"a.txt", MANIFEST_NAME}
     text = files[MANIFEST_NAME].decode()
-    assert text.startswith("1 entries of the job's directory are not in this archive:")
+    assert text.startswith("1 entry of the job's directory not in this archive:")
     assert "pipe\tnot a regular file or directory" in text
 
 
