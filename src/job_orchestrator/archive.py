@@ -93,12 +93,19 @@ class ArchiveSummary:
         """One line for a job's message: how many entries were left out, and the first few."""
         if not self.skipped:
             return ""
-        names = ", ".join(f"{name} ({reason})" for name, reason in self.skipped_named[:shown])
+        names = ", ".join(
+            f"{_shorten(name)} ({reason})" for name, reason in self.skipped_named[:shown]
+        )
         more = "" if self.skipped <= shown else ", ..."
         return (
             f"result incomplete: {_entries(self.skipped)} left out ({MANIFEST_NAME} in the "
             f"archive lists them): {names}{more}"
         )
+
+
+def _shorten(name: str, keep: int = 80) -> str:
+    # The message travels in an HTTP header: a name may be 64 KiB long, the line may not.
+    return name if len(name) <= keep else f"{name[: keep // 2]}...{name[-keep // 2 :]}"
 
 
 def _entries(count: int) -> str:

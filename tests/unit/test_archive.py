@@ -309,6 +309,8 @@ def test_summary_counts_files_and_names_what_was_left_out(src: Path, dest: Path)
     assert summary.describe().startswith("result incomplete: 2 entries left out")
     assert "out (symlink points outside" in summary.describe()
     assert ArchiveSummary(files=3).describe() == ""
+    long = ArchiveSummary(files=0, skipped=1, skipped_named=(("x" * 70_000, "too long"),))
+    assert len(long.describe()) < 300
     # Without manifest=True nothing is added to the archive.
     assert set(contents(dest)) == {"d/", "d/f.txt", "link"}
 
