@@ -3,31 +3,54 @@
 Exceptions::
 
     ArchiveError                 the archive could not be built (missing source, I/O error)
-    └── ResultTooLargeError      the files add up to more than the allowed size
+    ├── ResultTooLargeError      the files add up to more than the allowed size
+    └── ArchiveCancelledError    the build was cancelled (requester gone, client stopping)
 
 Unlike upstream (UPSTREAM §8.2): the archive goes to a hidden temporary file that is renamed
-into place, so it never contains itself and a failure never leaves a partial archive; entries
-that cannot be archived safely (symlinks leaving the directory, dangling symlinks, FIFOs,
-sockets, devices, non-UTF-8 names) are skipped with a warning instead of failing the result;
-containment is checked on resolved paths, not by looking for ``..`` in names; files are
-streamed, never read whole into memory.
+into place, so it never contains itself and a failure never leaves a partial archive; the
+tree is walked with directory descriptors so no symlink is followed out of it even while the
+job rearranges it (_safewalk.py); entries that cannot be archived safely (symlinks leaving the
+directory, dangling symlinks, FIFOs, sockets, devices, non-UTF-8 names, trees deeper than
+MAX_DEPTH) are left out, counted and named instead of failing the result; a size limit is
+checked on apparent sizes before anything is compressed; files are streamed, never read whole
+into memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-__all__ = ["ArchiveError", "ResultTooLargeError", "iter_directory_entries", "write_directory_zip"]
+from job_orchestrator._safewalk import MAX_DEPTH, Entry, Skipped, WalkCancelledError, walk
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MAX_DEPTH",
+    "TEMP_SUFFIX",
+    "ArchiveCancelledError",
+    "ArchiveError",
+    "ArchiveSummary",
+    "ResultTooLargeError",
+    "write_directory_zip",
+]
 
 logger = logging.getLogger(__name__)
+
+#: Lists what was left out of an archive; written only when something was.
+MANIFEST_NAME = ".orchestrator-skipped.txt"
+#: Temporary archives are named ``.<destination name>.<random>`` + TEMP_SUFFIX.
+TEMP_SUFFIX = ".tmp"
 
 _MIB = 1024 * 1024
 _CHUNK_BYTES = _MIB
@@ -36,6 +59,8 @@ _ZIP_MIN_TIME = (1980, 1, 1, 0, 0, 0)
 _ZIP_MAX_TIME = (2107, 12, 31, 23, 59, 59)
 # MS-DOS directory attribute, set alongside the Unix mode so Windows tools see a folder.
 _DOS_DIRECTORY = 0x10
+# The root itself may not be a symlink either: its parent belongs to the client.
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class ArchiveError(Exception):
@@ -52,101 +77,39 @@ class ResultTooLargeError(ArchiveError):
         super().__init__(f"result exceeds RESULT_MAX_MB limit of {limit}")
 
 
-def iter_directory_entries(
-    source_dir: Path, *, exclude_names: Collection[str] = ()
-) -> Iterator[tuple[Path, str]]:
-    """Yield ``(absolute path, archive name)`` for every entry to archive under ``source_dir``.
-
-    Directories come before their contents and are named with a trailing ``/``; siblings are
-    sorted by name, so two walks of the same tree yield the same names. For a symlink to a
-    regular file inside the tree, the path is the resolved target. ``exclude_names`` are
-    top-level names to leave out; symlinks into them are left out as well.
-
-    Raises:
-        ArchiveError: ``source_dir`` is missing or not a directory.
-    """
-    try:
-        root = source_dir.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:
-        raise ArchiveError(f"cannot archive {source_dir}: {exc}") from exc
-    if not root.is_dir():
-        raise ArchiveError(f"cannot archive {source_dir}: not a directory")
-    excluded = frozenset(exclude_names)
-    excluded_paths = [root / name for name in excluded]
-
-    # An explicit stack of directory listings instead of recursion: a job can create a tree
-    # deeper than Python's recursion limit.
-    stack = [iter(_sorted_children(root, "", excluded))]
-    while stack:
-        child = next(stack[-1], None)
-        if child is None:
-            stack.pop()
-            continue
-        path, name = child
-        try:
-            info = path.lstat()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            logger.warning("skipping %r: %s", name, exc)
-            continue
-        if stat.S_ISDIR(info.st_mode):
-            yield path, name + "/"
-            stack.append(iter(_sorted_children(path, name + "/", frozenset())))
-        elif stat.S_ISREG(info.st_mode):
-            yield path, name
-        elif stat.S_ISLNK(info.st_mode):
-            target = _symlink_target(path, name, root, excluded_paths)
-            if target is not None:
-                yield target, name
-        else:
-            logger.warning("skipping %r: not a regular file or directory", name)
+class ArchiveCancelledError(ArchiveError):
+    """The build was cancelled before it completed."""
 
 
-def _sorted_children(
-    directory: Path, prefix: str, excluded: frozenset[str]
-) -> list[tuple[Path, str]]:
-    try:
-        names = sorted(os.listdir(directory))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        logger.warning("skipping contents of %r: %s", prefix or ".", exc)
-        return []
-    children = []
-    for entry in names:
-        if entry in excluded:
-            continue
-        try:
-            entry.encode("utf-8")
-        except UnicodeEncodeError:
-            # os.listdir smuggles undecodable bytes in as surrogates; ZIP names must be UTF-8.
-            logger.warning("skipping %r: name is not valid UTF-8", prefix + entry)
-            continue
-        children.append((directory / entry, prefix + entry))
-    return children
+@dataclass(frozen=True)
+class ArchiveSummary:
+    """What went into an archive: file entries, and what was left out (counted, named)."""
+
+    files: int
+    skipped: int = 0
+    skipped_named: tuple[tuple[str, str], ...] = ()
+
+    def describe(self, shown: int = 5) -> str:
+        """One line for a job's message: how many entries were left out, and the first few."""
+        if not self.skipped:
+            return ""
+        names = ", ".join(
+            f"{_shorten(name)} ({reason})" for name, reason in self.skipped_named[:shown]
+        )
+        more = "" if self.skipped <= shown else ", ..."
+        return (
+            f"result incomplete: {_entries(self.skipped)} left out ({MANIFEST_NAME} in the "
+            f"archive lists them): {names}{more}"
+        )
 
 
-def _symlink_target(link: Path, name: str, root: Path, excluded: list[Path]) -> Path | None:
-    try:
-        target = link.resolve(strict=True)
-    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on Python 3.11/3.12
-        logger.warning("skipping symlink %r: cannot resolve it (%s)", name, exc)
-        return None
-    if not target.is_relative_to(root) or any(target.is_relative_to(p) for p in excluded):
-        logger.warning("skipping symlink %r: it points outside the archived directory", name)
-        return None
-    try:
-        info = target.stat()
-    except OSError as exc:
-        logger.warning("skipping symlink %r: %s", name, exc)
-        return None
-    if stat.S_ISREG(info.st_mode):
-        return target
-    # Directory symlinks are not followed: the real directory is archived anyway if it is in
-    # the tree, and following them is how walks end up in loops.
-    logger.warning("skipping symlink %r: it does not point to a regular file", name)
-    return None
+def _shorten(name: str, keep: int = 80) -> str:
+    # The message travels in an HTTP header: a name may be 64 KiB long, the line may not.
+    return name if len(name) <= keep else f"{name[: keep // 2]}...{name[-keep // 2 :]}"
+
+
+def _entries(count: int) -> str:
+    return f"{count} entry" if count == 1 else f"{count} entries"
 
 
 def write_directory_zip(
@@ -155,112 +118,199 @@ def write_directory_zip(
     *,
     exclude_names: Collection[str] = (),
     max_total_bytes: int | None = None,
-) -> int:
-    """Zip the tree under ``source_dir`` into ``destination`` and return the file entry count.
+    manifest: bool = False,
+    cancel: threading.Event | None = None,
+) -> ArchiveSummary:
+    """Zip the tree under ``source_dir`` into ``destination``; say what went in and what not.
 
     The archive is written to a hidden temporary file next to ``destination`` and renamed
     over it only once complete, so a failure never leaves a partial archive and an existing
     file at ``destination`` is replaced atomically. Neither ``destination`` nor the temporary
-    file is ever archived, even when they live inside ``source_dir``.
+    file is ever archived, even when they live inside ``source_dir``. No symlink is followed
+    out of ``source_dir`` (see _safewalk.py). With ``max_total_bytes``, the apparent sizes of
+    the files are added up before anything is compressed. With ``manifest``, entries left out
+    are listed in a top-level ``MANIFEST_NAME`` file (a name then reserved for it).
 
     Raises:
         ResultTooLargeError: the uncompressed file sizes add up to more than
             ``max_total_bytes``.
+        ArchiveCancelledError: ``cancel`` was set.
         ArchiveError: ``source_dir`` is missing or not a directory, or an I/O error occurred.
     """
     try:
+        root_fd = os.open(source_dir, _ROOT_FLAGS)
+    except OSError as exc:
+        raise ArchiveError(f"cannot archive {source_dir}: {exc.strerror or exc}") from exc
+    try:
+        return _write(
+            root_fd, source_dir, destination, exclude_names, max_total_bytes, manifest, cancel
+        )
+    finally:
+        os.close(root_fd)
+
+
+def _write(
+    root_fd: int,
+    source_dir: Path,
+    destination: Path,
+    exclude_names: Collection[str],
+    limit: int | None,
+    manifest: bool,
+    cancel: threading.Event | None,
+) -> ArchiveSummary:
+    root_path = os.readlink(f"/proc/self/fd/{root_fd}")
+    excluded = {*exclude_names, MANIFEST_NAME} if manifest else set(exclude_names)
+    try:
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent
+            prefix=f".{destination.name}.", suffix=TEMP_SUFFIX, dir=destination.parent
         )
     except OSError as exc:
         raise ArchiveError(f"cannot create archive next to {destination}: {exc}") from exc
     tmp_path = Path(tmp_name)
-    # Entry paths are resolved, so compare against resolved parents; the final component is
-    # kept as is because os.replace acts on the name itself, not on a symlink's target.
-    skip_paths = {
-        destination.parent.resolve() / destination.name,
-        tmp_path.parent.resolve() / tmp_path.name,
-    }
+    skip_inodes = {_inode(os.fstat(fd))}
+    with contextlib.suppress(OSError):
+        skip_inodes.add(_inode(destination.stat()))
     try:
+        if limit is not None:
+            _check_size(root_fd, root_path, excluded, skip_inodes, limit, cancel)
+        skipped = Skipped()
+        if manifest:
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(MANIFEST_NAME, dir_fd=root_fd, follow_symlinks=False)
+                skipped.add(MANIFEST_NAME, "name reserved for this list")
         with os.fdopen(fd, "wb") as raw:
             with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                count = _fill_zip(zf, source_dir, exclude_names, skip_paths, max_total_bytes)
+                entries = walk(
+                    root_fd,
+                    root_path,
+                    skipped,
+                    exclude_names=excluded,
+                    skip_inodes=skip_inodes,
+                    cancel=cancel,
+                )
+                count = _fill_zip(zf, entries, limit, cancel)
+                if manifest and skipped.count:
+                    zf.writestr(_manifest_info(), _manifest_text(skipped))
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp_path, destination)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, WalkCancelledError):
+            raise ArchiveCancelledError(f"archive of {source_dir} cancelled") from None
         if isinstance(exc, OSError):
             raise ArchiveError(f"cannot write archive {destination}: {exc}") from exc
         raise
-    return count
+    for name, reason in skipped.named:
+        logger.warning("left out of %s: %r: %s", destination.name, name, reason)
+    if skipped.count > len(skipped.named):
+        logger.warning(
+            "left out of %s: %d more", destination.name, skipped.count - len(skipped.named)
+        )
+    return ArchiveSummary(count, skipped.count, tuple(skipped.named))
+
+
+def _inode(info: os.stat_result) -> tuple[int, int]:
+    return (info.st_dev, info.st_ino)
+
+
+def _check_size(
+    root_fd: int,
+    root_path: str,
+    excluded: Collection[str],
+    skip_inodes: Collection[tuple[int, int]],
+    limit: int,
+    cancel: threading.Event | None,
+) -> None:
+    """Fail before compressing anything if the apparent sizes (sparse files count in full)
+    already add up to more than ``limit``. The build still counts: the tree may grow."""
+    total = 0
+    for entry in walk(
+        root_fd,
+        root_path,
+        Skipped(),
+        exclude_names=excluded,
+        skip_inodes=skip_inodes,
+        open_files=False,
+        cancel=cancel,
+    ):
+        total += 0 if entry.name.endswith("/") else entry.info.st_size
+        if total > limit:
+            raise ResultTooLargeError(limit)
 
 
 def _fill_zip(
     zf: zipfile.ZipFile,
-    source_dir: Path,
-    exclude_names: Collection[str],
-    skip_paths: set[Path],
+    entries: Generator[Entry, None, None],
     limit: int | None,
+    cancel: threading.Event | None,
 ) -> int:
     count = used = 0
-    for path, name in iter_directory_entries(source_dir, exclude_names=exclude_names):
-        if path in skip_paths:
-            continue
-        if name.endswith("/"):
-            try:
-                info = path.stat()
-            except FileNotFoundError:
+    try:
+        for entry in entries:
+            if entry.fd is None:
+                zf.writestr(_zip_info(entry.name, entry.info), b"")
                 continue
-            zf.writestr(_zip_info(name, info), b"")
-            continue
-        written = _write_file(zf, path, name, used, limit)
-        if written is not None:
+            with os.fdopen(entry.fd, "rb") as src:
+                used += _write_file(zf, src, entry.name, entry.info, used, limit, cancel)
             count += 1
-            used += written
+    finally:
+        entries.close()
     return count
 
 
 def _write_file(
-    zf: zipfile.ZipFile, path: Path, name: str, used: int, limit: int | None
-) -> int | None:
-    """Stream one file into ``zf``; return its size, or None if it was skipped."""
-    try:
-        # O_NOFOLLOW/O_NONBLOCK: if the file was swapped for a symlink or a FIFO since the
-        # walk looked at it, fail or return at once instead of escaping or blocking forever.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        logger.warning("skipping %r: %s", name, exc)
-        return None
-    with os.fdopen(fd, "rb") as src:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            logger.warning("skipping %r: not a regular file", name)
-            return None
-        if limit is not None and used + info.st_size > limit:
-            raise ResultTooLargeError(limit)
-        zinfo = _zip_info(name, info)
-        head = src.read(_CHUNK_BYTES)
-        zinfo.compress_type = (
-            zipfile.ZIP_STORED if _incompressible(name, head) else zipfile.ZIP_DEFLATED
-        )
-        # Level 1: results are written once and read a few times, so speed beats the last
-        # few percent of size. (A ZipInfo passed to open() keeps its own private level.)
-        zinfo._compresslevel = 1  # type: ignore[attr-defined]
-        zinfo.file_size = info.st_size  # lets zipfile pick ZIP64 up front for huge files
-        size = 0
-        with zf.open(zinfo, "w") as dst:
-            # Counted as read, not trusted from stat: the file may still be growing.
-            chunk = head
-            while chunk:
-                size += len(chunk)
-                if limit is not None and used + size > limit:
-                    raise ResultTooLargeError(limit)
-                dst.write(chunk)
-                chunk = src.read(_CHUNK_BYTES)
-        return size
+    zf: zipfile.ZipFile,
+    src: BinaryIO,
+    name: str,
+    info: os.stat_result,
+    used: int,
+    limit: int | None,
+    cancel: threading.Event | None,
+) -> int:
+    """Stream one open file into ``zf``; return its size."""
+    if limit is not None and used + info.st_size > limit:
+        raise ResultTooLargeError(limit)
+    zinfo = _zip_info(name, info)
+    head = src.read(_CHUNK_BYTES)
+    zinfo.compress_type = (
+        zipfile.ZIP_STORED if _incompressible(name, head) else zipfile.ZIP_DEFLATED
+    )
+    # Level 1: results are written once and read a few times, so speed beats the last
+    # few percent of size. (A ZipInfo passed to open() keeps its own private level.)
+    zinfo._compresslevel = 1  # type: ignore[attr-defined]
+    zinfo.file_size = info.st_size  # lets zipfile pick ZIP64 up front for huge files
+    size = 0
+    with zf.open(zinfo, "w") as dst:
+        # Counted as read, not trusted from stat: the file may still be growing.
+        chunk = head
+        while chunk:
+            if cancel is not None and cancel.is_set():
+                raise WalkCancelledError
+            size += len(chunk)
+            if limit is not None and used + size > limit:
+                raise ResultTooLargeError(limit)
+            dst.write(chunk)
+            chunk = src.read(_CHUNK_BYTES)
+    return size
+
+
+def _manifest_info() -> zipfile.ZipInfo:
+    zinfo = zipfile.ZipInfo(MANIFEST_NAME, date_time=_zip_time(time.time()))
+    zinfo.create_system = 3
+    zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
+    zinfo.compress_type = zipfile.ZIP_DEFLATED
+    return zinfo
+
+
+def _manifest_text(skipped: Skipped) -> str:
+    lines = [
+        f"{_entries(skipped.count)} of the job's directory not in this archive:",
+        *(f"{name}\t{reason}" for name, reason in skipped.named),
+    ]
+    if skipped.count > len(skipped.named):
+        lines.append(f"... and {skipped.count - len(skipped.named)} more")
+    return "\n".join(lines) + "\n"
 
 
 def _incompressible(name: str, head: bytes) -> bool:

@@ -6,7 +6,8 @@
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
-            └── PayloadLostError   the client answered 404 for a payload we gave it
+            ├── PayloadLostError   the client answered 404 for a payload we gave it
+            └── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
 
 Multipart, archive and file-name errors live beside their code (multipart.py,
 archive.py, filenames.py) because they carry user-facing messages of their own.
@@ -42,4 +43,8 @@ class PermanentClientError(ClientCallError):
 
 
 class PayloadLostError(PermanentClientError):
+    pass
+
+
+class PartialTooLargeError(PermanentClientError):
     pass

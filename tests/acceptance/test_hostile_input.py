@@ -350,6 +350,7 @@ ALLOWED = {
     "ok_link",
     "ok_nested_link",
     "ready.txt",
+    ".orchestrator-skipped.txt",  # lists the links left out
 }
 
 
@@ -364,6 +365,8 @@ def assert_only_own_files(archive: zipfile.ZipFile) -> None:
     names = set(archive.namelist())
     assert names <= ALLOWED, names - ALLOWED
     assert {"run.sh", "links.sh", "inside.txt", "sub/nested.txt"} <= names
+    skipped = archive.read(".orchestrator-skipped.txt").decode()
+    assert "leak\tsymlink points outside the archived directory" in skipped
     # Links inside the directory are followed, to their content.
     if "ok_link" in names:
         assert archive.read("ok_link") == b"inside\n"

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import socket
 import stat
 import tempfile
+import threading
 import time
 import tracemalloc
 import zipfile
@@ -15,9 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from job_orchestrator.archive import (
+    MANIFEST_NAME,
+    MAX_DEPTH,
+    ArchiveCancelledError,
     ArchiveError,
+    ArchiveSummary,
     ResultTooLargeError,
-    iter_directory_entries,
     write_directory_zip,
 )
 
@@ -56,7 +61,7 @@ def write(path: Path, data: bytes | str = b"x") -> Path:
 
 def test_single_file(src: Path, dest: Path) -> None:
     write(src / "a.txt", b"hello")
-    assert write_directory_zip(src, dest) == 1
+    assert write_directory_zip(src, dest).files == 1
     assert contents(dest) == {"a.txt": b"hello"}
 
 
@@ -65,7 +70,7 @@ def test_multiple_and_nested_files(src: Path, dest: Path) -> None:
     write(src / "b.bin", bytes(range(256)))
     write(src / "sub" / "c.txt", b"C")
     write(src / "sub" / "deeper" / "d.txt", b"D")
-    assert write_directory_zip(src, dest) == 4
+    assert write_directory_zip(src, dest).files == 4
     assert contents(dest) == {
         "a.txt": b"A",
         "b.bin": bytes(range(256)),
@@ -77,7 +82,7 @@ def test_multiple_and_nested_files(src: Path, dest: Path) -> None:
 
 
 def test_empty_directory_gives_valid_empty_zip(src: Path, dest: Path) -> None:
-    assert write_directory_zip(src, dest) == 0
+    assert write_directory_zip(src, dest).files == 0
     assert contents(dest) == {}
 
 
@@ -121,7 +126,7 @@ def test_symlink_into_excluded_entry_is_skipped(src: Path, dest: Path) -> None:
 def test_destination_inside_source_is_not_included(src: Path) -> None:
     write(src / "a.txt", b"A")
     destination = src / "result.zip"
-    assert write_directory_zip(src, destination) == 1
+    assert write_directory_zip(src, destination).files == 1
     assert contents(destination) == {"a.txt": b"A"}
     assert sorted(p.name for p in src.iterdir()) == ["a.txt", "result.zip"]
 
@@ -129,7 +134,7 @@ def test_destination_inside_source_is_not_included(src: Path) -> None:
 def test_user_output_zip_is_just_a_file(src: Path, dest: Path) -> None:
     write(src / "output.zip", b"not really a zip")
     write(src / "a.txt", b"A")
-    assert write_directory_zip(src, dest) == 2
+    assert write_directory_zip(src, dest).files == 2
     assert contents(dest) == {"output.zip": b"not really a zip", "a.txt": b"A"}
 
 
@@ -153,7 +158,7 @@ def test_symlink_outside_is_skipped_and_rest_archived(
     (src / "escape_dir").symlink_to(tmp_path)
     write(src / "a.txt", b"A")
     with caplog.at_level(logging.WARNING, logger="job_orchestrator.archive"):
-        assert write_directory_zip(src, dest) == 1
+        assert write_directory_zip(src, dest).files == 1
     assert contents(dest) == {"a.txt": b"A"}
     assert "escape" in caplog.text
     assert "outside" in caplog.text
@@ -163,7 +168,7 @@ def test_symlink_inside_to_file_is_archived_by_content(src: Path, dest: Path) ->
     write(src / "data" / "real.txt", b"content")
     (src / "link.txt").symlink_to("data/real.txt")
     (src / "data" / "abs_link.txt").symlink_to(src / "data" / "real.txt")
-    assert write_directory_zip(src, dest) == 3
+    assert write_directory_zip(src, dest).files == 3
     assert contents(dest) == {
         "data/": b"",
         "data/abs_link.txt": b"content",
@@ -199,7 +204,7 @@ def test_dangling_symlink_is_skipped(
     (src / "dangling").symlink_to("does-not-exist")
     write(src / "a.txt")
     with caplog.at_level(logging.WARNING, logger="job_orchestrator.archive"):
-        assert write_directory_zip(src, dest) == 1
+        assert write_directory_zip(src, dest).files == 1
     assert set(contents(dest)) == {"a.txt"}
     assert "dangling" in caplog.text
 
@@ -213,7 +218,7 @@ def test_fifo_and_socket_are_skipped(
         sock.bind(str(src / "sock"))
         write(src / "a.txt")
         with caplog.at_level(logging.WARNING, logger="job_orchestrator.archive"):
-            assert write_directory_zip(src, dest) == 1
+            assert write_directory_zip(src, dest).files == 1
     assert set(contents(dest)) == {"a.txt"}
     for name in ("'pipe'", "'pipe_link'", "'sock'"):
         assert name in caplog.text
@@ -224,7 +229,7 @@ def test_non_utf8_name_is_skipped(src: Path, dest: Path) -> None:
     with open(bad, "wb") as fh:
         fh.write(b"x")
     write(src / "good.txt")
-    assert write_directory_zip(src, dest) == 1
+    assert write_directory_zip(src, dest).files == 1
     assert set(contents(dest)) == {"good.txt"}
 
 
@@ -248,7 +253,7 @@ def test_size_cap_inside_source_leaves_no_temp_file(src: Path) -> None:
 def test_size_cap_is_inclusive_and_counts_uncompressed_bytes(src: Path, dest: Path) -> None:
     write(src / "a.txt", b"\0" * 1000)
     write(src / "b.txt", b"\0" * 1000)
-    assert write_directory_zip(src, dest, max_total_bytes=2000) == 2
+    assert write_directory_zip(src, dest, max_total_bytes=2000).files == 2
     assert dest.stat().st_size < 2000
 
 
@@ -266,7 +271,7 @@ def test_missing_source_raises(tmp_path: Path, dest: Path) -> None:
 
 
 def test_source_that_is_a_file_raises(tmp_path: Path, dest: Path) -> None:
-    with pytest.raises(ArchiveError, match="not a directory"):
+    with pytest.raises(ArchiveError, match=r"(?i)not a directory"):
         write_directory_zip(write(tmp_path / "file.txt"), dest)
     assert list(dest.parent.iterdir()) == []
 
@@ -287,15 +292,137 @@ def test_names_are_deterministic_and_sorted(src: Path, tmp_path: Path) -> None:
         assert one.namelist() == ["B", "a", "b", "c/", "c/y", "c/z", "é"]
 
 
-def test_iter_directory_entries_reports_paths_and_names(src: Path) -> None:
+def test_summary_counts_files_and_names_what_was_left_out(src: Path, dest: Path) -> None:
     write(src / "d" / "f.txt")
     (src / "link").symlink_to("d/f.txt")
-    root = src.resolve()
-    assert list(iter_directory_entries(src)) == [
-        (root / "d", "d/"),
-        (root / "d" / "f.txt", "d/f.txt"),
-        (root / "d" / "f.txt", "link"),
-    ]
+    (src / "out").symlink_to("/etc/passwd")
+    os.mkfifo(src / "pipe")
+    summary = write_directory_zip(src, dest)
+    assert summary == ArchiveSummary(
+        files=2,
+        skipped=2,
+        skipped_named=(
+            ("out", "symlink points outside the archived directory"),
+            ("pipe", "not a regular file or directory"),
+        ),
+    )
+    assert summary.describe().startswith("result incomplete: 2 entries left out")
+    assert "out (symlink points outside" in summary.describe()
+    assert ArchiveSummary(files=3).describe() == ""
+    long = ArchiveSummary(files=0, skipped=1, skipped_named=(("x" * 70_000, "too long"),))
+    assert len(long.describe()) < 300
+    # Without manifest=True nothing is added to the archive.
+    assert set(contents(dest)) == {"d/", "d/f.txt", "link"}
+
+
+def test_manifest_lists_what_was_left_out(src: Path, dest: Path) -> None:
+    write(src / "a.txt", b"A")
+    os.mkfifo(src / "pipe")
+    write_directory_zip(src, dest, manifest=True)
+    files = contents(dest)
+    assert set(files) == {"a.txt", MANIFEST_NAME}
+    text = files[MANIFEST_NAME].decode()
+    assert text.startswith("1 entry of the job's directory not in this archive:")
+    assert "pipe\tnot a regular file or directory" in text
+
+
+def test_manifest_is_only_written_when_something_was_left_out(src: Path, dest: Path) -> None:
+    write(src / "a.txt", b"A")
+    assert write_directory_zip(src, dest, manifest=True).skipped == 0
+    assert set(contents(dest)) == {"a.txt"}
+
+
+def test_manifest_name_is_reserved_at_the_top(src: Path, dest: Path) -> None:
+    write(src / MANIFEST_NAME, b"forged: nothing was left out")
+    write(src / "sub" / MANIFEST_NAME, b"just a file")
+    write_directory_zip(src, dest, manifest=True)
+    files = contents(dest)
+    assert files["sub/" + MANIFEST_NAME] == b"just a file"
+    assert b"forged" not in files[MANIFEST_NAME]
+    assert f"{MANIFEST_NAME}\tname reserved" in files[MANIFEST_NAME].decode()
+
+
+def test_tree_deeper_than_the_limit_is_cut_and_reported(src: Path, dest: Path) -> None:
+    deep = src
+    for _ in range(MAX_DEPTH + 3):
+        deep = deep / "d"
+    write(deep / "bottom.txt")
+    write(src / "top.txt")
+    summary = write_directory_zip(src, dest, manifest=True)
+    cut = "d/" * (MAX_DEPTH + 1)
+    assert summary.skipped_named == ((cut, f"deeper than {MAX_DEPTH} levels"),)
+    names = set(contents(dest))
+    assert "d/" * MAX_DEPTH in names
+    assert cut not in names
+    assert "top.txt" in names
+
+
+def test_size_cap_counts_apparent_size_of_sparse_files_before_compressing(
+    src: Path, dest: Path
+) -> None:
+    # Compressible data first: the cap must trip on the sizes, before any of it is deflated.
+    write(src / "a-first.txt", b"abc" * MIB)
+    with (src / "z-sparse").open("wb") as sparse:
+        sparse.truncate(1 << 40)
+    with pytest.raises(ResultTooLargeError, match="10 MB"):
+        write_directory_zip(src, dest, max_total_bytes=10 * MIB)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_cancel_stops_the_build_and_leaves_nothing(src: Path, dest: Path) -> None:
+    write(src / "a.txt", b"A")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ArchiveCancelledError):
+        write_directory_zip(src, dest, cancel=cancel)
+    assert list(dest.parent.iterdir()) == []
+
+
+def test_root_that_is_a_symlink_is_refused(tmp_path: Path, src: Path, dest: Path) -> None:
+    write(src / "a.txt")
+    (tmp_path / "alias").symlink_to(src)
+    with pytest.raises(ArchiveError):
+        write_directory_zip(tmp_path / "alias", dest)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(libc: ctypes.CDLL, first: Path, second: Path) -> None:
+    at_fdcwd = -100
+    if libc.renameat2(at_fdcwd, bytes(first), at_fdcwd, bytes(second), _RENAME_EXCHANGE) != 0:
+        raise OSError(ctypes.get_errno(), "renameat2")
+
+
+@pytest.mark.timeout(120)
+def test_directory_swapped_for_a_symlink_mid_walk_never_leaks(tmp_path: Path, src: Path) -> None:
+    """The /download_partial race: a directory and a symlink to someone else's files trade
+    places again and again while the archive is built; nothing of theirs may get in."""
+    other = tmp_path / "other-job"
+    write(other / "secret.txt", b"SECRET of the other user")
+    write(other / "a", b"x")
+    write(src / "d" / "a", os.urandom(64 * 1024) * 8)
+    write(src / "d" / "secret.txt", b"mine")
+    (src / "x").symlink_to(other)
+    libc = ctypes.CDLL(None, use_errno=True)
+    stop = threading.Event()
+
+    def swap() -> None:
+        while not stop.is_set():
+            _exchange(libc, src / "d", src / "x")
+
+    swapper = threading.Thread(target=swap, daemon=True)
+    swapper.start()
+    try:
+        for round_ in range(200):
+            destination = tmp_path / "out" / f"partial-{round_}.zip"
+            write_directory_zip(src, destination)
+            for data in contents(destination).values():
+                assert b"SECRET" not in data
+            destination.unlink()
+    finally:
+        stop.set()
+        swapper.join()
 
 
 def test_permissions_and_timestamps_are_preserved(src: Path, dest: Path) -> None:
@@ -332,7 +459,7 @@ def test_large_file_is_streamed_with_bounded_memory(src: Path, dest: Path) -> No
         fh.truncate(50 * MIB)  # sparse: no disk or memory cost to create
     tracemalloc.start()
     try:
-        assert write_directory_zip(src, dest) == 1
+        assert write_directory_zip(src, dest).files == 1
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -369,7 +496,7 @@ def test_round_trip_preserves_paths_and_bytes(tree: dict[tuple[str, ...], bytes]
         for parts, data in tree.items():
             write(source.joinpath(*parts), data)
         destination = Path(tmp) / "result.zip"
-        assert write_directory_zip(source, destination) == len(tree)
+        assert write_directory_zip(source, destination).files == len(tree)
         expected = {"/".join(parts): data for parts, data in tree.items()}
         expected |= {"/".join(parts[:i]) + "/": b"" for parts in tree for i in range(1, len(parts))}
         assert contents(destination) == expected

@@ -10,6 +10,7 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -22,7 +23,8 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._loops import wait_any
-from job_orchestrator.archive import ArchiveError, write_directory_zip
+from job_orchestrator.archive import ArchiveError, ResultTooLargeError
+from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
@@ -68,6 +70,7 @@ class ClientState:
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
         for payload in self.registry.rebuild():
             self.runner.adopt(payload)
         psutil.cpu_percent(interval=None)  # starts the first measuring window
@@ -127,12 +130,20 @@ def _state(request: Request) -> ClientState:
     return state
 
 
+def _quote(message: str) -> str:
+    return quote(message, safe=" :/,.;()'-_=")
+
+
+def _message(payload: Payload) -> dict[str, str] | None:
+    return {MESSAGE_HEADER: _quote(payload.message)} if payload.message else None
+
+
 def _payload_response(
     payload: Payload, status_code: int = 200, *, long_polled: bool = False
 ) -> JSONResponse:
     headers = {}
     if payload.message:
-        headers[MESSAGE_HEADER] = quote(payload.message, safe=" :/,.;()'-_=")
+        headers[MESSAGE_HEADER] = _quote(payload.message)
     if long_polled:
         headers[LONG_POLL_HEADER] = "1"
     return json_response(payload.wire(), status_code, headers=headers)
@@ -336,6 +347,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
             return FileResponse(
                 payload.paths.result,
                 media_type="application/zip",
+                headers=_message(payload),
                 background=BackgroundTask(state.registry.mark_collected, payload.id),
             )
         if payload.status.is_terminal():
@@ -345,7 +357,11 @@ def create_app(settings: ClientSettings) -> FastAPI:
     @app.get(
         "/retrieve_partial/{id}",
         summary="A ZIP of the payload directory as it is now",
-        responses={**_BY_ID, 200: {"description": "ZIP", "content": _ZIP}},
+        responses={
+            **_BY_ID,
+            200: {"description": "ZIP", "content": _ZIP},
+            413: {"description": "The files exceed RESULT_MAX_MB", "content": _PAYLOAD},
+        },
         openapi_extra=_PAYLOAD_ID,
     )
     async def retrieve_partial(request: Request) -> Response:
@@ -354,16 +370,35 @@ def create_app(settings: ClientSettings) -> FastAPI:
         if payload is None:
             return _empty(404)
         if payload.status is Status.COMPLETED and payload.paths.result.is_file():
-            return FileResponse(payload.paths.result, media_type="application/zip")
+            return FileResponse(
+                payload.paths.result, media_type="application/zip", headers=_message(payload)
+            )
         # Built beside (not inside) the work directory, and removed once sent.
-        partial = payload.paths.root / f".partial-{secrets.token_hex(8)}.zip"
+        partial = payload.paths.root / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}.zip"
+        build = asyncio.ensure_future(
+            state.runner.archiver.partial(
+                payload.id,
+                Path(payload.loc),
+                partial,
+                max_total_bytes=state.settings.result_max_bytes,
+            )
+        )
         try:
-            await asyncio.to_thread(write_directory_zip, Path(payload.loc), partial)
+            if not await _unless_disconnected(request, build):
+                logger.info("partial zip of payload %d abandoned: requester gone", payload.id)
+                return Response(status_code=499)
+            summary = build.result()
+        except ResultTooLargeError as error:
+            return _payload_response(replace(payload, message=str(error)), 413)
         except ArchiveError as error:
             logger.warning("partial zip of payload %d failed: %s", payload.id, error)
             return _empty(500)
+        headers = {MESSAGE_HEADER: _quote(summary.describe())} if summary.skipped else None
         return FileResponse(
-            partial, media_type="application/zip", background=BackgroundTask(partial.unlink, True)
+            partial,
+            media_type="application/zip",
+            headers=headers,
+            background=BackgroundTask(partial.unlink, True),
         )
 
     @app.post(
@@ -428,6 +463,29 @@ def _status_wire(raw: str | None) -> str | None:
         return Status.from_wire(raw).wire if raw is not None else None
     except ValueError:
         return None
+
+
+async def _unless_disconnected(request: Request, build: asyncio.Future[Any]) -> bool:
+    """Await `build`; if the requester disconnects first, cancel it and return False."""
+
+    async def disconnected() -> None:
+        # A GET has no body: the next ASGI message is the disconnect, whenever it comes.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({build, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        build.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if build.done():
+        return True
+    build.cancel()
+    await asyncio.gather(build, return_exceptions=True)
+    return False
 
 
 class _Duplicate(Exception):

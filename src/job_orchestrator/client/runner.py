@@ -21,7 +21,8 @@ from typing import Any
 
 import psutil
 
-from job_orchestrator.archive import ArchiveError, write_directory_zip
+from job_orchestrator.archive import ArchiveError
+from job_orchestrator.client.archives import Archiver
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
 from job_orchestrator.client.validator import validate_script
@@ -55,6 +56,7 @@ class Runner:
         self._kill_tasks: set[asyncio.Task[None]] = set()
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._stopping = False
+        self.archiver = Archiver()
 
     def start(self, payload: Payload) -> None:
         self._spawn(payload.id, self._run(payload))
@@ -106,6 +108,7 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.archiver.close()
 
     # ---- one payload -----------------------------------------------------------------------
 
@@ -226,8 +229,7 @@ class Runner:
             )
             return
         try:
-            await asyncio.to_thread(
-                write_directory_zip,
+            summary = await self.archiver.result(
                 current.paths.work,
                 current.paths.result,
                 max_total_bytes=self.settings.result_max_bytes,
@@ -235,7 +237,11 @@ class Runner:
         except ArchiveError as error:
             self.registry.update(payload.id, status=Status.FAILED, exit_code=0, message=str(error))
             return
-        self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0)
+        # Still Completed, but the user is told (message and the archive's manifest).
+        message = summary.describe()
+        if message:
+            logger.warning("payload %d: %s", payload.id, message)
+        self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0, message=message)
 
     async def _watch_orphan(self, payload: Payload) -> None:
         """A payload that was running when the client stopped: wait for it, then settle it."""

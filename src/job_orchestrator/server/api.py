@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import (
@@ -21,7 +22,12 @@ from fastapi.responses import (
 )
 from starlette.requests import ClientDisconnect
 
-from job_orchestrator.errors import ClientCallError, PayloadLostError, StoreError
+from job_orchestrator.errors import (
+    ClientCallError,
+    PartialTooLargeError,
+    PayloadLostError,
+    StoreError,
+)
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
     HEALTHY,
@@ -47,7 +53,7 @@ from job_orchestrator.server.dispatcher import (
 )
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import TERMINAL, Status
-from job_orchestrator.wire import parse_i32
+from job_orchestrator.wire import MESSAGE_HEADER, parse_i32
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -287,7 +293,11 @@ async def download(request: Request) -> Response:
     result = Path(job.loc) / RESULT_NAME
     if not result.is_file():
         return status_body(job.id, job.status, "Error reading output file", 500)
-    return FileResponse(result, media_type="application/zip", filename=f"job-{job.id}.zip")
+    # The message of a Completed job says what was left out of its archive, if anything.
+    headers = {MESSAGE_HEADER: quote(job.message, safe=" :/,.;()'-_=")} if job.message else None
+    return FileResponse(
+        result, media_type="application/zip", filename=f"job-{job.id}.zip", headers=headers
+    )
 
 
 @router.get(
@@ -300,6 +310,10 @@ async def download(request: Request) -> Response:
         400: _PATH_ERROR,
         401: _UNAUTHORIZED,
         404: {"description": "No such job, or not on a client", "content": _JSON_STATUS},
+        413: {
+            "description": "The files exceed the client's RESULT_MAX_MB",
+            "content": _JSON_STATUS,
+        },
         500: {"description": "The client could not be read", "content": _JSON_STATUS},
     },
 )
@@ -327,6 +341,9 @@ async def download_partial(request: Request) -> Response:
     except PayloadLostError:
         await stack.aclose()
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
+    except PartialTooLargeError as error:
+        await stack.aclose()
+        return status_body(job.id, Status.UNKNOWN, str(error), 413)
     except ClientCallError as error:
         await stack.aclose()
         logger.warning("partial download of job %d failed: %s", job.id, error)
@@ -337,7 +354,9 @@ async def download_partial(request: Request) -> Response:
             async for chunk in upstream.aiter_bytes(1024 * 1024):
                 yield chunk
 
-    return StreamingResponse(relay(), media_type="application/zip")
+    message = upstream.headers.get(MESSAGE_HEADER)
+    headers = {MESSAGE_HEADER: message} if message else None
+    return StreamingResponse(relay(), media_type="application/zip", headers=headers)
 
 
 @router.post(

@@ -312,7 +312,7 @@ class Orchestrator:
                 return
             failures, failing_since = 0, None
             if result.status is Status.COMPLETED:
-                await self._settle(job, Status.COMPLETED, "")
+                await self._settle(job, Status.COMPLETED, result.message)
                 return
             if result.status in TERMINAL:
                 if result.status is Status.CLEANED:

@@ -25,6 +25,7 @@ import httpx
 
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
+    PartialTooLargeError,
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
@@ -183,7 +184,9 @@ class NodeGateway:
             _raise_for_status(response, what)
             if _is_zip(response):
                 await _stream_to_file(response, zip_destination)
-                return RetrieveResult(Status.COMPLETED, "", long_polled=False)
+                # A Completed result may still say what was left out of it.
+                message = unquote(response.headers.get(MESSAGE_HEADER, ""))
+                return RetrieveResult(Status.COMPLETED, message, long_polled=False)
             body = await response.aread()
         payload = _payload_json(body, what)
         try:
@@ -217,6 +220,9 @@ class NodeGateway:
                 "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
             ) as response,
         ):
+            if response.status_code == 413:
+                reason = unquote(response.headers.get(MESSAGE_HEADER, "")) or "files too large"
+                raise PartialTooLargeError(reason)
             _raise_for_status(response, what)
             if not _is_zip(response):
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
