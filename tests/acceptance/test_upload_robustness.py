@@ -54,7 +54,8 @@ def job_form(*files: tuple[bytes, bytes], user_id: bytes = b"1") -> tuple[str, b
 
 
 def entries(path: Path) -> set[str]:
-    return {entry.name for entry in path.iterdir()} if path.exists() else set()
+    """The directories in `path` (job, payload and staging directories)."""
+    return {entry.name for entry in path.iterdir() if entry.is_dir()} if path.exists() else set()
 
 
 def server_data(cl: Cluster) -> Path:
@@ -188,7 +189,7 @@ IDLE_S = 2
 PER_CLIENT = 10
 
 
-@pytest.fixture()
+@pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[Cluster]:
     with cluster(
         tmp_path,
