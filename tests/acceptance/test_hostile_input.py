@@ -89,8 +89,8 @@ def client_data(cl: Cluster) -> Path:
 
 def expected_name(name: str) -> str | None:
     """What upstream's Path::file_name keeps of a name; None when it must be refused."""
-    if "\0" in name:
-        return None
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        return None  # NUL and the other control characters (issue 15 item 6)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     kept = "file" if not parts or parts[-1] == ".." else parts[-1]
     return None if len(kept.encode()) > 255 else kept
