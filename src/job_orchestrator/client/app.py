@@ -215,6 +215,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
                 "description": "Not a valid multipart body",
                 "content": {**_PAYLOAD, "text/plain": {}},
             },
+            408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _PAYLOAD},
             500: {"description": "The files could not be stored", "content": _PAYLOAD},
         },
         openapi_extra={
