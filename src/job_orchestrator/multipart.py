@@ -7,9 +7,10 @@ unescaped; a value that is not valid UTF-8 counts as absent. Unlike upstream we 
 ``name*=utf-8''<percent-encoded>`` (RFC 5987), which is how reqwest sends nested names such as
 ``sub/x.txt``.
 
-Text parts are kept only if the caller asks for them, and only up to ``max_field_bytes``;
-any other text part is counted and dropped, so a large text field costs no memory (multer has
-no per-field limit, so upstream accepts them too).
+Text parts are kept (all of them, or only those the caller names) up to ``max_field_bytes``
+each; longer ones, and those not asked for, are counted against the body limit and dropped.
+So a text field of any size is accepted, as upstream (multer has no per-field limit) does,
+and none costs more memory than that cap.
 
 Errors::
 
