@@ -24,6 +24,9 @@ DEFAULT_MAX_AGE_S = 864_000
 DEFAULT_RUNS_PER_USER = 5
 DEFAULT_MAX_RUNS = 10
 UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
+DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 60.0
+DEFAULT_UPLOAD_MAX_CONCURRENT = 128
+DEFAULT_UPLOAD_MAX_PER_CLIENT = 32
 
 _SERVICE_SUFFIXES = (
     "UPLOAD_URL",
@@ -103,6 +106,11 @@ class ServerSettings(CommonSettings):
     db_path: str
     services: Mapping[str, ServiceConfig] = field(default_factory=dict)
     upload_limit_bytes: int = UPLOAD_LIMIT_BYTES
+    #: Seconds an upload body may send nothing before it is answered 408; 0 waits forever.
+    upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
+    #: Uploads in progress at once (0: no limit), in total and from one client address.
+    upload_max_concurrent: int = DEFAULT_UPLOAD_MAX_CONCURRENT
+    upload_max_per_client: int = DEFAULT_UPLOAD_MAX_PER_CLIENT
     client_timeout_s: float = 30.0
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
@@ -121,6 +129,7 @@ class ClientSettings(CommonSettings):
     require_exit_trap: bool = False
     kill_grace_s: float = 10.0
     result_max_bytes: int | None = None
+    upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
     cleaner_interval_s: float = 60.0
     adopt_hold_s: float = 60.0
     client_token: str | None = None
@@ -183,6 +192,13 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
             if upload_mb
             else UPLOAD_LIMIT_BYTES
         ),
+        upload_idle_timeout_s=_seconds(env, "UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S),
+        upload_max_concurrent=_count(
+            "UPLOAD_MAX_CONCURRENT", env.get("UPLOAD_MAX_CONCURRENT"), DEFAULT_UPLOAD_MAX_CONCURRENT
+        ),
+        upload_max_per_client=_count(
+            "UPLOAD_MAX_PER_CLIENT", env.get("UPLOAD_MAX_PER_CLIENT"), DEFAULT_UPLOAD_MAX_PER_CLIENT
+        ),
         client_timeout_s=_seconds(env, "CLIENT_TIMEOUT", 30.0),
         retry_deadline_s=_seconds(env, "RETRY_DEADLINE", 6 * 3600.0),
         poll_interval_s=_seconds(env, "POLL_INTERVAL", 1.0),
@@ -216,6 +232,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
             if result_mb
             else None
         ),
+        upload_idle_timeout_s=_seconds(env, "UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S),
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
         adopt_hold_s=_seconds(env, "ADOPT_HOLD", 60.0),
         client_token=_optional(env, "CLIENT_TOKEN"),
@@ -260,6 +277,10 @@ def _job_user(env: Mapping[str, str]) -> str | None:
     if os.geteuid() != 0:
         raise ConfigError("JOB_USER", "the client must run as root to switch users")
     return name
+
+
+def _count(variable: str, raw: str | None, default: int) -> int:
+    return parse_unsigned(variable, raw, maximum=1 << 20) if raw else default
 
 
 def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:

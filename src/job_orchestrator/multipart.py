@@ -7,14 +7,19 @@ unescaped; a value that is not valid UTF-8 counts as absent. Unlike upstream we 
 ``name*=utf-8''<percent-encoded>`` (RFC 5987), which is how reqwest sends nested names such as
 ``sub/x.txt``.
 
+Text parts are kept (all of them, or only those the caller names) up to ``max_field_bytes``
+each; longer ones, and those not asked for, are counted against the body limit and dropped.
+So a text field of any size is accepted, as upstream (multer has no per-field limit) does,
+and none costs more memory than that cap.
+
 Errors::
 
     MultipartError              str(e) is the user-facing message
     ├── BoundaryError           Content-Type missing, not multipart/form-data, or no boundary
-    ├── MalformedBodyError      truncated or garbled body
-    │   ├── FieldTooLargeError  a text part exceeds ``max_field_bytes``
+    ├── MalformedBodyError      truncated or garbled body; ``inside`` says where it ended
     │   └── TooManyPartsError   more than ``max_parts`` parts
     ├── BodyTooLargeError       the body exceeds ``max_body_bytes``
+    ├── BodyIdleError           no data arrived for ``idle_timeout_s``
     └── UnsafePartNameError     a file name that must not be stored
 
 ``OSError`` from creating or writing a file propagates unchanged, so callers can tell a disk
@@ -23,14 +28,15 @@ failure (500) from a bad request (400).
 
 from __future__ import annotations
 
+import asyncio
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from python_multipart.exceptions import MultipartParseError
-from python_multipart.multipart import MultipartParser
+from python_multipart.multipart import MultipartParser, MultipartState
 
 from job_orchestrator.filenames import UnsafeFileNameError
 
@@ -38,9 +44,9 @@ if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 __all__ = [
+    "BodyIdleError",
     "BodyTooLargeError",
     "BoundaryError",
-    "FieldTooLargeError",
     "MalformedBodyError",
     "MultipartError",
     "MultipartForm",
@@ -72,18 +78,23 @@ class BoundaryError(MultipartError):
         super().__init__(INVALID_BOUNDARY_MESSAGE)
 
 
-class MalformedBodyError(MultipartError):
-    """``detail`` says what the parser disliked, for logs; the message stays upstream's."""
+#: Where a body ended early: inside a file part's data, a text part's data, or elsewhere.
+Inside = Literal["file", "text"] | None
 
-    def __init__(self, message: str = PARSE_ERROR_MESSAGE, *, detail: str = "") -> None:
+
+class MalformedBodyError(MultipartError):
+    """``detail`` says what the parser disliked, for logs; the message stays upstream's.
+
+    ``inside`` is ``"file"`` or ``"text"`` when the body ended within that part's data
+    (upstream then reports a chunk or text read failure instead of a multipart error).
+    """
+
+    def __init__(
+        self, message: str = PARSE_ERROR_MESSAGE, *, detail: str = "", inside: Inside = None
+    ) -> None:
         super().__init__(message)
         self.detail = detail or message
-
-
-class FieldTooLargeError(MalformedBodyError):
-    def __init__(self, field_name: str, limit_bytes: int) -> None:
-        super().__init__(f"text field {field_name!r} exceeds the limit of {limit_bytes} bytes")
-        self.limit_bytes = limit_bytes
+        self.inside = inside
 
 
 class TooManyPartsError(MalformedBodyError):
@@ -96,6 +107,12 @@ class BodyTooLargeError(MultipartError):
     def __init__(self, limit_bytes: int) -> None:
         super().__init__(f"request body exceeds the limit of {limit_bytes} bytes")
         self.limit_bytes = limit_bytes
+
+
+class BodyIdleError(MultipartError):
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(f"no data received for {timeout_s:g} s")
+        self.timeout_s = timeout_s
 
 
 class UnsafePartNameError(MultipartError):
@@ -114,6 +131,8 @@ class SavedFile:
 class MultipartForm:
     fields: dict[str, str]
     files: list[SavedFile]
+    #: Kept fields whose (last) value was longer than ``max_field_bytes``; not in ``fields``.
+    oversized: set[str]
 
 
 def _header_params(value: bytes) -> dict[str, bytes | None]:
@@ -218,14 +237,19 @@ class _FormReader:
         self,
         dest_dir: Path,
         name_for_file: Callable[[str, str], PurePosixPath],
+        keep_fields: Collection[str] | None,
         max_field_bytes: int,
         max_parts: int,
     ) -> None:
         self._root = dest_dir.resolve(strict=True)
         self._name_for_file = name_for_file
+        self._keep_fields = keep_fields
         self._max_field_bytes = max_field_bytes
         self._max_parts = max_parts
         self.fields: dict[str, str] = {}
+        self.oversized: set[str] = set()
+        #: The kind of part whose data is being read, if any.
+        self.inside: Inside = None
         # Keyed by path so that a file overwritten on disk is also replaced here.
         self.saved: dict[PurePosixPath, SavedFile] = {}
         self.ended = False
@@ -236,6 +260,7 @@ class _FormReader:
         self._field_name = ""
         self._filename = ""
         self._text: bytearray | None = None
+        self._text_too_long = False
         self.file: BinaryIO | None = None
         self._path = PurePosixPath()
         self._size = 0
@@ -276,7 +301,10 @@ class _FormReader:
         name, filename = _parse_disposition(self._disposition or b"")
         self._field_name = "unnamed" if name is None else name
         if filename is None:
-            self._text = bytearray()
+            self.inside = "text"
+            keep = self._keep_fields is None or self._field_name in self._keep_fields
+            self._text = bytearray() if keep else None
+            self._text_too_long = False
             return
         self._filename = filename
         self._path = self._checked_path(self._field_name, filename)
@@ -285,6 +313,7 @@ class _FormReader:
         # "wb" truncates, so a later part with the same name replaces the earlier one.
         self.file = target.open("wb")
         self._size = 0
+        self.inside = "file"
 
     def _checked_path(self, field_name: str, filename: str) -> PurePosixPath:
         try:
@@ -303,10 +332,14 @@ class _FormReader:
         if self.file is not None:
             self.file.write(memoryview(data)[start:end])
             self._size += end - start
-        elif self._text is not None:
+        elif self._text is not None and not self._text_too_long:
             if len(self._text) + end - start > self._max_field_bytes:
-                raise FieldTooLargeError(self._field_name, self._max_field_bytes)
-            self._text += data[start:end]
+                # Dropped, not refused: upstream reads any length, and a value this long is
+                # invalid for every field we keep.
+                self._text_too_long = True
+                self._text.clear()
+            else:
+                self._text += data[start:end]
 
     def _on_part_end(self) -> None:
         if self.file is not None:
@@ -318,8 +351,15 @@ class _FormReader:
                 self._field_name, self._filename, self._path, self._size
             )
         elif self._text is not None:
-            self.fields[self._field_name] = self._text.decode("utf-8", errors="replace")
+            # The last occurrence of a name wins, whether it fits or not.
+            if self._text_too_long:
+                self.fields.pop(self._field_name, None)
+                self.oversized.add(self._field_name)
+            else:
+                self.fields[self._field_name] = self._text.decode("utf-8", errors="replace")
+                self.oversized.discard(self._field_name)
             self._text = None
+        self.inside = None
 
     def _on_end(self) -> None:
         self.ended = True
@@ -331,9 +371,11 @@ async def read_multipart(
     dest_dir: Path,
     *,
     name_for_file: Callable[[str, str], PurePosixPath],
+    keep_fields: Collection[str] | None = None,
     max_body_bytes: int | None = None,
-    max_field_bytes: int = 1024 * 1024,
+    max_field_bytes: int = 64 * 1024,
     max_parts: int = 10_000,
+    idle_timeout_s: float | None = None,
 ) -> MultipartForm:
     """Read a whole ``multipart/form-data`` body, storing file parts under ``dest_dir``.
 
@@ -341,7 +383,10 @@ async def read_multipart(
     ``dest_dir / name_for_file(field_name, filename)`` (parent directories are created) and
     written as its bytes arrive, so memory use does not grow with file size. A later file
     with the same relative path overwrites the earlier one and replaces it in ``files``.
-    Text parts are decoded as UTF-8 with replacement; for duplicate names the last one wins.
+    Text parts named in ``keep_fields`` (all, if ``None``) are decoded as UTF-8 with
+    replacement, up to ``max_field_bytes`` each; a longer one is left out of ``fields`` and
+    named in ``oversized``. Other text parts are read and dropped. For duplicate names the
+    last one wins.
 
     On any error the open file is closed but nothing is deleted: files already written stay
     in ``dest_dir``, and the caller is expected to remove ``dest_dir``.
@@ -351,12 +396,13 @@ async def read_multipart(
         MalformedBodyError: the body is garbled or ends before the closing boundary.
         BodyTooLargeError: more than ``max_body_bytes`` arrived; the chunk that crossed the
             limit is not processed.
+        BodyIdleError: no chunk arrived for ``idle_timeout_s`` seconds.
         UnsafePartNameError: ``name_for_file`` refused a name or returned a path that would
             leave ``dest_dir``.
         OSError: a file or directory could not be created or written.
     """
     boundary = boundary_from_content_type(content_type)
-    reader = _FormReader(dest_dir, name_for_file, max_field_bytes, max_parts)
+    reader = _FormReader(dest_dir, name_for_file, keep_fields, max_field_bytes, max_parts)
     parser = MultipartParser(
         boundary,
         reader.callbacks(),
@@ -364,19 +410,47 @@ async def read_multipart(
         max_header_size=_MAX_HEADER_BYTES,
     )
     received = 0
+    iterator = aiter(chunks)
     try:
-        async for chunk in chunks:
+        while True:
+            try:
+                async with asyncio.timeout(idle_timeout_s):
+                    chunk = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except TimeoutError:
+                assert idle_timeout_s is not None
+                raise BodyIdleError(idle_timeout_s) from None
             received += len(chunk)
             if max_body_bytes is not None and received > max_body_bytes:
                 raise BodyTooLargeError(max_body_bytes)
             try:
                 parser.write(chunk)
             except MultipartParseError as exc:
+                # Parse errors arise only between parts' data (headers, boundaries), where
+                # upstream reports a multipart error whatever part came before.
                 raise MalformedBodyError(detail=str(exc)) from exc
         parser.finalize()
         if not reader.ended:
-            raise MalformedBodyError(detail="body ended before the closing boundary")
+            raise MalformedBodyError(
+                detail="body ended before the closing boundary",
+                inside=_ended_inside(parser, reader),
+            )
     finally:
         if reader.file is not None:
             reader.file.close()
-    return MultipartForm(fields=reader.fields, files=list(reader.saved.values()))
+    return MultipartForm(
+        fields=reader.fields, files=list(reader.saved.values()), oversized=reader.oversized
+    )
+
+
+def _ended_inside(parser: MultipartParser, reader: _FormReader) -> Inside:
+    """Where a body that stopped early stopped, in multer's terms.
+
+    multer ends a part's data at the first ``CRLF--boundary``; python-multipart waits for
+    the CRLF or ``--`` after it before it ends the part. A body that stops in between has
+    finished its last part for multer, so that is a multipart error, not a read failure.
+    """
+    if parser.state != MultipartState.PART_DATA or parser.index >= len(parser.boundary):
+        return None
+    return reader.inside

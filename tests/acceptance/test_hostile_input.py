@@ -89,8 +89,8 @@ def client_data(cl: Cluster) -> Path:
 
 def expected_name(name: str) -> str | None:
     """What upstream's Path::file_name keeps of a name; None when it must be refused."""
-    if "\0" in name:
-        return None
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        return None  # NUL and the other control characters (issue 15 item 6)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     kept = "file" if not parts or parts[-1] == ".." else parts[-1]
     return None if len(kept.encode()) > 255 else kept
@@ -261,13 +261,37 @@ def test_two_thousand_files_in_one_upload(hostile: Cluster) -> None:
 
 def truncations(body: bytes) -> dict[str, bytes]:
     last_part = body.rindex(b"\r\n--")
+    delimiter = body[: body.index(b"\r\n")]
+    first_data = body.index(b"\r\n\r\n") + 4
     return {
         "no-closing-boundary": body[:last_part],
         "mid-headers": body[: body.index(b"Content-Disposition") + 25],
         "mid-content": body[: body.rindex(b"#!") + 5] if b"#!" in body else body[: len(body) // 2],
         "half": body[: len(body) // 2],
-        "just-a-boundary": body[: body.index(b"\r\n")],
+        "just-a-boundary": delimiter,
+        "empty": b"",
+        "mid-text": body[: first_data + 1],
+        "after-text-headers": body[:first_data],
+        "after-a-delimiter": body[: body.index(delimiter, first_data) + len(delimiter)],
+        "after-the-last-delimiter": body[: last_part + 2 + len(delimiter)],
+        "mid-last-delimiter": body[: last_part + 5],
     }
+
+
+#: What upstream answers for each cut (UPSTREAM §3.2): where its handler was reading.
+TRUNCATED_MESSAGE = {
+    "no-closing-boundary": f"Could not save file: Chunk read failed: {PARSE_ERROR}",
+    "mid-headers": f"Multipart error: {PARSE_ERROR}",
+    "mid-content": f"Could not save file: Chunk read failed: {PARSE_ERROR}",
+    "half": f"Could not save file: Chunk read failed: {PARSE_ERROR}",
+    "just-a-boundary": f"Multipart error: {PARSE_ERROR}",
+    "empty": f"Multipart error: {PARSE_ERROR}",
+    "mid-text": f"Error reading text field: {PARSE_ERROR}",
+    "after-text-headers": f"Error reading text field: {PARSE_ERROR}",
+    "after-a-delimiter": f"Multipart error: {PARSE_ERROR}",
+    "after-the-last-delimiter": f"Multipart error: {PARSE_ERROR}",
+    "mid-last-delimiter": f"Could not save file: Chunk read failed: {PARSE_ERROR}",
+}
 
 
 def valid_upload_body() -> tuple[str, bytes]:
@@ -283,7 +307,7 @@ def test_truncated_multipart_upload_is_refused(hostile: Cluster, cut: str) -> No
     with leaves_nothing(server_data(hostile)):
         response = post(f"{hostile.api.base_url}/upload", content_type, truncations(body)[cut])
     assert response.status_code == 400, response.text
-    assert response.json()["message"] == f"Multipart error: {PARSE_ERROR}"
+    assert response.json()["message"] == TRUNCATED_MESSAGE[cut]
 
 
 @pytest.mark.parametrize("cut", sorted(truncations(valid_upload_body()[1])))

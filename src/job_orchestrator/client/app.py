@@ -38,7 +38,12 @@ from job_orchestrator.http_common import (
     json_response,
     path_id,
 )
-from job_orchestrator.multipart import BoundaryError, MultipartError, read_multipart
+from job_orchestrator.multipart import (
+    BodyIdleError,
+    BoundaryError,
+    MultipartError,
+    read_multipart,
+)
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
@@ -67,6 +72,9 @@ class ClientState:
         self._stop = asyncio.Event()
         #: Set as soon as a stop signal arrives: long-polls answer at once.
         self.draining = asyncio.Event()
+        #: Payload directories a /submit is still writing: never orphans (one process owns
+        #: a client's DATA_PATH, since its registry lives in memory).
+        self.receiving: set[str] = set()
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -108,6 +116,7 @@ class ClientState:
             for entry in self.settings.data_path.iterdir():
                 if (
                     entry.name.isdigit()
+                    and entry.name not in self.receiving
                     and entry.is_dir()
                     and not self.registry.holds(int(entry.name))
                     and entry.stat().st_mtime < cutoff
@@ -259,6 +268,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
                 "description": "Not a valid multipart body",
                 "content": {**_PAYLOAD, "text/plain": {}},
             },
+            408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _PAYLOAD},
             500: {"description": "The files could not be stored", "content": _PAYLOAD},
         },
         openapi_extra={
@@ -289,12 +299,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except ValueError:
             return PlainTextResponse(f"Invalid {TIMEOUT_HEADER} header", status_code=400)
         paths = state.registry.allocate()
+        state.receiving.add(paths.root.name)
         try:
             await read_multipart(
                 request.stream(),
                 request.headers.get("content-type"),
                 paths.work,
                 name_for_file=lambda _field, filename: PurePosixPath(sanitize_filename(filename)),
+                keep_fields=(),  # upstream ignores text parts
+                idle_timeout_s=state.settings.upload_idle_timeout_s or None,
             )
             # A concurrent duplicate of the same dispatch may have won while we read.
             if key is not None and (existing := state.registry.by_dispatch_key(key)) is not None:
@@ -309,6 +322,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except ClientDisconnect:
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return _empty(400)
+        except BodyIdleError:
+            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            return json_response(EMPTY_PAYLOAD, 408, headers={"Connection": "close"})
         except (MultipartError, UnsafeFileNameError):
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return _empty(400)
@@ -316,6 +332,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
             logger.exception("could not store payload %s", paths.root.name)
             await asyncio.to_thread(shutil.rmtree, paths.root, True)
             return _empty(500)
+        finally:
+            state.receiving.discard(paths.root.name)
         state.runner.start(payload)
         return _payload_response(payload)
 

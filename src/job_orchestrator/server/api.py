@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import shutil
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,8 +38,11 @@ from job_orchestrator.http_common import (
     status_body,
 )
 from job_orchestrator.multipart import (
+    PARSE_ERROR_MESSAGE,
+    BodyIdleError,
     BodyTooLargeError,
     BoundaryError,
+    MalformedBodyError,
     MultipartError,
     read_multipart,
 )
@@ -52,6 +54,7 @@ from job_orchestrator.server.dispatcher import (
     Orchestrator,
 )
 from job_orchestrator.server.storage import JobRecord
+from job_orchestrator.server.uploads import Staging
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import MESSAGE_HEADER, parse_i32
 
@@ -95,6 +98,36 @@ _UNAUTHORIZED = {
     "description": "No valid bearer token (only when API_TOKENS_FILE is set)",
     "content": _JSON_STATUS,
 }
+
+
+#: The text fields /upload reads; any other is counted against the body limit and dropped.
+_UPLOAD_FIELDS = ("user_id", "service")
+#: Longer user_id or service values are invalid whatever they hold (see README).
+_MAX_UPLOAD_FIELD_BYTES = 64 * 1024
+#: Seconds a refused upload is told to wait (503 Retry-After).
+_RETRY_AFTER_S = 5
+#: Where upstream's handler was when a body ended early (UPSTREAM §3.2).
+_TRUNCATED = {
+    "file": f"Could not save file: Chunk read failed: {PARSE_ERROR_MESSAGE}",
+    "text": f"Error reading text field: {PARSE_ERROR_MESSAGE}",
+}
+
+
+def _upload_file_name(_field: str, filename: str) -> PurePosixPath:
+    """The stored name of an uploaded file; names with control characters are refused.
+
+    The dispatch percent-encodes CR and LF (as reqwest does) and nothing decodes them, so
+    ``a\nb`` and ``a%0Ab`` would reach the job as one file; the other control characters
+    are refused alike, since no portal means them.
+    """
+    name = sanitize_filename(filename)
+    for char in filename:
+        if ord(char) < 0x20 or ord(char) == 0x7F:
+            raise UnsafeFileNameError(
+                f"file name {filename!r} contains the control character U+{ord(char):04X}; "
+                "control characters are not allowed in file names"
+            )
+    return PurePosixPath(name)
 
 
 def engine(request: Request) -> Orchestrator:
@@ -176,8 +209,13 @@ async def health(request: Request) -> Response:
             "description": "user_id disagrees with the token (API_TOKENS_FILE)",
             "content": _JSON_STATUS,
         },
+        408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _JSON_STATUS},
         413: {"description": "Body over the upload limit", "content": _JSON_STATUS},
         500: {"description": "Storage failure", "content": _JSON_STATUS},
+        503: {
+            "description": "Too many uploads in progress (UPLOAD_MAX_*); see Retry-After",
+            "content": _JSON_STATUS,
+        },
     },
     openapi_extra={
         "requestBody": {
@@ -212,60 +250,106 @@ async def upload(request: Request) -> Response:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         return status_body(0, Status.UNKNOWN, too_large, 413)
-    loc = settings.data_path / str(uuid.uuid4())
-    files_dir = loc / INPUT_DIR
+    address = request.client.host if request.client else ""
+    if not orchestrator.uploads.admit(address):
+        response = status_body(0, Status.UNKNOWN, "Too many uploads in progress; retry later", 503)
+        response.headers["Retry-After"] = str(_RETRY_AFTER_S)
+        return response
+    staging = Staging(settings.data_path)
+    try:
+        with orchestrator.uploads.tracking(staging):
+            return await _receive_upload(request, orchestrator, staging, caller, too_large)
+    finally:
+        orchestrator.uploads.release(address)
+
+
+async def _receive_upload(
+    request: Request,
+    orchestrator: Orchestrator,
+    staging: Staging,
+    caller: int | object,
+    too_large: str,
+) -> Response:
+    """Read the form into `staging`, check it, and turn it into a queued job."""
+    settings = orchestrator.settings
+    files_dir = staging.path / INPUT_DIR
     keep = False
     try:
-        files_dir.mkdir(parents=True)
+        await asyncio.to_thread(staging.create)
+        files_dir.mkdir()
     except OSError:
         logger.exception("could not create %s", files_dir)
+        staging.close()
+        await asyncio.to_thread(shutil.rmtree, staging.path, True)
         return status_body(0, Status.UNKNOWN, "Could not create job directory", 500)
     try:
         form = await read_multipart(
             request.stream(),
             request.headers.get("content-type"),
             files_dir,
-            name_for_file=lambda _field, filename: PurePosixPath(sanitize_filename(filename)),
-            max_body_bytes=limit,
+            name_for_file=_upload_file_name,
+            keep_fields=_UPLOAD_FIELDS,
+            max_field_bytes=_MAX_UPLOAD_FIELD_BYTES,
+            max_body_bytes=settings.upload_limit_bytes,
+            idle_timeout_s=settings.upload_idle_timeout_s or None,
         )
         fields = form.fields
-        if "user_id" not in fields and caller is _ANYONE:
+        if "user_id" not in fields and "user_id" not in form.oversized and caller is _ANYONE:
             return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
-        user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller
+        if "user_id" in form.oversized:
+            user_id: int | object | None = None
+        else:
+            user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller
         if not isinstance(user_id, int):
             return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
         if caller is not _ANYONE and user_id != caller:
             return status_body(0, Status.UNKNOWN, "user_id does not match the token", 403)
-        if "service" not in fields:
+        if "service" not in fields and "service" not in form.oversized:
             return status_body(0, Status.UNKNOWN, "Missing service field", 400)
-        service = fields["service"].lower()
+        service = fields.get("service", "").lower()
         if service not in settings.services:
             return status_body(0, Status.UNKNOWN, "Invalid service", 400)
+        loc = await asyncio.to_thread(staging.commit)
+        keep = True
         try:
             job_id = await orchestrator.store.create_job(
                 user_id=user_id, service=service, loc=str(loc)
             )
         except StoreError:
             logger.exception("could not add a job")
+            await asyncio.to_thread(shutil.rmtree, loc, True)
             return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
-        keep = True
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
     except BoundaryError as error:
         return PlainTextResponse(str(error), status_code=400)
     except BodyTooLargeError:
         return status_body(0, Status.UNKNOWN, too_large, 413)
+    except BodyIdleError as error:
+        response = status_body(
+            0,
+            Status.UNKNOWN,
+            f"No data received for {error.timeout_s:g} s; upload abandoned",
+            408,
+        )
+        # The sender has stalled: close rather than wait for the rest of its body.
+        response.headers["Connection"] = "close"
+        return response
     except ClientDisconnect:
         return status_body(0, Status.UNKNOWN, "Request body incomplete", 400)
+    except MalformedBodyError as error:
+        message = _TRUNCATED.get(error.inside or "", f"Multipart error: {error}")
+        return status_body(0, Status.UNKNOWN, message, 400)
     except (MultipartError, UnsafeFileNameError) as error:
         return status_body(0, Status.UNKNOWN, f"Multipart error: {error}", 400)
     except OSError as error:
         logger.exception("could not save an upload")
         return status_body(0, Status.UNKNOWN, f"Could not save file: {error.strerror}", 500)
     finally:
+        staging.close()
         if not keep:
             # A rejected upload leaves nothing behind.
-            await asyncio.to_thread(shutil.rmtree, loc, True)
+            await asyncio.to_thread(shutil.rmtree, staging.path, True)
 
 
 @router.get(

@@ -32,6 +32,7 @@ from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Orchestrator:
         self.store = store
         self.gateway = gateway
         self.fleet = Fleet(settings, store, gateway)
+        self.uploads = UploadLimits(settings.upload_max_concurrent, settings.upload_max_per_client)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
@@ -485,15 +487,20 @@ class Orchestrator:
 
     async def _clean_orphans(self, cutoff: float) -> int:
         data_path = self.settings.data_path
+        # Uploads in progress are never orphans; those whose upload died go at once.
+        abandoned = await asyncio.to_thread(remove_abandoned, data_path, self.uploads.live)
         with contextlib.suppress(FileNotFoundError):
             old = {
                 str(entry): entry
                 for entry in data_path.iterdir()
-                if entry.is_dir() and not entry.is_symlink() and entry.stat().st_mtime < cutoff
+                if entry.is_dir()
+                and not entry.is_symlink()
+                and not is_staging(entry.name)
+                and entry.stat().st_mtime < cutoff
             }
             orphans = set(old) - await self.store.known_locs(list(old))
             for loc in orphans:
                 logger.info("removing orphan directory %s", loc)
                 await asyncio.to_thread(shutil.rmtree, old[loc], True)
-            return len(orphans)
-        return 0
+            return abandoned + len(orphans)
+        return abandoned
