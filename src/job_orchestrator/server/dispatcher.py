@@ -27,6 +27,7 @@ from job_orchestrator.errors import (
     PermanentClientError,
     StoreError,
     TransientClientError,
+    UndeliveredError,
 )
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.nodes import Fleet
@@ -200,6 +201,12 @@ class Orchestrator:
                 token=service.client_token,
                 timeout_s=service.timeout_s,
             )
+        except UndeliveredError as error:
+            # It never reached the node, so any node may take it: another one, at once.
+            self.fleet.report_failure(node.upload_url, definite=True)
+            elsewhere = self.fleet.others_usable(service.nodes, node.upload_url)
+            await self._retry_dispatch(job, str(error), unpin=elsewhere)
+            return
         except TransientClientError as error:
             self.fleet.report_failure(node.upload_url)
             await self._retry_dispatch(job, str(error))
@@ -230,7 +237,8 @@ class Orchestrator:
         if fresh is not None and fresh.status is Status.LOCKED:
             await self._finish_termination(fresh)
 
-    async def _retry_dispatch(self, job: JobRecord, reason: str) -> None:
+    async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
+        """Queue the job again: after a backoff, or, unpinned, at once for another node."""
         now = time.time()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
@@ -240,15 +248,21 @@ class Orchestrator:
                 f"could not reach the client for {now - since:.0f} s: {reason}",
             )
             return
-        delay = backoff_s(job.attempts + 1)
-        logger.warning("dispatch of job %d failed (%s); retrying in %.1f s", job.id, reason, delay)
+        delay = 0.0 if unpin else backoff_s(job.attempts + 1)
+        logger.warning(
+            "dispatch of job %d failed (%s); retrying %s",
+            job.id,
+            reason,
+            "on another client now" if unpin else f"in {delay:.1f} s",
+        )
         moved = await self.store.transition(
             job.id,
             [Status.PROCESSING],
             Status.QUEUED,
             attempts=job.attempts + 1,
             failing_since=since,
-            not_before=now + delay,
+            not_before=now + delay if delay else None,
+            **({"node": None} if unpin else {}),
         )
         if not moved:  # terminated meanwhile; the job never reached a client
             await self.store.transition(

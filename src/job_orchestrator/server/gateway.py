@@ -1,7 +1,9 @@
 """HTTP calls from the server to its clients (executor nodes), with errors classified.
 
 Every call has a timeout. Connection failures, timeouts and 5xx answers raise
-TransientClientError (worth retrying); 4xx answers and unreadable replies raise
+TransientClientError (worth retrying); of those, failures before a connection existed
+(refused, DNS, connect timeout) raise UndeliveredError, since the client cannot have seen the
+request. 4xx answers and unreadable replies raise
 PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
 Requests carry only what the original client understands plus headers it ignores
 (`Idempotency-Key`), so a Rust client can be driven unchanged.
@@ -28,6 +30,7 @@ from job_orchestrator.errors import (
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
+    UndeliveredError,
 )
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
@@ -114,6 +117,9 @@ class NodeGateway:
     async def _call(self, what: str) -> AsyncIterator[None]:
         try:
             yield
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            # No connection was made (or none was free), so nothing was sent.
+            raise UndeliveredError(f"{what}: {type(error).__name__}: {error}") from error
         except httpx.TimeoutException as error:
             raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
         except httpx.TransportError as error:
