@@ -66,6 +66,10 @@ class Orchestrator:
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
+        #: Jobs a /terminate request is finishing in its own task (not in _job_tasks).
+        self._terminating: set[int] = set()
+        #: Jobs the last reaper pass found without a task, as it saw them.
+        self._unowned: dict[int, JobRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -76,6 +80,7 @@ class Orchestrator:
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
             asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
             asyncio.create_task(self._node_loop(), name="node_loop"),
+            asyncio.create_task(self._reaper_loop(), name="reaper_loop"),
         ]
         for task in self._loops:
             task.add_done_callback(self._loop_died)
@@ -120,6 +125,15 @@ class Orchestrator:
         def forget(done: asyncio.Task[object]) -> None:
             if self._job_tasks.get(job_id) is done:
                 del self._job_tasks[job_id]
+            if not done.cancelled() and (error := done.exception()) is not None:
+                # The reaper re-drives the job; say why it needed to.
+                logger.error(
+                    "task of job %d failed: %r",
+                    job_id,
+                    error,
+                    exc_info=error,
+                    extra={"job_id": job_id},
+                )
 
         task.add_done_callback(forget)
 
@@ -417,13 +431,17 @@ class Orchestrator:
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
                 return TerminateOutcome(200, Status.LOCKED, "job terminated")
-            locked = await self.store.get_job(job_id)
-            assert locked is not None
-            task = self._job_tasks.get(job_id)
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            return await self._finish_termination(locked, restore=job.status)
+            self._terminating.add(job_id)
+            try:
+                locked = await self.store.get_job(job_id)
+                assert locked is not None
+                task = self._job_tasks.get(job_id)
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                return await self._finish_termination(locked, restore=job.status)
+            finally:
+                self._terminating.discard(job_id)
 
     async def _finish_termination(
         self, job: JobRecord, restore: Status | None = None
@@ -475,6 +493,49 @@ class Orchestrator:
             if woke or moved:
                 self.wake_dispatch()
             await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
+
+    # ---- reaper ----------------------------------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        """Re-drive jobs whose task died (rq's StartedJobRegistry.cleanup, in one process)."""
+        while not self._stop.is_set():
+            try:
+                await self.reap_once()
+            except StoreError:
+                logger.exception("reaping failed")
+            await wait_any(self._stop.wait(), timeout_s=self.settings.safety_tick_s)
+
+    async def reap_once(self) -> list[int]:
+        """Re-drive every job in a non-final, non-Queued status that has no live task.
+
+        A job counts as unowned only if two passes in a row found it so, unchanged: a job
+        just claimed gets its task a moment after its row changes, and a terminate may be
+        finishing it in a request of its own.
+        """
+        found: dict[int, JobRecord] = {}
+        for job in await self.store.jobs_with_status(
+            [Status.PROCESSING, *ON_CLIENT, Status.LOCKED]
+        ):
+            if job.id not in self._job_tasks and job.id not in self._terminating:
+                found[job.id] = job
+        previous, self._unowned = self._unowned, found
+        reaped = []
+        for job_id, job in list(found.items()):
+            if previous.get(job_id) != job or job_id in self._job_tasks:
+                continue
+            logger.warning("job %d (%s) has no live task; re-driving it", job_id, job.status.wire)
+            del self._unowned[job_id]
+            reaped.append(job_id)
+            if job.status is Status.PROCESSING:
+                # As after a restart: the dispatch key is kept, so a client that already
+                # has the payload returns it instead of running it twice.
+                await self.store.transition(job_id, [Status.PROCESSING], Status.QUEUED)
+                self.wake_dispatch()
+            elif job.status is Status.LOCKED:
+                self._spawn(job_id, self._finish_termination(job))
+            else:
+                self._spawn(job_id, self._collect(job))
+        return reaped
 
     # ---- retention -------------------------------------------------------------------------
 
