@@ -38,6 +38,7 @@ from job_orchestrator.multipart import BoundaryError, MultipartError, read_multi
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
+    CLOCK_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -281,12 +282,16 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.get(parse_u32(payload_id))
         if payload is None:
             return _empty(404)
+        wait = min(wait, MAX_LONG_POLL_S)
+        if payload.status is Status.PREPARED:
+            # The server still wants it: renew its lease (runner.py starts it only so).
+            state.runner.lease.asked(payload.id, request.headers.get(CLOCK_HEADER))
+            # Answer before the lease runs out, so the next ask renews it in time.
+            wait = min(wait, state.settings.server_lease_s / 2)
         state.runner.release(payload.id)
         long_polled = wait > 0
         if long_polled:
-            payload = await _wait_for_change(
-                state, payload, known or payload.status.wire, min(wait, MAX_LONG_POLL_S)
-            )
+            payload = await _wait_for_change(state, payload, known or payload.status.wire, wait)
         if payload.status is Status.COMPLETED:
             if not payload.paths.result.is_file():
                 return _empty(500)

@@ -30,7 +30,7 @@ from job_orchestrator.errors import (
     UndeliveredError,
 )
 from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
@@ -293,6 +293,12 @@ class Orchestrator:
 
     async def _collect(self, job: JobRecord) -> None:
         """Follow one job on its client until it reaches a final status."""
+        try:
+            await self._follow(job)
+        finally:
+            self.fleet.asked_at.pop(job.id, None)
+
+    async def _follow(self, job: JobRecord) -> None:
         service, node = self._service(job), self._node(job)
         if service is None or node is None:
             await self._fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
@@ -312,6 +318,7 @@ class Orchestrator:
                     await self._enforce_time_limit(job, node, service)
                     return
                 wait_s = max(0.1, min(wait_s, limit_at - time.time()))
+            self.fleet.asked_at[job.id] = time.time()
             try:
                 result = await self.gateway.retrieve(
                     node,
@@ -331,6 +338,14 @@ class Orchestrator:
                     await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
+                while (
+                    known in NOT_STARTED
+                    and self.fleet.is_down(node.upload_url)
+                    and not self._stop.is_set()
+                ):
+                    # Stop asking about it: its lease on the client runs out, so failover
+                    # can move it without the client starting it too.
+                    await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
                 continue
             except PayloadLostError as error:
                 await self._payload_lost(job, str(error))

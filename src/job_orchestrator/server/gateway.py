@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from job_orchestrator.errors import (
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
+    CLOCK_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -100,6 +102,7 @@ class NodeGateway:
 
     def __init__(self, *, timeout_s: float) -> None:
         self._timeout_s = timeout_s
+        self._instance = secrets.token_hex(8)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
@@ -182,7 +185,11 @@ class NodeGateway:
                 "GET",
                 join_url(node.download_url, payload_id),
                 params=params,
-                headers=self._headers(token),
+                # Lets the client tell a fresh request from one that sat in its socket.
+                headers={
+                    CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
+                    **self._headers(token),
+                },
                 timeout=timeout,
             ) as response,
         ):
