@@ -132,6 +132,7 @@ class ClientSettings(CommonSettings):
     upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
     cleaner_interval_s: float = 60.0
     adopt_hold_s: float = 60.0
+    server_lease_s: float = 15.0
     client_token: str | None = None
     sandbox: str = "none"
     job_max_memory_mb: int | None = None
@@ -214,6 +215,9 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
     common = _common(env, default_port=9000)
     max_concurrent = _optional(env, "MAX_CONCURRENT")
     result_mb = _optional(env, "RESULT_MAX_MB")
+    server_lease_s = _seconds(env, "SERVER_LEASE", 15.0)
+    if server_lease_s <= 0:
+        raise ConfigError("SERVER_LEASE", "must be more than 0 (no payload would ever start)")
     return ClientSettings(
         port=common.port,
         host=common.host,
@@ -235,6 +239,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         upload_idle_timeout_s=_seconds(env, "UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S),
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
         adopt_hold_s=_seconds(env, "ADOPT_HOLD", 60.0),
+        server_lease_s=server_lease_s,
         client_token=_optional(env, "CLIENT_TOKEN"),
         sandbox=_sandbox(env),
         job_max_memory_mb=_limit(env, "JOB_MAX_MEMORY_MB"),

@@ -5,6 +5,8 @@
     ├── StoreError             the database failed
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
+        │   └── UndeliveredError   the request cannot have reached the client (refused,
+        │                          DNS failure, connect timeout): safe to send elsewhere
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
             ├── PayloadLostError   the client answered 404 for a payload we gave it
             └── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
@@ -35,6 +37,10 @@ class ClientCallError(JobOrchestratorError):
 
 
 class TransientClientError(ClientCallError):
+    pass
+
+
+class UndeliveredError(TransientClientError):
     pass
 
 

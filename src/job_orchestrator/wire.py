@@ -18,6 +18,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 #: A client's MAX_CONCURRENT, on its /health answers.
 CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
+#: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
+CLOCK_HEADER = "X-Orchestrator-Clock"
 
 _UNSIGNED = re.compile(r"\+?[0-9]+")
 _SIGNED = re.compile(r"[+-]?[0-9]+")

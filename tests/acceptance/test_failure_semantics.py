@@ -27,7 +27,6 @@ from typing import Any
 
 import httpx
 import psutil
-import pytest
 
 from tests.harness import Cluster, Node, cluster, tagged_processes
 
@@ -349,28 +348,26 @@ def test_a_job_given_up_on_does_not_keep_running_when_its_client_returns(
         cl.shutdown()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason=(
-        "KNOWN RACE (README, Failure semantics) server/nodes.py Fleet.fail_over: a Prepared "
-        "job is re-queued elsewhere while its"
-        " payload may still start on the unreachable (not dead) client, which runs it as soon"
-        " as a slot frees; the revocation kill only comes once the server reaches it again"
-    ),
-)
 def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Path) -> None:
     """client0 is alive but unreachable (simulated with SIGSTOP): the server fails its Prepared
     job over to client1. If client0 then starts that payload before the server can revoke it,
-    the job runs twice. (A partition while the server is briefly stopped too.)"""
+    the job runs twice. (A partition while the server is briefly stopped too.) The client's
+    SERVER_LEASE, shorter than FAILOVER_AFTER, keeps it from starting a payload the server
+    stopped asking about; the requests that waited in its socket while it was frozen do not
+    renew the lease."""
     marker = tmp_path / "queued-job.marker"
     env = {"NODE_CHECK_INTERVAL": "0.2", "FAILOVER_AFTER": "1", "CLIENT_TIMEOUT": "1"}
     cl = Cluster(tmp_path)
     frozen: list[Node] = []
     try:
-        first = cl.add_client(ONE_SLOT)
+        first = cl.add_client({**ONE_SLOT, "SERVER_LEASE": "0.5"})
         second = cl.add_client(ONE_SLOT, start=False)
         cl.start_server(env)
-        _long_job, queued, token = occupy_first_client(cl, marker, "sleep 4\n")
+        # The long job ends only when told, so a slow machine cannot free client0's slot
+        # before client0 is frozen.
+        go = tmp_path / "go"
+        long_script = f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+        _long_job, queued, token = occupy_first_client(cl, marker, long_script)
         second.start()
         assert first.process is not None
         os.kill(first.process.pid, signal.SIGSTOP)
@@ -379,7 +376,10 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
         assert len(lines(marker)) == 1
         # The long job ends while client0 is unreachable; then client0 runs again while the
         # server is (briefly) unable to talk to it.
-        wait_until(lambda: not processes_running(cl, "sleep 4"), "the long job to end")
+        go.touch()
+        wait_until(
+            lambda: not processes_running(cl, "job-orchestrator-wrapper"), "the long job to end"
+        )
         assert cl.server is not None
         assert cl.server.process is not None
         os.kill(cl.server.process.pid, signal.SIGSTOP)
@@ -391,11 +391,13 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
         time.sleep(2)  # client0's own loop runs; the server cannot revoke anything yet
         os.kill(cl.server.process.pid, signal.SIGCONT)
         frozen.remove(cl.server)
-        wait_until(
-            lambda: payload_state(revoked).get("status") in FINAL,
+        state = wait_until(
+            lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
             "the revoked payload to end on client0",
         )
         assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
+        assert state["status"] == "Killed", state
+        assert not state["pid"], f"the revoked payload was started: {state}"
     finally:
         for node in frozen:
             if node.process is not None:

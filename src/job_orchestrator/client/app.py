@@ -47,6 +47,7 @@ from job_orchestrator.multipart import (
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
+    CLOCK_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -351,14 +352,17 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
-        state.runner.release(payload.id)
-        wait = _seconds(request.query_params.get("wait"))
+        wait = min(_seconds(request.query_params.get("wait")), MAX_LONG_POLL_S)
         known = _status_wire(request.query_params.get("known"))
+        if payload.status is Status.PREPARED:
+            # The server still wants it: renew its lease (runner.py starts it only so).
+            state.runner.lease.asked(payload.id, request.headers.get(CLOCK_HEADER))
+            # Answer before the lease runs out, so the next ask renews it in time.
+            wait = min(wait, state.settings.server_lease_s / 2)
+        state.runner.release(payload.id)
         long_polled = wait > 0
         if long_polled:
-            payload = await _wait_for_change(
-                state, payload, known or payload.status.wire, min(wait, MAX_LONG_POLL_S)
-            )
+            payload = await _wait_for_change(state, payload, known or payload.status.wire, wait)
         if payload.status is Status.COMPLETED:
             if not payload.paths.result.is_file():
                 return _empty(500)

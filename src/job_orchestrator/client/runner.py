@@ -23,6 +23,7 @@ import psutil
 
 from job_orchestrator.archive import ArchiveError
 from job_orchestrator.client.archives import Archiver
+from job_orchestrator.client.lease import ServerLease
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
 from job_orchestrator.client.validator import validate_script
@@ -57,6 +58,7 @@ class Runner:
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._stopping = False
         self.archiver = Archiver()
+        self.lease = ServerLease(settings.server_lease_s)
 
     def start(self, payload: Payload) -> None:
         self._spawn(payload.id, self._run(payload))
@@ -124,12 +126,24 @@ class Runner:
             logger.info("payload %d rejected: %s", payload.id, rejection.reason)
             self.registry.update(payload.id, status=Status.INVALID, message=rejection.message())
             return
-        async with self._slots if self._slots is not None else contextlib.nullcontext():
-            current = self.registry.get(payload.id)
-            if current is None or current.killed or current.status is not Status.PREPARED:
-                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
-                return
-            await self._execute(current)
+        try:
+            while True:
+                async with self._slots if self._slots is not None else contextlib.nullcontext():
+                    current = self.registry.get(payload.id)
+                    if current is None or current.killed or current.status is not Status.PREPARED:
+                        self.registry.update(
+                            payload.id, status=Status.KILLED, message="job terminated"
+                        )
+                        return
+                    if self.lease.held(payload.id):
+                        await self._execute(current)
+                        return
+                # The server has not asked about it within SERVER_LEASE: it may have given
+                # the job to another client. Start it only when it asks again (or kill it).
+                logger.debug("payload %d waits for the server to ask for it", payload.id)
+                await self.lease.renewed(payload.id)
+        finally:
+            self.lease.forget(payload.id)
 
     async def _execute(self, payload: Payload) -> None:
         paths = payload.paths
@@ -265,6 +279,7 @@ class Runner:
             held = self._held.pop(payload.id, None)
             if held is not None:
                 held.cancel()
+            self.lease.wake(payload.id)
             task = self._tasks.get(payload.id)
             if task is None:
                 self.registry.update(payload.id, status=Status.KILLED, message="job terminated")

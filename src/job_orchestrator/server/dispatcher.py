@@ -27,9 +27,10 @@ from job_orchestrator.errors import (
     PermanentClientError,
     StoreError,
     TransientClientError,
+    UndeliveredError,
 )
 from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
@@ -67,6 +68,10 @@ class Orchestrator:
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
+        #: Jobs a /terminate request is finishing in its own task (not in _job_tasks).
+        self._terminating: set[int] = set()
+        #: Jobs the last reaper pass found without a task, as it saw them.
+        self._unowned: dict[int, JobRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -77,6 +82,7 @@ class Orchestrator:
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
             asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
             asyncio.create_task(self._node_loop(), name="node_loop"),
+            asyncio.create_task(self._reaper_loop(), name="reaper_loop"),
         ]
         for task in self._loops:
             task.add_done_callback(self._loop_died)
@@ -121,6 +127,15 @@ class Orchestrator:
         def forget(done: asyncio.Task[object]) -> None:
             if self._job_tasks.get(job_id) is done:
                 del self._job_tasks[job_id]
+            if not done.cancelled() and (error := done.exception()) is not None:
+                # The reaper re-drives the job; say why it needed to.
+                logger.error(
+                    "task of job %d failed: %r",
+                    job_id,
+                    error,
+                    exc_info=error,
+                    extra={"job_id": job_id},
+                )
 
         task.add_done_callback(forget)
 
@@ -202,6 +217,12 @@ class Orchestrator:
                 token=service.client_token,
                 timeout_s=service.timeout_s,
             )
+        except UndeliveredError as error:
+            # It never reached the node, so any node may take it: another one, at once.
+            self.fleet.report_failure(node.upload_url, definite=True)
+            elsewhere = self.fleet.others_usable(service.nodes, node.upload_url)
+            await self._retry_dispatch(job, str(error), unpin=elsewhere)
+            return
         except TransientClientError as error:
             self.fleet.report_failure(node.upload_url)
             await self._retry_dispatch(job, str(error))
@@ -232,7 +253,8 @@ class Orchestrator:
         if fresh is not None and fresh.status is Status.LOCKED:
             await self._finish_termination(fresh)
 
-    async def _retry_dispatch(self, job: JobRecord, reason: str) -> None:
+    async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
+        """Queue the job again: after a backoff, or, unpinned, at once for another node."""
         now = time.time()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
@@ -242,15 +264,21 @@ class Orchestrator:
                 f"could not reach the client for {now - since:.0f} s: {reason}",
             )
             return
-        delay = backoff_s(job.attempts + 1)
-        logger.warning("dispatch of job %d failed (%s); retrying in %.1f s", job.id, reason, delay)
+        delay = 0.0 if unpin else backoff_s(job.attempts + 1)
+        logger.warning(
+            "dispatch of job %d failed (%s); retrying %s",
+            job.id,
+            reason,
+            "on another client now" if unpin else f"in {delay:.1f} s",
+        )
         moved = await self.store.transition(
             job.id,
             [Status.PROCESSING],
             Status.QUEUED,
             attempts=job.attempts + 1,
             failing_since=since,
-            not_before=now + delay,
+            not_before=now + delay if delay else None,
+            **({"node": None} if unpin else {}),
         )
         if not moved:  # terminated meanwhile; the job never reached a client
             await self.store.transition(
@@ -267,6 +295,12 @@ class Orchestrator:
 
     async def _collect(self, job: JobRecord) -> None:
         """Follow one job on its client until it reaches a final status."""
+        try:
+            await self._follow(job)
+        finally:
+            self.fleet.asked_at.pop(job.id, None)
+
+    async def _follow(self, job: JobRecord) -> None:
         service, node = self._service(job), self._node(job)
         if service is None or node is None:
             await self._fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
@@ -286,6 +320,7 @@ class Orchestrator:
                     await self._enforce_time_limit(job, node, service)
                     return
                 wait_s = max(0.1, min(wait_s, limit_at - time.time()))
+            self.fleet.asked_at[job.id] = time.time()
             try:
                 result = await self.gateway.retrieve(
                     node,
@@ -305,6 +340,14 @@ class Orchestrator:
                     await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
+                while (
+                    known in NOT_STARTED
+                    and self.fleet.is_down(node.upload_url)
+                    and not self._stop.is_set()
+                ):
+                    # Stop asking about it: its lease on the client runs out, so failover
+                    # can move it without the client starting it too.
+                    await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
                 continue
             except PayloadLostError as error:
                 await self._payload_lost(job, str(error))
@@ -405,13 +448,17 @@ class Orchestrator:
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
                 return TerminateOutcome(200, Status.LOCKED, "job terminated")
-            locked = await self.store.get_job(job_id)
-            assert locked is not None
-            task = self._job_tasks.get(job_id)
-            if task is not None and task is not asyncio.current_task():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
-            return await self._finish_termination(locked, restore=job.status)
+            self._terminating.add(job_id)
+            try:
+                locked = await self.store.get_job(job_id)
+                assert locked is not None
+                task = self._job_tasks.get(job_id)
+                if task is not None and task is not asyncio.current_task():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                return await self._finish_termination(locked, restore=job.status)
+            finally:
+                self._terminating.discard(job_id)
 
     async def _finish_termination(
         self, job: JobRecord, restore: Status | None = None
@@ -463,6 +510,49 @@ class Orchestrator:
             if woke or moved:
                 self.wake_dispatch()
             await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
+
+    # ---- reaper ----------------------------------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        """Re-drive jobs whose task died (rq's StartedJobRegistry.cleanup, in one process)."""
+        while not self._stop.is_set():
+            try:
+                await self.reap_once()
+            except StoreError:
+                logger.exception("reaping failed")
+            await wait_any(self._stop.wait(), timeout_s=self.settings.safety_tick_s)
+
+    async def reap_once(self) -> list[int]:
+        """Re-drive every job in a non-final, non-Queued status that has no live task.
+
+        A job counts as unowned only if two passes in a row found it so, unchanged: a job
+        just claimed gets its task a moment after its row changes, and a terminate may be
+        finishing it in a request of its own.
+        """
+        found: dict[int, JobRecord] = {}
+        for job in await self.store.jobs_with_status(
+            [Status.PROCESSING, *ON_CLIENT, Status.LOCKED]
+        ):
+            if job.id not in self._job_tasks and job.id not in self._terminating:
+                found[job.id] = job
+        previous, self._unowned = self._unowned, found
+        reaped = []
+        for job_id, job in list(found.items()):
+            if previous.get(job_id) != job or job_id in self._job_tasks:
+                continue
+            logger.warning("job %d (%s) has no live task; re-driving it", job_id, job.status.wire)
+            del self._unowned[job_id]
+            reaped.append(job_id)
+            if job.status is Status.PROCESSING:
+                # As after a restart: the dispatch key is kept, so a client that already
+                # has the payload returns it instead of running it twice.
+                await self.store.transition(job_id, [Status.PROCESSING], Status.QUEUED)
+                self.wake_dispatch()
+            elif job.status is Status.LOCKED:
+                self._spawn(job_id, self._finish_termination(job))
+            else:
+                self._spawn(job_id, self._collect(job))
+        return reaped
 
     # ---- retention -------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """HTTP calls from the server to its clients (executor nodes), with errors classified.
 
 Every call has a timeout. Connection failures, timeouts and 5xx answers raise
-TransientClientError (worth retrying); 4xx answers and unreadable replies raise
+TransientClientError (worth retrying); of those, failures before a connection existed
+(refused, DNS, connect timeout) raise UndeliveredError, since the client cannot have seen the
+request. 4xx answers and unreadable replies raise
 PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
 Requests carry only what the original client understands plus headers it ignores
 (`Idempotency-Key`), so a Rust client can be driven unchanged.
@@ -15,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +32,12 @@ from job_orchestrator.errors import (
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
+    UndeliveredError,
 )
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
+    CLOCK_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -98,6 +103,7 @@ class NodeGateway:
 
     def __init__(self, *, timeout_s: float) -> None:
         self._timeout_s = timeout_s
+        self._instance = secrets.token_hex(8)
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
@@ -115,6 +121,9 @@ class NodeGateway:
     async def _call(self, what: str) -> AsyncIterator[None]:
         try:
             yield
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            # No connection was made (or none was free), so nothing was sent.
+            raise UndeliveredError(f"{what}: {type(error).__name__}: {error}") from error
         except httpx.TimeoutException as error:
             raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
         except httpx.TransportError as error:
@@ -177,7 +186,11 @@ class NodeGateway:
                 "GET",
                 join_url(node.download_url, payload_id),
                 params=params,
-                headers=self._headers(token),
+                # Lets the client tell a fresh request from one that sat in its socket.
+                headers={
+                    CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
+                    **self._headers(token),
+                },
                 timeout=timeout,
             ) as response,
         ):

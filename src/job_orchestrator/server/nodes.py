@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from job_orchestrator.config import NodeConfig, ServerSettings
-from job_orchestrator.errors import ClientCallError, PayloadLostError
+from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage import Store
 from job_orchestrator.status import Status
@@ -44,15 +44,27 @@ class Fleet:
         self.gateway = gateway
         self._tokens: dict[str, str | None] = {}
         self._nodes: dict[str, NodeConfig] = {}
+        self._has_sibling: dict[str, bool] = {}
         for service in settings.services.values():
             for node in service.nodes:
                 self._nodes[node.upload_url] = node
                 self._tokens[node.upload_url] = service.client_token
+                self._has_sibling[node.upload_url] = len(service.nodes) > 1
         self.state: dict[str, NodeState] = {url: NodeState() for url in self._nodes}
+        #: When the server last sent a request about each collected job (time.time()).
+        self.asked_at: dict[int, float] = {}
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
         return state.healthy and not state.revocations_pending
+
+    def is_down(self, node_url: str) -> bool:
+        state = self.state.get(node_url)
+        return state is not None and not state.healthy
+
+    def others_usable(self, nodes: tuple[NodeConfig, ...], node_url: str) -> bool:
+        """Whether a node of this service other than node_url can take work now."""
+        return any(node.upload_url != node_url and self.usable(node) for node in nodes)
 
     def choose(self, nodes: tuple[NodeConfig, ...], active: Mapping[str, int]) -> NodeConfig | None:
         """The usable node with the most free capacity; ties go to the least loaded."""
@@ -70,15 +82,19 @@ class Fleet:
             candidates = list(nodes)
         return min(candidates, key=rank) if candidates else None
 
-    def report_failure(self, node_url: str) -> None:
-        """A call to the node failed: count it like a failed health check."""
+    def report_failure(self, node_url: str, *, definite: bool = False) -> None:
+        """A call to the node failed: count it like a failed health check.
+
+        `definite`: it refused the connection (or has no address); nothing listens there, so
+        it is down at once instead of after a second failure.
+        """
         state = self.state.get(node_url)
         if state is not None:
-            self._failed(node_url, state, "a call failed")
+            self._failed(node_url, state, "a call failed", definite=definite)
 
-    def _failed(self, url: str, state: NodeState, reason: str) -> None:
+    def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
-        if state.failures >= FAILURES_BEFORE_DOWN and state.healthy:
+        if (definite or state.failures >= FAILURES_BEFORE_DOWN) and state.healthy:
             state.healthy = False
             state.down_since = time.time()
             logger.warning("client %s is down (%s); skipping it", url, reason)
@@ -91,6 +107,9 @@ class Fleet:
             was_usable = self.usable(node)
             try:
                 report = await self.gateway.check(node, token=self._tokens[url])
+            except UndeliveredError as error:
+                self._failed(url, state, str(error), definite=True)
+                continue
             except ClientCallError as error:
                 self._failed(url, state, str(error))
                 continue
@@ -129,12 +148,26 @@ class Fleet:
         """Queue again the unstarted jobs of nodes down for longer than FAILOVER_AFTER."""
         moved: list[int] = []
         now = time.time()
+        failover_after_s = self.settings.failover_after_s
         for url, state in self.state.items():
             if state.healthy or state.down_since is None:
                 continue
-            if now - state.down_since < self.settings.failover_after_s:
+            if now - state.down_since < failover_after_s:
                 continue
+            if self._has_sibling[url]:
+                for job in await self.store.jobs_on_node(url, [Status.QUEUED]):
+                    # Its last dispatch may have reached the node, but a payload nobody
+                    # asks about never starts there (the lease), so another node may run it.
+                    if await self.store.transition(
+                        job.id, [Status.QUEUED], node=None, dispatch_key=None, not_before=None
+                    ):
+                        logger.warning(
+                            "job %d: client %s is down; dispatching it elsewhere", job.id, url
+                        )
+                        moved.append(job.id)
             for job in await self.store.jobs_on_node(url, NOT_STARTED):
+                if now - self.asked_at.get(job.id, 0.0) < failover_after_s:
+                    continue  # asked about lately: its lease there may not have run out
                 if await self.store.revoke_to_queue(job, NOT_STARTED):
                     state.revocations_pending = True
                     logger.warning(

@@ -1,0 +1,110 @@
+"""A job whose dispatch or collection task dies is re-driven by the reaper (issue 14, item 3).
+
+The engine (Orchestrator) runs in this process over a real SQLite store whose `transition`
+fails once, on its Nth call; the client is a real `job-orchestrator client` process. Each job
+appends to a marker file outside its directory, so "ran exactly once" is read from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from job_orchestrator.config import load_server_settings
+from job_orchestrator.errors import StoreError
+from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.storage import SqlStore, open_store
+from job_orchestrator.status import TERMINAL, Status
+from tests.harness import Cluster
+
+
+class FailingStore(SqlStore):
+    """A real SQLite store whose `transition` raises once, on its `fail_on`-th call."""
+
+    def __init__(self, inner: SqlStore, fail_on: int, error: Exception) -> None:
+        super().__init__(inner._backend)
+        self.fail_on = fail_on
+        self.error = error
+        self.calls = 0
+
+    async def transition(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> bool:
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise self.error
+        return await super().transition(job_id, expected, new, **changes)
+
+
+@pytest.mark.parametrize(
+    ("fail_on", "error"),
+    [
+        (1, StoreError("database is locked")),
+        (2, StoreError("disk I/O error")),
+        (3, StoreError("database is locked")),
+        (2, RuntimeError("a bug")),
+    ],
+)
+async def test_a_job_whose_task_died_still_ends_correctly(
+    tmp_path: Path, fail_on: int, error: Exception, caplog: pytest.LogCaptureFixture
+) -> None:
+    cl = Cluster(tmp_path)
+    cl.add_client()
+    marker = tmp_path / "marker"
+    try:
+        settings = dataclasses.replace(
+            load_server_settings(
+                {
+                    "DB_PATH": str(tmp_path / "server.db"),
+                    "DATA_PATH": str(tmp_path / "server-data"),
+                    "SERVICE_EXAMPLE_CLIENTS": cl.clients[0].url,
+                    "POLL_INTERVAL": "0.2",
+                }
+            ),
+            safety_tick_s=0.2,
+        )
+        store = FailingStore(await open_store(settings.db_path), fail_on, error)
+        gateway = NodeGateway(timeout_s=settings.client_timeout_s)
+        orchestrator = Orchestrator(settings, store, gateway)
+        await orchestrator.start()
+        try:
+            loc = settings.data_path / str(uuid.uuid4())
+            (loc / "input").mkdir(parents=True)
+            (loc / "input" / "run.sh").write_text(
+                f"echo ran >> {marker}\nsleep 0.3\necho done > output.txt\n"
+            )
+            job_id = await store.create_job(user_id=1, service="example", loc=str(loc))
+            orchestrator.wake_dispatch()
+            deadline = time.monotonic() + 60
+            while (job := await store.get_job(job_id)) is None or job.status not in TERMINAL:
+                assert time.monotonic() < deadline, f"job stuck: {job}"
+                await asyncio.sleep(0.05)
+        finally:
+            await orchestrator.stop()
+            await gateway.close()
+            await store.close()
+        assert store.calls > fail_on, "the store never failed"
+        assert job.status is Status.COMPLETED, job
+        assert (loc / "output.zip").is_file()
+        assert marker.read_text() == "ran\n", "the job did not run exactly once"
+        failures = [
+            record
+            for record in caplog.records
+            if record.levelno >= logging.ERROR and f"task of job {job_id} failed" in record.message
+        ]
+        assert failures, "the task's failure was not logged with the job id"
+    finally:
+        assert cl.shutdown() == []
