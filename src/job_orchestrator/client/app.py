@@ -7,7 +7,6 @@ import contextlib
 import logging
 import math
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -22,6 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
+from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
@@ -109,7 +109,7 @@ class ClientState:
         for payload in self.registry.cleanable(
             now - max(max_age_s, COLLECTED_KEEP_S), now - max(max_age_s, UNCOLLECTED_KEEP_S)
         ):
-            await asyncio.to_thread(shutil.rmtree, payload.paths.root, True)
+            await asyncio.to_thread(remove_tree, payload.paths.root)
             self.registry.remove(payload.id)
             cleaned += 1
         self.registry.forget_abandoned()
@@ -122,7 +122,7 @@ class ClientState:
                     and not self.registry.holds(int(entry.name))
                     and entry.stat().st_mtime < cutoff
                 ):
-                    await asyncio.to_thread(shutil.rmtree, entry, True)
+                    await asyncio.to_thread(remove_tree, entry)
                     cleaned += 1
         if cleaned:
             held = self.registry.count()
@@ -315,23 +315,23 @@ def create_app(settings: ClientSettings) -> FastAPI:
                 raise _Duplicate(existing)
             payload = state.registry.add(paths, dispatch_key=key, timeout_s=timeout_s)
         except _Duplicate as duplicate:
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return _payload_response(duplicate.payload)
         except BoundaryError as error:
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return PlainTextResponse(str(error), status_code=400)
         except ClientDisconnect:
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return _empty(400)
         except BodyIdleError:
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return json_response(EMPTY_PAYLOAD, 408, headers={"Connection": "close"})
         except (MultipartError, UnsafeFileNameError):
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return _empty(400)
         except OSError:
             logger.exception("could not store payload %s", paths.root.name)
-            await asyncio.to_thread(shutil.rmtree, paths.root, True)
+            await asyncio.to_thread(remove_tree, paths.root)
             return _empty(500)
         finally:
             state.receiving.discard(paths.root.name)

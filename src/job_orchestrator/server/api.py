@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -21,6 +20,7 @@ from fastapi.responses import (
 )
 from starlette.requests import ClientDisconnect
 
+from job_orchestrator._fs import remove_tree
 from job_orchestrator.errors import (
     ClientCallError,
     PartialTooLargeError,
@@ -280,7 +280,7 @@ async def _receive_upload(
     except OSError:
         logger.exception("could not create %s", files_dir)
         staging.close()
-        await asyncio.to_thread(shutil.rmtree, staging.path, True)
+        await asyncio.to_thread(remove_tree, staging.path)
         return status_body(0, Status.UNKNOWN, "Could not create job directory", 500)
     try:
         form = await read_multipart(
@@ -317,7 +317,7 @@ async def _receive_upload(
             )
         except StoreError:
             logger.exception("could not add a job")
-            await asyncio.to_thread(shutil.rmtree, loc, True)
+            await asyncio.to_thread(remove_tree, loc)
             return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
@@ -349,7 +349,7 @@ async def _receive_upload(
         staging.close()
         if not keep:
             # A rejected upload leaves nothing behind.
-            await asyncio.to_thread(shutil.rmtree, staging.path, True)
+            await asyncio.to_thread(remove_tree, staging.path)
 
 
 @router.get(

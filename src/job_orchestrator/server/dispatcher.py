@@ -12,13 +12,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import NodeConfig, ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
@@ -569,7 +569,7 @@ class Orchestrator:
         cutoff = time.time() - self.settings.max_age_s
         cleaned = 0
         for job in await self.store.finished_before(cutoff):
-            await asyncio.to_thread(shutil.rmtree, job.loc, True)
+            await asyncio.to_thread(remove_tree, job.loc)
             if await self.store.transition(job.id, [job.status], Status.CLEANED):
                 cleaned += 1
         cleaned += await self._clean_orphans(cutoff)
@@ -591,6 +591,6 @@ class Orchestrator:
             orphans = set(old) - await self.store.known_locs(list(old))
             for loc in orphans:
                 logger.info("removing orphan directory %s", loc)
-                await asyncio.to_thread(shutil.rmtree, old[loc], True)
+                await asyncio.to_thread(remove_tree, old[loc])
             return abandoned + len(orphans)
         return abandoned

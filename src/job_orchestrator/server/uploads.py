@@ -26,12 +26,13 @@ import errno
 import fcntl
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+
+from job_orchestrator._fs import remove_tree
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def remove_abandoned(data_path: Path, live: frozenset[str], now: float | None = 
             continue
         if _abandoned(entry, now):
             logger.info("removing abandoned upload %s", entry)
-            shutil.rmtree(entry, ignore_errors=True)
+            remove_tree(entry)
             removed += 1
     return removed
 
