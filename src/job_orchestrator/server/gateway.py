@@ -76,7 +76,8 @@ class RetrieveResult:
 def _raise_for_status(response: httpx.Response, what: str) -> None:
     if response.status_code == 404:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
-    if response.status_code >= 500:
+    # 408: our client timed the dispatch body out (UPLOAD_IDLE_TIMEOUT); 429: it is busy.
+    if response.status_code >= 500 or response.status_code in (408, 429):
         raise TransientClientError(f"{what}: client answered {response.status_code}")
     if not 200 <= response.status_code < 300:
         raise PermanentClientError(f"{what}: client answered {response.status_code}")
