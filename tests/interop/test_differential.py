@@ -33,12 +33,11 @@ DELIBERATE: dict[str, str] = {
     # "/terminate": a finished job answers 409 and keeps its result; the original kills it.
     "terminate-completed": "/terminate",
     "status-after-terminate-completed": "/terminate",
-    # "Messages": the reason a job failed or was rejected is in `message`.
+    # "Messages": the reason a job failed, was rejected or killed is in `message`.
+    "status-killed": "Messages",
     "status-failed": "Messages",
     "status-invalid": "Messages",
     "status-no-run-sh": "Messages",
-    # "Failed/Invalid/Killed jobs keep their files" on the server; the original proxies the
-    # client, whose Killed payload still has them, so only the member list differs.
     # "Result ZIP": never contains itself (the original's has a partial output.zip).
     "download-completed": "Result ZIP",
     "partial-completed": "Result ZIP",
@@ -50,10 +49,17 @@ DELIBERATE: dict[str, str] = {
 
 # Being changed on other branches to match the original; drop each entry when it lands.
 PENDING: dict[str, str] = {
+    # Also, after that fix: ours lists GET / and POST /terminate/{id} and more answer codes
+    # (400, 401, 413, 422), which the original's document leaves out.
     "openapi": "path parameters named {id}, typed like the original's",
     "upload-truncated-file": "`Could not save file: Chunk read failed: ...` text",
     "upload-truncated-text": "`Error reading text field: ...` text",
     "upload-big-text-field": "a 3 MiB text field is accepted",
+}
+
+# Found by this test, reported, not decided yet (harmless for browsers and clients).
+ROUTED: dict[str, str] = {
+    "swagger-page": "ours: text/html; charset=utf-8, the original: text/html",
 }
 
 UPLOAD_LIMIT = 400 * 1024 * 1024
@@ -88,7 +94,8 @@ class Side:
         return self.labels[label]
 
     def gated(self, name: str, before: str) -> str:
-        gate = self.gates / name
+        # The same script text on both sides: the clients hand their environment to run.sh.
+        gate = f"$INTEROP_GATES/{name}"
         return f"{TRAP}{before}\nwhile [ ! -e {gate} ]; do sleep 0.1; done\n"
 
 
@@ -98,11 +105,12 @@ Step = Callable[[Side], Seen]
 def _fleet(root: Path, original: bool) -> Fleet:
     fleet = Fleet(root)
     limits = {f"SERVICE_{SERVICE.upper()}_MAX_RUNS": "1"}
+    gates = {"INTEROP_GATES": str(root / "gates")}
     if original:
-        fleet.original_client()
+        fleet.original_client(gates)
         fleet.original_server(limits)
     else:
-        fleet.our_client()
+        fleet.our_client(gates)
         fleet.our_server(limits)
     return fleet
 
@@ -371,7 +379,7 @@ def test_the_original_and_ours_answer_alike(sides: tuple[Side, Side]) -> None:
         for name in sorted(differing)
     )
     print(report)  # the full list, for the README and the issue
-    unexplained = differing - set(DELIBERATE) - set(PENDING)
+    unexplained = differing - set(DELIBERATE) - set(PENDING) - set(ROUTED)
     assert not unexplained, f"unexplained differences:\n{report}"
     stale = set(DELIBERATE) - differing
     assert not stale, f"listed as deliberate but no longer different: {sorted(stale)}"

@@ -55,7 +55,9 @@ def seen(
     lowered = {name.lower(): value for name, value in headers.items()}
     content_type = lowered.get("content-type")
     body: Any
-    if content_type == "application/zip":
+    if not content:  # HEAD, or a bare status
+        body = ""
+    elif content_type == "application/zip":
         body = _zip_body(content)
     elif content_type == "application/json":
         body = json.loads(content)
