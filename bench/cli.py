@@ -16,6 +16,7 @@ from bench.common import FULL, QUICK, Context, SectionResult, load_average, log
 from bench.fairness import fairness
 from bench.latency import floor, latency
 from bench.machine import describe
+from bench.original import original
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
 from bench.soak import soak
@@ -31,16 +32,19 @@ CASES: dict[str, Case] = {
     "fairness": fairness,
     "soak": soak,
 }
+#: Cases run only when asked for (they need more than this repository: the original's binary).
+OPTIONAL: dict[str, Case] = {"original": original}
+ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
 
 def _names(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(CASES))
+    unknown = sorted(set(names) - set(ALL_CASES))
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown case(s) {', '.join(unknown) or '(none given)'}; choose from "
-            f"{', '.join(CASES)}"
+            f"{', '.join(ALL_CASES)}"
         )
     return names
 
@@ -57,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
         "--only",
         type=_names,
         metavar="NAME[,NAME]",
-        help=f"run only these cases: {', '.join(CASES)} (latency always measures its floor)",
+        help=f"run only these cases: {', '.join(ALL_CASES)} (latency always measures its floor)",
+    )
+    parser.add_argument(
+        "--original",
+        action="store_true",
+        help="also run `original`: the original Rust 2.2.3 (scripts/build-original) beside ours",
     )
     parser.add_argument(
         "--output",
@@ -77,11 +86,13 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _selected(only: Sequence[str] | None) -> list[str]:
+def _selected(only: Sequence[str] | None, with_original: bool = False) -> list[str]:
     wanted = set(only or CASES)
     if "latency" in wanted:
         wanted.add("floor")  # the baseline is measured in the same run
-    return [name for name in CASES if name in wanted]
+    if with_original:
+        wanted.add("original")
+    return [name for name in ALL_CASES if name in wanted]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,11 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: list[SectionResult] = []
     try:
-        for name in _selected(arguments.only):
+        for name in _selected(arguments.only, arguments.original):
             load = load_average()
             started = time.perf_counter()
             try:
-                result = CASES[name](ctx)
+                result = ALL_CASES[name](ctx)
             except Exception as error:
                 traceback.print_exc()
                 result = SectionResult(name, name, error=f"{type(error).__name__}: {error}")

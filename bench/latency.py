@@ -124,9 +124,9 @@ class _Job:
     seen: dict[str, float] = field(default_factory=dict)
 
 
-def _one_job(http: httpx.Client, poll_s: float) -> _Job:
+def _one_job(http: httpx.Client, poll_s: float, script: str = SCRIPT) -> _Job:
     started = time.perf_counter()
-    response = http.post("/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1))
+    response = http.post("/upload", files=[("file", ("run.sh", script))], data=upload_form(1))
     if response.status_code != 201:
         raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
     job_id = int(response.json()["id"])

@@ -40,7 +40,7 @@ class _Counts:
 
 
 async def _drive(
-    base_url: str, jobs: int, users: int, concurrency: int, poll_s: float
+    base_url: str, jobs: int, users: int, concurrency: int, poll_s: float, script: str = SCRIPT
 ) -> tuple[float, float, _Counts]:
     """Returns (seconds until all downloaded, seconds until all submitted, counters)."""
     counts = _Counts()
@@ -58,7 +58,7 @@ async def _drive(
                 started = time.perf_counter()
                 response = await http.post(
                     "/upload",
-                    files=[("file", ("run.sh", SCRIPT))],
+                    files=[("file", ("run.sh", script))],
                     data=upload_form(number % users + 1),
                 )
                 if response.status_code != 201:

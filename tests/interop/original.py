@@ -1,0 +1,145 @@
+"""The original Rust job-orchestrator 2.2.3 (built by scripts/build-original) beside ours.
+
+`Fleet` starts any mix of original and our servers and clients for one service on free
+loopback ports. Every process carries the harness's tag in its environment (the original's
+`run.sh` processes inherit it too), so teardown finds and kills whatever is left.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import Cluster, Node, free_port
+
+SERVICE = "example"
+ORIGINAL_VERSION = "2.2.3"
+#: Where scripts/build-original installs it (never on PATH, so it cannot shadow ours).
+ORIGINAL_ROOT = Path(
+    os.environ.get(
+        "JOB_ORCHESTRATOR_ORIGINAL_ROOT",
+        str(Path.home() / ".cache" / "job-orchestrator-original"),
+    )
+)
+ORIGINAL_BINARY = ORIGINAL_ROOT / "bin" / "job-orchestrator"
+#: run.sh for the original client: it needs the trap (UPSTREAM §7), ours accepts it.
+TRAP = "trap 'echo $? > .orchestrator.exit' EXIT\n"
+
+
+def require_original() -> Path:
+    """The original's binary; skip without it, except in CI, where it must have been built."""
+    if ORIGINAL_BINARY.is_file() and os.access(ORIGINAL_BINARY, os.X_OK):
+        return ORIGINAL_BINARY
+    reason = (
+        f"the original job-orchestrator {ORIGINAL_VERSION} is not built at {ORIGINAL_BINARY} "
+        f"(run ./scripts/build-original; it needs cargo and the crates registry)"
+    )
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@dataclass
+class OriginalNode(Node):
+    """The original binary as a `Node`: same start, health wait, stop and log."""
+
+    def start(self, wait: bool = True) -> OriginalNode:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(ORIGINAL_BINARY), self.kind],
+            env=self.env,
+            cwd=self.log_path.parent,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        if wait:
+            self.wait_healthy()
+        return self
+
+
+class Fleet(Cluster):
+    """One service `example` served by any mix of original and our processes."""
+
+    def original_client(self, env: Mapping[str, str] | None = None) -> OriginalNode:
+        index = len(self.clients)
+        port = free_port()
+        node = OriginalNode(
+            "client",
+            port,
+            self.base_env(
+                {
+                    "PORT": str(port),
+                    "DB_PATH": str(self.root / f"client{index}.db"),
+                    "DATA_PATH": str(self.root / f"client{index}"),
+                    **(env or {}),
+                }
+            ),
+            self.root / f"client{index}.log",
+        )
+        self.clients.append(node)
+        return node.start()
+
+    def our_client(self, env: Mapping[str, str] | None = None) -> Node:
+        return self.add_client(env)
+
+    def service_urls(self) -> dict[str, str]:
+        """The original's per-service settings (one client: it knows no other form)."""
+        (client,) = self.clients
+        key = f"SERVICE_{SERVICE.upper()}"
+        return {
+            f"{key}_UPLOAD_URL": f"{client.url}/submit",
+            f"{key}_DOWNLOAD_URL": f"{client.url}/retrieve",
+            f"{key}_TERMINATE_URL": f"{client.url}/kill",
+        }
+
+    def original_server(self, env: Mapping[str, str] | None = None) -> OriginalNode:
+        port = free_port()
+        self.server = OriginalNode(
+            "server",
+            port,
+            self.base_env(
+                {
+                    "PORT": str(port),
+                    "DB_PATH": str(self.root / "server.db"),
+                    "DATA_PATH": str(self.root / "server-data"),
+                    **self.service_urls(),
+                    **(env or {}),
+                }
+            ),
+            self.root / "server.log",
+        )
+        return self.server.start()
+
+    def our_server(self, env: Mapping[str, str] | None = None) -> Node:
+        """Ours, configured with the original's variables when there is one client."""
+        if len(self.clients) == 1:
+            return self.start_server({**self.service_urls(), **(env or {})}, start=True)
+        return self.start_server(env)
+
+    def restart(self, node: Node) -> None:
+        node.stop()
+        node.start()
+
+
+def wait_until(check: object, timeout_s: float = 60.0, what: str = "condition") -> None:
+    """Poll `check()` (a callable returning truthy) until it holds; fail after the deadline."""
+    assert callable(check)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(url: str) -> httpx.Response:
+    return httpx.get(url, timeout=30, trust_env=False)
