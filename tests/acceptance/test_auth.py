@@ -393,6 +393,7 @@ def test_unknown_job_looks_the_same_as_someone_elses(users: Cluster, job_of_a: i
         ("/health", 200),
         ("/swagger", 303),
         ("/swagger/", 200),
+        ("/swagger/swagger-ui-bundle.js", 200),
         ("/api-docs/openapi.json", 200),
     ],
 )

@@ -6,9 +6,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from job_orchestrator import __version__
 from job_orchestrator.config import ServerSettings
@@ -43,7 +45,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         title="job-orchestrator",
         version=__version__,
         description="Fair job queue for scientific web portals",
-        docs_url="/swagger/",
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN: see swagger_ui below
         redoc_url=None,
         openapi_url="/api-docs/openapi.json",
         openapi_tags=[
@@ -57,6 +59,22 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
         return RedirectResponse("/swagger/", status_code=303)
+
+    @app.get("/swagger/", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        # Assets come from the pinned fastapi-offline wheel, so the page works with no
+        # Internet access; they sit under /swagger/ like the original's.
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}/swagger/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/swagger/swagger-ui.css",
+            swagger_favicon_url=f"{root}/swagger/favicon.png",
+        )
+
+    # After the two routes above, so the mount serves only the files under /swagger/.
+    app.mount("/swagger", StaticFiles(packages=[("fastapi_offline", "static")]), name="swagger")
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
