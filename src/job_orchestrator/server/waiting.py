@@ -68,6 +68,7 @@ async def wait_final(
     job_id: int,
     timeout_s: float,
     stop: asyncio.Event,
+    recheck_s: float = RECHECK_S,
 ) -> None:
     """Return once the job is final or absent, `timeout_s` passed, or `stop` is set."""
     deadline = time.monotonic() + timeout_s
@@ -79,4 +80,4 @@ async def wait_final(
             if job is None or job.status in TERMINAL or remaining <= 0:
                 return
             changed.clear()
-            await wait_any(changed.wait(), stop.wait(), timeout_s=min(remaining, RECHECK_S))
+            await wait_any(changed.wait(), stop.wait(), timeout_s=min(remaining, recheck_s))
