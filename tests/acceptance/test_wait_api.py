@@ -20,6 +20,7 @@ FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 WAIT_CAP_S = 60
 #: Headers that differ between two answers of the same content.
 VOLATILE = {"date"}
+DISCONNECTED = "wait on job {} ended: the caller disconnected"
 
 
 def gated_script(gate: Path) -> str:
@@ -148,14 +149,21 @@ def test_openapi_documents_the_wait_parameter(running: Cluster) -> None:
         assert [parameter["name"] for parameter in operation["parameters"]] == ["id"]
 
 
-def test_a_held_request_answers_when_the_server_is_stopped(tmp_path: Path) -> None:
-    with cluster(tmp_path) as cl:
+def test_a_held_request_ends_on_disconnect_and_on_stop(tmp_path: Path) -> None:
+    with cluster(tmp_path, server_env={"LOG_LEVEL": "DEBUG"}) as cl:
         job_id = cl.api.submit(gated_script(tmp_path / "never"))
         cl.api.wait_for(job_id, "Running")
+        assert cl.server is not None
+        # The caller gives up: the server stops waiting for it.
+        with pytest.raises(httpx.ReadTimeout):
+            download(cl, job_id, f"?wait={WAIT_CAP_S}", timeout_s=1)
+        deadline = time.monotonic() + 30
+        while DISCONNECTED.format(job_id) not in cl.server.log():
+            assert time.monotonic() < deadline, cl.server.log()
+            time.sleep(0.05)
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             held = pool.submit(download, cl, job_id, f"?wait={WAIT_CAP_S}")
             time.sleep(1)
-            assert cl.server is not None
             assert cl.server.stop(signal.SIGTERM) == 0, cl.server.log()
             # Without the drain, uvicorn would cut the connection after its grace period.
             response = held.result(timeout=30)

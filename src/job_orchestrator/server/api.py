@@ -403,6 +403,7 @@ async def download(request: Request) -> Response:
     if wait_s and job.status not in TERMINAL:
         await wait_any(engine(request).wait_final(job.id, wait_s), _until_disconnected(request))
         if await request.is_disconnected():
+            logger.debug("wait on job %d ended: the caller disconnected", job.id)
             return Response(status_code=204)  # nobody is left to read it
         job = await _lookup(request)
         if isinstance(job, Response):
