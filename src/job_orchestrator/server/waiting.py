@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import Iterator
 
 from job_orchestrator._loops import wait_any
+from job_orchestrator.errors import StoreError
 from job_orchestrator.server.storage import Store
 from job_orchestrator.status import TERMINAL
+
+logger = logging.getLogger(__name__)
 
 #: The longest `?wait=` accepted, in seconds (documented in the README and the OpenAPI).
 MAX_WAIT_S = 60
@@ -75,7 +79,12 @@ async def wait_final(
     with waiters.watch(job_id) as changed:
         while not stop.is_set():
             # Read after registering the watch, so a change in between is not missed.
-            job = await store.get_job(job_id)
+            try:
+                job = await store.get_job(job_id)
+            except StoreError:
+                # The caller's own read of the job then answers as it would without a wait.
+                logger.exception("wait on job %d: its status could not be read", job_id)
+                return
             remaining = deadline - time.monotonic()
             if job is None or job.status in TERMINAL or remaining <= 0:
                 return
