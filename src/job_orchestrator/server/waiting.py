@@ -78,7 +78,8 @@ async def wait_final(
     deadline = time.monotonic() + timeout_s
     with waiters.watch(job_id) as changed:
         while not stop.is_set():
-            # Read after registering the watch, so a change in between is not missed.
+            # Cleared before the read, so a change announced during the read still wakes us.
+            changed.clear()
             try:
                 job = await store.get_job(job_id)
             except StoreError:
@@ -88,5 +89,4 @@ async def wait_final(
             remaining = deadline - time.monotonic()
             if job is None or job.status in TERMINAL or remaining <= 0:
                 return
-            changed.clear()
             await wait_any(changed.wait(), stop.wait(), timeout_s=min(remaining, recheck_s))
