@@ -33,6 +33,9 @@ from bench.common import (
 from bench.profiling import Profiler
 
 LATENCY_TARGET_RATIO = 10.0
+WAIT_LATENCY_TARGET_RATIO = 5.0
+#: The `?wait=` of the wait-API variant: the server's cap, so one request per job.
+WAIT_S = 60
 
 
 def floor(ctx: Context) -> SectionResult:
@@ -71,7 +74,8 @@ def latency(ctx: Context) -> SectionResult:
         "Latency: one job at a time, upload -> ZIP downloaded -> output.txt read",
         f"{sizes.latency_jobs} jobs after {sizes.latency_warmup} warm-ups, default server "
         f"settings, one client; completion detected by polling GET /download/{{id}} every "
-        f"{sizes.latency_poll_s * 1000:g} ms with one persistent httpx.Client",
+        f"{sizes.latency_poll_s * 1000:g} ms with one persistent httpx.Client; then as many "
+        f"jobs in the same cluster waiting with GET /download/{{id}}?wait={WAIT_S} instead",
     )
     if ctx.floor_p50_s is None:
         raise RuntimeError("the floor must be measured first")
@@ -89,6 +93,10 @@ def latency(ctx: Context) -> SectionResult:
             jobs = [_one_job(http, sizes.latency_poll_s) for _ in range(sizes.latency_jobs)]
         after = cpu_snapshot({**procs, "bench driver": psutil.Process()})
         poll_cost = _poll_cost(http, procs["server"])
+        _one_job_waiting(http)
+        wait_before = cpu_snapshot({**procs, "bench driver": psutil.Process()})
+        waited = [_one_job_waiting(http) for _ in range(sizes.latency_jobs)]
+        wait_after = cpu_snapshot({**procs, "bench driver": psutil.Process()})
     totals = [job.total for job in jobs]
     polls = [job.polls for job in jobs]
     p50 = median(totals)
@@ -106,10 +114,29 @@ def latency(ctx: Context) -> SectionResult:
     )
     result.add("CPU per job", cpu_breakdown(before, after, len(totals)))
     result.add("one status poll alone (GET /download of an unknown id, 200 times)", poll_cost)
+    wait_totals = [job.total for job in waited]
+    wait_p50 = median(wait_totals)
+    wait_ratio = wait_p50 / ctx.floor_p50_s
+    result.add("with the wait API: p50", ms(wait_p50))
+    result.add("with the wait API: p90", ms(percentile(wait_totals, 90)))
+    result.add("with the wait API: max", ms(max(wait_totals)))
+    result.add("with the wait API: p50 / floor p50", f"{wait_ratio:.1f}x")
+    result.add(
+        "with the wait API: requests of /download per job",
+        f"p50 {median([job.polls for job in waited]):.0f}, max {max(job.polls for job in waited)}",
+    )
+    result.add(
+        "with the wait API: CPU per job", cpu_breakdown(wait_before, wait_after, len(waited))
+    )
     result.target(
         f"latency p50 <= {LATENCY_TARGET_RATIO:g}x floor p50",
         f"{ms(p50)} = {ratio:.1f}x {ms(ctx.floor_p50_s)}",
         ratio <= LATENCY_TARGET_RATIO,
+    )
+    result.target(
+        f"latency p50 with the wait API <= {WAIT_LATENCY_TARGET_RATIO:g}x floor p50",
+        f"{ms(wait_p50)} = {wait_ratio:.1f}x {ms(ctx.floor_p50_s)}",
+        wait_ratio <= WAIT_LATENCY_TARGET_RATIO,
     )
     return result
 
@@ -144,6 +171,26 @@ def _one_job(http: httpx.Client, poll_s: float, script: str = SCRIPT) -> _Job:
     done = time.perf_counter()
     seen["Completed (ZIP read)"] = done - uploaded
     return _Job(done - started, uploaded - started, done - uploaded, polls, seen)
+
+
+def _one_job_waiting(http: httpx.Client) -> _Job:
+    """One job whose completion is awaited with `?wait=` instead of polling."""
+    started = time.perf_counter()
+    response = http.post("/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1))
+    if response.status_code != 201:
+        raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
+    job_id = int(response.json()["id"])
+    uploaded = time.perf_counter()
+    requests = 0
+    while True:
+        answer = http.get(f"/download/{job_id}", params={"wait": WAIT_S})
+        requests += 1
+        if is_zip(answer):
+            check_result_zip(answer.content, job_id)
+            break
+        check_status_body(answer, job_id)  # the cap passed (or the job can never complete)
+    done = time.perf_counter()
+    return _Job(done - started, uploaded - started, done - uploaded, requests)
 
 
 def _poll_cost(http: httpx.Client, server: psutil.Process, count: int = 200) -> str:

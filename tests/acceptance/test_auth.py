@@ -527,3 +527,20 @@ def test_malformed_tokens_file_stops_the_server(tmp_path: Path, content: str | N
     for token in (TOKEN_A, TOKEN_B):
         assert token not in result.stderr + result.stdout
     assert not (tmp_path / "db.sqlite").exists()
+
+
+def test_wait_on_another_users_job_is_not_found_at_once(users: Cluster, tmp_path: Path) -> None:
+    as_a, as_b = api_as(users, TOKEN_A), api_as(users, TOKEN_B)
+    gate = tmp_path / "go"
+    job_id = as_a.submit(f"while [ ! -e '{gate}' ]; do sleep 0.05; done\n", user_id=None)
+    try:
+        as_a.wait_for(job_id, "Running")
+        # A held request would outlast this deadline.
+        response = httpx.get(
+            f"{users.api.base_url}/download/{job_id}?wait=60", headers=as_b.headers, timeout=15
+        )
+        assert response.status_code == 404
+        assert response.json()["message"] == f"Job {job_id} not found in the database"
+    finally:
+        gate.touch()
+    assert as_a.wait_for(job_id, *FINAL)["status"] == "Completed"

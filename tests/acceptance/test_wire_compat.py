@@ -461,7 +461,12 @@ def test_swagger_and_openapi(ours: Cluster) -> None:
         ("/terminate/{id}", "post"),
     ]:
         assert list(paths[route]) == [method]
-        assert paths[route][method]["parameters"] == [id_parameter("Job identifier")], route
+        # The original's id parameter; /download/{id} adds our optional `wait` after it.
+        parameters = paths[route][method]["parameters"]
+        assert parameters[0] == id_parameter("Job identifier"), route
+        assert [p["name"] for p in parameters[1:]] == (
+            ["wait"] if route == "/download/{id}" else []
+        )
         assert paths[route][method]["tags"] == ["files"]
         # Ids that are not a u32 (out of range too) get axum's plain-text 400, documented.
         assert "text/plain" in paths[route][method]["responses"]["400"]["content"]

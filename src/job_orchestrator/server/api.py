@@ -21,6 +21,7 @@ from fastapi.responses import (
 from starlette.requests import ClientDisconnect
 
 from job_orchestrator._fs import remove_tree
+from job_orchestrator._loops import wait_any
 from job_orchestrator.errors import (
     ClientCallError,
     PartialTooLargeError,
@@ -55,6 +56,7 @@ from job_orchestrator.server.dispatcher import (
 )
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.uploads import Staging
+from job_orchestrator.server.waiting import MAX_WAIT_S, WaitValueError, parse_wait
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import MESSAGE_HEADER, parse_i32
 
@@ -352,26 +354,60 @@ async def _receive_upload(
             await asyncio.to_thread(remove_tree, staging.path)
 
 
+_WAIT_PARAMETER = {
+    "name": "wait",
+    "in": "query",
+    "description": (
+        "Hold the request until the job is final or this many seconds pass (at most "
+        f"{MAX_WAIT_S}), then answer as without it"
+    ),
+    "required": False,
+    "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+}
+
+
+async def _until_disconnected(request: Request) -> None:
+    # A GET's one body message comes first; the next receive blocks until the peer leaves.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 @router.get(
     "/download/{id}",
     summary="The result ZIP of a Completed job, otherwise its status",
     tags=["files"],
-    openapi_extra=_JOB_ID,
+    openapi_extra={"parameters": [*_JOB_ID["parameters"], _WAIT_PARAMETER]},
     responses={
         200: {
             "description": "ZIP when Completed, else the status",
             "content": {**_ZIP, **_JSON_STATUS},
         },
-        400: _PATH_ERROR,
+        400: {
+            "description": "The id is not a u32 (text), or `wait` is out of range (JSON)",
+            "content": {**_JSON_STATUS, "text/plain": {}},
+        },
         401: _UNAUTHORIZED,
         404: {"description": "No such job", "content": _JSON_STATUS},
         500: {"description": "Result unreadable", "content": _JSON_STATUS},
     },
 )
 async def download(request: Request) -> Response:
+    wait = request.query_params.get("wait")
+    try:
+        wait_s = None if wait is None else parse_wait(wait)
+    except WaitValueError as error:
+        return status_body(0, Status.UNKNOWN, str(error), 400)
     job = await _lookup(request)
     if isinstance(job, Response):
         return job
+    if wait_s and job.status not in TERMINAL:
+        await wait_any(engine(request).wait_final(job.id, wait_s), _until_disconnected(request))
+        if await request.is_disconnected():
+            logger.debug("wait on job %d ended: the caller disconnected", job.id)
+            return Response(status_code=204)  # nobody is left to read it
+        job = await _lookup(request)
+        if isinstance(job, Response):
+            return job
     if job.status is not Status.COMPLETED:
         return status_body(job.id, job.status, job.message, 200)
     result = Path(job.loc) / RESULT_NAME

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,6 +31,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
         gateway = NodeGateway(timeout_s=settings.client_timeout_s)
         orchestrator = Orchestrator(settings, store, gateway)
         app.state.orchestrator = orchestrator
+        # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
+        app.state.draining = orchestrator.draining
+        app.state.loop = asyncio.get_running_loop()
         app.state.user_tokens = (
             UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
         )

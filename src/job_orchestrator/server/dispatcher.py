@@ -34,6 +34,7 @@ from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
+from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class Orchestrator:
         self.uploads = UploadLimits(settings.upload_max_concurrent, settings.upload_max_per_client)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
+        #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
+        self.draining = asyncio.Event()
+        self._final_waiters = FinalWaiters()
+        store.on_final(self._final_waiters.notify)
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
         #: Jobs a /terminate request is finishing in its own task (not in _job_tasks).
         self._terminating: set[int] = set()
@@ -104,6 +109,13 @@ class Orchestrator:
 
     def wake_dispatch(self) -> None:
         self._dispatch_wakeup.set()
+
+    async def wait_final(self, job_id: int, timeout_s: float) -> None:
+        """Return once the job is final or absent, `timeout_s` passed, or the server stops."""
+        await wait_any(
+            wait_final(self.store, self._final_waiters, job_id, timeout_s, self._stop),
+            self.draining.wait(),
+        )
 
     async def _recover(self) -> None:
         """Resume after a restart: nothing in flight is lost or sent twice."""

@@ -8,7 +8,7 @@ the same job, and a final status is never overwritten.
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,17 @@ class JobRecord:
 
 class Store(abc.ABC):
     """Domain verbs over the jobs table. Implementations must make `transition` atomic."""
+
+    #: Called with a job's id each time this store moves it to a final status.
+    _final_listeners: tuple[Callable[[int], None], ...] = ()
+
+    def on_final(self, listener: Callable[[int], None]) -> None:
+        """Have `listener(job_id)` called after every move of a job to a final status."""
+        self._final_listeners = (*self._final_listeners, listener)
+
+    def _announce_final(self, job_id: int) -> None:
+        for listener in self._final_listeners:
+            listener(job_id)
 
     @abc.abstractmethod
     async def create_job(self, *, user_id: int, service: str, loc: str) -> int:

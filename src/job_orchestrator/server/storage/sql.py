@@ -405,6 +405,8 @@ class SqlStore(Store):
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.db for s in expected]))
             .values(**values)
         )
+        if changed == 1 and new is not None and new.is_terminal():
+            self._announce_final(job_id)
         return changed == 1
 
     async def claim(
