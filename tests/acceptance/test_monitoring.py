@@ -40,8 +40,9 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluste
         yield running, completed, failed
 
 
-def scrape(url: str, token: str) -> Samples:
-    response = httpx.get(f"{url}/metrics", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+def scrape(url: str, token: str | None) -> Samples:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -153,3 +154,17 @@ def test_bad_log_format_exits_2(command: str, tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "job-orchestrator: invalid setting LOG_FORMAT: expected text or json, got 'xml'"
     ]
+
+
+def test_job_gauges_come_from_the_store_after_a_restart(tmp_path: Path) -> None:
+    with cluster(tmp_path) as running:
+        assert running.server is not None
+        job_id = running.api.submit("true\n")
+        running.api.wait_for(job_id, "Completed")
+        running.server.stop()
+        running.server.start()
+        samples = scrape(running.server.url, None)
+    assert value(samples, "job_orchestrator_jobs", service="example", status="Completed") == 1
+    # The counter is this process's: the new one has finished nothing yet.
+    finished = "job_orchestrator_jobs_finished_total"
+    assert value(samples, finished, service="example", outcome="Completed") is None
