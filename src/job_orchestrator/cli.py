@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from job_orchestrator import __version__
+from job_orchestrator._logging import JsonFormatter
 from job_orchestrator.errors import ConfigError
 
 logger = logging.getLogger("job_orchestrator")
@@ -34,13 +35,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str) -> None:
+def _configure_logging(level: str, log_format: str = "text") -> None:
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
         force=True,
     )
+    if log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter())
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # One line per server->client call would drown the log; failures are logged by us.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -77,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(f"job-orchestrator: invalid setting {error}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     app: FastAPI
     if arguments.command == "server":
         from job_orchestrator.server.app import create_app as create_server

@@ -121,6 +121,9 @@ class ServerSettings(CommonSettings):
     node_check_interval_s: float = 5.0
     failover_after_s: float = 30.0
     api_tokens_file: Path | None = None
+    #: Bearer token /metrics requires; None: /metrics is open (like /health).
+    metrics_token: str | None = None
+    log_format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +143,7 @@ class ClientSettings(CommonSettings):
     job_max_file_mb: int | None = None
     job_max_cpu_seconds: int | None = None
     job_user: str | None = None
+    log_format: str = "text"
 
 
 def derive_partial_url(download_url: str) -> str:
@@ -170,6 +174,13 @@ def _common(env: Mapping[str, str], default_port: int) -> CommonSettings:
     )
 
 
+def _log_format(env: Mapping[str, str]) -> str:
+    log_format = env.get("LOG_FORMAT", "text").strip().lower() or "text"
+    if log_format not in {"text", "json"}:
+        raise ConfigError("LOG_FORMAT", f"expected text or json, got {log_format!r}")
+    return log_format
+
+
 def _optional(env: Mapping[str, str], variable: str) -> str | None:
     value = env.get(variable)
     return value if value else None
@@ -185,9 +196,11 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         data_path=common.data_path,
         max_age_s=common.max_age_s,
         log_level=common.log_level,
+        log_format=_log_format(env),
         db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
         services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
         api_tokens_file=_tokens_file(env),
+        metrics_token=_optional(env, "METRICS_TOKEN"),
         upload_limit_bytes=(
             parse_unsigned("UPLOAD_MAX_MB", upload_mb, maximum=1 << 20) * 1024 * 1024
             if upload_mb
@@ -224,6 +237,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         data_path=common.data_path,
         max_age_s=common.max_age_s,
         log_level=common.log_level,
+        log_format=_log_format(env),
         max_concurrent=(
             parse_unsigned("MAX_CONCURRENT", max_concurrent, maximum=1 << 20) or None
             if max_concurrent

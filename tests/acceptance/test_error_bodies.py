@@ -37,6 +37,7 @@ SERVER_ROUTES = [
     ("GET", "/swagger"),
     ("GET", "/swagger/"),
     ("GET", "/api-docs/openapi.json"),
+    ("GET", "/metrics"),
 ]
 CLIENT_ROUTES = [
     ("GET", "/"),
@@ -47,6 +48,7 @@ CLIENT_ROUTES = [
     ("GET", "/retrieve_partial/{}"),
     ("POST", "/kill/{}"),
     ("GET", "/api-docs/openapi.json"),
+    ("GET", "/metrics"),
 ]
 BAD_IDS = [
     "abc",

@@ -51,6 +51,7 @@ SERVER_OPERATIONS = [
     ("GET", "/download/{id}"),
     ("GET", "/download_partial/{id}"),
     ("POST", "/terminate/{id}"),
+    ("GET", "/metrics"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),
@@ -60,6 +61,7 @@ CLIENT_OPERATIONS = [
     ("GET", "/retrieve/{id}"),
     ("GET", "/retrieve_partial/{id}"),
     ("POST", "/kill/{id}"),
+    ("GET", "/metrics"),
 ]
 
 

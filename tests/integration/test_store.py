@@ -441,6 +441,18 @@ async def test_occupancy_empty(store: Store) -> None:
     assert (dict(occupancy.per_user), dict(occupancy.per_service)) == ({}, {})
 
 
+async def test_status_counts_group_by_service_and_status(store: Store) -> None:
+    assert await store.status_counts() == {}
+    for status in Status:
+        await job_in(store, status, user_id=1, service="a")
+    await job_in(store, Status.QUEUED, user_id=2, service="a")
+    await job_in(store, Status.QUEUED, user_id=1, service="b")
+    expected = {("a", status): 1 for status in Status}
+    expected[("a", Status.QUEUED)] = 2
+    expected[("b", Status.QUEUED)] = 1
+    assert await store.status_counts() == expected
+
+
 async def test_node_occupancy(store: Store) -> None:
     n1, n2 = "http://n1/submit", "http://n2/submit"
     jobs = [await new_job(store, user_id=u) for u in range(6)]

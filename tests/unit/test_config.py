@@ -384,6 +384,18 @@ def test_bad_log_level(loader: Loader) -> None:
     assert error.variable == "LOG_LEVEL"
 
 
+@pytest.mark.parametrize("loader", [load_server_settings, load_client_settings])
+def test_log_format(loader: Loader) -> None:
+    assert loader({}).log_format == "text"
+    assert loader({"LOG_FORMAT": "JSON"}).log_format == "json"
+    assert _error(loader, {"LOG_FORMAT": "xml"}).variable == "LOG_FORMAT"
+
+
+def test_metrics_token() -> None:
+    assert load_server_settings({}).metrics_token is None
+    assert load_server_settings({"METRICS_TOKEN": "m"}).metrics_token == "m"
+
+
 def test_bad_require_exit_trap() -> None:
     assert _error(load_client_settings, {"REQUIRE_EXIT_TRAP": "maybe"}).variable == (
         "REQUIRE_EXIT_TRAP"

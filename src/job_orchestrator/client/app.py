@@ -17,6 +17,7 @@ from urllib.parse import quote
 import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
 
@@ -25,6 +26,7 @@ from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
+from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
@@ -69,7 +71,8 @@ class ClientState:
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
         self.registry = Registry(settings.data_path)
-        self.runner = Runner(settings, self.registry)
+        self.metrics = ClientMetrics(self.registry)
+        self.runner = Runner(settings, self.registry, self.metrics)
         self._stop = asyncio.Event()
         #: Set as soon as a stop signal arrives: long-polls answer at once.
         self.draining = asyncio.Event()
@@ -258,6 +261,18 @@ def create_app(settings: ClientSettings) -> FastAPI:
     async def load() -> JSONResponse:
         # CPU use since the previous call: no sampling sleep on the request, no idle cost.
         return json_response(float(psutil.cpu_percent(interval=None)))
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (not in the original)",
+        response_class=Response,
+        responses={
+            **_GUARDED,
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/submit",

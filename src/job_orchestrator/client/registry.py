@@ -319,6 +319,15 @@ class Registry:
         row = self._db.execute("SELECT COUNT(*) FROM payloads").fetchone()
         return int(row[0])
 
+    def status_counts(self) -> dict[Status, int]:
+        """Payloads per status (read by /metrics)."""
+        rows = self._db.execute("SELECT status, COUNT(*) FROM payloads GROUP BY status")
+        counts: dict[Status, int] = {}
+        for status, count in rows.fetchall():
+            key = Status.from_db(status)
+            counts[key] = counts.get(key, 0) + int(count)
+        return counts
+
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
 

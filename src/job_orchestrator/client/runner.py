@@ -24,6 +24,7 @@ import psutil
 from job_orchestrator.archive import ArchiveError
 from job_orchestrator.client.archives import Archiver
 from job_orchestrator.client.lease import ServerLease
+from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
 from job_orchestrator.client.validator import validate_script
@@ -47,9 +48,12 @@ def _signal_group(pgid: int, signum: int) -> bool:
 
 
 class Runner:
-    def __init__(self, settings: ClientSettings, registry: Registry) -> None:
+    def __init__(
+        self, settings: ClientSettings, registry: Registry, metrics: ClientMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
+        self.metrics = metrics or ClientMetrics(registry)
         self._slots = (
             asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent else None
         )
@@ -99,7 +103,13 @@ class Runner:
         if self._tasks.get(payload_id) is done:
             del self._tasks[payload_id]
         if not done.cancelled() and done.exception() is not None:
-            logger.error("payload %d task failed", payload_id, exc_info=done.exception())
+            self.metrics.executor_errors.inc()
+            logger.error(
+                "payload %d task failed",
+                payload_id,
+                exc_info=done.exception(),
+                extra={"payload_id": payload_id},
+            )
 
     async def stop(self) -> None:
         """Stop watching; the scripts themselves keep running and are re-adopted at start."""
@@ -123,7 +133,12 @@ class Runner:
             validate_script, script, require_exit_trap=self.settings.require_exit_trap
         )
         if rejection is not None:
-            logger.info("payload %d rejected: %s", payload.id, rejection.reason)
+            logger.info(
+                "payload %d rejected: %s",
+                payload.id,
+                rejection.reason,
+                extra={"payload_id": payload.id},
+            )
             self.registry.update(payload.id, status=Status.INVALID, message=rejection.message())
             return
         try:
@@ -164,12 +179,14 @@ class Runner:
                     **spawn_options(self.settings),
                 )
         except OSError as error:
+            self.metrics.executor_errors.inc()
             self.registry.update(
                 payload.id,
                 status=Status.FAILED,
                 message=f"could not start run.sh: {error.strerror}",
             )
             return
+        launched = time.monotonic()
         started_at = _process_start_time(process.pid)
         running = self.registry.update(
             payload.id,
@@ -190,6 +207,14 @@ class Runner:
         # run.sh is done: whatever it left in the background goes too.
         _signal_group(process.pid, signal.SIGKILL)
         await self._finish(payload, returncode)
+        if (ended := self.registry.get(payload.id)) is not None:
+            self.metrics.run_ended(ended.status, time.monotonic() - launched)
+            logger.info(
+                "payload %d ended: %s",
+                payload.id,
+                ended.status.wire,
+                extra={"payload_id": payload.id},
+            )
 
     async def _wait_within_limit(
         self, payload: Payload, pgid: int, exited: Coroutine[Any, Any, int | None]

@@ -10,16 +10,23 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from job_orchestrator import __version__
 from job_orchestrator.config import ServerSettings
-from job_orchestrator.http_common import install_conventions
+from job_orchestrator.http_common import (
+    UNAUTHORIZED,
+    bearer_matches,
+    install_conventions,
+    json_response,
+)
 from job_orchestrator.server import api
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.storage import open_store
 
 
@@ -28,8 +35,9 @@ def create_app(settings: ServerSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_path.mkdir(parents=True, exist_ok=True)
         store = await open_store(settings.db_path)
-        gateway = NodeGateway(timeout_s=settings.client_timeout_s)
-        orchestrator = Orchestrator(settings, store, gateway)
+        metrics = ServerMetrics()
+        gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
+        orchestrator = Orchestrator(settings, store, gateway, metrics)
         app.state.orchestrator = orchestrator
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
         app.state.draining = orchestrator.draining
@@ -55,6 +63,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         openapi_tags=[
             {"name": "files", "description": "File management endpoints"},
             {"name": "health", "description": "Health check endpoints"},
+            {"name": "monitoring", "description": "Not in the original: Prometheus metrics"},
         ],
         lifespan=lifespan,
     )
@@ -63,6 +72,24 @@ def create_app(settings: ServerSettings) -> FastAPI:
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
         return RedirectResponse("/swagger/", status_code=303)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (not in the original)",
+        tags=["monitoring"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            401: {"description": "No valid bearer token (only when METRICS_TOKEN is set)"},
+        },
+    )
+    async def metrics(request: Request) -> Response:
+        token = settings.metrics_token
+        if token and not bearer_matches(request.headers.get("authorization"), token):
+            return json_response(UNAUTHORIZED, 401, headers={"WWW-Authenticate": "Bearer"})
+        orchestrator: Orchestrator = request.app.state.orchestrator
+        body = await orchestrator.metrics.exposition(orchestrator.store, orchestrator.fleet)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/swagger/", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:

@@ -30,6 +30,7 @@ from job_orchestrator.errors import (
     UndeliveredError,
 )
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
@@ -52,6 +53,11 @@ def input_dir(loc: str) -> Path:
     return nested if nested.is_dir() else Path(loc)
 
 
+def _fields(job: JobRecord) -> dict[str, object]:
+    """The structured log fields of a job (LOG_FORMAT=json)."""
+    return {"job_id": job.id, "service": job.service, "client": job.node}
+
+
 @dataclass(frozen=True, slots=True)
 class TerminateOutcome:
     http_status: int
@@ -60,8 +66,15 @@ class TerminateOutcome:
 
 
 class Orchestrator:
-    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        gateway: NodeGateway,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.settings = settings
+        self.metrics = metrics or ServerMetrics()
         self.store = store
         self.gateway = gateway
         self.fleet = Fleet(settings, store, gateway)
@@ -255,6 +268,7 @@ class Orchestrator:
             dispatched_at=time.time(),
         )
         if moved:
+            self.metrics.job_started(job)
             fresh = await self.store.get_job(job.id)
             if fresh is not None:
                 await self._collect(fresh)
@@ -282,6 +296,7 @@ class Orchestrator:
             job.id,
             reason,
             "on another client now" if unpin else f"in {delay:.1f} s",
+            extra=_fields(job),
         )
         moved = await self.store.transition(
             job.id,
@@ -292,15 +307,16 @@ class Orchestrator:
             not_before=now + delay if delay else None,
             **({"node": None} if unpin else {}),
         )
-        if not moved:  # terminated meanwhile; the job never reached a client
-            await self.store.transition(
-                job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
-            )
+        if not moved and await self.store.transition(  # terminated meanwhile, never sent
+            job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
+        ):
+            self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
 
     async def _fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
-        logger.warning("job %d failed: %s", job.id, message)
-        await self.store.transition(job.id, expected, Status.FAILED, message=message)
+        logger.warning("job %d failed: %s", job.id, message, extra=_fields(job))
+        if await self.store.transition(job.id, expected, Status.FAILED, message=message):
+            self.metrics.job_finished(job, Status.FAILED)
         self.wake_dispatch()
 
     # ---- collection ------------------------------------------------------------------------
@@ -403,7 +419,9 @@ class Orchestrator:
 
     async def _settle(self, job: JobRecord, status: Status, message: str) -> None:
         # Shielded: once the client told us the outcome, a shutdown must not lose it.
-        await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, message=message))
+        if await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, message=message)):
+            self.metrics.job_finished(job, status, ran=True)
+            logger.info("job %d finished: %s", job.id, status.wire, extra=_fields(job))
         self.wake_dispatch()
 
     async def _keep_partial(self, job: JobRecord, node: NodeConfig, service: ServiceConfig) -> None:
@@ -451,6 +469,7 @@ class Orchestrator:
                 if await self.store.transition(
                     job_id, [Status.QUEUED], Status.KILLED, message="job terminated"
                 ):
+                    self.metrics.job_finished(job, Status.KILLED)
                     return TerminateOutcome(200, Status.KILLED, "job terminated")
                 continue
             if job.status is Status.LOCKED:
@@ -496,9 +515,10 @@ class Orchestrator:
                 if fresh is not None:
                     self._spawn(job.id, self._collect(fresh))
                 return TerminateOutcome(500, restore, "could not terminate job")
-        await asyncio.shield(
+        if await asyncio.shield(
             self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
-        )
+        ):
+            self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
         if service is not None and node is not None and job.dest_id:
             await self._keep_partial(job, node, service)

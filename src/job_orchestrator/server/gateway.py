@@ -34,6 +34,7 @@ from job_orchestrator.errors import (
     TransientClientError,
     UndeliveredError,
 )
+from job_orchestrator.server.metrics import ServerMetrics, observed_call
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
@@ -102,7 +103,8 @@ def _payload_json(body: bytes, what: str) -> dict[str, Any]:
 class NodeGateway:
     """One pooled httpx client for all calls to all nodes."""
 
-    def __init__(self, *, timeout_s: float) -> None:
+    def __init__(self, *, timeout_s: float, metrics: ServerMetrics | None = None) -> None:
+        self.metrics = metrics
         self._timeout_s = timeout_s
         self._instance = secrets.token_hex(8)
         self._http = httpx.AsyncClient(
@@ -130,6 +132,7 @@ class NodeGateway:
         except httpx.TransportError as error:
             raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
 
+    @observed_call("submit")
     async def submit(
         self,
         node: NodeConfig,
@@ -163,6 +166,7 @@ class NodeGateway:
             raise PermanentClientError(f"{what}: client reply has no valid payload id")
         return payload_id
 
+    @observed_call("retrieve")
     async def retrieve(
         self,
         node: NodeConfig,
@@ -215,6 +219,7 @@ class NodeGateway:
             long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
         )
 
+    @observed_call("retrieve_partial")
     async def fetch_partial(
         self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
     ) -> None:
@@ -242,6 +247,7 @@ class NodeGateway:
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
             yield response
 
+    @observed_call("check")
     async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport:
         """The node's /health (with its declared capacity) and /load; raises if it is down."""
         base = node_base_url(node)
@@ -264,6 +270,7 @@ class NodeGateway:
             load_percent=load,
         )
 
+    @observed_call("kill")
     async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
         what = f"kill {payload_id} at {node.terminate_url}"
         async with self._call(what):

@@ -83,6 +83,10 @@ class Store(abc.ABC):
     async def occupancy(self) -> Occupancy: ...
 
     @abc.abstractmethod
+    async def status_counts(self) -> dict[tuple[str, Status], int]:
+        """Jobs per (service, status), in one grouped query (read by /metrics)."""
+
+    @abc.abstractmethod
     async def node_occupancy(self, service: str) -> dict[str, int]:
         """Slot-holding jobs of a service per node (client upload URL)."""
 

@@ -453,6 +453,18 @@ class SqlStore(Store):
             per_service[service] = per_service.get(service, 0) + count
         return Occupancy(per_user=per_user, per_service=per_service)
 
+    async def status_counts(self) -> dict[tuple[str, Status], int]:
+        rows = await self._fetch(
+            sa.select(jobs.c.service, jobs.c.status, sa.func.count()).group_by(
+                jobs.c.service, jobs.c.status
+            )
+        )
+        counts: dict[tuple[str, Status], int] = {}
+        for service, status, count in rows:
+            key = (service, Status.from_db(status))
+            counts[key] = counts.get(key, 0) + count
+        return counts
+
     async def node_occupancy(self, service: str) -> dict[str, int]:
         rows = await self._fetch(
             sa.select(jobs.c.node, sa.func.count())

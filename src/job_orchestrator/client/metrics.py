@@ -1,0 +1,65 @@
+"""The client's Prometheus metrics, in a registry of its own (one per app, not the global one).
+
+Payloads per status are read from the registry at scrape time; the counters and the run-time
+histogram are observed by the runner and start from zero when the client restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from job_orchestrator.client.registry import Registry
+from job_orchestrator.status import Status
+
+PREFIX = "job_orchestrator_client_"
+DURATION_BUCKETS_S = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600, float("inf"))
+
+
+class ClientMetrics:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_PayloadCollector(registry))
+        self.runs = Counter(
+            f"{PREFIX}runs",
+            "run.sh runs that ended, by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            f"{PREFIX}run_seconds",
+            "From the start of run.sh to its final status",
+            ["outcome"],
+            buckets=DURATION_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.executor_errors = Counter(
+            f"{PREFIX}executor_errors",
+            "run.sh could not be started, or a payload's task failed unexpectedly",
+            registry=self.registry,
+        )
+
+    def run_ended(self, status: Status, seconds: float) -> None:
+        self.runs.labels(status.wire).inc()
+        self.run_time.labels(status.wire).observe(max(0.0, seconds))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PayloadCollector(Collector):
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterator[Metric]:
+        payloads = GaugeMetricFamily(
+            f"{PREFIX}payloads", "Payloads in the registry by status", labels=["status"]
+        )
+        for status, count in sorted(
+            self._registry.status_counts().items(), key=lambda i: i[0].wire
+        ):
+            payloads.add_metric([status.wire], count)
+        yield payloads
