@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,13 +13,18 @@ from job_orchestrator._fs import remove_tree
 
 
 def _deep_tree(root: Path, depth: int) -> None:
-    # A job builds such trees with `mkdir d; cd d` in a loop; paths get too long for one mkdir.
+    # Built from directory descriptors: the path soon gets too long for one mkdir.
     root.mkdir()
-    subprocess.run(
-        ["bash", "-c", f"for i in $(seq {depth}); do mkdir d && cd d || exit 1; done; touch f"],
-        cwd=root,
-        check=True,
-    )
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(depth):
+            os.mkdir("d", dir_fd=fd)
+            child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = child
+        os.close(os.open("f", os.O_WRONLY | os.O_CREAT, dir_fd=fd))
+    finally:
+        os.close(fd)
 
 
 def test_removes_a_tree_deeper_than_the_recursion_limit(tmp_path: Path) -> None:

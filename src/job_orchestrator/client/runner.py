@@ -150,7 +150,10 @@ class Runner:
                             payload.id, status=Status.KILLED, message="job terminated"
                         )
                         return
-                    if self.lease.held(payload.id):
+                    # Only our server fails jobs over (it sends a dispatch key); the original
+                    # server never moves a job, and holding its payloads Prepared until its
+                    # next 500 ms poll would widen its quota gap (it does not count Prepared).
+                    if current.dispatch_key is None or self.lease.held(payload.id):
                         await self._execute(current)
                         return
                 # The server has not asked about it within SERVER_LEASE: it may have given
