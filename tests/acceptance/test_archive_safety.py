@@ -7,6 +7,7 @@ validator reads only run.sh). Timings are not asserted here; bench/ measures the
 from __future__ import annotations
 
 import io
+import shutil
 import subprocess
 import sys
 import threading
@@ -23,7 +24,10 @@ from job_orchestrator.archive import MANIFEST_NAME, MAX_DEPTH
 from tests.acceptance.test_sandbox import bwrap_problem
 from tests.harness import Cluster, cluster
 
-PYTHON = sys.executable
+# A system interpreter, not the venv's: the checkout (and so .venv) may live under /tmp,
+# which the bwrap sandbox replaces with a private one, and the validator refuses paths
+# under /root. The probes need only the standard library.
+PYTHON = shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable
 FINAL = ("Completed", "Failed", "Invalid", "Killed")
 SECRET = b"SECRET-OF-USER-TWO"
 #: A backstop so that no job here can run forever.
