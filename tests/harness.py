@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import psutil
@@ -62,11 +62,18 @@ class Node:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> Node:
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "job_orchestrator", self.kind]
+
+    def working_dir(self) -> Path | None:
+        return None
+
+    def start(self, wait: bool = True) -> Self:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "job_orchestrator", self.kind],
+            self.command(),
             env=self.env,
+            cwd=self.working_dir(),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -8,7 +8,6 @@ loopback ports. Every process carries the harness's tag in its environment (the 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -50,20 +49,12 @@ def require_original() -> Path:
 class OriginalNode(Node):
     """The original binary as a `Node`: same start, health wait, stop and log."""
 
-    def start(self, wait: bool = True) -> OriginalNode:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(ORIGINAL_BINARY), self.kind],
-            env=self.env,
-            cwd=self.log_path.parent,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        if wait:
-            self.wait_healthy()
-        return self
+    def command(self) -> list[str]:
+        return [str(ORIGINAL_BINARY), self.kind]
+
+    def working_dir(self) -> Path | None:
+        # The original writes its defaults (db.sqlite, data/) into its working directory.
+        return self.log_path.parent
 
 
 class Fleet(Cluster):
