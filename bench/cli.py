@@ -17,6 +17,7 @@ from bench.fairness import fairness
 from bench.latency import floor, latency
 from bench.machine import describe
 from bench.original import original
+from bench.peers import peers
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
 from bench.soak import soak
@@ -33,7 +34,7 @@ CASES: dict[str, Case] = {
     "soak": soak,
 }
 #: Cases run only when asked for (they need more than this repository: the original's binary).
-OPTIONAL: dict[str, Case] = {"original": original}
+OPTIONAL: dict[str, Case] = {"original": original, "peers": peers}
 ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
@@ -69,6 +70,12 @@ def parser() -> argparse.ArgumentParser:
         help="also run `original`: the original Rust 2.2.3 (scripts/build-original) beside ours",
     )
     parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also run `peers`: Celery + Redis and Galaxy Pulsar, installed into a venv of the "
+        "bench's own (PEERS_VENV), same workload, compared with our latency and throughput",
+    )
+    parser.add_argument(
         "--output",
         type=Path,
         help="results file (default bench/RESULTS.md; with --quick a new temp file)",
@@ -86,12 +93,16 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _selected(only: Sequence[str] | None, with_original: bool = False) -> list[str]:
+def _selected(
+    only: Sequence[str] | None, with_original: bool = False, with_peers: bool = False
+) -> list[str]:
     wanted = set(only or CASES)
-    if "latency" in wanted:
-        wanted.add("floor")  # the baseline is measured in the same run
     if with_original:
         wanted.add("original")
+    if with_peers:
+        wanted.add("peers")
+    if "latency" in wanted or "peers" in wanted:
+        wanted.add("floor")  # the baseline is measured in the same run
     return [name for name in ALL_CASES if name in wanted]
 
 
@@ -113,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     results: list[SectionResult] = []
     try:
-        for name in _selected(arguments.only, arguments.original):
+        for name in _selected(arguments.only, arguments.original, arguments.peers):
             load = load_average()
             started = time.perf_counter()
             try:

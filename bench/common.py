@@ -72,6 +72,9 @@ class Context:
     quick: bool
     profile_dir: Path | None = None
     floor_p50_s: float | None = None
+    #: Our headline figures, for the cases that compare others with us (peers): latency
+    #: `p50` and `wait_p50` in seconds, `throughput` in jobs/s.
+    figures: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,7 @@ def latency(ctx: Context) -> SectionResult:
     wait_totals = [job.total for job in waited]
     wait_p50 = median(wait_totals)
     wait_ratio = wait_p50 / ctx.floor_p50_s
+    ctx.figures.update(p50=p50, wait_p50=wait_p50)
     result.add("with the wait API: p50", ms(wait_p50))
     result.add("with the wait API: p90", ms(percentile(wait_totals, 90)))
     result.add("with the wait API: max", ms(max(wait_totals)))

@@ -124,6 +124,7 @@ def throughput(ctx: Context) -> SectionResult:
             )
         after = cpu_snapshot(with_driver)
     rate = jobs / elapsed
+    ctx.figures["throughput"] = rate
     result.add("jobs/s (first upload -> last ZIP downloaded)", f"{rate:.1f}")
     result.add("wall time", f"{elapsed:.2f} s")
     result.add("uploads/s (all submitted after)", f"{jobs / submitted:.1f} ({submitted:.2f} s)")

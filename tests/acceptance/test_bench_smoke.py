@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +31,30 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     for section in ("Machine", "Targets", *SECTIONS):
         assert f"## {section}\n" in text, f"section {section!r} missing from:\n{text}"
     assert "ERROR" not in text, text
+
+
+@pytest.mark.timeout(900)
+def test_quick_peers_bench_compares_celery_and_pulsar_with_ours(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is missing (apt-get install redis-server)")
+        pytest.skip("redis-server is missing (apt-get install redis-server)")
+    output = tmp_path / "results.md"
+    cases = ["--only", "latency,throughput", "--peers"]
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", *cases, "--output", str(output)],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=850,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    text = output.read_text()
+    assert "## peers\n" in text, text
+    for figure in ("Celery + Redis: latency p50", "Galaxy Pulsar: throughput"):
+        assert f"| {figure} |" in text, text
+    comparisons = [line for line in text.splitlines() if line.startswith("| ours / peer")]
+    assert len(comparisons) == 3, text
+    assert all("ahead: " in line for line in comparisons), comparisons
