@@ -180,6 +180,8 @@ def test_cancel_of_a_running_job(running: Cluster, tmp_path: Path) -> None:
         ("wait", "1"),
         ("cancel", "1"),
         ("download", "1"),
+        ("list",),
+        ("logs", "1"),
         ("submit", ".", "--service", "x"),
     ],
 )
