@@ -104,7 +104,9 @@ class AsyncClient:
     async def logs(self, job_id: int, follow: bool = False) -> AsyncIterator[str]:
         request = protocol.logs_request(self._connection, job_id, follow=follow)
         async with self._stream(request) as response:
-            protocol.check(response, job_id)
+            if response.status_code >= 400:
+                await response.aread()
+                protocol.check(response, job_id)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             async for chunk in response.aiter_raw():
                 text = decoder.decode(chunk)

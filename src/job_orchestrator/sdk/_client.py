@@ -125,7 +125,9 @@ class Client:
         """run.sh's output as text chunks; with `follow`, until the job is final."""
         request = protocol.logs_request(self._connection, job_id, follow=follow)
         with self._stream(request) as response:
-            protocol.check(response, job_id)
+            if response.status_code >= 400:
+                response.read()
+                protocol.check(response, job_id)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for chunk in response.iter_raw():
                 text = decoder.decode(chunk)
