@@ -32,7 +32,8 @@ from job_orchestrator.sdk import (
 __all__ = ["USER_COMMANDS", "add_user_commands", "run_user_command"]
 
 EXIT_OK = 0
-#: The job failed, was invalid, killed or cleaned; or the server refused the request.
+#: The job failed, was invalid, killed or cleaned; the server refused the request; or the
+#: result could not be written.
 EXIT_FAILED = 1
 #: Bad arguments, or files that cannot make a job (checked before anything is sent).
 EXIT_USAGE = 2
@@ -62,6 +63,12 @@ def _connection_options() -> argparse.ArgumentParser:
 def _job_id(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"invalid job id {text!r}: expected a number")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected 0 or more")
     return int(text)
 
 
@@ -104,7 +111,7 @@ def add_user_commands(commands: Any) -> None:
     listing.add_argument("--user-id", type=int)
     listing.add_argument(
         "--limit",
-        type=int,
+        type=_count,
         default=_LIST_DEFAULT_LIMIT,
         help=f"at most this many jobs (default {_LIST_DEFAULT_LIMIT}; 0: all)",
     )
@@ -127,6 +134,9 @@ def run_user_command(arguments: argparse.Namespace) -> int:
     except JobOrchestratorError as error:
         _say(str(error))
         return _exit_status(error)
+    except OSError as error:  # a result that cannot be written where it was asked to go
+        _say(f"{error.filename or 'file'}: {error.strerror or error}")
+        return EXIT_FAILED
 
 
 def _exit_status(error: JobOrchestratorError) -> int:

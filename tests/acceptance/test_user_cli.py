@@ -8,9 +8,11 @@ refused), 2 usage or files that cannot make a job, 3 server unreachable, 4 unkno
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import pty
 import socket
 import subprocess
 import sys
@@ -263,3 +265,48 @@ def test_a_download_leaves_only_the_finished_file(running: Cluster, tmp_path: Pa
     assert result.returncode == 0, result.stderr
     assert zipfile.ZipFile(io.BytesIO(out.read_bytes())).getinfo("big.bin").file_size == 3000000
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.zip"]
+
+
+def test_progress_bars_on_a_terminal_plain_lines_otherwise(
+    running: Cluster, tmp_path: Path
+) -> None:
+    job = job_dir(tmp_path / "job", "cp input.bin copy.bin\n", **{"input.bin": "x" * 3_000_000})
+    args = ["submit", str(job), "--service", "example", "-o"]
+    plain = cli(server_url(running), *args, str(tmp_path / "plain.zip"))
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr == ""
+    assert [line.split()[0] for line in plain.stdout.splitlines()] == ["submitted", "job", "saved"]
+
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JO_")}
+    env.update(JO_SERVER=server_url(running), TERM="xterm-256color", COLUMNS="120")
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "job_orchestrator", *args, str(tmp_path / "tty.zip")],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the program has exited
+        while chunk := os.read(controller, 65536):
+            shown += chunk
+    os.close(controller)
+    assert process.wait(timeout=120) == 0, shown
+    text = shown.decode(errors="replace")
+    assert "upload" in text
+    assert "download" in text
+    assert "\x1b[" in text  # drawn with terminal control sequences
+    assert zipfile.ZipFile(tmp_path / "tty.zip").read("copy.bin") == b"x" * 3_000_000
+
+
+def test_a_result_that_cannot_be_written_exits_1_in_one_line(
+    running: Cluster, tmp_path: Path
+) -> None:
+    job_id = running.api.submit("echo ok > out.txt\n")
+    running.api.wait_for(job_id, *FINAL)
+    target = tmp_path / "no-such-dir" / "r.zip"
+    result = cli(server_url(running), "download", str(job_id), "-o", str(target))
+    assert result.returncode == 1
+    assert "No such file or directory" in one_line(result.stderr)
