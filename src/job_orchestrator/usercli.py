@@ -85,6 +85,9 @@ def add_user_commands(commands: Any) -> None:
         type=int,
         help="the submitting user (default: the token's user, else 0)",
     )
+    submit.add_argument(
+        "--callback-url", metavar="URL", help="the server POSTs the job's final status there"
+    )
     submit.add_argument("--wait", action="store_true", help="wait until the job is final")
     submit.add_argument(
         "-o", "--output", metavar="FILE", type=Path, help="save the result ZIP (implies --wait)"
@@ -161,7 +164,11 @@ def _say(text: str) -> None:
 def _submit(client: Client, arguments: argparse.Namespace) -> int:
     with _progress("upload") as progress:
         job = client.submit(
-            arguments.paths, arguments.service, arguments.user_id, progress=progress
+            arguments.paths,
+            arguments.service,
+            arguments.user_id,
+            callback_url=arguments.callback_url,
+            progress=progress,
         )
     print(f"submitted job {job.id}")
     if not (arguments.wait or arguments.output):

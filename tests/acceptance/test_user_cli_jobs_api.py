@@ -1,25 +1,34 @@
-"""`list`, `logs`, `jobs()`, `logs()` and the details of `status()`: the SDK and the CLI over
-the issue-13 routes `GET /jobs`, `GET /jobs/{id}` and `GET /jobs/{id}/logs`.
+"""`list`, `logs`, `jobs()`, `logs()`, the details of `status()` and `--callback-url`: the SDK
+and the CLI over the issue-13 routes `GET /jobs`, `GET /jobs/{id}`, `GET /jobs/{id}/logs` and
+the `callback_url` field of `/upload`.
 
-Each test first checks that the server's OpenAPI document has the routes it needs and skips
-("route not on this branch") otherwise, so this module runs as soon as the routes are merged.
+Each test first checks that the server's OpenAPI document has the routes (or the field) it
+needs and skips ("route not on this branch") otherwise, so this module runs as soon as they
+are merged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import queue
 import re
+import secrets
 import select
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
 from job_orchestrator.sdk import AsyncClient, Client, JobNotFound, Status
+from tests.acceptance import test_user_cli as user_cli
 from tests.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -43,15 +52,21 @@ def need(cl: Cluster, *routes: str) -> None:
         pytest.skip(f"route not on this branch: {', '.join(missing)}")
 
 
+def need_upload_field(cl: Cluster, name: str) -> None:
+    assert cl.server is not None
+    document = httpx.get(f"{cl.server.url}/api-docs/openapi.json", timeout=30).json()
+    body = document["paths"]["/upload"]["post"]["requestBody"]["content"]
+    if name not in body["multipart/form-data"]["schema"]["properties"]:
+        pytest.skip(f"route not on this branch: /upload field {name}")
+
+
 def url(cl: Cluster) -> str:
     assert cl.server is not None
     return cl.server.url
 
 
 def cli(cl: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    from tests.acceptance.test_user_cli import cli as run_cli
-
-    return run_cli(url(cl), *args)
+    return user_cli.cli(url(cl), *args)
 
 
 def cli_process(cl: Cluster, *args: str) -> subprocess.Popen[str]:
@@ -211,3 +226,74 @@ async def test_async_logs_follow(running: Cluster, tmp_path: Path) -> None:
                 gate.touch()
     assert "line-two\n" in seen
     assert running.api.wait_for(job_id, *FINAL, timeout_s=10)["status"] == "Completed"
+
+
+# ---- callback_url ---------------------------------------------------------------------------
+
+CALLBACK_SECRET = f"sdk-callbacks-{secrets.token_hex(16)}"
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 that records the bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        self.bodies: queue.Queue[tuple[bytes, str]] = queue.Queue()
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # the http.server name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                received.put((body, self.headers.get("x-orchestrator-signature", "")))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def with_callbacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    env = {"CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_ALLOW": "127.0.0.0/8"}
+    with cluster(tmp_path_factory.mktemp("callbacks"), server_env=env) as started:
+        yield started
+
+
+def test_submit_with_a_callback_url(with_callbacks: Cluster, tmp_path: Path) -> None:
+    need_upload_field(with_callbacks, "callback_url")
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / "run.sh").write_text("echo called > out.txt\n")
+    receiver = Receiver()
+    try:
+        args = ("submit", str(job), "--service", "example", "--callback-url", receiver.url)
+        done = user_cli.cli(url(with_callbacks), *args, "--wait")
+        assert done.returncode == 0, done.stderr
+        job_id = user_cli.submitted_id(done.stdout)
+        body, signature = receiver.bodies.get(timeout=LINE_TIMEOUT_S)
+    finally:
+        receiver.close()
+    assert json.loads(body) == {"id": job_id, "status": "Completed", "message": ""}
+    expected = hmac.new(CALLBACK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert signature == f"sha256={expected}"
+    refused = user_cli.cli(
+        url(with_callbacks),
+        "submit",
+        str(job),
+        "--service",
+        "example",
+        "--callback-url",
+        "ftp://127.0.0.1/x",
+    )
+    assert refused.returncode == 1
+    assert "Invalid callback_url" in refused.stderr
+    assert "(HTTP 400)" in refused.stderr

@@ -56,9 +56,10 @@ class AsyncClient:
         service: str,
         user_id: int | None = None,
         *,
+        callback_url: str | None = None,
         progress: Progress | None = None,
     ) -> Job:
-        body = protocol.upload_body(self._connection, files, service, user_id)
+        body = protocol.upload_body(self._connection, files, service, user_id, callback_url)
         return await self._run(
             protocol.submit_exchange(self._connection, body.headers, body.achunks(progress))
         )

@@ -64,15 +64,17 @@ class Client:
         service: str,
         user_id: int | None = None,
         *,
+        callback_url: str | None = None,
         progress: Progress | None = None,
     ) -> Job:
         """Upload a directory (its files) or files as one job; one of them must be run.sh.
 
         Without `user_id` the field is left out when a token is set (the server takes the
-        user from the token) and is `0` otherwise. Raises InvalidSubmission before anything
-        is sent when the files cannot make a job.
+        user from the token) and is `0` otherwise. `callback_url` asks the server to POST
+        the job's signed final status there (a server without callbacks ignores it). Raises
+        InvalidSubmission before anything is sent when the files cannot make a job.
         """
-        body = protocol.upload_body(self._connection, files, service, user_id)
+        body = protocol.upload_body(self._connection, files, service, user_id, callback_url)
         return self._run(
             protocol.submit_exchange(self._connection, body.headers, body.chunks(progress))
         )

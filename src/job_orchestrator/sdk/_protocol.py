@@ -240,6 +240,7 @@ def upload_body(
     files: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     service: str,
     user_id: int | None,
+    callback_url: str | None = None,
 ) -> UploadBody:
     """The checked body of a submission (nothing is sent yet).
 
@@ -250,6 +251,8 @@ def upload_body(
     fields = {"service": service}
     if user_id is not None or not connection.token:
         fields["user_id"] = str(user_id or 0)
+    if callback_url:
+        fields["callback_url"] = callback_url
     return UploadBody(collect_files(sources), fields)
 
 
