@@ -18,6 +18,7 @@ from typing import Any
 from job_orchestrator.sdk import (
     DEFAULT_SERVER,
     Client,
+    InvalidServer,
     InvalidSubmission,
     Job,
     JobNotFound,
@@ -35,7 +36,8 @@ EXIT_OK = 0
 #: The job failed, was invalid, killed or cleaned; the server refused the request; or the
 #: result could not be written.
 EXIT_FAILED = 1
-#: Bad arguments, or files that cannot make a job (checked before anything is sent).
+#: Bad arguments (a server URL that is not http(s)), or files that cannot make a job
+#: (checked before anything is sent).
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_UNKNOWN_JOB = 4
@@ -143,7 +145,7 @@ def run_user_command(arguments: argparse.Namespace) -> int:
 
 
 def _exit_status(error: JobOrchestratorError) -> int:
-    if isinstance(error, InvalidSubmission):
+    if isinstance(error, InvalidSubmission | InvalidServer):
         return EXIT_USAGE
     if isinstance(error, ServerUnreachable):
         return EXIT_UNREACHABLE

@@ -250,6 +250,12 @@ def test_usage_errors_exit_2(tmp_path: Path, args: tuple[str, ...]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_server_url_that_is_not_http_exits_2(tmp_path: Path) -> None:
+    result = cli("127.0.0.1:5000", "status", "1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "invalid server URL '127.0.0.1:5000'" in one_line(result.stderr)
+
+
 def test_a_refused_upload_exits_1_with_the_servers_reason(running: Cluster, tmp_path: Path) -> None:
     job = job_dir(tmp_path / "job", "echo\n")
     result = cli(server_url(running), "submit", str(job), "--service", "no-such-service")

@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from job_orchestrator.multipart import read_multipart
-from job_orchestrator.sdk import InvalidSubmission, Job, QueueInfo, Status
+from job_orchestrator.sdk import InvalidServer, InvalidSubmission, Job, QueueInfo, Status
 from job_orchestrator.sdk._protocol import DEFAULT_SERVER, Connection
 from job_orchestrator.sdk._upload import UploadBody, collect_files
 
@@ -185,3 +185,10 @@ def test_the_token_is_sent_as_a_bearer_token() -> None:
         "Authorization"
         not in Connection.resolve("http://jo", None, {}).request("GET", "/x").headers
     )
+
+
+@pytest.mark.parametrize("server", ["127.0.0.1:5000", "ftp://jo", "http://", "http://[::1"])
+def test_a_server_that_is_not_an_http_url_is_refused(server: str) -> None:
+    with pytest.raises(InvalidServer, match="invalid server URL") as raised:
+        Connection.resolve(server, None, {})
+    assert isinstance(raised.value, ValueError)

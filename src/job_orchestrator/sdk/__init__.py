@@ -23,6 +23,7 @@ from job_orchestrator.sdk._protocol import DEFAULT_SERVER
 from job_orchestrator.sdk._upload import Progress
 from job_orchestrator.sdk.errors import (
     AlreadyFinished,
+    InvalidServer,
     InvalidSubmission,
     JobFailed,
     JobNotFound,
@@ -40,6 +41,7 @@ __all__ = [
     "AlreadyFinished",
     "AsyncClient",
     "Client",
+    "InvalidServer",
     "InvalidSubmission",
     "Job",
     "JobFailed",

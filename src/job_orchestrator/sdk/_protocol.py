@@ -24,6 +24,7 @@ import httpx
 from job_orchestrator.sdk._upload import CHUNK_BYTES, UploadBody, collect_files
 from job_orchestrator.sdk.errors import (
     AlreadyFinished,
+    InvalidServer,
     JobFailed,
     JobNotFound,
     NotFinished,
@@ -100,6 +101,12 @@ class Connection:
         """Arguments first, then JO_SERVER / JO_TOKEN (empty counts as unset), then defaults."""
         env = os.environ if env is None else env
         url = server or env.get(SERVER_VARIABLE) or DEFAULT_SERVER
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise InvalidServer(url) from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise InvalidServer(url)
         return cls(server=url.rstrip("/"), token=token or env.get(TOKEN_VARIABLE) or None)
 
     def request(

@@ -11,6 +11,7 @@ Hierarchy::
     ├── NotFinished             download() of a job still queued or running
     ├── WaitTimeout             wait(timeout=...) ran out (also a TimeoutError)
     ├── InvalidSubmission       refused before anything is sent (also a ValueError)
+    ├── InvalidServer           the server URL is not an http(s) URL (also a ValueError)
     └── ServerError             any other refusal or failure the server answered with
 """
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AlreadyFinished",
+    "InvalidServer",
     "InvalidSubmission",
     "JobFailed",
     "JobNotFound",
@@ -100,6 +102,12 @@ class WaitTimeout(_JobError, TimeoutError):
 
 class InvalidSubmission(JobOrchestratorError, ValueError):
     """The files given to submit() cannot make a job (no run.sh, unreadable, clashing names)."""
+
+
+class InvalidServer(JobOrchestratorError, ValueError):
+    def __init__(self, url: str) -> None:
+        super().__init__(f"invalid server URL {url!r}: expected http://HOST[:PORT] or https://...")
+        self.url = url
 
 
 class ServerError(JobOrchestratorError):
