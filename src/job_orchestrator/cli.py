@@ -1,4 +1,7 @@
-"""`job-orchestrator server | client`: read the environment, then serve until SIGTERM/SIGINT."""
+"""`job-orchestrator server | client`: read the environment, then serve until SIGTERM/SIGINT.
+
+The user commands (`submit`, `status`, ...) live in `usercli`; they only talk to a server.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from fastapi import FastAPI
 from job_orchestrator import __version__
 from job_orchestrator._logging import JsonFormatter
 from job_orchestrator.errors import ConfigError
+from job_orchestrator.usercli import USER_COMMANDS, add_user_commands, run_user_command
 
 logger = logging.getLogger("job_orchestrator")
 
@@ -29,9 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         "Configured through environment variables; see the README.",
     )
     parser.add_argument("--version", action="version", version=f"job-orchestrator {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{server,client}", required=True)
+    commands = parser.add_subparsers(
+        dest="command", metavar=f"{{server,client,{','.join(USER_COMMANDS)}}}", required=True
+    )
     commands.add_parser("server", help="Run orchestrator server (user API, queue, dispatch)")
     commands.add_parser("client", help="Run orchestrator client (executes run.sh payloads)")
+    add_user_commands(commands)
     return parser
 
 
@@ -70,6 +77,8 @@ class DrainingServer(uvicorn.Server):
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
+    if arguments.command in USER_COMMANDS:
+        return run_user_command(arguments)
     from job_orchestrator.config import load_client_settings, load_server_settings
 
     # Logging first, so warnings about the configuration go to the log, not to stderr.

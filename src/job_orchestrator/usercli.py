@@ -1,0 +1,340 @@
+"""`job-orchestrator submit | status | wait | download | cancel | list | logs`: the user CLI.
+
+A thin layer over `job_orchestrator.sdk`: each command is one SDK call, and each SDK error
+maps to one exit status (see EXIT_* and the README) with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from job_orchestrator.sdk import (
+    DEFAULT_SERVER,
+    Client,
+    InvalidServer,
+    InvalidSubmission,
+    Job,
+    JobNotFound,
+    JobOrchestratorError,
+    NotFinished,
+    Progress,
+    ServerUnreachable,
+    Status,
+    WaitTimeout,
+)
+
+__all__ = ["USER_COMMANDS", "add_user_commands", "run_user_command"]
+
+EXIT_OK = 0
+#: The job failed, was invalid, killed or cleaned; the server refused the request; or the
+#: result could not be written.
+EXIT_FAILED = 1
+#: Bad arguments (a server URL that is not http(s)), or files that cannot make a job
+#: (checked before anything is sent).
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_UNKNOWN_JOB = 4
+#: The job has not finished: `wait --timeout` ran out, or `download` of a running job.
+EXIT_NOT_FINISHED = 5
+EXIT_INTERRUPTED = 130
+
+USER_COMMANDS = ("submit", "status", "wait", "download", "cancel", "list", "logs")
+_LIST_DEFAULT_LIMIT = 50
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--server",
+        metavar="URL",
+        help=f"the server's URL (default: JO_SERVER, else {DEFAULT_SERVER})",
+    )
+    shared.add_argument(
+        "--token", help="API token, sent as a bearer token (default: JO_TOKEN, else none)"
+    )
+    return shared
+
+
+def _job_id(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid job id {text!r}: expected a number")
+    return int(text)
+
+
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected 0 or more")
+    return int(text)
+
+
+def add_user_commands(commands: Any) -> None:
+    """Add the user commands to the `job-orchestrator` subparsers."""
+    shared = [_connection_options()]
+    submit = commands.add_parser(
+        "submit", parents=shared, help="Submit a job: a directory with run.sh, or files"
+    )
+    submit.add_argument("paths", nargs="+", metavar="DIR|FILE", help="the job's files")
+    submit.add_argument("--service", required=True, help="the service to run it in")
+    submit.add_argument(
+        "--user-id",
+        type=int,
+        help="the submitting user (default: the token's user, else 0)",
+    )
+    submit.add_argument(
+        "--callback-url", metavar="URL", help="the server POSTs the job's final status there"
+    )
+    submit.add_argument("--wait", action="store_true", help="wait until the job is final")
+    submit.add_argument(
+        "-o", "--output", metavar="FILE", type=Path, help="save the result ZIP (implies --wait)"
+    )
+    status = commands.add_parser("status", parents=shared, help="Show a job's status")
+    status.add_argument("job_id", type=_job_id, metavar="ID")
+    status.add_argument("--json", action="store_true", help="print the job as JSON")
+    wait = commands.add_parser("wait", parents=shared, help="Wait until a job is final")
+    wait.add_argument("job_id", type=_job_id, metavar="ID")
+    wait.add_argument("--timeout", type=float, metavar="S", help="give up after S seconds")
+    download = commands.add_parser("download", parents=shared, help="Save a job's result ZIP")
+    download.add_argument("job_id", type=_job_id, metavar="ID")
+    download.add_argument(
+        "-o", "--output", metavar="FILE", type=Path, help="where to save it (job-ID.zip)"
+    )
+    download.add_argument(
+        "--partial", action="store_true", help="the job's files as they are now, finished or not"
+    )
+    cancel = commands.add_parser("cancel", parents=shared, help="Cancel or kill a job")
+    cancel.add_argument("job_id", type=_job_id, metavar="ID")
+    listing = commands.add_parser("list", parents=shared, help="List jobs, newest first")
+    listing.add_argument("--status", choices=[status.wire for status in Status])
+    listing.add_argument("--service")
+    listing.add_argument("--user-id", type=int)
+    listing.add_argument(
+        "--limit",
+        type=_count,
+        default=_LIST_DEFAULT_LIMIT,
+        help=f"at most this many jobs (default {_LIST_DEFAULT_LIMIT}; 0: all)",
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    logs = commands.add_parser("logs", parents=shared, help="Print run.sh's output")
+    logs.add_argument("job_id", type=_job_id, metavar="ID")
+    logs.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing until the job is final"
+    )
+
+
+def run_user_command(arguments: argparse.Namespace) -> int:
+    command: Callable[[Client, argparse.Namespace], int] = _COMMANDS[arguments.command]
+    try:
+        with Client(arguments.server, arguments.token) as client:
+            return command(client, arguments)
+    except KeyboardInterrupt:
+        _say("interrupted (a submitted job keeps running)")
+        return EXIT_INTERRUPTED
+    except JobOrchestratorError as error:
+        _say(str(error))
+        return _exit_status(error)
+    except OSError as error:  # a result that cannot be written where it was asked to go
+        _say(f"{error.filename or 'file'}: {error.strerror or error}")
+        return EXIT_FAILED
+
+
+def _exit_status(error: JobOrchestratorError) -> int:
+    if isinstance(error, InvalidSubmission | InvalidServer):
+        return EXIT_USAGE
+    if isinstance(error, ServerUnreachable):
+        return EXIT_UNREACHABLE
+    if isinstance(error, JobNotFound):
+        return EXIT_UNKNOWN_JOB
+    if isinstance(error, NotFinished | WaitTimeout):
+        return EXIT_NOT_FINISHED
+    return EXIT_FAILED  # JobFailed, AlreadyFinished, Unauthorized, ServerError, ...
+
+
+def _say(text: str) -> None:
+    print(f"job-orchestrator: {text}", file=sys.stderr)
+
+
+# ---- the commands ---------------------------------------------------------------------------
+
+
+def _submit(client: Client, arguments: argparse.Namespace) -> int:
+    with _progress("upload") as progress:
+        job = client.submit(
+            arguments.paths,
+            arguments.service,
+            arguments.user_id,
+            callback_url=arguments.callback_url,
+            progress=progress,
+        )
+    print(f"submitted job {job.id}")
+    if not (arguments.wait or arguments.output):
+        return EXIT_OK
+    _wait_and_report(client, job.id, None)
+    if arguments.output:
+        _save(client, job.id, arguments.output, partial=False)
+    return EXIT_OK
+
+
+def _status(client: Client, arguments: argparse.Namespace) -> int:
+    job = client.status(arguments.job_id)
+    if arguments.json:
+        print(json.dumps(job.to_dict()))
+    else:
+        print("\n".join(_describe(job)))
+    return EXIT_OK
+
+
+def _wait(client: Client, arguments: argparse.Namespace) -> int:
+    _wait_and_report(client, arguments.job_id, arguments.timeout)
+    return EXIT_OK
+
+
+def _download(client: Client, arguments: argparse.Namespace) -> int:
+    _save(client, arguments.job_id, arguments.output or Path.cwd(), partial=arguments.partial)
+    return EXIT_OK
+
+
+def _cancel(client: Client, arguments: argparse.Namespace) -> int:
+    job = client.cancel(arguments.job_id)
+    print(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
+    return EXIT_OK
+
+
+def _list(client: Client, arguments: argparse.Namespace) -> int:
+    found = client.jobs(
+        user_id=arguments.user_id,
+        status=arguments.status,
+        service=arguments.service,
+        page_size=min(arguments.limit or 500, 500),
+    )
+    jobs = _take(found, arguments.limit)
+    if arguments.json:
+        print(json.dumps([job.to_dict() for job in jobs]))
+        return EXIT_OK
+    rows = [("ID", "STATUS", "SERVICE", "USER", "CREATED", "MESSAGE")]
+    rows += [
+        (
+            str(job.id),
+            job.status.wire,
+            job.service or "",
+            "" if job.user_id is None else str(job.user_id),
+            _time(job.created_at),
+            job.message.splitlines()[0] if job.message else "",
+        )
+        for job in jobs
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return EXIT_OK
+
+
+def _logs(client: Client, arguments: argparse.Namespace) -> int:
+    for text in client.logs(arguments.job_id, follow=arguments.follow):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
+    "submit": _submit,
+    "status": _status,
+    "wait": _wait,
+    "download": _download,
+    "cancel": _cancel,
+    "list": _list,
+    "logs": _logs,
+}
+
+
+# ---- helpers --------------------------------------------------------------------------------
+
+
+def _wait_and_report(client: Client, job_id: int, timeout_s: float | None) -> None:
+    """Wait; print the final status of a Completed job (the SDK raises for the others)."""
+    job = client.wait(job_id, timeout_s)
+    print(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
+
+
+def _save(client: Client, job_id: int, dest: Path, *, partial: bool) -> None:
+    with _progress("download") as progress:
+        if partial:
+            saved = client.download_partial(job_id, dest, progress=progress)
+        else:
+            saved = client.download(job_id, dest, progress=progress)
+    print(f"saved {saved} ({saved.stat().st_size} bytes)")
+
+
+def _take(jobs: Iterator[Job], limit: int) -> list[Job]:
+    taken = []
+    for job in jobs:
+        taken.append(job)
+        if limit and len(taken) >= limit:
+            break
+    return taken
+
+
+def _time(value: datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _describe(job: Job) -> list[str]:
+    lines = [f"job {job.id}: {job.status.wire}"]
+    if job.message:
+        lines.append(f"  message:   {job.message}")
+    details: list[tuple[str, object]] = [
+        ("service", job.service),
+        ("user", job.user_id),
+        ("created", job.created_at and _time(job.created_at)),
+        ("started", job.started_at and _time(job.started_at)),
+        ("finished", job.finished_at and _time(job.finished_at)),
+        ("client", job.client),
+        ("exit code", job.exit_code),
+    ]
+    lines += [f"  {label + ':':<10} {value}" for label, value in details if value is not None]
+    if job.queue is not None:
+        where = f"position {job.queue.position}, " if job.queue.position else ""
+        detail = f" ({job.queue.detail})" if job.queue.detail else ""
+        lines.append(f"  {'queue:':<10} {where}{job.queue.reason}{detail}")
+    return lines
+
+
+@contextmanager
+def _progress(verb: str) -> Iterator[Progress | None]:
+    """A rich progress bar on stderr when both streams are terminals; nothing otherwise."""
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import Progress as Bars
+
+    with Bars(
+        TextColumn(verb),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bars:
+        task = bars.add_task(verb, total=None)
+
+        def advance(done: int, total: int | None) -> None:
+            bars.update(task, completed=done, total=total)
+
+        yield advance
