@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ssl
 import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Self
 
 HOLD = "hold"
@@ -33,7 +35,9 @@ class Received:
 
 
 class CallbackReceiver:
-    def __init__(self, *answers: int | str) -> None:
+    def __init__(self, *answers: int | str, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) files to serve https with."""
+        self.scheme = "https" if tls else "http"
         self.plan: deque[int | str] = deque(answers)
         self.received: list[Received] = []
         self._changed = threading.Condition()
@@ -64,6 +68,10 @@ class CallbackReceiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def _record(self, request: Received) -> int | str:
@@ -74,9 +82,13 @@ class CallbackReceiver:
         return answer
 
     @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{self.scheme}://{host!s}:{port}"
 
     def wait_for(self, count: int, timeout_s: float = 90.0) -> list[Received]:
         """The first `count` requests, once they have arrived."""

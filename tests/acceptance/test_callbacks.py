@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import signal
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -88,8 +89,10 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 def test_final_statuses_are_posted_signed(loopback: Cluster, receiver: CallbackReceiver) -> None:
     done = submit(loopback, "echo done > out.txt\n", f"{receiver.url}/hooks/done?portal=7")
+    loopback.api.wait_for(done, "Completed")
     first = receiver.wait_for(1)[0]
     failed = submit(loopback, "exit 3\n", f"{receiver.url}/hooks/failed")
+    loopback.api.wait_for(failed, "Failed")
     second = receiver.wait_for(2)[1]
 
     assert (first.method, first.path) == ("POST", "/hooks/done?portal=7")
@@ -195,6 +198,42 @@ def test_the_address_is_checked_again_at_delivery(tmp_path: Path) -> None:
         cl.server.start()
         (request,) = receiver.wait_for(1)
     assert json.loads(request.body)["id"] == job_id
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    request = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]
+    subprocess.run(
+        [*request, "-keyout", str(key), "-out", str(cert), *subject],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_is_verified_for_the_url_host_name(tmp_path: Path) -> None:
+    """The connection goes to the checked address, yet TLS is for the name in the URL."""
+    good, wrong = self_signed(tmp_path, "localhost"), self_signed(tmp_path, "other.example")
+    trusted = tmp_path / "trusted.pem"
+    trusted.write_bytes(good[0].read_bytes() + wrong[0].read_bytes())
+    env = {**LOOPBACK_ENV, "CALLBACK_ALLOW": "127.0.0.0/8,::1", "SSL_CERT_FILE": str(trusted)}
+    with (
+        CallbackReceiver(tls=good) as receiver,
+        CallbackReceiver(tls=wrong) as impostor,
+        cluster(tmp_path, server_env=env) as cl,
+    ):
+        job_id = submit(cl, "exit 0\n", f"https://localhost:{receiver.port}/hook")
+        (request,) = receiver.wait_for(1)
+        assert request.headers["host"] == f"localhost:{receiver.port}"
+        assert request.signed_with(SECRET)
+        assert json.loads(request.body)["id"] == job_id
+        # A certificate for another name is refused: the attempt fails, nothing is sent.
+        refused = submit(cl, "exit 0\n", f"https://localhost:{impostor.port}/hook")
+        wait_for_log(cl, f"callback of job {refused} failed (attempt 1)")
+        assert cl.server is not None
+        assert "CERTIFICATE_VERIFY_FAILED" in cl.server.log()
+        assert impostor.received == []
 
 
 # ---- refused at upload ---------------------------------------------------------------------

@@ -75,10 +75,12 @@ class CallbackDeliverer:
         self._loop: asyncio.Task[None] | None = None
         # No proxies from the environment (they would bypass the address check), no redirects
         # (a 3xx is a failed attempt), no kept connections (each is pinned to one checked
-        # address and, for https, verified for one host name).
+        # address and, for https, verified for one host name). SSL_CERT_FILE / SSL_CERT_DIR
+        # still choose the trusted certificates (a private CA for intranet receivers).
         self._http = httpx.AsyncClient(
             follow_redirects=False,
             trust_env=False,
+            verify=httpx.create_ssl_context(trust_env=True),
             timeout=self._timeout_s,
             limits=httpx.Limits(max_keepalive_connections=0),
         )
@@ -188,6 +190,10 @@ class CallbackDeliverer:
         except asyncio.CancelledError:
             await self._shielded(self._store.release_callback(delivery.job_id, token))
             raise
+        except Exception as unexpected:
+            # Settled like any failed attempt, so backoff and the deadline still apply.
+            logger.exception("callback attempt of job %d failed unexpectedly", delivery.job_id)
+            error = f"internal error: {unexpected!r}"
         await self._shielded(self._settle(delivery, token, error))
 
     async def _shielded(self, write: Coroutine[Any, Any, Any]) -> None:
@@ -240,13 +246,13 @@ class CallbackDeliverer:
         """Make one attempt; None on a 2xx answer, else why it failed."""
         assert delivery.body is not None
         assert self._secret is not None
-        url = httpx.URL(delivery.url)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"job-orchestrator/{__version__}",
             SIGNATURE_HEADER: signature(self._secret, delivery.body),
         }
         try:
+            url = parse_callback_url(delivery.url)
             async with asyncio.timeout(self._timeout_s):
                 # Checked again now: the name may point elsewhere than at upload.
                 addresses = await resolve_permitted(url, self.policy)
@@ -276,7 +282,7 @@ class CallbackDeliverer:
             except httpx.ConnectError as error:
                 failure = f"cannot connect to {address}: {error or type(error).__name__}"
                 continue  # nothing was sent: the next address may answer
-            except httpx.HTTPError as error:
+            except (httpx.HTTPError, OSError) as error:
                 return f"{type(error).__name__} from {address}: {error}"
             await response.aclose()
             if 200 <= response.status_code < 300:
