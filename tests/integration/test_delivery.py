@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from job_orchestrator.config import load_server_settings
-from job_orchestrator.server.delivery import DRAIN_GRACE_S, CallbackDeliverer
+from job_orchestrator.server.delivery import DRAIN_GRACE_S, MAX_IN_FLIGHT, CallbackDeliverer
 from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
 from job_orchestrator.status import Status
@@ -21,9 +21,13 @@ from tests.integration.test_store import OpenStore
 SECRET = "s" * 32
 #: Only to keep a broken test from hanging.
 DEADLINE_S = 60.0
+#: Longer than any test runs.
+NEVER_S = 3600.0
 
 
-def deliverer(store: SqlStore, tmp_path: Path, **changes: float) -> CallbackDeliverer:
+def deliverer(
+    store: SqlStore, tmp_path: Path, fallback_tick_s: float = 30.0, **changes: float
+) -> CallbackDeliverer:
     settings = load_server_settings(
         {
             "CALLBACK_SECRET": SECRET,
@@ -32,7 +36,9 @@ def deliverer(store: SqlStore, tmp_path: Path, **changes: float) -> CallbackDeli
             "DATA_PATH": str(tmp_path),
         }
     )
-    return CallbackDeliverer(dataclasses.replace(settings, **changes), store)
+    return CallbackDeliverer(
+        dataclasses.replace(settings, **changes), store, fallback_tick_s=fallback_tick_s
+    )
 
 
 async def final_job(store: SqlStore, url: str, status: Status = Status.COMPLETED) -> int:
@@ -80,7 +86,8 @@ async def test_two_loops_on_one_database_deliver_once(reopen: OpenStore, tmp_pat
 
 async def test_a_final_status_wakes_the_loop(store: SqlStore, tmp_path: Path) -> None:
     with CallbackReceiver() as receiver:
-        loop = deliverer(store, tmp_path)
+        # No fallback tick within the test: only the wake-up can start the delivery.
+        loop = deliverer(store, tmp_path, fallback_tick_s=NEVER_S)
         await loop.start()
         try:
             job_id = await store.create_job(
@@ -90,7 +97,6 @@ async def test_a_final_status_wakes_the_loop(store: SqlStore, tmp_path: Path) ->
             await asyncio.sleep(0.5)
             assert receiver.received == []  # not final yet
             assert await store.transition(job_id, [Status.RUNNING], Status.INVALID, message="x")
-            # Woken by the transition: well before the 30 s fallback tick.
             await until(
                 lambda: store.callback_of(job_id),
                 lambda record: record.state is CallbackState.DELIVERED,
@@ -139,3 +145,27 @@ async def test_a_shutdown_releases_the_attempt_in_flight(store: SqlStore, tmp_pa
         # Due at once for the next start, not after the lease would have run out.
         assert [due.job_id for due in await store.due_callbacks(time.time(), 10)] == [job_id]
         receiver.release()
+
+
+async def test_attempts_in_flight_are_bounded_and_the_rest_follow(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    count = MAX_IN_FLIGHT + 4
+    with CallbackReceiver(*[HOLD] * count) as receiver:
+        job_ids = [await final_job(store, f"{receiver.url}/{i}") for i in range(count)]
+        loop = deliverer(store, tmp_path, callback_timeout_s=60.0)
+        await loop.start()
+        try:
+            await asyncio.to_thread(receiver.wait_for, MAX_IN_FLIGHT)
+            # Every slot holds an unanswered request, so no further one can have been sent.
+            assert len(receiver.received) == MAX_IN_FLIGHT
+            receiver.release()
+            for job_id in job_ids:
+                record = await until(
+                    lambda job_id=job_id: store.callback_of(job_id),
+                    lambda record: record.state is CallbackState.DELIVERED,
+                )
+                assert record.attempts == 1
+        finally:
+            await loop.stop()
+    assert len(receiver.received) == count

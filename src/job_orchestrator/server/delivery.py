@@ -62,12 +62,15 @@ DISABLED = "callbacks are disabled on this server (CALLBACK_SECRET is not set)"
 
 
 class CallbackDeliverer:
-    def __init__(self, settings: ServerSettings, store: Store) -> None:
+    def __init__(
+        self, settings: ServerSettings, store: Store, *, fallback_tick_s: float = FALLBACK_TICK_S
+    ) -> None:
         self.policy = AddressPolicy.from_settings(settings)
         self._secret = settings.callback_secret
         self._deadline_s = settings.callback_deadline_s
         self._timeout_s = settings.callback_timeout_s
         self._store = store
+        self._fallback_tick_s = fallback_tick_s
         self._wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
@@ -140,11 +143,13 @@ class CallbackDeliverer:
         while not self._stop.is_set():
             try:
                 await self.deliver_once()
-                next_at = await self._store.next_callback_at(exclude=self._in_flight)
+                # At capacity, the end of an attempt wakes the loop: more due ones must wait.
+                full = len(self._in_flight) >= MAX_IN_FLIGHT
+                next_at = None if full else await self._store.next_callback_at(self._in_flight)
             except StoreError:
                 logger.exception("callback delivery failed; retrying in %g s", STORE_RETRY_S)
                 next_at = time.time() + STORE_RETRY_S
-            timeout_s = FALLBACK_TICK_S
+            timeout_s = self._fallback_tick_s
             if next_at is not None:
                 timeout_s = min(timeout_s, max(0.0, next_at - time.time()) + 0.01)
             await wait_any(self._wakeup.wait(), self._stop.wait(), timeout_s=timeout_s)
