@@ -106,7 +106,7 @@ _UNAUTHORIZED = {
 
 #: The text fields /upload reads; any other is counted against the body limit and dropped.
 _UPLOAD_FIELDS = ("user_id", "service", "callback_url")
-#: Longer user_id or service values are invalid whatever they hold (see README).
+#: Longer user_id, service or callback_url values are invalid whatever they hold (see README).
 _MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
