@@ -6,6 +6,7 @@ a bad one raises ConfigError naming the variable (the CLI turns it into exit sta
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import pwd
@@ -27,6 +28,12 @@ UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
 DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 60.0
 DEFAULT_UPLOAD_MAX_CONCURRENT = 128
 DEFAULT_UPLOAD_MAX_PER_CLIENT = 32
+DEFAULT_CALLBACK_DEADLINE_S = 24 * 3600.0
+DEFAULT_CALLBACK_TIMEOUT_S = 10.0
+#: The word of CALLBACK_ALLOW that stands for every public (globally routable) address.
+CALLBACK_ALLOW_PUBLIC = "public"
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _SERVICE_SUFFIXES = (
     "UPLOAD_URL",
@@ -124,6 +131,15 @@ class ServerSettings(CommonSettings):
     #: Bearer token /metrics requires; None: /metrics is open (like /health).
     metrics_token: str | None = None
     log_format: str = "text"
+    #: HMAC-SHA256 key of completion callbacks; None: a callback_url is refused at upload.
+    callback_secret: str | None = None
+    #: Where callbacks may go: any public address (when true) and these networks.
+    callback_allow_public: bool = True
+    callback_allow_networks: tuple[IPNetwork, ...] = ()
+    #: How long after its first attempt a callback is retried before it is given up.
+    callback_deadline_s: float = DEFAULT_CALLBACK_DEADLINE_S
+    #: The bound of one delivery attempt (name resolution, connection, answer).
+    callback_timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +206,10 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
     env = os.environ if env is None else env
     common = _common(env, default_port=5000)
     upload_mb = env.get("UPLOAD_MAX_MB")
+    allow_public, allow_networks = parse_callback_allow(env.get("CALLBACK_ALLOW", ""))
+    callback_timeout_s = _seconds(env, "CALLBACK_TIMEOUT", DEFAULT_CALLBACK_TIMEOUT_S)
+    if callback_timeout_s <= 0:
+        raise ConfigError("CALLBACK_TIMEOUT", "must be more than 0")
     return ServerSettings(
         port=common.port,
         host=common.host,
@@ -220,7 +240,46 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
         node_check_interval_s=_seconds(env, "NODE_CHECK_INTERVAL", 5.0),
         failover_after_s=_seconds(env, "FAILOVER_AFTER", 30.0),
+        callback_secret=_callback_secret(env),
+        callback_allow_public=allow_public,
+        callback_allow_networks=allow_networks,
+        callback_deadline_s=_seconds(env, "CALLBACK_DEADLINE", DEFAULT_CALLBACK_DEADLINE_S),
+        callback_timeout_s=callback_timeout_s,
     )
+
+
+def _callback_secret(env: Mapping[str, str]) -> str | None:
+    secret = _optional(env, "CALLBACK_SECRET")
+    if secret is not None and len(secret) < 16:
+        raise ConfigError("CALLBACK_SECRET", "must have at least 16 characters")
+    return secret
+
+
+def parse_callback_allow(raw: str) -> tuple[bool, tuple[IPNetwork, ...]]:
+    """CALLBACK_ALLOW -> (public addresses allowed, networks allowed besides).
+
+    Comma-separated CIDR networks (a bare address is its own /32 or /128) and the word
+    `public`; empty or unset means `public` alone.
+    """
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if not entries:
+        return True, ()
+    public = False
+    networks: list[IPNetwork] = []
+    for entry in entries:
+        if entry.lower() == CALLBACK_ALLOW_PUBLIC:
+            public = True
+            continue
+        try:
+            # Host bits are dropped (10.1.2.3/8 is 10.0.0.0/8): a common way to write it.
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(
+                "CALLBACK_ALLOW",
+                f"expected CIDR networks (such as 127.0.0.0/8) or {CALLBACK_ALLOW_PUBLIC!r}, "
+                f"got {entry!r}",
+            ) from None
+    return public, tuple(networks)
 
 
 def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:

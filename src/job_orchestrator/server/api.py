@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +48,8 @@ from job_orchestrator.multipart import (
     read_multipart,
 )
 from job_orchestrator.server.auth import UserTokens
+from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
+from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import (
     INPUT_DIR,
     PARTIAL_NAME,
@@ -103,8 +105,8 @@ _UNAUTHORIZED = {
 
 
 #: The text fields /upload reads; any other is counted against the body limit and dropped.
-_UPLOAD_FIELDS = ("user_id", "service")
-#: Longer user_id or service values are invalid whatever they hold (see README).
+_UPLOAD_FIELDS = ("user_id", "service", "callback_url")
+#: Longer user_id, service or callback_url values are invalid whatever they hold (see README).
 _MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
@@ -230,6 +232,15 @@ async def health(request: Request) -> Response:
                         "properties": {
                             "user_id": {"type": "string", "pattern": "^[+-]?[0-9]+$"},
                             "service": {"type": "string"},
+                            "callback_url": {
+                                "type": "string",
+                                "format": "uri",
+                                "maxLength": MAX_URL_CHARS,
+                                "description": (
+                                    "http(s) URL POSTed the job's signed final status "
+                                    "(needs CALLBACK_SECRET; see README, Callbacks)"
+                                ),
+                            },
                             "file": {
                                 "type": "array",
                                 "items": {"type": "string", "format": "binary"},
@@ -311,11 +322,14 @@ async def _receive_upload(
         service = fields.get("service", "").lower()
         if service not in settings.services:
             return status_body(0, Status.UNKNOWN, "Invalid service", 400)
+        callback_url = await _callback_url(request, form.fields, form.oversized)
+        if isinstance(callback_url, Response):
+            return callback_url
         loc = await asyncio.to_thread(staging.commit)
         keep = True
         try:
             job_id = await orchestrator.store.create_job(
-                user_id=user_id, service=service, loc=str(loc)
+                user_id=user_id, service=service, loc=str(loc), callback_url=callback_url
             )
         except StoreError:
             logger.exception("could not add a job")
@@ -352,6 +366,22 @@ async def _receive_upload(
         if not keep:
             # A rejected upload leaves nothing behind.
             await asyncio.to_thread(remove_tree, staging.path)
+
+
+async def _callback_url(
+    request: Request, fields: Mapping[str, str], oversized: Collection[str]
+) -> str | Response | None:
+    """The upload's callback URL to store (None: the field is absent or empty), or the 400."""
+    raw = fields.get("callback_url", "")
+    if "callback_url" not in oversized and not raw:
+        return None
+    callbacks: CallbackDeliverer = request.app.state.callbacks
+    try:
+        if "callback_url" in oversized:
+            raise CallbackURLError(f"longer than {MAX_URL_CHARS} characters")
+        return await callbacks.accept_url(raw)
+    except CallbackURLError as error:
+        return status_body(0, Status.UNKNOWN, f"Invalid callback_url: {error}", 400)
 
 
 _WAIT_PARAMETER = {

@@ -24,6 +24,7 @@ from job_orchestrator.http_common import (
 )
 from job_orchestrator.server import api
 from job_orchestrator.server.auth import UserTokens
+from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
@@ -45,11 +46,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.user_tokens = (
             UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
         )
+        app.state.callbacks = CallbackDeliverer(settings, store)
         await orchestrator.start()
+        await app.state.callbacks.start()
         try:
             yield
         finally:
             await orchestrator.stop()
+            await app.state.callbacks.stop()
             await gateway.close()
             await store.close()
 

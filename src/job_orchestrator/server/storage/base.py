@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
+from job_orchestrator.server.storage.callback_verbs import CallbackVerbs
 from job_orchestrator.status import Status
 
 
@@ -35,8 +36,11 @@ class JobRecord:
     finished_at: float | None
 
 
-class Store(abc.ABC):
-    """Domain verbs over the jobs table. Implementations must make `transition` atomic."""
+class Store(CallbackVerbs, abc.ABC):
+    """Domain verbs over the jobs table. Implementations must make `transition` atomic.
+
+    The verbs of completion callbacks are in `callback_verbs.CallbackVerbs`.
+    """
 
     #: Called with a job's id each time this store moves it to a final status.
     _final_listeners: tuple[Callable[[int], None], ...] = ()
@@ -50,8 +54,11 @@ class Store(abc.ABC):
             listener(job_id)
 
     @abc.abstractmethod
-    async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
-        """Insert a Queued job and return its id (ids are never reused)."""
+    async def create_job(
+        self, *, user_id: int, service: str, loc: str, callback_url: str | None = None
+    ) -> int:
+        """Insert a Queued job and return its id (ids are never reused); with `callback_url`,
+        its pending callback delivery in the same transaction."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: int) -> JobRecord | None: ...

@@ -35,6 +35,7 @@ from job_orchestrator.server.scheduler import (
     fairness_key,
 )
 from job_orchestrator.server.storage.base import JobRecord, Store
+from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.tables import jobs, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
@@ -342,7 +343,7 @@ def _stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
         )
 
 
-class SqlStore(Store):
+class SqlStore(SqlCallbackVerbs, Store):
     def __init__(self, backend: _Backend) -> None:
         self._backend = backend
 
@@ -359,7 +360,9 @@ class SqlStore(Store):
     async def _fetch(self, statement: sa.Executable) -> list[Any]:
         return await self._run(lambda connection: list(connection.execute(statement).all()))
 
-    async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
+    async def create_job(
+        self, *, user_id: int, service: str, loc: str, callback_url: str | None = None
+    ) -> int:
         now = time.time()
         statement = jobs.insert().values(
             user_id=user_id,
@@ -379,6 +382,8 @@ class SqlStore(Store):
                     connection, service=service, user_id=user_id, first_job_id=job_id
                 ).on_conflict_do_nothing(index_elements=["service", "user_id"])
             )
+            if callback_url is not None:
+                insert_callback(connection, job_id, callback_url, now)
             return job_id
 
         return await self._run(insert)

@@ -72,3 +72,28 @@ revocations = sa.Table(
     sa.Column("job_id", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
 )
+
+# One completion callback per job that asked for one (the `callback_url` of its upload).
+# `state` is pending until a 2xx answer (delivered) or the deadline (expired). A delivery
+# attempt is claimed by raising `attempts` with a compare-and-set and holding a lease
+# (`lease_token`, `lease_until`), so no two loops or replicas send the same attempt; a lease
+# whose holder died runs out and the attempt is made again. `body` is fixed at the first
+# attempt, so every retry sends (and signs) the same bytes.
+callbacks = sa.Table(
+    "callbacks",
+    metadata,
+    sa.Column("job_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Column("lease_token", sa.Text, nullable=True),
+    sa.Column("lease_until", sa.Float, nullable=True),
+    sa.Column("body", sa.Text, nullable=True),
+    sa.Column("first_attempt_at", sa.Float, nullable=True),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+sa.Index("ix_callbacks_state_next", callbacks.c.state, callbacks.c.next_attempt_at)
