@@ -22,7 +22,7 @@ from job_orchestrator.http_common import (
     install_conventions,
     json_response,
 )
-from job_orchestrator.server import api
+from job_orchestrator.server import api, views
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
@@ -67,6 +67,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    app.include_router(views.router)  # tag "jobs", not declared at the top (the original's are)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
@@ -116,7 +117,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 tags=app.openapi_tags,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                api.openapi_components()
+                {**api.openapi_components(), **views.COMPONENTS}
             )
             app.openapi_schema = schema
         return app.openapi_schema
