@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,12 +23,14 @@ from job_orchestrator.http_common import (
     install_conventions,
     json_response,
 )
-from job_orchestrator.server import api, views
+from job_orchestrator.server import api, status_page, views
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.storage import open_store
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -45,6 +48,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         app.state.user_tokens = (
             UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
         )
+        if settings.admin_users and app.state.user_tokens is None:
+            logger.warning("ADMIN_USERS has no effect without API_TOKENS_FILE: /status is open")
         await orchestrator.start()
         try:
             yield
@@ -68,6 +73,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     )
     app.include_router(api.router)
     app.include_router(views.router)  # tag "jobs", not declared at the top (the original's are)
+    app.include_router(status_page.router)  # HTML for people: not in the OpenAPI document
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
