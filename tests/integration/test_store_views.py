@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from job_orchestrator.server.queue_view import queue_position
+from job_orchestrator.server.queue_view import QueuePositions, queue_position
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import SqlStore, Store, open_store
 from job_orchestrator.status import Status
@@ -149,6 +149,32 @@ async def test_queue_position_of_a_job_no_longer_queued(store: Store) -> None:
     job = await get(store, job_id)
     assert await store.transition(job_id, [Status.QUEUED], Status.KILLED)
     assert await queue_position(store, job, await store.occupancy(), time.time()) is None
+
+
+async def test_queue_position_of_a_job_in_backoff_counts_it_once_due(store: Store) -> None:
+    waiting = await new_job(store, user_id=1)
+    later = time.time() + 3600
+    assert await store.transition(waiting, [Status.QUEUED], not_before=later)
+    other = await new_job(store, user_id=2)
+    occupancy, now = await store.occupancy(), time.time()
+    assert await queue_position(store, await get(store, waiting), occupancy, now) == 1
+    # Among the jobs due now it is not there, so it does not count for the others.
+    assert await queue_position(store, await get(store, other), occupancy, now) == 1
+
+
+async def test_kept_queue_orders_are_reused_and_renewed_for_new_jobs(store: Store) -> None:
+    positions = QueuePositions(store)
+    positions.MIN_FRESH_S = 3600.0  # nothing in this test may depend on the clock
+    first = await new_job(store, user_id=1)
+    occupancy, now = await store.occupancy(), time.time()
+    assert await positions.position(await get(store, first), occupancy, now) == 1
+    second = await new_job(store, user_id=2)
+    # Not in the kept order: a fresh one is computed.
+    assert await positions.position(await get(store, second), occupancy, now) == 2
+    assert await store.transition(first, [Status.QUEUED], Status.KILLED)
+    # Kept: the first job's departure is not seen until the order is renewed.
+    assert await positions.position(await get(store, second), occupancy, now) == 2
+    assert await queue_position(store, await get(store, second), occupancy, now) == 1
 
 
 async def test_migration_0005_keeps_existing_rows(tmp_path: Path) -> None:

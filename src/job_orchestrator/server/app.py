@@ -28,6 +28,7 @@ from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.queue_view import QueuePositions
 from job_orchestrator.server.storage import open_store
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
         app.state.orchestrator = orchestrator
+        app.state.queue_positions = QueuePositions(store)  # GET /jobs/{id}
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
         app.state.draining = orchestrator.draining
         app.state.loop = asyncio.get_running_loop()

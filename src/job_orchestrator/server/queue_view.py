@@ -2,8 +2,9 @@
 
 The position is the job's place in the order `plan_dispatch` would start its service's queued
 jobs if every quota and limit were lifted and slots freed one at a time: the scheduler's own
-rule, fed the store's queue heads (`Store.queue_heads`) just deep enough to reach the job. It
-is a best-effort estimate: quotas reorder what actually starts, and new uploads may come first.
+rule, fed the store's queue heads (`Store.queue_heads`) with no depth limit. It is a
+best-effort estimate: quotas reorder what actually starts, and new uploads may come first.
+Computing it reads the service's whole queue, so `QueuePositions` reuses each order a while.
 
 The reason is the first of these that holds, most fundamental first:
 
@@ -27,14 +28,19 @@ from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
 
-__all__ = ["REASONS", "QueueStanding", "queue_position", "queue_standing"]
+__all__ = [
+    "REASONS",
+    "QueuePositions",
+    "QueueStanding",
+    "queue_position",
+    "queue_standing",
+    "service_order",
+]
 
 REASONS = ("user_quota", "service_limit", "no_healthy_client", "waiting_turn", "retry_backoff")
 
-#: Quotas lifted: larger than any number of jobs a database holds.
-_UNLIMITED = 2**62
-#: Queued jobs per user read first; doubled until the job is reached.
-_FIRST_DEPTH = 16
+#: Quotas lifted: more than any number of jobs a database holds.
+_LIFTED = ServiceLimits(runs_per_user=2**62, max_runs=2**62)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,35 +53,53 @@ class QueueStanding:
         return {"position": self.position, "reason": self.reason, "detail": self.detail}
 
 
+async def service_order(
+    store: Store, service: str, occupancy: Occupancy, due_by: float
+) -> dict[int, int]:
+    """Each queued job of the service due by `due_by` -> its 1-based place in the order."""
+    heads = await store.queue_heads({service: _LIFTED}, due_by)
+    order = plan_dispatch(heads, occupancy, {service: _LIFTED})
+    return {job_id: place for place, job_id in enumerate(order, start=1)}
+
+
 async def queue_position(
     store: Store, job: JobRecord, occupancy: Occupancy, now: float
 ) -> int | None:
     """The job's 1-based place among its service's queued jobs (None: it left the queue).
 
-    A user's k-th queued job starts after at most k + (its user's slots held) jobs of any
-    other user, so reading every user's queue that deep decides the job's place exactly.
+    A job in retry backoff is placed among the jobs due by the time it is.
     """
-    service = job.service
-    active = occupancy.per_user.get((service, job.user_id), 0)
-    # Jobs in backoff count once due, so a job waiting for its own retry sees the others.
     due_by = max(now, job.not_before or now)
-    lifted = {service: ServiceLimits(runs_per_user=_UNLIMITED, max_runs=_UNLIMITED)}
-    depth = _FIRST_DEPTH
-    while True:
-        heads = await store.queue_heads(
-            {service: ServiceLimits(runs_per_user=depth, max_runs=_UNLIMITED)}, due_by
+    return (await service_order(store, job.service, occupancy, due_by)).get(job.id)
+
+
+class QueuePositions:
+    """Each service's queue order, kept for a while so that polling callers cannot keep the
+    store busy: an order computed in T seconds is reused for max(MIN_FRESH_S, 10 T), so
+    positions take at most about a tenth of the store's time however often they are asked
+    for. A job missing from a kept order (uploaded since) gets a fresh one.
+    """
+
+    MIN_FRESH_S = 1.0
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._orders: dict[str, tuple[float, dict[int, int]]] = {}
+
+    async def position(self, job: JobRecord, occupancy: Occupancy, now: float) -> int | None:
+        if job.not_before is not None and job.not_before > now:
+            return await queue_position(self._store, job, occupancy, now)  # rare: not kept
+        kept = self._orders.get(job.service)
+        if kept is not None and time.monotonic() < kept[0] and job.id in kept[1]:
+            return kept[1][job.id]
+        started = time.monotonic()
+        order = await service_order(self._store, job.service, occupancy, now)
+        finished = time.monotonic()
+        self._orders[job.service] = (
+            finished + max(self.MIN_FRESH_S, 10 * (finished - started)),
+            order,
         )
-        complete = all(len(queue.job_ids) < depth for queue in heads)
-        own = next((queue for queue in heads if queue.user_id == job.user_id), None)
-        if own is not None and job.id in own.job_ids:
-            rank = own.job_ids.index(job.id) + 1
-            if complete or rank + active + 1 <= depth:
-                break
-        elif own is None or len(own.job_ids) < depth:
-            return None
-        depth *= 2
-    order = plan_dispatch(heads, occupancy, lifted)
-    return order.index(job.id) + 1 if job.id in order else None
+        return order.get(job.id)
 
 
 async def queue_standing(
@@ -83,12 +107,15 @@ async def queue_standing(
     job: JobRecord,
     services: Mapping[str, ServiceConfig],
     fleet: Fleet,
-    now: float | None = None,
+    positions: QueuePositions | None = None,
 ) -> QueueStanding:
     """Why a Queued job has not started yet, and its place in the queue."""
-    now = time.time() if now is None else now
+    now = time.time()
     occupancy = await store.occupancy()
-    position = await queue_position(store, job, occupancy, now)
+    if positions is None:
+        position = await queue_position(store, job, occupancy, now)
+    else:
+        position = await positions.position(job, occupancy, now)
     service = services.get(job.service)
     if service is None:
         return QueueStanding(

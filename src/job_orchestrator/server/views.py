@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -61,7 +62,7 @@ class ListQueryError(ValueError):
 
 
 def list_filters(
-    params: Any,
+    params: Mapping[str, str],
 ) -> tuple[int, int | None, int | None, Status | None, str | None]:
     """(limit, before_id, user_id, status, service) from GET /jobs's query string."""
     raw_limit = params.get("limit")
@@ -180,7 +181,11 @@ async def job_details(request: Request) -> Response:
         orchestrator = engine(request)
         try:
             standing = await queue_standing(
-                orchestrator.store, job, orchestrator.settings.services, orchestrator.fleet
+                orchestrator.store,
+                job,
+                orchestrator.settings.services,
+                orchestrator.fleet,
+                request.app.state.queue_positions,
             )
         except StoreError:
             logger.exception("queue standing of job %d failed", job.id)
