@@ -19,6 +19,7 @@ The reason is the first of these that holds, most fundamental first:
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -85,21 +86,31 @@ class QueuePositions:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._orders: dict[str, tuple[float, dict[int, int]]] = {}
+        self._computing: dict[str, asyncio.Lock] = {}
 
     async def position(self, job: JobRecord, occupancy: Occupancy, now: float) -> int | None:
         if job.not_before is not None and job.not_before > now:
             return await queue_position(self._store, job, occupancy, now)  # rare: not kept
-        kept = self._orders.get(job.service)
-        if kept is not None and time.monotonic() < kept[0] and job.id in kept[1]:
-            return kept[1][job.id]
-        started = time.monotonic()
-        order = await service_order(self._store, job.service, occupancy, now)
-        finished = time.monotonic()
-        self._orders[job.service] = (
-            finished + max(self.MIN_FRESH_S, 10 * (finished - started)),
-            order,
-        )
+        if (kept := self._kept(job)) is not None:
+            return kept
+        # One computation per service at a time: callers arriving meanwhile use its result.
+        async with self._computing.setdefault(job.service, asyncio.Lock()):
+            if (kept := self._kept(job)) is not None:
+                return kept
+            started = time.monotonic()
+            order = await service_order(self._store, job.service, occupancy, now)
+            finished = time.monotonic()
+            self._orders[job.service] = (
+                finished + max(self.MIN_FRESH_S, 10 * (finished - started)),
+                order,
+            )
         return order.get(job.id)
+
+    def _kept(self, job: JobRecord) -> int | None:
+        kept = self._orders.get(job.service)
+        if kept is not None and time.monotonic() < kept[0]:
+            return kept[1].get(job.id)
+        return None
 
 
 async def queue_standing(
