@@ -128,6 +128,8 @@ class ServerSettings(CommonSettings):
     node_check_interval_s: float = 5.0
     failover_after_s: float = 30.0
     api_tokens_file: Path | None = None
+    #: Users (of API_TOKENS_FILE) whose tokens open /status; with tokens set, nobody else's do.
+    admin_users: frozenset[int] = frozenset()
     #: Bearer token /metrics requires; None: /metrics is open (like /health).
     metrics_token: str | None = None
     log_format: str = "text"
@@ -220,6 +222,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
         services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
         api_tokens_file=_tokens_file(env),
+        admin_users=_user_ids("ADMIN_USERS", _optional(env, "ADMIN_USERS")),
         metrics_token=_optional(env, "METRICS_TOKEN"),
         upload_limit_bytes=(
             parse_unsigned("UPLOAD_MAX_MB", upload_mb, maximum=1 << 20) * 1024 * 1024
@@ -383,6 +386,19 @@ def _url_list(variable: str, raw: str) -> list[str]:
         if not re.match(r"https?://", url):
             raise ConfigError(variable, f"expected an http:// or https:// URL, got {url!r}")
     return urls
+
+
+def _user_ids(variable: str, raw: str | None) -> frozenset[int]:
+    """A comma-separated list of user ids (32-bit integers, as user_id fields)."""
+    if raw is None:
+        return frozenset()
+    ids = set()
+    for part in raw.split(","):
+        user_id = wire.parse_i32(part.strip())
+        if user_id is None:
+            raise ConfigError(variable, f"expected comma-separated user ids, got {part.strip()!r}")
+        ids.add(user_id)
+    return frozenset(ids)
 
 
 def _tokens_file(env: Mapping[str, str]) -> Path | None:

@@ -18,6 +18,8 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 #: A client's MAX_CONCURRENT, on its /health answers.
 CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
+#: run.sh's exit status, on a client's /retrieve answers once the script has ended.
+EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
 CLOCK_HEADER = "X-Orchestrator-Clock"
 

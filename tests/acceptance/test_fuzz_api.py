@@ -52,6 +52,8 @@ SERVER_OPERATIONS = [
     ("GET", "/download_partial/{id}"),
     ("POST", "/terminate/{id}"),
     ("GET", "/metrics"),
+    ("GET", "/jobs/{id}"),
+    ("GET", "/jobs"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),

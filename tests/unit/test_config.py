@@ -530,3 +530,14 @@ def test_cli_bad_setting_is_the_only_stderr_line_despite_warnings(tmp_path: Path
     )
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
+
+
+def test_admin_users_are_a_list_of_user_ids() -> None:
+    assert load_server_settings({}).admin_users == frozenset()
+    assert load_server_settings({"ADMIN_USERS": "1, -2,3,1"}).admin_users == {1, -2, 3}
+
+
+@pytest.mark.parametrize("raw", ["x", "1,,2", "1;2", "99999999999"])
+def test_bad_admin_users_name_the_setting(raw: str) -> None:
+    with pytest.raises(ConfigError, match="ADMIN_USERS"):
+        load_server_settings({"ADMIN_USERS": raw})

@@ -50,6 +50,7 @@ from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
+    EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -151,12 +152,18 @@ def _message(payload: Payload) -> dict[str, str] | None:
     return {MESSAGE_HEADER: _quote(payload.message)} if payload.message else None
 
 
+def _outcome(payload: Payload) -> dict[str, str]:
+    """The headers of a /retrieve answer: why it ended and run.sh's exit status, if known."""
+    headers = _message(payload) or {}
+    if payload.exit_code is not None and payload.status.is_terminal():
+        headers[EXIT_CODE_HEADER] = str(payload.exit_code)
+    return headers
+
+
 def _payload_response(
     payload: Payload, status_code: int = 200, *, long_polled: bool = False
 ) -> JSONResponse:
-    headers = {}
-    if payload.message:
-        headers[MESSAGE_HEADER] = _quote(payload.message)
+    headers = _outcome(payload)
     if long_polled:
         headers[LONG_POLL_HEADER] = "1"
     return json_response(payload.wire(), status_code, headers=headers)
@@ -384,7 +391,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
             return FileResponse(
                 payload.paths.result,
                 media_type="application/zip",
-                headers=_message(payload),
+                headers=_outcome(payload),
                 background=BackgroundTask(state.registry.mark_collected, payload.id),
             )
         if payload.status.is_terminal():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,13 +23,16 @@ from job_orchestrator.http_common import (
     install_conventions,
     json_response,
 )
-from job_orchestrator.server import api
+from job_orchestrator.server import api, status_page, views
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.queue_view import QueuePositions
 from job_orchestrator.server.storage import open_store
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: ServerSettings) -> FastAPI:
@@ -40,6 +44,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
         app.state.orchestrator = orchestrator
+        app.state.queue_positions = QueuePositions(store)  # GET /jobs/{id}
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
         app.state.draining = orchestrator.draining
         app.state.loop = asyncio.get_running_loop()
@@ -47,6 +52,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
             UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
         )
         app.state.callbacks = CallbackDeliverer(settings, store)
+        if settings.admin_users and app.state.user_tokens is None:
+            logger.warning("ADMIN_USERS has no effect without API_TOKENS_FILE: /status is open")
         await orchestrator.start()
         await app.state.callbacks.start()
         try:
@@ -71,6 +78,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    app.include_router(views.router)  # tag "jobs", not declared at the top (the original's are)
+    app.include_router(status_page.router)  # HTML for people: not in the OpenAPI document
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
@@ -120,7 +129,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 tags=app.openapi_tags,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                api.openapi_components()
+                {**api.openapi_components(), **views.COMPONENTS}
             )
             app.openapi_schema = schema
         return app.openapi_schema

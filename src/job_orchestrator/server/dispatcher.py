@@ -244,12 +244,12 @@ class Orchestrator:
             )
         except UndeliveredError as error:
             # It never reached the node, so any node may take it: another one, at once.
-            self.fleet.report_failure(node.upload_url, definite=True)
+            self.fleet.report_failure(node.upload_url, definite=True, reason=str(error))
             elsewhere = self.fleet.others_usable(service.nodes, node.upload_url)
             await self._retry_dispatch(job, str(error), unpin=elsewhere)
             return
         except TransientClientError as error:
-            self.fleet.report_failure(node.upload_url)
+            self.fleet.report_failure(node.upload_url, reason=str(error))
             await self._retry_dispatch(job, str(error))
             return
         except ClientCallError as error:
@@ -359,7 +359,7 @@ class Orchestrator:
                     token=service.client_token,
                 )
             except TransientClientError as error:
-                self.fleet.report_failure(node.upload_url)
+                self.fleet.report_failure(node.upload_url, reason=str(error))
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self.settings.retry_deadline_s:
@@ -385,7 +385,7 @@ class Orchestrator:
                 return
             failures, failing_since = 0, None
             if result.status is Status.COMPLETED:
-                await self._settle(job, Status.COMPLETED, result.message)
+                await self._settle(job, Status.COMPLETED, result.message, result.exit_code)
                 return
             if result.status in TERMINAL:
                 if result.status is Status.CLEANED:
@@ -396,10 +396,11 @@ class Orchestrator:
                     )
                     return
                 await self._keep_partial(job, node, service)
-                await self._settle(job, result.status, result.message)
+                await self._settle(job, result.status, result.message, result.exit_code)
                 return
             if result.status in ON_CLIENT and result.status is not known:
-                if not await self.store.transition(job.id, ON_CLIENT, result.status):
+                started = {"started_at": time.time()} if result.status is Status.RUNNING else {}
+                if not await self.store.transition(job.id, ON_CLIENT, result.status, **started):
                     return  # terminated or otherwise moved by someone else
                 known = result.status
             if not result.long_polled:
@@ -417,9 +418,14 @@ class Orchestrator:
             job, Status.FAILED, f"wall-time limit of {service.timeout_s:g} s exceeded"
         )
 
-    async def _settle(self, job: JobRecord, status: Status, message: str) -> None:
+    async def _settle(
+        self, job: JobRecord, status: Status, message: str, exit_code: int | None = None
+    ) -> None:
         # Shielded: once the client told us the outcome, a shutdown must not lose it.
-        if await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, message=message)):
+        changes: dict[str, object] = {"message": message}
+        if exit_code is not None:
+            changes["exit_code"] = exit_code
+        if await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, **changes)):
             self.metrics.job_finished(job, status, ran=True)
             logger.info("job %d finished: %s", job.id, status.wire, extra=_fields(job))
         self.wake_dispatch()
@@ -451,6 +457,7 @@ class Orchestrator:
             dest_id=None,
             dispatch_key=None,
             node=None,
+            started_at=None,
         )
         self.wake_dispatch()
 

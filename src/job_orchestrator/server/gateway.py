@@ -39,6 +39,7 @@ from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
+    EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -55,7 +56,12 @@ def join_url(base: str, payload_id: int) -> str:
 
 def node_base_url(node: NodeConfig) -> str:
     """`http://client:9000/submit` -> `http://client:9000` (where /health and /load live)."""
-    url = node.upload_url.rstrip("/")
+    return base_url(node.upload_url)
+
+
+def base_url(upload_url: str) -> str:
+    """A client's upload URL without its last path segment."""
+    url = upload_url.rstrip("/")
     scheme_end = url.find("://") + 3
     slash = url.rfind("/")
     return url[:slash] if slash >= scheme_end else url
@@ -72,6 +78,13 @@ class RetrieveResult:
     status: Status
     message: str
     long_polled: bool
+    #: run.sh's exit status, from our client's header (the original's client sends none).
+    exit_code: int | None = None
+
+
+def _exit_code(response: httpx.Response) -> int | None:
+    raw = response.headers.get(EXIT_CODE_HEADER, "")
+    return int(raw) if re.fullmatch(r"-?[0-9]{1,10}", raw) and abs(int(raw)) < 2**31 else None
 
 
 def _raise_for_status(response: httpx.Response, what: str) -> None:
@@ -204,7 +217,9 @@ class NodeGateway:
                 await _stream_to_file(response, zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
-                return RetrieveResult(Status.COMPLETED, message, long_polled=False)
+                return RetrieveResult(
+                    Status.COMPLETED, message, long_polled=False, exit_code=_exit_code(response)
+                )
             body = await response.aread()
         payload = _payload_json(body, what)
         try:
@@ -217,6 +232,7 @@ class NodeGateway:
             status=status,
             message=unquote(response.headers.get(MESSAGE_HEADER, "")),
             long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
+            exit_code=_exit_code(response),
         )
 
     @observed_call("retrieve_partial")

@@ -35,6 +35,9 @@ class NodeState:
     max_concurrent: int | None = None
     load_percent: float | None = None
     revocations_pending: bool = True
+    #: Why the latest failed check or call failed (kept after it recovers, for /status).
+    last_error: str | None = None
+    last_error_at: float | None = None
 
 
 class Fleet:
@@ -82,7 +85,9 @@ class Fleet:
             candidates = list(nodes)
         return min(candidates, key=rank) if candidates else None
 
-    def report_failure(self, node_url: str, *, definite: bool = False) -> None:
+    def report_failure(
+        self, node_url: str, *, definite: bool = False, reason: str = "a call failed"
+    ) -> None:
         """A call to the node failed: count it like a failed health check.
 
         `definite`: it refused the connection (or has no address); nothing listens there, so
@@ -90,10 +95,11 @@ class Fleet:
         """
         state = self.state.get(node_url)
         if state is not None:
-            self._failed(node_url, state, "a call failed", definite=definite)
+            self._failed(node_url, state, reason, definite=definite)
 
     def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
+        state.last_error, state.last_error_at = reason, time.time()
         if (definite or state.failures >= FAILURES_BEFORE_DOWN) and state.healthy:
             state.healthy = False
             state.down_since = time.time()

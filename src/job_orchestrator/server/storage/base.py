@@ -34,6 +34,12 @@ class JobRecord:
     queued_at: float | None
     dispatched_at: float | None
     finished_at: float | None
+    #: When the job was uploaded (time.time()).
+    created_at: float | None = None
+    #: When the server first saw run.sh running (None: not seen, or never ran).
+    started_at: float | None = None
+    #: run.sh's exit status, when the client reported it.
+    exit_code: int | None = None
 
 
 class Store(CallbackVerbs, abc.ABC):
@@ -117,6 +123,23 @@ class Store(CallbackVerbs, abc.ABC):
 
     @abc.abstractmethod
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]: ...
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        user_id: int | None = None,
+        status: Status | None = None,
+        service: str | None = None,
+    ) -> list[JobRecord]:
+        """Up to `limit` jobs with an id below `before_id` matching every filter given, newest
+        (highest id) first: one page of a keyset walk."""
+
+    @abc.abstractmethod
+    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
+        """Jobs not yet final per (service, user), by status, in one grouped query."""
 
     @abc.abstractmethod
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import datetime
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -156,7 +157,17 @@ def _record(row: Any) -> JobRecord:
         queued_at=row.queued_at,
         dispatched_at=row.dispatched_at,
         finished_at=row.finished_at,
+        created_at=row.queued_at if row.queued_at is not None else _timestamp(row.created_at),
+        started_at=row.started_at,
+        exit_code=row.exit_code,
     )
+
+
+def _timestamp(value: datetime.datetime | None) -> float | None:
+    """The original's created_at column: CURRENT_TIMESTAMP, which is UTC, without a zone."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=datetime.UTC).timestamp()
 
 
 _SCAN_BATCH = 256
@@ -548,6 +559,40 @@ class SqlStore(SqlCallbackVerbs, Store):
             jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
         )
         return [_record(row) for row in rows]
+
+    async def list_jobs(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        user_id: int | None = None,
+        status: Status | None = None,
+        service: str | None = None,
+    ) -> list[JobRecord]:
+        conditions = []
+        if before_id is not None:
+            conditions.append(jobs.c.id < before_id)
+        if user_id is not None:
+            conditions.append(jobs.c.user_id == user_id)
+        if status is not None:
+            conditions.append(jobs.c.status == status.db)
+        if service is not None:
+            conditions.append(jobs.c.service == service)
+        rows = await self._fetch(
+            jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
+        )
+        return [_record(row) for row in rows]
+
+    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
+        rows = await self._fetch(
+            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.status, sa.func.count())
+            .where(jobs.c.status.in_([s.db for s in Status if not s.is_terminal()]))
+            .group_by(jobs.c.service, jobs.c.user_id, jobs.c.status)
+        )
+        counts: dict[tuple[str, int], dict[Status, int]] = {}
+        for service, user_id, status, count in rows:
+            counts.setdefault((service, user_id), {})[Status.from_db(status)] = count
+        return counts
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(

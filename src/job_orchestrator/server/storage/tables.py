@@ -27,6 +27,8 @@ jobs = sa.Table(
     sa.Column("dispatched_at", sa.Float, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("started_at", sa.Float, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -36,6 +38,7 @@ sa.Index("ix_jobs_loc", jobs.c.loc)
 sa.Index("ix_jobs_node_status", jobs.c.node, jobs.c.status)
 sa.Index("ix_jobs_status_service_id", jobs.c.status, jobs.c.service, jobs.c.id)
 sa.Index("ix_jobs_status_not_before", jobs.c.status, jobs.c.not_before)
+sa.Index("ix_jobs_user_id", jobs.c.user_id, jobs.c.id)
 
 # One row per (service, user) that ever queued a job there: who was served least recently.
 # `served_turn` is the service's dispatch counter at the user's latest claim (NULL: never served);

@@ -1,0 +1,250 @@
+"""Read views of jobs: `GET /jobs/{id}` (one job, and why it waits) and `GET /jobs` (a list).
+
+Neither is in the original; both follow its ownership rules (API_TOKENS_FILE: someone else's
+job is answered exactly like an unknown id) and its error body shape.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from job_orchestrator.errors import StoreError
+from job_orchestrator.http_common import U32_SCHEMA, id_parameter, json_response, status_body
+from job_orchestrator.server.api import _ANYONE, _authenticate, _lookup, engine
+from job_orchestrator.server.gateway import base_url
+from job_orchestrator.server.queue_view import REASONS, queue_standing
+from job_orchestrator.server.storage import JobRecord
+from job_orchestrator.status import Status
+from job_orchestrator.wire import parse_i32, parse_unsigned
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["jobs"])
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+
+
+def rfc3339(timestamp: float | None) -> str | None:
+    """`2026-12-01T14:00:00.123Z` (UTC, milliseconds), or None."""
+    if timestamp is None:
+        return None
+    moment = datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def job_view(job: JobRecord, queue: dict[str, object] | None = None) -> dict[str, Any]:
+    """A job as GET /jobs/{id} and GET /jobs show it."""
+    return {
+        "id": job.id,
+        "status": job.status.wire,
+        "message": job.message,
+        "service": job.service,
+        "user_id": job.user_id,
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
+        "client": base_url(job.node) if job.node else None,
+        "exit_code": job.exit_code,
+        "queue": queue,
+        # Set by the callbacks feature (issue 13 item 4); always null until it lands.
+        "callback_url": None,
+    }
+
+
+class ListQueryError(ValueError):
+    """A query parameter of GET /jobs that is not what the route takes (answered 400)."""
+
+
+def list_filters(
+    params: Mapping[str, str],
+) -> tuple[int, int | None, int | None, Status | None, str | None]:
+    """(limit, before_id, user_id, status, service) from GET /jobs's query string."""
+    raw_limit = params.get("limit")
+    limit = DEFAULT_LIMIT if raw_limit is None else parse_unsigned(raw_limit, MAX_LIMIT)
+    if not limit:
+        raise ListQueryError(f"limit must be an integer from 1 to {MAX_LIMIT}")
+    raw_cursor = params.get("cursor")
+    before_id = None if raw_cursor is None else parse_unsigned(raw_cursor, 2**32)
+    if raw_cursor is not None and not before_id:
+        raise ListQueryError("cursor must be a next_cursor value from an earlier page")
+    raw_user = params.get("user_id")
+    user_id = None if raw_user is None else parse_i32(raw_user)
+    if raw_user is not None and user_id is None:
+        raise ListQueryError("user_id must be a 32-bit integer")
+    raw_status = params.get("status")
+    try:
+        status = None if raw_status is None else Status.from_wire(raw_status)
+    except ValueError:
+        names = ", ".join(s.wire for s in Status)
+        raise ListQueryError(f"status must be one of {names}") from None
+    service = params.get("service")
+    return limit, before_id, user_id, status, service.lower() if service is not None else None
+
+
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+COMPONENTS: dict[str, Any] = {
+    "JobQueue": {
+        "type": "object",
+        "required": ["position", "reason", "detail"],
+        "properties": {
+            "position": {"type": ["integer", "null"], "minimum": 1},
+            "reason": {"type": "string", "enum": list(REASONS)},
+            "detail": {"type": "string"},
+        },
+    },
+    "JobDetails": {
+        "type": "object",
+        "required": [
+            "id",
+            "status",
+            "message",
+            "service",
+            "user_id",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "client",
+            "exit_code",
+            "queue",
+            "callback_url",
+        ],
+        "properties": {
+            "id": U32_SCHEMA,
+            "status": {"$ref": "#/components/schemas/Status"},
+            "message": {"type": "string"},
+            "service": {"type": "string"},
+            "user_id": {"type": "integer", "format": "int32"},
+            "created_at": _NULLABLE_TIME,
+            "started_at": _NULLABLE_TIME,
+            "finished_at": _NULLABLE_TIME,
+            "client": {"type": ["string", "null"]},
+            "exit_code": {"type": ["integer", "null"]},
+            "queue": {"anyOf": [{"$ref": "#/components/schemas/JobQueue"}, {"type": "null"}]},
+            "callback_url": {"type": ["string", "null"]},
+        },
+    },
+    "JobList": {
+        "type": "object",
+        "required": ["jobs", "next_cursor"],
+        "properties": {
+            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobDetails"}},
+            "next_cursor": {"type": ["string", "null"]},
+        },
+    },
+}
+_STATUS_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
+_UNAUTHORIZED = {
+    "description": "No valid bearer token (only when API_TOKENS_FILE is set)",
+    "content": _STATUS_BODY,
+}
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "description": description,
+        "schema": schema,
+    }
+
+
+@router.get(
+    "/jobs/{id}",
+    summary="A job's status, times, client, exit code and, while Queued, why it waits",
+    openapi_extra=id_parameter("Job identifier"),
+    responses={
+        200: {
+            "description": "The job",
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobDetails"}}
+            },
+        },
+        400: {"description": "The id is not a u32", "content": {"text/plain": {}}},
+        401: _UNAUTHORIZED,
+        404: {"description": "No such job (or someone else's)", "content": _STATUS_BODY},
+        500: {"description": "Storage failure", "content": _STATUS_BODY},
+    },
+)
+async def job_details(request: Request) -> Response:
+    job = await _lookup(request)
+    if isinstance(job, Response):
+        return job
+    queue = None
+    if job.status is Status.QUEUED:
+        orchestrator = engine(request)
+        try:
+            standing = await queue_standing(
+                orchestrator.store,
+                job,
+                orchestrator.settings.services,
+                orchestrator.fleet,
+                request.app.state.queue_positions,
+            )
+        except StoreError:
+            logger.exception("queue standing of job %d failed", job.id)
+            return status_body(0, Status.UNKNOWN, "Internal server error", 500)
+        queue = standing.wire()
+    return json_response(job_view(job, queue))
+
+
+@router.get(
+    "/jobs",
+    summary="Jobs newest first, filtered, one page at a time (keyset pagination)",
+    openapi_extra={
+        "parameters": [
+            _query("user_id", "Only this user's jobs", {"type": "integer", "format": "int32"}),
+            _query("status", "Only jobs in this status", {"$ref": "#/components/schemas/Status"}),
+            _query("service", "Only this service's jobs", {"type": "string"}),
+            _query(
+                "limit",
+                f"Jobs per page (default {DEFAULT_LIMIT})",
+                {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+            ),
+            _query("cursor", "The next_cursor of the previous page", {"type": "string"}),
+        ]
+    },
+    responses={
+        200: {
+            "description": "One page; next_cursor is null on the last",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobList"}}},
+        },
+        400: {"description": "A query parameter is invalid", "content": _STATUS_BODY},
+        401: _UNAUTHORIZED,
+        500: {"description": "Storage failure", "content": _STATUS_BODY},
+    },
+)
+async def list_jobs(request: Request) -> Response:
+    caller = _authenticate(request)
+    if isinstance(caller, JSONResponse):
+        return caller
+    try:
+        limit, before_id, user_id, status, service = list_filters(request.query_params)
+    except ListQueryError as error:
+        return status_body(0, Status.UNKNOWN, str(error), 400)
+    if caller is not _ANYONE:
+        assert isinstance(caller, int)
+        if user_id is not None and user_id != caller:
+            return json_response({"jobs": [], "next_cursor": None})
+        user_id = caller
+    try:
+        page = await engine(request).store.list_jobs(
+            limit=limit + 1, before_id=before_id, user_id=user_id, status=status, service=service
+        )
+    except StoreError:
+        logger.exception("listing jobs failed")
+        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
+    more = len(page) > limit
+    page = page[:limit]
+    return json_response(
+        {
+            "jobs": [job_view(job) for job in page],
+            "next_cursor": str(page[-1].id) if more else None,
+        }
+    )
