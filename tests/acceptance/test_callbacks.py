@@ -109,6 +109,12 @@ def test_final_statuses_are_posted_signed(loopback: Cluster, receiver: CallbackR
         assert request.headers["host"] == receiver.url.removeprefix("http://")
     # The body is what /download/{id} says of the job.
     assert json.loads(second.body) == loopback.api.status(failed)
+    # The job's details and the listing show where its callback goes.
+    details = httpx.get(f"{loopback.api.base_url}/jobs/{done}", timeout=30).json()
+    assert details["callback_url"] == f"{receiver.url}/hooks/done?portal=7"
+    listed = httpx.get(f"{loopback.api.base_url}/jobs", params={"limit": 500}, timeout=30).json()
+    urls = {job["id"]: job["callback_url"] for job in listed["jobs"]}
+    assert urls[failed] == f"{receiver.url}/hooks/failed"
 
 
 def test_a_killed_queued_job_is_posted(loopback: Cluster, receiver: CallbackReceiver) -> None:

@@ -38,7 +38,9 @@ def rfc3339(timestamp: float | None) -> str | None:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def job_view(job: JobRecord, queue: dict[str, object] | None = None) -> dict[str, Any]:
+def job_view(
+    job: JobRecord, queue: dict[str, object] | None = None, callback_url: str | None = None
+) -> dict[str, Any]:
     """A job as GET /jobs/{id} and GET /jobs show it."""
     return {
         "id": job.id,
@@ -52,8 +54,7 @@ def job_view(job: JobRecord, queue: dict[str, object] | None = None) -> dict[str
         "client": base_url(job.node) if job.node else None,
         "exit_code": job.exit_code,
         "queue": queue,
-        # Set by the callbacks feature (issue 13 item 4); always null until it lands.
-        "callback_url": None,
+        "callback_url": callback_url,
     }
 
 
@@ -191,7 +192,12 @@ async def job_details(request: Request) -> Response:
             logger.exception("queue standing of job %d failed", job.id)
             return status_body(0, Status.UNKNOWN, "Internal server error", 500)
         queue = standing.wire()
-    return json_response(job_view(job, queue))
+    try:
+        callback_url = await engine(request).store.callback_url(job.id)
+    except StoreError:
+        logger.exception("callback of job %d could not be read", job.id)
+        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
+    return json_response(job_view(job, queue, callback_url))
 
 
 @router.get(
@@ -242,9 +248,14 @@ async def list_jobs(request: Request) -> Response:
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
     more = len(page) > limit
     page = page[:limit]
+    try:
+        callback_urls = await engine(request).store.callback_urls([job.id for job in page])
+    except StoreError:
+        logger.exception("listing jobs failed")
+        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
     return json_response(
         {
-            "jobs": [job_view(job) for job in page],
+            "jobs": [job_view(job, callback_url=callback_urls.get(job.id)) for job in page],
             "next_cursor": str(page[-1].id) if more else None,
         }
     )

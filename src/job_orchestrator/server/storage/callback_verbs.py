@@ -49,8 +49,11 @@ class CallbackVerbs(abc.ABC):
 
     async def callback_url(self, job_id: int) -> str | None:
         """The callback URL given at upload (for `GET /jobs/{id}`), or None."""
-        record = await self.callback_of(job_id)
-        return record.url if record is not None else None
+        return (await self.callback_urls([job_id])).get(job_id)
+
+    @abc.abstractmethod
+    async def callback_urls(self, job_ids: Collection[int]) -> dict[int, str]:
+        """The callback URLs of those of these jobs that gave one (one query for a page)."""
 
     @abc.abstractmethod
     async def due_callbacks(

@@ -75,6 +75,16 @@ class SqlCallbackVerbs(CallbackVerbs):
         )
         return _record(rows[0], with_job=True) if rows else None
 
+    async def callback_urls(self, job_ids: Collection[int]) -> dict[int, str]:
+        if not job_ids:
+            return {}
+        rows = await self._rows(
+            sa.select(callbacks.c.job_id, callbacks.c.url).where(
+                callbacks.c.job_id.in_(list(job_ids))
+            )
+        )
+        return {row.job_id: row.url for row in rows}
+
     async def due_callbacks(
         self, now: float, limit: int, exclude: Collection[int] = ()
     ) -> list[CallbackRecord]:

@@ -1,6 +1,6 @@
 """Completion callbacks: one stored delivery per job that gave a callback_url.
 
-Revision ID: 0005_callbacks
+Revision ID: 0006
 """
 
 from __future__ import annotations
