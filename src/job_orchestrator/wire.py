@@ -20,6 +20,8 @@ TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 #: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
 CLOCK_HEADER = "X-Orchestrator-Clock"
+#: A payload's status on the client's /logs answers, as it was before the log was read.
+LOG_STATUS_HEADER = "X-Orchestrator-Status"
 
 _UNSIGNED = re.compile(r"\+?[0-9]+")
 _SIGNED = re.compile(r"[+-]?[0-9]+")

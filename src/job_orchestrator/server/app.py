@@ -22,7 +22,7 @@ from job_orchestrator.http_common import (
     install_conventions,
     json_response,
 )
-from job_orchestrator.server import api
+from job_orchestrator.server import api, logs
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
@@ -38,6 +38,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         metrics = ServerMetrics()
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
+        log_keeper = logs.LogKeeper(settings, store, gateway)
+        store.on_final(log_keeper.job_final)
         app.state.orchestrator = orchestrator
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
         app.state.draining = orchestrator.draining
@@ -50,6 +52,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
             yield
         finally:
             await orchestrator.stop()
+            await log_keeper.close()
             await gateway.close()
             await store.close()
 
@@ -67,6 +70,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(api.router)
+    app.include_router(logs.router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
