@@ -41,3 +41,17 @@ def parse_i32(raw: str) -> int | None:
         return None
     value = int(raw)
     return value if -(2**31) <= value < 2**31 else None
+
+
+class LogQueryError(ValueError):
+    """A bad query parameter of a log route (`offset`, `wait`, `follow`)."""
+
+
+def parse_offset(raw: str | None) -> int:
+    """`?offset=` of the log routes: a byte offset, default 0."""
+    if raw is None:
+        return 0
+    value = parse_unsigned(raw, 2**63 - 1)
+    if value is None:
+        raise LogQueryError(f"Invalid offset {raw!r}: expected a byte offset (0 or more)")
+    return value

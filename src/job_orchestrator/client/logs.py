@@ -34,7 +34,7 @@ from job_orchestrator.client.registry import EMPTY_PAYLOAD, Registry
 from job_orchestrator.client.sandbox import WRAPPER_NAME
 from job_orchestrator.http_common import id_parameter, json_response, path_id
 from job_orchestrator.status import Status
-from job_orchestrator.wire import LOG_STATUS_HEADER, parse_unsigned
+from job_orchestrator.wire import LOG_STATUS_HEADER, LogQueryError, parse_offset
 
 if TYPE_CHECKING:
     from job_orchestrator.client.app import ClientState
@@ -48,7 +48,6 @@ CHECK_INTERVAL_S = 0.2
 #: How much of the end of the log a failure's message is taken from.
 TAIL_BYTES = 500
 _CHUNK_BYTES = 64 * 1024
-_MAX_OFFSET = 2**63 - 1
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 _WRAPPER_REPORT = f"{WRAPPER_NAME}:"
 
@@ -96,19 +95,6 @@ def with_last_line(message: str, log: Path) -> str:
     """`run.sh exited with status 2: grep: input.pdb: No such file or directory`."""
     line = last_output_line(log)
     return f"{message}: {line}" if line else message
-
-
-class LogQueryError(ValueError):
-    """A bad `offset` or `wait` on /logs."""
-
-
-def parse_offset(raw: str | None) -> int:
-    if raw is None:
-        return 0
-    value = parse_unsigned(raw, _MAX_OFFSET)
-    if value is None:
-        raise LogQueryError(f"Invalid offset {raw!r}: expected a byte offset (0 or more)")
-    return value
 
 
 def parse_log_wait(raw: str | None) -> float:

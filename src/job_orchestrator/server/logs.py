@@ -43,7 +43,7 @@ from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
-from job_orchestrator.wire import parse_unsigned
+from job_orchestrator.wire import LogQueryError, parse_offset
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -53,12 +53,7 @@ LOG_NAME = "output.log"
 #: How often a follower re-reads a job that is not on a client yet (nothing announces that).
 DISPATCH_RECHECK_S = 1.0
 _CHUNK_BYTES = 64 * 1024
-_MAX_OFFSET = 2**63 - 1
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
-
-
-class LogQueryError(ValueError):
-    """A bad `follow` or `offset` on /jobs/{id}/logs."""
 
 
 def parse_follow(raw: str | None) -> bool:
@@ -67,15 +62,6 @@ def parse_follow(raw: str | None) -> bool:
     if raw.lower() not in _FLAGS:
         raise LogQueryError(f"Invalid follow {raw!r}: expected 1 or 0")
     return _FLAGS[raw.lower()]
-
-
-def parse_offset(raw: str | None) -> int:
-    if raw is None:
-        return 0
-    value = parse_unsigned(raw, _MAX_OFFSET)
-    if value is None:
-        raise LogQueryError(f"Invalid offset {raw!r}: expected a byte offset (0 or more)")
-    return value
 
 
 def client_of(settings: ServerSettings, job: JobRecord) -> tuple[NodeConfig, str | None] | None:
