@@ -242,3 +242,46 @@ def test_someone_elses_job_is_404(tmp_path: Path) -> None:
         assert theirs.status_code == 404
         assert theirs.json()["message"] == f"Job {job_id} not found in the database"
         assert logs(Api(cl.api.base_url), job_id).status_code == 401
+
+
+def test_a_killed_jobs_log_holds_what_its_trap_printed(logs_cluster: Cluster) -> None:
+    api = logs_cluster.api
+    marker = secrets.token_hex(8)
+    job_id = api.submit(
+        f"trap 'echo trapped {marker}; exit 0' TERM\necho started\nsleep 300 &\nwait\n"
+    )
+    with httpx.stream("GET", f"{api.base_url}/jobs/{job_id}/logs?follow=1", timeout=60) as response:
+        chunks = response.iter_bytes()
+        received = next(chunks)
+        while b"\n" not in received:
+            received += next(chunks)
+        terminated = httpx.post(f"{api.base_url}/terminate/{job_id}", timeout=60)
+        assert terminated.status_code == 200, terminated.text
+        for chunk in chunks:
+            received += chunk
+    assert received == f"started\ntrapped {marker}\n".encode()
+    assert api.wait_for(job_id, *FINAL)["status"] == "Killed"
+    # Asked again once the job is final: the same log (from the client or the server's copy).
+    assert logs(api, job_id, "?follow=1").content == received
+
+
+def test_follow_resumes_across_a_client_restart(tmp_path: Path) -> None:
+    with cluster(tmp_path) as cl:
+        marker = secrets.token_hex(8)
+        job_id = cl.api.submit(
+            f"echo 'before {marker}'\nwhile [ ! -e go ]; do sleep 0.05; done\necho after\n"
+        )
+        url = f"{cl.api.base_url}/jobs/{job_id}/logs?follow=1"
+        with httpx.stream("GET", url, timeout=60) as response:
+            chunks = response.iter_bytes()
+            received = next(chunks)
+            while b"\n" not in received:
+                received += next(chunks)
+            client = cl.clients[0]
+            assert client.stop() == 0  # the script keeps running, and is re-adopted
+            client.start()
+            (work_dir_of(cl, marker) / "go").touch()
+            for chunk in chunks:
+                received += chunk
+        assert received == f"before {marker}\nafter\n".encode()
+        assert cl.api.wait_for(job_id, *FINAL)["status"] == "Completed"

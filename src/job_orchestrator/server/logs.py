@@ -125,7 +125,7 @@ class LogKeeper:
                         token=token,
                     ) as answer:
                         async for chunk in answer.chunks:
-                            sink.write(chunk)
+                            await asyncio.to_thread(sink.write, chunk)
                             offset += len(chunk)
                     final = answer.final
             os.replace(partial, destination)
