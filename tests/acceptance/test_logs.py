@@ -10,7 +10,6 @@ SANDBOX=bwrap, where the script writes its log through a descriptor from outside
 from __future__ import annotations
 
 import secrets
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.acceptance.test_sandbox import bwrap_problem
 from tests.harness import Api, Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -25,15 +25,7 @@ CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"
 TOKEN_A = f"user-a-{secrets.token_hex(12)}"
 TOKEN_B = f"user-b-{secrets.token_hex(12)}"
 
-SANDBOXES = [
-    "none",
-    pytest.param(
-        "bwrap",
-        marks=pytest.mark.skipif(
-            shutil.which("bwrap") is None, reason="bubblewrap is not installed"
-        ),
-    ),
-]
+SANDBOXES = ["none", "bwrap"]
 
 
 @pytest.fixture(scope="module", params=SANDBOXES)
@@ -41,6 +33,8 @@ def logs_cluster(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     sandbox = str(request.param)
+    if sandbox == "bwrap" and (problem := bwrap_problem()) is not None:
+        pytest.skip(problem)
     with cluster(
         tmp_path_factory.mktemp(f"logs-{sandbox}"),
         client_env={"SANDBOX": sandbox, "CLIENT_TOKEN": CLIENT_TOKEN},
