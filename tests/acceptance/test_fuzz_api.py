@@ -52,6 +52,7 @@ SERVER_OPERATIONS = [
     ("GET", "/download_partial/{id}"),
     ("POST", "/terminate/{id}"),
     ("GET", "/metrics"),
+    ("GET", "/jobs/{id}/logs"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),
@@ -62,6 +63,7 @@ CLIENT_OPERATIONS = [
     ("GET", "/retrieve_partial/{id}"),
     ("POST", "/kill/{id}"),
     ("GET", "/metrics"),
+    ("GET", "/logs/{id}"),
 ]
 
 
