@@ -279,3 +279,24 @@ def test_follow_resumes_across_a_client_restart(tmp_path: Path) -> None:
                 received += chunk
         assert received == f"before {marker}\nafter\n".encode()
         assert cl.api.wait_for(job_id, *FINAL)["status"] == "Completed"
+
+
+def test_a_large_log_arrives_whole(logs_cluster: Cluster) -> None:
+    api = logs_cluster.api
+    marker = secrets.token_hex(8)
+    job_id = api.submit(f"# {marker}\nhead -c 3000000 /dev/urandom | base64 | tee copy.txt\n")
+    assert api.wait_for(job_id, *FINAL)["status"] == "Completed"
+    copy = api.download_zip(job_id).read("copy.txt")
+    assert len(copy) > 4_000_000
+    # The client's own answer (several rounds of reading), then the server's copy.
+    payload_id = work_dir_of(logs_cluster, marker).parent.name
+    direct = httpx.get(
+        f"{logs_cluster.clients[0].url}/logs/{payload_id}",
+        headers={"Authorization": f"Bearer {CLIENT_TOKEN}"},
+        timeout=60,
+    )
+    assert direct.content == copy
+    assert logs(api, job_id).content == copy
+    assert (
+        logs(api, job_id, f"?offset={len(copy) - 1_500_000}&follow=1").content == copy[-1_500_000:]
+    )

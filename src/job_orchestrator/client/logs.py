@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +49,8 @@ CHECK_INTERVAL_S = 0.2
 #: How much of the end of the log a failure's message is taken from.
 TAIL_BYTES = 500
 _CHUNK_BYTES = 64 * 1024
+#: At most this much is read per thread hop (and held in memory).
+_ROUND_BYTES = 1024 * 1024
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 _WRAPPER_REPORT = f"{WRAPPER_NAME}:"
 
@@ -116,8 +119,13 @@ def _open_at(log: Path, offset: int) -> io.FileIO | None:
     return source
 
 
-def _read(source: io.FileIO) -> bytes:
-    return source.read(_CHUNK_BYTES) or b""
+def _read_to_end(source: io.FileIO) -> list[bytes]:
+    """What the file holds past the position now (up to _ROUND_BYTES), in chunks."""
+    end = min(os.fstat(source.fileno()).st_size, source.tell() + _ROUND_BYTES)
+    chunks = []
+    while (left := end - source.tell()) > 0 and (chunk := source.read(min(_CHUNK_BYTES, left))):
+        chunks.append(chunk)
+    return chunks
 
 
 async def stream_log(
@@ -141,8 +149,10 @@ async def stream_log(
                 final = current is None or current.status.is_terminal()
                 if source is None:
                     source = await asyncio.to_thread(_open_at, log, offset)
-                if source is not None:
-                    while chunk := await asyncio.to_thread(_read, source):
+                while source is not None and (
+                    chunks := await asyncio.to_thread(_read_to_end, source)
+                ):
+                    for chunk in chunks:
                         yield chunk
                 remaining = deadline - time.monotonic()
                 if final or remaining <= 0 or draining.is_set():

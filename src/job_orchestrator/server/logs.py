@@ -128,7 +128,11 @@ class LogKeeper:
                             await asyncio.to_thread(sink.write, chunk)
                             offset += len(chunk)
                     final = answer.final
-            os.replace(partial, destination)
+            if final:
+                os.replace(partial, destination)
+            else:
+                # Incomplete: readers go on asking the client, which still has the payload.
+                logger.warning("log of job %d: its payload did not end in time", job_id)
         except (PayloadLostError, PermanentClientError) as error:
             # The original client (no /logs), or a payload already cleaned.
             logger.debug("no log to keep for job %d: %s", job_id, error)
