@@ -72,15 +72,14 @@ def logs(ctx: Context) -> SectionResult:
         delays = _follow_delays(http, _submit(http, script))
         if len(delays) != lines:
             raise RuntimeError(f"the follower got {len(delays)} of {lines} lines")
-        p90 = percentile(delays, 90)
-        result.add("follow delay p50", ms(percentile(delays, 50)))
-        result.add("follow delay p90", ms(p90))
-        result.add("follow delay max", ms(max(delays)))
-        result.notes.append(
-            "The follower connects right after the upload: until the job reaches its client "
-            "it re-reads the job every second, which is what the first line's delay (the max) "
-            "mostly measures."
-        )
+        # The follower connects right after the upload: the first line's delay also holds
+        # the dispatch and the follower's noticing it (it re-reads a job not yet on a client).
+        first, rest = delays[0], delays[1:]
+        p90 = percentile(rest, 90)
+        result.add("follow delay p50 (lines 2-)", ms(percentile(rest, 50)))
+        result.add("follow delay p90 (lines 2-)", ms(p90))
+        result.add("follow delay max (lines 2-)", ms(max(rest)))
+        result.add("first line (includes the dispatch)", ms(first))
         result.target(
             f"a followed line arrives within {LATENCY_TARGET_S:g} s (p90)",
             ms(p90),

@@ -7,8 +7,8 @@ Where the bytes come from:
 - once the job is final, from the server's own copy, `<job dir>/output.log`, fetched in the
   background by LogKeeper when this server sees the job end (so it outlives the client's
   retention); until that copy is there, from the client again;
-- before dispatch there is nothing (with `follow`, the job is re-read every
-  DISPATCH_RECHECK_S until it reaches a client).
+- before dispatch there is nothing (with `follow`, the job is re-read, every 0.1 s at
+  first, backing off to every DISPATCH_RECHECK_S, until it reaches a client).
 
 The original client has no `/logs` (its run.sh output goes to its own log stream): its 404
 ends a plain request with an empty body, and a follow waits for the job to end.
@@ -50,7 +50,9 @@ router = APIRouter()
 
 #: The server's copy of a finished job's log, in the job's directory.
 LOG_NAME = "output.log"
-#: How often a follower re-reads a job that is not on a client yet (nothing announces that).
+#: How often a follower re-reads a job that is not on a client yet (nothing announces a
+#: dispatch): soon after the upload at first, when most jobs start, then every second.
+FIRST_RECHECK_S = 0.1
 DISPATCH_RECHECK_S = 1.0
 _CHUNK_BYTES = 64 * 1024
 _FLAGS = {"1": True, "true": True, "0": False, "false": False}
@@ -177,6 +179,7 @@ async def log_chunks(
     """
     draining = orchestrator.draining
     failures = 0
+    recheck_s = FIRST_RECHECK_S
     while True:
         job = await orchestrator.store.get_job(job_id)
         if job is None:
@@ -191,7 +194,8 @@ async def log_chunks(
         if target is None or job.status in (Status.QUEUED, Status.PROCESSING):
             if final or not follow or draining.is_set():
                 return
-            await orchestrator.wait_final(job_id, DISPATCH_RECHECK_S)
+            await orchestrator.wait_final(job_id, recheck_s)
+            recheck_s = min(2 * recheck_s, DISPATCH_RECHECK_S)
             continue
         node, token = target
         asked_at, sent = time.monotonic(), offset
