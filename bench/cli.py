@@ -15,6 +15,7 @@ from bench.bigfile import bigfile
 from bench.common import FULL, QUICK, Context, SectionResult, load_average, log
 from bench.fairness import fairness
 from bench.latency import floor, latency
+from bench.logs import logs
 from bench.machine import describe
 from bench.original import original
 from bench.peers import peers
@@ -32,6 +33,7 @@ CASES: dict[str, Case] = {
     "bigfile": bigfile,
     "fairness": fairness,
     "soak": soak,
+    "logs": logs,
 }
 #: Cases run only when asked for (they need more than this repository: the original's binary).
 OPTIONAL: dict[str, Case] = {"original": original, "peers": peers}

@@ -22,6 +22,8 @@ CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
 CLOCK_HEADER = "X-Orchestrator-Clock"
+#: A payload's status on the client's /logs answers, as it was before the log was read.
+LOG_STATUS_HEADER = "X-Orchestrator-Status"
 
 _UNSIGNED = re.compile(r"\+?[0-9]+")
 _SIGNED = re.compile(r"[+-]?[0-9]+")
@@ -41,3 +43,17 @@ def parse_i32(raw: str) -> int | None:
         return None
     value = int(raw)
     return value if -(2**31) <= value < 2**31 else None
+
+
+class LogQueryError(ValueError):
+    """A bad query parameter of a log route (`offset`, `wait`, `follow`)."""
+
+
+def parse_offset(raw: str | None) -> int:
+    """`?offset=` of the log routes: a byte offset, default 0."""
+    if raw is None:
+        return 0
+    value = parse_unsigned(raw, 2**63 - 1)
+    if value is None:
+        raise LogQueryError(f"Invalid offset {raw!r}: expected a byte offset (0 or more)")
+    return value

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness", "soak")
+SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness", "soak", "logs")
 
 
 @pytest.mark.timeout(900)

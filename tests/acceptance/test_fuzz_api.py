@@ -54,6 +54,7 @@ SERVER_OPERATIONS = [
     ("GET", "/metrics"),
     ("GET", "/jobs/{id}"),
     ("GET", "/jobs"),
+    ("GET", "/jobs/{id}/logs"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),
@@ -64,6 +65,7 @@ CLIENT_OPERATIONS = [
     ("GET", "/retrieve_partial/{id}"),
     ("POST", "/kill/{id}"),
     ("GET", "/metrics"),
+    ("GET", "/logs/{id}"),
 ]
 
 

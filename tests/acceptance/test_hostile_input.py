@@ -359,7 +359,7 @@ ln -s /etc/hostname leak_hostname
 ln -s / root_link
 ln -s ../.. up
 ln -s ../state.json state_link
-ln -s ../stdout.log log_link
+ln -s ../output.log log_link
 ln -s "$PWD/../../.." abs_up
 ln -s inside.txt ok_link
 ln -s sub/nested.txt ok_nested_link

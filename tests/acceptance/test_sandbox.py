@@ -420,7 +420,7 @@ def assert_other_jobs_out_of_reach(cl: Cluster) -> None:
 if cat "{work}/secret.txt" > /dev/null 2>&1; then echo work=read; else echo work=denied; fi
 if (echo tampered > "{work}/secret.txt") 2>/dev/null; then echo write=done
 else echo write=denied; fi
-if cat "{work.parent}/stdout.log" > /dev/null 2>&1; then echo log=read; else echo log=denied; fi
+if cat "{work.parent}/output.log" > /dev/null 2>&1; then echo log=read; else echo log=denied; fi
 """
     second = run_job(cl, "bash probe.sh > probe.txt\n", {"probe.sh": probe})
     assert second.status == "Completed", second.message
@@ -436,7 +436,7 @@ def test_fork_bomb_is_contained(as_user: Cluster, job_user: pwd.struct_passwd) -
     strict=True,
     raises=AssertionError,
     reason="LIMITATION client/sandbox.py: every job runs as the same JOB_USER, which owns every "
-    "payload's work/ (and stdout.log is 0644), so without bwrap a job reads and overwrites "
+    "payload's work/ (and output.log is 0644), so without bwrap a job reads and overwrites "
     "other jobs' files and reads their logs; only SANDBOX=bwrap hides them",
 )
 def test_job_user_alone_keeps_jobs_apart(as_user: Cluster) -> None:

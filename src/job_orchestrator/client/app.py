@@ -25,6 +25,7 @@ from job_orchestrator import __version__
 from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
+from job_orchestrator.client import logs
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
@@ -460,6 +461,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         state.runner.kill(payload)
         return Response(status_code=200)
 
+    app.include_router(logs.router)
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     if settings.sandbox == "none" and any(

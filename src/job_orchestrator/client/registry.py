@@ -2,9 +2,9 @@
 
 Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `state.json`
 (this registry's row), `exit/code` (written by the wrapper when run.sh ends), `tmp/` (its /tmp
-in the sandbox), `result.zip` and the script's logs. The registry is rebuilt from those
-directories at start, so finished results survive a restart, and ids are never reused (a
-high-water mark is kept on disk).
+in the sandbox), `result.zip` and `output.log` (the script's stdout and stderr). The registry
+is rebuilt from those directories at start, so finished results survive a restart, and ids
+are never reused (a high-water mark is kept on disk).
 
 A cleaned payload leaves the registry (and its directory the disk), so memory grows with the
 payloads held, not with every payload ever run. An id below the high-water mark that is no
@@ -82,12 +82,9 @@ class PayloadPaths:
         return self.root / "result.zip"
 
     @property
-    def stdout(self) -> Path:
-        return self.root / "stdout.log"
-
-    @property
-    def stderr(self) -> Path:
-        return self.root / "stderr.log"
+    def log(self) -> Path:
+        """run.sh's stdout and stderr, interleaved as written (never in the result ZIP)."""
+        return self.root / "output.log"
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ import psutil
 from job_orchestrator.archive import ArchiveError
 from job_orchestrator.client.archives import Archiver
 from job_orchestrator.client.lease import ServerLease
+from job_orchestrator.client.logs import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
@@ -170,13 +171,14 @@ class Runner:
             await asyncio.to_thread(
                 hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
             )
-            with paths.stdout.open("ab") as stdout, paths.stderr.open("ab") as stderr:
+            # One file for both streams: interleaved as written (client/logs.py serves it).
+            with paths.log.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(
                     *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
                     cwd=paths.work,
                     stdin=asyncio.subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=stderr,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
                     env=job_environment(os.environ),
                     start_new_session=True,
                     **spawn_options(self.settings),
@@ -267,7 +269,7 @@ class Runner:
                 payload.id,
                 status=Status.FAILED,
                 exit_code=returncode,
-                message=_describe_exit(returncode),
+                message=with_last_line(_describe_exit(returncode), current.paths.log),
             )
             return
         try:

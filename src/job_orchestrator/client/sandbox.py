@@ -25,6 +25,8 @@ from job_orchestrator.config import ClientSettings
 _RECORD_EXIT = 'code=$?; echo "$code" > "$1.tmp" && mv -f "$1.tmp" "$1"; exit "$code"'
 _PRIVATE_ENV_PREFIXES = ("SERVICE_",)
 _PRIVATE_ENV = {"CLIENT_TOKEN", "API_TOKENS_FILE"}
+#: The wrapper's $0: bash prefixes its own reports (`... Killed   bash run.sh`) with it.
+WRAPPER_NAME = "job-orchestrator-wrapper"
 
 
 def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
@@ -75,7 +77,7 @@ def wrapper_script(settings: ClientSettings) -> str:
 
 def command_for(settings: ClientSettings, work: Path, exit_file: Path, tmp: Path) -> list[str]:
     """The argv that runs run.sh in `work` and records its exit status in `exit_file`."""
-    wrapper = ["bash", "-c", wrapper_script(settings), "job-orchestrator-wrapper", str(exit_file)]
+    wrapper = ["bash", "-c", wrapper_script(settings), WRAPPER_NAME, str(exit_file)]
     if settings.sandbox != "bwrap":
         return wrapper
     bwrap = shutil.which("bwrap") or "bwrap"

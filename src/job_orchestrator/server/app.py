@@ -23,7 +23,7 @@ from job_orchestrator.http_common import (
     install_conventions,
     json_response,
 )
-from job_orchestrator.server import api, status_page, views
+from job_orchestrator.server import api, logs, status_page, views
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import Orchestrator
@@ -43,6 +43,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         metrics = ServerMetrics()
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
+        log_keeper = logs.LogKeeper(settings, store, gateway)
+        store.on_final(log_keeper.job_final)
         app.state.orchestrator = orchestrator
         app.state.queue_positions = QueuePositions(store)  # GET /jobs/{id}
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
@@ -61,6 +63,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         finally:
             await orchestrator.stop()
             await app.state.callbacks.stop()
+            await log_keeper.close()
             await gateway.close()
             await store.close()
 
@@ -80,6 +83,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(api.router)
     app.include_router(views.router)  # tag "jobs", not declared at the top (the original's are)
     app.include_router(status_page.router)  # HTML for people: not in the OpenAPI document
+    app.include_router(logs.router)
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:

@@ -41,6 +41,7 @@ from job_orchestrator.wire import (
     CLOCK_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
+    LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
     TIMEOUT_HEADER,
@@ -65,6 +66,22 @@ def base_url(upload_url: str) -> str:
     scheme_end = url.find("://") + 3
     slash = url.rfind("/")
     return url[:slash] if slash >= scheme_end else url
+
+
+def node_logs_url(node: NodeConfig) -> str:
+    """`http://client:9000/retrieve` -> `http://client:9000/logs` (our client's /logs/{id})."""
+    url = node.download_url.rstrip("/")
+    slash = url.rfind("/")
+    return f"{url[: slash + 1]}logs" if slash != -1 else f"{url}/logs"
+
+
+@dataclass(frozen=True, slots=True)
+class LogAnswer:
+    """A client's /logs answer: its body, and whether that body ends the log."""
+
+    #: The payload was final before the client read the log: the body is all the rest.
+    final: bool
+    chunks: AsyncIterator[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +279,36 @@ class NodeGateway:
             if not _is_zip(response):
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
             yield response
+
+    @contextlib.asynccontextmanager
+    async def open_log(
+        self, node: NodeConfig, payload_id: int, *, offset: int, wait_s: float, token: str | None
+    ) -> AsyncIterator[LogAnswer]:
+        """Our client's log of a payload from `offset`, streamed for up to `wait_s`.
+
+        The original client has no /logs route: it answers 404, raised as PayloadLostError
+        like an unknown payload. Errors while the body streams are classified the same way.
+        """
+        url = node_logs_url(node)
+        what = f"log of {payload_id} from {url}"
+        params = {"offset": str(offset), **({"wait": f"{wait_s:g}"} if wait_s > 0 else {})}
+        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
+        async with (
+            self._call(what),
+            self._http.stream(
+                "GET",
+                join_url(url, payload_id),
+                params=params,
+                headers=self._headers(token),
+                timeout=timeout,
+            ) as response,
+        ):
+            _raise_for_status(response, what)
+            try:
+                status = Status.from_wire(response.headers.get(LOG_STATUS_HEADER, ""))
+            except ValueError:
+                raise PermanentClientError(f"{what}: the answer is not a log") from None
+            yield LogAnswer(status.is_terminal(), response.aiter_bytes())
 
     @observed_call("check")
     async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport:
