@@ -10,8 +10,8 @@ script's output.
 `GET /logs/{id}?offset=N&wait=S` (ours; the original client has no such route) answers the
 bytes from offset N on. With `wait`, it keeps the answer open for up to S seconds and streams
 what is appended, ending early once the payload is final and everything is sent. The file is
-checked for new bytes every CHECK_INTERVAL_S (no inotify: a stat-free read of a descriptor
-that stays open) and at once when the payload's status changes.
+checked for new bytes every CHECK_INTERVAL_S (no inotify: an fstat of a descriptor that stays
+open, cheap enough) and at once when the payload's status changes.
 `X-Orchestrator-Status` carries the payload's status as it was before the first byte was
 read: a final one means the answer holds the whole rest of the log.
 """
