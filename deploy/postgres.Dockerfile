@@ -4,6 +4,7 @@
 # the compose file does not change. deploy/compose.local-base.yml builds it.
 ARG BASE_IMAGE=debian:bookworm-slim
 FROM ${BASE_IMAGE}
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # The local base has the package already; a stock Debian base gets it from the mirror.
 # Unpinned: bookworm's security updates replace the version, and a pin would break the build.
 # hadolint ignore=DL3008
@@ -19,6 +20,8 @@ RUN if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 ENV PATH=/usr/local/lib/postgresql-bin:$PATH \
     PGDATA=/var/lib/postgresql/data
+# Debian's postgres user has the uid its package gave it: only the name is stable.
+# hadolint ignore=DL3066
 USER postgres
 EXPOSE 5432
 STOPSIGNAL SIGINT
