@@ -17,6 +17,7 @@ RUN if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then \
         /usr/local/lib/postgresql-bin \
     && install -d -o postgres -g postgres -m 0700 /var/lib/postgresql/data \
     && install -d -o postgres -g postgres -m 2775 /run/postgresql
+LABEL org.opencontainers.image.title="job-orchestrator-postgres"
 COPY postgres-entrypoint.sh /usr/local/bin/postgres-entrypoint.sh
 ENV PATH=/usr/local/lib/postgresql-bin:$PATH \
     PGDATA=/var/lib/postgresql/data
