@@ -49,7 +49,6 @@ def scratch_root(tmp_path: Path) -> Path:
     system_units = next((path for path in SYSTEM_UNIT_DIRS if path.is_dir()), None)
     if system_units is None:
         missing("no systemd unit directory (Debian: apt-get install systemd)")
-        raise AssertionError("unreachable")
     entry_point = Path(sys.executable).parent / "job-orchestrator"
     assert entry_point.is_file(), f"{entry_point} missing: pip install -e . first"
     root = tmp_path / "root"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -26,7 +27,7 @@ DOCKERFILES = (DEPLOY / "Dockerfile", DEPLOY / "postgres.Dockerfile")
 COMPOSE_SECRETS = {"CLIENT_TOKEN": "compose-test-token-0123456789", "POSTGRES_PASSWORD": "pw"}
 
 
-def missing(reason: str) -> None:
+def missing(reason: str) -> NoReturn:
     """Skip with `reason`, or fail in CI, where every tool must have been installed."""
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
@@ -38,7 +39,6 @@ def require_program(name: str, hint: str) -> str:
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
         missing(f"{name} is not installed ({hint})")
-        raise AssertionError("unreachable")
     return found
 
 
@@ -56,7 +56,6 @@ def compose_command() -> list[str]:
         missing(
             "neither `docker compose` nor `docker-compose` is installed (Debian: docker-compose)"
         )
-        raise AssertionError("unreachable")
     return [legacy]
 
 
