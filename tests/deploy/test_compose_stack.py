@@ -1,0 +1,232 @@
+"""The compose stack for real: images built on the local Debian base (no registry here),
+PostgreSQL, a server and two clients brought up by Compose, a job per service run through
+them from the host, the clients' isolation and limits checked, everything removed.
+
+Build and start-up times are not asserted (bench/ measures); CI keeps the base image and
+the layer cache between runs, so only a changed source tree rebuilds (from the pip step).
+What the engine here cannot do is recorded where it matters: it refuses a CPU limit above
+the host's CPU count (so `JO_CLIENT_CPUS` is lowered to it), and the host keeps an address
+on every bridge network, internal ones included, so "not reachable from the host" means:
+no published port, and no route from outside the internal network (macvlan and ipvlan,
+which would hide the clients from the host too, answer "operation not supported").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.deploy.tools import (
+    COMPOSE_FILE,
+    COMPOSE_SECRETS,
+    DEPLOY,
+    LOCAL_BASE_OVERRIDE,
+    compose_command,
+    missing,
+    require_program,
+    run,
+    said,
+)
+from tests.harness import Api, free_port
+
+pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+
+BUILD_TIMEOUT_S = 1800.0
+HEALTHY_TIMEOUT_S = 240.0
+CLIENTS = ("client-light", "client-heavy")
+# What run.sh reports about where it ran: in which container, as whom.
+PROBE_SCRIPT = """\
+id -u > uid.txt
+hostname > hostname.txt
+echo "ran for {service}" > out.txt
+"""
+
+
+@dataclass
+class Stack:
+    project: str
+    command: list[str]
+    env: dict[str, str]
+    api: Api
+
+    def compose(self, *args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess[str]:
+        return run([*self.command, "-p", self.project, *args], env=self.env, timeout_s=timeout_s)
+
+    def container(self, service: str) -> dict[str, Any]:
+        ids = self.compose("ps", "-q", service).stdout.split()
+        assert len(ids) == 1, f"{service}: containers {ids}"
+        return inspect(ids[0])
+
+
+def inspect(name: str, kind: str = "container") -> dict[str, Any]:
+    result = run(["docker", kind, "inspect", name])
+    assert result.returncode == 0, said(result)
+    (found,) = json.loads(result.stdout)
+    assert isinstance(found, dict)
+    return found
+
+
+def docker_ready() -> list[str]:
+    require_program("docker", "Debian: docker.io")
+    info = run(["docker", "info", "--format", "{{.ServerVersion}}"])
+    if info.returncode != 0:
+        missing(f"the Docker engine does not answer: {info.stderr.strip()}")
+    command = compose_command()
+    for script in ("build-base-image", "build-wheels"):
+        made = run([str(DEPLOY / script)], timeout_s=BUILD_TIMEOUT_S)
+        if made.returncode != 0:
+            missing(f"deploy/{script} failed: {said(made)}")
+    return command
+
+
+def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_S
+    states: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        states = {
+            service: stack.container(service)["State"].get("Health", {}).get("Status", "none")
+            for service in services
+        }
+        if all(state == "healthy" for state in states.values()):
+            return
+        time.sleep(2)
+    logs = stack.compose("logs", "--no-color", "--tail", "40").stdout
+    raise AssertionError(f"not healthy in {HEALTHY_TIMEOUT_S} s: {states}\n{logs}")
+
+
+@pytest.fixture
+def stack() -> Iterator[Stack]:
+    command = docker_ready()
+    project = f"jotest{uuid.uuid4().hex[:10]}"
+    port = free_port()
+    env = {
+        **COMPOSE_SECRETS,
+        "JO_PUBLISH_ADDRESS": "127.0.0.1",
+        "JO_PUBLISH_PORT": str(port),
+        "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
+        "JO_IMAGE": "job-orchestrator:compose-test",
+        "JO_POSTGRES_IMAGE": "job-orchestrator-postgres:compose-test",
+    }
+    files = ["-f", str(COMPOSE_FILE), "-f", str(LOCAL_BASE_OVERRIDE)]
+    running = Stack(project, [*command, *files], env, Api(f"http://127.0.0.1:{port}"))
+    try:
+        built = running.compose("build", timeout_s=BUILD_TIMEOUT_S)
+        assert built.returncode == 0, said(built)
+        started = running.compose("up", "-d")
+        assert started.returncode == 0, said(started)
+        wait_healthy(running, ("db", "server", *CLIENTS))
+        yield running
+    finally:
+        removed = running.compose("down", "-v", "--remove-orphans")
+        assert removed.returncode == 0, said(removed)
+
+
+def test_compose_stack_runs_jobs_and_keeps_the_clients_private(stack: Stack) -> None:
+    """One stack for all the checks: bringing it up is the slow part."""
+    check_a_job_per_service_runs_through_the_containers(stack)
+    check_clients_publish_nothing_and_only_the_server_network_reaches_them(stack)
+    check_clients_get_the_resource_limits_of_the_original_docs(stack)
+
+
+def check_a_job_per_service_runs_through_the_containers(stack: Stack) -> None:
+    for service, client in (("light", "client-light"), ("heavy", "client-heavy")):
+        script = PROBE_SCRIPT.format(service=service)
+        response = stack.api.upload({"run.sh": script}, service=service)
+        assert response.status_code == 201, response.text
+        job_id = response.json()["id"]
+        stack.api.wait_for(job_id, "Completed", timeout_s=120)
+        result = stack.api.download_zip(job_id)
+        assert result.read("out.txt").decode() == f"ran for {service}\n"
+        # In the client container of that service, as the image's unprivileged user.
+        hostname = stack.container(client)["Config"]["Hostname"]
+        assert result.read("hostname.txt").decode().strip() == hostname
+        assert result.read("uid.txt").decode().strip() == "1000"
+
+
+def check_clients_publish_nothing_and_only_the_server_network_reaches_them(
+    stack: Stack,
+) -> None:
+    executors = f"{stack.project}_executors"
+    assert inspect(executors, "network")["Internal"] is True
+    server = stack.container("server")
+    assert server["NetworkSettings"]["Ports"]["5000/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": stack.api.base_url.rsplit(":", 1)[1]}
+    ]
+    for service in CLIENTS:
+        client = stack.container(service)
+        bindings = client["NetworkSettings"]["Ports"]
+        assert all(bound is None for bound in bindings.values()), f"{service}: {bindings}"
+        assert client["HostConfig"]["PortBindings"] in ({}, None)
+        assert set(client["NetworkSettings"]["Networks"]) == {executors}
+        address = client["NetworkSettings"]["Networks"][executors]["IPAddress"]
+        # A container on the public network, where the server's published side lives,
+        # reaches the server but not the client.
+        public = f"{stack.project}_public"
+        server_address = server["NetworkSettings"]["Networks"][public]["IPAddress"]
+        assert probe_from(public, server_address, 5000, stack) == "open"
+        assert probe_from(public, address, 9000, stack) == "closed"
+
+
+def probe_from(network: str, address: str, port: int, stack: Stack) -> str:
+    """Whether a fresh container on `network` can open a TCP connection to address:port."""
+    code = (
+        "import socket,sys\n"
+        "try:\n"
+        f"    socket.create_connection(({address!r}, {port}), timeout=3).close(); print('open')\n"
+        "except OSError:\n"
+        "    print('closed')\n"
+    )
+    result = run(
+        [
+            "docker",
+            "run",
+            "--rm",
+            "--network",
+            network,
+            "--entrypoint",
+            "python3",
+            stack.env["JO_IMAGE"],
+            "-c",
+            code,
+        ],
+        timeout_s=120,
+    )
+    assert result.returncode == 0, said(result)
+    return result.stdout.strip()
+
+
+def check_clients_get_the_resource_limits_of_the_original_docs(stack: Stack) -> None:
+    cpus = int(stack.env["JO_CLIENT_CPUS"])
+    for service in CLIENTS:
+        host = stack.container(service)["HostConfig"]
+        assert host["NanoCpus"] == cpus * 10**9
+        assert host["Memory"] == 8 * 2**30
+        assert host["MemoryReservation"] == 2**30
+        assert host["ReadonlyRootfs"] is True
+        assert host["CapDrop"] == ["ALL"]
+        # And the kernel holds the container to it (cgroup v1 here; v2 elsewhere).
+        limit = run(
+            [
+                *stack.command,
+                "-p",
+                stack.project,
+                "exec",
+                "-T",
+                service,
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null"
+                " || cat /sys/fs/cgroup/memory.max",
+            ],
+            env=stack.env,
+        )
+        assert limit.returncode == 0, said(limit)
+        assert int(limit.stdout.strip()) == 8 * 2**30

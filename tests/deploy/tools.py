@@ -1,0 +1,82 @@
+"""The external programs the deployment tests drive, and where the artefacts are.
+
+A missing program skips its test with the reason, except in CI (`CI=true`), where `.ci/run`
+installs them all: there it is a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+COMPOSE_FILE = DEPLOY / "docker-compose.yml"
+LOCAL_BASE_OVERRIDE = DEPLOY / "compose.local-base.yml"
+KUBERNETES = DEPLOY / "kubernetes"
+SYSTEMD = DEPLOY / "systemd"
+DOCKERFILES = (DEPLOY / "Dockerfile", DEPLOY / "postgres.Dockerfile")
+#: The secrets the compose file refuses to start without, as a test would set them.
+COMPOSE_SECRETS = {"CLIENT_TOKEN": "compose-test-token-0123456789", "POSTGRES_PASSWORD": "pw"}
+
+
+def missing(reason: str) -> NoReturn:
+    """Skip with `reason`, or fail in CI, where every tool must have been installed."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_program(name: str, hint: str) -> str:
+    """The path of `name`: on PATH or beside this interpreter (pip's console scripts)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        missing(f"{name} is not installed ({hint})")
+    return found
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2) where the plugin exists, else `docker-compose` (v1)."""
+    docker = shutil.which("docker")
+    if docker is not None:
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, check=False
+        )
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    legacy = shutil.which("docker-compose")
+    if legacy is None:
+        missing(
+            "neither `docker compose` nor `docker-compose` is installed (Debian: docker-compose)"
+        )
+    return [legacy]
+
+
+def run(
+    command: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = 120.0,
+    cwd: Path = ROOT,
+) -> subprocess.CompletedProcess[str]:
+    """Run `command` to its end and return what it said; never raises on its exit status."""
+    return subprocess.run(
+        list(command),
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def said(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
