@@ -19,7 +19,7 @@ from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.harness import Api, Cluster, cluster
 
@@ -134,6 +134,8 @@ def test_status_page_shows_running_jobs_and_filters_them(
 
         Select(browser.find_element(By.NAME, "status")).select_by_visible_text("Running")
         browser.find_element(By.ID, "apply").click()
+        # The click only starts the navigation; under load the old page is still shown.
+        WebDriverWait(browser, 30).until(lambda page: "status=Running" in page.current_url)
         assert browser.current_url.endswith("status?service=&status=Running&user_id=")
         assert job_statuses(browser) == {other: "Running", running: "Running"}
         # The form keeps the chosen filter.
@@ -164,6 +166,7 @@ def test_status_page_pages_older_jobs(busy: Cluster, browser: WebDriver) -> None
     browser.get(f"{busy.server.url}/status?user_id=5&limit=2")
     assert list(job_statuses(browser)) == [jobs[2], jobs[1]]
     browser.find_element(By.ID, "older").click()
+    WebDriverWait(browser, 30).until(lambda page: "cursor=" in page.current_url)
     assert list(job_statuses(browser)) == [jobs[0]]
     assert not browser.find_elements(By.ID, "older")
 
