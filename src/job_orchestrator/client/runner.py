@@ -50,7 +50,7 @@ class Runner:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or ClientMetrics(registry)
-        self.executor = executor or make_executor(settings)
+        self.executor = executor or make_executor(settings, self.metrics)
         self._slots = (
             asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent else None
         )

@@ -23,6 +23,8 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
 from job_orchestrator.client.executors.base import (
     Handle,
     LaunchError,
@@ -82,8 +84,10 @@ class _Cpus:
 class SlurmExecutor:
     kind = KIND
 
-    def __init__(self, settings: ClientSettings) -> None:
+    def __init__(self, settings: ClientSettings, calls: Counter | None = None) -> None:
         self.settings = settings
+        #: Slurm commands run, by name (one squeue per tick, not one per job).
+        self._calls = calls
         self._jobs: dict[int, _Job] = {}
         self._wake = asyncio.Event()
         self._tracker: asyncio.Task[None] | None = None
@@ -94,8 +98,6 @@ class SlurmExecutor:
         self._cpus: _Cpus | None = None
         self._cpus_at = 0.0
         self._cpus_refresh: asyncio.Task[None] | None = None
-        #: Slurm calls made (read by the bench: one per tick, not one per job).
-        self.calls: dict[str, int] = {"sbatch": 0, "squeue": 0, "sacct": 0, "scancel": 0}
 
     # ---- launch ----------------------------------------------------------------------------
 
@@ -356,7 +358,8 @@ class SlurmExecutor:
 
     async def _call(self, name: str, argv: list[str]) -> tuple[int | None, str, str]:
         """Run a Slurm command; (None, "", why) when it cannot run or hangs."""
-        self.calls[name] = self.calls.get(name, 0) + 1
+        if self._calls is not None:
+            self._calls.labels(name).inc()
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
