@@ -19,6 +19,7 @@ from bench.machine import describe
 from bench.original import original
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
+from bench.slurm import slurm
 from bench.soak import soak
 from bench.throughput import throughput
 
@@ -32,8 +33,9 @@ CASES: dict[str, Case] = {
     "fairness": fairness,
     "soak": soak,
 }
-#: Cases run only when asked for (they need more than this repository: the original's binary).
-OPTIONAL: dict[str, Case] = {"original": original}
+#: Cases run only when asked for (they need more than this repository: the original's
+#: binary, a Slurm cluster).
+OPTIONAL: dict[str, Case] = {"original": original, "slurm": slurm}
 ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 

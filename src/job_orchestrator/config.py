@@ -136,6 +136,8 @@ class SlurmSettings:
     qos: str | None = None
     #: More sbatch options (SLURM_EXTRA_ARGS, split like a shell would).
     extra_args: tuple[str, ...] = ()
+    #: Seconds between two squeue calls (for all jobs) while jobs are in Slurm.
+    poll_interval_s: float = 0.5
 
     def sbatch_options(self) -> list[str]:
         options = [
@@ -314,7 +316,11 @@ def _slurm(env: Mapping[str, str]) -> SlurmSettings:
         raise ConfigError(
             "SLURM_EXTRA_ARGS", f"not a shell-quoted list ({error}): {raw!r}"
         ) from None
+    poll_interval_s = _seconds(env, "SLURM_POLL_INTERVAL", 0.5)
+    if not 0 < poll_interval_s <= 10:
+        raise ConfigError("SLURM_POLL_INTERVAL", "expected more than 0 and at most 10 seconds")
     return SlurmSettings(
+        poll_interval_s=poll_interval_s,
         partition=_optional(env, "SLURM_PARTITION"),
         account=_optional(env, "SLURM_ACCOUNT"),
         qos=_optional(env, "SLURM_QOS"),

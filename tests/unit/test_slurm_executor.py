@@ -123,3 +123,10 @@ def test_state_files_of_the_previous_version_are_re_adopted(tmp_path: Path) -> N
     assert Handle.decode(payload.handle) == Handle("local", 4242, 1700000000.5)
     assert payload.started_at == 1700000000.5
     assert payload.wire()["pid"] == 4242
+
+
+@needs_sbatch
+@pytest.mark.parametrize("raw", ["0", "11", "fast"])
+def test_poll_interval_must_be_short_and_positive(raw: str) -> None:
+    with pytest.raises(ConfigError, match="SLURM_POLL_INTERVAL"):
+        load_client_settings({"EXECUTOR": "slurm", "SLURM_POLL_INTERVAL": raw})

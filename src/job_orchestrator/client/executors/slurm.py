@@ -5,11 +5,12 @@ exit status reaches `exit/code` in the payload directory, which must be on a fil
 compute nodes share with this client. Slurm writes run.sh's output to the payload's
 stdout.log and stderr.log (`--output`/`--error`).
 
-All of this client's jobs are tracked together: one `squeue` per tick (TICK_S) for every job
-id, and one `sacct` for those squeue no longer knows (ended longer ago than MinJobAge, e.g.
-while the client was down); no call at all while no job is in Slurm. Without slurmdbd, sacct
-reads the job-completion log (`sacct --completion`, JobCompType=jobcomp/filetxt). A
-controller that does not answer is waited for: the jobs keep their last known state.
+All of this client's jobs are tracked together: one `squeue` per tick (SLURM_POLL_INTERVAL)
+for every job id, and one `sacct` for those squeue no longer knows (ended longer ago than
+MinJobAge, e.g. while the client was down); no call at all while no job is in Slurm.
+Without slurmdbd, sacct reads the job-completion log (`sacct --completion`,
+JobCompType=jobcomp/filetxt). A controller that does not answer is waited for: the jobs
+keep their last known state.
 """
 
 from __future__ import annotations
@@ -45,8 +46,6 @@ from job_orchestrator.config import ClientSettings
 logger = logging.getLogger(__name__)
 
 KIND = "slurm"
-#: Seconds between two squeue calls while jobs are in Slurm.
-TICK_S = 0.5
 #: A Slurm command that takes longer is given up on (the controller retries for ~10 s).
 COMMAND_TIMEOUT_S = 30.0
 #: How long a sinfo answer serves /load and /health.
@@ -91,7 +90,7 @@ class SlurmExecutor:
         self._jobs: dict[int, _Job] = {}
         self._wake = asyncio.Event()
         self._tracker: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[bool]] = set()
         #: None until known: whether sacct needs --completion (no slurmdbd).
         self._sacct_completion: bool | None = None
         self._unreachable_logged = False
@@ -180,7 +179,7 @@ class SlurmExecutor:
             except Exception:  # a bad answer must not stop the tracking of every job
                 logger.exception("tracking the Slurm jobs failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), TICK_S)
+                await asyncio.wait_for(self._wake.wait(), self.settings.slurm.poll_interval_s)
 
     async def poll_once(self) -> None:
         """One squeue for every tracked job; one sacct for those squeue forgot."""
@@ -281,26 +280,38 @@ class SlurmExecutor:
     # ---- terminate -------------------------------------------------------------------------
 
     async def terminate(self, handle: Handle, grace_s: float) -> None:
-        """SIGTERM to every process of the job, SIGKILL after the grace, then cancel it."""
+        """SIGTERM to every process of the job, SIGKILL after the grace, then cancel it.
+
+        A controller that does not answer is asked again until it does (or the job ended).
+        """
         job = self._jobs.get(handle.id)
         if job is not None and job.ended.done():
             return
         if job is None or job.state not in RUNNING:
             # Not running yet (or not tracked): nothing to signal, just take it out.
-            await self._scancel(handle.id)
+            await self._scancel_until_delivered(handle.id, job)
             return
-        await self._scancel(handle.id, "--signal=TERM", "--full")
+        await self._scancel_until_delivered(handle.id, job, "--signal=TERM", "--full")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(job.ended), grace_s)
             return
-        await self._scancel(handle.id, "--signal=KILL", "--full")
+        await self._scancel_until_delivered(handle.id, job, "--signal=KILL", "--full")
         await self._scancel(handle.id)
 
-    async def _scancel(self, job_id: int, *options: str) -> None:
+    async def _scancel_until_delivered(self, job_id: int, job: _Job | None, *options: str) -> None:
+        while not await self._scancel(job_id, *options):
+            if job is None or job.ended.done():
+                return
+            await asyncio.sleep(self.settings.slurm.poll_interval_s)
+
+    async def _scancel(self, job_id: int, *options: str) -> bool:
+        """Whether the controller took the request (a job already ended counts)."""
         code, _out, err = await self._call("scancel", ["scancel", *options, str(job_id)])
-        if code != 0 and "already completing or completed" not in err.lower():
-            logger.warning("scancel %s %d: %s", " ".join(options), job_id, _one_line(err))
         self._wake.set()
+        if code == 0 or "already completing or completed" in err.lower():
+            return True
+        logger.warning("scancel %s %d: %s", " ".join(options), job_id, _one_line(err))
+        return code is not None and not _unreachable(err)
 
     def abandon(self, handle: Handle) -> None:
         task = asyncio.create_task(self._scancel(handle.id), name=f"scancel-{handle.id}")
