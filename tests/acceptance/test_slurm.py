@@ -280,3 +280,35 @@ def test_unparsable_extra_args_stop_the_client_at_start(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "SLURM_EXTRA_ARGS" in lines[0]
+
+
+def test_a_job_submitted_just_before_a_crash_is_found_again_not_resubmitted(
+    shared: Cluster,
+) -> None:
+    """The client died after sbatch answered but before the job id reached the state file."""
+    client = shared.clients[0]
+    marker = Path(client.env["DATA_PATH"]).parent / f"go-{time.time_ns()}"
+    token = f"token-{time.time_ns()}"
+    script = f"# {token}\nwhile [ ! -e {marker} ]; do sleep 0.1; done\necho once >> output.txt\n"
+    job_id = shared.api.submit(script)
+    shared.api.wait_for(job_id, "Running")
+    state, slurm_id = slurm_job_of(client, token)
+    client.stop(signal.SIGKILL)
+    state_file = Path(state["loc"]).parent / "state.json"
+    on_disk = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({**on_disk, "status": "Prepared", "handle": None}))
+    client.start()
+    wait_until(lambda: f"is already Slurm job {slurm_id}" in client.log(), "the job found again")
+    marker.touch()
+    shared.api.wait_for(job_id, "Completed")
+    assert shared.api.download_zip(job_id).read("output.txt") == b"once\n"
+    named = subprocess.run(
+        ["squeue", "-h", "-t", "all", f"--name=jo-{state['id']}", "-o", "%i|%Z"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.split()
+    # Other clients' payloads of the same id share the name, not the work directory.
+    assert [entry for entry in named if entry.endswith(f"|{state['loc']}")] == [
+        f"{slurm_id}|{state['loc']}"
+    ]

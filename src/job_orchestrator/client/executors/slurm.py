@@ -91,6 +91,8 @@ class SlurmExecutor:
         self._wake = asyncio.Event()
         self._tracker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
+        #: Payloads whose sbatch found no controller: their next try needs no look-up.
+        self._retrying: set[int] = set()
         #: None until known: whether sacct needs --completion (no slurmdbd).
         self._sacct_completion: bool | None = None
         self._unreachable_logged = False
@@ -104,6 +106,13 @@ class SlurmExecutor:
         paths = payload.paths
         wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp)
         script = paths.root / BATCH_SCRIPT
+        relaunch = script.exists() and payload.id not in self._retrying
+        if relaunch and (earlier := await self._submitted_before(payload)) is not None:
+            # The client stopped between sbatch's answer and the state file: same job.
+            logger.info("payload %d is already Slurm job %d", payload.id, earlier)
+            handle = Handle(KIND, earlier)
+            self._track(payload, handle)
+            return handle
         script.write_text(f"#!/bin/bash\nexec {shlex.join(wrapper)}\n")
         argv = [
             "sbatch",
@@ -121,7 +130,9 @@ class SlurmExecutor:
         ]
         code, out, err = await self._call("sbatch", argv)
         if code is None or _unreachable(err):
+            self._retrying.add(payload.id)
             raise LaunchUnavailableError(f"slurmctld is unreachable: {_one_line(err)}")
+        self._retrying.discard(payload.id)
         if code != 0:
             raise LaunchError(_one_line(err) or f"sbatch exited with status {code}")
         try:
@@ -137,6 +148,19 @@ class SlurmExecutor:
         handle = Handle(KIND, job_id)
         self._track(payload, handle)
         return handle
+
+    async def _submitted_before(self, payload: Payload) -> int | None:
+        """A job of an earlier launch of this payload: same name and work directory."""
+        code, out, _err = await self._call(
+            "squeue", ["squeue", "--noheader", f"--name=jo-{payload.id}", "--format=%i|%Z"]
+        )
+        if code != 0:
+            return None
+        for line in out.splitlines():
+            job_id, _, workdir = line.strip().partition("|")
+            if job_id.isdigit() and workdir == str(payload.paths.work):
+                return int(job_id)
+        return None
 
     @staticmethod
     def _time_limit(payload: Payload) -> list[str]:
