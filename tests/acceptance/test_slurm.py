@@ -312,3 +312,30 @@ def test_a_job_submitted_just_before_a_crash_is_found_again_not_resubmitted(
     assert [entry for entry in named if entry.endswith(f"|{state['loc']}")] == [
         f"{slurm_id}|{state['loc']}"
     ]
+
+
+def test_kill_of_a_pending_job_cancels_it(tmp_path: Path) -> None:
+    # --begin keeps the job PENDING (Reason BeginTime): the payload stays Prepared.
+    env = {**SLURM, "SLURM_EXTRA_ARGS": "--begin=now+3600 --comment='held by the test'"}
+    with cluster(tmp_path, client_env=env) as running:
+        token = f"token-{time.time_ns()}"
+        job_id = running.api.submit(f"# {token}\necho never > output.txt\n")
+        client = running.clients[0]
+        _state, slurm_id = wait_until(
+            lambda: _submitted(client, token), "the job to be submitted to Slurm"
+        )
+        assert squeue(slurm_id, "%T|%r|%k") == "PENDING|BeginTime|held by the test"
+        assert running.api.status(job_id)["status"] == "Prepared"
+        assert (
+            httpx.post(f"{running.api.base_url}/terminate/{job_id}", timeout=30).status_code == 200
+        )
+        body = running.api.wait_for(job_id, *FINAL)
+        assert body["status"] == "Killed", body
+        assert squeue(slurm_id, "%T") == "CANCELLED"
+
+
+def _submitted(client: Node, token: str) -> tuple[dict[str, Any], int] | None:
+    try:
+        return slurm_job_of(client, token)
+    except AssertionError:
+        return None

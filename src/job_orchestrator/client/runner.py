@@ -184,9 +184,12 @@ class Runner:
             await self.executor.terminate(handle, self.settings.kill_grace_s)
         try:
             started_at = await self.executor.started(handle)
-            running = self.registry.update(
-                payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
-            )
+            running = None
+            if (now := self.registry.get(payload.id)) is not None and not now.killed:
+                # A job killed while pending in Slurm goes from Prepared to Killed.
+                running = self.registry.update(
+                    payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
+                )
             outcome = await self._wait_within_limit(
                 running or payload, handle, self.executor.wait(payload, handle)
             )
