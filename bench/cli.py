@@ -21,6 +21,7 @@ from bench.original import original
 from bench.peers import peers
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
+from bench.slurm import slurm
 from bench.soak import soak
 from bench.throughput import throughput
 
@@ -35,8 +36,9 @@ CASES: dict[str, Case] = {
     "soak": soak,
     "logs": logs,
 }
-#: Cases run only when asked for (they need more than this repository: the original's binary).
-OPTIONAL: dict[str, Case] = {"original": original, "peers": peers}
+#: Cases run only when asked for (they need more than this repository: the original's
+#: binary, the peers' own venv and Redis, a Slurm cluster).
+OPTIONAL: dict[str, Case] = {"original": original, "peers": peers, "slurm": slurm}
 ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 

@@ -11,6 +11,7 @@ import logging
 import os
 import pwd
 import re
+import shlex
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,7 +146,35 @@ class ServerSettings(CommonSettings):
 
 
 @dataclass(frozen=True, slots=True)
+class SlurmSettings:
+    """EXECUTOR=slurm: where and how payloads are submitted as batch jobs."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    #: More sbatch options (SLURM_EXTRA_ARGS, split like a shell would).
+    extra_args: tuple[str, ...] = ()
+    #: Seconds between two squeue calls (for all jobs) while jobs are in Slurm.
+    poll_interval_s: float = 0.5
+
+    def sbatch_options(self) -> list[str]:
+        options = [
+            f"--{name}={value}"
+            for name, value in (
+                ("partition", self.partition),
+                ("account", self.account),
+                ("qos", self.qos),
+            )
+            if value
+        ]
+        return [*options, *self.extra_args]
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSettings(CommonSettings):
+    #: "local" (a process group on this machine) or "slurm" (one batch job per payload).
+    executor: str = "local"
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
     max_concurrent: int | None = None
     require_exit_trap: bool = False
     kill_grace_s: float = 10.0
@@ -293,6 +322,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
     server_lease_s = _seconds(env, "SERVER_LEASE", 15.0)
     if server_lease_s <= 0:
         raise ConfigError("SERVER_LEASE", "must be more than 0 (no payload would ever start)")
+    executor = _executor(env)
     return ClientSettings(
         port=common.port,
         host=common.host,
@@ -323,6 +353,40 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         job_max_file_mb=_limit(env, "JOB_MAX_FILE_MB"),
         job_max_cpu_seconds=_limit(env, "JOB_MAX_CPU_SECONDS"),
         job_user=_job_user(env),
+        executor=executor,
+        slurm=_slurm(env) if executor == "slurm" else SlurmSettings(),
+    )
+
+
+def _executor(env: Mapping[str, str]) -> str:
+    executor = env.get("EXECUTOR", "local").strip().lower() or "local"
+    if executor not in {"local", "slurm"}:
+        raise ConfigError("EXECUTOR", f"expected local or slurm, got {executor!r}")
+    if executor == "slurm":
+        if shutil.which("sbatch") is None:
+            raise ConfigError("EXECUTOR", "slurm needs sbatch, squeue and scancel on the PATH")
+        if _optional(env, "JOB_USER") is not None:
+            raise ConfigError("JOB_USER", "not supported with EXECUTOR=slurm (jobs run as you)")
+    return executor
+
+
+def _slurm(env: Mapping[str, str]) -> SlurmSettings:
+    raw = env.get("SLURM_EXTRA_ARGS", "")
+    try:
+        extra_args = tuple(shlex.split(raw))
+    except ValueError as error:
+        raise ConfigError(
+            "SLURM_EXTRA_ARGS", f"not a shell-quoted list ({error}): {raw!r}"
+        ) from None
+    poll_interval_s = _seconds(env, "SLURM_POLL_INTERVAL", 0.5)
+    if not 0 < poll_interval_s <= 10:
+        raise ConfigError("SLURM_POLL_INTERVAL", "expected more than 0 and at most 10 seconds")
+    return SlurmSettings(
+        poll_interval_s=poll_interval_s,
+        partition=_optional(env, "SLURM_PARTITION"),
+        account=_optional(env, "SLURM_ACCOUNT"),
+        qos=_optional(env, "SLURM_QOS"),
+        extra_args=extra_args,
     )
 
 

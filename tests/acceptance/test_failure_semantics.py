@@ -298,7 +298,7 @@ def test_failover_moves_a_prepared_job_and_revokes_it_on_the_dead_client(tmp_pat
             "the revoked payload to be killed on the restarted client",
         )
         assert state["status"] == "Killed", state
-        assert not state["pid"], f"the revoked payload was started: {state}"
+        assert not state["handle"], f"the revoked payload was started: {state}"
         assert len(lines(marker)) == 1, lines(marker)
 
         # ... and the client gets new work again.
@@ -397,7 +397,7 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
         )
         assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
         assert state["status"] == "Killed", state
-        assert not state["pid"], f"the revoked payload was started: {state}"
+        assert not state["handle"], f"the revoked payload was started: {state}"
     finally:
         for node in frozen:
             if node.process is not None:

@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
-import psutil
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -87,7 +86,6 @@ class ClientState:
         await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
         for payload in self.registry.rebuild():
             self.runner.adopt(payload)
-        psutil.cpu_percent(interval=None)  # starts the first measuring window
         self._loops = [asyncio.create_task(self._cleaner_loop(), name="cleaner_loop")]
 
     async def stop(self) -> None:
@@ -254,8 +252,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except Exception:  # any failure of the registry means unhealthy
             return Response(status_code=503)
         headers = {}
-        if state.settings.max_concurrent:
-            headers[CAPACITY_HEADER] = str(state.settings.max_concurrent)
+        capacity = await state.runner.capacity()
+        if capacity:
+            headers[CAPACITY_HEADER] = str(capacity)
         return json_response(HEALTHY, headers=headers)
 
     @app.get(
@@ -266,9 +265,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
             200: {"content": {"application/json": {"schema": {"type": "number"}}}},
         },
     )
-    async def load() -> JSONResponse:
-        # CPU use since the previous call: no sampling sleep on the request, no idle cost.
-        return json_response(float(psutil.cpu_percent(interval=None)))
+    async def load(request: Request) -> JSONResponse:
+        # Local: this machine's CPU use; Slurm: the cluster's allocated CPUs.
+        return json_response(await _state(request).runner.executor.load_percent())
 
     @app.get(
         "/metrics",

@@ -42,6 +42,13 @@ class ClientMetrics:
             registry=self.registry,
         )
 
+        self.slurm_calls = Counter(
+            f"{PREFIX}slurm_calls",
+            "Slurm commands run by EXECUTOR=slurm (squeue: one per tick for all jobs)",
+            ["command"],
+            registry=self.registry,
+        )
+
     def run_ended(self, status: Status, seconds: float) -> None:
         self.runs.labels(status.wire).inc()
         self.run_time.labels(status.wire).observe(max(0.0, seconds))

@@ -41,8 +41,8 @@ CREATE TABLE payloads (
     id INTEGER PRIMARY KEY,
     status TEXT NOT NULL,
     loc TEXT NOT NULL,
-    pid INTEGER NOT NULL DEFAULT 0,
-    pid_started_at REAL,
+    handle TEXT,
+    started_at REAL,
     killed INTEGER NOT NULL DEFAULT 0,
     message TEXT NOT NULL DEFAULT '',
     exit_code INTEGER,
@@ -92,8 +92,11 @@ class Payload:
     id: int
     status: Status
     loc: str
-    pid: int = 0
-    pid_started_at: float | None = None
+    #: The executor's handle (client/executors/base.py `Handle`, encoded): a pid with its
+    #: start time, or a Slurm job id. None until it was launched.
+    handle: str | None = None
+    #: When run.sh started running (epoch s): its wall-time limit counts from here.
+    started_at: float | None = None
     killed: bool = False
     message: str = ""
     exit_code: int | None = None
@@ -108,6 +111,15 @@ class Payload:
     @property
     def paths(self) -> PayloadPaths:
         return PayloadPaths(Path(self.loc).parent)
+
+    @property
+    def pid(self) -> int:
+        """The process id the original's wire shows (0 when not a local process)."""
+        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+            values = json.loads(self.handle or "")
+            if values["kind"] == "local":
+                return int(values["id"])
+        return 0
 
     def wire(self) -> dict[str, Any]:
         """The original's six-field Payload JSON; `input` is never echoed back."""
@@ -344,6 +356,7 @@ def _from_row(row: sqlite3.Row) -> Payload:
 
 def _payload(values: dict[str, Any], status: Status) -> Payload:
     """A Payload from a row or a state file (SQLite and JSON keep booleans as 0/1)."""
+    values = _upgraded(values)
     return Payload(
         **{
             **values,
@@ -352,6 +365,22 @@ def _payload(values: dict[str, Any], status: Status) -> Payload:
             "timed_out": bool(values.get("timed_out", False)),
         }
     )
+
+
+def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
+    """A state file of a client before executors (`pid`, `pid_started_at`) in today's terms.
+
+    Its running payloads are local processes; re-adopting them needs pid and start time.
+    """
+    if "pid" not in values and "pid_started_at" not in values:
+        return values
+    values = dict(values)
+    pid = int(values.pop("pid", 0) or 0)
+    started_at = values.pop("pid_started_at", None)
+    if pid and not values.get("handle"):
+        values["handle"] = json.dumps({"kind": "local", "id": pid, "started_at": started_at})
+    values.setdefault("started_at", started_at)
+    return values
 
 
 def _write_state(payload: Payload) -> None:

@@ -1,11 +1,9 @@
-"""Runs payloads: `bash run.sh` in its own process group, exit capture, kill, re-adoption.
+"""Runs payloads: the policy above the executors (client/executors/).
 
-How the script is wrapped (limits, bubblewrap, another user) is client/sandbox.py's business.
-
-The script runs under a tiny bash wrapper that writes run.sh's exit status to a file beside
-the work directory. The client awaits its own children, but because the status also reaches
-disk, a payload whose client restarted can be re-adopted: its process group is not the
-client's, it keeps running, and its true status is read when it ends (watched via a pidfd).
+The runner validates run.sh, holds the MAX_CONCURRENT slots, waits for the server's lease,
+enforces the wall-time limit and finishes a payload (result ZIP, status, message). How run.sh
+is executed (a local process group, or a Slurm batch job) is the executor's business; the
+payload keeps the executor's handle, so a restarted client re-adopts its executions.
 """
 
 from __future__ import annotations
@@ -13,48 +11,47 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Coroutine
 from typing import Any
 
-import psutil
-
 from job_orchestrator.archive import ArchiveError
 from job_orchestrator.client.archives import Archiver
+from job_orchestrator.client.executors import make_executor
+from job_orchestrator.client.executors.base import (
+    Executor,
+    Handle,
+    LaunchError,
+    LaunchUnavailableError,
+    Outcome,
+)
 from job_orchestrator.client.lease import ServerLease
 from job_orchestrator.client.logs import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
-from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
 from job_orchestrator.client.validator import validate_script
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
 
-
-def _signal_group(pgid: int, signum: int) -> bool:
-    """Signal a whole process group; False once nothing of it is left."""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        # Only zombies we cannot reap remain in the group (or the pgid was reused by
-        # someone else's group, which we must not touch).
-        return False
-    return True
+#: Seconds between launch attempts while the executor is unreachable (slurmctld down).
+LAUNCH_RETRY_S = 2.0
 
 
 class Runner:
     def __init__(
-        self, settings: ClientSettings, registry: Registry, metrics: ClientMetrics | None = None
+        self,
+        settings: ClientSettings,
+        registry: Registry,
+        metrics: ClientMetrics | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = metrics or ClientMetrics(registry)
+        self.executor = executor or make_executor(settings, self.metrics)
         self._slots = (
             asyncio.Semaphore(settings.max_concurrent) if settings.max_concurrent else None
         )
@@ -73,17 +70,28 @@ class Runner:
 
         A payload that had not started yet waits until its server asks for it again (or
         ADOPT_HOLD passes): while this client was down, the server may have given the job to
-        another client, and then it sends a kill instead.
+        another client, and then it sends a kill instead. One already handed to its executor
+        (a Slurm job still pending) is watched like a running one.
         """
-        if payload.status is Status.PREPARED:
+        if payload.status is Status.PREPARED and payload.handle is None:
             handle = asyncio.get_running_loop().call_later(
                 self.settings.adopt_hold_s, self.release, payload.id
             )
             self._held[payload.id] = handle
-        elif payload.status is Status.RUNNING:
+        elif payload.status in (Status.PREPARED, Status.RUNNING):
+            # Running, or already handed to the executor (pending in Slurm).
             self._spawn(payload.id, self._watch_orphan(payload))
         elif payload.status is Status.COMPLETED and not payload.paths.result.is_file():
-            self._spawn(payload.id, self._finish(payload, 0))
+            self._spawn(payload.id, self._finish(payload, Outcome(0)))
+
+    async def capacity(self) -> int | None:
+        """How many payloads the server may keep here (the X-Orchestrator-Max-Concurrent)."""
+        running = len(self.registry.with_status(Status.RUNNING))
+        pending = sum(1 for p in self.registry.with_status(Status.PREPARED) if p.handle)
+        capacity = await self.executor.capacity(running, pending)
+        if capacity is not None and self.settings.max_concurrent:
+            return min(capacity, self.settings.max_concurrent)
+        return capacity or self.settings.max_concurrent
 
     def release(self, payload_id: int) -> None:
         """Start a held payload (the server still wants it)."""
@@ -121,6 +129,7 @@ class Runner:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.executor.close()
         self.archiver.close()
 
     # ---- one payload -----------------------------------------------------------------------
@@ -165,53 +174,31 @@ class Runner:
             self.lease.forget(payload.id)
 
     async def _execute(self, payload: Payload) -> None:
-        paths = payload.paths
-        paths.exit_code.unlink(missing_ok=True)
-        try:
-            await asyncio.to_thread(
-                hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
-            )
-            # One file for both streams: interleaved as written (client/logs.py serves it).
-            with paths.log.open("ab") as log:
-                process = await asyncio.create_subprocess_exec(
-                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
-                    cwd=paths.work,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=job_environment(os.environ),
-                    start_new_session=True,
-                    **spawn_options(self.settings),
-                )
-        except OSError as error:
-            self.metrics.executor_errors.inc()
-            self.registry.update(
-                payload.id,
-                status=Status.FAILED,
-                message=f"could not start run.sh: {error.strerror}",
-            )
-            return
+        payload.paths.exit_code.unlink(missing_ok=True)
         launched = time.monotonic()
-        started_at = _process_start_time(process.pid)
-        running = self.registry.update(
-            payload.id,
-            {Status.PREPARED},
-            status=Status.RUNNING,
-            pid=process.pid,
-            pid_started_at=started_at,
-        )
-        if running is None or running.killed:
+        handle = await self._launch(payload)
+        if handle is None:
+            return
+        current = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
+        if current is None or current.killed:
             # Killed while we were starting it.
-            await self.terminate_group(process.pid)
+            await self.executor.terminate(handle, self.settings.kill_grace_s)
         try:
-            returncode = await self._wait_within_limit(payload, process.pid, process.wait())
+            started_at = await self.executor.started(handle)
+            running = None
+            if (now := self.registry.get(payload.id)) is not None and not now.killed:
+                # A job killed while pending in Slurm goes from Prepared to Killed.
+                running = self.registry.update(
+                    payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
+                )
+            outcome = await self._wait_within_limit(
+                running or payload, handle, self.executor.wait(payload, handle)
+            )
         except asyncio.CancelledError:
             if not self._stopping:
-                _signal_group(process.pid, signal.SIGKILL)
+                self.executor.abandon(handle)
             raise
-        # run.sh is done: whatever it left in the background goes too.
-        _signal_group(process.pid, signal.SIGKILL)
-        await self._finish(payload, returncode)
+        await self._finish(payload, outcome)
         if (ended := self.registry.get(payload.id)) is not None:
             self.metrics.run_ended(ended.status, time.monotonic() - launched)
             logger.info(
@@ -221,14 +208,41 @@ class Runner:
                 extra={"payload_id": payload.id},
             )
 
+    async def _launch(self, payload: Payload) -> Handle | None:
+        """Hand run.sh to the executor; None if it refused (the payload is then Failed).
+
+        An unreachable executor (slurmctld down) is no reason to fail a job: the payload
+        stays Prepared and the launch is tried again until it works or the job is killed.
+        """
+        warned = False
+        while True:
+            try:
+                return await self.executor.launch(payload)
+            except LaunchUnavailableError as error:
+                if not warned:
+                    logger.warning(
+                        "payload %d waits: %s", payload.id, error, extra={"payload_id": payload.id}
+                    )
+                    warned = True
+            except LaunchError as error:
+                self.metrics.executor_errors.inc()
+                self.registry.update(payload.id, status=Status.FAILED, message=str(error))
+                return None
+            current = self.registry.get(payload.id)
+            if current is None or current.killed:
+                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                return None
+            with self.registry.watch(payload.id) as changed, contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), LAUNCH_RETRY_S)
+
     async def _wait_within_limit(
-        self, payload: Payload, pgid: int, exited: Coroutine[Any, Any, int | None]
-    ) -> int | None:
-        """Await the script's end; past its wall-time limit, kill its group first."""
-        waiting = asyncio.ensure_future(exited)
+        self, payload: Payload, handle: Handle, ended: Coroutine[Any, Any, Outcome]
+    ) -> Outcome:
+        """Await the execution's end; past its wall-time limit, terminate it first."""
+        waiting = asyncio.ensure_future(ended)
         if payload.timeout_s is None:
             return await waiting
-        started_at = payload.pid_started_at or time.time()
+        started_at = payload.started_at or handle.started_at or time.time()
         remaining = payload.timeout_s - (time.time() - started_at)
         try:
             return await asyncio.wait_for(asyncio.shield(waiting), max(0.0, remaining))
@@ -237,10 +251,11 @@ class Runner:
                 "payload %d exceeded its wall-time limit of %g s", payload.id, payload.timeout_s
             )
             self.registry.update(payload.id, timed_out=True)
-            await self.terminate_group(pgid)
+            await self.executor.terminate(handle, self.settings.kill_grace_s)
             return await waiting
 
-    async def _finish(self, payload: Payload, returncode: int | None) -> None:
+    async def _finish(self, payload: Payload, outcome: Outcome) -> None:
+        returncode = outcome.exit_code
         current = self.registry.get(payload.id)
         if current is None:
             return
@@ -255,6 +270,13 @@ class Runner:
                 status=Status.FAILED,
                 exit_code=returncode,
                 message=f"wall-time limit of {current.timeout_s:g} s exceeded",
+            )
+            return
+        if outcome.failure is not None:
+            # The executor ended it (Slurm's wall-time limit, out of memory, a node failure,
+            # a cancellation by someone else): never a success, whatever the exit status.
+            self.registry.update(
+                payload.id, status=Status.FAILED, exit_code=returncode, message=outcome.failure
             )
             return
         if returncode is None:
@@ -288,13 +310,32 @@ class Runner:
         self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0, message=message)
 
     async def _watch_orphan(self, payload: Payload) -> None:
-        """A payload that was running when the client stopped: wait for it, then settle it."""
-        process = _live_process(payload)
-        if process is not None:
-            logger.info("re-adopting payload %d (pid %d)", payload.id, payload.pid)
-            await self._wait_within_limit(payload, payload.pid, _wait_for_exit(process))
-            _signal_group(payload.pid, signal.SIGKILL)
-        await self._finish(payload, _read_exit_code(payload))
+        """A payload the executor had when the client stopped: wait for it, then settle it."""
+        handle = Handle.decode(payload.handle)
+        if handle is None or handle.kind != self.executor.kind:
+            if handle is not None:
+                logger.warning(
+                    "payload %d was started by the %s executor, not %s: its end is unknown",
+                    payload.id,
+                    handle.kind,
+                    self.executor.kind,
+                )
+            await self._finish(payload, Outcome(_read_exit_code(payload)))
+            return
+        if self.executor.reattach(payload, handle):
+            logger.info("re-adopting payload %d (%s %d)", payload.id, handle.kind, handle.id)
+        if payload.status is Status.PREPARED:
+            started_at = await self.executor.started(handle)
+            payload = (
+                self.registry.update(
+                    payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
+                )
+                or payload
+            )
+        outcome = await self._wait_within_limit(
+            payload, handle, self.executor.wait(payload, handle)
+        )
+        await self._finish(payload, outcome)
 
     # ---- kill ------------------------------------------------------------------------------
 
@@ -305,7 +346,8 @@ class Runner:
         updated = self.registry.update(payload.id, killed=True)
         if updated is None or updated.status.is_terminal():
             return
-        if updated.status is Status.PREPARED:
+        handle = Handle.decode(updated.handle)
+        if updated.status is Status.PREPARED and handle is None:
             held = self._held.pop(payload.id, None)
             if held is not None:
                 held.cancel()
@@ -314,80 +356,13 @@ class Runner:
             if task is None:
                 self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
             return
-        if updated.status is Status.RUNNING and updated.pid and _live_process(updated) is not None:
-            task = asyncio.create_task(self.terminate_group(updated.pid), name=f"kill-{payload.id}")
+        if handle is not None and handle.kind == self.executor.kind:
+            task = asyncio.create_task(
+                self.executor.terminate(handle, self.settings.kill_grace_s),
+                name=f"kill-{payload.id}",
+            )
             self._kill_tasks.add(task)
             task.add_done_callback(self._kill_tasks.discard)
-
-    async def terminate_group(self, pgid: int) -> None:
-        if not _signal_group(pgid, signal.SIGTERM):
-            return
-        deadline = time.monotonic() + self.settings.kill_grace_s
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-            if not _group_alive(pgid):
-                return
-        _signal_group(pgid, signal.SIGKILL)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process is left in the group (zombies are reaped by others)."""
-    try:
-        os.killpg(pgid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    for process in psutil.process_iter():
-        with contextlib.suppress(psutil.Error):
-            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
-                return True
-    return False
-
-
-def _process_start_time(pid: int) -> float | None:
-    with contextlib.suppress(psutil.Error):
-        return float(psutil.Process(pid).create_time())
-    return None
-
-
-def _live_process(payload: Payload) -> psutil.Process | None:
-    """The payload's wrapper process if it is still the same, living process (no PID reuse)."""
-    if not payload.pid:
-        return None
-    with contextlib.suppress(psutil.Error):
-        process = psutil.Process(payload.pid)
-        if (
-            payload.pid_started_at is not None
-            and abs(process.create_time() - payload.pid_started_at) > 0.5
-        ):
-            return None
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return process
-    return None
-
-
-async def _wait_for_exit(process: psutil.Process) -> None:
-    """Wait for a process that is not our child, without polling where Linux allows."""
-    try:
-        pidfd = os.pidfd_open(process.pid)
-    except (OSError, AttributeError):
-        # No pidfd (old kernel): nothing signals a non-child's exit, so poll.
-        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
-        return
-    loop = asyncio.get_running_loop()
-    exited: asyncio.Future[None] = loop.create_future()
-
-    def on_exit() -> None:
-        if not exited.done():
-            exited.set_result(None)
-
-    loop.add_reader(pidfd, on_exit)
-    try:
-        await exited
-    finally:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
 
 
 def _read_exit_code(payload: Payload) -> int | None:

@@ -1,0 +1,183 @@
+"""Runs payloads on this machine: `bash run.sh` in its own process group.
+
+How the script is wrapped (limits, bubblewrap, another user) is client/sandbox.py's business.
+
+The script runs under a tiny bash wrapper that writes run.sh's exit status to a file beside
+the work directory. The client awaits its own children, but because the status also reaches
+disk, a payload whose client restarted can be re-adopted: its process group is not the
+client's, it keeps running, and its true status is read when it ends (watched via a pidfd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+
+import psutil
+
+from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
+from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
+from job_orchestrator.config import ClientSettings
+
+KIND = "local"
+
+
+class LocalExecutor:
+    kind = KIND
+
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
+        #: The processes this client started (awaited directly, not via a pidfd).
+        self._children: dict[int, asyncio.subprocess.Process] = {}
+        psutil.cpu_percent(interval=None)  # starts the first measuring window of /load
+
+    async def launch(self, payload: Payload) -> Handle:
+        paths = payload.paths
+        try:
+            await asyncio.to_thread(
+                hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
+            )
+            # One file for both streams: interleaved as written (client/logs.py serves it).
+            with paths.log.open("ab") as log:
+                process = await asyncio.create_subprocess_exec(
+                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
+                    cwd=paths.work,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=job_environment(os.environ),
+                    start_new_session=True,
+                    **spawn_options(self.settings),
+                )
+        except OSError as error:
+            raise LaunchError(f"could not start run.sh: {error.strerror}") from error
+        self._children[process.pid] = process
+        return Handle(KIND, process.pid, _process_start_time(process.pid))
+
+    async def started(self, handle: Handle) -> float:
+        return handle.started_at or time.time()
+
+    async def wait(self, payload: Payload, handle: Handle) -> Outcome:
+        child = self._children.get(handle.id)
+        if child is not None:
+            try:
+                returncode: int | None = await child.wait()
+            finally:
+                self._children.pop(handle.id, None)
+            # run.sh is done: whatever it left in the background goes too.
+            _signal_group(handle.id, signal.SIGKILL)
+            return Outcome(returncode)
+        process = _live_process(handle)
+        if process is not None:
+            await _wait_for_exit(process)
+            _signal_group(handle.id, signal.SIGKILL)
+        return Outcome(_read_exit_code(payload))
+
+    def reattach(self, payload: Payload, handle: Handle) -> bool:
+        return _live_process(handle) is not None
+
+    async def terminate(self, handle: Handle, grace_s: float) -> None:
+        if handle.id not in self._children and _live_process(handle) is None:
+            return
+        pgid = handle.id
+        if not _signal_group(pgid, signal.SIGTERM):
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            if not _group_alive(pgid):
+                return
+        _signal_group(pgid, signal.SIGKILL)
+
+    def abandon(self, handle: Handle) -> None:
+        _signal_group(handle.id, signal.SIGKILL)
+
+    async def load_percent(self) -> float:
+        # CPU use since the previous call: no sampling sleep on the request, no idle cost.
+        return float(psutil.cpu_percent(interval=None))
+
+    async def capacity(self, running: int, pending: int) -> int | None:
+        return self.settings.max_concurrent
+
+    async def close(self) -> None:
+        return None
+
+
+def _signal_group(pgid: int, signum: int) -> bool:
+    """Signal a whole process group; False once nothing of it is left."""
+    try:
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        # Only zombies we cannot reap remain in the group (or the pgid was reused by
+        # someone else's group, which we must not touch).
+        return False
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is left in the group (zombies are reaped by others)."""
+    try:
+        os.killpg(pgid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
+def _process_start_time(pid: int) -> float | None:
+    with contextlib.suppress(psutil.Error):
+        return float(psutil.Process(pid).create_time())
+    return None
+
+
+def _live_process(handle: Handle) -> psutil.Process | None:
+    """The payload's wrapper process if it is still the same, living process (no PID reuse)."""
+    if not handle.id:
+        return None
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(handle.id)
+        if handle.started_at is not None and abs(process.create_time() - handle.started_at) > 0.5:
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    return None
+
+
+async def _wait_for_exit(process: psutil.Process) -> None:
+    """Wait for a process that is not our child, without polling where Linux allows."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (OSError, AttributeError):
+        # No pidfd (old kernel): nothing signals a non-child's exit, so poll.
+        while process.is_running() and process.status() != psutil.STATUS_ZOMBIE:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        return
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_exit() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(pidfd, on_exit)
+    try:
+        await exited
+    finally:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+
+
+def _read_exit_code(payload: Payload) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(payload.paths.exit_code.read_text().strip())
+    return None

@@ -1,0 +1,444 @@
+"""Runs payloads as Slurm batch jobs (EXECUTOR=slurm): one `sbatch` per payload.
+
+The batch script is the same wrapper the local executor runs (client/sandbox.py), so run.sh's
+exit status reaches `exit/code` in the payload directory, which must be on a filesystem the
+compute nodes share with this client. Slurm writes run.sh's stdout and stderr, interleaved,
+to the payload's output.log (`--output` without `--error`), the file client/logs.py serves.
+
+All of this client's jobs are tracked together: one `squeue` per tick (SLURM_POLL_INTERVAL)
+for every job id, and one `sacct` for those squeue no longer knows (ended longer ago than
+MinJobAge, e.g. while the client was down); no call at all while no job is in Slurm.
+Without slurmdbd, sacct reads the job-completion log (`sacct --completion`,
+JobCompType=jobcomp/filetxt). A controller that does not answer is waited for: the jobs
+keep their last known state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter
+
+from job_orchestrator.client.executors.base import (
+    Handle,
+    LaunchError,
+    LaunchUnavailableError,
+    Outcome,
+)
+from job_orchestrator.client.executors.slurm_states import (
+    ENDED,
+    RUNNING,
+    base_state,
+    outcome_for,
+    sacct_exit_code,
+)
+from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.sandbox import command_for, job_environment
+from job_orchestrator.config import ClientSettings
+
+logger = logging.getLogger(__name__)
+
+KIND = "slurm"
+#: A Slurm command that takes longer is given up on (the controller retries for ~10 s).
+COMMAND_TIMEOUT_S = 30.0
+#: How long a sinfo answer serves /load and /health.
+CLUSTER_CACHE_S = 2.0
+BATCH_SCRIPT = "slurm-job.sh"
+#: What Slurm's commands print when the controller cannot be reached (retry, do not fail).
+_UNREACHABLE = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "temporarily unavailable",
+    "slurm is busy",
+    "connection refused",
+    "zero bytes were transmitted",
+)
+
+
+@dataclass
+class _Job:
+    payload: Payload
+    state: str = "PENDING"
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float | None = None
+    ended: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Cpus:
+    allocated: int
+    idle: int
+    total: int
+
+
+class SlurmExecutor:
+    kind = KIND
+
+    def __init__(self, settings: ClientSettings, calls: Counter | None = None) -> None:
+        self.settings = settings
+        #: Slurm commands run, by name (one squeue per tick, not one per job).
+        self._calls = calls
+        self._jobs: dict[int, _Job] = {}
+        self._wake = asyncio.Event()
+        self._tracker: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[bool]] = set()
+        #: Payloads whose sbatch found no controller: their next try needs no look-up.
+        self._retrying: set[int] = set()
+        #: None until known: whether sacct needs --completion (no slurmdbd).
+        self._sacct_completion: bool | None = None
+        self._unreachable_logged = False
+        self._cpus: _Cpus | None = None
+        self._cpus_at = 0.0
+        self._cpus_refresh: asyncio.Task[None] | None = None
+
+    # ---- launch ----------------------------------------------------------------------------
+
+    async def launch(self, payload: Payload) -> Handle:
+        paths = payload.paths
+        wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp)
+        script = paths.root / BATCH_SCRIPT
+        relaunch = script.exists() and payload.id not in self._retrying
+        if relaunch and (earlier := await self._submitted_before(payload)) is not None:
+            # The client stopped between sbatch's answer and the state file: same job.
+            logger.info("payload %d is already Slurm job %d", payload.id, earlier)
+            handle = Handle(KIND, earlier)
+            self._track(payload, handle)
+            return handle
+        script.write_text(f"#!/bin/bash\nexec {shlex.join(wrapper)}\n")
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--chdir={paths.work}",
+            f"--job-name=jo-{payload.id}",
+            f"--output={paths.log}",  # stderr too: without --error Slurm joins them
+            "--open-mode=append",
+            # Never rerun by Slurm itself (see slurm_states.py: PREEMPTED and REQUEUED).
+            "--no-requeue",
+            *self._time_limit(payload),
+            *self.settings.slurm.sbatch_options(),
+            str(script),
+        ]
+        code, out, err = await self._call("sbatch", argv)
+        if code is None or _unreachable(err):
+            self._retrying.add(payload.id)
+            raise LaunchUnavailableError(f"slurmctld is unreachable: {_one_line(err)}")
+        self._retrying.discard(payload.id)
+        if code != 0:
+            raise LaunchError(_one_line(err) or f"sbatch exited with status {code}")
+        try:
+            job_id = int(out.strip().split(";", 1)[0])
+        except ValueError:
+            raise LaunchError(f"sbatch answered no job id: {out.strip()!r}") from None
+        logger.info(
+            "payload %d submitted as Slurm job %d",
+            payload.id,
+            job_id,
+            extra={"payload_id": payload.id, "slurm_job_id": job_id},
+        )
+        handle = Handle(KIND, job_id)
+        self._track(payload, handle)
+        return handle
+
+    async def _submitted_before(self, payload: Payload) -> int | None:
+        """A job of an earlier launch of this payload: same name and work directory."""
+        code, out, _err = await self._call(
+            "squeue", ["squeue", "--noheader", f"--name=jo-{payload.id}", "--format=%i|%Z"]
+        )
+        if code != 0:
+            return None
+        for line in out.splitlines():
+            job_id, _, workdir = line.strip().partition("|")
+            if job_id.isdigit() and workdir == str(payload.paths.work):
+                return int(job_id)
+        return None
+
+    @staticmethod
+    def _time_limit(payload: Payload) -> list[str]:
+        """The service's wall-time limit as --time, in whole minutes (Slurm's unit)."""
+        if not payload.timeout_s:
+            return []
+        return [f"--time={max(1, math.ceil(payload.timeout_s / 60))}"]
+
+    # ---- observe ---------------------------------------------------------------------------
+
+    def _track(self, payload: Payload, handle: Handle) -> _Job:
+        job = self._jobs.get(handle.id)
+        if job is None:
+            job = self._jobs[handle.id] = _Job(payload)
+            job.ended.add_done_callback(lambda _: self._jobs.pop(handle.id, None))
+        if self._tracker is None or self._tracker.done():
+            self._tracker = asyncio.create_task(self._track_loop(), name="slurm_track_loop")
+        self._wake.set()
+        return job
+
+    def reattach(self, payload: Payload, handle: Handle) -> bool:
+        self._track(payload, handle)
+        return True
+
+    async def started(self, handle: Handle) -> float:
+        job = self._jobs.get(handle.id)
+        if job is None:
+            return time.time()
+        await job.started.wait()
+        return job.started_at or time.time()
+
+    async def wait(self, payload: Payload, handle: Handle) -> Outcome:
+        return await asyncio.shield(self._track(payload, handle).ended)
+
+    async def _track_loop(self) -> None:
+        while self._jobs:
+            self._wake.clear()
+            try:
+                await self.poll_once()
+            except Exception:  # a bad answer must not stop the tracking of every job
+                logger.exception("tracking the Slurm jobs failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.slurm.poll_interval_s)
+
+    async def poll_once(self) -> None:
+        """One squeue for every tracked job; one sacct for those squeue forgot."""
+        ids = sorted(self._jobs)
+        if not ids:
+            return
+        code, out, err = await self._call(
+            "squeue",
+            [
+                "squeue",
+                "--noheader",
+                "--states=all",
+                f"--jobs={_id_list(ids)}",
+                "--format=%i|%T|%r",
+            ],
+        )
+        if code != 0 and "invalid job id" not in err.lower():
+            self._log_unreachable(err)
+            return
+        self._unreachable_logged = False
+        seen: dict[int, tuple[str, str]] = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3 and parts[0].isdigit():
+                seen[int(parts[0])] = (parts[1], parts[2])
+        for job_id, (state, reason) in seen.items():
+            if job_id in self._jobs:
+                self._observe(job_id, state, reason, None)
+        forgotten = [job_id for job_id in ids if job_id not in seen]
+        if forgotten:
+            await self._settle_forgotten(forgotten)
+
+    def _observe(self, job_id: int, state: str, reason: str, exit_code: int | None) -> None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return
+        kind = base_state(state)
+        job.state = kind
+        if (kind in RUNNING or kind in ENDED) and not job.started.is_set():
+            job.started_at = time.time()
+            job.started.set()
+        if kind in ENDED and not job.ended.done():
+            recorded = _read_exit_code(job.payload)
+            job.ended.set_result(
+                outcome_for(state, reason, recorded if recorded is not None else exit_code)
+            )
+            logger.info(
+                "Slurm job %d ended: %s",
+                job_id,
+                state,
+                extra={"payload_id": job.payload.id, "slurm_job_id": job_id},
+            )
+
+    async def _settle_forgotten(self, job_ids: list[int]) -> None:
+        """Jobs squeue no longer lists ended long ago: sacct has their end."""
+        found = await self._sacct(job_ids)
+        for job_id in job_ids:
+            if job_id in found:
+                state, reason, exit_text = found[job_id]
+                self._observe(job_id, state, reason, sacct_exit_code(exit_text))
+                continue
+            job = self._jobs.get(job_id)
+            if job is None or job.ended.done():
+                continue
+            # Neither squeue nor sacct knows it: all that is left is what the wrapper wrote.
+            recorded = _read_exit_code(job.payload)
+            job.started.set()
+            job.ended.set_result(
+                Outcome(recorded)
+                if recorded is not None
+                else Outcome(None, f"Slurm job {job_id} is unknown to squeue and sacct")
+            )
+
+    async def _sacct(self, job_ids: list[int]) -> dict[int, tuple[str, str, str]]:
+        base = ["sacct", "--noheader", "--parsable2", f"--jobs={_id_list(job_ids)}"]
+        fields = "--format=JobID,State,Reason,ExitCode"
+        completion = bool(self._sacct_completion)
+        code, out, err = await self._call(
+            "sacct", [*base, "--allocations", fields] if not completion else [*base, "-c", fields]
+        )
+        if code != 0 and self._sacct_completion is None and "disabled" in err.lower():
+            # No slurmdbd: the completion log answers instead.
+            self._sacct_completion = True
+            code, out, err = await self._call("sacct", [*base, "-c", fields])
+        if code != 0:
+            logger.warning("sacct failed: %s", _one_line(err))
+            return {}
+        if self._sacct_completion is None:
+            self._sacct_completion = False
+        found: dict[int, tuple[str, str, str]] = {}
+        for line in out.splitlines():
+            parts = line.strip().split("|")
+            head = parts[0].split(".", 1)[0]
+            if len(parts) >= 4 and head.isdigit():
+                found.setdefault(int(head), (parts[1], parts[2], parts[3]))
+        return found
+
+    # ---- terminate -------------------------------------------------------------------------
+
+    async def terminate(self, handle: Handle, grace_s: float) -> None:
+        """SIGTERM to every process of the job, SIGKILL after the grace, then cancel it.
+
+        A controller that does not answer is asked again until it does (or the job ended).
+        """
+        job = self._jobs.get(handle.id)
+        if job is not None and job.ended.done():
+            return
+        if job is None or job.state not in RUNNING:
+            # Not running yet (or not tracked): nothing to signal, just take it out.
+            await self._scancel_until_delivered(handle.id, job)
+            return
+        await self._scancel_until_delivered(handle.id, job, "--signal=TERM", "--full")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(job.ended), grace_s)
+            return
+        await self._scancel_until_delivered(handle.id, job, "--signal=KILL", "--full")
+        await self._scancel(handle.id)
+
+    async def _scancel_until_delivered(self, job_id: int, job: _Job | None, *options: str) -> None:
+        while not await self._scancel(job_id, *options):
+            if job is None or job.ended.done():
+                return
+            await asyncio.sleep(self.settings.slurm.poll_interval_s)
+
+    async def _scancel(self, job_id: int, *options: str) -> bool:
+        """Whether the controller took the request (a job already ended counts)."""
+        code, _out, err = await self._call("scancel", ["scancel", *options, str(job_id)])
+        self._wake.set()
+        if code == 0 or "already completing or completed" in err.lower():
+            return True
+        logger.warning("scancel %s %d: %s", " ".join(options), job_id, _one_line(err))
+        return code is not None and not _unreachable(err)
+
+    def abandon(self, handle: Handle) -> None:
+        task = asyncio.create_task(self._scancel(handle.id), name=f"scancel-{handle.id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # ---- the cluster -----------------------------------------------------------------------
+
+    async def load_percent(self) -> float:
+        cpus = await self._cluster_cpus()
+        if cpus is None or cpus.total == 0:
+            return 0.0
+        return 100.0 * cpus.allocated / cpus.total
+
+    async def capacity(self, running: int, pending: int) -> int | None:
+        """Our running jobs plus the CPUs still free for more (at least 1: never unlimited)."""
+        cpus = await self._cluster_cpus()
+        if cpus is None:
+            return self.settings.max_concurrent
+        return max(1, running + max(0, cpus.idle - pending))
+
+    async def _cluster_cpus(self) -> _Cpus | None:
+        """sinfo's CPU counts, at most CLUSTER_CACHE_S old; never waits on a slow controller."""
+        stale = time.monotonic() - self._cpus_at > CLUSTER_CACHE_S
+        if stale and (self._cpus_refresh is None or self._cpus_refresh.done()):
+            self._cpus_refresh = asyncio.create_task(self._refresh_cpus(), name="slurm_sinfo")
+        if self._cpus is None and self._cpus_refresh is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._cpus_refresh), 2.0)
+        return self._cpus
+
+    async def _refresh_cpus(self) -> None:
+        partition = self.settings.slurm.partition
+        argv = [
+            "sinfo",
+            "--noheader",
+            "--format=%C",
+            *([f"--partition={partition}"] * bool(partition)),
+        ]
+        code, out, err = await self._call("sinfo", argv)
+        if code != 0:
+            self._log_unreachable(err)
+            return
+        allocated = idle = total = 0
+        for line in out.split():
+            counts = line.split("/")
+            if len(counts) == 4 and all(count.isdigit() for count in counts):
+                allocated += int(counts[0])
+                idle += int(counts[1])
+                total += int(counts[3])
+        self._cpus = _Cpus(allocated, idle, total)
+        self._cpus_at = time.monotonic()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    async def _call(self, name: str, argv: list[str]) -> tuple[int | None, str, str]:
+        """Run a Slurm command; (None, "", why) when it cannot run or hangs."""
+        if self._calls is not None:
+            self._calls.labels(name).inc()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=job_environment(os.environ),
+            )
+        except OSError as error:
+            return None, "", f"{argv[0]}: {error.strerror}"
+        try:
+            out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+            return None, "", f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:g} s"
+        return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _log_unreachable(self, err: str) -> None:
+        if not self._unreachable_logged:
+            logger.warning("Slurm does not answer (jobs keep their state): %s", _one_line(err))
+            self._unreachable_logged = True
+
+    async def close(self) -> None:
+        tasks = [task for task in (self._tracker, self._cpus_refresh) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+
+
+def _id_list(job_ids: list[int]) -> str:
+    return ",".join(str(job_id) for job_id in job_ids)
+
+
+def _unreachable(err: str) -> bool:
+    lowered = err.lower()
+    return any(marker in lowered for marker in _UNREACHABLE)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+
+
+def _read_exit_code(payload: Payload) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(payload.paths.exit_code.read_text().strip())
+    return None
