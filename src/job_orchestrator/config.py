@@ -124,6 +124,10 @@ class ServerSettings(CommonSettings):
     #: Bearer token /metrics requires; None: /metrics is open (like /health).
     metrics_token: str | None = None
     log_format: str = "text"
+    #: This replica's name among those sharing the database; None: "<hostname>:<port>".
+    replica_id: str | None = None
+    #: Seconds without a heartbeat after which a replica's jobs are taken over by another.
+    lease_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +224,16 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
         node_check_interval_s=_seconds(env, "NODE_CHECK_INTERVAL", 5.0),
         failover_after_s=_seconds(env, "FAILOVER_AFTER", 30.0),
+        replica_id=_optional(env, "REPLICA_ID"),
+        lease_s=_lease_s(env),
     )
+
+
+def _lease_s(env: Mapping[str, str]) -> float:
+    lease_s = _seconds(env, "LEASE_S", 15.0)
+    if lease_s <= 0:
+        raise ConfigError("LEASE_S", "must be more than 0 (every job would change hands)")
+    return lease_s
 
 
 def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:

@@ -48,12 +48,8 @@ from job_orchestrator.multipart import (
     read_multipart,
 )
 from job_orchestrator.server.auth import UserTokens
-from job_orchestrator.server.dispatcher import (
-    INPUT_DIR,
-    PARTIAL_NAME,
-    RESULT_NAME,
-    Orchestrator,
-)
+from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.uploads import Staging
 from job_orchestrator.server.waiting import MAX_WAIT_S, WaitValueError, parse_wait
@@ -448,16 +444,12 @@ async def download_partial(request: Request) -> Response:
                 return FileResponse(kept, media_type="application/zip")
     if job.dest_id == 0:
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
-    orchestrator = engine(request)
-    service = orchestrator.settings.services.get(job.service)
-    node = orchestrator._node(job)
-    if service is None or node is None:
+    client = engine(request).fleet.client_for(job)
+    if client is None:
         return status_body(job.id, Status.UNKNOWN, "Invalid service configuration", 400)
     stack = contextlib.AsyncExitStack()
     try:
-        upstream = await stack.enter_async_context(
-            orchestrator.gateway.open_partial(node, job.dest_id, token=service.client_token)
-        )
+        upstream = await stack.enter_async_context(client.open_partial(job.dest_id))
     except PayloadLostError:
         await stack.aclose()
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)

@@ -15,6 +15,9 @@ from typing import Any
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
 from job_orchestrator.status import Status
 
+#: (service, slot-holding jobs per node) -> the node to send the next job to, or None.
+ChooseNode = Callable[[str, Mapping[str, int]], str | None]
+
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
@@ -33,6 +36,8 @@ class JobRecord:
     queued_at: float | None
     dispatched_at: float | None
     finished_at: float | None
+    #: The replica whose lease covers the job's work in flight (None: nobody's).
+    owner: str | None = None
 
 
 class Store(abc.ABC):
@@ -70,8 +75,25 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def claim_dispatchable(
+        self,
+        limits: Mapping[str, ServiceLimits],
+        now: float,
+        choose_node: ChooseNode,
+        owner: str | None = None,
+    ) -> list[JobRecord]:
+        """Dispatch: claim the jobs the fairness rule starts now, each on a chosen node.
+
+        Per service, in one transaction serialised against every other dispatcher of the
+        database (other replicas included): the occupancy, the candidates, the
+        scheduler's decision (`plan_dispatch`) and the compare-and-set claim, so no quota is
+        ever exceeded. Claimed jobs are Processing, owned by `owner`. `choose_node` may be
+        called inside the transaction: it must be quick and must not touch the store.
+        """
+
+    @abc.abstractmethod
     async def claim(
-        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
         """Move the given Queued jobs to Processing on their chosen node; return those claimed.
 
@@ -137,6 +159,29 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def forget_revocation(self, node: str, payload_id: int) -> None: ...
+
+    # ---- replicas and leases ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(self, replica_id: str, services_digest: str, now: float) -> None:
+        """Record that this replica is alive (and its services' digest); renews its lease."""
+
+    @abc.abstractmethod
+    async def live_replicas(self, since: float) -> dict[str, str]:
+        """Replicas whose last heartbeat is at or after `since`: id -> services digest."""
+
+    @abc.abstractmethod
+    async def retire_replica(self, replica_id: str) -> None:
+        """Forget a replica that stops cleanly: its jobs' leases expire at once."""
+
+    @abc.abstractmethod
+    async def take_over(
+        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
+    ) -> list[JobRecord]:
+        """Become the owner of every job in `statuses` whose lease expired: no owner, or an
+        owner with no heartbeat since `alive_since` (and, with `own`, the jobs this replica
+        already owns: a restarted replica resumes them). Each job moves by compare-and-set
+        on its owner, so two replicas never both take it. Returns the jobs taken."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

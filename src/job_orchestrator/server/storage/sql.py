@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -33,9 +34,10 @@ from job_orchestrator.server.scheduler import (
     ServiceLimits,
     UserQueue,
     fairness_key,
+    plan_dispatch,
 )
-from job_orchestrator.server.storage.base import JobRecord, Store
-from job_orchestrator.server.storage.tables import jobs, revocations, service_users
+from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
+from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -155,6 +157,7 @@ def _record(row: Any) -> JobRecord:
         queued_at=row.queued_at,
         dispatched_at=row.dispatched_at,
         finished_at=row.finished_at,
+        owner=row.owner,
     )
 
 
@@ -315,6 +318,105 @@ def _service_candidates(
     ]
 
 
+def _claim_rows(
+    connection: Connection,
+    wanted: list[int],
+    node_by_job: Mapping[int, str],
+    owner: str | None,
+) -> list[JobRecord]:
+    now = time.time()
+    claimed = []
+    for job_id in wanted:
+        # A dispatch key survives a restart, so a re-dispatch is recognised.
+        row = connection.execute(
+            jobs.update()
+            .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
+            .values(
+                status=Status.PROCESSING.db,
+                # A dispatch that may have reached a node is only ever resent there,
+                # with its key, so that node can recognise it.
+                node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
+                dispatch_key=sa.func.coalesce(
+                    jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
+                ),
+                owner=owner,
+                updated_at=now,
+            )
+            .returning(*jobs.c)
+        ).first()
+        if row is not None:
+            claimed.append(_record(row))
+    _stamp_turns(connection, claimed)
+    return claimed
+
+
+def _service_occupancy(connection: Connection, service: str) -> Occupancy:
+    rows = connection.execute(
+        sa.select(jobs.c.user_id, sa.func.count())
+        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
+        .group_by(jobs.c.user_id)
+    )
+    per_user = {(service, user_id): count for user_id, count in rows}
+    return Occupancy(per_user=per_user, per_service={service: sum(per_user.values())})
+
+
+def _node_occupancy(connection: Connection, service: str) -> dict[str, int]:
+    rows = connection.execute(
+        sa.select(jobs.c.node, sa.func.count())
+        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
+        .group_by(jobs.c.node)
+    )
+    return {node: count for node, count in rows if node is not None}
+
+
+def _claim_service(
+    service: str,
+    limit: ServiceLimits,
+    now: float,
+    choose_node: ChooseNode,
+    owner: str | None,
+    connection: Connection,
+) -> list[JobRecord]:
+    """One service's whole dispatch decision in one transaction: occupancy, candidates, the
+    scheduler's choice, the nodes and the compare-and-set claim.
+
+    On PostgreSQL a transaction-scoped advisory lock per service serialises the decisions of
+    every replica, so each reads the occupancy the previous one left and no quota is ever
+    exceeded; the claimed rows are locked with SKIP LOCKED, so a row a terminate is moving
+    is left for the next decision instead of waited on. SQLite's single writer already
+    serialises them.
+    """
+    postgres = connection.dialect.name == "postgresql"
+    if postgres:
+        connection.execute(_DISPATCH_LOCK, {"name": f"job-orchestrator:dispatch:{service}"})
+    occupancy = _service_occupancy(connection, service)
+    candidates = _service_candidates(connection, service, limit, occupancy, now)
+    planned = plan_dispatch(candidates, occupancy, {service: limit})
+    if not planned:
+        return []
+    if postgres:
+        lockable = set(
+            connection.execute(
+                sa.select(jobs.c.id)
+                .where(jobs.c.id.in_(planned), jobs.c.status == Status.QUEUED.db)
+                .with_for_update(skip_locked=True)
+            ).scalars()
+        )
+        planned = [job_id for job_id in planned if job_id in lockable]
+    active = _node_occupancy(connection, service)
+    node_by_job: dict[int, str] = {}
+    for job_id in planned:
+        node = choose_node(service, active)
+        if node is None:
+            break  # no node of this service can take work: its jobs stay queued
+        active[node] = active.get(node, 0) + 1
+        node_by_job[job_id] = node
+    return _claim_rows(connection, list(node_by_job), node_by_job, owner)
+
+
+_DISPATCH_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))")
+
+
 def _stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
     """Each claimed job's user becomes the most recently served of its service, in claim
     order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
@@ -410,36 +512,31 @@ class SqlStore(Store):
         return changed == 1
 
     async def claim(
-        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
         wanted = list(job_ids)
-        now = time.time()
+        return (
+            await self._run(lambda connection: _claim_rows(connection, wanted, node_by_job, owner))
+            if wanted
+            else []
+        )
 
-        def claim_all(connection: Connection) -> list[JobRecord]:
-            claimed = []
-            for job_id in wanted:
-                # A dispatch key survives a restart, so a re-dispatch is recognised.
-                row = connection.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
-                    .values(
-                        status=Status.PROCESSING.db,
-                        # A dispatch that may have reached a node is only ever resent there,
-                        # with its key, so that node can recognise it.
-                        node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
-                        dispatch_key=sa.func.coalesce(
-                            jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
-                        ),
-                        updated_at=now,
-                    )
-                    .returning(*jobs.c)
-                ).first()
-                if row is not None:
-                    claimed.append(_record(row))
-            _stamp_turns(connection, claimed)
-            return claimed
-
-        return await self._run(claim_all) if wanted else []
+    async def claim_dispatchable(
+        self,
+        limits: Mapping[str, ServiceLimits],
+        now: float,
+        choose_node: ChooseNode,
+        owner: str | None = None,
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        for service, limit in sorted(limits.items()):
+            # One short transaction per service: a service's lock never waits on another's.
+            claimed.extend(
+                await self._run(
+                    functools.partial(_claim_service, service, limit, now, choose_node, owner)
+                )
+            )
+        return claimed
 
     async def occupancy(self) -> Occupancy:
         rows = await self._fetch(
@@ -629,6 +726,65 @@ class SqlStore(Store):
                 revocations.c.node == node, revocations.c.payload_id == payload_id
             )
         )
+
+    async def heartbeat(self, replica_id: str, services_digest: str, now: float) -> None:
+        def beat(connection: Connection) -> None:
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            connection.execute(
+                dialect.insert(replicas)
+                .values(
+                    id=replica_id, heartbeat_at=now, started_at=now, services_digest=services_digest
+                )
+                .on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={"heartbeat_at": now, "services_digest": services_digest},
+                )
+            )
+
+        await self._run(beat)
+
+    async def live_replicas(self, since: float) -> dict[str, str]:
+        rows = await self._fetch(
+            sa.select(replicas.c.id, replicas.c.services_digest).where(
+                replicas.c.heartbeat_at >= since
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def retire_replica(self, replica_id: str) -> None:
+        await self._execute(replicas.delete().where(replicas.c.id == replica_id))
+
+    async def take_over(
+        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
+    ) -> list[JobRecord]:
+        alive = sa.select(replicas.c.id).where(
+            replicas.c.heartbeat_at >= alive_since, replicas.c.id != replica_id
+        )
+        expired = sa.or_(jobs.c.owner.is_(None), jobs.c.owner.not_in(alive))
+        if not own:
+            expired = sa.and_(expired, sa.or_(jobs.c.owner.is_(None), jobs.c.owner != replica_id))
+        wanted = [s.db for s in statuses]
+
+        def take(connection: Connection) -> list[JobRecord]:
+            taken = []
+            for row in connection.execute(
+                jobs.select().where(jobs.c.status.in_(wanted), expired).order_by(jobs.c.id)
+            ):
+                moved = connection.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == row.id,
+                        jobs.c.status == row.status,
+                        jobs.c.owner.is_(None) if row.owner is None else jobs.c.owner == row.owner,
+                    )
+                    .values(owner=replica_id)
+                    .returning(*jobs.c)
+                ).first()
+                if moved is not None:
+                    taken.append(_record(moved))
+            return taken
+
+        return await self._run(take)
 
     async def ping(self) -> None:
         await self._fetch(sa.select(sa.literal(1)))

@@ -27,6 +27,7 @@ jobs = sa.Table(
     sa.Column("dispatched_at", sa.Float, nullable=True),
     sa.Column("updated_at", sa.Float, nullable=True),
     sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("owner", sa.Text, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -71,4 +72,14 @@ revocations = sa.Table(
     sa.Column("payload_id", sa.Integer, primary_key=True),
     sa.Column("job_id", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# One row per server replica (REPLICA_ID): its heartbeat is the lease on the jobs it owns.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("services_digest", sa.Text, nullable=False),
 )
