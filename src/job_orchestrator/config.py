@@ -201,7 +201,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         max_age_s=common.max_age_s,
         log_level=common.log_level,
         log_format=_log_format(env),
-        db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
+        db_path=server_db_path(env),
         services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
         api_tokens_file=_tokens_file(env),
         metrics_token=_optional(env, "METRICS_TOKEN"),
@@ -227,6 +227,10 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         replica_id=_optional(env, "REPLICA_ID"),
         lease_s=_lease_s(env),
     )
+
+
+def server_db_path(env: Mapping[str, str]) -> str:
+    return env.get("DB_PATH", str(Path.cwd() / "db.sqlite"))
 
 
 def _lease_s(env: Mapping[str, str]) -> float:

@@ -27,6 +27,7 @@ from job_orchestrator.errors import (
     PartialTooLargeError,
     PayloadLostError,
     StoreError,
+    StoreUnavailableError,
 )
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
@@ -153,6 +154,19 @@ def _authenticate(request: Request) -> int | object | JSONResponse:
     return user_id
 
 
+#: Seconds a client is told to wait while the database cannot be reached.
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable() -> JSONResponse:
+    """What any request answers while the database cannot be reached (never a 500)."""
+    response = status_body(
+        0, Status.UNKNOWN, "The database is unavailable; retry in a few seconds", 503
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 async def _lookup(request: Request) -> JobRecord | JSONResponse:
     """The job of the path's id, if it exists and the caller may see it (others' look absent)."""
     caller = _authenticate(request)
@@ -161,6 +175,8 @@ async def _lookup(request: Request) -> JobRecord | JSONResponse:
     job_id = path_id(request)
     try:
         job = await engine(request).store.get_job(job_id)
+    except StoreUnavailableError:
+        raise  # answered 503 by the app's handler
     except StoreError:
         logger.exception("lookup of job %d failed", job_id)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
@@ -313,9 +329,11 @@ async def _receive_upload(
             job_id = await orchestrator.store.create_job(
                 user_id=user_id, service=service, loc=str(loc)
             )
-        except StoreError:
+        except StoreError as error:
             logger.exception("could not add a job")
             await asyncio.to_thread(remove_tree, loc)
+            if isinstance(error, StoreUnavailableError):
+                return database_unavailable()
             return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)

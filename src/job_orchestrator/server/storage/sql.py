@@ -23,11 +23,11 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from job_orchestrator.errors import StoreError
+from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
     FairnessKey,
     Occupancy,
@@ -118,8 +118,15 @@ class _AsyncEngine(_Backend):
         self._engine = engine
 
     async def run(self, work: Work[T]) -> T:
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(work)
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(work)
+        except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
+            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+        except DBAPIError as error:
+            if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+                raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+            raise
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -134,6 +141,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _migrate(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replicas starting together on an empty database: one migrates, the others wait
+        # here, then find the schema at head. Released when this transaction commits.
+        connection.execute(_MIGRATION_LOCK)
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
@@ -414,6 +425,7 @@ def _claim_service(
     return _claim_rows(connection, list(node_by_job), node_by_job, owner)
 
 
+_MIGRATION_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('job-orchestrator:migrate'))")
 _DISPATCH_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))")
 
 
@@ -788,6 +800,11 @@ class SqlStore(Store):
 
     async def ping(self) -> None:
         await self._fetch(sa.select(sa.literal(1)))
+
+    async def schema_revision(self) -> str:
+        """The Alembic revision(s) the database is at."""
+        rows = await self._fetch(sa.text("SELECT version_num FROM alembic_version"))
+        return ",".join(sorted(row[0] for row in rows))
 
     async def close(self) -> None:
         await self._backend.close()
