@@ -92,6 +92,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         await self.lease.join()
+        self.store.subscribe(self.wake_dispatch)
         await self._recover()
         self._loops = [
             asyncio.create_task(self._lease_loop(), name="lease_loop"),

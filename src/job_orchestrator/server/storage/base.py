@@ -54,6 +54,12 @@ class Store(abc.ABC):
         for listener in self._final_listeners:
             listener(job_id)
 
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Have `wake()` called whenever any process using this database (another replica)
+        queues a job or frees a slot; also once after each reconnection of the listener, for
+        what it may have missed. A no-op where this process is the only one (SQLite)."""
+        del wake
+
     @abc.abstractmethod
     async def create_job(self, *, user_id: int, service: str, loc: str) -> int:
         """Insert a Queued job and return its id (ids are never reused)."""

@@ -10,7 +10,6 @@ hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
 from __future__ import annotations
 
 import asyncio
-import bisect
 import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -29,13 +28,23 @@ from sqlalchemy.pool import StaticPool
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
-    FairnessKey,
     Occupancy,
     ServiceLimits,
     UserQueue,
-    fairness_key,
-    plan_dispatch,
 )
+from job_orchestrator.server.storage._dispatch import (
+    claim_rows,
+    claim_service,
+    insert_user,
+    service_candidates,
+)
+from job_orchestrator.server.storage._notify import (
+    NOTIFY_DISPATCH,
+    NOTIFY_FINAL,
+    Listener,
+    asyncpg_dsn,
+)
+from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
@@ -64,10 +73,13 @@ async def open_store(db_path: str) -> SqlStore:
         backend = _AsyncEngine(create_async_engine(url, pool_pre_ping=True))
     try:
         await backend.run(_migrate)
+    except StoreUnavailableError:
+        await backend.close()
+        raise
     except (SQLAlchemyError, OSError) as error:
         await backend.close()
         raise StoreError(f"cannot open database {db_path!r}: {error}") from error
-    return SqlStore(backend)
+    return SqlStore(backend, listen_dsn=None if url.startswith("sqlite") else asyncpg_dsn(url))
 
 
 class _Backend:
@@ -151,314 +163,31 @@ def _migrate(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _record(row: Any) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        user_id=row.user_id,
-        service=row.service,
-        status=Status.from_db(row.status),
-        loc=row.loc,
-        dest_id=row.dest_id or 0,
-        message=row.message or "",
-        node=row.node,
-        dispatch_key=row.dispatch_key,
-        attempts=row.attempts or 0,
-        not_before=row.not_before,
-        failing_since=row.failing_since,
-        queued_at=row.queued_at,
-        dispatched_at=row.dispatched_at,
-        finished_at=row.finished_at,
-        owner=row.owner,
-    )
-
-
-_SCAN_BATCH = 256
-
-
-def _insert_user(connection: Connection, **values: Any) -> Any:
-    """INSERT INTO service_users, with the dialect's ON CONFLICT clauses available."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(service_users).values(**values)
-
-
-# The statements of a dispatch decision, built once: executing the same statement object again
-# skips SQLAlchemy's per-statement construction and cache-key work, which is most of the cost
-# of a decision that reads a few index entries.
-_DUE_QUEUED = sa.and_(
-    jobs.c.status == Status.QUEUED.db,
-    jobs.c.service == sa.bindparam("service"),
-    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("now")),
-)
-_OLDEST_DUE = (
-    sa.select(sa.func.min(jobs.c.id))
-    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
-    .correlate(service_users)
-    .scalar_subquery()
-)
-# In the walks' WHERE, so the database (not a round trip per batch) skips the rows of users
-# with nothing due.
-_HAS_DUE = (
-    sa.select(jobs.c.id)
-    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
-    .correlate(service_users)
-    .exists()
-)
-_OF_SERVICE = service_users.c.service == sa.bindparam("service")
-
-_BUSY_USERS = sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE).where(
-    _OF_SERVICE, service_users.c.user_id.in_(sa.bindparam("users", expanding=True))
-)
-_NEVER_SERVED_WALK = (
-    sa.select(service_users.c.user_id, service_users.c.first_job_id, _OLDEST_DUE)
-    .where(
-        _OF_SERVICE,
-        service_users.c.served_turn.is_(None),
-        service_users.c.first_job_id > sa.bindparam("after"),
-        _HAS_DUE,
-    )
-    .order_by(service_users.c.first_job_id)
-    .limit(sa.bindparam("batch"))
-)
-_SERVED_WALK = (
-    sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE)
-    .where(
-        _OF_SERVICE,
-        # Keyset after (turn, user): the first condition alone bounds the index range.
-        service_users.c.served_turn >= sa.bindparam("turn"),
-        sa.or_(
-            service_users.c.served_turn > sa.bindparam("turn"),
-            service_users.c.user_id > sa.bindparam("user"),
-        ),
-        _HAS_DUE,
-    )
-    .order_by(service_users.c.served_turn, service_users.c.user_id)
-    .limit(sa.bindparam("batch"))
-)
-_USER_HEAD = (
-    sa.select(jobs.c.id)
-    .where(_DUE_QUEUED, jobs.c.user_id == sa.bindparam("user"))
-    .order_by(jobs.c.id)
-    .limit(sa.bindparam("depth"))
-)
-_LOWEST = -(2**63)  # below any user id, job id or turn, in a bound (never sent to the database)
-
-
-def _service_candidates(
-    connection: Connection, service: str, limit: ServiceLimits, occupancy: Occupancy, now: float
-) -> list[UserQueue]:
-    """The queues plan_dispatch needs to decide exactly as if it saw every user's queue.
-
-    The users plan_dispatch picks in one decision are a prefix, no longer than the free slots,
-    of the users sorted by `fairness_key`; this finds that prefix without reading every queue.
-    Users holding slots are few (at most max_runs) and looked up one by one. Idle users come
-    before them: first the never-served, walked in `first_job_id` order (a lower bound of their
-    oldest queued job), then the served, walked in turn order; each walk stops once it has
-    `free` users that no later row could beat. Cost grows with slots, not with queued jobs,
-    plus one index probe (in the database) for each user the walks pass with nothing due:
-    users served before the waiting ones whose queues are empty now. Rows are never deleted,
-    since a returning user must rank by its old turn, so that part grows with the service's
-    history of users.
-    """
-    free = limit.max_runs - occupancy.per_service.get(service, 0)
-    quota = limit.runs_per_user
-    if free <= 0 or quota <= 0:
-        return []
-    active = {
-        user: count
-        for (name, user), count in occupancy.per_user.items()
-        if name == service and count > 0
-    }
-    where = {"service": service, "now": now}
-    ranked: list[tuple[FairnessKey, int]] = []  # (key, slots held), sorted
-    busy = [user for user, count in active.items() if count < quota]
-    if busy:
-        for user, turn, oldest in connection.execute(_BUSY_USERS, {**where, "users": busy}):
-            if oldest is not None:
-                bisect.insort(
-                    ranked, (fairness_key(active[user], turn, oldest, user), active[user])
-                )
-
-    def enough(bound: FairnessKey) -> bool:
-        # No later row of this walk can beat the free-th best user found so far.
-        return len(ranked) >= free and ranked[free - 1][0] < bound
-
-    # Each row read costs one index probe for its oldest job: read about as many as needed.
-    batch, after = max(free, 8), 0  # job ids start at 1
-    # A later row's first_job_id, hence its user's oldest queued job, is above `after`.
-    while not enough((0, 0, 0, after + 1, _LOWEST)):
-        rows = connection.execute(_NEVER_SERVED_WALK, {**where, "after": after, "batch": batch})
-        read = 0
-        for user, first_job_id, oldest in rows:
-            read += 1
-            if enough((0, 0, 0, first_job_id, _LOWEST)):
-                break
-            if oldest is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, None, oldest, user), 0))
-            after = first_job_id
-        if read < batch:
-            break
-        batch = min(2 * batch, _SCAN_BATCH)
-
-    batch, turn_after, user_after = max(free, 8), 0, 0  # turns start at 1
-    while not enough((0, 1, turn_after, _LOWEST, _LOWEST)):
-        params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
-        read = 0
-        for user, turn, oldest in connection.execute(_SERVED_WALK, params):
-            read += 1
-            if enough((0, 1, turn, _LOWEST, _LOWEST)):
-                break
-            if oldest is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, turn, oldest, user), 0))
-            turn_after, user_after = turn, user
-        if read < batch:
-            break
-        batch = min(2 * batch, _SCAN_BATCH)
-
-    return [
-        UserQueue(
-            service=service,
-            user_id=key[4],
-            job_ids=tuple(
-                connection.execute(
-                    _USER_HEAD, {**where, "user": key[4], "depth": quota - count}
-                ).scalars()
-            ),
-            last_served=key[2] if key[1] else None,
-        )
-        for key, count in ranked[:free]
-    ]
-
-
-def _claim_rows(
-    connection: Connection,
-    wanted: list[int],
-    node_by_job: Mapping[int, str],
-    owner: str | None,
-) -> list[JobRecord]:
-    now = time.time()
-    claimed = []
-    for job_id in wanted:
-        # A dispatch key survives a restart, so a re-dispatch is recognised.
-        row = connection.execute(
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
-            .values(
-                status=Status.PROCESSING.db,
-                # A dispatch that may have reached a node is only ever resent there,
-                # with its key, so that node can recognise it.
-                node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
-                dispatch_key=sa.func.coalesce(
-                    jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
-                ),
-                owner=owner,
-                updated_at=now,
-            )
-            .returning(*jobs.c)
-        ).first()
-        if row is not None:
-            claimed.append(_record(row))
-    _stamp_turns(connection, claimed)
-    return claimed
-
-
-def _service_occupancy(connection: Connection, service: str) -> Occupancy:
-    rows = connection.execute(
-        sa.select(jobs.c.user_id, sa.func.count())
-        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
-        .group_by(jobs.c.user_id)
-    )
-    per_user = {(service, user_id): count for user_id, count in rows}
-    return Occupancy(per_user=per_user, per_service={service: sum(per_user.values())})
-
-
-def _node_occupancy(connection: Connection, service: str) -> dict[str, int]:
-    rows = connection.execute(
-        sa.select(jobs.c.node, sa.func.count())
-        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
-        .group_by(jobs.c.node)
-    )
-    return {node: count for node, count in rows if node is not None}
-
-
-def _claim_service(
-    service: str,
-    limit: ServiceLimits,
-    now: float,
-    choose_node: ChooseNode,
-    owner: str | None,
-    connection: Connection,
-) -> list[JobRecord]:
-    """One service's whole dispatch decision in one transaction: occupancy, candidates, the
-    scheduler's choice, the nodes and the compare-and-set claim.
-
-    On PostgreSQL a transaction-scoped advisory lock per service serialises the decisions of
-    every replica, so each reads the occupancy the previous one left and no quota is ever
-    exceeded; the claimed rows are locked with SKIP LOCKED, so a row a terminate is moving
-    is left for the next decision instead of waited on. SQLite's single writer already
-    serialises them.
-    """
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
-        connection.execute(_DISPATCH_LOCK, {"name": f"job-orchestrator:dispatch:{service}"})
-    occupancy = _service_occupancy(connection, service)
-    candidates = _service_candidates(connection, service, limit, occupancy, now)
-    planned = plan_dispatch(candidates, occupancy, {service: limit})
-    if not planned:
-        return []
-    if postgres:
-        lockable = set(
-            connection.execute(
-                sa.select(jobs.c.id)
-                .where(jobs.c.id.in_(planned), jobs.c.status == Status.QUEUED.db)
-                .with_for_update(skip_locked=True)
-            ).scalars()
-        )
-        planned = [job_id for job_id in planned if job_id in lockable]
-    active = _node_occupancy(connection, service)
-    node_by_job: dict[int, str] = {}
-    for job_id in planned:
-        node = choose_node(service, active)
-        if node is None:
-            break  # no node of this service can take work: its jobs stay queued
-        active[node] = active.get(node, 0) + 1
-        node_by_job[job_id] = node
-    return _claim_rows(connection, list(node_by_job), node_by_job, owner)
-
-
 _MIGRATION_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('job-orchestrator:migrate'))")
-_DISPATCH_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))")
-
-
-def _stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
-    """Each claimed job's user becomes the most recently served of its service, in claim
-    order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
-    turns: dict[str, int] = {}
-    for job in claimed:
-        if job.service not in turns:
-            latest = connection.execute(
-                sa.select(sa.func.max(service_users.c.served_turn)).where(
-                    service_users.c.service == job.service
-                )
-            ).scalar()
-            turns[job.service] = int(latest or 0)
-        turns[job.service] += 1
-        connection.execute(
-            _insert_user(
-                connection,
-                service=job.service,
-                user_id=job.user_id,
-                first_job_id=job.id,
-                served_turn=turns[job.service],
-            ).on_conflict_do_update(
-                index_elements=["service", "user_id"],
-                set_={"served_turn": turns[job.service]},
-            )
-        )
 
 
 class SqlStore(Store):
-    def __init__(self, backend: _Backend) -> None:
+    def __init__(self, backend: _Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
+        #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
+        self._listen_dsn = listen_dsn
+        self._listener: Listener | None = None
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        if self._listen_dsn is None or self._listener is not None:
+            return  # SQLite: one process, whose own events already wake it
+        self._listener = Listener(self._listen_dsn, wake, self._announce_final)
+        self._listener.start()
+
+    def _notify(self, connection: Connection, new: Status | None, job_id: int) -> None:
+        """Tell the other replicas, at commit, that a slot or a queued job may be there."""
+        if self._listen_dsn is None:
+            return
+        if new is None or not (new is Status.QUEUED or new.is_terminal()):
+            return
+        connection.execute(NOTIFY_DISPATCH)
+        if new.is_terminal():
+            connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
 
     async def _run(self, work: Work[T]) -> T:
         try:
@@ -489,17 +218,18 @@ class SqlStore(Store):
             assert primary_key is not None
             job_id = int(primary_key[0])
             connection.execute(
-                _insert_user(
+                insert_user(
                     connection, service=service, user_id=user_id, first_job_id=job_id
                 ).on_conflict_do_nothing(index_elements=["service", "user_id"])
             )
+            self._notify(connection, Status.QUEUED, job_id)
             return job_id
 
         return await self._run(insert)
 
     async def get_job(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(jobs.select().where(jobs.c.id == job_id))
-        return _record(rows[0]) if rows else None
+        return job_record(rows[0]) if rows else None
 
     async def transition(
         self,
@@ -514,11 +244,19 @@ class SqlStore(Store):
             values["status"] = new.db
             if new.is_terminal() and new is not Status.CLEANED:
                 values.setdefault("finished_at", now)
-        changed = await self._execute(
+        statement = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.db for s in expected]))
             .values(**values)
         )
+
+        def move(connection: Connection) -> int:
+            changed: int = connection.execute(statement).rowcount
+            if changed == 1:
+                self._notify(connection, new, job_id)
+            return changed
+
+        changed = await self._run(move)
         if changed == 1 and new is not None and new.is_terminal():
             self._announce_final(job_id)
         return changed == 1
@@ -528,7 +266,7 @@ class SqlStore(Store):
     ) -> list[JobRecord]:
         wanted = list(job_ids)
         return (
-            await self._run(lambda connection: _claim_rows(connection, wanted, node_by_job, owner))
+            await self._run(lambda connection: claim_rows(connection, wanted, node_by_job, owner))
             if wanted
             else []
         )
@@ -545,7 +283,7 @@ class SqlStore(Store):
             # One short transaction per service: a service's lock never waits on another's.
             claimed.extend(
                 await self._run(
-                    functools.partial(_claim_service, service, limit, now, choose_node, owner)
+                    functools.partial(claim_service, service, limit, now, choose_node, owner)
                 )
             )
         return claimed
@@ -634,7 +372,7 @@ class SqlStore(Store):
             lambda connection: [
                 queue
                 for service, limit in sorted(limits.items())
-                for queue in _service_candidates(connection, service, limit, occupancy, now)
+                for queue in service_candidates(connection, service, limit, occupancy, now)
             ]
         )
 
@@ -651,7 +389,7 @@ class SqlStore(Store):
         rows = await self._fetch(
             jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(
@@ -660,7 +398,7 @@ class SqlStore(Store):
             .order_by(jobs.c.finished_at)
             .limit(limit)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def known_locs(self, locs: Collection[str]) -> set[str]:
         if not locs:
@@ -674,7 +412,7 @@ class SqlStore(Store):
             .where(jobs.c.node == node, jobs.c.status.in_([s.db for s in statuses]))
             .order_by(jobs.c.id)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
         now = time.time()
@@ -704,6 +442,7 @@ class SqlStore(Store):
                     node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
                 )
             )
+            self._notify(connection, Status.QUEUED, job.id)
             return True
 
         return await self._run(revoke)
@@ -793,7 +532,7 @@ class SqlStore(Store):
                     .returning(*jobs.c)
                 ).first()
                 if moved is not None:
-                    taken.append(_record(moved))
+                    taken.append(job_record(moved))
             return taken
 
         return await self._run(take)
@@ -807,4 +546,6 @@ class SqlStore(Store):
         return ",".join(sorted(row[0] for row in rows))
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
         await self._backend.close()
