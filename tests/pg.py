@@ -14,6 +14,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,11 +65,13 @@ def fresh_database(port: int = PG_PORT) -> Iterator[str]:
 class PrivateInstance:
     """A PostgreSQL server of this test alone, run as the postgres user when we are root."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.data = root / "pgdata"
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: its parents are private to root, and the postgres
+        # user must reach this directory.
+        self.root = Path(tempfile.mkdtemp(prefix="jo-test-pg-"))
+        self.data = self.root / "pgdata"
         self.port = free_port()
-        self.log = root / "postgres.log"
+        self.log = self.root / "postgres.log"
 
     def _run(self, *command: str) -> None:
         as_postgres = os.geteuid() == 0
@@ -83,7 +86,6 @@ class PrivateInstance:
     def init(self) -> None:
         if not (PG_BIN / "initdb").exists():
             pytest.skip("PostgreSQL 15 binaries not installed")
-        self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             shutil.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -98,6 +100,12 @@ class PrivateInstance:
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop the server if it runs, and delete its files."""
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
         return _url(self.port, database)

@@ -136,12 +136,24 @@ class _AsyncEngine(_Backend):
         except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
             raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
         except DBAPIError as error:
-            if error.connection_invalidated or isinstance(error, OperationalError | InterfaceError):
+            if _is_unavailable(error):
                 raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
             raise
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+def _is_unavailable(error: DBAPIError) -> bool:
+    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    return (
+        error.connection_invalidated
+        or isinstance(error, OperationalError | InterfaceError)
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
+        or sqlstate.startswith("08")
+        or sqlstate in {"57P01", "57P02", "57P03"}
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
