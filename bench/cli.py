@@ -17,6 +17,7 @@ from bench.fairness import fairness
 from bench.latency import floor, latency
 from bench.machine import describe
 from bench.original import original
+from bench.replicas import replicas
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
 from bench.soak import soak
@@ -31,6 +32,7 @@ CASES: dict[str, Case] = {
     "bigfile": bigfile,
     "fairness": fairness,
     "soak": soak,
+    "replicas": replicas,
 }
 #: Cases run only when asked for (they need more than this repository: the original's binary).
 OPTIONAL: dict[str, Case] = {"original": original}
@@ -81,6 +83,13 @@ def parser() -> argparse.ArgumentParser:
         "raw stacks and top-function summaries go to DIR",
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the `replicas` case also measures N PostgreSQL replicas (default 3)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the scratch directory (logs, databases)"
     )
     return parser
@@ -110,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=workdir,
         quick=arguments.quick,
         profile_dir=arguments.profile,
+        replicas=max(1, arguments.replicas),
     )
     results: list[SectionResult] = []
     try:

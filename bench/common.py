@@ -72,6 +72,8 @@ class Context:
     quick: bool
     profile_dir: Path | None = None
     floor_p50_s: float | None = None
+    #: How many PostgreSQL replicas the `replicas` case measures beside one.
+    replicas: int = 3
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness", "soak")
+SECTIONS = (
+    "floor",
+    "latency",
+    "throughput",
+    "scheduler",
+    "bigfile",
+    "fairness",
+    "soak",
+    "replicas",
+)
 
 
 @pytest.mark.timeout(900)
