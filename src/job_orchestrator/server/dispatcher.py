@@ -9,8 +9,8 @@ the Store's compare-and-set, so the loops, the API and a restart can never doubl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Coroutine, Mapping
@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
@@ -26,6 +25,7 @@ from job_orchestrator.errors import (
     PayloadLostError,
     PermanentClientError,
     StoreError,
+    StoreUnavailableError,
     TransientClientError,
     UndeliveredError,
 )
@@ -34,9 +34,10 @@ from job_orchestrator.server.jobfiles import RESULT_NAME, input_dir, partial_pat
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
+from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import JobRecord, Store
-from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
+from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
 
@@ -75,6 +76,7 @@ class Orchestrator:
         self.fleet = Fleet(settings, store, gateway)
         self.lease = ReplicaLease(settings, store)
         self.uploads = UploadLimits(settings.upload_max_concurrent, settings.upload_max_per_client)
+        self.cleaner = Cleaner(settings, store, self.uploads)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
@@ -95,9 +97,11 @@ class Orchestrator:
         self.store.subscribe(self.wake_dispatch)
         await self._recover()
         self._loops = [
-            asyncio.create_task(self._lease_loop(), name="lease_loop"),
+            asyncio.create_task(
+                self.lease.lease_loop(self._stop, self._resume_after_lapse), name="lease_loop"
+            ),
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
-            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+            asyncio.create_task(self.cleaner.cleaner_loop(self._stop), name="cleaner_loop"),
             asyncio.create_task(self._node_loop(), name="node_loop"),
             asyncio.create_task(self._reaper_loop(), name="reaper_loop"),
         ]
@@ -140,7 +144,10 @@ class Orchestrator:
         following (no owner, or a replica that stopped cleanly); jobs of replicas that died
         are taken over by the reaper once their lease runs out.
         """
-        taken = await self.store.take_over(self.lease.replica_id, IN_FLIGHT, 0.0, own=True)
+        # Alone on its database (SQLite), every job in flight is this process's to resume,
+        # whatever REPLICA_ID (a port) it ran under before.
+        alive_since = 0.0 if self.store.shared else math.inf
+        taken = await self.store.take_over(self.lease.replica_id, IN_FLIGHT, alive_since, own=True)
         self._redrive(taken)
 
     def _redrive(self, jobs: list[JobRecord]) -> None:
@@ -158,21 +165,6 @@ class Orchestrator:
     async def _requeue(self, job: JobRecord) -> None:
         await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
         self.wake_dispatch()
-
-    async def _lease_loop(self) -> None:
-        """Renew this replica's lease; give up what it followed if the lease lapsed."""
-        while not self._stop.is_set():
-            await wait_any(self._stop.wait(), timeout_s=self.lease.heartbeat_interval_s)
-            if self._stop.is_set():
-                return
-            try:
-                kept = await self.lease.renew()
-                await self.lease.warn_on_disagreement()
-            except StoreError as error:
-                logger.warning("heartbeat of replica %s failed: %s", self.lease.replica_id, error)
-                continue
-            if not kept:
-                await self._resume_after_lapse()
 
     async def _resume_after_lapse(self) -> None:
         logger.warning(
@@ -218,6 +210,9 @@ class Orchestrator:
             try:
                 await self.dispatch_once()
                 retry_at = await self.store.next_retry_at()
+            except StoreUnavailableError as error:
+                logger.warning("dispatch waits for the database: %s", error)
+                retry_at = None
             except StoreError:
                 logger.exception("dispatch failed; retrying on the next tick")
                 retry_at = None
@@ -478,10 +473,10 @@ class Orchestrator:
                 continue
             if job.status is Status.LOCKED:
                 return TerminateOutcome(200, Status.LOCKED, "job terminated")
-            # The replica answering the request finishes the termination: it owns the job now.
-            if not await self.store.transition(
-                job_id, [job.status], Status.LOCKED, owner=self.lease.replica_id
-            ):
+            # The replica answering the request finishes the termination, so it owns the job
+            # now; a dispatch in flight stays its sender's, who alone learns the payload id.
+            owner = {} if job.status is Status.PROCESSING else {"owner": self.lease.replica_id}
+            if not await self.store.transition(job_id, [job.status], Status.LOCKED, **owner):
                 continue
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
@@ -557,6 +552,8 @@ class Orchestrator:
         while not self._stop.is_set():
             try:
                 await self.reap_once()
+            except StoreUnavailableError as error:
+                logger.warning("reaping waits for the database: %s", error)
             except StoreError:
                 logger.exception("reaping failed")
             await wait_any(self._stop.wait(), timeout_s=self.settings.safety_tick_s)
@@ -606,44 +603,3 @@ class Orchestrator:
             else:
                 self._spawn(job_id, self._collect(job))
         return reaped
-
-    # ---- retention -------------------------------------------------------------------------
-
-    async def _cleaner_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.clean_once()
-            except (StoreError, OSError):
-                logger.exception("cleaning failed")
-            await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
-
-    async def clean_once(self) -> int:
-        """Remove jobs that finished more than MAX_AGE ago, and orphan directories as old."""
-        cutoff = time.time() - self.settings.max_age_s
-        cleaned = 0
-        for job in await self.store.finished_before(cutoff):
-            await asyncio.to_thread(remove_tree, job.loc)
-            if await self.store.transition(job.id, [job.status], Status.CLEANED):
-                cleaned += 1
-        cleaned += await self._clean_orphans(cutoff)
-        return cleaned
-
-    async def _clean_orphans(self, cutoff: float) -> int:
-        data_path = self.settings.data_path
-        # Uploads in progress are never orphans; those whose upload died go at once.
-        abandoned = await asyncio.to_thread(remove_abandoned, data_path, self.uploads.live)
-        with contextlib.suppress(FileNotFoundError):
-            old = {
-                str(entry): entry
-                for entry in data_path.iterdir()
-                if entry.is_dir()
-                and not entry.is_symlink()
-                and not is_staging(entry.name)
-                and entry.stat().st_mtime < cutoff
-            }
-            orphans = set(old) - await self.store.known_locs(list(old))
-            for loc in orphans:
-                logger.info("removing orphan directory %s", loc)
-                await asyncio.to_thread(remove_tree, old[loc])
-            return abandoned + len(orphans)
-        return abandoned

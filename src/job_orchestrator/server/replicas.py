@@ -13,15 +13,17 @@ SERVICE_* settings, and one that disagrees with a live replica refuses to start.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
+from job_orchestrator._loops import wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
-from job_orchestrator.errors import ConfigError
+from job_orchestrator.errors import ConfigError, StoreError
 from job_orchestrator.server.storage import Store
 
 logger = logging.getLogger(__name__)
@@ -105,6 +107,23 @@ class ReplicaLease:
         others' heartbeats look stale only because they had no chance to write them yet.
         """
         return self._unbroken_since is not None and now - self._unbroken_since >= self.lease_s
+
+    async def lease_loop(
+        self, stop: asyncio.Event, on_lapse: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Renew the lease every third of LEASE_S; after a lapse, `on_lapse()` resumes."""
+        while not stop.is_set():
+            await wait_any(stop.wait(), timeout_s=self.heartbeat_interval_s)
+            if stop.is_set():
+                return
+            try:
+                kept = await self.renew()
+                await self.warn_on_disagreement()
+            except StoreError as error:
+                logger.warning("heartbeat of replica %s failed: %s", self.replica_id, error)
+                continue
+            if not kept:
+                await on_lapse()
 
     async def retire(self) -> None:
         """Stop cleanly: the jobs this replica owns can be taken over at once."""

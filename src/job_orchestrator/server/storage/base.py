@@ -43,6 +43,8 @@ class JobRecord:
 class Store(abc.ABC):
     """Domain verbs over the jobs table. Implementations must make `transition` atomic."""
 
+    #: Whether other processes (server replicas) may use the same database.
+    shared: bool = False
     #: Called with a job's id each time this store moves it to a final status.
     _final_listeners: tuple[Callable[[int], None], ...] = ()
 

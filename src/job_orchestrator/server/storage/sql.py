@@ -183,6 +183,7 @@ class SqlStore(Store):
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
         self._listen_dsn = listen_dsn
+        self.shared = listen_dsn is not None
         self._listener: Listener | None = None
 
     def subscribe(self, wake: Callable[[], None]) -> None:
