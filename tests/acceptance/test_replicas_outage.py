@@ -54,6 +54,9 @@ def test_replicas_ride_out_a_postgres_restart(tmp_path: Path) -> None:
             assert upload.status_code == 503, upload.text
             assert upload.json()["id"] == 0
             assert httpx.get(f"{server.url}/health", timeout=30).status_code == 503
+            killed = httpx.post(f"{server.url}/terminate/{first}", timeout=30)
+            assert killed.status_code == 503, killed.text
+            assert killed.json()["status"] == "Unknown"
             assert httpx.get(f"{server.url}/", timeout=30).status_code == 200
         time.sleep(4)  # longer than LEASE_S: each replica finds its lease lapsed
         database.start()
