@@ -8,7 +8,9 @@ outside its job directory, so quotas and "ran once" are read from what really ra
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -79,6 +82,40 @@ def peak_concurrency(entries: list[tuple[str, int, float, int]]) -> tuple[int, d
     return peak, peak_user
 
 
+def _query(pg_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    dsn = pg_url.replace("postgresql+asyncpg://", "postgresql://")
+
+    async def run() -> list[asyncpg.Record]:
+        connection = await asyncpg.connect(dsn, timeout=5)
+        try:
+            return list(await connection.fetch(sql, *args))
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def wait_until_owning(pg_url: str, replica_id: str) -> list[int]:
+    """Ids of jobs in flight owned by the replica, once it owns some."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        rows = _query(
+            pg_url,
+            "SELECT id FROM jobs WHERE owner = $1 AND lower(status) IN "
+            "('processing', 'submitted', 'prepared', 'running')",
+            replica_id,
+        )
+        if rows:
+            return [row["id"] for row in rows]
+        time.sleep(0.05)
+    raise AssertionError(f"replica {replica_id} never owned a job in flight")
+
+
+def owners(pg_url: str, job_ids: list[int]) -> set[str | None]:
+    rows = _query(pg_url, "SELECT owner FROM jobs WHERE id = ANY($1::int[])", job_ids)
+    return {row["owner"] for row in rows}
+
+
 def wait_final(api: Api, job_id: int, timeout_s: float = 120.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -114,9 +151,16 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
 
         for token in range(100):
             upload(token, [0, 1, 2])
+        victim = f"{socket.gethostname()}:{replicas[1].port}"  # its default REPLICA_ID
+        orphans = wait_until_owning(pg_url, victim)
         replicas[1].stop(signal.SIGKILL)
         for token in range(100, 200):
             upload(token, [0, 2])
+        # The survivors take the dead replica's work over once its lease ran out.
+        deadline = time.monotonic() + 60
+        while owners(pg_url, orphans) & {victim} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert victim not in owners(pg_url, orphans)
         replicas[1].start()
         for token in range(200, total):
             upload(token, [0, 1, 2])
