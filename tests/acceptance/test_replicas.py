@@ -278,3 +278,20 @@ def test_a_replica_with_other_service_limits_refuses_to_start(tmp_path: Path, pg
         assert "differs from the running replica" in other.log()
     finally:
         running.shutdown()
+
+
+def test_two_servers_under_one_replica_id_are_reported(tmp_path: Path, pg_url: str) -> None:
+    running = Cluster(tmp_path)
+    try:
+        running.add_client()
+        first = running.add_server(replica_env(pg_url, REPLICA_ID="twin"))
+        second = running.add_server(replica_env(pg_url, REPLICA_ID="twin"))
+        message = "another server process runs with REPLICA_ID twin"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            message in server.log() for server in (first, second)
+        ):
+            time.sleep(0.2)
+        assert any(message in server.log() for server in (first, second))
+    finally:
+        running.shutdown()

@@ -146,6 +146,14 @@ async def test_a_retired_replica_leaves_its_jobs_at_once(store: SqlStore) -> Non
     assert taken.id == job_id
 
 
+async def test_heartbeat_returns_the_previous_incarnation(store: SqlStore) -> None:
+    now = time.time()
+    assert await store.heartbeat("a", "d", now, "first") is None
+    assert await store.heartbeat("a", "d", now + 1, "first") == "first"
+    assert await store.heartbeat("a", "d", now + 2, "second") == "first"
+    assert await store.heartbeat("a", "d", now + 3, "second") == "second"
+
+
 async def test_heartbeats_and_live_replicas(store: SqlStore) -> None:
     now = time.time()
     await store.heartbeat("a", "digest-1", now - 100)

@@ -19,6 +19,7 @@ import json
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from job_orchestrator._loops import wait_any
@@ -50,6 +51,7 @@ class ReplicaLease:
         self.replica_id = settings.replica_id or f"{socket.gethostname()}:{settings.port}"
         self.lease_s = settings.lease_s
         self.digest = services_digest(settings.services)
+        self.incarnation = uuid.uuid4().hex
         #: When the last heartbeat was written (None: never).
         self._renewed_at: float | None = None
         #: The start of the current run of heartbeats, each within a lease of the one before.
@@ -75,7 +77,13 @@ class ReplicaLease:
         """Write a heartbeat. False: the lease had lapsed since the previous one, so other
         replicas may have taken this one's jobs (raises StoreError if the database fails)."""
         now = time.time()
-        await self.store.heartbeat(self.replica_id, self.digest, now)
+        previous = await self.store.heartbeat(self.replica_id, self.digest, now, self.incarnation)
+        if self._renewed_at is not None and previous not in (None, self.incarnation):
+            logger.error(
+                "another server process runs with REPLICA_ID %s: both would follow the same "
+                "jobs; give every replica its own REPLICA_ID",
+                self.replica_id,
+            )
         lapsed = self._renewed_at is not None and now - self._renewed_at >= self.lease_s
         if self._unbroken_since is None or lapsed:
             self._unbroken_since = now

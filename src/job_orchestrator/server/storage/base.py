@@ -171,8 +171,13 @@ class Store(abc.ABC):
     # ---- replicas and leases ------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def heartbeat(self, replica_id: str, services_digest: str, now: float) -> None:
-        """Record that this replica is alive (and its services' digest); renews its lease."""
+    async def heartbeat(
+        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
+    ) -> str | None:
+        """Record that this replica is alive (and its services' digest); renews its lease.
+
+        Returns the incarnation (process) that wrote the previous heartbeat of this id, None
+        if there was none."""
 
     @abc.abstractmethod
     async def live_replicas(self, since: float) -> dict[str, str]:

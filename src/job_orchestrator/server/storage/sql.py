@@ -491,21 +491,35 @@ class SqlStore(Store):
             )
         )
 
-    async def heartbeat(self, replica_id: str, services_digest: str, now: float) -> None:
-        def beat(connection: Connection) -> None:
+    async def heartbeat(
+        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
+    ) -> str | None:
+        def beat(connection: Connection) -> str | None:
+            previous = connection.execute(
+                sa.select(replicas.c.incarnation).where(replicas.c.id == replica_id)
+            ).scalar()
             dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
             connection.execute(
                 dialect.insert(replicas)
                 .values(
-                    id=replica_id, heartbeat_at=now, started_at=now, services_digest=services_digest
+                    id=replica_id,
+                    heartbeat_at=now,
+                    started_at=now,
+                    services_digest=services_digest,
+                    incarnation=incarnation,
                 )
                 .on_conflict_do_update(
                     index_elements=["id"],
-                    set_={"heartbeat_at": now, "services_digest": services_digest},
+                    set_={
+                        "heartbeat_at": now,
+                        "services_digest": services_digest,
+                        "incarnation": incarnation,
+                    },
                 )
             )
+            return None if previous is None else str(previous)
 
-        await self._run(beat)
+        return await self._run(beat)
 
     async def live_replicas(self, since: float) -> dict[str, str]:
         rows = await self._fetch(

@@ -82,4 +82,5 @@ replicas = sa.Table(
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("services_digest", sa.Text, nullable=False),
+    sa.Column("incarnation", sa.Text, nullable=False, server_default=""),
 )

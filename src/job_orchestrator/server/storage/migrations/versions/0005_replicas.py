@@ -22,6 +22,8 @@ def upgrade() -> None:
         sa.Column("started_at", sa.Float, nullable=False),
         # A digest of the SERVICE_* limits and nodes: replicas that disagree are refused.
         sa.Column("services_digest", sa.Text, nullable=False),
+        # A random id per process: another process beating under the same id is seen.
+        sa.Column("incarnation", sa.Text, nullable=False, server_default=""),
     )
     # The replica whose lease (its heartbeat) covers the job's work in flight; NULL: nobody's,
     # as for every job of a database from before this revision (the first replica takes them).
