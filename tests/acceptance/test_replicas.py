@@ -95,20 +95,15 @@ def _query(pg_url: str, sql: str, *args: object) -> list[asyncpg.Record]:
     return asyncio.run(run())
 
 
-def wait_until_owning(pg_url: str, replica_id: str) -> list[int]:
-    """Ids of jobs in flight owned by the replica, once it owns some."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        rows = _query(
-            pg_url,
-            "SELECT id FROM jobs WHERE owner = $1 AND lower(status) IN "
-            "('processing', 'submitted', 'prepared', 'running')",
-            replica_id,
-        )
-        if rows:
-            return [row["id"] for row in rows]
-        time.sleep(0.05)
-    raise AssertionError(f"replica {replica_id} never owned a job in flight")
+def owned_in_flight(pg_url: str, replica_id: str) -> list[int]:
+    """Ids of the jobs in flight the replica owns now."""
+    rows = _query(
+        pg_url,
+        "SELECT id FROM jobs WHERE owner = $1 AND lower(status) IN "
+        "('processing', 'submitted', 'prepared', 'running')",
+        replica_id,
+    )
+    return [row["id"] for row in rows]
 
 
 def owners(pg_url: str, job_ids: list[int]) -> set[str | None]:
@@ -149,12 +144,18 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
             job_id = Api(replicas[on].url).submit(ledger_script(ledger, token, user), user_id=user)
             jobs[job_id] = (token, on)
 
-        for token in range(100):
-            upload(token, [0, 1, 2])
         victim = f"{socket.gethostname()}:{replicas[1].port}"  # its default REPLICA_ID
-        orphans = wait_until_owning(pg_url, victim)
+        token, orphans = 0, []
+        # From the 100th job on, kill the victim as soon as it owns work in flight.
+        while not orphans:
+            assert token < 200, "the victim never owned a job in flight"
+            upload(token, [0, 1, 2])
+            token += 1
+            if token >= 100:
+                orphans = owned_in_flight(pg_url, victim)
         replicas[1].stop(signal.SIGKILL)
-        for token in range(100, 200):
+        killed_at = token
+        for token in range(killed_at, killed_at + 100):
             upload(token, [0, 2])
         # The survivors take the dead replica's work over once its lease ran out.
         deadline = time.monotonic() + 60
@@ -162,7 +163,7 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
             time.sleep(0.2)
         assert victim not in owners(pg_url, orphans)
         replicas[1].start()
-        for token in range(200, total):
+        for token in range(killed_at + 100, total):
             upload(token, [0, 1, 2])
 
         for job_id, (token, on) in jobs.items():
