@@ -19,6 +19,7 @@ from bench.logs import logs
 from bench.machine import describe
 from bench.original import original
 from bench.peers import peers
+from bench.replicas import replicas
 from bench.report import markdown, print_console
 from bench.scheduler import scheduler
 from bench.slurm import slurm
@@ -35,6 +36,7 @@ CASES: dict[str, Case] = {
     "fairness": fairness,
     "soak": soak,
     "logs": logs,
+    "replicas": replicas,
 }
 #: Cases run only when asked for (they need more than this repository: the original's
 #: binary, the peers' own venv and Redis, a Slurm cluster).
@@ -92,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
         "raw stacks and top-function summaries go to DIR",
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=3,
+        metavar="N",
+        help="the `replicas` case also measures N PostgreSQL replicas (default 3)",
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the scratch directory (logs, databases)"
     )
     return parser
@@ -125,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir=workdir,
         quick=arguments.quick,
         profile_dir=arguments.profile,
+        replicas=max(1, arguments.replicas),
     )
     results: list[SectionResult] = []
     try:

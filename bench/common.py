@@ -75,6 +75,8 @@ class Context:
     #: Our headline figures, for the cases that compare others with us (peers): latency
     #: `p50` and `wait_p50` in seconds, `throughput` in jobs/s.
     figures: dict[str, float] = field(default_factory=dict)
+    #: How many PostgreSQL replicas the `replicas` case measures beside one.
+    replicas: int = 3
 
 
 @dataclass(frozen=True)

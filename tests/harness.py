@@ -112,12 +112,16 @@ class Node:
 
 @dataclass
 class Cluster:
-    """A server with one service (`example` by default) backed by one or more clients."""
+    """A server with one service (`example` by default) backed by one or more clients.
+
+    More servers (`add_server`) are replicas of the first: same DB_PATH and DATA_PATH.
+    """
 
     root: Path
     tag: str = field(default_factory=lambda: uuid.uuid4().hex)
     clients: list[Node] = field(default_factory=list)
     server: Node | None = None
+    servers: list[Node] = field(default_factory=list)
 
     def base_env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = {
@@ -153,9 +157,18 @@ class Cluster:
     def start_server(
         self, env: Mapping[str, str] | None = None, service: str = "example", start: bool = True
     ) -> Node:
+        self.server = None
+        self.servers = []
+        return self.add_server(env, service, start)
+
+    def add_server(
+        self, env: Mapping[str, str] | None = None, service: str = "example", start: bool = True
+    ) -> Node:
+        """A server; after the first, a replica sharing its database and data directory."""
         port = free_port()
         urls = ",".join(client.url for client in self.clients)
-        self.server = Node(
+        index = len(self.servers)
+        node = Node(
             "server",
             port,
             self.base_env(
@@ -169,9 +182,12 @@ class Cluster:
                     **(env or {}),
                 }
             ),
-            self.root / "server.log",
+            self.root / ("server.log" if index == 0 else f"server{index}.log"),
         )
-        return self.server.start() if start else self.server
+        self.servers.append(node)
+        if self.server is None:
+            self.server = node
+        return node.start() if start else node
 
     @property
     def api(self) -> Api:
@@ -180,7 +196,8 @@ class Cluster:
 
     def shutdown(self) -> list[str]:
         """Stop everything; return the command lines of job processes that were still alive."""
-        for node in [self.server, *self.clients]:
+        servers = self.servers or ([self.server] if self.server else [])
+        for node in [*servers, *self.clients]:
             if node is not None:
                 with contextlib.suppress(Exception):
                     node.stop()

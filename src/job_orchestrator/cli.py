@@ -34,10 +34,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"job-orchestrator {__version__}")
     commands = parser.add_subparsers(
-        dest="command", metavar=f"{{server,client,{','.join(USER_COMMANDS)}}}", required=True
+        dest="command",
+        metavar=f"{{server,client,migrate,{','.join(USER_COMMANDS)}}}",
+        required=True,
     )
     commands.add_parser("server", help="Run orchestrator server (user API, queue, dispatch)")
     commands.add_parser("client", help="Run orchestrator client (executes run.sh payloads)")
+    commands.add_parser(
+        "migrate", help="Bring the server's database (DB_PATH) to the current schema, then exit"
+    )
     add_user_commands(commands)
     return parser
 
@@ -83,6 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # Logging first, so warnings about the configuration go to the log, not to stderr.
     _configure_logging("INFO")
+    if arguments.command == "migrate":
+        return _migrate()
     try:
         settings = (
             load_server_settings() if arguments.command == "server" else load_client_settings()
@@ -130,6 +137,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: None)
     server.run()
     return 0 if server.started else 1
+
+
+def _migrate() -> int:
+    """Apply the migrations to DB_PATH (what a server also does when it starts)."""
+    import os
+
+    from job_orchestrator.config import server_db_path
+    from job_orchestrator.errors import StoreError
+    from job_orchestrator.server.storage import open_store
+
+    db_path = server_db_path(os.environ)
+
+    async def migrate() -> str:
+        store = await open_store(db_path)
+        try:
+            return await store.schema_revision()
+        finally:
+            await store.close()
+
+    try:
+        revision = asyncio.run(migrate())
+    except StoreError as error:
+        print(f"job-orchestrator: {error}", file=sys.stderr)
+        return 1
+    logger.info("database %s is at schema revision %s", db_path, revision)
+    return 0
 
 
 if __name__ == "__main__":

@@ -143,6 +143,10 @@ class ServerSettings(CommonSettings):
     callback_deadline_s: float = DEFAULT_CALLBACK_DEADLINE_S
     #: The bound of one delivery attempt (name resolution, connection, answer).
     callback_timeout_s: float = DEFAULT_CALLBACK_TIMEOUT_S
+    #: This replica's name among those sharing the database; None: "<hostname>:<port>".
+    replica_id: str | None = None
+    #: Seconds without a heartbeat after which a replica's jobs are taken over by another.
+    lease_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +252,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         max_age_s=common.max_age_s,
         log_level=common.log_level,
         log_format=_log_format(env),
-        db_path=env.get("DB_PATH", str(Path.cwd() / "db.sqlite")),
+        db_path=server_db_path(env),
         services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
         api_tokens_file=_tokens_file(env),
         admin_users=_user_ids("ADMIN_USERS", _optional(env, "ADMIN_USERS")),
@@ -277,6 +281,8 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         callback_allow_networks=allow_networks,
         callback_deadline_s=_seconds(env, "CALLBACK_DEADLINE", DEFAULT_CALLBACK_DEADLINE_S),
         callback_timeout_s=callback_timeout_s,
+        replica_id=_optional(env, "REPLICA_ID"),
+        lease_s=_lease_s(env),
     )
 
 
@@ -312,6 +318,17 @@ def parse_callback_allow(raw: str) -> tuple[bool, tuple[IPNetwork, ...]]:
                 f"got {entry!r}",
             ) from None
     return public, tuple(networks)
+
+
+def server_db_path(env: Mapping[str, str]) -> str:
+    return env.get("DB_PATH", str(Path.cwd() / "db.sqlite"))
+
+
+def _lease_s(env: Mapping[str, str]) -> float:
+    lease_s = _seconds(env, "LEASE_S", 15.0)
+    if lease_s <= 0:
+        raise ConfigError("LEASE_S", "must be more than 0 (every job would change hands)")
+    return lease_s
 
 
 def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:

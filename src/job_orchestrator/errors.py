@@ -3,6 +3,7 @@
     JobOrchestratorError
     ├── ConfigError            a setting in the environment is invalid (exit status 2)
     ├── StoreError             the database failed
+    │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
         │   └── UndeliveredError   the request cannot have reached the client (refused,
@@ -29,6 +30,10 @@ class ConfigError(JobOrchestratorError):
 
 
 class StoreError(JobOrchestratorError):
+    pass
+
+
+class StoreUnavailableError(StoreError):
     pass
 
 

@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("floor", "latency", "throughput", "scheduler", "bigfile", "fairness", "soak", "logs")
+SECTIONS = (
+    "floor",
+    "latency",
+    "throughput",
+    "scheduler",
+    "bigfile",
+    "fairness",
+    "soak",
+    "logs",
+    "replicas",
+)
 
 
 @pytest.mark.timeout(900)

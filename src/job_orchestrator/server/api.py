@@ -27,6 +27,7 @@ from job_orchestrator.errors import (
     PartialTooLargeError,
     PayloadLostError,
     StoreError,
+    StoreUnavailableError,
 )
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
@@ -50,12 +51,8 @@ from job_orchestrator.multipart import (
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
 from job_orchestrator.server.delivery import CallbackDeliverer
-from job_orchestrator.server.dispatcher import (
-    INPUT_DIR,
-    PARTIAL_NAME,
-    RESULT_NAME,
-    Orchestrator,
-)
+from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.uploads import Staging
 from job_orchestrator.server.waiting import MAX_WAIT_S, WaitValueError, parse_wait
@@ -159,6 +156,19 @@ def _authenticate(request: Request) -> int | object | JSONResponse:
     return user_id
 
 
+#: Seconds a client is told to wait while the database cannot be reached.
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable() -> JSONResponse:
+    """What any request answers while the database cannot be reached (never a 500)."""
+    response = status_body(
+        0, Status.UNKNOWN, "The database is unavailable; retry in a few seconds", 503
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 async def _lookup(request: Request) -> JobRecord | JSONResponse:
     """The job of the path's id, if it exists and the caller may see it (others' look absent)."""
     caller = _authenticate(request)
@@ -167,6 +177,8 @@ async def _lookup(request: Request) -> JobRecord | JSONResponse:
     job_id = path_id(request)
     try:
         job = await engine(request).store.get_job(job_id)
+    except StoreUnavailableError:
+        raise  # answered 503 by the app's handler
     except StoreError:
         logger.exception("lookup of job %d failed", job_id)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
@@ -331,9 +343,11 @@ async def _receive_upload(
             job_id = await orchestrator.store.create_job(
                 user_id=user_id, service=service, loc=str(loc), callback_url=callback_url
             )
-        except StoreError:
+        except StoreError as error:
             logger.exception("could not add a job")
             await asyncio.to_thread(remove_tree, loc)
+            if isinstance(error, StoreUnavailableError):
+                return database_unavailable()
             return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
@@ -478,16 +492,12 @@ async def download_partial(request: Request) -> Response:
                 return FileResponse(kept, media_type="application/zip")
     if job.dest_id == 0:
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
-    orchestrator = engine(request)
-    service = orchestrator.settings.services.get(job.service)
-    node = orchestrator._node(job)
-    if service is None or node is None:
+    client = engine(request).fleet.client_for(job)
+    if client is None:
         return status_body(job.id, Status.UNKNOWN, "Invalid service configuration", 400)
     stack = contextlib.AsyncExitStack()
     try:
-        upstream = await stack.enter_async_context(
-            orchestrator.gateway.open_partial(node, job.dest_id, token=service.client_token)
-        )
+        upstream = await stack.enter_async_context(client.open_partial(job.dest_id))
     except PayloadLostError:
         await stack.aclose()
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)

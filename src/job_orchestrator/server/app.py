@@ -17,11 +17,13 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from job_orchestrator import __version__
 from job_orchestrator.config import ServerSettings
+from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.http_common import (
     UNAUTHORIZED,
     bearer_matches,
     install_conventions,
     json_response,
+    status_body,
 )
 from job_orchestrator.server import api, logs, status_page, views
 from job_orchestrator.server.auth import UserTokens
@@ -31,6 +33,9 @@ from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.queue_view import QueuePositions
 from job_orchestrator.server.storage import open_store
+from job_orchestrator.status import Status
+
+logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +142,16 @@ def create_app(settings: ServerSettings) -> FastAPI:
             )
             app.openapi_schema = schema
         return app.openapi_schema
+
+    async def store_failed(_request: Request, error: Exception) -> Response:
+        if isinstance(error, StoreUnavailableError):
+            logger.warning("request answered 503: %s", error)
+            return api.database_unavailable()
+        logger.error("database error: %s", error, exc_info=error)
+        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
+
+    # One JSON shape for a failed database, whatever route met it (no traceback page).
+    app.add_exception_handler(StoreError, store_failed)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.router.redirect_slashes = False  # the original does no slash normalisation

@@ -9,48 +9,44 @@ the Store's compare-and-set, so the loops, the API and a restart can never doubl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
-from job_orchestrator.config import NodeConfig, ServerSettings, ServiceConfig
+from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
+    StoreUnavailableError,
     TransientClientError,
     UndeliveredError,
 )
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.jobfiles import RESULT_NAME, input_dir, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import NOT_STARTED, Fleet
-from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
+from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
+from job_orchestrator.server.replicas import ReplicaLease
+from job_orchestrator.server.retention import Cleaner
+from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import JobRecord, Store
-from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
+from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
 
 logger = logging.getLogger(__name__)
 
-RESULT_NAME = "output.zip"
-PARTIAL_NAME = "partial.zip"
-INPUT_DIR = "input"
+#: The statuses of a job whose work is in flight, owned by one replica under its lease.
+IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
 #: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
 LIMIT_BACKSTOP_S = 60.0
-
-
-def input_dir(loc: str) -> Path:
-    """Where a job's uploaded files are; jobs from an upstream database keep them in loc."""
-    nested = Path(loc) / INPUT_DIR
-    return nested if nested.is_dir() else Path(loc)
 
 
 def _fields(job: JobRecord) -> dict[str, object]:
@@ -78,7 +74,9 @@ class Orchestrator:
         self.store = store
         self.gateway = gateway
         self.fleet = Fleet(settings, store, gateway)
+        self.lease = ReplicaLease(settings, store)
         self.uploads = UploadLimits(settings.upload_max_concurrent, settings.upload_max_per_client)
+        self.cleaner = Cleaner(settings, store, self.uploads)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
@@ -95,10 +93,15 @@ class Orchestrator:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.lease.join()
+        self.store.subscribe(self.wake_dispatch)
         await self._recover()
         self._loops = [
+            asyncio.create_task(
+                self.lease.lease_loop(self._stop, self._resume_after_lapse), name="lease_loop"
+            ),
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
-            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+            asyncio.create_task(self.cleaner.cleaner_loop(self._stop), name="cleaner_loop"),
             asyncio.create_task(self._node_loop(), name="node_loop"),
             asyncio.create_task(self._reaper_loop(), name="reaper_loop"),
         ]
@@ -111,6 +114,10 @@ class Orchestrator:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.lease.retire()
+        except StoreError as error:
+            logger.warning("could not retire replica %s: %s", self.lease.replica_id, error)
 
     def _loop_died(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._stop.is_set():
@@ -131,15 +138,44 @@ class Orchestrator:
         )
 
     async def _recover(self) -> None:
-        """Resume after a restart: nothing in flight is lost or sent twice."""
-        for job in await self.store.jobs_with_status([Status.PROCESSING]):
-            # The dispatch key is kept: a client that already has the payload returns it.
-            await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
-        for job in await self.store.jobs_with_status([*ON_CLIENT, Status.LOCKED]):
-            self._spawn(
-                job.id,
-                self._collect(job) if job.status in ON_CLIENT else self._finish_termination(job),
-            )
+        """Resume after a restart: nothing in flight is lost or sent twice.
+
+        Takes the jobs this replica owned before (same REPLICA_ID) and those nobody can be
+        following (no owner, or a replica that stopped cleanly); jobs of replicas that died
+        are taken over by the reaper once their lease runs out.
+        """
+        # Alone on its database (SQLite), every job in flight is this process's to resume,
+        # whatever REPLICA_ID (a port) it ran under before.
+        alive_since = 0.0 if self.store.shared else math.inf
+        taken = await self.store.take_over(self.lease.replica_id, IN_FLIGHT, alive_since, own=True)
+        self._redrive(taken)
+
+    def _redrive(self, jobs: list[JobRecord]) -> None:
+        """Follow jobs this replica has just become the owner of, with no task of its own."""
+        for job in jobs:
+            if job.status is Status.PROCESSING:
+                # Its dispatch may or may not have reached the client: queue it again with
+                # its dispatch key, so a client that already has the payload returns it.
+                self._spawn(job.id, self._requeue(job))
+            elif job.status is Status.LOCKED:
+                self._spawn(job.id, self._finish_termination(job))
+            else:
+                self._spawn(job.id, self._collect(job))
+
+    async def _requeue(self, job: JobRecord) -> None:
+        await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
+        self.wake_dispatch()
+
+    async def _resume_after_lapse(self) -> None:
+        logger.warning(
+            "the lease of replica %s lapsed; resuming only the jobs it still owns",
+            self.lease.replica_id,
+        )
+        tasks = [task for task in self._job_tasks.values() if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._redrive(await self.store.take_over(self.lease.replica_id, IN_FLIGHT, 0.0, own=True))
 
     def _spawn(self, job_id: int, coroutine: Coroutine[Any, Any, object]) -> None:
         """Run one job's dispatch/collection; a job never has two such tasks."""
@@ -169,21 +205,14 @@ class Orchestrator:
     def _service(self, job: JobRecord) -> ServiceConfig | None:
         return self.settings.services.get(job.service)
 
-    def _node(self, job: JobRecord) -> NodeConfig | None:
-        service = self._service(job)
-        if service is None:
-            return None
-        for node in service.nodes:
-            if node.upload_url == job.node:
-                return node
-        # Jobs from an upstream database (or a node removed from the config) use the first.
-        return service.nodes[0]
-
     async def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
             try:
                 await self.dispatch_once()
                 retry_at = await self.store.next_retry_at()
+            except StoreUnavailableError as error:
+                logger.warning("dispatch waits for the database: %s", error)
+                retry_at = None
             except StoreError:
                 logger.exception("dispatch failed; retrying on the next tick")
                 retry_at = None
@@ -193,63 +222,40 @@ class Orchestrator:
             await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=timeout)
 
     async def dispatch_once(self) -> int:
-        services = self.settings.services
         limits = {
             name: ServiceLimits(runs_per_user=s.runs_per_user, max_runs=s.max_runs)
-            for name, s in services.items()
+            for name, s in self.settings.services.items()
         }
-        occupancy = await self.store.occupancy()
-        heads = await self.store.dispatch_candidates(limits, occupancy, time.time())
-        if not heads:
-            return 0
-        planned = plan_dispatch(heads, occupancy, limits)
-        if not planned:
-            return 0
-        service_of = {job_id: q.service for q in heads for job_id in q.job_ids}
-        node_by_job = await self._choose_nodes(planned, service_of)
-        claimed = await self.store.claim(list(node_by_job), node_by_job)
+        claimed = await self.store.claim_dispatchable(
+            limits, time.time(), self._choose_node, owner=self.lease.replica_id
+        )
         for job in claimed:
             self._spawn(job.id, self._send(job))
         return len(claimed)
 
-    async def _choose_nodes(self, planned: list[int], service_of: dict[int, str]) -> dict[int, str]:
-        """A usable node for each job; jobs of a service with none stay queued."""
-        choice: dict[int, str] = {}
-        active_by_service: dict[str, dict[str, int]] = {}
-        for job_id in planned:
-            service = self.settings.services[service_of[job_id]]
-            if service.name not in active_by_service:
-                active_by_service[service.name] = await self.store.node_occupancy(service.name)
-            active = active_by_service[service.name]
-            node = self.fleet.choose(service.nodes, active)
-            if node is None:
-                continue
-            active[node.upload_url] = active.get(node.upload_url, 0) + 1
-            choice[job_id] = node.upload_url
-        return choice
+    def _choose_node(self, service: str, active: Mapping[str, int]) -> str | None:
+        """A usable node for the service's next job (called inside the claim)."""
+        node = self.fleet.choose(self.settings.services[service].nodes, active)
+        return node.upload_url if node is not None else None
 
     async def _send(self, job: JobRecord) -> None:
-        service, node = self._service(job), self._node(job)
-        if service is None or node is None:
+        service, client = self._service(job), self.fleet.client_for(job)
+        if service is None or client is None:
             await self._fail(job, [Status.PROCESSING], f"service {job.service!r} is not configured")
             return
         assert job.dispatch_key is not None
         try:
-            dest_id = await self.gateway.submit(
-                node,
-                input_dir(job.loc),
-                dispatch_key=job.dispatch_key,
-                token=service.client_token,
-                timeout_s=service.timeout_s,
+            dest_id = await client.submit(
+                input_dir(job.loc), dispatch_key=job.dispatch_key, timeout_s=service.timeout_s
             )
         except UndeliveredError as error:
             # It never reached the node, so any node may take it: another one, at once.
-            self.fleet.report_failure(node.upload_url, definite=True, reason=str(error))
-            elsewhere = self.fleet.others_usable(service.nodes, node.upload_url)
+            self.fleet.report_failure(client.url, definite=True, reason=str(error))
+            elsewhere = self.fleet.others_usable(service.nodes, client.url)
             await self._retry_dispatch(job, str(error), unpin=elsewhere)
             return
         except TransientClientError as error:
-            self.fleet.report_failure(node.upload_url, reason=str(error))
+            self.fleet.report_failure(client.url, reason=str(error))
             await self._retry_dispatch(job, str(error))
             return
         except ClientCallError as error:
@@ -329,8 +335,8 @@ class Orchestrator:
             self.fleet.asked_at.pop(job.id, None)
 
     async def _follow(self, job: JobRecord) -> None:
-        service, node = self._service(job), self._node(job)
-        if service is None or node is None:
+        service, client = self._service(job), self.fleet.client_for(job)
+        if service is None or client is None:
             await self._fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
             return
         known, failures, failing_since = job.status, 0, None
@@ -345,32 +351,27 @@ class Orchestrator:
             wait_s = self.settings.long_poll_s
             if limit_at is not None:
                 if time.time() >= limit_at:
-                    await self._enforce_time_limit(job, node, service)
+                    await self._enforce_time_limit(job, client, service)
                     return
                 wait_s = max(0.1, min(wait_s, limit_at - time.time()))
             self.fleet.asked_at[job.id] = time.time()
             try:
-                result = await self.gateway.retrieve(
-                    node,
-                    job.dest_id,
-                    loc / RESULT_NAME,
-                    wait_s=wait_s,
-                    known=known,
-                    token=service.client_token,
+                result = await client.retrieve(
+                    job.dest_id, loc / RESULT_NAME, wait_s=wait_s, known=known
                 )
             except TransientClientError as error:
-                self.fleet.report_failure(node.upload_url, reason=str(error))
+                self.fleet.report_failure(client.url, reason=str(error))
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self.settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
-                    await self.fleet.revoke(node.upload_url, job.dest_id, job.id)
+                    await self.fleet.revoke(client.url, job.dest_id, job.id)
                     await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
                 while (
                     known in NOT_STARTED
-                    and self.fleet.is_down(node.upload_url)
+                    and self.fleet.is_down(client.url)
                     and not self._stop.is_set()
                 ):
                     # Stop asking about it: its lease on the client runs out, so failover
@@ -395,7 +396,7 @@ class Orchestrator:
                         "the client removed the payload before its result was collected",
                     )
                     return
-                await self._keep_partial(job, node, service)
+                await self._keep_partial(job, client)
                 await self._settle(job, result.status, result.message, result.exit_code)
                 return
             if result.status in ON_CLIENT and result.status is not known:
@@ -407,13 +408,13 @@ class Orchestrator:
                 await wait_any(self._stop.wait(), timeout_s=self.settings.poll_interval_s)
 
     async def _enforce_time_limit(
-        self, job: JobRecord, node: NodeConfig, service: ServiceConfig
+        self, job: JobRecord, client: NodeClient, service: ServiceConfig
     ) -> None:
         try:
-            await self.gateway.kill(node, job.dest_id, token=service.client_token)
+            await client.kill(job.dest_id)
         except ClientCallError as error:
             logger.warning("could not kill job %d past its time limit: %s", job.id, error)
-        await self._keep_partial(job, node, service)
+        await self._keep_partial(job, client)
         await self._settle(
             job, Status.FAILED, f"wall-time limit of {service.timeout_s:g} s exceeded"
         )
@@ -430,12 +431,10 @@ class Orchestrator:
             logger.info("job %d finished: %s", job.id, status.wire, extra=_fields(job))
         self.wake_dispatch()
 
-    async def _keep_partial(self, job: JobRecord, node: NodeConfig, service: ServiceConfig) -> None:
+    async def _keep_partial(self, job: JobRecord, client: NodeClient) -> None:
         """Copy a failed job's files to the server so /download_partial outlives the client."""
         try:
-            await self.gateway.fetch_partial(
-                node, job.dest_id, Path(job.loc) / PARTIAL_NAME, token=service.client_token
-            )
+            await client.fetch_partial(job.dest_id, partial_path(job.loc))
         except (ClientCallError, OSError) as error:
             logger.warning("could not keep the files of job %d: %s", job.id, error)
 
@@ -481,7 +480,10 @@ class Orchestrator:
                 continue
             if job.status is Status.LOCKED:
                 return TerminateOutcome(200, Status.LOCKED, "job terminated")
-            if not await self.store.transition(job_id, [job.status], Status.LOCKED):
+            # The replica answering the request finishes the termination, so it owns the job
+            # now; a dispatch in flight stays its sender's, who alone learns the payload id.
+            owner = {} if job.status is Status.PROCESSING else {"owner": self.lease.replica_id}
+            if not await self.store.transition(job_id, [job.status], Status.LOCKED, **owner):
                 continue
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
@@ -501,20 +503,20 @@ class Orchestrator:
     async def _finish_termination(
         self, job: JobRecord, restore: Status | None = None
     ) -> TerminateOutcome:
-        service, node = self._service(job), self._node(job)
+        client = self.fleet.client_for(job)
         try:
-            if service is None or node is None:
+            if client is None:
                 raise PermanentClientError(f"service {job.service!r} is not configured")
             if job.dest_id:
-                await self.gateway.kill(node, job.dest_id, token=service.client_token)
+                await client.kill(job.dest_id)
         except PayloadLostError:
             pass  # nothing left to kill on the client
         except ClientCallError as error:
             logger.warning("could not terminate job %d: %s", job.id, error)
-            if restore is None and node is not None and job.dest_id:
+            if restore is None and client is not None and job.dest_id:
                 # Nobody waits for an answer (a restart resumed this): kill it when the
                 # client answers again, and report the job Killed now.
-                await self.fleet.revoke(node.upload_url, job.dest_id, job.id)
+                await self.fleet.revoke(client.url, job.dest_id, job.id)
             elif restore is not None and await self.store.transition(
                 job.id, [Status.LOCKED], restore
             ):
@@ -527,8 +529,8 @@ class Orchestrator:
         ):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
-        if service is not None and node is not None and job.dest_id:
-            await self._keep_partial(job, node, service)
+        if client is not None and job.dest_id:
+            await self._keep_partial(job, client)
         return TerminateOutcome(200, Status.KILLED, "job terminated")
 
     # ---- nodes -----------------------------------------------------------------------------
@@ -538,7 +540,7 @@ class Orchestrator:
         while not self._stop.is_set():
             try:
                 woke = await self.fleet.check_once()
-                moved = await self.fleet.fail_over()
+                moved = await self.fleet.fail_over(owner=self.lease.replica_id)
             except StoreError:
                 logger.exception("node check failed")
                 woke, moved = False, []
@@ -557,6 +559,8 @@ class Orchestrator:
         while not self._stop.is_set():
             try:
                 await self.reap_once()
+            except StoreUnavailableError as error:
+                logger.warning("reaping waits for the database: %s", error)
             except StoreError:
                 logger.exception("reaping failed")
             await wait_any(self._stop.wait(), timeout_s=self.settings.safety_tick_s)
@@ -568,11 +572,25 @@ class Orchestrator:
         just claimed gets its task a moment after its row changes, and a terminate may be
         finishing it in a request of its own.
         """
+        if self.lease.may_take_over(time.time()):
+            taken = await self.store.take_over(
+                self.lease.replica_id, IN_FLIGHT, time.time() - self.lease.lease_s, own=False
+            )
+            for job in taken:
+                logger.warning(
+                    "taking job %d (%s) over: its replica's lease ran out",
+                    job.id,
+                    job.status.wire,
+                    extra=_fields(job),
+                )
+            self._redrive(taken)
         found: dict[int, JobRecord] = {}
-        for job in await self.store.jobs_with_status(
-            [Status.PROCESSING, *ON_CLIENT, Status.LOCKED]
-        ):
-            if job.id not in self._job_tasks and job.id not in self._terminating:
+        for job in await self.store.jobs_with_status(IN_FLIGHT):
+            if (
+                job.owner == self.lease.replica_id
+                and job.id not in self._job_tasks
+                and job.id not in self._terminating
+            ):
                 found[job.id] = job
         previous, self._unowned = self._unowned, found
         reaped = []
@@ -592,44 +610,3 @@ class Orchestrator:
             else:
                 self._spawn(job_id, self._collect(job))
         return reaped
-
-    # ---- retention -------------------------------------------------------------------------
-
-    async def _cleaner_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.clean_once()
-            except (StoreError, OSError):
-                logger.exception("cleaning failed")
-            await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
-
-    async def clean_once(self) -> int:
-        """Remove jobs that finished more than MAX_AGE ago, and orphan directories as old."""
-        cutoff = time.time() - self.settings.max_age_s
-        cleaned = 0
-        for job in await self.store.finished_before(cutoff):
-            await asyncio.to_thread(remove_tree, job.loc)
-            if await self.store.transition(job.id, [job.status], Status.CLEANED):
-                cleaned += 1
-        cleaned += await self._clean_orphans(cutoff)
-        return cleaned
-
-    async def _clean_orphans(self, cutoff: float) -> int:
-        data_path = self.settings.data_path
-        # Uploads in progress are never orphans; those whose upload died go at once.
-        abandoned = await asyncio.to_thread(remove_abandoned, data_path, self.uploads.live)
-        with contextlib.suppress(FileNotFoundError):
-            old = {
-                str(entry): entry
-                for entry in data_path.iterdir()
-                if entry.is_dir()
-                and not entry.is_symlink()
-                and not is_staging(entry.name)
-                and entry.stat().st_mtime < cutoff
-            }
-            orphans = set(old) - await self.store.known_locs(list(old))
-            for loc in orphans:
-                logger.info("removing orphan directory %s", loc)
-                await asyncio.to_thread(remove_tree, old[loc])
-            return abandoned + len(orphans)
-        return abandoned

@@ -34,6 +34,7 @@ from job_orchestrator.errors import (
     TransientClientError,
     UndeliveredError,
 )
+from job_orchestrator.server.jobfiles import temporary_name
 from job_orchestrator.server.metrics import ServerMetrics, observed_call
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
@@ -401,7 +402,9 @@ def _regular_files(root: Path) -> list[tuple[str, Path]]:
 
 
 async def _stream_to_file(response: httpx.Response, destination: Path) -> None:
-    partial = destination.with_name(f".{destination.name}.part")
+    # Two collectors of one job (a replica taking over a job its owner still follows) each
+    # write their own file; the rename makes one whole copy win.
+    partial = temporary_name(destination)
     try:
         with partial.open("wb") as sink:
             async for chunk in response.aiter_bytes(_CHUNK_BYTES):

@@ -21,6 +21,7 @@ import io
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,10 @@ class LogKeeper:
             return
         node, token = target
         destination = Path(job.loc) / LOG_NAME
-        partial = destination.with_name(f".{LOG_NAME}.part")
+        if destination.exists():
+            return  # another replica sharing DATA_PATH kept it already
+        # A name of its own: every replica hears of the final status and may copy at once.
+        partial = destination.with_name(f".{LOG_NAME}.{uuid.uuid4().hex}.part")
         # A job killed by /terminate may still run its traps (the client's KILL_GRACE): the
         # client's answer then streams until the payload ends, within this deadline.
         deadline = time.monotonic() + 2 * self.settings.long_poll_s

@@ -13,12 +13,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
 
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
-from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.storage import Store
+from job_orchestrator.server.gateway import NodeGateway, RetrieveResult
+from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
@@ -40,6 +44,41 @@ class NodeState:
     last_error_at: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class NodeClient:
+    """One client of one service as the engine speaks to it: bound to its node and token."""
+
+    node: NodeConfig
+    token: str | None
+    gateway: NodeGateway
+
+    @property
+    def url(self) -> str:
+        """The node's identity in the jobs table (its upload URL)."""
+        return self.node.upload_url
+
+    async def submit(self, files: Path, *, dispatch_key: str, timeout_s: float | None) -> int:
+        return await self.gateway.submit(
+            self.node, files, dispatch_key=dispatch_key, token=self.token, timeout_s=timeout_s
+        )
+
+    async def retrieve(
+        self, payload_id: int, destination: Path, *, wait_s: float, known: Status
+    ) -> RetrieveResult:
+        return await self.gateway.retrieve(
+            self.node, payload_id, destination, wait_s=wait_s, known=known, token=self.token
+        )
+
+    async def fetch_partial(self, payload_id: int, destination: Path) -> None:
+        await self.gateway.fetch_partial(self.node, payload_id, destination, token=self.token)
+
+    def open_partial(self, payload_id: int) -> AbstractAsyncContextManager[httpx.Response]:
+        return self.gateway.open_partial(self.node, payload_id, token=self.token)
+
+    async def kill(self, payload_id: int) -> None:
+        await self.gateway.kill(self.node, payload_id, token=self.token)
+
+
 class Fleet:
     def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
         self.settings = settings
@@ -53,9 +92,27 @@ class Fleet:
                 self._nodes[node.upload_url] = node
                 self._tokens[node.upload_url] = service.client_token
                 self._has_sibling[node.upload_url] = len(service.nodes) > 1
+        self._clients = {
+            (service.name, node.upload_url): NodeClient(node, service.client_token, gateway)
+            for service in settings.services.values()
+            for node in service.nodes
+        }
         self.state: dict[str, NodeState] = {url: NodeState() for url in self._nodes}
         #: When the server last sent a request about each collected job (time.time()).
         self.asked_at: dict[int, float] = {}
+
+    def client_for(self, job: JobRecord, node_url: str | None = None) -> NodeClient | None:
+        """The client a job is (or is to be) on; None if its service is not configured.
+
+        Jobs from an upstream database (or on a node removed from the config) use the
+        service's first node.
+        """
+        service = self.settings.services.get(job.service)
+        if service is None or not service.nodes:
+            return None
+        url = node_url or job.node
+        client = self._clients.get((service.name, url)) if url else None
+        return client or self._clients[(service.name, service.nodes[0].upload_url)]
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
@@ -150,8 +207,13 @@ class Fleet:
         if state is not None:
             state.revocations_pending = True
 
-    async def fail_over(self) -> list[int]:
-        """Queue again the unstarted jobs of nodes down for longer than FAILOVER_AFTER."""
+    async def fail_over(self, owner: str | None = None) -> list[int]:
+        """Queue again the unstarted jobs of nodes down for longer than FAILOVER_AFTER.
+
+        Given an `owner` (a replica), only its own unstarted jobs: `asked_at`, which says
+        whether the node's lease on a payload may still run, is known only to the replica
+        that follows the job.
+        """
         moved: list[int] = []
         now = time.time()
         failover_after_s = self.settings.failover_after_s
@@ -172,6 +234,8 @@ class Fleet:
                         )
                         moved.append(job.id)
             for job in await self.store.jobs_on_node(url, NOT_STARTED):
+                if owner is not None and job.owner != owner:
+                    continue
                 if now - self.asked_at.get(job.id, 0.0) < failover_after_s:
                     continue  # asked about lately: its lease there may not have run out
                 if await self.store.revoke_to_queue(job, NOT_STARTED):

@@ -16,6 +16,9 @@ from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueu
 from job_orchestrator.server.storage.callback_verbs import CallbackVerbs
 from job_orchestrator.status import Status
 
+#: (service, slot-holding jobs per node) -> the node to send the next job to, or None.
+ChooseNode = Callable[[str, Mapping[str, int]], str | None]
+
 
 @dataclass(frozen=True, slots=True)
 class JobRecord:
@@ -40,6 +43,8 @@ class JobRecord:
     started_at: float | None = None
     #: run.sh's exit status, when the client reported it.
     exit_code: int | None = None
+    #: The replica whose lease covers the job's work in flight (None: nobody's).
+    owner: str | None = None
 
 
 class Store(CallbackVerbs, abc.ABC):
@@ -48,6 +53,8 @@ class Store(CallbackVerbs, abc.ABC):
     The verbs of completion callbacks are in `callback_verbs.CallbackVerbs`.
     """
 
+    #: Whether other processes (server replicas) may use the same database.
+    shared: bool = False
     #: Called with a job's id each time this store moves it to a final status.
     _final_listeners: tuple[Callable[[int], None], ...] = ()
 
@@ -58,6 +65,12 @@ class Store(CallbackVerbs, abc.ABC):
     def _announce_final(self, job_id: int) -> None:
         for listener in self._final_listeners:
             listener(job_id)
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        """Have `wake()` called whenever any process using this database (another replica)
+        queues a job or frees a slot; also once after each reconnection of the listener, for
+        what it may have missed. A no-op where this process is the only one (SQLite)."""
+        del wake
 
     @abc.abstractmethod
     async def create_job(
@@ -83,8 +96,25 @@ class Store(CallbackVerbs, abc.ABC):
         """
 
     @abc.abstractmethod
+    async def claim_dispatchable(
+        self,
+        limits: Mapping[str, ServiceLimits],
+        now: float,
+        choose_node: ChooseNode,
+        owner: str | None = None,
+    ) -> list[JobRecord]:
+        """Dispatch: claim the jobs the fairness rule starts now, each on a chosen node.
+
+        Per service, in one transaction serialised against every other dispatcher of the
+        database (other replicas included): the occupancy, the candidates, the
+        scheduler's decision (`plan_dispatch`) and the compare-and-set claim, so no quota is
+        ever exceeded. Claimed jobs are Processing, owned by `owner`. `choose_node` may be
+        called inside the transaction: it must be quick and must not touch the store.
+        """
+
+    @abc.abstractmethod
     async def claim(
-        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
         """Move the given Queued jobs to Processing on their chosen node; return those claimed.
 
@@ -167,6 +197,34 @@ class Store(CallbackVerbs, abc.ABC):
 
     @abc.abstractmethod
     async def forget_revocation(self, node: str, payload_id: int) -> None: ...
+
+    # ---- replicas and leases ------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
+    ) -> str | None:
+        """Record that this replica is alive (and its services' digest); renews its lease.
+
+        Returns the incarnation (process) that wrote the previous heartbeat of this id, None
+        if there was none."""
+
+    @abc.abstractmethod
+    async def live_replicas(self, since: float) -> dict[str, str]:
+        """Replicas whose last heartbeat is at or after `since`: id -> services digest."""
+
+    @abc.abstractmethod
+    async def retire_replica(self, replica_id: str) -> None:
+        """Forget a replica that stops cleanly: its jobs' leases expire at once."""
+
+    @abc.abstractmethod
+    async def take_over(
+        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
+    ) -> list[JobRecord]:
+        """Become the owner of every job in `statuses` whose lease expired: no owner, or an
+        owner with no heartbeat since `alive_since` (and, with `own`, the jobs this replica
+        already owns: a restarted replica resumes them). Each job moves by compare-and-set
+        on its owner, so two replicas never both take it. Returns the jobs taken."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

@@ -10,8 +10,7 @@ hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
 from __future__ import annotations
 
 import asyncio
-import bisect
-import datetime
+import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,21 +22,32 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from job_orchestrator.errors import StoreError
+from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
-    FairnessKey,
     Occupancy,
     ServiceLimits,
     UserQueue,
-    fairness_key,
 )
-from job_orchestrator.server.storage.base import JobRecord, Store
+from job_orchestrator.server.storage._dispatch import (
+    claim_rows,
+    claim_service,
+    insert_user,
+    service_candidates,
+)
+from job_orchestrator.server.storage._notify import (
+    NOTIFY_DISPATCH,
+    NOTIFY_FINAL,
+    Listener,
+    asyncpg_dsn,
+)
+from job_orchestrator.server.storage._rows import job_record
+from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
-from job_orchestrator.server.storage.tables import jobs, revocations, service_users
+from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -64,10 +74,13 @@ async def open_store(db_path: str) -> SqlStore:
         backend = _AsyncEngine(create_async_engine(url, pool_pre_ping=True))
     try:
         await backend.run(_migrate)
+    except StoreUnavailableError:
+        await backend.close()
+        raise
     except (SQLAlchemyError, OSError) as error:
         await backend.close()
         raise StoreError(f"cannot open database {db_path!r}: {error}") from error
-    return SqlStore(backend)
+    return SqlStore(backend, listen_dsn=None if url.startswith("sqlite") else asyncpg_dsn(url))
 
 
 class _Backend:
@@ -118,11 +131,30 @@ class _AsyncEngine(_Backend):
         self._engine = engine
 
     async def run(self, work: Work[T]) -> T:
-        async with self._engine.begin() as connection:
-            return await connection.run_sync(work)
+        try:
+            async with self._engine.begin() as connection:
+                return await connection.run_sync(work)
+        except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
+            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+        except DBAPIError as error:
+            if _is_unavailable(error):
+                raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+            raise
 
     async def close(self) -> None:
         await self._engine.dispose()
+
+
+def _is_unavailable(error: DBAPIError) -> bool:
+    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    return (
+        error.connection_invalidated
+        or isinstance(error, OperationalError | InterfaceError)
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
+        or sqlstate.startswith("08")
+        or sqlstate in {"57P01", "57P02", "57P03"}
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -134,229 +166,42 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _migrate(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replicas starting together on an empty database: one migrates, the others wait
+        # here, then find the schema at head. Released when this transaction commits.
+        connection.execute(_MIGRATION_LOCK)
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
 
 
-def _record(row: Any) -> JobRecord:
-    return JobRecord(
-        id=row.id,
-        user_id=row.user_id,
-        service=row.service,
-        status=Status.from_db(row.status),
-        loc=row.loc,
-        dest_id=row.dest_id or 0,
-        message=row.message or "",
-        node=row.node,
-        dispatch_key=row.dispatch_key,
-        attempts=row.attempts or 0,
-        not_before=row.not_before,
-        failing_since=row.failing_since,
-        queued_at=row.queued_at,
-        dispatched_at=row.dispatched_at,
-        finished_at=row.finished_at,
-        created_at=row.queued_at if row.queued_at is not None else _timestamp(row.created_at),
-        started_at=row.started_at,
-        exit_code=row.exit_code,
-    )
-
-
-def _timestamp(value: datetime.datetime | None) -> float | None:
-    """The original's created_at column: CURRENT_TIMESTAMP, which is UTC, without a zone."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=datetime.UTC).timestamp()
-
-
-_SCAN_BATCH = 256
-
-
-def _insert_user(connection: Connection, **values: Any) -> Any:
-    """INSERT INTO service_users, with the dialect's ON CONFLICT clauses available."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(service_users).values(**values)
-
-
-# The statements of a dispatch decision, built once: executing the same statement object again
-# skips SQLAlchemy's per-statement construction and cache-key work, which is most of the cost
-# of a decision that reads a few index entries.
-_DUE_QUEUED = sa.and_(
-    jobs.c.status == Status.QUEUED.db,
-    jobs.c.service == sa.bindparam("service"),
-    sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= sa.bindparam("now")),
-)
-_OLDEST_DUE = (
-    sa.select(sa.func.min(jobs.c.id))
-    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
-    .correlate(service_users)
-    .scalar_subquery()
-)
-# In the walks' WHERE, so the database (not a round trip per batch) skips the rows of users
-# with nothing due.
-_HAS_DUE = (
-    sa.select(jobs.c.id)
-    .where(_DUE_QUEUED, jobs.c.user_id == service_users.c.user_id)
-    .correlate(service_users)
-    .exists()
-)
-_OF_SERVICE = service_users.c.service == sa.bindparam("service")
-
-_BUSY_USERS = sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE).where(
-    _OF_SERVICE, service_users.c.user_id.in_(sa.bindparam("users", expanding=True))
-)
-_NEVER_SERVED_WALK = (
-    sa.select(service_users.c.user_id, service_users.c.first_job_id, _OLDEST_DUE)
-    .where(
-        _OF_SERVICE,
-        service_users.c.served_turn.is_(None),
-        service_users.c.first_job_id > sa.bindparam("after"),
-        _HAS_DUE,
-    )
-    .order_by(service_users.c.first_job_id)
-    .limit(sa.bindparam("batch"))
-)
-_SERVED_WALK = (
-    sa.select(service_users.c.user_id, service_users.c.served_turn, _OLDEST_DUE)
-    .where(
-        _OF_SERVICE,
-        # Keyset after (turn, user): the first condition alone bounds the index range.
-        service_users.c.served_turn >= sa.bindparam("turn"),
-        sa.or_(
-            service_users.c.served_turn > sa.bindparam("turn"),
-            service_users.c.user_id > sa.bindparam("user"),
-        ),
-        _HAS_DUE,
-    )
-    .order_by(service_users.c.served_turn, service_users.c.user_id)
-    .limit(sa.bindparam("batch"))
-)
-_USER_HEAD = (
-    sa.select(jobs.c.id)
-    .where(_DUE_QUEUED, jobs.c.user_id == sa.bindparam("user"))
-    .order_by(jobs.c.id)
-    .limit(sa.bindparam("depth"))
-)
-_LOWEST = -(2**63)  # below any user id, job id or turn, in a bound (never sent to the database)
-
-
-def _service_candidates(
-    connection: Connection, service: str, limit: ServiceLimits, occupancy: Occupancy, now: float
-) -> list[UserQueue]:
-    """The queues plan_dispatch needs to decide exactly as if it saw every user's queue.
-
-    The users plan_dispatch picks in one decision are a prefix, no longer than the free slots,
-    of the users sorted by `fairness_key`; this finds that prefix without reading every queue.
-    Users holding slots are few (at most max_runs) and looked up one by one. Idle users come
-    before them: first the never-served, walked in `first_job_id` order (a lower bound of their
-    oldest queued job), then the served, walked in turn order; each walk stops once it has
-    `free` users that no later row could beat. Cost grows with slots, not with queued jobs,
-    plus one index probe (in the database) for each user the walks pass with nothing due:
-    users served before the waiting ones whose queues are empty now. Rows are never deleted,
-    since a returning user must rank by its old turn, so that part grows with the service's
-    history of users.
-    """
-    free = limit.max_runs - occupancy.per_service.get(service, 0)
-    quota = limit.runs_per_user
-    if free <= 0 or quota <= 0:
-        return []
-    active = {
-        user: count
-        for (name, user), count in occupancy.per_user.items()
-        if name == service and count > 0
-    }
-    where = {"service": service, "now": now}
-    ranked: list[tuple[FairnessKey, int]] = []  # (key, slots held), sorted
-    busy = [user for user, count in active.items() if count < quota]
-    if busy:
-        for user, turn, oldest in connection.execute(_BUSY_USERS, {**where, "users": busy}):
-            if oldest is not None:
-                bisect.insort(
-                    ranked, (fairness_key(active[user], turn, oldest, user), active[user])
-                )
-
-    def enough(bound: FairnessKey) -> bool:
-        # No later row of this walk can beat the free-th best user found so far.
-        return len(ranked) >= free and ranked[free - 1][0] < bound
-
-    # Each row read costs one index probe for its oldest job: read about as many as needed.
-    batch, after = max(free, 8), 0  # job ids start at 1
-    # A later row's first_job_id, hence its user's oldest queued job, is above `after`.
-    while not enough((0, 0, 0, after + 1, _LOWEST)):
-        rows = connection.execute(_NEVER_SERVED_WALK, {**where, "after": after, "batch": batch})
-        read = 0
-        for user, first_job_id, oldest in rows:
-            read += 1
-            if enough((0, 0, 0, first_job_id, _LOWEST)):
-                break
-            if oldest is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, None, oldest, user), 0))
-            after = first_job_id
-        if read < batch:
-            break
-        batch = min(2 * batch, _SCAN_BATCH)
-
-    batch, turn_after, user_after = max(free, 8), 0, 0  # turns start at 1
-    while not enough((0, 1, turn_after, _LOWEST, _LOWEST)):
-        params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
-        read = 0
-        for user, turn, oldest in connection.execute(_SERVED_WALK, params):
-            read += 1
-            if enough((0, 1, turn, _LOWEST, _LOWEST)):
-                break
-            if oldest is not None and user not in active:
-                bisect.insort(ranked, (fairness_key(0, turn, oldest, user), 0))
-            turn_after, user_after = turn, user
-        if read < batch:
-            break
-        batch = min(2 * batch, _SCAN_BATCH)
-
-    return [
-        UserQueue(
-            service=service,
-            user_id=key[4],
-            job_ids=tuple(
-                connection.execute(
-                    _USER_HEAD, {**where, "user": key[4], "depth": quota - count}
-                ).scalars()
-            ),
-            last_served=key[2] if key[1] else None,
-        )
-        for key, count in ranked[:free]
-    ]
-
-
-def _stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
-    """Each claimed job's user becomes the most recently served of its service, in claim
-    order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
-    turns: dict[str, int] = {}
-    for job in claimed:
-        if job.service not in turns:
-            latest = connection.execute(
-                sa.select(sa.func.max(service_users.c.served_turn)).where(
-                    service_users.c.service == job.service
-                )
-            ).scalar()
-            turns[job.service] = int(latest or 0)
-        turns[job.service] += 1
-        connection.execute(
-            _insert_user(
-                connection,
-                service=job.service,
-                user_id=job.user_id,
-                first_job_id=job.id,
-                served_turn=turns[job.service],
-            ).on_conflict_do_update(
-                index_elements=["service", "user_id"],
-                set_={"served_turn": turns[job.service]},
-            )
-        )
+_MIGRATION_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('job-orchestrator:migrate'))")
 
 
 class SqlStore(SqlCallbackVerbs, Store):
-    def __init__(self, backend: _Backend) -> None:
+    def __init__(self, backend: _Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
+        #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
+        self._listen_dsn = listen_dsn
+        self.shared = listen_dsn is not None
+        self._listener: Listener | None = None
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        if self._listen_dsn is None or self._listener is not None:
+            return  # SQLite: one process, whose own events already wake it
+        self._listener = Listener(self._listen_dsn, wake, self._announce_final)
+        self._listener.start()
+
+    def _notify(self, connection: Connection, new: Status | None, job_id: int) -> None:
+        """Tell the other replicas, at commit, that a slot or a queued job may be there."""
+        if self._listen_dsn is None:
+            return
+        if new is None or not (new is Status.QUEUED or new.is_terminal()):
+            return
+        connection.execute(NOTIFY_DISPATCH)
+        if new.is_terminal():
+            connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
 
     async def _run(self, work: Work[T]) -> T:
         try:
@@ -389,19 +234,20 @@ class SqlStore(SqlCallbackVerbs, Store):
             assert primary_key is not None
             job_id = int(primary_key[0])
             connection.execute(
-                _insert_user(
+                insert_user(
                     connection, service=service, user_id=user_id, first_job_id=job_id
                 ).on_conflict_do_nothing(index_elements=["service", "user_id"])
             )
             if callback_url is not None:
                 insert_callback(connection, job_id, callback_url, now)
+            self._notify(connection, Status.QUEUED, job_id)
             return job_id
 
         return await self._run(insert)
 
     async def get_job(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch(jobs.select().where(jobs.c.id == job_id))
-        return _record(rows[0]) if rows else None
+        return job_record(rows[0]) if rows else None
 
     async def transition(
         self,
@@ -416,46 +262,49 @@ class SqlStore(SqlCallbackVerbs, Store):
             values["status"] = new.db
             if new.is_terminal() and new is not Status.CLEANED:
                 values.setdefault("finished_at", now)
-        changed = await self._execute(
+        statement = (
             jobs.update()
             .where(jobs.c.id == job_id, jobs.c.status.in_([s.db for s in expected]))
             .values(**values)
         )
+
+        def move(connection: Connection) -> int:
+            changed: int = connection.execute(statement).rowcount
+            if changed == 1:
+                self._notify(connection, new, job_id)
+            return changed
+
+        changed = await self._run(move)
         if changed == 1 and new is not None and new.is_terminal():
             self._announce_final(job_id)
         return changed == 1
 
     async def claim(
-        self, job_ids: Iterable[int], node_by_job: Mapping[int, str]
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
         wanted = list(job_ids)
-        now = time.time()
+        return (
+            await self._run(lambda connection: claim_rows(connection, wanted, node_by_job, owner))
+            if wanted
+            else []
+        )
 
-        def claim_all(connection: Connection) -> list[JobRecord]:
-            claimed = []
-            for job_id in wanted:
-                # A dispatch key survives a restart, so a re-dispatch is recognised.
-                row = connection.execute(
-                    jobs.update()
-                    .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
-                    .values(
-                        status=Status.PROCESSING.db,
-                        # A dispatch that may have reached a node is only ever resent there,
-                        # with its key, so that node can recognise it.
-                        node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
-                        dispatch_key=sa.func.coalesce(
-                            jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
-                        ),
-                        updated_at=now,
-                    )
-                    .returning(*jobs.c)
-                ).first()
-                if row is not None:
-                    claimed.append(_record(row))
-            _stamp_turns(connection, claimed)
-            return claimed
-
-        return await self._run(claim_all) if wanted else []
+    async def claim_dispatchable(
+        self,
+        limits: Mapping[str, ServiceLimits],
+        now: float,
+        choose_node: ChooseNode,
+        owner: str | None = None,
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        for service, limit in sorted(limits.items()):
+            # One short transaction per service: a service's lock never waits on another's.
+            claimed.extend(
+                await self._run(
+                    functools.partial(claim_service, service, limit, now, choose_node, owner)
+                )
+            )
+        return claimed
 
     async def occupancy(self) -> Occupancy:
         rows = await self._fetch(
@@ -541,7 +390,7 @@ class SqlStore(SqlCallbackVerbs, Store):
             lambda connection: [
                 queue
                 for service, limit in sorted(limits.items())
-                for queue in _service_candidates(connection, service, limit, occupancy, now)
+                for queue in service_candidates(connection, service, limit, occupancy, now)
             ]
         )
 
@@ -558,7 +407,7 @@ class SqlStore(SqlCallbackVerbs, Store):
         rows = await self._fetch(
             jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def list_jobs(
         self,
@@ -581,7 +430,7 @@ class SqlStore(SqlCallbackVerbs, Store):
         rows = await self._fetch(
             jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
         rows = await self._fetch(
@@ -601,7 +450,7 @@ class SqlStore(SqlCallbackVerbs, Store):
             .order_by(jobs.c.finished_at)
             .limit(limit)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def known_locs(self, locs: Collection[str]) -> set[str]:
         if not locs:
@@ -615,7 +464,7 @@ class SqlStore(SqlCallbackVerbs, Store):
             .where(jobs.c.node == node, jobs.c.status.in_([s.db for s in statuses]))
             .order_by(jobs.c.id)
         )
-        return [_record(row) for row in rows]
+        return [job_record(row) for row in rows]
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
         now = time.time()
@@ -645,6 +494,7 @@ class SqlStore(SqlCallbackVerbs, Store):
                     node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
                 )
             )
+            self._notify(connection, Status.QUEUED, job.id)
             return True
 
         return await self._run(revoke)
@@ -680,8 +530,88 @@ class SqlStore(SqlCallbackVerbs, Store):
             )
         )
 
+    async def heartbeat(
+        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
+    ) -> str | None:
+        def beat(connection: Connection) -> str | None:
+            previous = connection.execute(
+                sa.select(replicas.c.incarnation).where(replicas.c.id == replica_id)
+            ).scalar()
+            dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+            connection.execute(
+                dialect.insert(replicas)
+                .values(
+                    id=replica_id,
+                    heartbeat_at=now,
+                    started_at=now,
+                    services_digest=services_digest,
+                    incarnation=incarnation,
+                )
+                .on_conflict_do_update(
+                    index_elements=["id"],
+                    set_={
+                        "heartbeat_at": now,
+                        "services_digest": services_digest,
+                        "incarnation": incarnation,
+                    },
+                )
+            )
+            return None if previous is None else str(previous)
+
+        return await self._run(beat)
+
+    async def live_replicas(self, since: float) -> dict[str, str]:
+        rows = await self._fetch(
+            sa.select(replicas.c.id, replicas.c.services_digest).where(
+                replicas.c.heartbeat_at >= since
+            )
+        )
+        return {row[0]: row[1] for row in rows}
+
+    async def retire_replica(self, replica_id: str) -> None:
+        await self._execute(replicas.delete().where(replicas.c.id == replica_id))
+
+    async def take_over(
+        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
+    ) -> list[JobRecord]:
+        alive = sa.select(replicas.c.id).where(
+            replicas.c.heartbeat_at >= alive_since, replicas.c.id != replica_id
+        )
+        expired = sa.or_(jobs.c.owner.is_(None), jobs.c.owner.not_in(alive))
+        if not own:
+            expired = sa.and_(expired, sa.or_(jobs.c.owner.is_(None), jobs.c.owner != replica_id))
+        wanted = [s.db for s in statuses]
+
+        def take(connection: Connection) -> list[JobRecord]:
+            taken = []
+            for row in connection.execute(
+                jobs.select().where(jobs.c.status.in_(wanted), expired).order_by(jobs.c.id)
+            ):
+                moved = connection.execute(
+                    jobs.update()
+                    .where(
+                        jobs.c.id == row.id,
+                        jobs.c.status == row.status,
+                        jobs.c.owner.is_(None) if row.owner is None else jobs.c.owner == row.owner,
+                    )
+                    .values(owner=replica_id)
+                    .returning(*jobs.c)
+                ).first()
+                if moved is not None:
+                    taken.append(job_record(moved))
+            return taken
+
+        return await self._run(take)
+
     async def ping(self) -> None:
         await self._fetch(sa.select(sa.literal(1)))
 
+    async def schema_revision(self) -> str:
+        """The Alembic revision(s) the database is at."""
+        rows = await self._fetch(sa.text("SELECT version_num FROM alembic_version"))
+        return ",".join(sorted(row[0] for row in rows))
+
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
         await self._backend.close()

@@ -29,6 +29,7 @@ jobs = sa.Table(
     sa.Column("finished_at", sa.Float, nullable=True),
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("owner", sa.Text, nullable=True),
     sqlite_autoincrement=True,
 )
 
@@ -100,3 +101,13 @@ callbacks = sa.Table(
 )
 
 sa.Index("ix_callbacks_state_next", callbacks.c.state, callbacks.c.next_attempt_at)
+# One row per server replica (REPLICA_ID): its heartbeat is the lease on the jobs it owns.
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("services_digest", sa.Text, nullable=False),
+    sa.Column("incarnation", sa.Text, nullable=False, server_default=""),
+)

@@ -1,0 +1,91 @@
+"""Wake-ups across replicas on PostgreSQL: NOTIFY where it matters, LISTEN on a connection
+of its own.
+
+The Store notifies, in the same transaction as the change (so delivered at commit, once per
+transaction), on a new job, a job back in the queue and a job reaching a final status (a
+freed slot; the final one also carries the job id for held `?wait=` requests). Every replica
+listens; its listener reconnects by itself after the database restarts, and then wakes its
+dispatcher once, for whatever was announced while it was not listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import asyncpg
+import sqlalchemy as sa
+
+from job_orchestrator._loops import backoff_s
+
+logger = logging.getLogger(__name__)
+
+DISPATCH_CHANNEL = "job_orchestrator_dispatch"
+FINAL_CHANNEL = "job_orchestrator_final"
+NOTIFY_DISPATCH = sa.text(f"SELECT pg_notify('{DISPATCH_CHANNEL}', '')")
+NOTIFY_FINAL = sa.text(f"SELECT pg_notify('{FINAL_CHANNEL}', :job_id)")
+#: Seconds between checks that the listening connection is still alive.
+CHECK_INTERVAL_S = 2.0
+_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy `postgresql+asyncpg://` URL."""
+    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+class Listener:
+    def __init__(
+        self, dsn: str, on_dispatch: Callable[[], None], on_final: Callable[[int], None]
+    ) -> None:
+        self._dsn = dsn
+        self._on_dispatch = on_dispatch
+        self._on_final = on_final
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._listen_loop(), name="notify_listener")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _listen_loop(self) -> None:
+        failures = 0
+        while True:
+            try:
+                connection = await asyncpg.connect(self._dsn, timeout=5)
+            except _LOST as error:
+                failures += 1
+                if failures == 1:
+                    logger.warning("cannot listen for wake-ups: %s; retrying", error)
+                await asyncio.sleep(backoff_s(failures, cap_s=5.0))
+                continue
+            try:
+                await connection.add_listener(DISPATCH_CHANNEL, self._dispatch)
+                await connection.add_listener(FINAL_CHANNEL, self._final)
+                if failures:
+                    logger.info("listening for wake-ups again")
+                failures = 0
+                # Whatever was announced before this connection listened.
+                self._on_dispatch()
+                while True:
+                    await asyncio.sleep(CHECK_INTERVAL_S)
+                    await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout=5)
+            except _LOST as error:
+                failures += 1
+                logger.warning("lost the wake-up connection: %s; reconnecting", error)
+            finally:
+                with contextlib.suppress(*_LOST):
+                    await asyncio.wait_for(connection.close(), timeout=2)
+
+    def _dispatch(self, *_: Any) -> None:
+        self._on_dispatch()
+
+    def _final(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._on_final(int(payload))
