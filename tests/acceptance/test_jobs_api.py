@@ -112,7 +112,8 @@ def test_a_failed_job_shows_run_sh_exit_status(quotas: Cluster) -> None:
     body = job(api, job_id)
     assert body["status"] == "Failed"
     assert body["exit_code"] == 3
-    assert body["message"] == "run.sh exited with status 3"
+    # The status, then the last line the script printed (the logs feature adds it).
+    assert body["message"] == "run.sh exited with status 3: oops"
 
 
 def test_a_job_waiting_on_its_users_quota_says_so(quotas: Cluster) -> None:

@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
 from job_orchestrator.server.queue_view import QueuePositions, queue_position
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import SqlStore, Store, open_store
+from job_orchestrator.server.storage.sql import _MIGRATIONS as MIGRATIONS
 from job_orchestrator.status import Status
 from tests.integration import test_store as contract
 from tests.integration.test_store import get, job_in, new_job
@@ -183,11 +187,17 @@ async def test_migration_0005_keeps_existing_rows(tmp_path: Path) -> None:
     store = await open_store(str(path))
     job_id = await new_job(store)
     await store.close()
+    # Back to 0004 with the migrations' own downgrades (later revisions stack on 0005).
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    engine.dispose()
     with sqlite3.connect(path) as connection:
-        connection.execute("DROP INDEX ix_jobs_user_id")
-        connection.execute("ALTER TABLE jobs DROP COLUMN started_at")
-        connection.execute("ALTER TABLE jobs DROP COLUMN exit_code")
-        connection.execute("UPDATE alembic_version SET version_num = '0004'")
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(jobs)")}
+    assert not {"started_at", "exit_code"} & columns
     reopened: SqlStore = await open_store(str(path))
     try:
         job = await get(reopened, job_id)
