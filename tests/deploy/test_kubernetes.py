@@ -87,8 +87,14 @@ def test_client_resources_are_those_of_the_original_docs() -> None:
     }
 
 
-def test_one_server_replica_until_servers_can_share_postgresql() -> None:
-    assert deployment("server")["spec"]["replicas"] == 1
+def test_two_server_replicas_share_postgresql() -> None:
+    server = deployment("server")
+    assert server["spec"]["replicas"] == 2
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    db_path = next(item for item in container["env"] if item["name"] == "DB_PATH")
+    assert db_path["valueFrom"]["secretKeyRef"]["key"] == "db-path"  # PostgreSQL, not SQLite
+    claims = {claim["metadata"]["name"]: claim for claim in of_kind("PersistentVolumeClaim")}
+    assert claims["job-orchestrator-server-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
 
 
 def test_only_the_server_may_reach_the_clients() -> None:
