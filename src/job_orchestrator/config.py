@@ -1,7 +1,8 @@
 """Typed settings read from the environment.
 
-Names and defaults follow the original (SPEC §1); every value is validated at start-up and
-a bad one raises ConfigError naming the variable (the CLI turns it into exit status 2).
+Names and defaults follow the original (SPEC §1) and are declared in settings_table, the
+only way a loader here reads a variable; every value is validated at start-up and a bad one
+raises ConfigError naming the variable (the CLI turns it into exit status 2).
 """
 
 from __future__ import annotations
@@ -17,34 +18,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from job_orchestrator import settings_table as table
 from job_orchestrator import wire
 from job_orchestrator.errors import ConfigError
+from job_orchestrator.settings_table import Setting
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_AGE_S = 864_000
-DEFAULT_RUNS_PER_USER = 5
-DEFAULT_MAX_RUNS = 10
-UPLOAD_LIMIT_BYTES = 400 * 1024 * 1024
-DEFAULT_UPLOAD_IDLE_TIMEOUT_S = 60.0
-DEFAULT_UPLOAD_MAX_CONCURRENT = 128
-DEFAULT_UPLOAD_MAX_PER_CLIENT = 32
-DEFAULT_CALLBACK_DEADLINE_S = 24 * 3600.0
-DEFAULT_CALLBACK_TIMEOUT_S = 10.0
+DEFAULT_MAX_AGE_S = int(table.MAX_AGE.literal)
+DEFAULT_RUNS_PER_USER = int(table.SERVICE_RUNS_PER_USER.literal)
+DEFAULT_MAX_RUNS = int(table.SERVICE_MAX_RUNS.literal)
+UPLOAD_LIMIT_BYTES = int(table.UPLOAD_MAX_MB.literal) * 1024 * 1024
+DEFAULT_UPLOAD_IDLE_TIMEOUT_S = float(table.UPLOAD_IDLE_TIMEOUT.literal)
+DEFAULT_UPLOAD_MAX_CONCURRENT = int(table.UPLOAD_MAX_CONCURRENT.literal)
+DEFAULT_UPLOAD_MAX_PER_CLIENT = int(table.UPLOAD_MAX_PER_CLIENT.literal)
+DEFAULT_CALLBACK_DEADLINE_S = float(table.CALLBACK_DEADLINE.literal)
+DEFAULT_CALLBACK_TIMEOUT_S = float(table.CALLBACK_TIMEOUT.literal)
 #: The word of CALLBACK_ALLOW that stands for every public (globally routable) address.
 CALLBACK_ALLOW_PUBLIC = "public"
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_SERVICE_SUFFIXES = (
-    "UPLOAD_URL",
-    "DOWNLOAD_URL",
-    "TERMINATE_URL",
-    "RUNS_PER_USER",
-    "MAX_RUNS",
-    "CLIENTS",
-    "TIMEOUT",
-    "CLIENT_TOKEN",
+# No suffix ends with "_" + another, so the order of the table cannot change which matches.
+_SERVICE_SUFFIXES = tuple(
+    setting.name.removeprefix(table.SERVICE_PATTERN_PREFIX) for setting in table.SERVICE_SETTINGS
 )
 
 
@@ -206,43 +203,42 @@ def derive_partial_url(download_url: str) -> str:
 
 
 def _common(env: Mapping[str, str], default_port: int) -> CommonSettings:
-    cwd = Path.cwd()
-    port = parse_unsigned("PORT", env["PORT"], maximum=65535) if "PORT" in env else default_port
-    max_age = (
-        parse_unsigned("MAX_AGE", env["MAX_AGE"], maximum=2**64 - 1)
-        if "MAX_AGE" in env
-        else DEFAULT_MAX_AGE_S
-    )
-    log_level = env.get("LOG_LEVEL", "INFO").upper()
+    port_text = table.raw(env, table.PORT)
+    port = default_port if port_text is None else parse_unsigned("PORT", port_text, maximum=65535)
+    max_age = parse_unsigned("MAX_AGE", table.text(env, table.MAX_AGE), maximum=2**64 - 1)
+    log_level = table.text(env, table.LOG_LEVEL).upper()
     if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
         raise ConfigError("LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
+    data_path = table.raw(env, table.DATA_PATH)
     return CommonSettings(
         port=port,
-        host=env.get("HOST", "0.0.0.0"),
-        data_path=Path(env.get("DATA_PATH", str(cwd / "data"))).absolute(),
+        host=table.text(env, table.HOST),
+        data_path=Path(str(Path.cwd() / "data") if data_path is None else data_path).absolute(),
         max_age_s=max_age,
         log_level=log_level,
     )
 
 
 def _log_format(env: Mapping[str, str]) -> str:
-    log_format = env.get("LOG_FORMAT", "text").strip().lower() or "text"
+    log_format = table.text(env, table.LOG_FORMAT).strip().lower() or table.LOG_FORMAT.literal
     if log_format not in {"text", "json"}:
         raise ConfigError("LOG_FORMAT", f"expected text or json, got {log_format!r}")
     return log_format
 
 
-def _optional(env: Mapping[str, str], variable: str) -> str | None:
-    value = env.get(variable)
-    return value if value else None
+def _optional(env: Mapping[str, str], setting: Setting) -> str | None:
+    """A setting without a default: its text, None when unset or empty."""
+    return table.raw(env, setting) or None
 
 
 def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings:
     env = os.environ if env is None else env
     common = _common(env, default_port=5000)
-    upload_mb = env.get("UPLOAD_MAX_MB")
-    allow_public, allow_networks = parse_callback_allow(env.get("CALLBACK_ALLOW", ""))
-    callback_timeout_s = _seconds(env, "CALLBACK_TIMEOUT", DEFAULT_CALLBACK_TIMEOUT_S)
+    upload_mb = parse_unsigned(
+        "UPLOAD_MAX_MB", table.given_or_default(env, table.UPLOAD_MAX_MB), maximum=1 << 20
+    )
+    allow_public, allow_networks = parse_callback_allow(table.text(env, table.CALLBACK_ALLOW))
+    callback_timeout_s = _seconds(env, table.CALLBACK_TIMEOUT)
     if callback_timeout_s <= 0:
         raise ConfigError("CALLBACK_TIMEOUT", "must be more than 0")
     return ServerSettings(
@@ -253,41 +249,33 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         log_level=common.log_level,
         log_format=_log_format(env),
         db_path=server_db_path(env),
-        services=load_services(env, default_token=_optional(env, "CLIENT_TOKEN")),
+        services=load_services(env, default_token=_optional(env, table.CLIENT_TOKEN)),
         api_tokens_file=_tokens_file(env),
-        admin_users=_user_ids("ADMIN_USERS", _optional(env, "ADMIN_USERS")),
-        metrics_token=_optional(env, "METRICS_TOKEN"),
-        upload_limit_bytes=(
-            parse_unsigned("UPLOAD_MAX_MB", upload_mb, maximum=1 << 20) * 1024 * 1024
-            if upload_mb
-            else UPLOAD_LIMIT_BYTES
-        ),
-        upload_idle_timeout_s=_seconds(env, "UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S),
-        upload_max_concurrent=_count(
-            "UPLOAD_MAX_CONCURRENT", env.get("UPLOAD_MAX_CONCURRENT"), DEFAULT_UPLOAD_MAX_CONCURRENT
-        ),
-        upload_max_per_client=_count(
-            "UPLOAD_MAX_PER_CLIENT", env.get("UPLOAD_MAX_PER_CLIENT"), DEFAULT_UPLOAD_MAX_PER_CLIENT
-        ),
-        client_timeout_s=_seconds(env, "CLIENT_TIMEOUT", 30.0),
-        retry_deadline_s=_seconds(env, "RETRY_DEADLINE", 6 * 3600.0),
-        poll_interval_s=_seconds(env, "POLL_INTERVAL", 1.0),
-        long_poll_s=_seconds(env, "LONG_POLL", 25.0),
-        cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
-        node_check_interval_s=_seconds(env, "NODE_CHECK_INTERVAL", 5.0),
-        failover_after_s=_seconds(env, "FAILOVER_AFTER", 30.0),
+        admin_users=_user_ids("ADMIN_USERS", _optional(env, table.ADMIN_USERS)),
+        metrics_token=_optional(env, table.METRICS_TOKEN),
+        upload_limit_bytes=upload_mb * 1024 * 1024,
+        upload_idle_timeout_s=_seconds(env, table.UPLOAD_IDLE_TIMEOUT),
+        upload_max_concurrent=_count(env, table.UPLOAD_MAX_CONCURRENT),
+        upload_max_per_client=_count(env, table.UPLOAD_MAX_PER_CLIENT),
+        client_timeout_s=_seconds(env, table.CLIENT_TIMEOUT),
+        retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
+        poll_interval_s=_seconds(env, table.POLL_INTERVAL),
+        long_poll_s=_seconds(env, table.LONG_POLL),
+        cleaner_interval_s=_seconds(env, table.CLEANER_INTERVAL),
+        node_check_interval_s=_seconds(env, table.NODE_CHECK_INTERVAL),
+        failover_after_s=_seconds(env, table.FAILOVER_AFTER),
         callback_secret=_callback_secret(env),
         callback_allow_public=allow_public,
         callback_allow_networks=allow_networks,
-        callback_deadline_s=_seconds(env, "CALLBACK_DEADLINE", DEFAULT_CALLBACK_DEADLINE_S),
+        callback_deadline_s=_seconds(env, table.CALLBACK_DEADLINE),
         callback_timeout_s=callback_timeout_s,
-        replica_id=_optional(env, "REPLICA_ID"),
+        replica_id=_optional(env, table.REPLICA_ID),
         lease_s=_lease_s(env),
     )
 
 
 def _callback_secret(env: Mapping[str, str]) -> str | None:
-    secret = _optional(env, "CALLBACK_SECRET")
+    secret = _optional(env, table.CALLBACK_SECRET)
     if secret is not None and len(secret) < 16:
         raise ConfigError("CALLBACK_SECRET", "must have at least 16 characters")
     return secret
@@ -321,11 +309,12 @@ def parse_callback_allow(raw: str) -> tuple[bool, tuple[IPNetwork, ...]]:
 
 
 def server_db_path(env: Mapping[str, str]) -> str:
-    return env.get("DB_PATH", str(Path.cwd() / "db.sqlite"))
+    db_path = table.raw(env, table.DB_PATH)
+    return str(Path.cwd() / "db.sqlite") if db_path is None else db_path
 
 
 def _lease_s(env: Mapping[str, str]) -> float:
-    lease_s = _seconds(env, "LEASE_S", 15.0)
+    lease_s = _seconds(env, table.LEASE_S)
     if lease_s <= 0:
         raise ConfigError("LEASE_S", "must be more than 0 (every job would change hands)")
     return lease_s
@@ -334,9 +323,9 @@ def _lease_s(env: Mapping[str, str]) -> float:
 def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings:
     env = os.environ if env is None else env
     common = _common(env, default_port=9000)
-    max_concurrent = _optional(env, "MAX_CONCURRENT")
-    result_mb = _optional(env, "RESULT_MAX_MB")
-    server_lease_s = _seconds(env, "SERVER_LEASE", 15.0)
+    max_concurrent = _optional(env, table.MAX_CONCURRENT)
+    result_mb = _optional(env, table.RESULT_MAX_MB)
+    server_lease_s = _seconds(env, table.SERVER_LEASE)
     if server_lease_s <= 0:
         raise ConfigError("SERVER_LEASE", "must be more than 0 (no payload would ever start)")
     executor = _executor(env)
@@ -352,23 +341,23 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
             if max_concurrent
             else None
         ),
-        require_exit_trap=parse_bool("REQUIRE_EXIT_TRAP", env.get("REQUIRE_EXIT_TRAP", "0")),
-        kill_grace_s=_seconds(env, "KILL_GRACE", 10.0),
+        require_exit_trap=parse_bool("REQUIRE_EXIT_TRAP", table.text(env, table.REQUIRE_EXIT_TRAP)),
+        kill_grace_s=_seconds(env, table.KILL_GRACE),
         result_max_bytes=(
             parse_unsigned("RESULT_MAX_MB", result_mb, maximum=1 << 30) * 1024 * 1024
             if result_mb
             else None
         ),
-        upload_idle_timeout_s=_seconds(env, "UPLOAD_IDLE_TIMEOUT", DEFAULT_UPLOAD_IDLE_TIMEOUT_S),
-        cleaner_interval_s=_seconds(env, "CLEANER_INTERVAL", 60.0),
-        adopt_hold_s=_seconds(env, "ADOPT_HOLD", 60.0),
+        upload_idle_timeout_s=_seconds(env, table.UPLOAD_IDLE_TIMEOUT),
+        cleaner_interval_s=_seconds(env, table.CLEANER_INTERVAL),
+        adopt_hold_s=_seconds(env, table.ADOPT_HOLD),
         server_lease_s=server_lease_s,
-        client_token=_optional(env, "CLIENT_TOKEN"),
+        client_token=_optional(env, table.CLIENT_TOKEN),
         sandbox=_sandbox(env),
-        job_max_memory_mb=_limit(env, "JOB_MAX_MEMORY_MB"),
-        job_max_processes=_limit(env, "JOB_MAX_PROCESSES"),
-        job_max_file_mb=_limit(env, "JOB_MAX_FILE_MB"),
-        job_max_cpu_seconds=_limit(env, "JOB_MAX_CPU_SECONDS"),
+        job_max_memory_mb=_limit(env, table.JOB_MAX_MEMORY_MB),
+        job_max_processes=_limit(env, table.JOB_MAX_PROCESSES),
+        job_max_file_mb=_limit(env, table.JOB_MAX_FILE_MB),
+        job_max_cpu_seconds=_limit(env, table.JOB_MAX_CPU_SECONDS),
         job_user=_job_user(env),
         executor=executor,
         slurm=_slurm(env) if executor == "slurm" else SlurmSettings(),
@@ -376,39 +365,39 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
 
 
 def _executor(env: Mapping[str, str]) -> str:
-    executor = env.get("EXECUTOR", "local").strip().lower() or "local"
+    executor = table.text(env, table.EXECUTOR).strip().lower() or table.EXECUTOR.literal
     if executor not in {"local", "slurm"}:
         raise ConfigError("EXECUTOR", f"expected local or slurm, got {executor!r}")
     if executor == "slurm":
         if shutil.which("sbatch") is None:
             raise ConfigError("EXECUTOR", "slurm needs sbatch, squeue and scancel on the PATH")
-        if _optional(env, "JOB_USER") is not None:
+        if _optional(env, table.JOB_USER) is not None:
             raise ConfigError("JOB_USER", "not supported with EXECUTOR=slurm (jobs run as you)")
     return executor
 
 
 def _slurm(env: Mapping[str, str]) -> SlurmSettings:
-    raw = env.get("SLURM_EXTRA_ARGS", "")
+    extra = table.raw(env, table.SLURM_EXTRA_ARGS) or ""
     try:
-        extra_args = tuple(shlex.split(raw))
+        extra_args = tuple(shlex.split(extra))
     except ValueError as error:
         raise ConfigError(
-            "SLURM_EXTRA_ARGS", f"not a shell-quoted list ({error}): {raw!r}"
+            "SLURM_EXTRA_ARGS", f"not a shell-quoted list ({error}): {extra!r}"
         ) from None
-    poll_interval_s = _seconds(env, "SLURM_POLL_INTERVAL", 0.5)
+    poll_interval_s = _seconds(env, table.SLURM_POLL_INTERVAL)
     if not 0 < poll_interval_s <= 10:
         raise ConfigError("SLURM_POLL_INTERVAL", "expected more than 0 and at most 10 seconds")
     return SlurmSettings(
         poll_interval_s=poll_interval_s,
-        partition=_optional(env, "SLURM_PARTITION"),
-        account=_optional(env, "SLURM_ACCOUNT"),
-        qos=_optional(env, "SLURM_QOS"),
+        partition=_optional(env, table.SLURM_PARTITION),
+        account=_optional(env, table.SLURM_ACCOUNT),
+        qos=_optional(env, table.SLURM_QOS),
         extra_args=extra_args,
     )
 
 
 def _sandbox(env: Mapping[str, str]) -> str:
-    sandbox = env.get("SANDBOX", "none").strip().lower() or "none"
+    sandbox = table.text(env, table.SANDBOX).strip().lower() or table.SANDBOX.literal
     if sandbox not in {"none", "rlimits", "bwrap"}:
         raise ConfigError("SANDBOX", f"expected none, rlimits or bwrap, got {sandbox!r}")
     if sandbox == "bwrap" and shutil.which("bwrap") is None:
@@ -416,18 +405,18 @@ def _sandbox(env: Mapping[str, str]) -> str:
     return sandbox
 
 
-def _limit(env: Mapping[str, str], variable: str) -> int | None:
-    raw = _optional(env, variable)
-    if raw is None:
+def _limit(env: Mapping[str, str], setting: Setting) -> int | None:
+    given = _optional(env, setting)
+    if given is None:
         return None
-    value = parse_unsigned(variable, raw, maximum=2**40)
+    value = parse_unsigned(setting.name, given, maximum=2**40)
     if value == 0:
-        raise ConfigError(variable, "must be at least 1 (leave it unset for no limit)")
+        raise ConfigError(setting.name, "must be at least 1 (leave it unset for no limit)")
     return value
 
 
 def _job_user(env: Mapping[str, str]) -> str | None:
-    name = _optional(env, "JOB_USER")
+    name = _optional(env, table.JOB_USER)
     if name is None:
         return None
     try:
@@ -441,13 +430,12 @@ def _job_user(env: Mapping[str, str]) -> str | None:
     return name
 
 
-def _count(variable: str, raw: str | None, default: int) -> int:
-    return parse_unsigned(variable, raw, maximum=1 << 20) if raw else default
+def _count(env: Mapping[str, str], setting: Setting) -> int:
+    return parse_unsigned(setting.name, table.given_or_default(env, setting), maximum=1 << 20)
 
 
-def _seconds(env: Mapping[str, str], variable: str, default: float) -> float:
-    raw = env.get(variable)
-    return parse_seconds(variable, raw) if raw else default
+def _seconds(env: Mapping[str, str], setting: Setting) -> float:
+    return parse_seconds(setting.name, table.given_or_default(env, setting))
 
 
 def _split_service_key(key: str) -> tuple[str, str] | None:
@@ -483,15 +471,15 @@ def _user_ids(variable: str, raw: str | None) -> frozenset[int]:
 
 
 def _tokens_file(env: Mapping[str, str]) -> Path | None:
-    raw = _optional(env, "API_TOKENS_FILE")
-    if raw is None:
+    given = _optional(env, table.API_TOKENS_FILE)
+    if given is None:
         return None
-    path = Path(raw)
+    path = Path(given)
     try:
-        text = path.read_text()
+        content = path.read_text()
     except OSError as error:
-        raise ConfigError("API_TOKENS_FILE", f"cannot read {raw!r}: {error.strerror}") from None
-    parse_tokens(text)  # a malformed file stops the start, naming the line
+        raise ConfigError("API_TOKENS_FILE", f"cannot read {given!r}: {error.strerror}") from None
+    parse_tokens(content)  # a malformed file stops the start, naming the line
     return path
 
 

@@ -1,0 +1,453 @@
+"""Every environment setting of the server and the client, declared once (datasette's SETTINGS).
+
+The loaders in config.py read a setting only through its `Setting` (see `raw`), so nothing
+is read that is not declared here; tests/unit/test_docs.py checks that this table and the
+README's configuration reference agree, name by name and default by default.
+
+`default` is the text a loader uses when the variable is unset (None: no value); `shown`
+describes a default that is not a literal (computed, or "no limit") the way the README does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+AppliesTo = Literal["server", "client", "both"]
+
+#: How a declared `SERVICE_<NAME>_<SUFFIX>` pattern is spelled.
+SERVICE_PATTERN_PREFIX = "SERVICE_<NAME>_"
+#: The README's way of writing "unset, nothing".
+NO_DEFAULT = "—"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    applies_to: AppliesTo
+    group: str
+    shown: str | None = None
+
+    @property
+    def default_text(self) -> str:
+        """The default as the README's Default column writes it (before any remark)."""
+        if self.shown is not None:
+            return self.shown
+        return NO_DEFAULT if self.default is None else f"`{self.default}`"
+
+    @property
+    def literal(self) -> str:
+        """The default of a setting that has one (a programming error to ask otherwise)."""
+        if self.default is None:
+            raise ValueError(f"{self.name} has no literal default")
+        return self.default
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.name.startswith(SERVICE_PATTERN_PREFIX)
+
+    def for_service(self, service: str) -> str:
+        """`SERVICE_<NAME>_TIMEOUT` for service `my_app` -> `SERVICE_MY_APP_TIMEOUT`."""
+        return self.name.replace("<NAME>", service.upper())
+
+
+def raw(env: Mapping[str, str], setting: Setting) -> str | None:
+    """The variable's text, or the declared default when it is unset (an empty value stays)."""
+    return env.get(setting.name, setting.default)
+
+
+def text(env: Mapping[str, str], setting: Setting) -> str:
+    """`raw` of a setting with a literal default, so never None."""
+    value = raw(env, setting)
+    return setting.literal if value is None else value
+
+
+def given_or_default(env: Mapping[str, str], setting: Setting) -> str:
+    """The variable's text, or the declared default when it is unset or empty."""
+    return raw(env, setting) or setting.literal
+
+
+_DECLARED: list[Setting] = []
+
+
+def _declare(
+    name: str,
+    default: str | None,
+    help: str,
+    applies_to: AppliesTo,
+    group: str,
+    shown: str | None = None,
+) -> Setting:
+    setting = Setting(name, default, help, applies_to, group, shown)
+    _DECLARED.append(setting)
+    return setting
+
+
+# --- common to server and client -------------------------------------------------------------
+PORT = _declare(
+    "PORT", None, "TCP port to listen on", "both", "common", shown="server `5000`, client `9000`"
+)
+HOST = _declare("HOST", "0.0.0.0", "address to bind", "both", "common")
+DATA_PATH = _declare(
+    "DATA_PATH",
+    None,
+    "where job (server) or payload (client) directories live",
+    "both",
+    "common",
+    shown="`<cwd>/data`",
+)
+MAX_AGE = _declare(
+    "MAX_AGE",
+    "864000",
+    "seconds a finished job's files are kept; 0 cleans at the next pass",
+    "both",
+    "common",
+)
+CLEANER_INTERVAL = _declare(
+    "CLEANER_INTERVAL", "60", "seconds between retention passes", "both", "common"
+)
+UPLOAD_IDLE_TIMEOUT = _declare(
+    "UPLOAD_IDLE_TIMEOUT",
+    "60",
+    "seconds an upload body may send nothing before it is answered 408; 0 waits forever",
+    "both",
+    "common",
+)
+CLIENT_TOKEN = _declare(
+    "CLIENT_TOKEN", None, "shared secret between server and clients", "both", "common"
+)
+LOG_LEVEL = _declare(
+    "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", "both", "common"
+)
+LOG_FORMAT = _declare(
+    "LOG_FORMAT",
+    "text",
+    "text (human-readable lines) or json (one object per line)",
+    "both",
+    "common",
+)
+
+# --- server ----------------------------------------------------------------------------------
+DB_PATH = _declare(
+    "DB_PATH",
+    None,
+    "the SQLite database file, or a PostgreSQL URL postgresql+asyncpg://...",
+    "server",
+    "server",
+    shown="`<cwd>/db.sqlite`",
+)
+API_TOKENS_FILE = _declare(
+    "API_TOKENS_FILE",
+    None,
+    "file of `token user_id` lines; when set, users must authenticate",
+    "server",
+    "server",
+)
+ADMIN_USERS = _declare(
+    "ADMIN_USERS",
+    None,
+    "comma-separated user ids whose tokens open GET /status",
+    "server",
+    "server",
+)
+METRICS_TOKEN = _declare(
+    "METRICS_TOKEN",
+    None,
+    "bearer token GET /metrics requires; unset, /metrics is open",
+    "server",
+    "server",
+)
+UPLOAD_MAX_MB = _declare(
+    "UPLOAD_MAX_MB",
+    "400",
+    "largest accepted upload body; beyond it /upload answers 413",
+    "server",
+    "server",
+)
+UPLOAD_MAX_CONCURRENT = _declare(
+    "UPLOAD_MAX_CONCURRENT",
+    "128",
+    "uploads in progress at once on this server; 0: no limit",
+    "server",
+    "server",
+)
+UPLOAD_MAX_PER_CLIENT = _declare(
+    "UPLOAD_MAX_PER_CLIENT",
+    "32",
+    "uploads in progress at once from one address; 0: no limit",
+    "server",
+    "server",
+)
+
+# --- services (patterns: <NAME> is the service name) -----------------------------------------
+SERVICE_UPLOAD_URL = _declare(
+    "SERVICE_<NAME>_UPLOAD_URL",
+    None,
+    "client submit URL(s), comma-separated",
+    "server",
+    "services",
+)
+SERVICE_DOWNLOAD_URL = _declare(
+    "SERVICE_<NAME>_DOWNLOAD_URL",
+    None,
+    "client retrieve URL(s), in the same order",
+    "server",
+    "services",
+)
+SERVICE_TERMINATE_URL = _declare(
+    "SERVICE_<NAME>_TERMINATE_URL",
+    None,
+    "client kill URL(s)",
+    "server",
+    "services",
+    shown="derived from `DOWNLOAD_URL`",
+)
+SERVICE_CLIENTS = _declare(
+    "SERVICE_<NAME>_CLIENTS",
+    None,
+    "client base URLs; /submit, /retrieve, /kill are derived",
+    "server",
+    "services",
+)
+SERVICE_RUNS_PER_USER = _declare(
+    "SERVICE_<NAME>_RUNS_PER_USER",
+    "5",
+    "active jobs one user may have in this service",
+    "server",
+    "services",
+)
+SERVICE_MAX_RUNS = _declare(
+    "SERVICE_<NAME>_MAX_RUNS",
+    "10",
+    "active jobs the whole service may have",
+    "server",
+    "services",
+)
+SERVICE_TIMEOUT = _declare(
+    "SERVICE_<NAME>_TIMEOUT",
+    None,
+    "wall-time limit of a job in seconds",
+    "server",
+    "services",
+    shown="unlimited",
+)
+SERVICE_CLIENT_TOKEN = _declare(
+    "SERVICE_<NAME>_CLIENT_TOKEN",
+    None,
+    "bearer token sent to this service's clients",
+    "server",
+    "services",
+    shown="`CLIENT_TOKEN`",
+)
+
+# --- queue and calls to the clients ----------------------------------------------------------
+CLIENT_TIMEOUT = _declare(
+    "CLIENT_TIMEOUT",
+    "30",
+    "seconds for one server-to-client call (plus the long-poll time)",
+    "server",
+    "queue",
+)
+RETRY_DEADLINE = _declare(
+    "RETRY_DEADLINE",
+    "21600",
+    "how long an unreachable client is retried before its jobs fail",
+    "server",
+    "queue",
+)
+LONG_POLL = _declare(
+    "LONG_POLL",
+    "25",
+    "seconds a result request may wait on the client for a change",
+    "server",
+    "queue",
+)
+POLL_INTERVAL = _declare(
+    "POLL_INTERVAL",
+    "1",
+    "seconds between polls of clients that do not long-poll",
+    "server",
+    "queue",
+)
+NODE_CHECK_INTERVAL = _declare(
+    "NODE_CHECK_INTERVAL",
+    "5",
+    "seconds between background health/load checks of the clients",
+    "server",
+    "queue",
+)
+FAILOVER_AFTER = _declare(
+    "FAILOVER_AFTER",
+    "30",
+    "seconds a client may be down before its unstarted jobs move",
+    "server",
+    "queue",
+)
+
+# --- callbacks -------------------------------------------------------------------------------
+CALLBACK_SECRET = _declare(
+    "CALLBACK_SECRET",
+    None,
+    "HMAC-SHA256 key (16+ characters) signing callbacks",
+    "server",
+    "callbacks",
+)
+CALLBACK_ALLOW = _declare(
+    "CALLBACK_ALLOW",
+    "public",
+    "where callbacks may go: CIDR networks and/or the word public",
+    "server",
+    "callbacks",
+)
+CALLBACK_DEADLINE = _declare(
+    "CALLBACK_DEADLINE",
+    "86400",
+    "seconds a callback is retried before it is given up",
+    "server",
+    "callbacks",
+)
+CALLBACK_TIMEOUT = _declare(
+    "CALLBACK_TIMEOUT", "10", "seconds one callback attempt may take", "server", "callbacks"
+)
+
+# --- replicas --------------------------------------------------------------------------------
+REPLICA_ID = _declare(
+    "REPLICA_ID",
+    None,
+    "this server's unique, stable name among replicas of one database",
+    "server",
+    "replicas",
+    shown="`<hostname>:<port>`",
+)
+LEASE_S = _declare(
+    "LEASE_S",
+    "15",
+    "seconds a replica may miss its heartbeat before its jobs are taken over",
+    "server",
+    "replicas",
+)
+
+# --- client ----------------------------------------------------------------------------------
+MAX_CONCURRENT = _declare(
+    "MAX_CONCURRENT",
+    None,
+    "scripts run at once on this node; more wait as Prepared",
+    "client",
+    "client",
+    shown="unlimited",
+)
+KILL_GRACE = _declare(
+    "KILL_GRACE",
+    "10",
+    "seconds between SIGTERM and SIGKILL to a killed job's process group",
+    "client",
+    "client",
+)
+REQUIRE_EXIT_TRAP = _declare(
+    "REQUIRE_EXIT_TRAP",
+    "0",
+    "1 to reject scripts without the original's exit trap",
+    "client",
+    "client",
+)
+RESULT_MAX_MB = _declare(
+    "RESULT_MAX_MB",
+    None,
+    "largest archive the client builds (result or partial copy)",
+    "client",
+    "client",
+    shown="unlimited",
+)
+ADOPT_HOLD = _declare(
+    "ADOPT_HOLD",
+    "60",
+    "seconds an unstarted payload found at start-up waits to be asked for",
+    "client",
+    "client",
+)
+SERVER_LEASE = _declare(
+    "SERVER_LEASE",
+    "15",
+    "a payload starts only if the server asked about it this recently",
+    "client",
+    "client",
+)
+EXECUTOR = _declare(
+    "EXECUTOR",
+    "local",
+    "local (a process group here) or slurm (one batch job per payload)",
+    "client",
+    "client",
+)
+
+# --- sandbox ---------------------------------------------------------------------------------
+SANDBOX = _declare("SANDBOX", "none", "none, rlimits or bwrap", "client", "sandbox")
+JOB_MAX_MEMORY_MB = _declare(
+    "JOB_MAX_MEMORY_MB",
+    None,
+    "address-space limit of a job",
+    "client",
+    "sandbox",
+    shown="unlimited",
+)
+JOB_MAX_PROCESSES = _declare(
+    "JOB_MAX_PROCESSES",
+    None,
+    "process limit (RLIMIT_NPROC, per user: needs JOB_USER)",
+    "client",
+    "sandbox",
+    shown="unlimited",
+)
+JOB_MAX_FILE_MB = _declare(
+    "JOB_MAX_FILE_MB",
+    None,
+    "largest file a job may write",
+    "client",
+    "sandbox",
+    shown="unlimited",
+)
+JOB_MAX_CPU_SECONDS = _declare(
+    "JOB_MAX_CPU_SECONDS",
+    None,
+    "CPU time of each process of a job",
+    "client",
+    "sandbox",
+    shown="unlimited",
+)
+JOB_USER = _declare(
+    "JOB_USER",
+    None,
+    "run jobs as this unprivileged user (the client must run as root)",
+    "client",
+    "sandbox",
+)
+
+# --- Slurm (EXECUTOR=slurm) ------------------------------------------------------------------
+SLURM_PARTITION = _declare(
+    "SLURM_PARTITION",
+    None,
+    "--partition of the jobs",
+    "client",
+    "slurm",
+    shown="cluster default",
+)
+SLURM_ACCOUNT = _declare(
+    "SLURM_ACCOUNT", None, "--account of the jobs", "client", "slurm", shown="user default"
+)
+SLURM_QOS = _declare("SLURM_QOS", None, "--qos of the jobs", "client", "slurm")
+SLURM_POLL_INTERVAL = _declare(
+    "SLURM_POLL_INTERVAL",
+    "0.5",
+    "seconds between two squeue calls; at most 10",
+    "client",
+    "slurm",
+)
+SLURM_EXTRA_ARGS = _declare(
+    "SLURM_EXTRA_ARGS", None, "more sbatch options, shell-quoted", "client", "slurm"
+)
+
+SETTINGS: tuple[Setting, ...] = tuple(_DECLARED)
+SERVICE_SETTINGS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.is_pattern)
