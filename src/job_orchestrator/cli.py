@@ -38,8 +38,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar=f"{{server,client,migrate,{','.join(USER_COMMANDS)}}}",
         required=True,
     )
-    commands.add_parser("server", help="Run orchestrator server (user API, queue, dispatch)")
-    commands.add_parser("client", help="Run orchestrator client (executes run.sh payloads)")
+    for program, summary in (
+        ("server", "Run orchestrator server (user API, queue, dispatch)"),
+        ("client", "Run orchestrator client (executes run.sh payloads)"),
+    ):
+        command = commands.add_parser(program, help=summary)
+        command.add_argument(
+            "--help-settings",
+            action="store_true",
+            help=f"list the environment settings the {program} reads, with defaults, and exit",
+        )
     commands.add_parser(
         "migrate", help="Bring the server's database (DB_PATH) to the current schema, then exit"
     )
@@ -84,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.command in USER_COMMANDS:
         return run_user_command(arguments)
+    if getattr(arguments, "help_settings", False):
+        from job_orchestrator.settings_table import SETTINGS, describe
+
+        print(describe(SETTINGS, arguments.command), end="")
+        return 0
     from job_orchestrator.config import load_client_settings, load_server_settings
 
     # Logging first, so warnings about the configuration go to the log, not to stderr.

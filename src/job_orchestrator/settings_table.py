@@ -4,71 +4,31 @@ The loaders in config.py read a setting only through its `Setting` (see `raw`), 
 is read that is not declared here; tests/unit/test_docs.py checks that this table and the
 README's configuration reference agree, name by name and default by default.
 
-`default` is the text a loader uses when the variable is unset (None: no value); `shown`
-describes a default that is not a literal (computed, or "no limit") the way the README does.
+What a `Setting` is, and `raw` (the one way to read one), live in `_setting`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Literal
+from job_orchestrator._setting import (
+    SERVICE_PATTERN_PREFIX,
+    AppliesTo,
+    Setting,
+    describe,
+    given_or_default,
+    raw,
+    text,
+)
 
-AppliesTo = Literal["server", "client", "both"]
-
-#: How a declared `SERVICE_<NAME>_<SUFFIX>` pattern is spelled.
-SERVICE_PATTERN_PREFIX = "SERVICE_<NAME>_"
-#: The README's way of writing "unset, nothing".
-NO_DEFAULT = "—"
-
-
-@dataclass(frozen=True, slots=True)
-class Setting:
-    name: str
-    default: str | None
-    help: str
-    applies_to: AppliesTo
-    group: str
-    shown: str | None = None
-
-    @property
-    def default_text(self) -> str:
-        """The default as the README's Default column writes it (before any remark)."""
-        if self.shown is not None:
-            return self.shown
-        return NO_DEFAULT if self.default is None else f"`{self.default}`"
-
-    @property
-    def literal(self) -> str:
-        """The default of a setting that has one (a programming error to ask otherwise)."""
-        if self.default is None:
-            raise ValueError(f"{self.name} has no literal default")
-        return self.default
-
-    @property
-    def is_pattern(self) -> bool:
-        return self.name.startswith(SERVICE_PATTERN_PREFIX)
-
-    def for_service(self, service: str) -> str:
-        """`SERVICE_<NAME>_TIMEOUT` for service `my_app` -> `SERVICE_MY_APP_TIMEOUT`."""
-        return self.name.replace("<NAME>", service.upper())
-
-
-def raw(env: Mapping[str, str], setting: Setting) -> str | None:
-    """The variable's text, or the declared default when it is unset (an empty value stays)."""
-    return env.get(setting.name, setting.default)
-
-
-def text(env: Mapping[str, str], setting: Setting) -> str:
-    """`raw` of a setting with a literal default, so never None."""
-    value = raw(env, setting)
-    return setting.literal if value is None else value
-
-
-def given_or_default(env: Mapping[str, str], setting: Setting) -> str:
-    """The variable's text, or the declared default when it is unset or empty."""
-    return raw(env, setting) or setting.literal
-
+__all__ = [
+    "SERVICE_PATTERN_PREFIX",
+    "SERVICE_SETTINGS",
+    "SETTINGS",
+    "Setting",
+    "describe",
+    "given_or_default",
+    "raw",
+    "text",
+]
 
 _DECLARED: list[Setting] = []
 

@@ -1,0 +1,88 @@
+"""What a setting is, and the only ways config.py reads one (see settings_table for the list).
+
+`default` is the text a loader uses when the variable is unset (None: no value); `shown`
+describes a default that is not a literal (computed, or "no limit") the way the README does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+AppliesTo = Literal["server", "client", "both"]
+
+#: How a declared `SERVICE_<NAME>_<SUFFIX>` pattern is spelled.
+SERVICE_PATTERN_PREFIX = "SERVICE_<NAME>_"
+#: The README's way of writing "unset, nothing".
+NO_DEFAULT = "—"
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    default: str | None
+    help: str
+    applies_to: AppliesTo
+    group: str
+    shown: str | None = None
+
+    @property
+    def default_text(self) -> str:
+        """The default as the README's Default column writes it (before any remark)."""
+        if self.shown is not None:
+            return self.shown
+        return NO_DEFAULT if self.default is None else f"`{self.default}`"
+
+    @property
+    def literal(self) -> str:
+        """The default of a setting that has one (a programming error to ask otherwise)."""
+        if self.default is None:
+            raise ValueError(f"{self.name} has no literal default")
+        return self.default
+
+    @property
+    def is_pattern(self) -> bool:
+        return self.name.startswith(SERVICE_PATTERN_PREFIX)
+
+    def for_service(self, service: str) -> str:
+        """`SERVICE_<NAME>_TIMEOUT` for service `my_app` -> `SERVICE_MY_APP_TIMEOUT`."""
+        return self.name.replace("<NAME>", service.upper())
+
+
+def raw(env: Mapping[str, str], setting: Setting) -> str | None:
+    """The variable's text, or the declared default when it is unset (an empty value stays)."""
+    return env.get(setting.name, setting.default)
+
+
+def text(env: Mapping[str, str], setting: Setting) -> str:
+    """`raw` of a setting with a literal default, so never None."""
+    value = raw(env, setting)
+    return setting.literal if value is None else value
+
+
+def given_or_default(env: Mapping[str, str], setting: Setting) -> str:
+    """The variable's text, or the declared default when it is unset or empty."""
+    return raw(env, setting) or setting.literal
+
+
+def describe(settings: Iterable[Setting], program: Literal["server", "client"]) -> str:
+    """The settings one program reads, by group, as `--help-settings` prints them."""
+    shown = [setting for setting in settings if setting.applies_to in (program, "both")]
+    name_width = max(len(setting.name) for setting in shown)
+    default_width = max(len(_plain(setting.default_text)) for setting in shown)
+    lines = [f"Environment settings of job-orchestrator {program} (details: README.md):"]
+    group = ""
+    for setting in shown:
+        if setting.group != group:
+            group = setting.group
+            lines.append(f"\n{group}:")
+        default = _plain(setting.default_text)
+        lines.append(
+            f"  {setting.name:<{name_width}}  {default:<{default_width}}  {_plain(setting.help)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plain(markdown: str) -> str:
+    return markdown.replace("`", "")
