@@ -53,6 +53,13 @@ def _restart_server(fleet: Fleet, max_runs: int, runs_per_user: int) -> None:
     fleet.server.start()
 
 
+def _clients_up(api: Api, urls: tuple[str, ...]) -> bool:
+    """Whether the server's last health check found each of these clients up (/metrics)."""
+    lines = get(f"{api.base_url}/metrics").text.splitlines()
+    up = [line for line in lines if line.startswith("job_orchestrator_client_up{")]
+    return all(any(url in line and line.endswith(" 1.0") for line in up) for url in urls)
+
+
 def _settled(marks: Path, count: int) -> set[str]:
     wait_until(lambda: len(_started(marks)) >= count, what=f"{count} jobs to start")
     time.sleep(QUIET_S)  # room for a job that must not start to show up
@@ -105,6 +112,11 @@ def test_mixed_fleet_our_server_with_an_original_and_our_client(
     ours = fleet.our_client()
     fleet.our_server()  # SERVICE_EXAMPLE_CLIENTS lists both
     api: Api = fleet.api
+    # Until its first health check answers, a client is not chosen: under load one of the two
+    # could still be unchecked when the jobs arrive, and both would go to the other.
+    wait_until(
+        lambda: _clients_up(api, (original.url, ours.url)), what="the server to see both clients"
+    )
     ids = {label: api.submit(_gated(marks, label)) for label in ("first", "second")}
     wait_until(lambda: len(_started(marks)) == 2, what="both jobs to start")
     # The server prefers the client with fewer active jobs: one job on each.
