@@ -38,9 +38,10 @@ class LocalExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         try:
-            await asyncio.to_thread(
-                hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
-            )
+            if self.settings.job_user is not None:  # else nothing to hand over: no thread hop
+                await asyncio.to_thread(
+                    hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
+                )
             # One file for both streams: interleaved as written (client/logs.py serves it).
             with paths.log.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(
