@@ -28,6 +28,7 @@ KIND = "local"
 
 class LocalExecutor:
     kind = KIND
+    runs_at_launch = True
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
