@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from job_orchestrator.client.registry import Registry
+from job_orchestrator.client.registry import ID_BLOCK, NEXT_ID_FILE, Registry
 from job_orchestrator.status import Status
 
 
@@ -51,7 +51,7 @@ def test_ids_of_cleaned_payloads_are_not_reused_after_a_restart(tmp_path: Path) 
     restarted = Registry(tmp_path)
     assert restarted.rebuild() == []
     assert restarted.count() == 0
-    assert int(restarted.allocate().root.name) == ids[-1] + 1
+    assert int(restarted.allocate().root.name) > ids[-1]
     lookup = restarted.lookup(ids[-1])
     assert lookup is not None
     assert lookup.status is Status.CLEANED
@@ -94,3 +94,44 @@ def test_an_upload_being_received_is_held_until_it_is_added_or_abandoned(tmp_pat
     assert registry.holds(int(receiving.root.name))
     payload = registry.add(receiving, dispatch_key=None)
     assert registry.holds(payload.id)
+
+
+def test_ids_handed_out_before_a_crash_are_never_reused(tmp_path: Path) -> None:
+    """The high-water mark moves a block at a time; a crash anywhere in a block loses no id."""
+    for handed_out in (1, ID_BLOCK - 1, ID_BLOCK, ID_BLOCK + 1):
+        data = tmp_path / str(handed_out)
+        registry = Registry(data)
+        registry.rebuild()
+        ids = [int(registry.allocate().root.name) for _ in range(handed_out)]
+        for payload_id in ids:
+            shutil.rmtree(data / str(payload_id))  # cleaned, or never written to disk at all
+        # No orderly stop: a new registry on the same directory is what a crash leaves.
+        restarted = Registry(data)
+        assert restarted.rebuild() == []
+        fresh = int(restarted.allocate().root.name)
+        assert fresh > max(ids)
+        for payload_id in [*ids, fresh - 1]:  # whatever may have been handed out is Cleaned
+            lookup = restarted.lookup(payload_id)
+            assert lookup is not None
+            assert lookup.status is Status.CLEANED
+        assert restarted.lookup(fresh + 1) is None
+
+
+def test_the_high_water_mark_is_written_once_per_block(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    marker = tmp_path / NEXT_ID_FILE
+    registry.allocate()
+    assert marker.read_text() == str(1 + ID_BLOCK)
+    for _ in range(ID_BLOCK - 1):
+        registry.allocate()
+    assert marker.read_text() == str(1 + ID_BLOCK)  # the block's ids needed no write
+    assert int(registry.allocate().root.name) == 1 + ID_BLOCK
+    assert marker.read_text() == str(1 + 2 * ID_BLOCK)
+
+
+def test_a_mark_written_per_id_by_an_older_client_is_honoured(tmp_path: Path) -> None:
+    (tmp_path / NEXT_ID_FILE).write_text("42")
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    assert int(registry.allocate().root.name) == 42

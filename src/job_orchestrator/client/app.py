@@ -28,6 +28,7 @@ from job_orchestrator.client import logs
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
+from job_orchestrator.client.responses import zip_response
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
@@ -136,6 +137,10 @@ class ClientState:
                 extra={"removed": cleaned, "registry_rows": held},
             )
         return cleaned
+
+
+async def _mark_collected(state: ClientState, payload_id: int) -> None:
+    state.registry.mark_collected(payload_id)
 
 
 def _state(request: Request) -> ClientState:
@@ -386,14 +391,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
         if long_polled:
             payload = await _wait_for_change(state, payload, known or payload.status.wire, wait)
         if payload.status is Status.COMPLETED:
-            if not payload.paths.result.is_file():
+            try:
+                return zip_response(
+                    payload.paths.result,
+                    headers=_outcome(payload),
+                    # A coroutine: a plain function would cost a hop to a worker thread.
+                    background=BackgroundTask(_mark_collected, state, payload.id),
+                )
+            except OSError:
                 return _empty(500)
-            return FileResponse(
-                payload.paths.result,
-                media_type="application/zip",
-                headers=_outcome(payload),
-                background=BackgroundTask(state.registry.mark_collected, payload.id),
-            )
         if payload.status.is_terminal():
             state.registry.mark_collected(payload.id)
         return _payload_response(payload, long_polled=long_polled)
@@ -413,10 +419,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
-        if payload.status is Status.COMPLETED and payload.paths.result.is_file():
-            return FileResponse(
-                payload.paths.result, media_type="application/zip", headers=_message(payload)
-            )
+        if payload.status is Status.COMPLETED:
+            with contextlib.suppress(OSError):  # gone: a partial copy of what is left
+                return zip_response(payload.paths.result, headers=_message(payload))
         # Built beside (not inside) the work directory, and removed once sent.
         partial = payload.paths.root / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}.zip"
         build = asyncio.ensure_future(

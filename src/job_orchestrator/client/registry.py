@@ -4,7 +4,9 @@ Each payload lives in `DATA_PATH/<id>/` with `work/` (the script's directory), `
 (this registry's row), `exit/code` (written by the wrapper when run.sh ends), `tmp/` (its /tmp
 in the sandbox), `result.zip` and `output.log` (the script's stdout and stderr). The registry
 is rebuilt from those directories at start, so finished results survive a restart, and ids
-are never reused (a high-water mark is kept on disk).
+are never reused: a high-water mark on disk stays ahead of every id handed out. It is moved
+a block of ID_BLOCK ids at a time (one file write per block, not per payload), so after a
+restart ids continue past the block's end, and the ids skipped count as used (Cleaned).
 
 A cleaned payload leaves the registry (and its directory the disk), so memory grows with the
 payloads held, not with every payload ever run. An id below the high-water mark that is no
@@ -25,7 +27,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
 NEXT_ID_FILE = ".next-payload-id"
+#: Ids reserved on disk at once: the high-water mark is written once per this many payloads.
+ID_BLOCK = 64
 
 _SCHEMA = """
 CREATE TABLE payloads (
@@ -143,6 +147,8 @@ class Registry:
         self._db.row_factory = sqlite3.Row
         self._db.execute(_SCHEMA)
         self._next_id = 1
+        #: The high-water mark on disk: every id below it counts as handed out after a restart.
+        self._reserved_until = 1
         #: Ids whose directory a /submit is still filling (not in the table yet).
         self._receiving: set[int] = set()
         self._watchers: dict[int, set[asyncio.Event]] = {}
@@ -159,18 +165,21 @@ class Registry:
                 root.mkdir(parents=True)
             except FileExistsError:
                 continue
-            self._write_next_id()
+            if payload_id >= self._reserved_until:
+                # Written before the id is used, so a crash can never hand it out again.
+                self._write_next_id(payload_id + ID_BLOCK)
             paths = PayloadPaths(root)
             for directory in (paths.work, paths.exit_code.parent, paths.tmp):
                 directory.mkdir()
             self._receiving.add(payload_id)
             return paths
 
-    def _write_next_id(self) -> None:
+    def _write_next_id(self, reserved_until: int) -> None:
         marker = self.data_path / NEXT_ID_FILE
         temporary = marker.with_name(marker.name + ".tmp")
-        temporary.write_text(str(self._next_id))
+        temporary.write_text(str(reserved_until))
         os.replace(temporary, marker)
+        self._reserved_until = reserved_until
 
     def rebuild(self) -> list[Payload]:
         """Load every payload directory with a state file; return them."""
@@ -187,7 +196,8 @@ class Registry:
             if payload is not None and payload.id == int(entry.name):
                 self._insert(payload)
                 loaded.append(payload)
-        self._next_id = highest + 1
+        # Ids up to the mark may have been handed out (and cleaned): never again.
+        self._next_id = self._reserved_until = highest + 1
         return sorted(loaded, key=lambda p: p.id)
 
     # ---- rows ------------------------------------------------------------------------------
@@ -341,8 +351,12 @@ class Registry:
         self._db.execute("SELECT 1").fetchone()
 
 
+_FIELDS = tuple(field.name for field in fields(Payload))
+
+
 def _row(payload: Payload) -> dict[str, Any]:
-    row = asdict(payload)
+    # Not dataclasses.asdict: its deep copy costs more than the rest, and every field is flat.
+    row = {name: getattr(payload, name) for name in _FIELDS}
     row["status"] = payload.status.db
     row["killed"] = int(payload.killed)
     row["timed_out"] = int(payload.timed_out)

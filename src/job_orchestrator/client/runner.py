@@ -179,18 +179,25 @@ class Runner:
         handle = await self._launch(payload)
         if handle is None:
             return
-        current = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
+        changes: dict[str, Any] = {"handle": handle.encode()}
+        before = self.registry.get(payload.id)
+        if self.executor.runs_at_launch and before is not None and not before.killed:
+            # One state write instead of two (handle, then Running): nothing is awaited in
+            # between that a crash could fall into.
+            changes.update(status=Status.RUNNING, started_at=await self.executor.started(handle))
+        current = self.registry.update(payload.id, {Status.PREPARED}, **changes)
         if current is None or current.killed:
             # Killed while we were starting it.
             await self.executor.terminate(handle, self.settings.kill_grace_s)
         try:
-            started_at = await self.executor.started(handle)
-            running = None
-            if (now := self.registry.get(payload.id)) is not None and not now.killed:
-                # A job killed while pending in Slurm goes from Prepared to Killed.
-                running = self.registry.update(
-                    payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
-                )
+            running = current if current is not None and "status" in changes else None
+            if running is None:
+                started_at = await self.executor.started(handle)
+                if (now := self.registry.get(payload.id)) is not None and not now.killed:
+                    # A job killed while pending in Slurm goes from Prepared to Killed.
+                    running = self.registry.update(
+                        payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
+                    )
             outcome = await self._wait_within_limit(
                 running or payload, handle, self.executor.wait(payload, handle)
             )

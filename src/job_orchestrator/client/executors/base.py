@@ -68,6 +68,10 @@ class Executor(Protocol):
     """Starts, observes and stops payload executions of one kind."""
 
     kind: str
+    #: Whether an execution runs as soon as `launch` returns (a local process), so its handle
+    #: and its Running status reach the state file in one write; else (a Slurm job pending)
+    #: the handle is written first and Running once `started` says so.
+    runs_at_launch: bool
 
     async def launch(self, payload: Payload) -> Handle:
         """Start run.sh; raise LaunchError (or LaunchUnavailableError) if it cannot."""

@@ -28,6 +28,7 @@ KIND = "local"
 
 class LocalExecutor:
     kind = KIND
+    runs_at_launch = True
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings
@@ -38,9 +39,10 @@ class LocalExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         try:
-            await asyncio.to_thread(
-                hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
-            )
+            if self.settings.job_user is not None:  # else nothing to hand over: no thread hop
+                await asyncio.to_thread(
+                    hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
+                )
             # One file for both streams: interleaved as written (client/logs.py serves it).
             with paths.log.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(
