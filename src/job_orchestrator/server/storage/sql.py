@@ -3,30 +3,24 @@
 Every Store method is one synchronous unit of work on a Connection, run in one transaction:
 on SQLite by a single dedicated thread that owns the only connection (writes are serialised
 there, as in datasette, so they never wait on SQLite's lock and each call costs one thread
-hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
-`UPDATE ... WHERE id = ? AND status IN (...)`, atomic on either database.
+hop), on PostgreSQL through the async engine (asyncpg); both backends are in backend.py.
+Compare-and-set is one `UPDATE ... WHERE id = ? AND status IN (...)`, atomic on either
+database.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.errors import StoreError
 from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
@@ -42,145 +36,25 @@ from job_orchestrator.server.storage._notify import (
     NOTIFY_DISPATCH,
     NOTIFY_FINAL,
     Listener,
-    asyncpg_dsn,
 )
 from job_orchestrator.server.storage._rows import job_record
+from job_orchestrator.server.storage.backend import Backend, Work, open_backend
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
-_MIGRATIONS = Path(__file__).with_name("migrations")
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
 T = TypeVar("T")
-Work = Callable[[Connection], T]
-
-
-def database_url(db_path: str) -> str:
-    """DB_PATH is a file path (as upstream) or a full SQLAlchemy URL (PostgreSQL)."""
-    if "://" in db_path:
-        return db_path
-    return f"sqlite:///{db_path}"
 
 
 async def open_store(db_path: str) -> SqlStore:
-    url = database_url(db_path)
-    backend: _Backend
-    if url.startswith("sqlite"):
-        if db_path != ":memory:" and "://" not in db_path:
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        backend = _SqliteThread(url)
-    else:
-        backend = _AsyncEngine(create_async_engine(url, pool_pre_ping=True))
-    try:
-        await backend.run(_migrate)
-    except StoreUnavailableError:
-        await backend.close()
-        raise
-    except (SQLAlchemyError, OSError) as error:
-        await backend.close()
-        raise StoreError(f"cannot open database {db_path!r}: {error}") from error
-    return SqlStore(backend, listen_dsn=None if url.startswith("sqlite") else asyncpg_dsn(url))
-
-
-class _Backend:
-    async def run(self, work: Work[T]) -> T:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-class _SqliteThread(_Backend):
-    """One thread, one connection: every unit of work runs there, one after the other."""
-
-    def __init__(self, url: str) -> None:
-        self._engine: Engine = sa.create_engine(
-            url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30}
-        )
-        sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._connection: Connection | None = None
-        self._closed = False
-
-    def _in_thread(self, work: Work[T]) -> T:
-        if self._connection is None:
-            self._connection = self._engine.connect()
-        with self._connection.begin():
-            return work(self._connection)
-
-    async def run(self, work: Work[T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, work)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-
-        def shut() -> None:
-            if self._connection is not None:
-                self._connection.close()
-            self._engine.dispose()
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
-        self._thread.shutdown(wait=True)
-
-
-class _AsyncEngine(_Backend):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def run(self, work: Work[T]) -> T:
-        try:
-            async with self._engine.begin() as connection:
-                return await connection.run_sync(work)
-        except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
-            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-        except DBAPIError as error:
-            if _is_unavailable(error):
-                raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-            raise
-
-    async def close(self) -> None:
-        await self._engine.dispose()
-
-
-def _is_unavailable(error: DBAPIError) -> bool:
-    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
-    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-    return (
-        error.connection_invalidated
-        or isinstance(error, OperationalError | InterfaceError)
-        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
-        or sqlstate.startswith("08")
-        or sqlstate in {"57P01", "57P02", "57P03"}
-    )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _migrate(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together on an empty database: one migrates, the others wait
-        # here, then find the schema at head. Released when this transaction commits.
-        connection.execute(_MIGRATION_LOCK)
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-_MIGRATION_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('job-orchestrator:migrate'))")
+    backend, listen_dsn = await open_backend(db_path)
+    return SqlStore(backend, listen_dsn=listen_dsn)
 
 
 class SqlStore(SqlCallbackVerbs, Store):
-    def __init__(self, backend: _Backend, listen_dsn: str | None = None) -> None:
+    def __init__(self, backend: Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
         self._listen_dsn = listen_dsn
