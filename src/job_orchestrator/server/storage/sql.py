@@ -41,7 +41,8 @@ from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.backend import Backend, Work, open_backend
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
-from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
+from job_orchestrator.server.storage.sql_views import SqlViewVerbs
+from job_orchestrator.server.storage.tables import jobs, replicas, revocations
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
@@ -53,7 +54,7 @@ async def open_store(db_path: str) -> SqlStore:
     return SqlStore(backend, listen_dsn=listen_dsn)
 
 
-class SqlStore(SqlCallbackVerbs, Store):
+class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
     def __init__(self, backend: Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
@@ -192,71 +193,6 @@ class SqlStore(SqlCallbackVerbs, Store):
             per_service[service] = per_service.get(service, 0) + count
         return Occupancy(per_user=per_user, per_service=per_service)
 
-    async def status_counts(self) -> dict[tuple[str, Status], int]:
-        rows = await self._fetch(
-            sa.select(jobs.c.service, jobs.c.status, sa.func.count()).group_by(
-                jobs.c.service, jobs.c.status
-            )
-        )
-        counts: dict[tuple[str, Status], int] = {}
-        for service, status, count in rows:
-            key = (service, Status.from_db(status))
-            counts[key] = counts.get(key, 0) + count
-        return counts
-
-    async def node_occupancy(self, service: str) -> dict[str, int]:
-        rows = await self._fetch(
-            sa.select(jobs.c.node, sa.func.count())
-            .where(
-                jobs.c.service == service,
-                jobs.c.status.in_([s.db for s in SLOT_HOLDING]),
-            )
-            .group_by(jobs.c.node)
-        )
-        return {row[0]: row[1] for row in rows if row[0] is not None}
-
-    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        depths = {name: limit.runs_per_user for name, limit in limits.items()}
-        if not any(depths.values()):
-            return []
-        position = (
-            sa.func.row_number()
-            .over(partition_by=(jobs.c.service, jobs.c.user_id), order_by=jobs.c.id)
-            .label("position")
-        )
-        due = (
-            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.id, position)
-            .where(
-                jobs.c.status == Status.QUEUED.db,
-                jobs.c.service.in_(list(limits)),
-                sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
-            )
-            .subquery()
-        )
-        rows = await self._fetch(
-            sa.select(due.c.service, due.c.user_id, due.c.id)
-            .where(due.c.position <= sa.case(depths, value=due.c.service, else_=0))
-            .order_by(due.c.service, due.c.user_id, due.c.id)
-        )
-        grouped: dict[tuple[str, int], list[int]] = {}
-        for service, user_id, job_id in rows:
-            grouped.setdefault((service, user_id), []).append(job_id)
-        turns = {
-            (service, user_id): turn
-            for service, user_id, turn in await self._fetch(
-                sa.select(
-                    service_users.c.service, service_users.c.user_id, service_users.c.served_turn
-                ).where(
-                    service_users.c.service.in_(list(limits)),
-                    service_users.c.served_turn.is_not(None),
-                )
-            )
-        }
-        return [
-            UserQueue(service, user_id, tuple(ids), turns.get((service, user_id)))
-            for (service, user_id), ids in grouped.items()
-        ]
-
     async def dispatch_candidates(
         self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
     ) -> list[UserQueue]:
@@ -282,40 +218,6 @@ class SqlStore(SqlCallbackVerbs, Store):
             jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
         )
         return [job_record(row) for row in rows]
-
-    async def list_jobs(
-        self,
-        *,
-        limit: int,
-        before_id: int | None = None,
-        user_id: int | None = None,
-        status: Status | None = None,
-        service: str | None = None,
-    ) -> list[JobRecord]:
-        conditions = []
-        if before_id is not None:
-            conditions.append(jobs.c.id < before_id)
-        if user_id is not None:
-            conditions.append(jobs.c.user_id == user_id)
-        if status is not None:
-            conditions.append(jobs.c.status == status.db)
-        if service is not None:
-            conditions.append(jobs.c.service == service)
-        rows = await self._fetch(
-            jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
-        )
-        return [job_record(row) for row in rows]
-
-    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
-        rows = await self._fetch(
-            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.status, sa.func.count())
-            .where(jobs.c.status.in_([s.db for s in Status if not s.is_terminal()]))
-            .group_by(jobs.c.service, jobs.c.user_id, jobs.c.status)
-        )
-        counts: dict[tuple[str, int], dict[Status, int]] = {}
-        for service, user_id, status, count in rows:
-            counts.setdefault((service, user_id), {})[Status.from_db(status)] = count
-        return counts
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(
