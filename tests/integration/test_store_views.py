@@ -19,7 +19,7 @@ from alembic.config import Config
 from job_orchestrator.server.queue_view import QueuePositions, queue_position
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import SqlStore, Store, open_store
-from job_orchestrator.server.storage.sql import _MIGRATIONS as MIGRATIONS
+from job_orchestrator.server.storage.backend import MIGRATIONS
 from job_orchestrator.status import Status
 from tests.integration import test_store as contract
 from tests.integration.test_store import get, job_in, new_job

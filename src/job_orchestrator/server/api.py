@@ -36,7 +36,6 @@ from job_orchestrator.http_common import (
     U32_SCHEMA,
     id_parameter,
     json_response,
-    path_id,
     status_body,
 )
 from job_orchestrator.multipart import (
@@ -48,12 +47,11 @@ from job_orchestrator.multipart import (
     MultipartError,
     read_multipart,
 )
-from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
-from job_orchestrator.server.storage import JobRecord
+from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job, not_found
 from job_orchestrator.server.uploads import Staging
 from job_orchestrator.server.waiting import MAX_WAIT_S, WaitValueError, parse_wait
 from job_orchestrator.status import TERMINAL, Status
@@ -131,31 +129,6 @@ def _upload_file_name(_field: str, filename: str) -> PurePosixPath:
     return PurePosixPath(name)
 
 
-def engine(request: Request) -> Orchestrator:
-    orchestrator: Orchestrator = request.app.state.orchestrator
-    return orchestrator
-
-
-def _not_found(job_id: int) -> JSONResponse:
-    return status_body(0, Status.UNKNOWN, f"Job {job_id} not found in the database", 404)
-
-
-_ANYONE = object()
-
-
-def _authenticate(request: Request) -> int | object | JSONResponse:
-    """The caller's user id when API_TOKENS_FILE is set, `_ANYONE` when it is not."""
-    tokens: UserTokens | None = request.app.state.user_tokens
-    if tokens is None:
-        return _ANYONE
-    user_id = tokens.user_for(request.headers.get("authorization"))
-    if user_id is None:
-        response = status_body(0, Status.UNKNOWN, "missing or invalid bearer token", 401)
-        response.headers["WWW-Authenticate"] = "Bearer"
-        return response
-    return user_id
-
-
 #: Seconds a client is told to wait while the database cannot be reached.
 DATABASE_RETRY_AFTER_S = 5
 
@@ -167,24 +140,6 @@ def database_unavailable() -> JSONResponse:
     )
     response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
     return response
-
-
-async def _lookup(request: Request) -> JobRecord | JSONResponse:
-    """The job of the path's id, if it exists and the caller may see it (others' look absent)."""
-    caller = _authenticate(request)
-    if isinstance(caller, JSONResponse):
-        return caller
-    job_id = path_id(request)
-    try:
-        job = await engine(request).store.get_job(job_id)
-    except StoreUnavailableError:
-        raise  # answered 503 by the app's handler
-    except StoreError:
-        logger.exception("lookup of job %d failed", job_id)
-        return status_body(0, Status.UNKNOWN, "Internal server error", 500)
-    if job is None or (caller is not _ANYONE and job.user_id != caller):
-        return _not_found(job_id)
-    return job
 
 
 @router.get("/", summary="Ping", tags=["health"])
@@ -265,7 +220,7 @@ async def health(request: Request) -> Response:
     },
 )
 async def upload(request: Request) -> Response:
-    caller = _authenticate(request)
+    caller = authenticate(request)
     if isinstance(caller, JSONResponse):
         return caller
     orchestrator = engine(request)
@@ -319,7 +274,7 @@ async def _receive_upload(
             idle_timeout_s=settings.upload_idle_timeout_s or None,
         )
         fields = form.fields
-        if "user_id" not in fields and "user_id" not in form.oversized and caller is _ANYONE:
+        if "user_id" not in fields and "user_id" not in form.oversized and caller is ANYONE:
             return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
         if "user_id" in form.oversized:
             user_id: int | object | None = None
@@ -327,7 +282,7 @@ async def _receive_upload(
             user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller
         if not isinstance(user_id, int):
             return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
-        if caller is not _ANYONE and user_id != caller:
+        if caller is not ANYONE and user_id != caller:
             return status_body(0, Status.UNKNOWN, "user_id does not match the token", 403)
         if "service" not in fields and "service" not in form.oversized:
             return status_body(0, Status.UNKNOWN, "Missing service field", 400)
@@ -441,7 +396,7 @@ async def download(request: Request) -> Response:
         wait_s = None if wait is None else parse_wait(wait)
     except WaitValueError as error:
         return status_body(0, Status.UNKNOWN, str(error), 400)
-    job = await _lookup(request)
+    job = await lookup_job(request)
     if isinstance(job, Response):
         return job
     if wait_s and job.status not in TERMINAL:
@@ -449,7 +404,7 @@ async def download(request: Request) -> Response:
         if await request.is_disconnected():
             logger.debug("wait on job %d ended: the caller disconnected", job.id)
             return Response(status_code=204)  # nobody is left to read it
-        job = await _lookup(request)
+        job = await lookup_job(request)
         if isinstance(job, Response):
             return job
     if job.status is not Status.COMPLETED:
@@ -482,7 +437,7 @@ async def download(request: Request) -> Response:
     },
 )
 async def download_partial(request: Request) -> Response:
-    job = await _lookup(request)
+    job = await lookup_job(request)
     if isinstance(job, Response):
         return job
     if job.status in TERMINAL:
@@ -534,12 +489,12 @@ async def download_partial(request: Request) -> Response:
     },
 )
 async def terminate(request: Request) -> Response:
-    job = await _lookup(request)
+    job = await lookup_job(request)
     if isinstance(job, Response):
         return job
     outcome = await engine(request).terminate(job.id)
     if outcome is None:
-        return _not_found(job.id)
+        return not_found(job.id)
     return status_body(job.id, outcome.status, outcome.message, outcome.http_status)
 
 

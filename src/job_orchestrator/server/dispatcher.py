@@ -2,7 +2,8 @@
 
 Dispatch is woken by an event (an upload, a job leaving its slot) with a slow fallback tick
 as a safety net. Each job on a client has one collector task that long-polls the client for
-its outcome (or polls, for clients without long-polling). Every status change goes through
+its outcome (or polls, for clients without long-polling); collection.py does the
+following and settling, this module owns the tasks. Every status change goes through
 the Store's compare-and-set, so the loops, the API and a restart can never double-move a job.
 """
 
@@ -15,7 +16,6 @@ import os
 import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
@@ -29,10 +29,11 @@ from job_orchestrator.errors import (
     TransientClientError,
     UndeliveredError,
 )
+from job_orchestrator.server.collection import JobCollector, job_fields
 from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.jobfiles import RESULT_NAME, input_dir, partial_path
+from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
+from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import ServiceLimits
@@ -45,13 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: The statuses of a job whose work is in flight, owned by one replica under its lease.
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
-#: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
-LIMIT_BACKSTOP_S = 60.0
-
-
-def _fields(job: JobRecord) -> dict[str, object]:
-    """The structured log fields of a job (LOG_FORMAT=json)."""
-    return {"job_id": job.id, "service": job.service, "client": job.node}
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +75,9 @@ class Orchestrator:
         self._stop = asyncio.Event()
         #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
         self.draining = asyncio.Event()
+        self.collector = JobCollector(
+            settings, store, self.fleet, self.metrics, self._stop, self.wake_dispatch
+        )
         self._final_waiters = FinalWaiters()
         store.on_final(self._final_waiters.notify)
         self._job_tasks: dict[int, asyncio.Task[object]] = {}
@@ -160,7 +157,7 @@ class Orchestrator:
             elif job.status is Status.LOCKED:
                 self._spawn(job.id, self._finish_termination(job))
             else:
-                self._spawn(job.id, self._collect(job))
+                self._spawn(job.id, self.collector.collect(job))
 
     async def _requeue(self, job: JobRecord) -> None:
         await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
@@ -241,7 +238,9 @@ class Orchestrator:
     async def _send(self, job: JobRecord) -> None:
         service, client = self._service(job), self.fleet.client_for(job)
         if service is None or client is None:
-            await self._fail(job, [Status.PROCESSING], f"service {job.service!r} is not configured")
+            await self.collector.fail(
+                job, [Status.PROCESSING], f"service {job.service!r} is not configured"
+            )
             return
         assert job.dispatch_key is not None
         try:
@@ -259,7 +258,7 @@ class Orchestrator:
             await self._retry_dispatch(job, str(error))
             return
         except ClientCallError as error:
-            await self._fail(
+            await self.collector.fail(
                 job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
             )
             return
@@ -277,7 +276,7 @@ class Orchestrator:
             self.metrics.job_started(job)
             fresh = await self.store.get_job(job.id)
             if fresh is not None:
-                await self._collect(fresh)
+                await self.collector.collect(fresh)
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
         await self.store.transition(job.id, [Status.LOCKED], dest_id=dest_id)
@@ -290,7 +289,7 @@ class Orchestrator:
         now = time.time()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
-            await self._fail(
+            await self.collector.fail(
                 job,
                 [Status.PROCESSING, Status.LOCKED],
                 f"could not reach the client for {now - since:.0f} s: {reason}",
@@ -302,7 +301,7 @@ class Orchestrator:
             job.id,
             reason,
             "on another client now" if unpin else f"in {delay:.1f} s",
-            extra=_fields(job),
+            extra=job_fields(job),
         )
         moved = await self.store.transition(
             job.id,
@@ -317,147 +316,6 @@ class Orchestrator:
             job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
         ):
             self.metrics.job_finished(job, Status.KILLED)
-        self.wake_dispatch()
-
-    async def _fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
-        logger.warning("job %d failed: %s", job.id, message, extra=_fields(job))
-        if await self.store.transition(job.id, expected, Status.FAILED, message=message):
-            self.metrics.job_finished(job, Status.FAILED)
-        self.wake_dispatch()
-
-    # ---- collection ------------------------------------------------------------------------
-
-    async def _collect(self, job: JobRecord) -> None:
-        """Follow one job on its client until it reaches a final status."""
-        try:
-            await self._follow(job)
-        finally:
-            self.fleet.asked_at.pop(job.id, None)
-
-    async def _follow(self, job: JobRecord) -> None:
-        service, client = self._service(job), self.fleet.client_for(job)
-        if service is None or client is None:
-            await self._fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
-            return
-        known, failures, failing_since = job.status, 0, None
-        loc = Path(job.loc)
-        # Clients enforce the limit themselves; this backstop covers those that cannot.
-        limit_at = (
-            (job.dispatched_at or time.time()) + service.timeout_s + LIMIT_BACKSTOP_S
-            if service.timeout_s
-            else None
-        )
-        while not self._stop.is_set():
-            wait_s = self.settings.long_poll_s
-            if limit_at is not None:
-                if time.time() >= limit_at:
-                    await self._enforce_time_limit(job, client, service)
-                    return
-                wait_s = max(0.1, min(wait_s, limit_at - time.time()))
-            self.fleet.asked_at[job.id] = time.time()
-            try:
-                result = await client.retrieve(
-                    job.dest_id, loc / RESULT_NAME, wait_s=wait_s, known=known
-                )
-            except TransientClientError as error:
-                self.fleet.report_failure(client.url, reason=str(error))
-                failures += 1
-                failing_since = failing_since or time.time()
-                if time.time() - failing_since >= self.settings.retry_deadline_s:
-                    # If the client comes back, the script must not run on unaccounted for.
-                    await self.fleet.revoke(client.url, job.dest_id, job.id)
-                    await self._fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
-                    return
-                await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
-                while (
-                    known in NOT_STARTED
-                    and self.fleet.is_down(client.url)
-                    and not self._stop.is_set()
-                ):
-                    # Stop asking about it: its lease on the client runs out, so failover
-                    # can move it without the client starting it too.
-                    await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
-                continue
-            except PayloadLostError as error:
-                await self._payload_lost(job, str(error))
-                return
-            except (PermanentClientError, OSError) as error:
-                await self._fail(job, list(ON_CLIENT), f"could not collect the result: {error}")
-                return
-            failures, failing_since = 0, None
-            if result.status is Status.COMPLETED:
-                await self._settle(job, Status.COMPLETED, result.message, result.exit_code)
-                return
-            if result.status in TERMINAL:
-                if result.status is Status.CLEANED:
-                    await self._settle(
-                        job,
-                        Status.FAILED,
-                        "the client removed the payload before its result was collected",
-                    )
-                    return
-                await self._keep_partial(job, client)
-                await self._settle(job, result.status, result.message, result.exit_code)
-                return
-            if result.status in ON_CLIENT and result.status is not known:
-                started = {"started_at": time.time()} if result.status is Status.RUNNING else {}
-                if not await self.store.transition(job.id, ON_CLIENT, result.status, **started):
-                    return  # terminated or otherwise moved by someone else
-                known = result.status
-            if not result.long_polled:
-                await wait_any(self._stop.wait(), timeout_s=self.settings.poll_interval_s)
-
-    async def _enforce_time_limit(
-        self, job: JobRecord, client: NodeClient, service: ServiceConfig
-    ) -> None:
-        try:
-            await client.kill(job.dest_id)
-        except ClientCallError as error:
-            logger.warning("could not kill job %d past its time limit: %s", job.id, error)
-        await self._keep_partial(job, client)
-        await self._settle(
-            job, Status.FAILED, f"wall-time limit of {service.timeout_s:g} s exceeded"
-        )
-
-    async def _settle(
-        self, job: JobRecord, status: Status, message: str, exit_code: int | None = None
-    ) -> None:
-        # Shielded: once the client told us the outcome, a shutdown must not lose it.
-        changes: dict[str, object] = {"message": message}
-        if exit_code is not None:
-            changes["exit_code"] = exit_code
-        if await asyncio.shield(self.store.transition(job.id, ON_CLIENT, status, **changes)):
-            self.metrics.job_finished(job, status, ran=True)
-            logger.info("job %d finished: %s", job.id, status.wire, extra=_fields(job))
-        self.wake_dispatch()
-
-    async def _keep_partial(self, job: JobRecord, client: NodeClient) -> None:
-        """Copy a failed job's files to the server so /download_partial outlives the client."""
-        try:
-            await client.fetch_partial(job.dest_id, partial_path(job.loc))
-        except (ClientCallError, OSError) as error:
-            logger.warning("could not keep the files of job %d: %s", job.id, error)
-
-    async def _payload_lost(self, job: JobRecord, reason: str) -> None:
-        if job.attempts + 1 >= self.settings.dispatch_attempts:
-            await self._fail(
-                job,
-                list(ON_CLIENT),
-                f"payload lost on the client {job.attempts + 1} times: {reason}",
-            )
-            return
-        logger.warning("job %d: %s; dispatching it again", job.id, reason)
-        # A fresh key: the client lost the old payload, it must create a new one.
-        await self.store.transition(
-            job.id,
-            ON_CLIENT,
-            Status.QUEUED,
-            attempts=job.attempts + 1,
-            dest_id=None,
-            dispatch_key=None,
-            node=None,
-            started_at=None,
-        )
         self.wake_dispatch()
 
     # ---- termination -----------------------------------------------------------------------
@@ -522,7 +380,7 @@ class Orchestrator:
             ):
                 fresh = await self.store.get_job(job.id)
                 if fresh is not None:
-                    self._spawn(job.id, self._collect(fresh))
+                    self._spawn(job.id, self.collector.collect(fresh))
                 return TerminateOutcome(500, restore, "could not terminate job")
         if await asyncio.shield(
             self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
@@ -530,7 +388,7 @@ class Orchestrator:
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
         if client is not None and job.dest_id:
-            await self._keep_partial(job, client)
+            await self.collector.keep_partial(job, client)
         return TerminateOutcome(200, Status.KILLED, "job terminated")
 
     # ---- nodes -----------------------------------------------------------------------------
@@ -581,7 +439,7 @@ class Orchestrator:
                     "taking job %d (%s) over: its replica's lease ran out",
                     job.id,
                     job.status.wire,
-                    extra=_fields(job),
+                    extra=job_fields(job),
                 )
             self._redrive(taken)
         found: dict[int, JobRecord] = {}
@@ -608,5 +466,5 @@ class Orchestrator:
             elif job.status is Status.LOCKED:
                 self._spawn(job_id, self._finish_termination(job))
             else:
-                self._spawn(job_id, self._collect(job))
+                self._spawn(job_id, self.collector.collect(job))
         return reaped

@@ -39,9 +39,9 @@ from job_orchestrator.errors import (
     TransientClientError,
 )
 from job_orchestrator.http_common import id_parameter, status_body
-from job_orchestrator.server.api import _lookup, engine
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import LogQueryError, parse_offset
@@ -290,7 +290,7 @@ async def job_logs(request: Request) -> Response:
         offset = parse_offset(request.query_params.get("offset"))
     except LogQueryError as error:
         return status_body(0, Status.UNKNOWN, str(error), 400)
-    job = await _lookup(request)
+    job = await lookup_job(request)
     if isinstance(job, Response):
         return job
     chunks = log_chunks(engine(request), job.id, offset, follow)

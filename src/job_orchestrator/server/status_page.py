@@ -25,6 +25,7 @@ from job_orchestrator.errors import StoreError
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import base_url
+from job_orchestrator.server.requesting import engine
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.views import ListQueryError, list_filters, rfc3339
 from job_orchestrator.status import SLOT_HOLDING, Status
@@ -66,7 +67,7 @@ def refusal(request: Request) -> Response | None:
             status_code=401,
             headers={"WWW-Authenticate": f"{_REALM}, Bearer"},
         )
-    orchestrator: Orchestrator = request.app.state.orchestrator
+    orchestrator = engine(request)
     if user_id not in orchestrator.settings.admin_users:
         return HTMLResponse(
             _render("refused.html", reason="This token is not one of ADMIN_USERS."),
@@ -173,7 +174,7 @@ async def status_page(request: Request) -> Response:
     refused = refusal(request)
     if refused is not None:
         return refused
-    orchestrator: Orchestrator = request.app.state.orchestrator
+    orchestrator = engine(request)
     # The filter form sends an empty field for "any".
     given = {key: value for key, value in request.query_params.items() if value}
     given.setdefault("limit", str(PAGE_JOBS))

@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, Response
 
 from job_orchestrator.errors import StoreError
 from job_orchestrator.http_common import U32_SCHEMA, id_parameter, json_response, status_body
-from job_orchestrator.server.api import _ANYONE, _authenticate, _lookup, engine
 from job_orchestrator.server.gateway import base_url
 from job_orchestrator.server.queue_view import REASONS, queue_standing
+from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import Status
 from job_orchestrator.wire import parse_i32, parse_unsigned
@@ -174,7 +174,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
     },
 )
 async def job_details(request: Request) -> Response:
-    job = await _lookup(request)
+    job = await lookup_job(request)
     if isinstance(job, Response):
         return job
     queue = None
@@ -227,14 +227,14 @@ async def job_details(request: Request) -> Response:
     },
 )
 async def list_jobs(request: Request) -> Response:
-    caller = _authenticate(request)
+    caller = authenticate(request)
     if isinstance(caller, JSONResponse):
         return caller
     try:
         limit, before_id, user_id, status, service = list_filters(request.query_params)
     except ListQueryError as error:
         return status_body(0, Status.UNKNOWN, str(error), 400)
-    if caller is not _ANYONE:
+    if caller is not ANYONE:
         assert isinstance(caller, int)
         if user_id is not None and user_id != caller:
             return json_response({"jobs": [], "next_cursor": None})

@@ -3,30 +3,24 @@
 Every Store method is one synchronous unit of work on a Connection, run in one transaction:
 on SQLite by a single dedicated thread that owns the only connection (writes are serialised
 there, as in datasette, so they never wait on SQLite's lock and each call costs one thread
-hop), on PostgreSQL through the async engine (asyncpg). Compare-and-set is one
-`UPDATE ... WHERE id = ? AND status IN (...)`, atomic on either database.
+hop), on PostgreSQL through the async engine (asyncpg); both backends are in backend.py.
+Compare-and-set is one `UPDATE ... WHERE id = ? AND status IN (...)`, atomic on either
+database.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.errors import StoreError
 from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
@@ -42,145 +36,26 @@ from job_orchestrator.server.storage._notify import (
     NOTIFY_DISPATCH,
     NOTIFY_FINAL,
     Listener,
-    asyncpg_dsn,
 )
 from job_orchestrator.server.storage._rows import job_record
+from job_orchestrator.server.storage.backend import Backend, Work, open_backend
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
-from job_orchestrator.server.storage.tables import jobs, replicas, revocations, service_users
+from job_orchestrator.server.storage.sql_views import SqlViewVerbs
+from job_orchestrator.server.storage.tables import jobs, replicas, revocations
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
-_MIGRATIONS = Path(__file__).with_name("migrations")
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
 T = TypeVar("T")
-Work = Callable[[Connection], T]
-
-
-def database_url(db_path: str) -> str:
-    """DB_PATH is a file path (as upstream) or a full SQLAlchemy URL (PostgreSQL)."""
-    if "://" in db_path:
-        return db_path
-    return f"sqlite:///{db_path}"
 
 
 async def open_store(db_path: str) -> SqlStore:
-    url = database_url(db_path)
-    backend: _Backend
-    if url.startswith("sqlite"):
-        if db_path != ":memory:" and "://" not in db_path:
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-        backend = _SqliteThread(url)
-    else:
-        backend = _AsyncEngine(create_async_engine(url, pool_pre_ping=True))
-    try:
-        await backend.run(_migrate)
-    except StoreUnavailableError:
-        await backend.close()
-        raise
-    except (SQLAlchemyError, OSError) as error:
-        await backend.close()
-        raise StoreError(f"cannot open database {db_path!r}: {error}") from error
-    return SqlStore(backend, listen_dsn=None if url.startswith("sqlite") else asyncpg_dsn(url))
+    backend, listen_dsn = await open_backend(db_path)
+    return SqlStore(backend, listen_dsn=listen_dsn)
 
 
-class _Backend:
-    async def run(self, work: Work[T]) -> T:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-
-class _SqliteThread(_Backend):
-    """One thread, one connection: every unit of work runs there, one after the other."""
-
-    def __init__(self, url: str) -> None:
-        self._engine: Engine = sa.create_engine(
-            url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 30}
-        )
-        sa.event.listen(self._engine, "connect", _sqlite_pragmas)
-        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._connection: Connection | None = None
-        self._closed = False
-
-    def _in_thread(self, work: Work[T]) -> T:
-        if self._connection is None:
-            self._connection = self._engine.connect()
-        with self._connection.begin():
-            return work(self._connection)
-
-    async def run(self, work: Work[T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._in_thread, work)
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-
-        def shut() -> None:
-            if self._connection is not None:
-                self._connection.close()
-            self._engine.dispose()
-
-        await asyncio.get_running_loop().run_in_executor(self._thread, shut)
-        self._thread.shutdown(wait=True)
-
-
-class _AsyncEngine(_Backend):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def run(self, work: Work[T]) -> T:
-        try:
-            async with self._engine.begin() as connection:
-                return await connection.run_sync(work)
-        except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
-            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-        except DBAPIError as error:
-            if _is_unavailable(error):
-                raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-            raise
-
-    async def close(self) -> None:
-        await self._engine.dispose()
-
-
-def _is_unavailable(error: DBAPIError) -> bool:
-    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
-    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-    return (
-        error.connection_invalidated
-        or isinstance(error, OperationalError | InterfaceError)
-        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
-        or sqlstate.startswith("08")
-        or sqlstate in {"57P01", "57P02", "57P03"}
-    )
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
-    cursor.close()
-
-
-def _migrate(connection: Connection) -> None:
-    if connection.dialect.name == "postgresql":
-        # Replicas starting together on an empty database: one migrates, the others wait
-        # here, then find the schema at head. Released when this transaction commits.
-        connection.execute(_MIGRATION_LOCK)
-    config = Config()
-    config.set_main_option("script_location", str(_MIGRATIONS))
-    config.attributes["connection"] = connection
-    command.upgrade(config, "head")
-
-
-_MIGRATION_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext('job-orchestrator:migrate'))")
-
-
-class SqlStore(SqlCallbackVerbs, Store):
-    def __init__(self, backend: _Backend, listen_dsn: str | None = None) -> None:
+class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
+    def __init__(self, backend: Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
         self._listen_dsn = listen_dsn
@@ -318,71 +193,6 @@ class SqlStore(SqlCallbackVerbs, Store):
             per_service[service] = per_service.get(service, 0) + count
         return Occupancy(per_user=per_user, per_service=per_service)
 
-    async def status_counts(self) -> dict[tuple[str, Status], int]:
-        rows = await self._fetch(
-            sa.select(jobs.c.service, jobs.c.status, sa.func.count()).group_by(
-                jobs.c.service, jobs.c.status
-            )
-        )
-        counts: dict[tuple[str, Status], int] = {}
-        for service, status, count in rows:
-            key = (service, Status.from_db(status))
-            counts[key] = counts.get(key, 0) + count
-        return counts
-
-    async def node_occupancy(self, service: str) -> dict[str, int]:
-        rows = await self._fetch(
-            sa.select(jobs.c.node, sa.func.count())
-            .where(
-                jobs.c.service == service,
-                jobs.c.status.in_([s.db for s in SLOT_HOLDING]),
-            )
-            .group_by(jobs.c.node)
-        )
-        return {row[0]: row[1] for row in rows if row[0] is not None}
-
-    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        depths = {name: limit.runs_per_user for name, limit in limits.items()}
-        if not any(depths.values()):
-            return []
-        position = (
-            sa.func.row_number()
-            .over(partition_by=(jobs.c.service, jobs.c.user_id), order_by=jobs.c.id)
-            .label("position")
-        )
-        due = (
-            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.id, position)
-            .where(
-                jobs.c.status == Status.QUEUED.db,
-                jobs.c.service.in_(list(limits)),
-                sa.or_(jobs.c.not_before.is_(None), jobs.c.not_before <= now),
-            )
-            .subquery()
-        )
-        rows = await self._fetch(
-            sa.select(due.c.service, due.c.user_id, due.c.id)
-            .where(due.c.position <= sa.case(depths, value=due.c.service, else_=0))
-            .order_by(due.c.service, due.c.user_id, due.c.id)
-        )
-        grouped: dict[tuple[str, int], list[int]] = {}
-        for service, user_id, job_id in rows:
-            grouped.setdefault((service, user_id), []).append(job_id)
-        turns = {
-            (service, user_id): turn
-            for service, user_id, turn in await self._fetch(
-                sa.select(
-                    service_users.c.service, service_users.c.user_id, service_users.c.served_turn
-                ).where(
-                    service_users.c.service.in_(list(limits)),
-                    service_users.c.served_turn.is_not(None),
-                )
-            )
-        }
-        return [
-            UserQueue(service, user_id, tuple(ids), turns.get((service, user_id)))
-            for (service, user_id), ids in grouped.items()
-        ]
-
     async def dispatch_candidates(
         self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
     ) -> list[UserQueue]:
@@ -408,40 +218,6 @@ class SqlStore(SqlCallbackVerbs, Store):
             jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
         )
         return [job_record(row) for row in rows]
-
-    async def list_jobs(
-        self,
-        *,
-        limit: int,
-        before_id: int | None = None,
-        user_id: int | None = None,
-        status: Status | None = None,
-        service: str | None = None,
-    ) -> list[JobRecord]:
-        conditions = []
-        if before_id is not None:
-            conditions.append(jobs.c.id < before_id)
-        if user_id is not None:
-            conditions.append(jobs.c.user_id == user_id)
-        if status is not None:
-            conditions.append(jobs.c.status == status.db)
-        if service is not None:
-            conditions.append(jobs.c.service == service)
-        rows = await self._fetch(
-            jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
-        )
-        return [job_record(row) for row in rows]
-
-    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
-        rows = await self._fetch(
-            sa.select(jobs.c.service, jobs.c.user_id, jobs.c.status, sa.func.count())
-            .where(jobs.c.status.in_([s.db for s in Status if not s.is_terminal()]))
-            .group_by(jobs.c.service, jobs.c.user_id, jobs.c.status)
-        )
-        counts: dict[tuple[str, int], dict[Status, int]] = {}
-        for service, user_id, status, count in rows:
-            counts.setdefault((service, user_id), {})[Status.from_db(status)] = count
-        return counts
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(

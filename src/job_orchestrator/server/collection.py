@@ -1,0 +1,198 @@
+"""Collection: follow each job on its client until its outcome is known, and settle it.
+
+One `JobCollector.collect` call per job on a client long-polls the client (or polls, for
+clients without long-polling), mirrors Scheduled/Running into the Store, enforces the
+server's time-limit backstop, and writes the final status with a compare-and-set that a
+shutdown cannot interrupt. The Orchestrator (dispatcher.py) owns the tasks that run it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from job_orchestrator._loops import backoff_s, wait_any
+from job_orchestrator.config import ServerSettings, ServiceConfig
+from job_orchestrator.errors import (
+    ClientCallError,
+    PayloadLostError,
+    PermanentClientError,
+    TransientClientError,
+)
+from job_orchestrator.server.jobfiles import RESULT_NAME, partial_path
+from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
+from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
+
+logger = logging.getLogger(__name__)
+
+#: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
+LIMIT_BACKSTOP_S = 60.0
+
+
+def job_fields(job: JobRecord) -> dict[str, object]:
+    """The structured log fields of a job (LOG_FORMAT=json)."""
+    return {"job_id": job.id, "service": job.service, "client": job.node}
+
+
+class JobCollector:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        fleet: Fleet,
+        metrics: ServerMetrics,
+        stop: asyncio.Event,
+        wake_dispatch: Callable[[], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._fleet = fleet
+        self._metrics = metrics
+        self._stop = stop
+        self._wake_dispatch = wake_dispatch
+
+    async def collect(self, job: JobRecord) -> None:
+        """Follow one job on its client until it reaches a final status."""
+        try:
+            await self._follow(job)
+        finally:
+            self._fleet.asked_at.pop(job.id, None)
+
+    async def _follow(self, job: JobRecord) -> None:
+        service, client = self._settings.services.get(job.service), self._fleet.client_for(job)
+        if service is None or client is None:
+            await self.fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
+            return
+        known, failures, failing_since = job.status, 0, None
+        loc = Path(job.loc)
+        # Clients enforce the limit themselves; this backstop covers those that cannot.
+        limit_at = (
+            (job.dispatched_at or time.time()) + service.timeout_s + LIMIT_BACKSTOP_S
+            if service.timeout_s
+            else None
+        )
+        while not self._stop.is_set():
+            wait_s = self._settings.long_poll_s
+            if limit_at is not None:
+                if time.time() >= limit_at:
+                    await self._enforce_time_limit(job, client, service)
+                    return
+                wait_s = max(0.1, min(wait_s, limit_at - time.time()))
+            self._fleet.asked_at[job.id] = time.time()
+            try:
+                result = await client.retrieve(
+                    job.dest_id, loc / RESULT_NAME, wait_s=wait_s, known=known
+                )
+            except TransientClientError as error:
+                self._fleet.report_failure(client.url, reason=str(error))
+                failures += 1
+                failing_since = failing_since or time.time()
+                if time.time() - failing_since >= self._settings.retry_deadline_s:
+                    # If the client comes back, the script must not run on unaccounted for.
+                    await self._fleet.revoke(client.url, job.dest_id, job.id)
+                    await self.fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
+                    return
+                await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
+                while (
+                    known in NOT_STARTED
+                    and self._fleet.is_down(client.url)
+                    and not self._stop.is_set()
+                ):
+                    # Stop asking about it: its lease on the client runs out, so failover
+                    # can move it without the client starting it too.
+                    await wait_any(
+                        self._stop.wait(), timeout_s=self._settings.node_check_interval_s
+                    )
+                continue
+            except PayloadLostError as error:
+                await self._payload_lost(job, str(error))
+                return
+            except (PermanentClientError, OSError) as error:
+                await self.fail(job, list(ON_CLIENT), f"could not collect the result: {error}")
+                return
+            failures, failing_since = 0, None
+            if result.status is Status.COMPLETED:
+                await self._settle(job, Status.COMPLETED, result.message, result.exit_code)
+                return
+            if result.status in TERMINAL:
+                if result.status is Status.CLEANED:
+                    await self._settle(
+                        job,
+                        Status.FAILED,
+                        "the client removed the payload before its result was collected",
+                    )
+                    return
+                await self.keep_partial(job, client)
+                await self._settle(job, result.status, result.message, result.exit_code)
+                return
+            if result.status in ON_CLIENT and result.status is not known:
+                started = {"started_at": time.time()} if result.status is Status.RUNNING else {}
+                if not await self._store.transition(job.id, ON_CLIENT, result.status, **started):
+                    return  # terminated or otherwise moved by someone else
+                known = result.status
+            if not result.long_polled:
+                await wait_any(self._stop.wait(), timeout_s=self._settings.poll_interval_s)
+
+    async def _enforce_time_limit(
+        self, job: JobRecord, client: NodeClient, service: ServiceConfig
+    ) -> None:
+        try:
+            await client.kill(job.dest_id)
+        except ClientCallError as error:
+            logger.warning("could not kill job %d past its time limit: %s", job.id, error)
+        await self.keep_partial(job, client)
+        await self._settle(
+            job, Status.FAILED, f"wall-time limit of {service.timeout_s:g} s exceeded"
+        )
+
+    async def _settle(
+        self, job: JobRecord, status: Status, message: str, exit_code: int | None = None
+    ) -> None:
+        # Shielded: once the client told us the outcome, a shutdown must not lose it.
+        changes: dict[str, object] = {"message": message}
+        if exit_code is not None:
+            changes["exit_code"] = exit_code
+        if await asyncio.shield(self._store.transition(job.id, ON_CLIENT, status, **changes)):
+            self._metrics.job_finished(job, status, ran=True)
+            logger.info("job %d finished: %s", job.id, status.wire, extra=job_fields(job))
+        self._wake_dispatch()
+
+    async def keep_partial(self, job: JobRecord, client: NodeClient) -> None:
+        """Copy a failed job's files to the server so /download_partial outlives the client."""
+        try:
+            await client.fetch_partial(job.dest_id, partial_path(job.loc))
+        except (ClientCallError, OSError) as error:
+            logger.warning("could not keep the files of job %d: %s", job.id, error)
+
+    async def _payload_lost(self, job: JobRecord, reason: str) -> None:
+        if job.attempts + 1 >= self._settings.dispatch_attempts:
+            await self.fail(
+                job,
+                list(ON_CLIENT),
+                f"payload lost on the client {job.attempts + 1} times: {reason}",
+            )
+            return
+        logger.warning("job %d: %s; dispatching it again", job.id, reason)
+        # A fresh key: the client lost the old payload, it must create a new one.
+        await self._store.transition(
+            job.id,
+            ON_CLIENT,
+            Status.QUEUED,
+            attempts=job.attempts + 1,
+            dest_id=None,
+            dispatch_key=None,
+            node=None,
+            started_at=None,
+        )
+        self._wake_dispatch()
+
+    async def fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
+        logger.warning("job %d failed: %s", job.id, message, extra=job_fields(job))
+        if await self._store.transition(job.id, expected, Status.FAILED, message=message):
+            self._metrics.job_finished(job, Status.FAILED)
+        self._wake_dispatch()
