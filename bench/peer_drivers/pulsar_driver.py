@@ -5,7 +5,9 @@ Usage (under the peers' venv): pulsar_driver.py URL latency|throughput JOBS WARM
 Each job uses Pulsar's own client library, as `pulsar-run` does, with HTTP file staging:
 submit_job() (set-up, PUT run.sh, launch `bash run.sh`), raw_check_complete() every POLL_S
 until complete, finish_job() downloads output.txt over HTTP, then output.txt is read.
-Throughput runs CONCURRENCY such job loops in threads (the client library is synchronous).
+Throughput runs CONCURRENCY such job loops in threads (the client library is synchronous),
+each thread with a client manager of its own: one manager shared by the threads lost outputs
+(finish_job reported nothing failed, yet output.txt was never written).
 """
 
 import concurrent.futures
@@ -15,6 +17,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -24,6 +27,17 @@ from pulsar.client.staging.models import ClientJobDescription, ClientOutputs, Pu
 from pulsar.client.staging.up import submit_job
 
 logging.basicConfig(level=logging.WARNING)
+_local = threading.local()
+_managers = []
+_managers_lock = threading.Lock()
+
+
+def thread_manager():
+    if not hasattr(_local, "manager"):
+        _local.manager = build_client_manager()
+        with _managers_lock:
+            _managers.append(_local.manager)
+    return _local.manager
 
 
 def one_job(manager, url, poll_s, workdir, script, expected):
@@ -52,9 +66,12 @@ def one_job(manager, url, poll_s, workdir, script, expected):
         client_outputs=outputs,
         pulsar_outputs=PulsarOutputs.from_status_response(status),
     )
-    with open(os.path.join(directory, "output.txt")) as handle:
-        output = handle.read()
     elapsed = time.perf_counter() - started
+    try:
+        with open(os.path.join(directory, "output.txt")) as handle:
+            output = handle.read()
+    except FileNotFoundError:
+        raise SystemExit(f"output.txt missing: status={status!r} failed={failed!r}") from None
     if failed or output != expected:
         raise SystemExit(f"unexpected result: failed={failed!r} output={output!r}")
     return elapsed, client
@@ -76,14 +93,17 @@ def main():
             print(json.dumps({"latencies_s": latencies}))
             return
         started = time.perf_counter()
+        threaded = (url, float(poll_s), workdir, script, expected)
         with concurrent.futures.ThreadPoolExecutor(int(concurrency)) as pool:
-            done = list(pool.map(lambda _: one_job(*job), range(int(jobs))))
+            done = list(pool.map(lambda _: one_job(thread_manager(), *threaded), range(int(jobs))))
         elapsed = time.perf_counter() - started
         for _, client in done:
             client.clean()
         print(json.dumps({"elapsed_s": elapsed}))
     finally:
         manager.shutdown()
+        for other in _managers:
+            other.shutdown()
 
 
 if __name__ == "__main__":
