@@ -20,10 +20,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +89,10 @@ def _process_group(command: list[str], log_path: Path, **options: object) -> Ite
             process.wait()
 
 
-def _until(ready: object, what: str, log_path: Path, timeout_s: float = 60) -> None:
+def _until(ready: Callable[[], bool], what: str, log_path: Path, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if ready():  # type: ignore[operator]
+        if ready():
             return
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not start within {timeout_s:g} s: {log_path.read_text()}")
@@ -148,12 +149,12 @@ def _celery(python: Path, root: Path) -> Iterator[dict[str, str]]:
 
 
 def _answers_redis(port: int) -> bool:
-    with contextlib.suppress(OSError):
-        import socket
-
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
-            connection.sendall(b"PING\r\n")
-            return connection.recv(16).startswith(b"+PONG")
+    with (
+        contextlib.suppress(OSError),
+        socket.create_connection(("127.0.0.1", port), timeout=1) as connection,
+    ):
+        connection.sendall(b"PING\r\n")
+        return connection.recv(16).startswith(b"+PONG")
     return False
 
 

@@ -48,6 +48,15 @@ def tagged_processes(tag: str) -> list[psutil.Process]:
     return found
 
 
+def job_dir(root: Path, script: str, **files: str) -> Path:
+    """A job directory as a user submits one: run.sh and its input files."""
+    root.mkdir()
+    (root / "run.sh").write_text(script)
+    for name, content in files.items():
+        (root / name).write_text(content)
+    return root
+
+
 @dataclass
 class Node:
     """One running orchestrator process."""

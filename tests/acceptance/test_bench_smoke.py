@@ -24,11 +24,11 @@ SECTIONS = (
 )
 
 
-@pytest.mark.timeout(900)
-def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+def quick_bench(tmp_path: Path, *cases: str) -> str:
+    """`python -m bench --quick [cases]` as a user runs it; the results file's text."""
     output = tmp_path / "results.md"
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--output", str(output)],
+        [sys.executable, "-m", "bench", "--quick", *cases, "--output", str(output)],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -37,7 +37,12 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
-    text = output.read_text()
+    return output.read_text()
+
+
+@pytest.mark.timeout(900)
+def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
+    text = quick_bench(tmp_path)
     for section in ("Machine", "Targets", *SECTIONS):
         assert f"## {section}\n" in text, f"section {section!r} missing from:\n{text}"
     assert "ERROR" not in text, text
@@ -49,19 +54,7 @@ def test_quick_peers_bench_compares_celery_and_pulsar_with_ours(tmp_path: Path) 
         if os.environ.get("CI") == "true":
             pytest.fail("redis-server is missing (apt-get install redis-server)")
         pytest.skip("redis-server is missing (apt-get install redis-server)")
-    output = tmp_path / "results.md"
-    cases = ["--only", "latency,throughput", "--peers"]
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", *cases, "--output", str(output)],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=850,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    text = output.read_text()
+    text = quick_bench(tmp_path, "--only", "latency,throughput", "--peers")
     assert "## peers\n" in text, text
     for figure in ("Celery + Redis: latency p50", "Galaxy Pulsar: throughput"):
         assert f"| {figure} |" in text, text

@@ -24,7 +24,7 @@ from job_orchestrator.sdk import (
     Unauthorized,
     WaitTimeout,
 )
-from tests.harness import Cluster, cluster, free_port
+from tests.harness import Cluster, cluster, free_port, job_dir
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 UNKNOWN_ID = 987654
@@ -51,14 +51,6 @@ def with_tokens(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def url(cl: Cluster) -> str:
     assert cl.server is not None
     return cl.server.url
-
-
-def job_dir(root: Path, script: str, **files: str) -> Path:
-    root.mkdir()
-    (root / "run.sh").write_text(script)
-    for name, content in files.items():
-        (root / name).write_text(content)
-    return root
 
 
 def gated(gate: Path) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, cluster, free_port
+from tests.harness import Cluster, cluster, free_port, job_dir
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 UNKNOWN_ID = 987654
@@ -56,14 +56,6 @@ def cli(
 def server_url(cl: Cluster) -> str:
     assert cl.server is not None
     return cl.server.url
-
-
-def job_dir(root: Path, script: str, **files: str) -> Path:
-    root.mkdir()
-    (root / "run.sh").write_text(script)
-    for name, content in files.items():
-        (root / name).write_text(content)
-    return root
 
 
 def submitted_id(stdout: str) -> int:
