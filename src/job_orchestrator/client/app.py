@@ -28,9 +28,9 @@ from job_orchestrator.client import logs
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
-from job_orchestrator.client.responses import zip_response
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
+from job_orchestrator.file_responses import zip_response
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
     HEALTHY,

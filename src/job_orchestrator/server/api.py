@@ -29,6 +29,7 @@ from job_orchestrator.errors import (
     StoreError,
     StoreUnavailableError,
 )
+from job_orchestrator.file_responses import zip_response
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
     HEALTHY,
@@ -410,13 +411,14 @@ async def download(request: Request) -> Response:
     if job.status is not Status.COMPLETED:
         return status_body(job.id, job.status, job.message, 200)
     result = Path(job.loc) / RESULT_NAME
-    if not result.is_file():
-        return status_body(job.id, job.status, "Error reading output file", 500)
     # The message of a Completed job says what was left out of its archive, if anything.
     headers = {MESSAGE_HEADER: quote(job.message, safe=" :/,.;()'-_=")} if job.message else None
-    return FileResponse(
-        result, media_type="application/zip", filename=f"job-{job.id}.zip", headers=headers
-    )
+    try:
+        if not result.is_file():
+            raise FileNotFoundError(result)
+        return zip_response(result, headers=headers, filename=f"job-{job.id}.zip")
+    except OSError:
+        return status_body(job.id, job.status, "Error reading output file", 500)
 
 
 @router.get(

@@ -1,10 +1,11 @@
 """Result ZIPs as responses, without a thread hop per file operation when they are small.
 
-Starlette's FileResponse stats, opens, reads and closes its file on anyio's worker threads:
-four hand-offs for a ZIP of a few hundred bytes, a large share of the client's CPU per
-trivial job. A small result is read here at once (on the event loop: one short read of a
-local file) and sent from memory; the headers stay FileResponse's own (length, ETag,
-Last-Modified, Accept-Ranges), and Range requests are still answered from the file.
+Used by the client (/retrieve) and the server (/download). Starlette's FileResponse stats,
+opens, reads and closes its file on anyio's worker threads: four hand-offs for a ZIP of a few
+hundred bytes, a large share of the CPU per trivial job. A small result is read here at once
+(on the event loop: one short read of a local file) and sent from memory; the headers stay
+FileResponse's own (length, ETag, Last-Modified, Accept-Ranges, Content-Disposition), and
+Range requests are still answered from the file.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ class _PreloadedFileResponse(FileResponse):
         *,
         headers: Mapping[str, str] | None,
         background: BackgroundTask | None,
+        filename: str | None,
     ) -> None:
         super().__init__(
             path,
             media_type="application/zip",
             headers=headers,
             background=background,
+            filename=filename,
             stat_result=stat_result,
         )
         self._content = content
@@ -54,14 +57,25 @@ def zip_response(
     *,
     headers: Mapping[str, str] | None = None,
     background: BackgroundTask | None = None,
+    filename: str | None = None,
 ) -> FileResponse:
-    """The ZIP at `path` (which must be a regular file) as a response."""
+    """The ZIP at `path` (which must be a regular file) as a response.
+
+    Raises OSError if it cannot be opened. `filename` sets Content-Disposition.
+    """
     with path.open("rb") as handle:
         info = os.fstat(handle.fileno())
         if stat.S_ISREG(info.st_mode) and info.st_size <= PRELOAD_MAX_BYTES:
             content = handle.read(PRELOAD_MAX_BYTES + 1)
             if len(content) == info.st_size:
                 return _PreloadedFileResponse(
-                    path, content, info, headers=headers, background=background
+                    path, content, info, headers=headers, background=background, filename=filename
                 )
-    return FileResponse(path, media_type="application/zip", headers=headers, background=background)
+    return FileResponse(
+        path,
+        media_type="application/zip",
+        headers=headers,
+        background=background,
+        filename=filename,
+        stat_result=info,
+    )
