@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.bigfile import bigfile
 from bench.common import FULL, QUICK, Context, SectionResult, load_average, log
 from bench.fairness import fairness
+from bench.idle import idle
 from bench.latency import floor, latency
 from bench.logs import logs
 from bench.machine import describe
@@ -37,6 +38,7 @@ CASES: dict[str, Case] = {
     "soak": soak,
     "logs": logs,
     "replicas": replicas,
+    "idle": idle,
 }
 #: Cases run only when asked for (they need more than this repository: the original's
 #: binary, the peers' own venv and Redis, a Slurm cluster).

@@ -26,7 +26,7 @@ from bench.common import (
     percentile,
 )
 from bench.latency import _one_job
-from bench.throughput import QUOTA, _drive
+from bench.throughput import QUOTA, drive
 
 #: The original's client requires the exit trap; both sides run the same script.
 TRAPPED = TRAP + SCRIPT
@@ -79,7 +79,7 @@ def original(ctx: Context) -> SectionResult:
                     _one_job(http, sizes.latency_poll_s, TRAPPED)
                 jobs = [_one_job(http, sizes.latency_poll_s, TRAPPED) for _ in range(latency_jobs)]
             elapsed, _submitted, counts = asyncio.run(
-                _drive(
+                drive(
                     base_url, throughput_jobs, users, concurrency, sizes.throughput_poll_s, TRAPPED
                 )
             )

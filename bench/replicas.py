@@ -9,29 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import httpx
 from tests.harness import Cluster
 
-from bench.common import (
-    SCRIPT,
-    Context,
-    SectionResult,
-    check_result_zip,
-    check_status_body,
-    is_zip,
-    log,
-    median,
-    ms,
-    upload_form,
-)
+from bench.common import Context, SectionResult, log, median, ms
+from bench.throughput import QUOTA, drive
 
-QUOTA = "64"
 PG_ADMIN = {"user": "postgres", "host": "127.0.0.1", "port": 5432, "database": "postgres"}
 
 
@@ -53,57 +40,6 @@ def _database() -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-async def _drive(
-    urls: list[str], jobs: int, users: int, concurrency: int, poll_s: float
-) -> tuple[float, list[float]]:
-    """Upload on replica i % n, collect on the next; return (seconds, turnarounds)."""
-    turnaround: list[float] = []
-    pending: asyncio.Queue[tuple[int, int, float] | None] = asyncio.Queue()
-    numbers = iter(range(jobs))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=120, trust_env=False) as http:
-
-        async def submit() -> None:
-            for number in numbers:
-                started = time.perf_counter()
-                on = number % len(urls)
-                response = await http.post(
-                    f"{urls[on]}/upload",
-                    files=[("file", ("run.sh", SCRIPT))],
-                    data=upload_form(number % users + 1),
-                )
-                if response.status_code != 201:
-                    raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
-                pending.put_nowait((int(response.json()["id"]), on, started))
-
-        async def collect() -> None:
-            while (item := await pending.get()) is not None:
-                job_id, on, started = item
-                url = urls[(on + 1) % len(urls)]
-                while True:
-                    answer = await http.get(f"{url}/download/{job_id}")
-                    if is_zip(answer):
-                        check_result_zip(answer.content, job_id)
-                        turnaround.append(time.perf_counter() - started)
-                        break
-                    check_status_body(answer, job_id)
-                    await asyncio.sleep(poll_s)
-
-        started = time.perf_counter()
-        half = max(1, concurrency // 2)
-        collecting = [asyncio.create_task(collect()) for _ in range(concurrency - half)]
-        try:
-            await asyncio.gather(*(submit() for _ in range(half)))
-            for _ in collecting:
-                pending.put_nowait(None)
-            await asyncio.gather(*collecting)
-        finally:
-            for task in collecting:
-                task.cancel()
-            await asyncio.gather(*collecting, return_exceptions=True)
-        return time.perf_counter() - started, turnaround
-
-
 def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> tuple[float, float]:
     """(jobs/s, p50 turnaround s) of `replicas` servers on db_path (None: a SQLite file)."""
     sizes = ctx.sizes
@@ -118,9 +54,9 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> tu
             running.add_server(env)
         urls = [server.url for server in running.servers]
         poll_s = sizes.throughput_poll_s
-        asyncio.run(_drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
-        elapsed, turnaround = asyncio.run(
-            _drive(
+        asyncio.run(drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
+        elapsed, _submitted, counts = asyncio.run(
+            drive(
                 urls,
                 sizes.throughput_jobs,
                 sizes.throughput_users,
@@ -130,7 +66,7 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> tu
         )
     finally:
         running.shutdown()
-    return sizes.throughput_jobs / elapsed, median(turnaround)
+    return sizes.throughput_jobs / elapsed, median(counts.turnaround)
 
 
 def replicas(ctx: Context) -> SectionResult:

@@ -33,7 +33,7 @@ from bench.common import (
     running_cluster,
     upload_form,
 )
-from bench.throughput import _drive
+from bench.throughput import drive
 
 ROOT = Path(__file__).resolve().parents[1]
 #: How often each side looks: squeue for the baseline, /download for ours.
@@ -200,7 +200,7 @@ def slurm(ctx: Context) -> SectionResult:
             ours = _ours_latency(cl.api.base_url, latency_jobs)
             log(f"slurm: {label}: throughput, {throughput_jobs} jobs")
             ours_wall, _submitted, _counts = asyncio.run(
-                _drive(cl.api.base_url, throughput_jobs, 4, 8, THROUGHPUT_POLL_S)
+                drive(cl.api.base_url, throughput_jobs, 4, 8, THROUGHPUT_POLL_S)
             )
             calls = _slurm_calls(cl.clients[0].url)
         result.add(
