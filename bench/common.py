@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sqlite3
 import sys
@@ -198,9 +199,14 @@ def check_result_zip(content: bytes, job_id: int) -> None:
 
 def check_status_body(response: httpx.Response, job_id: int) -> str:
     """The status of a JSON /download answer; raises if the job can no longer complete."""
-    if response.status_code != 200:
-        raise RuntimeError(f"job {job_id}: /download answered {response.status_code}")
-    body = response.json()
+    return check_status(response.status_code, response.content, job_id)
+
+
+def check_status(status_code: int, content: bytes, job_id: int) -> str:
+    """check_status_body for any HTTP library's answer: its status code and body."""
+    if status_code != 200:
+        raise RuntimeError(f"job {job_id}: /download answered {status_code}")
+    body = json.loads(content)
     status = str(body.get("status"))
     if status in FINAL_NOT_COMPLETED:
         raise RuntimeError(f"job {job_id} ended {status}: {body.get('message')}")
