@@ -61,3 +61,20 @@ def test_quick_peers_bench_compares_celery_and_pulsar_with_ours(tmp_path: Path) 
     comparisons = [line for line in text.splitlines() if line.startswith("| ours / peer")]
     assert len(comparisons) == 3, text
     assert all("ahead: " in line for line in comparisons), comparisons
+
+
+def test_gateway_calls_bench_runs(tmp_path: Path) -> None:
+    """`python -m bench.gateway_calls` (outside `python -m bench`) at a tiny size."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.gateway_calls", "--calls", "40", "--held", "4"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rounds = [line for line in completed.stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3, completed.stdout
+    assert "left running" not in completed.stdout, completed.stdout

@@ -943,8 +943,12 @@ def test_dispatch_to_rust_client_and_collect_the_zip(
         r for r in fake_client.recorded("POST", "/v1/submit") if marker.encode() in r.body
     )
 
-    # The dispatch is a multipart body a Rust client (multer) reads: every part a file part.
+    # The dispatch is a multipart body a Rust client (multer) reads: every part a file part,
+    # sent with its exact length (not chunked) and without waiting for a 100 Continue.
     assert submit.query == ""
+    assert submit.headers["content-length"] == str(len(submit.body))
+    assert "transfer-encoding" not in submit.headers
+    assert "expect" not in submit.headers
     parts = _parse_multipart(submit.headers, submit.body)
     files = {}
     for part_headers, content in parts:
@@ -1005,6 +1009,7 @@ def test_terminate_calls_the_rust_kill_url(rust_peer: Cluster, fake_client: Fake
     kills = fake_client.recorded("POST", f"/v1/kill/{payload.id}")
     assert len(kills) == 1
     assert kills[0].body == b""
+    assert "content-type" not in kills[0].headers
     assert payload.killed
     assert rust_peer.api.wait_for(job_id, "Killed")["status"] == "Killed"
 

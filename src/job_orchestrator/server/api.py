@@ -468,10 +468,10 @@ async def download_partial(request: Request) -> Response:
 
     async def relay() -> AsyncIterator[bytes]:
         async with stack:
-            async for chunk in upstream.aiter_bytes(1024 * 1024):
+            async for chunk in upstream.chunks:
                 yield chunk
 
-    message = upstream.headers.get(MESSAGE_HEADER)
+    message = upstream.message_header
     headers = {MESSAGE_HEADER: message} if message else None
     return StreamingResponse(relay(), media_type="application/zip", headers=headers)
 

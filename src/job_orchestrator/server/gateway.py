@@ -7,6 +7,13 @@ request. 4xx answers and unreadable replies raise
 PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
 Requests carry only what the original client understands plus headers it ignores
 (`Idempotency-Key`), so a Rust client can be driven unchanged.
+
+The HTTP library is aiohttp, not httpx: httpcore's pool scans (and polls the socket of) every
+pooled connection on every request, which made it the server's largest cost with 64
+long-polls open to one client (bench/README.md). Callers get our own answer types
+(LogAnswer, ZipAnswer), never a library's response. Unlike httpx, aiohttp sends a GET once
+more when its connection closes before any answer (a kept-alive connection the client was
+just closing, RFC 9112 9.3.1.1); never a POST, never after an answer began.
 """
 
 from __future__ import annotations
@@ -22,9 +29,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
-import httpx
+import aiohttp
 
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
@@ -36,6 +43,14 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server.jobfiles import temporary_name
 from job_orchestrator.server.metrics import ServerMetrics, observed_call
+from job_orchestrator.server.node_wire import (
+    MultipartBody,
+    join_url,
+    node_base_url,
+    node_logs_url,
+    paced,
+    regular_files,
+)
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
@@ -49,31 +64,11 @@ from job_orchestrator.wire import (
 )
 
 _CHUNK_BYTES = 1024 * 1024
-
-
-def join_url(base: str, payload_id: int) -> str:
-    """`{url}/{id}` as upstream, without the `//` a trailing slash used to produce."""
-    return f"{base.rstrip('/')}/{payload_id}"
-
-
-def node_base_url(node: NodeConfig) -> str:
-    """`http://client:9000/submit` -> `http://client:9000` (where /health and /load live)."""
-    return base_url(node.upload_url)
-
-
-def base_url(upload_url: str) -> str:
-    """A client's upload URL without its last path segment."""
-    url = upload_url.rstrip("/")
-    scheme_end = url.find("://") + 3
-    slash = url.rfind("/")
-    return url[:slash] if slash >= scheme_end else url
-
-
-def node_logs_url(node: NodeConfig) -> str:
-    """`http://client:9000/retrieve` -> `http://client:9000/logs` (our client's /logs/{id})."""
-    url = node.download_url.rstrip("/")
-    slash = url.rfind("/")
-    return f"{url[: slash + 1]}logs" if slash != -1 else f"{url}/logs"
+#: Idle connections are closed before our client's uvicorn closes them (after 5 s), so a
+#: request rarely meets a connection the client is closing.
+_KEEPALIVE_S = 4.0
+#: h11 (httpx) accepted 16 KiB of response headers; a long X-Orchestrator-Message must fit.
+_MAX_HEADER_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +78,15 @@ class LogAnswer:
     #: The payload was final before the client read the log: the body is all the rest.
     final: bool
     chunks: AsyncIterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class ZipAnswer:
+    """A client's ZIP answer as it streams in."""
+
+    chunks: AsyncIterator[bytes]
+    #: X-Orchestrator-Message as the client sent it (still percent-encoded), if it sent one.
+    message_header: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,25 +104,23 @@ class RetrieveResult:
     exit_code: int | None = None
 
 
-def _exit_code(response: httpx.Response) -> int | None:
+def _exit_code(response: aiohttp.ClientResponse) -> int | None:
     raw = response.headers.get(EXIT_CODE_HEADER, "")
     return int(raw) if re.fullmatch(r"-?[0-9]{1,10}", raw) and abs(int(raw)) < 2**31 else None
 
 
-def _raise_for_status(response: httpx.Response, what: str) -> None:
-    if response.status_code == 404:
+def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
+    if response.status == 404:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
     # 408: our client timed the dispatch body out (UPLOAD_IDLE_TIMEOUT); 429: it is busy.
-    if response.status_code >= 500 or response.status_code in (408, 429):
-        raise TransientClientError(f"{what}: client answered {response.status_code}")
-    if not 200 <= response.status_code < 300:
-        raise PermanentClientError(f"{what}: client answered {response.status_code}")
+    if response.status >= 500 or response.status in (408, 429):
+        raise TransientClientError(f"{what}: client answered {response.status}")
+    if not 200 <= response.status < 300:
+        raise PermanentClientError(f"{what}: client answered {response.status}")
 
 
-def _is_zip(response: httpx.Response) -> bool:
-    return response.status_code == 200 and "application/zip" in response.headers.get(
-        "content-type", ""
-    )
+def _is_zip(response: aiohttp.ClientResponse) -> bool:
+    return response.status == 200 and "application/zip" in response.headers.get("content-type", "")
 
 
 def _payload_json(body: bytes, what: str) -> dict[str, Any]:
@@ -132,20 +134,51 @@ def _payload_json(body: bytes, what: str) -> dict[str, Any]:
 
 
 class NodeGateway:
-    """One pooled httpx client for all calls to all nodes."""
+    """One aiohttp session (one unlimited keep-alive pool) for all calls to all nodes.
+
+    Built inside the running loop (aiohttp binds a session to it): the app's lifespan.
+    """
 
     def __init__(self, *, timeout_s: float, metrics: ServerMetrics | None = None) -> None:
         self.metrics = metrics
         self._timeout_s = timeout_s
         self._instance = secrets.token_hex(8)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        self._plain_timeout = self._timeout(0.0)
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_S
+            ),
+            timeout=self._plain_timeout,
+            # Answers are stored and relayed byte for byte: ask for them uncompressed.
+            headers={"Accept-Encoding": "identity"},
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            max_line_size=_MAX_HEADER_BYTES,
+            max_field_size=_MAX_HEADER_BYTES,
         )
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
+
+    def _timeout(self, wait_s: float) -> aiohttp.ClientTimeout:
+        """No total: a big ZIP may take long. Each read (of a long-poll: plus its wait) may not."""
+        connect = min(self._timeout_s, 10.0)
+        return aiohttp.ClientTimeout(
+            total=None, connect=connect, sock_connect=connect, sock_read=self._timeout_s + wait_s
+        )
+
+    def _request(
+        self, method: str, url: str, *, wait_s: float = 0.0, **options: Any
+    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
+        # httpx followed no redirects; a 3xx stays an answer (PermanentClientError).
+        return self._http.request(
+            method,
+            url,
+            allow_redirects=False,
+            timeout=self._timeout(wait_s) if wait_s else self._plain_timeout,
+            **options,
+        )
 
     @staticmethod
     def _headers(token: str | None) -> dict[str, str]:
@@ -155,13 +188,17 @@ class NodeGateway:
     async def _call(self, what: str) -> AsyncIterator[None]:
         try:
             yield
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
-            # No connection was made (or none was free), so nothing was sent.
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
+            # No connection was made (refused, DNS, connect timeout), so nothing was sent.
             raise UndeliveredError(f"{what}: {type(error).__name__}: {error}") from error
-        except httpx.TimeoutException as error:
+        except aiohttp.ServerTimeoutError as error:
             raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
-        except httpx.TransportError as error:
+        except aiohttp.ClientError as error:
+            # Disconnected, reset, a body cut short, a reply that is not HTTP.
             raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
+        except TimeoutError as error:
+            # paced(): the client stopped reading the dispatch body.
+            raise TransientClientError(f"{what}: timed out (writing the body)") from error
 
     @observed_call("submit")
     async def submit(
@@ -175,24 +212,30 @@ class NodeGateway:
     ) -> int:
         """POST every regular file under files_dir as a multipart part; return the payload id."""
         what = f"dispatch to {node.upload_url}"
-        files = await asyncio.to_thread(_regular_files, files_dir)
+        files = await asyncio.to_thread(regular_files, files_dir)
         body = MultipartBody(files)
-        async with self._call(what):
-            response = await self._http.post(
+        async with (
+            self._call(what),
+            asyncio.timeout(None) as stall,
+            self._request(
+                "POST",
                 node.upload_url,
-                content=body.stream(),
+                data=paced(body.stream(), stall, self._timeout_s),
                 headers={
                     "Content-Type": body.content_type,
+                    # Given, so aiohttp sends the body with this length and not chunked.
                     "Content-Length": str(body.length),
                     IDEMPOTENCY_HEADER: dispatch_key,
                     **({TIMEOUT_HEADER: f"{timeout_s:g}"} if timeout_s else {}),
                     **self._headers(token),
                 },
-            )
-        if response.status_code == 404:
+            ) as response,
+        ):
+            reply = await response.read()
+        if response.status == 404:
             raise PermanentClientError(f"{what}: client answered 404")
         _raise_for_status(response, what)
-        payload_id = _payload_json(response.content, what).get("id")
+        payload_id = _payload_json(reply, what).get("id")
         if not isinstance(payload_id, int) or isinstance(payload_id, bool) or payload_id <= 0:
             raise PermanentClientError(f"{what}: client reply has no valid payload id")
         return payload_id
@@ -215,30 +258,29 @@ class NodeGateway:
         """
         what = f"retrieve {payload_id} from {node.download_url}"
         params = {"wait": f"{wait_s:g}", "known": known.wire} if wait_s > 0 else None
-        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
         async with (
             self._call(what),
-            self._http.stream(
+            self._request(
                 "GET",
                 join_url(node.download_url, payload_id),
+                wait_s=wait_s,
                 params=params,
                 # Lets the client tell a fresh request from one that sat in its socket.
                 headers={
                     CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
                     **self._headers(token),
                 },
-                timeout=timeout,
             ) as response,
         ):
             _raise_for_status(response, what)
             if _is_zip(response):
-                await _stream_to_file(response, zip_destination)
+                await _stream_to_file(response.content.iter_chunked(_CHUNK_BYTES), zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
                 return RetrieveResult(
                     Status.COMPLETED, message, long_polled=False, exit_code=_exit_code(response)
                 )
-            body = await response.aread()
+            body = await response.read()
         payload = _payload_json(body, what)
         try:
             status = Status.from_wire(str(payload.get("status")))
@@ -258,28 +300,30 @@ class NodeGateway:
         self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
     ) -> None:
         """Store the client's partial ZIP at destination (atomically)."""
-        async with self.open_partial(node, payload_id, token=token) as response:
-            await _stream_to_file(response, destination)
+        async with self.open_partial(node, payload_id, token=token) as answer:
+            await _stream_to_file(answer.chunks, destination)
 
     @contextlib.asynccontextmanager
     async def open_partial(
         self, node: NodeConfig, payload_id: int, *, token: str | None
-    ) -> AsyncIterator[httpx.Response]:
-        """The client's partial ZIP as an open streaming response (for proxying)."""
+    ) -> AsyncIterator[ZipAnswer]:
+        """The client's partial ZIP, streamed (for proxying); errors while it streams too."""
         what = f"partial retrieve {payload_id} from {node.partial_url}"
         async with (
             self._call(what),
-            self._http.stream(
+            self._request(
                 "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
             ) as response,
         ):
-            if response.status_code == 413:
+            if response.status == 413:
                 reason = unquote(response.headers.get(MESSAGE_HEADER, "")) or "files too large"
                 raise PartialTooLargeError(reason)
             _raise_for_status(response, what)
             if not _is_zip(response):
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
-            yield response
+            yield ZipAnswer(
+                response.content.iter_chunked(_CHUNK_BYTES), response.headers.get(MESSAGE_HEADER)
+            )
 
     @contextlib.asynccontextmanager
     async def open_log(
@@ -293,15 +337,14 @@ class NodeGateway:
         url = node_logs_url(node)
         what = f"log of {payload_id} from {url}"
         params = {"offset": str(offset), **({"wait": f"{wait_s:g}"} if wait_s > 0 else {})}
-        timeout = httpx.Timeout(self._timeout_s + wait_s, connect=min(self._timeout_s, 10.0))
         async with (
             self._call(what),
-            self._http.stream(
+            self._request(
                 "GET",
                 join_url(url, payload_id),
+                wait_s=wait_s,
                 params=params,
                 headers=self._headers(token),
-                timeout=timeout,
             ) as response,
         ):
             _raise_for_status(response, what)
@@ -309,26 +352,30 @@ class NodeGateway:
                 status = Status.from_wire(response.headers.get(LOG_STATUS_HEADER, ""))
             except ValueError:
                 raise PermanentClientError(f"{what}: the answer is not a log") from None
-            yield LogAnswer(status.is_terminal(), response.aiter_bytes())
+            # Each piece as it arrives: a follower sees a line as soon as the client sends it.
+            yield LogAnswer(status.is_terminal(), response.content.iter_any())
 
     @observed_call("check")
     async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport:
         """The node's /health (with its declared capacity) and /load; raises if it is down."""
         base = node_base_url(node)
-        async with self._call(f"health check of {base}"):
-            health = await self._http.get(f"{base}/health", headers=self._headers(token))
-        if health.status_code >= 500:
-            raise TransientClientError(f"health check of {base}: answered {health.status_code}")
-        if health.status_code != 200:
+        async with (
+            self._call(f"health check of {base}"),
+            self._request("GET", f"{base}/health", headers=self._headers(token)) as health,
+        ):
+            await health.read()
+        if health.status >= 500:
+            raise TransientClientError(f"health check of {base}: answered {health.status}")
+        if health.status != 200:
             # It answers HTTP, so it is up; its /health just is not where we derived it
             # (a URL behind a path prefix, say). Nothing more to learn from it.
             return NodeReport(max_concurrent=None, load_percent=None)
         capacity = health.headers.get(CAPACITY_HEADER, "")
         load: float | None = None
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            answer = await self._http.get(f"{base}/load", headers=self._headers(token))
-            if answer.status_code == 200:
-                load = float(answer.json())
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
+            async with self._request("GET", f"{base}/load", headers=self._headers(token)) as answer:
+                if answer.status == 200:
+                    load = float(json.loads(await answer.read()))
         return NodeReport(
             max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
             load_percent=load,
@@ -337,77 +384,27 @@ class NodeGateway:
     @observed_call("kill")
     async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
         what = f"kill {payload_id} at {node.terminate_url}"
-        async with self._call(what):
-            response = await self._http.post(
-                join_url(node.terminate_url, payload_id), headers=self._headers(token)
-            )
+        async with (
+            self._call(what),
+            self._request(
+                "POST",
+                join_url(node.terminate_url, payload_id),
+                headers=self._headers(token),
+                # An empty POST, as httpx sent it: no Content-Type aiohttp would add.
+                skip_auto_headers=("Content-Type",),
+            ) as response,
+        ):
+            await response.read()
         _raise_for_status(response, what)
 
 
-_PLAIN_NAME = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
-
-
-class MultipartBody:
-    """A multipart/form-data body streamed from disk, shaped as the original server's.
-
-    Every part carries `filename` (what the original client keys files by); names outside
-    the URL path-segment set are sent as `name*=utf-8''...`, as reqwest does. Quotes and
-    backslashes in file names are backslash-escaped (httpx would percent-encode them, which
-    no receiver decodes).
-    """
-
-    def __init__(self, files: list[tuple[str, Path]]) -> None:
-        self._boundary = "-".join(secrets.token_hex(8) for _ in range(4))
-        self._parts = [(self._part_header(name, path.name), path) for name, path in files]
-        self._closing = f"--{self._boundary}--\r\n".encode()
-        self.content_type = f"multipart/form-data; boundary={self._boundary}"
-        self.length = len(self._closing) + sum(
-            len(header) + path.stat().st_size + 2 for header, path in self._parts
-        )
-
-    def _part_header(self, name: str, filename: str) -> bytes:
-        name_param = (
-            f'name="{name}"'
-            if _PLAIN_NAME.fullmatch(name)
-            else f"name*=utf-8''{quote(name, safe='')}"
-        )
-        escaped = (
-            filename.replace("\\", "\\\\")
-            .replace('"', '\\"')
-            .replace("\r", "%0D")
-            .replace("\n", "%0A")
-        )
-        return (
-            f"--{self._boundary}\r\n"
-            f'Content-Disposition: form-data; {name_param}; filename="{escaped}"\r\n\r\n'
-        ).encode()
-
-    async def stream(self) -> AsyncIterator[bytes]:
-        for header, path in self._parts:
-            yield header
-            with path.open("rb") as source:
-                while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
-                    yield chunk
-            yield b"\r\n"
-        yield self._closing
-
-
-def _regular_files(root: Path) -> list[tuple[str, Path]]:
-    """(relative name, path) of every regular file under root, in a stable order."""
-    return [
-        (path.relative_to(root).as_posix(), path)
-        for path in sorted(root.rglob("*"))
-        if path.is_file() and not path.is_symlink()
-    ]
-
-
-async def _stream_to_file(response: httpx.Response, destination: Path) -> None:
+async def _stream_to_file(chunks: AsyncIterator[bytes], destination: Path) -> None:
     # Two collectors of one job (a replica taking over a job its owner still follows) each
     # write their own file; the rename makes one whole copy win.
     partial = temporary_name(destination)
     try:
         with partial.open("wb") as sink:
-            async for chunk in response.aiter_bytes(_CHUNK_BYTES):
+            async for chunk in chunks:
                 sink.write(chunk)
         os.replace(partial, destination)
     except BaseException:

@@ -17,11 +17,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
-from job_orchestrator.server.gateway import NodeGateway, RetrieveResult
+from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnswer
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 
@@ -72,7 +70,7 @@ class NodeClient:
     async def fetch_partial(self, payload_id: int, destination: Path) -> None:
         await self.gateway.fetch_partial(self.node, payload_id, destination, token=self.token)
 
-    def open_partial(self, payload_id: int) -> AbstractAsyncContextManager[httpx.Response]:
+    def open_partial(self, payload_id: int) -> AbstractAsyncContextManager[ZipAnswer]:
         return self.gateway.open_partial(self.node, payload_id, token=self.token)
 
     async def kill(self, payload_id: int) -> None:

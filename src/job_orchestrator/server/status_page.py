@@ -24,7 +24,7 @@ from job_orchestrator import __version__
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.gateway import base_url
+from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.requesting import engine
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.views import ListQueryError, list_filters, rfc3339

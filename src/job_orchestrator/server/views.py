@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from job_orchestrator.errors import StoreError
 from job_orchestrator.http_common import U32_SCHEMA, id_parameter, json_response, status_body
-from job_orchestrator.server.gateway import base_url
+from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.queue_view import REASONS, queue_standing
 from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job
 from job_orchestrator.server.storage import JobRecord
