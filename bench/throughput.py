@@ -24,6 +24,7 @@ from bench.common import (
     median,
     ms,
     processes,
+    retrieve_calls,
     running_cluster,
     upload_form,
 )
@@ -124,12 +125,14 @@ def throughput(ctx: Context) -> SectionResult:
         asyncio.run(_drive(running.api.base_url, 1, 1, 2, sizes.throughput_poll_s))
         with_driver = {**procs, "bench driver": psutil.Process()}
         before = cpu_snapshot(with_driver)
+        retrieves = retrieve_calls(running)
         db_path = Path(running.server.env["DB_PATH"]) if running.server else Path()
         with StatusSampler(db_path) as statuses, Profiler(ctx.profile_dir, "throughput", procs):
             elapsed, submitted, counts = asyncio.run(
                 _drive(running.api.base_url, jobs, users, concurrency, sizes.throughput_poll_s)
             )
         after = cpu_snapshot(with_driver)
+        retrieves = retrieve_calls(running) - retrieves
     rate = jobs / elapsed
     ctx.figures["throughput"] = rate
     result.add("jobs/s (first upload -> last ZIP downloaded)", f"{rate:.1f}")
@@ -139,6 +142,7 @@ def throughput(ctx: Context) -> SectionResult:
     result.add("job turnaround max", ms(max(counts.turnaround)))
     result.add("polls of /download", f"{counts.polls} ({counts.polls / jobs:.1f} per job)")
     result.add("CPU per job", cpu_breakdown(before, after, jobs))
+    result.add("server -> client /retrieve calls per job", f"{retrieves / jobs:.2f}")
     result.add(
         "server jobs by status, mean over the run (sampled every 250 ms)",
         statuses.summary(["queued", "processing", "submitted", "prepared", "running"]),
