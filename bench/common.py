@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 from tests.harness import Cluster, cluster
 
 MIB = 1024 * 1024
@@ -170,6 +171,19 @@ def running_cluster(
     root.mkdir(parents=True, exist_ok=True)
     with cluster(root, server_env=server_env, client_env=client_env) as running:
         yield running
+
+
+def retrieve_calls(running: Cluster) -> float:
+    """The /retrieve calls the server has made to its clients so far (its /metrics)."""
+    response = httpx.get(f"{running.api.base_url}/metrics", timeout=30)
+    response.raise_for_status()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "job_orchestrator_client_call_seconds_count"
+        and sample.labels.get("call") == "retrieve"
+    )
 
 
 def processes(running: Cluster) -> dict[str, psutil.Process]:

@@ -27,6 +27,7 @@ from bench.common import (
     ms,
     percentile,
     processes,
+    retrieve_calls,
     running_cluster,
     upload_form,
 )
@@ -89,9 +90,11 @@ def latency(ctx: Context) -> SectionResult:
         for _ in range(sizes.latency_warmup):
             _one_job(http, sizes.latency_poll_s)
         before = cpu_snapshot({**procs, "bench driver": psutil.Process()})
+        retrieves = retrieve_calls(running)
         with Profiler(ctx.profile_dir, "latency", procs):
             jobs = [_one_job(http, sizes.latency_poll_s) for _ in range(sizes.latency_jobs)]
         after = cpu_snapshot({**procs, "bench driver": psutil.Process()})
+        retrieves = retrieve_calls(running) - retrieves
         poll_cost = _poll_cost(http, procs["server"])
         _one_job_waiting(http)
         wait_before = cpu_snapshot({**procs, "bench driver": psutil.Process()})
@@ -113,6 +116,7 @@ def latency(ctx: Context) -> SectionResult:
         f"p50 {median(polls):.0f}, max {max(polls)} (one every {sizes.latency_poll_s * 1000:g} ms)",
     )
     result.add("CPU per job", cpu_breakdown(before, after, len(totals)))
+    result.add("server -> client /retrieve calls per job", f"{retrieves / len(totals):.2f}")
     result.add("one status poll alone (GET /download of an unknown id, 200 times)", poll_cost)
     wait_totals = [job.total for job in waited]
     wait_p50 = median(wait_totals)

@@ -27,6 +27,7 @@ from bench.common import (
     median,
     ms,
     processes,
+    retrieve_calls,
     running_cluster,
 )
 from bench.profiling import Profiler
@@ -135,6 +136,8 @@ class _Run:
     server_cpu_s: float
     client_cpu_s: float
     statuses: str
+    #: Server -> client /retrieve calls per job.
+    retrieves: float
 
 
 def _run(running: Cluster, ctx: Context, jobs: int, wait_s: float | None, label: str) -> _Run:
@@ -142,6 +145,7 @@ def _run(running: Cluster, ctx: Context, jobs: int, wait_s: float | None, label:
     procs = processes(running)
     with_driver = {**procs, "bench driver": psutil.Process()}
     before = cpu_snapshot(with_driver)
+    retrieves = retrieve_calls(running)
     db_path = Path(running.server.env["DB_PATH"]) if running.server else Path()
     with StatusSampler(db_path) as statuses, Profiler(ctx.profile_dir, label, procs):
         elapsed, submitted, counts = asyncio.run(
@@ -155,6 +159,7 @@ def _run(running: Cluster, ctx: Context, jobs: int, wait_s: float | None, label:
             )
         )
     after = cpu_snapshot(with_driver)
+    retrieves = retrieve_calls(running) - retrieves
     return _Run(
         elapsed,
         submitted,
@@ -163,6 +168,7 @@ def _run(running: Cluster, ctx: Context, jobs: int, wait_s: float | None, label:
         (after.own["server"] - before.own["server"]) / jobs,
         (after.own["client"] - before.own["client"]) / jobs,
         statuses.summary(["queued", "processing", "submitted", "prepared", "running"]),
+        retrieves / jobs,
     )
 
 
@@ -209,6 +215,7 @@ def throughput(ctx: Context) -> SectionResult:
             f"{run.counts.polls} ({run.counts.polls / jobs:.1f} per job)",
         )
         result.add(f"{prefix}CPU per job", run.cpu)
+        result.add(f"{prefix}server -> client /retrieve calls per job", f"{run.retrieves:.2f}")
         result.add(
             f"{prefix}server jobs by status, mean over the run (sampled every 250 ms)",
             run.statuses,

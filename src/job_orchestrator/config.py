@@ -120,6 +120,9 @@ class ServerSettings(CommonSettings):
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
     long_poll_s: float = 25.0
+    #: How long a status other than the known one must hold before our client answers a
+    #: long-poll with it (0: at once); a short job then costs one held request, not one each.
+    status_settle_s: float = 0.2
     dispatch_attempts: int = 3
     safety_tick_s: float = 5.0
     cleaner_interval_s: float = 60.0
@@ -261,6 +264,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
         poll_interval_s=_seconds(env, table.POLL_INTERVAL),
         long_poll_s=_seconds(env, table.LONG_POLL),
+        status_settle_s=_seconds(env, table.STATUS_SETTLE),
         cleaner_interval_s=_seconds(env, table.CLEANER_INTERVAL),
         node_check_interval_s=_seconds(env, table.NODE_CHECK_INTERVAL),
         failover_after_s=_seconds(env, table.FAILOVER_AFTER),

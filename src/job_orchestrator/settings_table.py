@@ -225,6 +225,13 @@ LONG_POLL = _declare(
     "server",
     "queue",
 )
+STATUS_SETTLE = _declare(
+    "STATUS_SETTLE",
+    "0.2",
+    "seconds a new status must hold on our client before a long-poll reports it",
+    "server",
+    "queue",
+)
 POLL_INTERVAL = _declare(
     "POLL_INTERVAL",
     "1",

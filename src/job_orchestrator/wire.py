@@ -20,6 +20,9 @@ TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 #: run.sh's exit status, on a client's /retrieve answers once the script has ended.
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
+#: Seconds since run.sh started, on our client's /retrieve answers once it has started: the
+#: server dates a start it learns late (settled requests) without synchronised clocks.
+STARTED_AGE_HEADER = "X-Orchestrator-Started-Age"
 #: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
 CLOCK_HEADER = "X-Orchestrator-Clock"
 #: A payload's status on the client's /logs answers, as it was before the log was read.

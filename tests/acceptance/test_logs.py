@@ -91,8 +91,9 @@ def test_follow_receives_a_line_before_the_job_ends(logs_cluster: Cluster) -> No
         while b"\n" not in received:
             received += next(chunks)
         assert received.startswith(f"started {marker}\n".encode())
-        # The job cannot end before the file exists: this line came from a running job.
-        assert api.status(job_id)["status"] == "Running"
+        # The job cannot end before the file exists: this line came from a running job
+        # (which the server shows Running at most STATUS_SETTLE after it started).
+        assert api.wait_for(job_id, *FINAL, "Running")["status"] == "Running"
         (work_dir_of(logs_cluster, marker) / "go").touch()
         for chunk in chunks:  # ends when the job ends
             received += chunk

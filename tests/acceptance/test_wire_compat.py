@@ -549,7 +549,7 @@ def test_client_serves_its_own_openapi_document(client_url: str) -> None:
         assert list(paths[route]) == [method]
         parameters = paths[route][method]["parameters"]
         assert parameters[0] == id_parameter("Payload identifier"), route
-        extensions = ["wait", "known"] if route == "/retrieve/{id}" else []
+        extensions = ["wait", "known", "settle"] if route == "/retrieve/{id}" else []
         assert [parameter["name"] for parameter in parameters[1:]] == extensions
         assert "422" not in paths[route][method]["responses"]
     # Only the document: no Swagger UI on the client.

@@ -55,6 +55,7 @@ from job_orchestrator.wire import (
     IDEMPOTENCY_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
+    STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
 )
 
@@ -157,10 +158,13 @@ def _message(payload: Payload) -> dict[str, str] | None:
 
 
 def _outcome(payload: Payload) -> dict[str, str]:
-    """The headers of a /retrieve answer: why it ended and run.sh's exit status, if known."""
+    """The headers of a /retrieve answer: why it ended, run.sh's exit status and start, if known."""
     headers = _message(payload) or {}
     if payload.exit_code is not None and payload.status.is_terminal():
         headers[EXIT_CODE_HEADER] = str(payload.exit_code)
+    if payload.started_at is not None:
+        # An age, not a time: the server subtracts it from its own clock.
+        headers[STARTED_AGE_HEADER] = f"{max(0.0, time.time() - payload.started_at):.3f}"
     return headers
 
 
@@ -215,6 +219,17 @@ _LONG_POLL_PARAMETERS = [
         "description": "The status the caller already knows (default: the current one)",
         "required": False,
         "schema": {"type": "string"},
+    },
+    {
+        "name": "settle",
+        "in": "query",
+        "description": "Seconds a status other than `known` must have held before it is "
+        "answered (a final one is answered at once), so a short job is reported once, final; "
+        "a Prepared payload is still answered within SERVER_LEASE/2. Default 0: the first "
+        f"change. The answer carries `{STARTED_AGE_HEADER}` (seconds since run.sh started) "
+        "once it has started",
+        "required": False,
+        "schema": {"type": "number"},
     },
 ]
 
@@ -381,6 +396,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
             return _empty(404)
         wait = min(_seconds(request.query_params.get("wait")), MAX_LONG_POLL_S)
         known = _status_wire(request.query_params.get("known"))
+        settle = min(_seconds(request.query_params.get("settle")), MAX_LONG_POLL_S)
         if payload.status is Status.PREPARED:
             # The server still wants it: renew its lease (runner.py starts it only so).
             state.runner.lease.asked(payload.id, request.headers.get(CLOCK_HEADER))
@@ -389,7 +405,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         state.runner.release(payload.id)
         long_polled = wait > 0
         if long_polled:
-            payload = await _wait_for_change(state, payload, known or payload.status.wire, wait)
+            payload = await _wait_for_change(
+                state, payload, known or payload.status.wire, wait, settle
+            )
         if payload.status is Status.COMPLETED:
             try:
                 return zip_response(
@@ -544,9 +562,12 @@ class _Duplicate(Exception):
 
 
 async def _wait_for_change(
-    state: ClientState, payload: Payload, known: str, wait_s: float
+    state: ClientState, payload: Payload, known: str, wait_s: float, settle_s: float = 0.0
 ) -> Payload:
-    """Hold a /retrieve until the payload is final or its status differs from `known`."""
+    """Hold a /retrieve until the payload is final or a status other than `known` has held.
+
+    A status that lasts less than `settle_s` is never reported (0: the first change is).
+    """
     deadline = time.monotonic() + wait_s
     registry = state.registry
     with registry.watch(payload.id) as changed:
@@ -554,12 +575,19 @@ async def _wait_for_change(
             # Re-read after registering the watch, so no change slips in between.
             payload = registry.get(payload.id) or payload
             remaining = deadline - time.monotonic()
-            if (
-                payload.status.is_terminal()
-                or payload.status.wire != known
-                or remaining <= 0
-                or state.draining.is_set()
-            ):
+            if payload.status.is_terminal() or remaining <= 0 or state.draining.is_set():
                 return payload
+            timeout_s = remaining
+            if payload.status.wire != known:
+                unsettled_s = settle_s - _held_s(payload)
+                if unsettled_s <= 0:
+                    return payload
+                timeout_s = min(remaining, unsettled_s)
             changed.clear()
-            await wait_any(changed.wait(), state.draining.wait(), timeout_s=remaining)
+            await wait_any(changed.wait(), state.draining.wait(), timeout_s=timeout_s)
+
+
+def _held_s(payload: Payload) -> float:
+    """How long the payload has had its current (non-final) status."""
+    since = payload.started_at if payload.status is Status.RUNNING else payload.created_at
+    return time.time() - since if since is not None else math.inf

@@ -1,9 +1,13 @@
 """Collection: follow each job on its client until its outcome is known, and settle it.
 
 One `JobCollector.collect` call per job on a client long-polls the client (or polls, for
-clients without long-polling), mirrors Scheduled/Running into the Store, enforces the
+clients without long-polling), mirrors Prepared/Running into the Store, enforces the
 server's time-limit backstop, and writes the final status with a compare-and-set that a
 shutdown cannot interrupt. The Orchestrator (dispatcher.py) owns the tasks that run it.
+
+Our client reports a status only once it has held for STATUS_SETTLE (`?settle=`), so a job
+shorter than that costs one held request and no Store write before the final one; its start
+comes as an age (seconds since run.sh started), dated here on this server's clock.
 """
 
 from __future__ import annotations
@@ -86,7 +90,11 @@ class JobCollector:
             self._fleet.asked_at[job.id] = time.time()
             try:
                 result = await client.retrieve(
-                    job.dest_id, loc / RESULT_NAME, wait_s=wait_s, known=known
+                    job.dest_id,
+                    loc / RESULT_NAME,
+                    wait_s=wait_s,
+                    known=known,
+                    settle_s=self._settings.status_settle_s,
                 )
             except TransientClientError as error:
                 self._fleet.report_failure(client.url, reason=str(error))
@@ -116,8 +124,12 @@ class JobCollector:
                 await self.fail(job, list(ON_CLIENT), f"could not collect the result: {error}")
                 return
             failures, failing_since = 0, None
+            # Learnt at the end only: the Running of a short job was never reported.
+            late_start = result.started_at if known is not Status.RUNNING else None
             if result.status is Status.COMPLETED:
-                await self._settle(job, Status.COMPLETED, result.message, result.exit_code)
+                await self._settle(
+                    job, Status.COMPLETED, result.message, result.exit_code, late_start
+                )
                 return
             if result.status in TERMINAL:
                 if result.status is Status.CLEANED:
@@ -128,10 +140,14 @@ class JobCollector:
                     )
                     return
                 await self.keep_partial(job, client)
-                await self._settle(job, result.status, result.message, result.exit_code)
+                await self._settle(job, result.status, result.message, result.exit_code, late_start)
                 return
             if result.status in ON_CLIENT and result.status is not known:
-                started = {"started_at": time.time()} if result.status is Status.RUNNING else {}
+                started = (
+                    {"started_at": result.started_at or time.time()}
+                    if result.status is Status.RUNNING
+                    else {}
+                )
                 if not await self._store.transition(job.id, ON_CLIENT, result.status, **started):
                     return  # terminated or otherwise moved by someone else
                 known = result.status
@@ -151,12 +167,19 @@ class JobCollector:
         )
 
     async def _settle(
-        self, job: JobRecord, status: Status, message: str, exit_code: int | None = None
+        self,
+        job: JobRecord,
+        status: Status,
+        message: str,
+        exit_code: int | None = None,
+        started_at: float | None = None,
     ) -> None:
         # Shielded: once the client told us the outcome, a shutdown must not lose it.
         changes: dict[str, object] = {"message": message}
         if exit_code is not None:
             changes["exit_code"] = exit_code
+        if started_at is not None:
+            changes["started_at"] = started_at
         if await asyncio.shield(self._store.transition(job.id, ON_CLIENT, status, **changes)):
             self._metrics.job_finished(job, status, ran=True)
             logger.info("job %d finished: %s", job.id, status.wire, extra=job_fields(job))

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
@@ -262,21 +262,18 @@ class Orchestrator:
                 job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
             )
             return
-        moved = await self.store.transition(
-            job.id,
-            [Status.PROCESSING],
-            Status.SUBMITTED,
-            dest_id=dest_id,
-            failing_since=None,
-            not_before=None,
-            message="",
-            dispatched_at=time.time(),
-        )
-        if moved:
+        changes: dict[str, Any] = {
+            "dest_id": dest_id,
+            "failing_since": None,
+            "not_before": None,
+            "message": "",
+            "dispatched_at": time.time(),
+        }
+        if await self.store.transition(job.id, [Status.PROCESSING], Status.SUBMITTED, **changes):
             self.metrics.job_started(job)
-            fresh = await self.store.get_job(job.id)
-            if fresh is not None:
-                await self.collector.collect(fresh)
+            # The row is what the compare-and-set just wrote: no need to read it back. A
+            # /terminate from now on cancels this task before it touches the job.
+            await self.collector.collect(replace(job, status=Status.SUBMITTED, **changes))
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
         await self.store.transition(job.id, [Status.LOCKED], dest_id=dest_id)

@@ -60,6 +60,7 @@ from job_orchestrator.wire import (
     LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
+    STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
 )
 
@@ -102,11 +103,21 @@ class RetrieveResult:
     long_polled: bool
     #: run.sh's exit status, from our client's header (the original's client sends none).
     exit_code: int | None = None
+    #: When run.sh started, on this server's clock (our client's age header; else None).
+    started_at: float | None = None
 
 
 def _exit_code(response: aiohttp.ClientResponse) -> int | None:
     raw = response.headers.get(EXIT_CODE_HEADER, "")
     return int(raw) if re.fullmatch(r"-?[0-9]{1,10}", raw) and abs(int(raw)) < 2**31 else None
+
+
+def _started_at(response: aiohttp.ClientResponse) -> float | None:
+    try:
+        age_s = float(response.headers.get(STARTED_AGE_HEADER, ""))
+    except ValueError:
+        return None
+    return time.time() - age_s if 0 <= age_s < float("inf") else None
 
 
 def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
@@ -250,14 +261,20 @@ class NodeGateway:
         wait_s: float,
         known: Status,
         token: str | None,
+        settle_s: float = 0.0,
     ) -> RetrieveResult:
         """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
 
         `wait`/`known` ask our client to hold the request until the status differs from
-        `known`; the original client ignores them and answers at once.
+        `known`, and `settle` until that status has held so long; the original client
+        ignores them and answers at once.
         """
         what = f"retrieve {payload_id} from {node.download_url}"
-        params = {"wait": f"{wait_s:g}", "known": known.wire} if wait_s > 0 else None
+        params = None
+        if wait_s > 0:
+            params = {"wait": f"{wait_s:g}", "known": known.wire}
+            if settle_s > 0:
+                params["settle"] = f"{settle_s:g}"
         async with (
             self._call(what),
             self._request(
@@ -273,12 +290,18 @@ class NodeGateway:
             ) as response,
         ):
             _raise_for_status(response, what)
+            # Dated on arrival of the headers, before the body streams in.
+            started_at = _started_at(response)
             if _is_zip(response):
                 await _stream_to_file(response.content.iter_chunked(_CHUNK_BYTES), zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
                 return RetrieveResult(
-                    Status.COMPLETED, message, long_polled=False, exit_code=_exit_code(response)
+                    Status.COMPLETED,
+                    message,
+                    long_polled=False,
+                    exit_code=_exit_code(response),
+                    started_at=started_at,
                 )
             body = await response.read()
         payload = _payload_json(body, what)
@@ -293,6 +316,7 @@ class NodeGateway:
             message=unquote(response.headers.get(MESSAGE_HEADER, "")),
             long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
             exit_code=_exit_code(response),
+            started_at=started_at,
         )
 
     @observed_call("retrieve_partial")

@@ -61,10 +61,22 @@ class NodeClient:
         )
 
     async def retrieve(
-        self, payload_id: int, destination: Path, *, wait_s: float, known: Status
+        self,
+        payload_id: int,
+        destination: Path,
+        *,
+        wait_s: float,
+        known: Status,
+        settle_s: float = 0.0,
     ) -> RetrieveResult:
         return await self.gateway.retrieve(
-            self.node, payload_id, destination, wait_s=wait_s, known=known, token=self.token
+            self.node,
+            payload_id,
+            destination,
+            wait_s=wait_s,
+            known=known,
+            token=self.token,
+            settle_s=settle_s,
         )
 
     async def fetch_partial(self, payload_id: int, destination: Path) -> None:

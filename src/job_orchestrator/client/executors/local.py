@@ -34,6 +34,10 @@ class LocalExecutor:
         self.settings = settings
         #: The processes this client started (awaited directly, not via a pidfd).
         self._children: dict[int, asyncio.subprocess.Process] = {}
+        #: When each of them was started, on time.time(): the handle's psutil start time
+        #: identifies the process but is off by up to a second (/proc/stat's whole-second
+        #: boot time), and the payload's start is reported to the server (and its limit counts).
+        self._launched_at: dict[int, float] = {}
         psutil.cpu_percent(interval=None)  # starts the first measuring window of /load
 
     async def launch(self, payload: Payload) -> Handle:
@@ -58,10 +62,11 @@ class LocalExecutor:
         except OSError as error:
             raise LaunchError(f"could not start run.sh: {error.strerror}") from error
         self._children[process.pid] = process
+        self._launched_at[process.pid] = time.time()
         return Handle(KIND, process.pid, _process_start_time(process.pid))
 
     async def started(self, handle: Handle) -> float:
-        return handle.started_at or time.time()
+        return self._launched_at.get(handle.id) or handle.started_at or time.time()
 
     async def wait(self, payload: Payload, handle: Handle) -> Outcome:
         child = self._children.get(handle.id)
@@ -70,6 +75,7 @@ class LocalExecutor:
                 returncode: int | None = await child.wait()
             finally:
                 self._children.pop(handle.id, None)
+                self._launched_at.pop(handle.id, None)
             # run.sh is done: whatever it left in the background goes too.
             _signal_group(handle.id, signal.SIGKILL)
             return Outcome(returncode)
