@@ -45,27 +45,30 @@ from bench.common import (
 PEERS_VENV = Path(
     os.environ.get("PEERS_VENV", Path.home() / ".cache/job-orchestrator-bench/peers-venv")
 )
-PINS = ("celery[redis]==5.7.0", "redis==5.2.1", "pulsar-app[web]==0.16.0")
+PINS = ("celery[redis]==5.7.0", "redis==8.1.0", "pulsar-app[web]==0.16.0")
 DRIVERS = Path(__file__).with_name("peer_drivers")
+#: Every package of the venv at a known version (`pip freeze` of a working install). The pins
+#: alone let pip take new releases of their dependencies, and one did break the install:
+#: kombu 5.7 no longer resolved with the redis-py 5.2 pinned here before.
+CONSTRAINTS = DRIVERS / "constraints.txt"
 #: Concurrent jobs each peer may run: the same as its workers, two per core.
 WORKERS = 4
 WARMUP = 2
 
 
 def _python() -> Path:
+    """The peers' venv interpreter, (re)installed when the pins or constraints changed."""
     python = PEERS_VENV / "bin" / "python"
-    if python.is_file() and all(
-        subprocess.run(
-            [str(python), "-m", "pip", "show", "-q", pin.split("[")[0].split("=")[0]],
-            capture_output=True,
-        ).returncode
-        == 0
-        for pin in PINS
-    ):
+    stamp = PEERS_VENV / "installed-pins.txt"
+    wanted = "\n".join(PINS) + "\n" + CONSTRAINTS.read_text()
+    if python.is_file() and stamp.is_file() and stamp.read_text() == wanted:
         return python
     log(f"peers: installing {', '.join(PINS)} into {PEERS_VENV}")
-    subprocess.run([sys.executable, "-m", "venv", str(PEERS_VENV)], check=True)
-    subprocess.run([str(python), "-m", "pip", "install", "-q", *PINS], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PEERS_VENV)], check=True)
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), *PINS], check=True
+    )
+    stamp.write_text(wanted)
     return python
 
 
