@@ -40,6 +40,7 @@ class Sizes:
     throughput_poll_s: float = 0.02
     scheduler_sizes: tuple[tuple[int, int], ...] = ((10_000, 1_000), (100_000, 10_000))
     scheduler_repeats: int = 10
+    store_jobs: int = 2000
     big_bytes: int = 390 * MIB
     big_poll_s: float = 0.005
     fairness_users: int = 4
@@ -56,6 +57,7 @@ QUICK = Sizes(
     throughput_jobs=20,
     scheduler_sizes=((2_000, 200),),
     scheduler_repeats=3,
+    store_jobs=100,
     big_bytes=5 * MB,
     fairness_users=2,
     fairness_jobs=5,

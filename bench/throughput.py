@@ -100,6 +100,35 @@ async def _drive(
         return time.perf_counter() - started, submitted, counts
 
 
+def store_work(base_url: str) -> tuple[dict[str, float], float]:
+    """The server's store units of work per verb and its commits, from /metrics."""
+    per_verb: dict[str, float] = {}
+    commits = 0.0
+    verb_prefix = 'job_orchestrator_store_operations_total{verb="'
+    for line in httpx.get(f"{base_url}/metrics", timeout=30, trust_env=False).text.splitlines():
+        if line.startswith(verb_prefix):
+            labels, value = line.rsplit(" ", 1)
+            per_verb[labels[len(verb_prefix) : -2]] = float(value)
+        elif line.startswith("job_orchestrator_store_commits_total "):
+            commits = float(line.split()[1])
+    return per_verb, commits
+
+
+def work_per_job(
+    before: tuple[dict[str, float], float], after: tuple[dict[str, float], float], jobs: int
+) -> str:
+    """'12.1 units in 6.3 commits per job: transition 4.0, get_job 3.1, ...'."""
+    per_verb = {verb: (count - before[0].get(verb, 0.0)) / jobs for verb, count in after[0].items()}
+    units = sum(per_verb.values())
+    listed = ", ".join(
+        f"{verb} {count:.2f}"
+        for verb, count in sorted(per_verb.items(), key=lambda item: -item[1])
+        if count >= 0.005
+    )
+    commits = (after[1] - before[1]) / jobs
+    return f"{units:.1f} units in {commits:.1f} commits per job: {listed}"
+
+
 def throughput(ctx: Context) -> SectionResult:
     sizes = ctx.sizes
     jobs, users, concurrency = (
@@ -124,12 +153,14 @@ def throughput(ctx: Context) -> SectionResult:
         asyncio.run(_drive(running.api.base_url, 1, 1, 2, sizes.throughput_poll_s))
         with_driver = {**procs, "bench driver": psutil.Process()}
         before = cpu_snapshot(with_driver)
+        work_before = store_work(running.api.base_url)
         db_path = Path(running.server.env["DB_PATH"]) if running.server else Path()
         with StatusSampler(db_path) as statuses, Profiler(ctx.profile_dir, "throughput", procs):
             elapsed, submitted, counts = asyncio.run(
                 _drive(running.api.base_url, jobs, users, concurrency, sizes.throughput_poll_s)
             )
         after = cpu_snapshot(with_driver)
+        work_after = store_work(running.api.base_url)
     rate = jobs / elapsed
     ctx.figures["throughput"] = rate
     result.add("jobs/s (first upload -> last ZIP downloaded)", f"{rate:.1f}")
@@ -139,6 +170,7 @@ def throughput(ctx: Context) -> SectionResult:
     result.add("job turnaround max", ms(max(counts.turnaround)))
     result.add("polls of /download", f"{counts.polls} ({counts.polls / jobs:.1f} per job)")
     result.add("CPU per job", cpu_breakdown(before, after, jobs))
+    result.add("server store work per job", work_per_job(work_before, work_after, jobs))
     result.add(
         "server jobs by status, mean over the run (sampled every 250 ms)",
         statuses.summary(["queued", "processing", "submitted", "prepared", "running"]),

@@ -262,7 +262,7 @@ class Orchestrator:
                 job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
             )
             return
-        moved = await self.store.transition(
+        fresh = await self.store.transition_returning(
             job.id,
             [Status.PROCESSING],
             Status.SUBMITTED,
@@ -272,16 +272,13 @@ class Orchestrator:
             message="",
             dispatched_at=time.time(),
         )
-        if moved:
+        if fresh is not None:
             self.metrics.job_started(job)
-            fresh = await self.store.get_job(job.id)
-            if fresh is not None:
-                await self.collector.collect(fresh)
+            await self.collector.collect(fresh)
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
-        await self.store.transition(job.id, [Status.LOCKED], dest_id=dest_id)
-        fresh = await self.store.get_job(job.id)
-        if fresh is not None and fresh.status is Status.LOCKED:
+        fresh = await self.store.transition_returning(job.id, [Status.LOCKED], dest_id=dest_id)
+        if fresh is not None:
             await self._finish_termination(fresh)
 
     async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
