@@ -25,6 +25,7 @@ from bench.report import markdown, print_console
 from bench.scheduler import scheduler
 from bench.slurm import slurm
 from bench.soak import soak
+from bench.store import store
 from bench.throughput import throughput
 
 Case = Callable[[Context], SectionResult]
@@ -33,6 +34,7 @@ CASES: dict[str, Case] = {
     "latency": latency,
     "throughput": throughput,
     "scheduler": scheduler,
+    "store": store,
     "bigfile": bigfile,
     "fairness": fairness,
     "soak": soak,

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from tests.harness import Cluster, cluster
 
 MIB = 1024 * 1024
@@ -42,6 +43,7 @@ class Sizes:
     throughput_poll_s: float = 0.02
     scheduler_sizes: tuple[tuple[int, int], ...] = ((10_000, 1_000), (100_000, 10_000))
     scheduler_repeats: int = 10
+    store_jobs: int = 2000
     big_bytes: int = 390 * MIB
     big_poll_s: float = 0.005
     fairness_users: int = 4
@@ -58,6 +60,7 @@ QUICK = Sizes(
     throughput_jobs=20,
     scheduler_sizes=((2_000, 200),),
     scheduler_repeats=3,
+    store_jobs=100,
     big_bytes=5 * MB,
     fairness_users=2,
     fairness_jobs=5,
@@ -173,17 +176,38 @@ def running_cluster(
         yield running
 
 
-def retrieve_calls(running: Cluster) -> float:
-    """The /retrieve calls the server has made to its clients so far (its /metrics)."""
-    response = httpx.get(f"{running.api.base_url}/metrics", timeout=30)
+def _metric_samples(running: Cluster) -> list[Sample]:
+    response = httpx.get(f"{running.api.base_url}/metrics", timeout=30, trust_env=False)
     response.raise_for_status()
-    return sum(
-        sample.value
+    return [
+        sample
         for family in text_string_to_metric_families(response.text)
         for sample in family.samples
+    ]
+
+
+def retrieve_calls(running: Cluster) -> float:
+    """The /retrieve calls the server has made to its clients so far (its /metrics)."""
+    return sum(
+        sample.value
+        for sample in _metric_samples(running)
         if sample.name == "job_orchestrator_client_call_seconds_count"
         and sample.labels.get("call") == "retrieve"
     )
+
+
+def store_work(running: Cluster) -> tuple[dict[str, float], float]:
+    """The server's store units of work per verb and its commits so far (its /metrics)."""
+    samples = _metric_samples(running)
+    per_verb = {
+        sample.labels["verb"]: sample.value
+        for sample in samples
+        if sample.name == "job_orchestrator_store_operations_total"
+    }
+    commits = sum(
+        sample.value for sample in samples if sample.name == "job_orchestrator_store_commits_total"
+    )
+    return per_verb, commits
 
 
 def processes(running: Cluster) -> dict[str, psutil.Process]:

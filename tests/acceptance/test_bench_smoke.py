@@ -16,6 +16,7 @@ SECTIONS = (
     "latency",
     "throughput",
     "scheduler",
+    "store",
     "bigfile",
     "fairness",
     "soak",

@@ -285,6 +285,24 @@ async def test_update_dest_id(store: Store) -> None:
     assert (await get(store, job_id)).dest_id == 200
 
 
+async def test_transition_returning_gives_the_changed_row(store: Store) -> None:
+    job_id = await job_in(store, Status.PROCESSING)
+    finals: list[int] = []
+    store.on_final(finals.append)
+    moved = await store.transition_returning(
+        job_id, [Status.PROCESSING], Status.SUBMITTED, dest_id=42, message=""
+    )
+    assert moved == await store.get_job(job_id)
+    assert moved is not None
+    assert (moved.status, moved.dest_id) == (Status.SUBMITTED, 42)
+    assert await store.transition_returning(job_id, [Status.PROCESSING], Status.FAILED) is None
+    assert (await get(store, job_id)).status is Status.SUBMITTED
+    done = await store.transition_returning(job_id, [Status.SUBMITTED], Status.COMPLETED)
+    assert done is not None
+    assert done.finished_at is not None
+    assert finals == [job_id]
+
+
 async def test_full_job_lifecycle(store: Store) -> None:
     job_id = await new_job(store, user_id=7)
     assert (await get(store, job_id)).status is Status.QUEUED

@@ -276,9 +276,8 @@ class Orchestrator:
             await self.collector.collect(replace(job, status=Status.SUBMITTED, **changes))
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
-        await self.store.transition(job.id, [Status.LOCKED], dest_id=dest_id)
-        fresh = await self.store.get_job(job.id)
-        if fresh is not None and fresh.status is Status.LOCKED:
+        fresh = await self.store.transition_returning(job.id, [Status.LOCKED], dest_id=dest_id)
+        if fresh is not None:
             await self._finish_termination(fresh)
 
     async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from job_orchestrator.errors import (
@@ -89,6 +89,7 @@ class ServerMetrics:
 
     async def exposition(self, store: Store, fleet: Fleet) -> bytes:
         self._live.counts = await store.status_counts()
+        self._live.work = store.work_counts()
         self._live.fleet = fleet
         return generate_latest(self.registry)
 
@@ -98,6 +99,7 @@ class _LiveCollector(Collector):
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, Status], int] = {}
+        self.work: tuple[Mapping[str, int], int] = ({}, 0)
         self.fleet: Fleet | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -119,7 +121,24 @@ class _LiveCollector(Collector):
             depth.add_metric([service], queued.get(service, 0))
         yield jobs
         yield depth
+        yield from self._store_work()
         yield from self._clients()
+
+    def _store_work(self) -> Iterator[Metric]:
+        per_verb, commits = self.work
+        operations = CounterMetricFamily(
+            f"{PREFIX}store_operations",
+            "Units of work the store ran, by verb (this process)",
+            labels=["verb"],
+        )
+        for verb, count in sorted(per_verb.items()):
+            operations.add_metric([verb], count)
+        yield operations
+        yield CounterMetricFamily(
+            f"{PREFIX}store_commits",
+            "Transactions the store committed (this process; on SQLite one may hold many units)",
+            value=commits,
+        )
 
     def _clients(self) -> Iterator[Metric]:
         labels = ["service", "client"]

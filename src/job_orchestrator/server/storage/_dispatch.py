@@ -8,6 +8,7 @@ decision grows with free slots, not with queued jobs.
 from __future__ import annotations
 
 import bisect
+import functools
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -32,10 +33,18 @@ from job_orchestrator.status import SLOT_HOLDING, Status
 _SCAN_BATCH = 256
 
 
-def insert_user(connection: Connection, **values: Any) -> Any:
-    """INSERT INTO service_users, with the dialect's ON CONFLICT clauses available."""
-    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
-    return dialect.insert(service_users).values(**values)
+@functools.cache
+def user_inserts(dialect: str) -> tuple[Any, Any]:
+    """For the dialect: (add a service's user unless known, add it or set its served turn),
+    built once and executed with the columns' values as parameters."""
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(service_users)
+    keys = ["service", "user_id"]
+    return (
+        insert.on_conflict_do_nothing(index_elements=keys),
+        insert.on_conflict_do_update(
+            index_elements=keys, set_={"served_turn": insert.excluded.served_turn}
+        ),
+    )
 
 
 # The statements of a dispatch decision, built once: executing the same statement object again
@@ -186,6 +195,36 @@ def service_candidates(
     ]
 
 
+_CLAIM = (
+    jobs.update()
+    .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.status == Status.QUEUED.db)
+    .values(
+        status=Status.PROCESSING.db,
+        # A dispatch that may have reached a node is only ever resent there, with its key,
+        # so that node can recognise it.
+        node=sa.func.coalesce(jobs.c.node, sa.bindparam("chosen_node", type_=sa.Text)),
+        dispatch_key=sa.func.coalesce(jobs.c.dispatch_key, sa.bindparam("new_key", type_=sa.Text)),
+        owner=sa.bindparam("new_owner", type_=sa.Text),
+        updated_at=sa.bindparam("now", type_=sa.Float),
+    )
+    .returning(*jobs.c)
+)
+_SLOT_HOLDING_OF_SERVICE = sa.and_(
+    jobs.c.service == sa.bindparam("service"), jobs.c.status.in_([s.db for s in SLOT_HOLDING])
+)
+_SERVICE_OCCUPANCY = (
+    sa.select(jobs.c.user_id, sa.func.count())
+    .where(_SLOT_HOLDING_OF_SERVICE)
+    .group_by(jobs.c.user_id)
+)
+_NODE_OCCUPANCY = (
+    sa.select(jobs.c.node, sa.func.count()).where(_SLOT_HOLDING_OF_SERVICE).group_by(jobs.c.node)
+)
+_LATEST_TURN = sa.select(sa.func.max(service_users.c.served_turn)).where(
+    service_users.c.service == sa.bindparam("service")
+)
+
+
 def claim_rows(
     connection: Connection,
     wanted: list[int],
@@ -197,20 +236,14 @@ def claim_rows(
     for job_id in wanted:
         # A dispatch key survives a restart, so a re-dispatch is recognised.
         row = connection.execute(
-            jobs.update()
-            .where(jobs.c.id == job_id, jobs.c.status == Status.QUEUED.db)
-            .values(
-                status=Status.PROCESSING.db,
-                # A dispatch that may have reached a node is only ever resent there,
-                # with its key, so that node can recognise it.
-                node=sa.func.coalesce(jobs.c.node, sa.literal(node_by_job[job_id])),
-                dispatch_key=sa.func.coalesce(
-                    jobs.c.dispatch_key, sa.literal(f"job-{job_id}-{time.time_ns()}")
-                ),
-                owner=owner,
-                updated_at=now,
-            )
-            .returning(*jobs.c)
+            _CLAIM,
+            {
+                "job_id": job_id,
+                "chosen_node": node_by_job[job_id],
+                "new_key": f"job-{job_id}-{time.time_ns()}",
+                "new_owner": owner,
+                "now": now,
+            },
         ).first()
         if row is not None:
             claimed.append(job_record(row))
@@ -219,21 +252,13 @@ def claim_rows(
 
 
 def _service_occupancy(connection: Connection, service: str) -> Occupancy:
-    rows = connection.execute(
-        sa.select(jobs.c.user_id, sa.func.count())
-        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
-        .group_by(jobs.c.user_id)
-    )
+    rows = connection.execute(_SERVICE_OCCUPANCY, {"service": service})
     per_user = {(service, user_id): count for user_id, count in rows}
     return Occupancy(per_user=per_user, per_service={service: sum(per_user.values())})
 
 
 def _node_occupancy(connection: Connection, service: str) -> dict[str, int]:
-    rows = connection.execute(
-        sa.select(jobs.c.node, sa.func.count())
-        .where(jobs.c.service == service, jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
-        .group_by(jobs.c.node)
-    )
+    rows = connection.execute(_NODE_OCCUPANCY, {"service": service})
     return {node: count for node, count in rows if node is not None}
 
 
@@ -289,24 +314,18 @@ def stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
     """Each claimed job's user becomes the most recently served of its service, in claim
     order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
     turns: dict[str, int] = {}
+    upsert_turn = user_inserts(connection.dialect.name)[1]
     for job in claimed:
         if job.service not in turns:
-            latest = connection.execute(
-                sa.select(sa.func.max(service_users.c.served_turn)).where(
-                    service_users.c.service == job.service
-                )
-            ).scalar()
+            latest = connection.execute(_LATEST_TURN, {"service": job.service}).scalar()
             turns[job.service] = int(latest or 0)
         turns[job.service] += 1
         connection.execute(
-            insert_user(
-                connection,
-                service=job.service,
-                user_id=job.user_id,
-                first_job_id=job.id,
-                served_turn=turns[job.service],
-            ).on_conflict_do_update(
-                index_elements=["service", "user_id"],
-                set_={"served_turn": turns[job.service]},
-            )
+            upsert_turn,
+            {
+                "service": job.service,
+                "user_id": job.user_id,
+                "first_job_id": job.id,
+                "served_turn": turns[job.service],
+            },
         )

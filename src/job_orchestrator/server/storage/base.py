@@ -66,6 +66,11 @@ class Store(CallbackVerbs, abc.ABC):
         for listener in self._final_listeners:
             listener(job_id)
 
+    def work_counts(self) -> tuple[Mapping[str, int], int]:
+        """Units of work run by this process per verb, and the transactions it committed
+        (one unit may take part in a shared commit), since it opened the store (/metrics)."""
+        return {}, 0
+
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Have `wake()` called whenever any process using this database (another replica)
         queues a job or frees a slot; also once after each reconnection of the listener, for
@@ -94,6 +99,19 @@ class Store(CallbackVerbs, abc.ABC):
 
         Returns whether the row changed. `finished_at` is stamped when `new` is final.
         """
+
+    async def transition_returning(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> JobRecord | None:
+        """As `transition`, returning the job as the change left it (None: no change), in the
+        same unit of work where the database can (RETURNING); this default reads it after."""
+        if not await self.transition(job_id, expected, new, **changes):
+            return None
+        return await self.get_job(job_id)
 
     @abc.abstractmethod
     async def claim_dispatchable(
