@@ -23,6 +23,9 @@ EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: Seconds since run.sh started, on our client's /retrieve answers once it has started: the
 #: server dates a start it learns late (settled requests) without synchronised clocks.
 STARTED_AGE_HEADER = "X-Orchestrator-Started-Age"
+#: The size of run.sh's whole log, on our client's ZIP answers when its executor wrote the log
+#: here (local processes): at 0 the server keeps an empty log instead of asking for it.
+LOG_BYTES_HEADER = "X-Orchestrator-Log-Bytes"
 #: `<server instance> <its monotonic clock>` on /retrieve: when the server sent it (the lease).
 CLOCK_HEADER = "X-Orchestrator-Clock"
 #: A payload's status on the client's /logs answers, as it was before the log was read.

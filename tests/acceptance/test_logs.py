@@ -301,3 +301,22 @@ def test_a_large_log_arrives_whole(logs_cluster: Cluster) -> None:
     assert (
         logs(api, job_id, f"?offset={len(copy) - 1_500_000}&follow=1").content == copy[-1_500_000:]
     )
+
+
+def test_an_empty_log_is_kept_without_asking_the_client(tmp_path: Path) -> None:
+    """Our client says how long a finished local log is; at 0 the server asks it nothing."""
+    with cluster(tmp_path, client_env={"LOG_LEVEL": "debug"}) as cl:
+        quiet = cl.api.submit("echo quiet > output.txt\n")
+        chatty = cl.api.submit("echo chatty\n")
+        for job_id in (quiet, chatty):
+            assert cl.api.wait_for(job_id, *FINAL)["status"] == "Completed"
+        assert logs(cl.api, quiet).text == ""
+        assert logs(cl.api, chatty).text == "chatty\n"
+        asked = cl.clients[0].log()
+        payload_ids = {
+            int(line.split("log of payload ")[1].split()[0])
+            for line in asked.splitlines()
+            if "log of payload " in line
+        }
+        # The chatty job's log was fetched (so the line is logged at all); the quiet one's not.
+        assert len(payload_ids) == 1, asked

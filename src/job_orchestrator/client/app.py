@@ -53,6 +53,7 @@ from job_orchestrator.wire import (
     CLOCK_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
+    LOG_BYTES_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
     STARTED_AGE_HEADER,
@@ -409,10 +410,15 @@ def create_app(settings: ClientSettings) -> FastAPI:
                 state, payload, known or payload.status.wire, wait, settle
             )
         if payload.status is Status.COMPLETED:
+            headers = _outcome(payload)
+            if state.runner.executor.log_is_local:
+                # The process has ended, so its log is whole.
+                with contextlib.suppress(OSError):
+                    headers[LOG_BYTES_HEADER] = str(payload.paths.log.stat().st_size)
             try:
                 return zip_response(
                     payload.paths.result,
-                    headers=_outcome(payload),
+                    headers=headers,
                     # A coroutine: a plain function would cost a hop to a worker thread.
                     background=BackgroundTask(_mark_collected, state, payload.id),
                 )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import re
 import time
@@ -36,6 +37,8 @@ from job_orchestrator.client.sandbox import WRAPPER_NAME
 from job_orchestrator.http_common import id_parameter, json_response, path_id
 from job_orchestrator.status import Status
 from job_orchestrator.wire import LOG_STATUS_HEADER, LogQueryError, parse_offset
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from job_orchestrator.client.app import ClientState
@@ -198,6 +201,7 @@ async def payload_log(request: Request) -> Response:
     payload = state.registry.lookup(payload_id)
     if payload is None or payload.status is Status.CLEANED:
         return json_response(EMPTY_PAYLOAD, 404)
+    logger.debug("log of payload %d asked from offset %d", payload_id, offset)
     return StreamingResponse(
         stream_log(state.registry, payload_id, payload.paths.log, offset, wait_s, state.draining),
         media_type="application/octet-stream",

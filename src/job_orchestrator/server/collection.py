@@ -13,6 +13,7 @@ comes as an age (seconds since run.sh started), dated here on this server's cloc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from job_orchestrator.errors import (
     PermanentClientError,
     TransientClientError,
 )
-from job_orchestrator.server.jobfiles import RESULT_NAME, partial_path
+from job_orchestrator.server.jobfiles import RESULT_NAME, log_path, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
 from job_orchestrator.server.storage import JobRecord, Store
@@ -127,6 +128,10 @@ class JobCollector:
             # Learnt at the end only: the Running of a short job was never reported.
             late_start = result.started_at if known is not Status.RUNNING else None
             if result.status is Status.COMPLETED:
+                if result.log_bytes == 0:
+                    # Nothing to fetch: LogKeeper finds this copy and asks the client nothing.
+                    with contextlib.suppress(OSError):
+                        log_path(job.loc).touch()
                 await self._settle(
                     job, Status.COMPLETED, result.message, result.exit_code, late_start
                 )

@@ -57,6 +57,7 @@ from job_orchestrator.wire import (
     CLOCK_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
+    LOG_BYTES_HEADER,
     LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -105,6 +106,8 @@ class RetrieveResult:
     exit_code: int | None = None
     #: When run.sh started, on this server's clock (our client's age header; else None).
     started_at: float | None = None
+    #: The size of the payload's whole log (our client's header on a ZIP; else None).
+    log_bytes: int | None = None
 
 
 def _exit_code(response: aiohttp.ClientResponse) -> int | None:
@@ -296,12 +299,14 @@ class NodeGateway:
                 await _stream_to_file(response.content.iter_chunked(_CHUNK_BYTES), zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
+                log_bytes = response.headers.get(LOG_BYTES_HEADER, "")
                 return RetrieveResult(
                     Status.COMPLETED,
                     message,
                     long_polled=False,
                     exit_code=_exit_code(response),
                     started_at=started_at,
+                    log_bytes=int(log_bytes) if log_bytes.isdigit() else None,
                 )
             body = await response.read()
         payload = _payload_json(body, what)

@@ -14,6 +14,8 @@ from pathlib import Path
 RESULT_NAME = "output.zip"
 PARTIAL_NAME = "partial.zip"
 INPUT_DIR = "input"
+#: The server's copy of a finished job's log (server/logs.py).
+LOG_NAME = "output.log"
 
 
 def input_dir(loc: str) -> Path:
@@ -28,6 +30,10 @@ def result_path(loc: str) -> Path:
 
 def partial_path(loc: str) -> Path:
     return Path(loc) / PARTIAL_NAME
+
+
+def log_path(loc: str) -> Path:
+    return Path(loc) / LOG_NAME
 
 
 def temporary_name(destination: Path) -> Path:

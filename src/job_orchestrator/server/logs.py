@@ -21,7 +21,6 @@ import io
 import logging
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from job_orchestrator.errors import (
 from job_orchestrator.http_common import id_parameter, status_body
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.jobfiles import log_path, temporary_name
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
@@ -49,8 +49,6 @@ from job_orchestrator.wire import LogQueryError, parse_offset
 logger = logging.getLogger(__name__)
 router = APIRouter()
 
-#: The server's copy of a finished job's log, in the job's directory.
-LOG_NAME = "output.log"
 #: How often a follower re-reads a job that is not on a client yet (nothing announces a
 #: dispatch): soon after the upload at first, when most jobs start, then every second.
 FIRST_RECHECK_S = 0.1
@@ -111,11 +109,11 @@ class LogKeeper:
         if job is None or target is None or job.status is Status.CLEANED:
             return
         node, token = target
-        destination = Path(job.loc) / LOG_NAME
+        destination = log_path(job.loc)
         if destination.exists():
             return  # another replica sharing DATA_PATH kept it already
         # A name of its own: every replica hears of the final status and may copy at once.
-        partial = destination.with_name(f".{LOG_NAME}.{uuid.uuid4().hex}.part")
+        partial = temporary_name(destination)
         # A job killed by /terminate may still run its traps (the client's KILL_GRACE): the
         # client's answer then streams until the payload ends, within this deadline.
         deadline = time.monotonic() + 2 * self.settings.long_poll_s
@@ -189,7 +187,7 @@ async def log_chunks(
         if job is None:
             return
         final = job.status in TERMINAL
-        kept = Path(job.loc) / LOG_NAME
+        kept = log_path(job.loc)
         if final and kept.is_file():
             async for chunk in _file_chunks(kept, offset):
                 yield chunk

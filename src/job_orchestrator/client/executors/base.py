@@ -72,6 +72,9 @@ class Executor(Protocol):
     #: and its Running status reach the state file in one write; else (a Slurm job pending)
     #: the handle is written first and Running once `started` says so.
     runs_at_launch: bool
+    #: Whether run.sh's log is written on this machine, so its size is final once the
+    #: payload is (a Slurm job's log comes from the compute node, possibly late).
+    log_is_local: bool
 
     async def launch(self, payload: Payload) -> Handle:
         """Start run.sh; raise LaunchError (or LaunchUnavailableError) if it cannot."""

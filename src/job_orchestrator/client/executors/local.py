@@ -29,6 +29,7 @@ KIND = "local"
 class LocalExecutor:
     kind = KIND
     runs_at_launch = True
+    log_is_local = True
 
     def __init__(self, settings: ClientSettings) -> None:
         self.settings = settings

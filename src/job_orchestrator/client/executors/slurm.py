@@ -83,6 +83,7 @@ class _Cpus:
 class SlurmExecutor:
     kind = KIND
     runs_at_launch = False
+    log_is_local = False
 
     def __init__(self, settings: ClientSettings, calls: Counter | None = None) -> None:
         self.settings = settings
