@@ -19,6 +19,7 @@ into memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import stat
@@ -27,10 +28,10 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Collection, Generator
+from collections.abc import Callable, Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from job_orchestrator._safewalk import MAX_DEPTH, Entry, Skipped, WalkCancelledError, walk
 
@@ -188,7 +189,7 @@ def _write(
                     skip_inodes=skip_inodes,
                     cancel=cancel,
                 )
-                count = _fill_zip(zf, entries, limit, cancel)
+                count = _fill_zip(zf, entries, limit, cancel, _Writeback(raw.fileno()))
                 if manifest and skipped.count:
                     zf.writestr(_manifest_info(), _manifest_text(skipped))
             raw.flush()
@@ -244,6 +245,7 @@ def _fill_zip(
     entries: Generator[Entry, None, None],
     limit: int | None,
     cancel: threading.Event | None,
+    writeback: _Writeback,
 ) -> int:
     count = used = 0
     try:
@@ -252,7 +254,7 @@ def _fill_zip(
                 zf.writestr(_zip_info(entry.name, entry.info), b"")
                 continue
             with os.fdopen(entry.fd, "rb") as src:
-                used += _write_file(zf, src, entry.name, entry.info, used, limit, cancel)
+                used += _write_file(zf, src, entry.name, entry.info, used, limit, cancel, writeback)
             count += 1
     finally:
         entries.close()
@@ -267,6 +269,7 @@ def _write_file(
     used: int,
     limit: int | None,
     cancel: threading.Event | None,
+    writeback: _Writeback,
 ) -> int:
     """Stream one open file into ``zf``; return its size."""
     if limit is not None and used + info.st_size > limit:
@@ -291,8 +294,46 @@ def _write_file(
             if limit is not None and used + size > limit:
                 raise ResultTooLargeError(limit)
             dst.write(chunk)
+            writeback.wrote(len(chunk))
             chunk = src.read(_CHUNK_BYTES)
     return size
+
+
+class _Writeback:
+    """Starts the disk writes of a big archive while it is still being written.
+
+    The final fsync otherwise waits for all of it at once: 0.15 s for 400 MB here, 15-30 % of
+    such an archive's build. sync_file_range(SYNC_FILE_RANGE_WRITE) only queues what is dirty
+    so far and returns; durability still comes from the fsync. Python has no binding for it,
+    so it is called through ctypes; where it is missing (not Linux/glibc) nothing is started
+    early.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._unsynced = 0
+
+    def wrote(self, nbytes: int) -> None:
+        self._unsynced += nbytes
+        if self._unsynced >= _WRITEBACK_BYTES and _SYNC_FILE_RANGE is not None:
+            self._unsynced = 0
+            # nbytes 0: to the end of the file. A failure is left to the fsync to report.
+            _SYNC_FILE_RANGE(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", function)
+
+
+_SYNC_FILE_RANGE = _sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+_WRITEBACK_BYTES = 16 * _MIB
 
 
 def _manifest_info() -> zipfile.ZipInfo:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState
 
+from job_orchestrator._filestream import ThreadedWriter
 from job_orchestrator.filenames import UnsafeFileNameError
 
 if TYPE_CHECKING:
@@ -262,6 +263,8 @@ class _FormReader:
         self._text: bytearray | None = None
         self._text_too_long = False
         self.file: BinaryIO | None = None
+        #: Writes the open file's data on threads (set with `file`).
+        self.writer: ThreadedWriter | None = None
         self._path = PurePosixPath()
         self._size = 0
 
@@ -312,6 +315,7 @@ class _FormReader:
         target.parent.mkdir(parents=True, exist_ok=True)
         # "wb" truncates, so a later part with the same name replaces the earlier one.
         self.file = target.open("wb")
+        self.writer = ThreadedWriter(self.file)
         self._size = 0
         self.inside = "file"
 
@@ -329,8 +333,10 @@ class _FormReader:
         return rel
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
-        if self.file is not None:
-            self.file.write(memoryview(data)[start:end])
+        if self.writer is not None:
+            # Queued, not written: read_multipart hands full batches to a thread.
+            piece = memoryview(data)[start:end]
+            self.writer.queue(piece if isinstance(data, bytes) else bytes(piece))
             self._size += end - start
         elif self._text is not None and not self._text_too_long:
             if len(self._text) + end - start > self._max_field_bytes:
@@ -342,10 +348,15 @@ class _FormReader:
                 self._text += data[start:end]
 
     def _on_part_end(self) -> None:
-        if self.file is not None:
+        if self.file is not None and self.writer is not None:
             # Cleared first so a failing close (a deferred write error) is not retried.
-            file, self.file = self.file, None
-            file.close()
+            (file, self.file), (writer, self.writer) = (self.file, None), (self.writer, None)
+            try:
+                # Here, not later: a part of the same name may open this path next. At most
+                # the batch in flight and one more (2 MiB) are left to write.
+                writer.finish_now()
+            finally:
+                file.close()
             self.saved.pop(self._path, None)
             self.saved[self._path] = SavedFile(
                 self._field_name, self._filename, self._path, self._size
@@ -363,6 +374,19 @@ class _FormReader:
 
     def _on_end(self) -> None:
         self.ended = True
+
+    async def drain(self) -> None:
+        """Between parser calls: a full batch of the open file goes to its writer thread
+        (the parser's callbacks cannot wait for the batch before it)."""
+        if self.writer is not None and self.writer.batch_full:
+            await self.writer.flush()
+
+    async def abandon(self) -> None:
+        """On failure: wait for a write in flight, then close the file still open."""
+        if self.file is not None and self.writer is not None:
+            (file, self.file), (writer, self.writer) = (self.file, None), (self.writer, None)
+            await writer.abandon()
+            file.close()
 
 
 async def read_multipart(
@@ -430,15 +454,17 @@ async def read_multipart(
                 # Parse errors arise only between parts' data (headers, boundaries), where
                 # upstream reports a multipart error whatever part came before.
                 raise MalformedBodyError(detail=str(exc)) from exc
+            await reader.drain()
         parser.finalize()
+        await reader.drain()
         if not reader.ended:
             raise MalformedBodyError(
                 detail="body ended before the closing boundary",
                 inside=_ended_inside(parser, reader),
             )
-    finally:
-        if reader.file is not None:
-            reader.file.close()
+    except BaseException:
+        await reader.abandon()
+        raise
     return MultipartForm(
         fields=reader.fields, files=list(reader.saved.values()), oversized=reader.oversized
     )

@@ -656,3 +656,37 @@ def test_round_trip_through_httpx(
         ]
         for saved, (_, _, content) in zip(form.files, files, strict=True):
             assert (Path(tmp) / saved.relative_path).read_bytes() == content
+
+
+async def test_big_files_written_on_threads_keep_their_bytes_and_order(tmp_path: Path) -> None:
+    """Parts of several MiB go through the threaded writer (_filestream.py); a later part of
+    the same name, right behind a big one, still replaces it whole."""
+    rng = random.Random(7)
+    first = rng.randbytes(5 * 1024 * 1024 + 13)
+    second = rng.randbytes(3 * 1024 * 1024 + 1)
+    small = b"small"
+    data = body(
+        part('form-data; name="file"; filename="big.bin"', first),
+        part('form-data; name="file"; filename="small.txt"', small),
+        part('form-data; name="file"; filename="big.bin"', second),
+        part('form-data; name="file"; filename="other.bin"', first),
+    )
+    form = await read(data, tmp_path, max_chunk=300 * 1024, seed=3)
+    assert (tmp_path / "big.bin").read_bytes() == second
+    assert (tmp_path / "other.bin").read_bytes() == first
+    assert (tmp_path / "small.txt").read_bytes() == small
+    assert sorted((f.filename, f.size_bytes) for f in form.files) == [
+        ("big.bin", len(second)),
+        ("other.bin", len(first)),
+        ("small.txt", len(small)),
+    ]
+
+
+async def test_truncated_big_file_leaves_no_write_running(tmp_path: Path) -> None:
+    data = body(part('form-data; name="file"; filename="big.bin"', os.urandom(4 * 1024 * 1024)))
+    with pytest.raises(MalformedBodyError):
+        await read(data[: 3 * 1024 * 1024], tmp_path, max_chunk=256 * 1024)
+    # The file was closed after its last write: what is on disk no longer changes.
+    size = (tmp_path / "big.bin").stat().st_size
+    await asyncio.sleep(0.05)
+    assert (tmp_path / "big.bin").stat().st_size == size

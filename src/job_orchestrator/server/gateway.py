@@ -33,6 +33,7 @@ from urllib.parse import unquote
 
 import aiohttp
 
+from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
     PartialTooLargeError,
@@ -65,7 +66,6 @@ from job_orchestrator.wire import (
     TIMEOUT_HEADER,
 )
 
-_CHUNK_BYTES = 1024 * 1024
 #: Idle connections are closed before our client's uvicorn closes them (after 5 s), so a
 #: request rarely meets a connection the client is closing.
 _KEEPALIVE_S = 4.0
@@ -170,6 +170,9 @@ class NodeGateway:
             trust_env=False,
             max_line_size=_MAX_HEADER_BYTES,
             max_field_size=_MAX_HEADER_BYTES,
+            # Room for what arrives while a big ZIP's last chunk is written (aiohttp stops
+            # reading the socket at twice this); the 64 KiB default stalled it at once.
+            read_bufsize=CHUNK_BYTES,
         )
 
     async def close(self) -> None:
@@ -296,7 +299,7 @@ class NodeGateway:
             # Dated on arrival of the headers, before the body streams in.
             started_at = _started_at(response)
             if _is_zip(response):
-                await _stream_to_file(response.content.iter_chunked(_CHUNK_BYTES), zip_destination)
+                await _stream_to_file(response.content.iter_chunked(CHUNK_BYTES), zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
                 log_bytes = response.headers.get(LOG_BYTES_HEADER, "")
@@ -351,7 +354,7 @@ class NodeGateway:
             if not _is_zip(response):
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
             yield ZipAnswer(
-                response.content.iter_chunked(_CHUNK_BYTES), response.headers.get(MESSAGE_HEADER)
+                response.content.iter_chunked(CHUNK_BYTES), response.headers.get(MESSAGE_HEADER)
             )
 
     @contextlib.asynccontextmanager
@@ -433,8 +436,15 @@ async def _stream_to_file(chunks: AsyncIterator[bytes], destination: Path) -> No
     partial = temporary_name(destination)
     try:
         with partial.open("wb") as sink:
-            async for chunk in chunks:
-                sink.write(chunk)
+            # A big ZIP is written on threads while the loop reads on (_filestream.py).
+            writer = ThreadedWriter(sink)
+            try:
+                async for chunk in chunks:
+                    await writer.write(chunk)
+                await writer.finish()
+            except BaseException:
+                await writer.abandon()
+                raise
         os.replace(partial, destination)
     except BaseException:
         partial.unlink(missing_ok=True)

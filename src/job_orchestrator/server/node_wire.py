@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
 
+from job_orchestrator._filestream import read_ahead
 from job_orchestrator.config import NodeConfig
-
-_CHUNK_BYTES = 1024 * 1024
 
 
 def join_url(base: str, payload_id: int) -> str:
@@ -83,9 +82,14 @@ class MultipartBody:
     async def stream(self) -> AsyncIterator[bytes]:
         for header, path in self._parts:
             yield header
-            with path.open("rb") as source:
-                while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
-                    yield chunk
+            # The next chunk is read on a thread while aiohttp sends this one.
+            chunks = read_ahead(path)
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        yield chunk
+            finally:
+                await chunks.aclose()
             yield b"\r\n"
         yield self._closing
 
