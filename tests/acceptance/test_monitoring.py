@@ -89,7 +89,7 @@ def test_server_metrics_reflect_the_jobs(monitored: tuple[Cluster, int, int]) ->
     assert (value(samples, calls, client=client, call="check", outcome="ok") or 0) >= 1
     operations = "job_orchestrator_store_operations_total"
     assert value(samples, operations, verb="create_job") == 2
-    assert (value(samples, operations, verb="transition_returning") or 0) >= 2
+    assert (value(samples, operations, verb="transition") or 0) >= 2
     assert (value(samples, "job_orchestrator_store_commits_total") or 0) >= 1
 
 
