@@ -6,7 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
-from job_orchestrator.client.registry import ID_BLOCK, NEXT_ID_FILE, Registry
+from job_orchestrator.client.registry import ID_BLOCK, IN_PLACE_MAX_BYTES, NEXT_ID_FILE, Registry
 from job_orchestrator.status import Status
 
 
@@ -135,3 +135,46 @@ def test_a_mark_written_per_id_by_an_older_client_is_honoured(tmp_path: Path) ->
     registry = Registry(tmp_path)
     registry.rebuild()
     assert int(registry.allocate().root.name) == 42
+
+
+def test_a_state_rewritten_shorter_or_longer_than_a_page_reads_back_whole(tmp_path: Path) -> None:
+    """In place (padded) while it fits a page; beyond, a temporary file renamed over it."""
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    payload = registry.add(registry.allocate(), dispatch_key="k" * 200)
+    messages = ["x" * 300, "short", "y" * (IN_PLACE_MAX_BYTES + 10), "z" * 20, ""]
+    for message in messages:
+        updated = registry.update(payload.id, message=message)
+        assert updated is not None
+        [reread] = Registry(tmp_path).rebuild()
+        assert reread == updated
+    # Rewritten shorter in place: padded to its old length, never left truncated.
+    assert payload.paths.state.stat().st_size > len(payload.paths.state.read_text().rstrip())
+    assert not list(payload.paths.root.glob("*.tmp"))
+
+
+def test_queries_answer_the_payloads_as_last_updated(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    first = registry.add(registry.allocate(), dispatch_key="a")
+    second = registry.add(registry.allocate(), dispatch_key="b")
+    running = registry.update(second.id, status=Status.RUNNING, handle="h")
+    assert registry.with_status(Status.PREPARED) == [first]
+    assert registry.with_status(Status.RUNNING) == [running]
+    assert registry.by_dispatch_key("b") == running == registry.get(second.id)
+    registry.remove(first.id)
+    assert registry.by_dispatch_key("a") is None
+    assert registry.with_status(Status.PREPARED, Status.RUNNING) == [running]
+
+
+def test_a_state_file_left_empty_by_a_crash_counts_as_never_written(tmp_path: Path) -> None:
+    """Killed between creating the state file and its first write: the id stays used."""
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    paths = registry.allocate()
+    paths.state.touch()
+    restarted = Registry(tmp_path)
+    assert restarted.rebuild() == []
+    lookup = restarted.lookup(int(paths.root.name))
+    assert lookup is not None
+    assert lookup.status is Status.CLEANED

@@ -102,6 +102,12 @@ def command_for(settings: ClientSettings, work: Path, exit_file: Path, tmp: Path
     ]
 
 
+def private_tmp(settings: ClientSettings, tmp: Path) -> None:
+    """Make the payload's private /tmp if the sandbox binds one (else a mkdir saved per job)."""
+    if settings.sandbox == "bwrap":
+        tmp.mkdir(exist_ok=True)
+
+
 def spawn_options(settings: ClientSettings) -> dict[str, Any]:
     """Extra subprocess options: drop to JOB_USER when one is configured."""
     if settings.job_user is None:

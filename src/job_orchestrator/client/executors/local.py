@@ -20,7 +20,13 @@ import psutil
 
 from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
 from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.sandbox import command_for, hand_over, job_environment, spawn_options
+from job_orchestrator.client.sandbox import (
+    command_for,
+    hand_over,
+    job_environment,
+    private_tmp,
+    spawn_options,
+)
 from job_orchestrator.config import ClientSettings
 
 KIND = "local"
@@ -44,6 +50,7 @@ class LocalExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         try:
+            private_tmp(self.settings, paths.tmp)
             if self.settings.job_user is not None:  # else nothing to hand over: no thread hop
                 await asyncio.to_thread(
                     hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings

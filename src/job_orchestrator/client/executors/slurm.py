@@ -40,7 +40,7 @@ from job_orchestrator.client.executors.slurm_states import (
     sacct_exit_code,
 )
 from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.sandbox import command_for, job_environment
+from job_orchestrator.client.sandbox import command_for, job_environment, private_tmp
 from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
@@ -106,6 +106,7 @@ class SlurmExecutor:
 
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
+        private_tmp(self.settings, paths.tmp)
         wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp)
         script = paths.root / BATCH_SCRIPT
         relaunch = script.exists() and payload.id not in self._retrying
