@@ -325,8 +325,14 @@ if (echo x > "$PWD/../{marker}") 2>/dev/null; then echo root=written; else echo 
     assert not list(Path(data_path).rglob(marker))
 
 
+# run.sh ends only once the escaper runs under its marker name: ending earlier, the group kill
+# after run.sh could catch it before its setsid, and it would seem contained when it is not.
 ESCAPE = """\
 setsid bash -c 'exec -a {marker} sleep 300' < /dev/null > /dev/null 2>&1 &
+for _ in $(seq 500); do
+  cat /proc/[0-9]*/cmdline 2> /dev/null | tr '\\0' '\\n' | grep -qx {marker} && break
+  sleep 0.01
+done
 echo escaped > escaped.txt
 """
 

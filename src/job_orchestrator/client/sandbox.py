@@ -21,8 +21,11 @@ from typing import Any
 
 from job_orchestrator.config import ClientSettings
 
-# run.sh's status reaches disk atomically, even if the client is gone by then.
-_RECORD_EXIT = 'code=$?; echo "$code" > "$1.tmp" && mv -f "$1.tmp" "$1"; exit "$code"'
+# run.sh's status reaches disk, even if the client is gone by then. Written in place, not
+# via a temporary file and `mv`: every reader reads it only once the wrapper has exited, and
+# a wrapper killed mid-write leaves a file they read as "unknown", as a missing one; the
+# `mv` was a third process per job (1.3 ms of CPU, a third of the job scripts' cost).
+_RECORD_EXIT = 'code=$?; echo "$code" > "$1"; exit "$code"'
 _PRIVATE_ENV_PREFIXES = ("SERVICE_",)
 _PRIVATE_ENV = {"CLIENT_TOKEN", "API_TOKENS_FILE"}
 #: The wrapper's $0: bash prefixes its own reports (`... Killed   bash run.sh`) with it.
