@@ -257,7 +257,8 @@ def test_unreachable_slurmctld_keeps_the_job_prepared_until_it_returns(tmp_path:
             job_id = running.api.submit("echo back > output.txt\n")
             client = running.clients[0]
             wait_until(lambda: "slurmctld is unreachable" in client.log(), "a failed sbatch", 90)
-            assert running.api.status(job_id)["status"] == "Prepared"
+            # Prepared, not failed (seen once it has held STATUS_SETTLE).
+            running.api.wait_for(job_id, "Prepared", timeout_s=10)
         finally:
             assert _bring_up_slurm() is None
         running.api.wait_for(job_id, "Completed", timeout_s=120)
@@ -324,7 +325,8 @@ def test_kill_of_a_pending_job_cancels_it(tmp_path: Path) -> None:
             lambda: _submitted(client, token), "the job to be submitted to Slurm"
         )
         assert squeue(slurm_id, "%T|%r|%k") == "PENDING|BeginTime|held by the test"
-        assert running.api.status(job_id)["status"] == "Prepared"
+        # The server learns of Prepared once it has held STATUS_SETTLE (0.2 s).
+        running.api.wait_for(job_id, "Prepared", timeout_s=10)
         assert (
             httpx.post(f"{running.api.base_url}/terminate/{job_id}", timeout=30).status_code == 200
         )
