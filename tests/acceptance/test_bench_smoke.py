@@ -25,19 +25,25 @@ SECTIONS = (
 )
 
 
-def quick_bench(tmp_path: Path, *cases: str) -> str:
-    """`python -m bench --quick [cases]` as a user runs it; the results file's text."""
-    output = tmp_path / "results.md"
+def run_module(module: str, *arguments: str, timeout_s: float) -> str:
+    """`python -m <module> [arguments]` from the repository root, as a user runs it; stdout."""
     completed = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", *cases, "--output", str(output)],
+        [sys.executable, "-m", module, *arguments],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=850,
+        timeout=timeout_s,
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return completed.stdout
+
+
+def quick_bench(tmp_path: Path, *cases: str) -> str:
+    """`python -m bench --quick [cases]`; the results file's text."""
+    output = tmp_path / "results.md"
+    run_module("bench", "--quick", *cases, "--output", str(output), timeout_s=850)
     return output.read_text()
 
 
@@ -66,16 +72,7 @@ def test_quick_peers_bench_compares_celery_and_pulsar_with_ours(tmp_path: Path) 
 
 def test_gateway_calls_bench_runs(tmp_path: Path) -> None:
     """`python -m bench.gateway_calls` (outside `python -m bench`) at a tiny size."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.gateway_calls", "--calls", "40", "--held", "4"],
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
-    )
-    assert completed.returncode == 0, completed.stdout + completed.stderr
-    rounds = [line for line in completed.stdout.splitlines() if line.startswith("round ")]
-    assert len(rounds) == 3, completed.stdout
-    assert "left running" not in completed.stdout, completed.stdout
+    stdout = run_module("bench.gateway_calls", "--calls", "40", "--held", "4", timeout_s=110)
+    rounds = [line for line in stdout.splitlines() if line.startswith("round ")]
+    assert len(rounds) == 3, stdout
+    assert "left running" not in stdout, stdout
