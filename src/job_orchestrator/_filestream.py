@@ -55,6 +55,11 @@ class ThreadedWriter:
         self._inflight: Future[None] | None = None
         self._threaded = False
 
+    @property
+    def sink(self) -> BinaryIO:
+        """The file written to (the caller closes it, after `finish` or `abandon`)."""
+        return self._sink
+
     def queue(self, data: bytes | memoryview) -> None:
         """Add data to the current batch (no I/O, so synchronous callbacks may call it)."""
         if data:

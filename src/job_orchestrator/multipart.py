@@ -33,7 +33,7 @@ import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, Literal
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, MultipartState
@@ -262,8 +262,7 @@ class _FormReader:
         self._filename = ""
         self._text: bytearray | None = None
         self._text_too_long = False
-        self.file: BinaryIO | None = None
-        #: Writes the open file's data on threads (set with `file`).
+        #: The open file part's writer (its data written on threads), if a file part is open.
         self.writer: ThreadedWriter | None = None
         self._path = PurePosixPath()
         self._size = 0
@@ -314,8 +313,7 @@ class _FormReader:
         target = self._root / self._path
         target.parent.mkdir(parents=True, exist_ok=True)
         # "wb" truncates, so a later part with the same name replaces the earlier one.
-        self.file = target.open("wb")
-        self.writer = ThreadedWriter(self.file)
+        self.writer = ThreadedWriter(target.open("wb"))
         self._size = 0
         self.inside = "file"
 
@@ -348,15 +346,15 @@ class _FormReader:
                 self._text += data[start:end]
 
     def _on_part_end(self) -> None:
-        if self.file is not None and self.writer is not None:
+        if self.writer is not None:
             # Cleared first so a failing close (a deferred write error) is not retried.
-            (file, self.file), (writer, self.writer) = (self.file, None), (self.writer, None)
+            writer, self.writer = self.writer, None
             try:
                 # Here, not later: a part of the same name may open this path next. At most
                 # the batch in flight and one more (2 MiB) are left to write.
                 writer.finish_now()
             finally:
-                file.close()
+                writer.sink.close()
             self.saved.pop(self._path, None)
             self.saved[self._path] = SavedFile(
                 self._field_name, self._filename, self._path, self._size
@@ -383,10 +381,10 @@ class _FormReader:
 
     async def abandon(self) -> None:
         """On failure: wait for a write in flight, then close the file still open."""
-        if self.file is not None and self.writer is not None:
-            (file, self.file), (writer, self.writer) = (self.file, None), (self.writer, None)
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
             await writer.abandon()
-            file.close()
+            writer.sink.close()
 
 
 async def read_multipart(

@@ -415,7 +415,7 @@ def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
 
 def _write_state(payload: Payload) -> None:
     """Persist the payload's state (see the module docstring for why in place)."""
-    state = os.path.join(os.path.dirname(payload.loc), STATE_FILE)
+    state = str(payload.paths.state)
     data = json.dumps({**_row(payload), "status": payload.status.wire}).encode()
     try:
         # A new file is empty until written: a crash in between leaves an unreadable state,

@@ -31,6 +31,7 @@ from job_orchestrator.client.lease import ServerLease
 from job_orchestrator.client.logs import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
+from job_orchestrator.client.sandbox import recorded_exit_code
 from job_orchestrator.client.validator import validate_script
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.status import Status
@@ -333,7 +334,7 @@ class Runner:
                     handle.kind,
                     self.executor.kind,
                 )
-            await self._finish(payload, Outcome(_read_exit_code(payload)))
+            await self._finish(payload, Outcome(recorded_exit_code(payload.paths.exit_code)))
             return
         if self.executor.reattach(payload, handle):
             logger.info("re-adopting payload %d (%s %d)", payload.id, handle.kind, handle.id)
@@ -384,12 +385,6 @@ def _size(path: Path) -> int:
         return path.stat().st_size
     except OSError:
         return 0
-
-
-def _read_exit_code(payload: Payload) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(payload.paths.exit_code.read_text().strip())
-    return None
 
 
 def _describe_exit(returncode: int) -> str:

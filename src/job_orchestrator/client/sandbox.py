@@ -11,6 +11,7 @@ for root, so JOB_MAX_PROCESSES contains a fork bomb only together with JOB_USER.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -30,6 +31,13 @@ _PRIVATE_ENV_PREFIXES = ("SERVICE_",)
 _PRIVATE_ENV = {"CLIENT_TOKEN", "API_TOKENS_FILE"}
 #: The wrapper's $0: bash prefixes its own reports (`... Killed   bash run.sh`) with it.
 WRAPPER_NAME = "job-orchestrator-wrapper"
+
+
+def recorded_exit_code(exit_file: Path) -> int | None:
+    """What the wrapper wrote to `exit_file` (read once it has exited); None if nothing is."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(exit_file.read_text().strip())
+    return None
 
 
 def job_environment(environ: Mapping[str, str]) -> dict[str, str]:

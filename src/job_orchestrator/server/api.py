@@ -414,8 +414,7 @@ async def download(request: Request) -> Response:
     # The message of a Completed job says what was left out of its archive, if anything.
     headers = {MESSAGE_HEADER: quote(job.message, safe=" :/,.;()'-_=")} if job.message else None
     try:
-        if not result.is_file():
-            raise FileNotFoundError(result)
+        # Raises OSError when missing or not a file (opening a directory fails too).
         return zip_response(result, headers=headers, filename=f"job-{job.id}.zip")
     except OSError:
         return status_body(job.id, job.status, "Error reading output file", 500)

@@ -25,6 +25,7 @@ from job_orchestrator.client.sandbox import (
     hand_over,
     job_environment,
     private_tmp,
+    recorded_exit_code,
     spawn_options,
 )
 from job_orchestrator.config import ClientSettings
@@ -91,7 +92,7 @@ class LocalExecutor:
         if process is not None:
             await _wait_for_exit(process)
             _signal_group(handle.id, signal.SIGKILL)
-        return Outcome(_read_exit_code(payload))
+        return Outcome(recorded_exit_code(payload.paths.exit_code))
 
     def reattach(self, payload: Payload, handle: Handle) -> bool:
         return _live_process(handle) is not None
@@ -191,9 +192,3 @@ async def _wait_for_exit(process: psutil.Process) -> None:
     finally:
         loop.remove_reader(pidfd)
         os.close(pidfd)
-
-
-def _read_exit_code(payload: Payload) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(payload.paths.exit_code.read_text().strip())
-    return None

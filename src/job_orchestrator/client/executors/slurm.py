@@ -40,7 +40,12 @@ from job_orchestrator.client.executors.slurm_states import (
     sacct_exit_code,
 )
 from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.sandbox import command_for, job_environment, private_tmp
+from job_orchestrator.client.sandbox import (
+    command_for,
+    job_environment,
+    private_tmp,
+    recorded_exit_code,
+)
 from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
@@ -248,7 +253,7 @@ class SlurmExecutor:
             job.started_at = time.time()
             job.started.set()
         if kind in ENDED and not job.ended.done():
-            recorded = _read_exit_code(job.payload)
+            recorded = recorded_exit_code(job.payload.paths.exit_code)
             job.ended.set_result(
                 outcome_for(state, reason, recorded if recorded is not None else exit_code)
             )
@@ -271,7 +276,7 @@ class SlurmExecutor:
             if job is None or job.ended.done():
                 continue
             # Neither squeue nor sacct knows it: all that is left is what the wrapper wrote.
-            recorded = _read_exit_code(job.payload)
+            recorded = recorded_exit_code(job.payload.paths.exit_code)
             job.started.set()
             job.ended.set_result(
                 Outcome(recorded)
@@ -439,9 +444,3 @@ def _unreachable(err: str) -> bool:
 
 def _one_line(text: str) -> str:
     return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-
-
-def _read_exit_code(payload: Payload) -> int | None:
-    with contextlib.suppress(OSError, ValueError):
-        return int(payload.paths.exit_code.read_text().strip())
-    return None
