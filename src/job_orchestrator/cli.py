@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from job_orchestrator import __version__
-from job_orchestrator._logging import JsonFormatter
+from job_orchestrator._logging import (
+    JsonFormatter,
+    RedactingFormatter,
+    display_url,
+    environment_secrets,
+    masked,
+    settings_secrets,
+)
 from job_orchestrator.errors import ConfigError
 from job_orchestrator.usercli import USER_COMMANDS, add_user_commands, run_user_command
 
@@ -55,16 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(level: str, log_format: str = "text") -> None:
+def _configure_logging(
+    level: str, log_format: str = "text", secrets: set[str] | None = None
+) -> None:
+    """Log lines to stdout; `secrets` (default: those of the environment) masked in each."""
     logging.basicConfig(
         level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stdout,
         force=True,
     )
-    if log_format == "json":
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JsonFormatter())
+    masked = environment_secrets(os.environ) if secrets is None else secrets
+    for handler in logging.getLogger().handlers:
+        inner = JsonFormatter() if log_format == "json" else handler.formatter
+        handler.setFormatter(RedactingFormatter(inner or logging.Formatter(), masked))
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # One line per server->client call would drown the log; failures are logged by us.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))
@@ -108,9 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             load_server_settings() if arguments.command == "server" else load_client_settings()
         )
     except ConfigError as error:
-        print(f"job-orchestrator: invalid setting {error}", file=sys.stderr)
+        reason = masked(str(error), environment_secrets(os.environ))
+        print(f"job-orchestrator: invalid setting {reason}", file=sys.stderr)
         return 2
-    _configure_logging(settings.log_level, settings.log_format)
+    _configure_logging(
+        settings.log_level,
+        settings.log_format,
+        settings_secrets(settings) | environment_secrets(os.environ),
+    )
     app: FastAPI
     if arguments.command == "server":
         from job_orchestrator.server.app import create_app as create_server
@@ -154,8 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _migrate() -> int:
     """Apply the migrations to DB_PATH (what a server also does when it starts)."""
-    import os
-
     from job_orchestrator.config import server_db_path
     from job_orchestrator.errors import StoreError
     from job_orchestrator.server.storage import open_store
@@ -174,7 +189,7 @@ def _migrate() -> int:
     except StoreError as error:
         print(f"job-orchestrator: {error}", file=sys.stderr)
         return 1
-    logger.info("database %s is at schema revision %s", db_path, revision)
+    logger.info("database %s is at schema revision %s", display_url(db_path), revision)
     return 0
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
+from job_orchestrator._logging import MASK, display_url, url_secrets
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import asyncpg_dsn
 
@@ -56,7 +57,10 @@ async def open_backend(db_path: str) -> tuple[Backend, str | None]:
         raise
     except (SQLAlchemyError, OSError) as error:
         await backend.close()
-        raise StoreError(f"cannot open database {db_path!r}: {error}") from error
+        reason = str(error)
+        for secret in url_secrets(db_path):
+            reason = reason.replace(secret, MASK)
+        raise StoreError(f"cannot open database {display_url(db_path)!r}: {reason}") from error
     return backend, None if url.startswith("sqlite") else asyncpg_dsn(url)
 
 
