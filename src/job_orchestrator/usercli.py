@@ -2,12 +2,18 @@
 
 A thin layer over `job_orchestrator.sdk`: each command is one SDK call, and each SDK error
 maps to one exit status (see EXIT_* and the README) with a one-line reason on stderr.
+
+Every string the server sends (a job's message, an error, the queue's detail) may hold what a
+job put there, so it is printed with its control characters made visible (`\x1b`): no
+terminal escape sequence from a job reaches the user's terminal. `logs` prints run.sh's output
+as it is when stdout is not a terminal (a file keeps the log's bytes), and cleaned on one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,6 +53,16 @@ EXIT_INTERRUPTED = 130
 
 USER_COMMANDS = ("submit", "status", "wait", "download", "cancel", "list", "logs")
 _LIST_DEFAULT_LIMIT = 50
+#: C0 controls but tab and newline, DEL and C1 controls, and the bidirectional overrides
+#: (which can make a line read as something else).
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+#: In a log on a terminal, carriage returns and backspaces (progress bars) are kept too.
+_LOG_CONTROL = re.compile("[\x00-\x07\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str, pattern: re.Pattern[str] = _CONTROL) -> str:
+    """`text` with its control characters shown as escapes (`\x1b`), not sent to the terminal."""
+    return pattern.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -157,7 +173,11 @@ def _exit_status(error: JobOrchestratorError) -> int:
 
 
 def _say(text: str) -> None:
-    print(f"job-orchestrator: {text}", file=sys.stderr)
+    print(f"job-orchestrator: {printable(text)}", file=sys.stderr)
+
+
+def _show(text: str) -> None:
+    print(printable(text))
 
 
 # ---- the commands ---------------------------------------------------------------------------
@@ -186,7 +206,7 @@ def _status(client: Client, arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps(job.to_dict()))
     else:
-        print("\n".join(_describe(job)))
+        _show("\n".join(_describe(job)))
     return EXIT_OK
 
 
@@ -202,7 +222,7 @@ def _download(client: Client, arguments: argparse.Namespace) -> int:
 
 def _cancel(client: Client, arguments: argparse.Namespace) -> int:
     job = client.cancel(arguments.job_id)
-    print(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
+    _show(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
     return EXIT_OK
 
 
@@ -222,24 +242,25 @@ def _list(client: Client, arguments: argparse.Namespace) -> int:
         (
             str(job.id),
             job.status.wire,
-            job.service or "",
+            printable(job.service or ""),
             "" if job.user_id is None else str(job.user_id),
             _time(job.created_at),
-            job.message.splitlines()[0] if job.message else "",
+            printable(job.message.splitlines()[0] if job.message else ""),
         )
         for job in jobs
     ]
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     for row in rows:
-        print(
+        _show(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
     return EXIT_OK
 
 
 def _logs(client: Client, arguments: argparse.Namespace) -> int:
+    on_terminal = sys.stdout.isatty()
     for text in client.logs(arguments.job_id, follow=arguments.follow):
-        sys.stdout.write(text)
+        sys.stdout.write(printable(text, _LOG_CONTROL) if on_terminal else text)
         sys.stdout.flush()
     return EXIT_OK
 
@@ -261,7 +282,7 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 def _wait_and_report(client: Client, job_id: int, timeout_s: float | None) -> None:
     """Wait; print the final status of a Completed job (the SDK raises for the others)."""
     job = client.wait(job_id, timeout_s)
-    print(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
+    _show(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
 
 
 def _save(client: Client, job_id: int, dest: Path, *, partial: bool) -> None:

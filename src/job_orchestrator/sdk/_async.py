@@ -13,8 +13,16 @@ import anyio
 import httpx
 
 from job_orchestrator.sdk import _protocol as protocol
-from job_orchestrator.sdk._protocol import Call, Connection, Exchange, JobFilter, Target
+from job_orchestrator.sdk._protocol import (
+    Call,
+    Connection,
+    CursorTrail,
+    Exchange,
+    JobFilter,
+    Target,
+)
 from job_orchestrator.sdk._upload import Progress
+from job_orchestrator.sdk.errors import ServerUnreachable
 from job_orchestrator.sdk.models import Job
 from job_orchestrator.status import Status
 
@@ -93,21 +101,21 @@ class AsyncClient:
         page_size: int = protocol.DEFAULT_PAGE_SIZE,
     ) -> AsyncIterator[Job]:
         filters = JobFilter(user_id, status, service, page_size)
+        trail = CursorTrail()
         cursor: str | None = None
         while True:
             exchange = protocol.page_exchange(self._connection, filters, cursor)
             page, cursor = await self._run(exchange)
             for job in page:
                 yield job
-            if cursor is None:
+            if trail.follow(cursor) is None:
                 return
 
     async def logs(self, job_id: int, follow: bool = False) -> AsyncIterator[str]:
         request = protocol.logs_request(self._connection, job_id, follow=follow)
         async with self._stream(request) as response:
             if response.status_code >= 400:
-                await response.aread()
-                protocol.check(response, job_id)
+                protocol.check(await self._read(response), job_id)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             async for chunk in response.aiter_raw():
                 text = decoder.decode(chunk)
@@ -120,23 +128,39 @@ class AsyncClient:
 
     async def _run(self, exchange: Exchange[T]) -> T:
         reply: httpx.Response | None = None
+        failure: ServerUnreachable | None = None
         while True:
             try:
-                step = exchange.send(reply)
+                step = exchange.throw(failure) if failure else exchange.send(reply)
             except StopIteration as done:
                 result: T = done.value
                 return result
+            reply, failure = None, None
             if isinstance(step, Call):
-                reply = await self._send(step)
+                try:
+                    reply = await self._send(step)
+                except ServerUnreachable as error:  # the exchange decides (a wait's deadline)
+                    failure = error
             else:
                 await anyio.sleep(step.seconds)
-                reply = None
 
     async def _send(self, step: Call) -> httpx.Response:
         async with self._stream(step.request) as response:
-            if not protocol.is_zip(response):
-                await response.aread()
-        return response
+            if protocol.is_zip(response):
+                return response  # an exchange reads only the headers of a ZIP
+            return await self._read(response)
+
+    @staticmethod
+    async def _read(response: httpx.Response) -> httpx.Response:
+        """The answer read whole, up to MAX_ANSWER_BYTES (a larger one is refused unread)."""
+        if protocol.declared_too_large(response):
+            raise protocol.answer_too_large(response)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > protocol.MAX_ANSWER_BYTES:
+                raise protocol.answer_too_large(response)
+        return protocol.buffered(response, bytes(body))
 
     def _stream(self, request: httpx.Request) -> _Streamed:
         return _Streamed(self, request)
@@ -153,12 +177,11 @@ class AsyncClient:
         target = Target.of(dest, job_id, partial=partial)
         async with self._stream(request) as response:
             if not protocol.is_zip(response) or response.status_code >= 400:
-                await response.aread()
-                protocol.result_job(response, job_id, partial=partial)
+                protocol.result_job(await self._read(response), job_id, partial=partial)
             total = protocol.content_length(response)
             done = 0
             try:
-                async with await anyio.open_file(target.temporary, "wb") as file:
+                async with anyio.wrap_file(os.fdopen(target.create(), "wb")) as file:
                     async for chunk in response.aiter_bytes(protocol.CHUNK_BYTES):
                         await file.write(chunk)
                         done += len(chunk)

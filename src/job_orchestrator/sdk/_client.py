@@ -13,8 +13,16 @@ from typing import Self, TypeVar
 import httpx
 
 from job_orchestrator.sdk import _protocol as protocol
-from job_orchestrator.sdk._protocol import Call, Connection, Exchange, JobFilter, Target
+from job_orchestrator.sdk._protocol import (
+    Call,
+    Connection,
+    CursorTrail,
+    Exchange,
+    JobFilter,
+    Target,
+)
 from job_orchestrator.sdk._upload import Progress
+from job_orchestrator.sdk.errors import ServerUnreachable
 from job_orchestrator.sdk.models import Job
 from job_orchestrator.status import Status
 
@@ -116,11 +124,12 @@ class Client:
     ) -> Iterator[Job]:
         """Every matching job, newest first, fetched a page at a time as you iterate."""
         filters = JobFilter(user_id, status, service, page_size)
+        trail = CursorTrail()
         cursor: str | None = None
         while True:
             page, cursor = self._run(protocol.page_exchange(self._connection, filters, cursor))
             yield from page
-            if cursor is None:
+            if trail.follow(cursor) is None:
                 return
 
     def logs(self, job_id: int, follow: bool = False) -> Iterator[str]:
@@ -128,8 +137,7 @@ class Client:
         request = protocol.logs_request(self._connection, job_id, follow=follow)
         with self._stream(request) as response:
             if response.status_code >= 400:
-                response.read()
-                protocol.check(response, job_id)
+                protocol.check(self._read(response), job_id)
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             for chunk in response.iter_raw():
                 text = decoder.decode(chunk)
@@ -142,23 +150,39 @@ class Client:
 
     def _run(self, exchange: Exchange[T]) -> T:
         reply: httpx.Response | None = None
+        failure: ServerUnreachable | None = None
         while True:
             try:
-                step = exchange.send(reply)
+                step = exchange.throw(failure) if failure else exchange.send(reply)
             except StopIteration as done:
                 result: T = done.value
                 return result
+            reply, failure = None, None
             if isinstance(step, Call):
-                reply = self._send(step)
+                try:
+                    reply = self._send(step)
+                except ServerUnreachable as error:  # the exchange decides (a wait's deadline)
+                    failure = error
             else:
                 time.sleep(step.seconds)
-                reply = None
 
     def _send(self, step: Call) -> httpx.Response:
         with self._stream(step.request) as response:
-            if not protocol.is_zip(response):
-                response.read()
-        return response
+            if protocol.is_zip(response):
+                return response  # an exchange reads only the headers of a ZIP
+            return self._read(response)
+
+    @staticmethod
+    def _read(response: httpx.Response) -> httpx.Response:
+        """The answer read whole, up to MAX_ANSWER_BYTES (a larger one is refused unread)."""
+        if protocol.declared_too_large(response):
+            raise protocol.answer_too_large(response)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > protocol.MAX_ANSWER_BYTES:
+                raise protocol.answer_too_large(response)
+        return protocol.buffered(response, bytes(body))
 
     def _stream(self, request: httpx.Request) -> _Streamed:
         return _Streamed(self, request)
@@ -175,12 +199,11 @@ class Client:
         target = Target.of(dest, job_id, partial=partial)
         with self._stream(request) as response:
             if not protocol.is_zip(response) or response.status_code >= 400:
-                response.read()
-                protocol.result_job(response, job_id, partial=partial)
+                protocol.result_job(self._read(response), job_id, partial=partial)
             total = protocol.content_length(response)
             done = 0
             try:
-                with target.temporary.open("wb") as file:
+                with os.fdopen(target.create(), "wb") as file:
                     for chunk in response.iter_bytes(protocol.CHUNK_BYTES):
                         file.write(chunk)
                         done += len(chunk)

@@ -9,9 +9,11 @@ only ever needs the headers of (a wait, a status); downloads and logs stream on 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import tempfile
 import time
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -40,8 +42,10 @@ from job_orchestrator.wire import MESSAGE_HEADER
 __all__ = [
     "CHUNK_BYTES",
     "DEFAULT_SERVER",
+    "MAX_ANSWER_BYTES",
     "Call",
     "Connection",
+    "CursorTrail",
     "Exchange",
     "JobFilter",
     "Sleep",
@@ -61,6 +65,12 @@ READ_SLACK_S = 30.0
 CONNECT_TIMEOUT_S = 10.0
 TRANSFER_TIMEOUT_S = 120.0
 DEFAULT_PAGE_SIZE = 100
+#: The most a non-ZIP answer (JSON, an error page) may hold. A page of 500 jobs is well under
+#: 1 MiB; anything past this comes from a broken or hostile server and is not read into memory.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: How long after a wait's own deadline its held request may still answer before the wait
+#: gives up (a server answers a held request at the end of the hold it was asked for).
+WAIT_GRACE_S = 2.0
 
 T = TypeVar("T")
 
@@ -80,6 +90,7 @@ Exchange = Generator[Step, httpx.Response | None, T]
 
 
 def call(request: httpx.Request) -> Exchange[httpx.Response]:
+    """Send `request`; the driver answers with its response, or throws ServerUnreachable in."""
     response = yield Call(request)
     assert response is not None, "a driver answers every Call with its response"
     return response
@@ -139,6 +150,28 @@ class Connection:
 # ---- reading answers ---------------------------------------------------------------------
 
 
+def answer_too_large(response: httpx.Response) -> ServerError:
+    path = response.request.url.path
+    return ServerError(
+        f"the server's answer to {path} is larger than {MAX_ANSWER_BYTES} bytes (not read)",
+        response.status_code,
+    )
+
+
+def declared_too_large(response: httpx.Response) -> bool:
+    declared = content_length(response)
+    return declared is not None and declared > MAX_ANSWER_BYTES
+
+
+def buffered(response: httpx.Response, body: bytes) -> httpx.Response:
+    """A copy of a streamed `response` holding `body`, its decoded content, read by a driver."""
+    dropped = {"content-encoding", "content-length", "transfer-encoding"}
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in dropped]
+    return httpx.Response(
+        response.status_code, headers=headers, content=body, request=response.request
+    )
+
+
 def is_zip(response: httpx.Response) -> bool:
     content_type: str = response.headers.get("content-type", "")
     return content_type.startswith("application/zip")
@@ -193,20 +226,33 @@ def _wait_text(seconds: float) -> str:
 
 
 def download_request(
-    connection: Connection, job_id: int, *, wait_s: float | None = None, partial: bool = False
+    connection: Connection,
+    job_id: int,
+    *,
+    wait_s: float | None = None,
+    partial: bool = False,
+    answer_within_s: float | None = None,
 ) -> httpx.Request:
+    """`answer_within_s` bounds the wait for the answer of a held request (else hold + slack)."""
     if partial:
         return connection.request("GET", f"/download_partial/{job_id}")
     params = None if wait_s is None else {"wait": _wait_text(wait_s)}
     read = TRANSFER_TIMEOUT_S if wait_s is None else wait_s + READ_SLACK_S
+    if answer_within_s is not None:
+        read = min(read, max(answer_within_s, 0.0) + WAIT_GRACE_S)
     return connection.request("GET", f"/download/{job_id}", params=params, read_timeout_s=read)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Target:
-    """Where a download goes: written under a temporary name, renamed when complete."""
+    """Where a download goes: written under a temporary name, renamed when complete.
+
+    The temporary file is new and unpredictably named (created with O_EXCL|O_NOFOLLOW), so
+    a symlink planted beside the destination is never followed and no other file is written.
+    """
 
     path: Path
+    temporary: Path | None = None
 
     @classmethod
     def of(cls, dest: str | os.PathLike[str], job_id: int, *, partial: bool) -> Target:
@@ -215,15 +261,32 @@ class Target:
             path = path / (f"job-{job_id}-partial.zip" if partial else f"job-{job_id}.zip")
         return cls(path)
 
-    @property
-    def temporary(self) -> Path:
-        return self.path.with_name(f".{self.path.name}.part")
+    def create(self) -> int:
+        """Create the temporary file beside the destination; its open descriptor."""
+        descriptor, name = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part"
+        )
+        self.temporary = Path(name)
+        # mkstemp makes it 0600; the result gets the mode any new file of the user gets.
+        os.fchmod(descriptor, 0o666 & ~_umask())
+        return descriptor
 
     def commit(self) -> None:
+        assert self.temporary is not None, "create() first"
         os.replace(self.temporary, self.path)
 
     def discard(self) -> None:
-        self.temporary.unlink(missing_ok=True)
+        if self.temporary is not None:
+            self.temporary.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, read without setting it (os.umask would race other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def content_length(response: httpx.Response) -> int | None:
@@ -290,12 +353,28 @@ def status_exchange(connection: Connection, job_id: int) -> Exchange[Job]:
 
 
 def wait_exchange(connection: Connection, job_id: int, timeout_s: float | None) -> Exchange[Job]:
-    """Hold `GET /download/{id}?wait=` requests until the job is final; no fast polling."""
+    """Hold `GET /download/{id}?wait=` requests until the job is final; no fast polling.
+
+    With `timeout_s`, no request outlives the deadline by more than WAIT_GRACE_S: a server
+    that holds an answer too long makes the wait end with WaitTimeout, not hang.
+    """
     deadline = math.inf if timeout_s is None else time.monotonic() + timeout_s
+    job = Job(job_id, Status.UNKNOWN, "the server did not answer in time")
     while True:
         asked_at = time.monotonic()
         hold_s = min(MAX_WAIT_S, deadline - asked_at)
-        response = yield from call(download_request(connection, job_id, wait_s=hold_s))
+        request = download_request(
+            connection,
+            job_id,
+            wait_s=hold_s,
+            answer_within_s=None if timeout_s is None else deadline - asked_at,
+        )
+        try:
+            response = yield from call(request)
+        except ServerUnreachable:
+            if timeout_s is None or time.monotonic() < deadline:
+                raise
+            raise WaitTimeout(job, timeout_s) from None
         job = job_from_download(response, job_id)
         if job.is_final:
             break
@@ -352,6 +431,20 @@ def page_exchange(
     jobs = [Job.from_dict(item) for item in body.get("jobs", []) if isinstance(item, dict)]
     next_cursor = body.get("next_cursor")
     return jobs, next_cursor if isinstance(next_cursor, str) and next_cursor else None
+
+
+@dataclass(slots=True)
+class CursorTrail:
+    """The page cursors of one listing: a server that sends one again would loop forever."""
+
+    seen: set[str] = field(default_factory=set)
+
+    def follow(self, cursor: str | None) -> str | None:
+        if cursor is not None and cursor in self.seen:
+            raise ServerError("the server sent a page cursor again: the listing stops here", 200)
+        if cursor is not None:
+            self.seen.add(cursor)
+        return cursor
 
 
 def logs_request(
