@@ -28,10 +28,23 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    #: The receiver's own `scheme://host:port`.
+    base: str = ""
 
-    def signed_with(self, secret: str) -> bool:
-        expected = "sha256=" + hmac.new(secret.encode(), self.body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, self.headers.get("x-orchestrator-signature", ""))
+    @property
+    def url(self) -> str:
+        """The callback URL as submitted (a bare `http://host:port` arrives as path `/`)."""
+        return self.base if self.path == "/" else self.base + self.path
+
+    def signed_with(self, secret: str, url: str | None = None) -> bool:
+        """What a receiver checks (README, "Callbacks"): the v2 HMAC of the time, delivery id,
+        URL and body. `url`: the callback URL as submitted (default: as received)."""
+        timestamp = self.headers.get("x-orchestrator-timestamp", "")
+        delivery = self.headers.get("x-orchestrator-delivery", "")
+        message = f"v2\n{timestamp}\n{delivery}\n{url or self.url}\n".encode() + self.body
+        expected = "v2=" + hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+        given = self.headers.get("x-orchestrator-signature", "")
+        return bool(timestamp and delivery) and hmac.compare_digest(expected, given)
 
 
 class CallbackReceiver:
@@ -49,7 +62,9 @@ class CallbackReceiver:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
                 headers = {key.lower(): value for key, value in self.headers.items()}
-                answer = receiver._record(Received("POST", self.path, headers, body))
+                answer = receiver._record(
+                    Received("POST", self.path, headers, body, base=receiver.url)
+                )
                 if answer == HOLD:
                     receiver._released.wait(HOLD_LIMIT_S)
                     answer = 200

@@ -11,7 +11,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from job_orchestrator.config import load_server_settings
-from job_orchestrator.server.delivery import DRAIN_GRACE_S, MAX_IN_FLIGHT, CallbackDeliverer
+from job_orchestrator.server.delivery import (
+    DRAIN_GRACE_S,
+    MAX_IN_FLIGHT,
+    MAX_IN_FLIGHT_PER_USER,
+    CallbackDeliverer,
+)
 from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
 from job_orchestrator.status import Status
@@ -41,8 +46,12 @@ def deliverer(
     )
 
 
-async def final_job(store: SqlStore, url: str, status: Status = Status.COMPLETED) -> int:
-    job_id = await store.create_job(user_id=1, service="svc", loc="/nowhere", callback_url=url)
+async def final_job(
+    store: SqlStore, url: str, status: Status = Status.COMPLETED, *, user_id: int = 1
+) -> int:
+    job_id = await store.create_job(
+        user_id=user_id, service="svc", loc="/nowhere", callback_url=url
+    )
     assert await store.transition(job_id, [Status.QUEUED], status, message="done")
     return job_id
 
@@ -152,7 +161,11 @@ async def test_attempts_in_flight_are_bounded_and_the_rest_follow(
 ) -> None:
     count = MAX_IN_FLIGHT + 4
     with CallbackReceiver(*[HOLD] * count) as receiver:
-        job_ids = [await final_job(store, f"{receiver.url}/{i}") for i in range(count)]
+        # Spread over enough users that their shares add up to every slot.
+        users = -(-MAX_IN_FLIGHT // MAX_IN_FLIGHT_PER_USER) + 1
+        job_ids = [
+            await final_job(store, f"{receiver.url}/{i}", user_id=i % users) for i in range(count)
+        ]
         loop = deliverer(store, tmp_path, callback_timeout_s=60.0)
         await loop.start()
         try:
@@ -169,3 +182,29 @@ async def test_attempts_in_flight_are_bounded_and_the_rest_follow(
         finally:
             await loop.stop()
     assert len(receiver.received) == count
+
+
+async def test_one_users_slow_receivers_never_hold_another_users_callback(
+    store: SqlStore, tmp_path: Path
+) -> None:
+    """Issue 21, finding 5: 160 callbacks of one user to a slow receiver took every delivery
+    slot, and another user's callback waited 99 s."""
+    slow_count = MAX_IN_FLIGHT + 4
+    with CallbackReceiver(*[HOLD] * slow_count) as slow, CallbackReceiver() as quick:
+        for i in range(slow_count):
+            await final_job(store, f"{slow.url}/{i}", user_id=1)
+        loop = deliverer(store, tmp_path, callback_timeout_s=60.0)
+        await loop.start()
+        try:
+            await asyncio.to_thread(slow.wait_for, MAX_IN_FLIGHT_PER_USER)
+            other = await final_job(store, f"{quick.url}/other", user_id=2)
+            record = await until(
+                lambda: store.callback_of(other),
+                lambda record: record.state is CallbackState.DELIVERED,
+            )
+            assert record.attempts == 1
+            # User 1 still holds only their share, however many of theirs are due.
+            assert len(slow.received) == MAX_IN_FLIGHT_PER_USER
+        finally:
+            slow.release()
+            await loop.stop()

@@ -16,8 +16,10 @@ from job_orchestrator.errors import ConfigError
 from job_orchestrator.server.callbacks import (
     AddressPolicy,
     CallbackURLError,
+    ClientEndpoints,
     IPAddress,
     callback_body,
+    delivery_id,
     embedded_ipv4,
     is_public,
     parse_callback_url,
@@ -215,6 +217,32 @@ async def test_every_resolved_address_is_checked() -> None:
         await resolve_permitted(parse_callback_url("http://nothing.invalid/"), loopback)
 
 
+async def test_a_name_is_refused_without_saying_what_it_resolves_to() -> None:
+    """Issue 21, finding 12: the refusal was an oracle of the server's DNS view."""
+    with pytest.raises(CallbackURLError) as refused:
+        await resolve_permitted(parse_callback_url("http://localhost:9/"), AddressPolicy())
+    assert "resolves to an address CALLBACK_ALLOW does not allow" in str(refused.value)
+    assert "127.0.0.1" not in str(refused.value)
+    assert "::1" not in str(refused.value)
+
+
+async def test_the_clients_are_never_a_target_whatever_callback_allow_says() -> None:
+    """Issue 21, finding 7: a callback to a client's /kill killed another user's job."""
+    loopback = AddressPolicy(public=False, networks=(ipaddress.ip_network("127.0.0.0/8"),))
+    clients = ClientEndpoints(("http://localhost:9000/submit", "http://127.0.0.2:9001/kill"))
+    for raw in (
+        "http://127.0.0.1:9000/kill/1",
+        "http://localhost:9000/kill/1",
+        "http://127.0.0.2:9001/",
+        "http://[::ffff:127.0.0.2]:9001/",
+    ):
+        with pytest.raises(CallbackURLError, match="orchestrator's clients"):
+            await resolve_permitted(parse_callback_url(raw), loopback, clients)
+    # Another port of the same host is not a client.
+    url = parse_callback_url("http://127.0.0.1:9002/hook")
+    assert await resolve_permitted(url, loopback, clients) == [address("127.0.0.1")]
+
+
 # ---- body and signature -------------------------------------------------------------------------
 
 
@@ -227,6 +255,14 @@ def test_the_body_and_its_signature() -> None:
     }
     assert body.startswith(b'{"id":7,"status":"Failed","message":')
     key = "k" * 16
-    expected = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
-    assert signature(key, body) == f"sha256={expected}"
-    assert signature(key, body + b" ") != signature(key, body)
+    url = "https://portal.example/hooks?job=7"
+    message = b"v2\n1700000000\n7.1700000000000\n" + url.encode() + b"\n" + body
+    expected = hmac.new(key.encode(), message, hashlib.sha256).hexdigest()
+    signed = signature(key, 1700000000, "7.1700000000000", url, body)
+    assert signed == f"v2={expected}"
+    # Each part is covered: a replay with another time, delivery, URL or body fails.
+    assert signature(key, 1700000001, "7.1700000000000", url, body) != signed
+    assert signature(key, 1700000000, "8.1700000000000", url, body) != signed
+    assert signature(key, 1700000000, "7.1700000000000", url + "x", body) != signed
+    assert signature(key, 1700000000, "7.1700000000000", url, body + b" ") != signed
+    assert delivery_id(7, 1700000000.0) == "7.1700000000000"

@@ -3,7 +3,16 @@
 A callback URL is checked twice against CALLBACK_ALLOW: at upload, and at every delivery
 attempt, where the connection then goes to one of the addresses just checked (never to a
 second resolution of the name), so a name that is re-pointed at a private address after the
-upload (DNS rebinding) reaches nothing. The delivery loop itself is in `delivery.py`.
+upload (DNS rebinding) reaches nothing. The orchestrator's own clients (the host and port of
+each configured client URL) are never a target, whatever CALLBACK_ALLOW says: a callback to
+`http://client:9000/kill/1` would otherwise be a request to a client on a user's behalf. A
+refusal names the address only when the URL itself holds it (a name's resolution is not
+shown: the uploader could map the server's network with it). The delivery loop itself is in
+`delivery.py`.
+
+The signature (`X-Orchestrator-Signature: v2=<hex>`) is an HMAC-SHA256 with CALLBACK_SECRET
+of the attempt's time, the delivery's id, the URL and the body, each sent in a header too, so
+a receiver can refuse a replayed, re-addressed or stale callback (README, "Callbacks").
 """
 
 from __future__ import annotations
@@ -14,8 +23,9 @@ import hmac
 import ipaddress
 import json
 import socket
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -24,9 +34,15 @@ from job_orchestrator.status import Status
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-#: The header carrying `sha256=<hex HMAC-SHA256(CALLBACK_SECRET, body)>`.
+#: The header carrying `v2=<hex HMAC-SHA256(CALLBACK_SECRET, signed_message(...))>`.
 SIGNATURE_HEADER = "X-Orchestrator-Signature"
-SIGNATURE_PREFIX = "sha256="
+SIGNATURE_PREFIX = "v2="
+#: When the attempt was signed (Unix seconds): receivers refuse what is too old.
+TIMESTAMP_HEADER = "X-Orchestrator-Timestamp"
+#: The same for every attempt of one job's callback: receivers refuse what they have seen.
+DELIVERY_HEADER = "X-Orchestrator-Delivery"
+#: Client endpoints are resolved again after this long (a client's name may move).
+CLIENT_ENDPOINTS_TTL_S = 60.0
 #: Longer callback URLs are refused (browsers and proxies commonly stop near 2 KiB).
 MAX_URL_CHARS = 2048
 _SCHEMES = ("http", "https")
@@ -97,6 +113,58 @@ def is_public(address: IPAddress) -> bool:
     )
 
 
+Endpoint = tuple[IPAddress, int]
+
+
+def _canonical(address: IPAddress) -> IPAddress:
+    """::ffff:10.0.0.1 is 10.0.0.1 to the kernel."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+@dataclass(slots=True)
+class ClientEndpoints:
+    """The addresses and ports of the configured clients: never a callback target."""
+
+    urls: tuple[str, ...]
+    _known: frozenset[Endpoint] = frozenset()
+    _resolved_at: float = field(default=-CLIENT_ENDPOINTS_TTL_S)
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings) -> ClientEndpoints:
+        urls = {
+            url
+            for service in settings.services.values()
+            for node in service.nodes
+            for url in (node.upload_url, node.download_url, node.terminate_url)
+        }
+        return cls(tuple(sorted(urls)))
+
+    async def current(self) -> frozenset[Endpoint]:
+        if time.monotonic() - self._resolved_at >= CLIENT_ENDPOINTS_TTL_S:
+            found: set[Endpoint] = set()
+            for raw in self.urls:
+                found |= await _endpoints_of(raw)
+            self._known, self._resolved_at = frozenset(found), time.monotonic()
+        return self._known
+
+    async def includes(self, address: IPAddress, port: int) -> bool:
+        return (_canonical(address), port) in await self.current()
+
+
+async def _endpoints_of(raw: str) -> set[Endpoint]:
+    """Where a client URL leads (nothing if its name does not resolve now)."""
+    try:
+        url = httpx.URL(raw)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            url.raw_host.decode("ascii"), port_of(url), type=socket.SOCK_STREAM
+        )
+    except (httpx.InvalidURL, OSError, KeyError, UnicodeError):
+        return set()
+    return {(_canonical(ipaddress.ip_address(info[4][0])), port_of(url)) for info in infos}
+
+
 @dataclass(frozen=True, slots=True)
 class AddressPolicy:
     """CALLBACK_ALLOW: public addresses (if `public`) and the listed networks."""
@@ -152,10 +220,14 @@ def port_of(url: httpx.URL) -> int:
     return url.port or _DEFAULT_PORTS[url.scheme]
 
 
-async def resolve_permitted(url: httpx.URL, policy: AddressPolicy) -> list[IPAddress]:
-    """Every address the URL's host resolves to, if the policy permits them all.
+async def resolve_permitted(
+    url: httpx.URL, policy: AddressPolicy, clients: ClientEndpoints | None = None
+) -> list[IPAddress]:
+    """Every address the URL's host resolves to, if the policy permits them all and none is
+    a client's endpoint.
 
-    CallbackURLError names the first forbidden address, or says the name does not resolve.
+    CallbackURLError says why not: the forbidden address when the URL holds it literally,
+    else only that the name leads somewhere not allowed (or does not resolve).
     """
     host = url.raw_host.decode("ascii")  # IDNA-encoded, as the resolver wants it
     try:
@@ -168,13 +240,30 @@ async def resolve_permitted(url: httpx.URL, policy: AddressPolicy) -> list[IPAdd
     addresses = _unique(ipaddress.ip_address(info[4][0]) for info in infos)
     if not addresses:
         raise CallbackURLError(f"host {host!r} has no address")
+    literal = _is_address(host)
     for address in addresses:
-        if not policy.permits(address):
+        if clients is not None and await clients.includes(address, port_of(url)):
             raise CallbackURLError(
-                f"host {host!r} resolves to {address}, which CALLBACK_ALLOW does not "
-                f"allow (allowed: {policy.describe()})"
+                f"host {host!r} is one of this orchestrator's clients, never a callback target"
+                if literal
+                else f"host {host!r} leads to one of this orchestrator's clients, "
+                "never a callback target"
+            )
+        if not policy.permits(address):
+            where = f"resolves to {address}, which" if literal else "resolves to an address"
+            raise CallbackURLError(
+                f"host {host!r} {where} CALLBACK_ALLOW does not allow "
+                f"(allowed: {policy.describe()})"
             )
     return addresses
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _unique(addresses: Iterable[IPAddress]) -> list[IPAddress]:
@@ -187,7 +276,29 @@ def callback_body(job_id: int, status: Status, message: str) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def signature(secret: str, body: bytes) -> str:
-    """The X-Orchestrator-Signature value of `body`."""
-    digest = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def delivery_id(job_id: int, first_attempt_at: float) -> str:
+    """The id every attempt of one job's callback carries (the first claim fixes it)."""
+    return f"{job_id}.{int(first_attempt_at * 1000)}"
+
+
+def signed_message(timestamp: int, delivery: str, url: str, body: bytes) -> bytes:
+    """What the signature covers: `v2`, the time, the delivery id and the URL, one per line,
+    then the body."""
+    return f"v2\n{timestamp}\n{delivery}\n{url}\n".encode() + body
+
+
+def signature(secret: str, timestamp: int, delivery: str, url: str, body: bytes) -> str:
+    """The X-Orchestrator-Signature value of one attempt."""
+    message = signed_message(timestamp, delivery, url, body)
+    digest = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
     return f"{SIGNATURE_PREFIX}{digest}"
+
+
+def signed_headers(secret: str, delivery: str, url: str, body: bytes) -> dict[str, str]:
+    """The headers that sign one attempt made now."""
+    timestamp = int(time.time())
+    return {
+        TIMESTAMP_HEADER: str(timestamp),
+        DELIVERY_HEADER: delivery,
+        SIGNATURE_HEADER: signature(secret, timestamp, delivery, url, body),
+    }

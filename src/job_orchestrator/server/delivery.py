@@ -8,6 +8,10 @@ CALLBACK_TIMEOUT, and its outcome is written shielded from cancellation. On shut
 stops claiming, gives attempts in flight a short grace, then cancels them and releases their
 claims so the next start makes them again at once. Delivery is at least once: an attempt cut
 short after the receiver got it (a crash, a lost answer) is made again.
+
+Attempts in flight are shared between users: one user holds at most MAX_IN_FLIGHT_PER_USER of
+them, so a user whose receivers are slow (or who queued thousands of callbacks) delays only
+their own callbacks, never another user's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import signal
 import time
 import uuid
+from collections import Counter
 from collections.abc import Coroutine
 from typing import Any
 
@@ -30,14 +35,15 @@ from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.callbacks import (
-    SIGNATURE_HEADER,
     AddressPolicy,
     CallbackURLError,
+    ClientEndpoints,
     IPAddress,
     callback_body,
+    delivery_id,
     parse_callback_url,
     resolve_permitted,
-    signature,
+    signed_headers,
 )
 from job_orchestrator.server.storage import Store
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
@@ -47,6 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: Attempts in flight at once in this process.
 MAX_IN_FLIGHT = 16
+#: Of which one user may hold at most this many (the others stay free for other users).
+MAX_IN_FLIGHT_PER_USER = 4
 #: A lease outlives its attempt's timeout by this much, for the outcome's write.
 LEASE_MARGIN_S = 5.0
 #: Retries back off from 1 s, doubling up to this, with jitter.
@@ -66,6 +74,7 @@ class CallbackDeliverer:
         self, settings: ServerSettings, store: Store, *, fallback_tick_s: float = FALLBACK_TICK_S
     ) -> None:
         self.policy = AddressPolicy.from_settings(settings)
+        self.clients = ClientEndpoints.from_settings(settings)
         self._secret = settings.callback_secret
         self._deadline_s = settings.callback_deadline_s
         self._timeout_s = settings.callback_timeout_s
@@ -74,6 +83,8 @@ class CallbackDeliverer:
         self._wakeup = Wakeup()
         self._stop = asyncio.Event()
         self._in_flight: dict[int, asyncio.Task[None]] = {}
+        #: The user of each job in flight (the fair share is counted from it).
+        self._in_flight_users: dict[int, int | None] = {}
         self._writes: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.Task[None] | None = None
         # No proxies from the environment (they would bypass the address check), no redirects
@@ -100,7 +111,7 @@ class CallbackDeliverer:
         url = parse_callback_url(raw)
         try:
             async with asyncio.timeout(self._timeout_s):
-                await resolve_permitted(url, self.policy)
+                await resolve_permitted(url, self.policy, self.clients)
         except TimeoutError:
             raise CallbackURLError(
                 f"host {url.host!r} did not resolve within {self._timeout_s:g} s"
@@ -145,7 +156,13 @@ class CallbackDeliverer:
                 await self.deliver_once()
                 # At capacity, the end of an attempt wakes the loop: more due ones must wait.
                 full = len(self._in_flight) >= MAX_IN_FLIGHT
-                next_at = None if full else await self._store.next_callback_at(self._in_flight)
+                next_at = (
+                    None
+                    if full
+                    else await self._store.next_callback_at(
+                        self._in_flight, exclude_users=self._users_at_share()
+                    )
+                )
             except StoreError:
                 logger.exception("callback delivery failed; retrying in %g s", STORE_RETRY_S)
                 next_at = time.time() + STORE_RETRY_S
@@ -154,13 +171,30 @@ class CallbackDeliverer:
                 timeout_s = min(timeout_s, max(0.0, next_at - time.time()) + 0.01)
             await wait_any(self._wakeup.wait(), self._stop.wait(), timeout_s=timeout_s)
 
+    def _users_at_share(self) -> set[int]:
+        held = Counter(user for user in self._in_flight_users.values() if user is not None)
+        return {user for user, count in held.items() if count >= MAX_IN_FLIGHT_PER_USER}
+
     async def deliver_once(self) -> int:
-        """Claim the due deliveries (as many as there is room for) and start their attempts."""
-        free = MAX_IN_FLIGHT - len(self._in_flight)
-        if free <= 0 or self._stop.is_set():
-            return 0
+        """Claim the due deliveries (as many as there is room for, each user within their
+        share) and start their attempts."""
         started = 0
-        for due in await self._store.due_callbacks(time.time(), free, exclude=self._in_flight):
+        while (free := MAX_IN_FLIGHT - len(self._in_flight)) > 0 and not self._stop.is_set():
+            batch = await self._store.due_callbacks(
+                time.time(), free, exclude=self._in_flight, exclude_users=self._users_at_share()
+            )
+            started_now = await self._start_within_shares(batch)
+            started += started_now
+            if started_now == 0:
+                break  # nothing claimable now (claimed elsewhere, or every user at their share)
+        return started
+
+    async def _start_within_shares(self, batch: list[CallbackRecord]) -> int:
+        started = 0
+        for due in batch:
+            at_share = self._users_at_share()
+            if due.user_id in at_share or len(self._in_flight) >= MAX_IN_FLIGHT:
+                continue
             now = time.time()
             token = uuid.uuid4().hex
             claimed = await self._store.claim_callback(
@@ -175,6 +209,7 @@ class CallbackDeliverer:
                 continue  # another loop or replica was first
             task = asyncio.create_task(self._attempt(claimed, token), name=f"callback-{due.job_id}")
             self._in_flight[due.job_id] = task
+            self._in_flight_users[due.job_id] = due.user_id
             task.add_done_callback(functools.partial(self._attempt_done, due.job_id))
             started += 1
         return started
@@ -182,6 +217,7 @@ class CallbackDeliverer:
     def _attempt_done(self, job_id: int, task: asyncio.Task[None]) -> None:
         if self._in_flight.get(job_id) is task:
             del self._in_flight[job_id]
+            self._in_flight_users.pop(job_id, None)
         if not task.cancelled() and (error := task.exception()) is not None:
             # Its lease runs out and the attempt is made again.
             logger.error("callback attempt of job %d failed: %r", job_id, error, exc_info=error)
@@ -251,16 +287,18 @@ class CallbackDeliverer:
         """Make one attempt; None on a 2xx answer, else why it failed."""
         assert delivery.body is not None
         assert self._secret is not None
+        assert delivery.first_attempt_at is not None, "set by the claim"
+        delivery_of_job = delivery_id(delivery.job_id, delivery.first_attempt_at)
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"job-orchestrator/{__version__}",
-            SIGNATURE_HEADER: signature(self._secret, delivery.body),
+            **signed_headers(self._secret, delivery_of_job, delivery.url, delivery.body),
         }
         try:
             url = parse_callback_url(delivery.url)
             async with asyncio.timeout(self._timeout_s):
                 # Checked again now: the name may point elsewhere than at upload.
-                addresses = await resolve_permitted(url, self.policy)
+                addresses = await resolve_permitted(url, self.policy, self.clients)
                 return await self._post_to_any(url, addresses, delivery.body, headers)
         except CallbackURLError as error:
             return f"not sent: {error}"

@@ -40,6 +40,8 @@ class CallbackRecord:
     #: The job's status and message, where the query read them (None otherwise).
     job_status: Status | None = None
     job_message: str = ""
+    #: The job's user, where the query read it (None otherwise).
+    user_id: int | None = None
 
 
 class CallbackVerbs(abc.ABC):
@@ -57,15 +59,22 @@ class CallbackVerbs(abc.ABC):
 
     @abc.abstractmethod
     async def due_callbacks(
-        self, now: float, limit: int, exclude: Collection[int] = ()
+        self,
+        now: float,
+        limit: int,
+        exclude: Collection[int] = (),
+        exclude_users: Collection[int] = (),
     ) -> list[CallbackRecord]:
         """Pending deliveries of final jobs whose next attempt is due and not leased, oldest
-        due first, with the job's status and message; `exclude` are job ids in flight here."""
+        due first, with the job's status, message and user; `exclude` are job ids in flight
+        here, `exclude_users` users who have all the attempts in flight they may have."""
 
     @abc.abstractmethod
-    async def next_callback_at(self, exclude: Collection[int] = ()) -> float | None:
+    async def next_callback_at(
+        self, exclude: Collection[int] = (), exclude_users: Collection[int] = ()
+    ) -> float | None:
         """When the next pending delivery of a final job becomes due (a time in the past if
-        one is due now), or None when there is none."""
+        one is due now), or None when there is none (`exclude*` as in due_callbacks)."""
 
     @abc.abstractmethod
     async def claim_callback(

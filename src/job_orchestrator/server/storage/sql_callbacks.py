@@ -50,11 +50,14 @@ def _record(row: Any, *, with_job: bool = False) -> CallbackRecord:
         delivered_at=row.delivered_at,
         job_status=Status.from_db(row.status) if with_job else None,
         job_message=(row.message or "") if with_job else "",
+        user_id=row.user_id if with_job else None,
     )
 
 
-def _not_in(exclude: Collection[int]) -> sa.ColumnElement[bool]:
-    return callbacks.c.job_id.not_in(list(exclude)) if exclude else sa.true()
+def _not_in(exclude: Collection[int], users: Collection[int] = ()) -> sa.ColumnElement[bool]:
+    jobs_out = callbacks.c.job_id.not_in(list(exclude)) if exclude else sa.true()
+    users_out = jobs.c.user_id.not_in(list(users)) if users else sa.true()
+    return sa.and_(jobs_out, users_out)
 
 
 class SqlCallbackVerbs(CallbackVerbs):
@@ -69,7 +72,7 @@ class SqlCallbackVerbs(CallbackVerbs):
 
     async def callback_of(self, job_id: int) -> CallbackRecord | None:
         rows = await self._rows(
-            sa.select(callbacks, jobs.c.status, jobs.c.message)
+            sa.select(callbacks, jobs.c.status, jobs.c.message, jobs.c.user_id)
             .select_from(_DUE_JOIN)
             .where(callbacks.c.job_id == job_id)
         )
@@ -86,23 +89,34 @@ class SqlCallbackVerbs(CallbackVerbs):
         return {row.job_id: row.url for row in rows}
 
     async def due_callbacks(
-        self, now: float, limit: int, exclude: Collection[int] = ()
+        self,
+        now: float,
+        limit: int,
+        exclude: Collection[int] = (),
+        exclude_users: Collection[int] = (),
     ) -> list[CallbackRecord]:
         rows = await self._rows(
-            sa.select(callbacks, jobs.c.status, jobs.c.message)
+            sa.select(callbacks, jobs.c.status, jobs.c.message, jobs.c.user_id)
             .select_from(_DUE_JOIN)
-            .where(_PENDING_OF_FINAL, _next_attempt <= now, _leased_until <= now, _not_in(exclude))
+            .where(
+                _PENDING_OF_FINAL,
+                _next_attempt <= now,
+                _leased_until <= now,
+                _not_in(exclude, exclude_users),
+            )
             .order_by(_next_attempt, callbacks.c.job_id)
             .limit(limit)
         )
         return [_record(row, with_job=True) for row in rows]
 
-    async def next_callback_at(self, exclude: Collection[int] = ()) -> float | None:
+    async def next_callback_at(
+        self, exclude: Collection[int] = (), exclude_users: Collection[int] = ()
+    ) -> float | None:
         due_at = sa.case((_leased_until > _next_attempt, _leased_until), else_=_next_attempt)
         rows = await self._rows(
             sa.select(sa.func.min(due_at))
             .select_from(_DUE_JOIN)
-            .where(_PENDING_OF_FINAL, _not_in(exclude))
+            .where(_PENDING_OF_FINAL, _not_in(exclude, exclude_users))
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
