@@ -4,12 +4,15 @@
     ├── ConfigError            a setting in the environment is invalid (exit status 2)
     ├── StoreError             the database failed
     │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
+    ├── ClientLeftError        a job's recorded client is no longer configured: the
+    │                          server asks no client about the job any more
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
         │   └── UndeliveredError   the request cannot have reached the client (refused,
         │                          DNS failure, connect timeout): safe to send elsewhere
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
-            ├── PayloadLostError   the client answered 404 for a payload we gave it
+            ├── PayloadLostError   the client answered 404 for a payload we gave it (or
+            │                      409: the payload there belongs to another dispatch)
             └── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
 
 Multipart, archive and file-name errors live beside their code (multipart.py,
@@ -34,6 +37,10 @@ class StoreError(JobOrchestratorError):
 
 
 class StoreUnavailableError(StoreError):
+    pass
+
+
+class ClientLeftError(JobOrchestratorError):
     pass
 
 

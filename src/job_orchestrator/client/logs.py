@@ -32,6 +32,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from job_orchestrator._loops import wait_any
+from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Registry
 from job_orchestrator.client.sandbox import WRAPPER_NAME
 from job_orchestrator.http_common import id_parameter, json_response, path_id
@@ -187,6 +188,7 @@ def _state(request: Request) -> ClientState:
         400: {"description": "Bad id, offset or wait", "content": {"text/plain": {}}},
         401: {"description": "No valid bearer token (only when CLIENT_TOKEN is set)"},
         404: {"description": "No such payload, or it was cleaned"},
+        409: {"description": "The payload holds another dispatch key"},
     },
     openapi_extra={"parameters": _LOG_PARAMETERS},
 )
@@ -201,6 +203,8 @@ async def payload_log(request: Request) -> Response:
     payload = state.registry.lookup(payload_id)
     if payload is None or payload.status is Status.CLEANED:
         return json_response(EMPTY_PAYLOAD, 404)
+    if (refusal := refuse_other_dispatch(request, payload)) is not None:
+        return refusal
     logger.debug("log of payload %d asked from offset %d", payload_id, offset)
     return StreamingResponse(
         stream_log(state.registry, payload_id, payload.paths.log, offset, wait_s, state.draining),

@@ -22,6 +22,7 @@ from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -33,7 +34,7 @@ from job_orchestrator.server.collection import JobCollector, job_fields
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.nodes import Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import ServiceLimits
@@ -236,7 +237,13 @@ class Orchestrator:
         return node.upload_url if node is not None else None
 
     async def _send(self, job: JobRecord) -> None:
-        service, client = self._service(job), self.fleet.client_for(job)
+        try:
+            client = self.fleet.client_for(job)
+        except ClientLeftError as error:
+            # Its last dispatch may have reached that client: never send it to another.
+            await self.collector.fail(job, [Status.PROCESSING], f"job lost: {error}")
+            return
+        service = self._service(job)
         if service is None or client is None:
             await self.collector.fail(
                 job, [Status.PROCESSING], f"service {job.service!r} is not configured"
@@ -357,12 +364,16 @@ class Orchestrator:
     async def _finish_termination(
         self, job: JobRecord, restore: Status | None = None
     ) -> TerminateOutcome:
-        client = self.fleet.client_for(job)
+        try:
+            client = self.fleet.client_for(job)
+        except ClientLeftError as error:
+            # Nothing may be asked about it (no other client holds it): it is given up.
+            return await self._killed(job, None, f"job terminated; {error}")
         try:
             if client is None:
                 raise PermanentClientError(f"service {job.service!r} is not configured")
             if job.dest_id:
-                await client.kill(job.dest_id)
+                await client.kill(job.dest_id, key=job.dispatch_key)
         except PayloadLostError:
             pass  # nothing left to kill on the client
         except ClientCallError as error:
@@ -378,8 +389,13 @@ class Orchestrator:
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
                 return TerminateOutcome(500, restore, "could not terminate job")
+        return await self._killed(job, client)
+
+    async def _killed(
+        self, job: JobRecord, client: NodeClient | None, message: str = "job terminated"
+    ) -> TerminateOutcome:
         if await asyncio.shield(
-            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
+            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message=message)
         ):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()

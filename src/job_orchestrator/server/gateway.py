@@ -4,9 +4,10 @@ Every call has a timeout. Connection failures, timeouts and 5xx answers raise
 TransientClientError (worth retrying); of those, failures before a connection existed
 (refused, DNS, connect timeout) raise UndeliveredError, since the client cannot have seen the
 request. 4xx answers and unreadable replies raise
-PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
+PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError, as does
+our client's 409 (the payload of that id holds another dispatch key: another job's).
 Requests carry only what the original client understands plus headers it ignores
-(`Idempotency-Key`), so a Rust client can be driven unchanged.
+(`Idempotency-Key`, `X-Orchestrator-Dispatch-Key`), so a Rust client can be driven unchanged.
 
 The HTTP library is aiohttp, not httpx: httpcore's pool scans (and polls the socket of) every
 pooled connection on every request, which made it the server's largest cost with 64
@@ -56,6 +57,7 @@ from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
+    DISPATCH_KEY_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
     LOG_BYTES_HEADER,
@@ -126,6 +128,9 @@ def _started_at(response: aiohttp.ClientResponse) -> float | None:
 def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
     if response.status == 404:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
+    if response.status == 409:
+        # Never used as this job's answer: for this job, the client no longer has it.
+        raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
     # 408: our client timed the dispatch body out (UPLOAD_IDLE_TIMEOUT); 429: it is busy.
     if response.status >= 500 or response.status in (408, 429):
         raise TransientClientError(f"{what}: client answered {response.status}")
@@ -198,8 +203,12 @@ class NodeGateway:
         )
 
     @staticmethod
-    def _headers(token: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def _headers(token: str | None, key: str | None = None) -> dict[str, str]:
+        """Authorization, and on a request about a payload the job's dispatch key."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if key:
+            headers[DISPATCH_KEY_HEADER] = key
+        return headers
 
     @contextlib.asynccontextmanager
     async def _call(self, what: str) -> AsyncIterator[None]:
@@ -267,6 +276,7 @@ class NodeGateway:
         wait_s: float,
         known: Status,
         token: str | None,
+        key: str | None,
         settle_s: float = 0.0,
     ) -> RetrieveResult:
         """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
@@ -291,7 +301,7 @@ class NodeGateway:
                 # Lets the client tell a fresh request from one that sat in its socket.
                 headers={
                     CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
-                    **self._headers(token),
+                    **self._headers(token, key),
                 },
             ) as response,
         ):
@@ -329,22 +339,28 @@ class NodeGateway:
 
     @observed_call("retrieve_partial")
     async def fetch_partial(
-        self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        destination: Path,
+        *,
+        token: str | None,
+        key: str | None,
     ) -> None:
         """Store the client's partial ZIP at destination (atomically)."""
-        async with self.open_partial(node, payload_id, token=token) as answer:
+        async with self.open_partial(node, payload_id, token=token, key=key) as answer:
             await _stream_to_file(answer.chunks, destination)
 
     @contextlib.asynccontextmanager
     async def open_partial(
-        self, node: NodeConfig, payload_id: int, *, token: str | None
+        self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None
     ) -> AsyncIterator[ZipAnswer]:
         """The client's partial ZIP, streamed (for proxying); errors while it streams too."""
         what = f"partial retrieve {payload_id} from {node.partial_url}"
         async with (
             self._call(what),
             self._request(
-                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token, key)
             ) as response,
         ):
             if response.status == 413:
@@ -359,7 +375,14 @@ class NodeGateway:
 
     @contextlib.asynccontextmanager
     async def open_log(
-        self, node: NodeConfig, payload_id: int, *, offset: int, wait_s: float, token: str | None
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        *,
+        offset: int,
+        wait_s: float,
+        token: str | None,
+        key: str | None,
     ) -> AsyncIterator[LogAnswer]:
         """Our client's log of a payload from `offset`, streamed for up to `wait_s`.
 
@@ -376,7 +399,7 @@ class NodeGateway:
                 join_url(url, payload_id),
                 wait_s=wait_s,
                 params=params,
-                headers=self._headers(token),
+                headers=self._headers(token, key),
             ) as response,
         ):
             _raise_for_status(response, what)
@@ -414,14 +437,16 @@ class NodeGateway:
         )
 
     @observed_call("kill")
-    async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
+    async def kill(
+        self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None
+    ) -> None:
         what = f"kill {payload_id} at {node.terminate_url}"
         async with (
             self._call(what),
             self._request(
                 "POST",
                 join_url(node.terminate_url, payload_id),
-                headers=self._headers(token),
+                headers=self._headers(token, key),
                 # An empty POST, as httpx sent it: no Content-Type aiohttp would add.
                 skip_auto_headers=("Content-Type",),
             ) as response,

@@ -32,6 +32,7 @@ from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -41,6 +42,7 @@ from job_orchestrator.http_common import id_parameter, status_body
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import log_path, temporary_name
+from job_orchestrator.server.nodes import recorded_node
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
@@ -66,13 +68,19 @@ def parse_follow(raw: str | None) -> bool:
 
 
 def client_of(settings: ServerSettings, job: JobRecord) -> tuple[NodeConfig, str | None] | None:
-    """The client a dispatched job is on (and its token), as the dispatcher chose it."""
+    """The client a dispatched job is on (and its token), as the dispatcher chose it.
+
+    None when there is none to ask: not dispatched, or its client is no longer configured
+    (no other client is ever asked about it).
+    """
     service = settings.services.get(job.service)
-    if service is None or not service.nodes or not job.dest_id:
+    if service is None or not job.dest_id:
         return None
-    # Jobs from an upstream database (or a node removed from the config) use the first.
-    node = next((n for n in service.nodes if n.upload_url == job.node), service.nodes[0])
-    return node, service.client_token
+    try:
+        node = recorded_node(settings, job)
+    except ClientLeftError:
+        return None
+    return (node, service.client_token) if node is not None else None
 
 
 class LogKeeper:
@@ -127,6 +135,7 @@ class LogKeeper:
                         offset=offset,
                         wait_s=min(self.settings.long_poll_s, remaining),
                         token=token,
+                        key=job.dispatch_key,
                     ) as answer:
                         async for chunk in answer.chunks:
                             await asyncio.to_thread(sink.write, chunk)
@@ -208,6 +217,7 @@ async def log_chunks(
                 offset=offset,
                 wait_s=orchestrator.settings.long_poll_s if follow else 0.0,
                 token=token,
+                key=job.dispatch_key,
             ) as answer:
                 async for chunk in _until_set(draining, answer.chunks):
                     offset += len(chunk)

@@ -6,6 +6,11 @@ been down for FAILOVER_AFTER seconds, its jobs that had not started are queued a
 another node, and their payloads there are revoked: killed as soon as the node is back, before
 it gets any new work. (A payload a restarted client finds unstarted waits for the server to
 ask for it before it runs, so a revoked payload never starts.)
+
+A job is only ever spoken about with the client it was dispatched to (`recorded_node`): one
+whose client is no longer configured raises ClientLeftError instead of reaching another
+client, and every request about a payload carries the job's dispatch key, which our client
+checks (an answer about another job's payload is a PayloadLostError).
 """
 
 from __future__ import annotations
@@ -18,8 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job_orchestrator.config import NodeConfig, ServerSettings
-from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
+from job_orchestrator.errors import (
+    ClientCallError,
+    ClientLeftError,
+    PayloadLostError,
+    UndeliveredError,
+)
 from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnswer
+from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 
@@ -27,6 +38,36 @@ logger = logging.getLogger(__name__)
 
 FAILURES_BEFORE_DOWN = 2
 NOT_STARTED = (Status.SUBMITTED, Status.PREPARED)
+
+
+def client_label(node_url: str) -> str:
+    """A client as job messages name it (the one place: users may later see names, not URLs)."""
+    return f"client {base_url(node_url)}"
+
+
+def client_left_message(node_url: str) -> str:
+    return (
+        f"its {client_label(node_url)} is no longer configured for this service; "
+        "the server asks no other client about it"
+    )
+
+
+def recorded_node(settings: ServerSettings, job: JobRecord) -> NodeConfig | None:
+    """The node a job was dispatched to (or is to be); None if its service is not configured.
+
+    Only a job with no recorded node (taken over from an original's database) uses the
+    service's first node. A recorded node that is no longer configured raises
+    ClientLeftError: another client's payload of the same id belongs to another job.
+    """
+    service = settings.services.get(job.service)
+    if service is None or not service.nodes:
+        return None
+    if job.node is None:
+        return service.nodes[0]
+    node = next((node for node in service.nodes if node.upload_url == job.node), None)
+    if node is None:
+        raise ClientLeftError(client_left_message(job.node))
+    return node
 
 
 @dataclass(slots=True)
@@ -65,6 +106,7 @@ class NodeClient:
         payload_id: int,
         destination: Path,
         *,
+        key: str | None,
         wait_s: float,
         known: Status,
         settle_s: float = 0.0,
@@ -73,20 +115,25 @@ class NodeClient:
             self.node,
             payload_id,
             destination,
+            key=key,
             wait_s=wait_s,
             known=known,
             token=self.token,
             settle_s=settle_s,
         )
 
-    async def fetch_partial(self, payload_id: int, destination: Path) -> None:
-        await self.gateway.fetch_partial(self.node, payload_id, destination, token=self.token)
+    async def fetch_partial(self, payload_id: int, destination: Path, *, key: str | None) -> None:
+        await self.gateway.fetch_partial(
+            self.node, payload_id, destination, key=key, token=self.token
+        )
 
-    def open_partial(self, payload_id: int) -> AbstractAsyncContextManager[ZipAnswer]:
-        return self.gateway.open_partial(self.node, payload_id, token=self.token)
+    def open_partial(
+        self, payload_id: int, *, key: str | None
+    ) -> AbstractAsyncContextManager[ZipAnswer]:
+        return self.gateway.open_partial(self.node, payload_id, key=key, token=self.token)
 
-    async def kill(self, payload_id: int) -> None:
-        await self.gateway.kill(self.node, payload_id, token=self.token)
+    async def kill(self, payload_id: int, *, key: str | None) -> None:
+        await self.gateway.kill(self.node, payload_id, key=key, token=self.token)
 
 
 class Fleet:
@@ -111,18 +158,13 @@ class Fleet:
         #: When the server last sent a request about each collected job (time.time()).
         self.asked_at: dict[int, float] = {}
 
-    def client_for(self, job: JobRecord, node_url: str | None = None) -> NodeClient | None:
+    def client_for(self, job: JobRecord) -> NodeClient | None:
         """The client a job is (or is to be) on; None if its service is not configured.
 
-        Jobs from an upstream database (or on a node removed from the config) use the
-        service's first node.
+        Raises ClientLeftError when the job's recorded client is no longer configured.
         """
-        service = self.settings.services.get(job.service)
-        if service is None or not service.nodes:
-            return None
-        url = node_url or job.node
-        client = self._clients.get((service.name, url)) if url else None
-        return client or self._clients[(service.name, service.nodes[0].upload_url)]
+        node = recorded_node(self.settings, job)
+        return self._clients[(job.service, node.upload_url)] if node is not None else None
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
@@ -199,7 +241,10 @@ class Fleet:
         """Kill payloads revoked from this node; True once none is left."""
         for payload_id, job_id in await self.store.revocations(node.upload_url):
             try:
-                await self.gateway.kill(node, payload_id, token=self._tokens[node.upload_url])
+                # The key was not kept with the revocation: only the node's URL says whose.
+                await self.gateway.kill(
+                    node, payload_id, key=None, token=self._tokens[node.upload_url]
+                )
             except PayloadLostError:
                 pass
             except ClientCallError as error:
