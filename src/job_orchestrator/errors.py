@@ -13,7 +13,8 @@
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
             ├── PayloadLostError   the client answered 404 for a payload we gave it (or
             │                      409: the payload there belongs to another dispatch)
-            └── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
+            ├── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
+            └── ClientUnauthorizedError   the client refused the server's token (401)
 
 Multipart, archive and file-name errors live beside their code (multipart.py,
 archive.py, filenames.py) because they carry user-facing messages of their own.
@@ -66,3 +67,10 @@ class PayloadLostError(PermanentClientError):
 
 class PartialTooLargeError(PermanentClientError):
     pass
+
+
+class ClientUnauthorizedError(PermanentClientError):
+    """The client answered 401: CLIENT_TOKEN differs between it and the server."""
+
+    #: What a job (and /status) says of it: the one wording.
+    MESSAGE = "client refused the server's token (check CLIENT_TOKEN)"

@@ -24,6 +24,7 @@ from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
+    ClientUnauthorizedError,
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
@@ -106,14 +107,20 @@ class JobCollector:
                     known=known,
                     settle_s=self._settings.status_settle_s,
                 )
-            except TransientClientError as error:
-                self._fleet.report_failure(client.url, reason=str(error))
+            except (TransientClientError, ClientUnauthorizedError) as error:
+                if isinstance(error, ClientUnauthorizedError):
+                    # Retried like a lost contact: it recovers once the tokens agree.
+                    self._fleet.report_unauthorized(client.url)
+                    reason = ClientUnauthorizedError.MESSAGE
+                else:
+                    self._fleet.report_failure(client.url, reason=str(error))
+                    reason = f"lost contact with the client: {error}"
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self._settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
                     await self._fleet.revoke(client.url, job.dest_id, job.id)
-                    await self.fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
+                    await self.fail(job, list(ON_CLIENT), reason)
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
                 while (

@@ -23,6 +23,7 @@ from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
+    ClientUnauthorizedError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -264,6 +265,12 @@ class Orchestrator:
             self.fleet.report_failure(client.url, reason=str(error))
             await self._retry_dispatch(job, str(error))
             return
+        except ClientUnauthorizedError:
+            # Refused before the body was read: no payload there. The job waits, saying why,
+            # for this client to accept the token or for another (none is sent to it so).
+            self.fleet.report_unauthorized(client.url)
+            await self._requeue_refused(job)
+            return
         except ClientCallError as error:
             await self.collector.fail(
                 job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
@@ -286,6 +293,16 @@ class Orchestrator:
         fresh = await self.store.transition_returning(job.id, [Status.LOCKED], dest_id=dest_id)
         if fresh is not None:
             await self._finish_termination(fresh)
+
+    async def _requeue_refused(self, job: JobRecord) -> None:
+        refused = ClientUnauthorizedError.MESSAGE
+        if not await self.store.transition(
+            job.id, [Status.PROCESSING], Status.QUEUED, node=None, message=refused
+        ) and await self.store.transition(  # terminated meanwhile, never sent
+            job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
+        ):
+            self.metrics.job_finished(job, Status.KILLED)
+        self.wake_dispatch()
 
     async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
         """Queue the job again: after a backoff, or, unpinned, at once for another node."""

@@ -37,6 +37,7 @@ import aiohttp
 from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
+    ClientUnauthorizedError,
     PartialTooLargeError,
     PayloadLostError,
     PermanentClientError,
@@ -97,6 +98,8 @@ class ZipAnswer:
 class NodeReport:
     max_concurrent: int | None
     load_percent: float | None
+    #: /load (which needs the token, unlike our client's /health) answered 401.
+    token_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,8 @@ def _started_at(response: aiohttp.ClientResponse) -> float | None:
 def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
     if response.status == 404:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
+    if response.status == 401:
+        raise ClientUnauthorizedError(f"{what}: {ClientUnauthorizedError.MESSAGE}")
     if response.status == 409:
         # Never used as this job's answer: for this job, the client no longer has it.
         raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
@@ -423,17 +428,22 @@ class NodeGateway:
             raise TransientClientError(f"health check of {base}: answered {health.status}")
         if health.status != 200:
             # It answers HTTP, so it is up; its /health just is not where we derived it
-            # (a URL behind a path prefix, say). Nothing more to learn from it.
-            return NodeReport(max_concurrent=None, load_percent=None)
+            # (a URL behind a path prefix, say). Nothing more to learn from it, but a 401.
+            return NodeReport(None, None, token_refused=health.status == 401)
         capacity = health.headers.get(CAPACITY_HEADER, "")
         load: float | None = None
+        refused = False
+        # Our client's /health needs no token, its /load does: a cheap probe of the token,
+        # so a mismatch shows before a job is sent.
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
             async with self._request("GET", f"{base}/load", headers=self._headers(token)) as answer:
+                refused = answer.status == 401
                 if answer.status == 200:
                     load = float(json.loads(await answer.read()))
         return NodeReport(
             max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
             load_percent=load,
+            token_refused=refused,
         )
 
     @observed_call("kill")

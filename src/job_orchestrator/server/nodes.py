@@ -26,6 +26,7 @@ from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
+    ClientUnauthorizedError,
     PayloadLostError,
     UndeliveredError,
 )
@@ -78,6 +79,8 @@ class NodeState:
     max_concurrent: int | None = None
     load_percent: float | None = None
     revocations_pending: bool = True
+    #: It refuses the server's token (401): it gets no work until a check finds it accepted.
+    unauthorized: bool = False
     #: Why the latest failed check or call failed (kept after it recovers, for /status).
     last_error: str | None = None
     last_error_at: float | None = None
@@ -168,7 +171,14 @@ class Fleet:
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
-        return state.healthy and not state.revocations_pending
+        return state.healthy and not state.unauthorized and not state.revocations_pending
+
+    def condition(self, node_url: str) -> str:
+        """`up`, `down` or `unauthorized`, as /status and /metrics show a client."""
+        state = self.state[node_url]
+        if not state.healthy:
+            return "down"
+        return "unauthorized" if state.unauthorized else "up"
 
     def is_down(self, node_url: str) -> bool:
         state = self.state.get(node_url)
@@ -190,8 +200,9 @@ class Fleet:
         candidates = [node for node in nodes if self.usable(node)]
         if not candidates:
             # None answers: try them anyway, so the dispatch fails, backs off and
-            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever.
-            candidates = list(nodes)
+            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever. Never one
+            # that refuses the token: it would refuse the job (the job waits, with the reason).
+            candidates = [n for n in nodes if not self.state[n.upload_url].unauthorized]
         return min(candidates, key=rank) if candidates else None
 
     def report_failure(
@@ -205,6 +216,23 @@ class Fleet:
         state = self.state.get(node_url)
         if state is not None:
             self._failed(node_url, state, reason, definite=definite)
+
+    def report_unauthorized(self, node_url: str) -> None:
+        """The node answered 401: no work for it until a check finds the token accepted."""
+        state = self.state.get(node_url)
+        if state is not None:
+            self._refused(node_url, state)
+
+    def _refused(self, url: str, state: NodeState) -> None:
+        state.last_error, state.last_error_at = ClientUnauthorizedError.MESSAGE, time.time()
+        if not state.unauthorized:
+            state.unauthorized = True
+            # Once per change, not per check or request.
+            logger.warning(
+                "client %s refuses the server's token (check CLIENT_TOKEN on both); "
+                "no jobs are sent to it until it accepts the token",
+                url,
+            )
 
     def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
@@ -232,6 +260,12 @@ class Fleet:
                 logger.info("client %s answers again", url)
             state.healthy, state.failures, state.down_since = True, 0, None
             state.max_concurrent, state.load_percent = report.max_concurrent, report.load_percent
+            if report.token_refused:
+                self._refused(url, state)
+                continue
+            if state.unauthorized:
+                state.unauthorized = False
+                logger.info("client %s accepts the server's token again", url)
             if state.revocations_pending:
                 state.revocations_pending = not await self._flush_revocations(node)
             woke = woke or (self.usable(node) and not was_usable)
