@@ -4,6 +4,7 @@
     ├── ConfigError            a setting in the environment is invalid (exit status 2)
     ├── StoreError             the database failed
     │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
+    ├── LogOffsetError         a log was asked for from past its end (416)
     ├── ClientLeftError        a job's recorded client is no longer configured: the
     │                          server asks no client about the job any more
     └── ClientCallError        a server -> client HTTP call failed
@@ -39,6 +40,14 @@ class StoreError(JobOrchestratorError):
 
 class StoreUnavailableError(StoreError):
     pass
+
+
+class LogOffsetError(JobOrchestratorError):
+    """`?offset=` past the end of a log: answered 416 with `Content-Range: bytes */<size>`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the offset is past the end of the log ({size} bytes)")
+        self.size = size
 
 
 class ClientLeftError(JobOrchestratorError):

@@ -38,6 +38,7 @@ from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
     ClientUnauthorizedError,
+    LogOffsetError,
     PartialTooLargeError,
     PayloadLostError,
     PermanentClientError,
@@ -141,6 +142,12 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
         raise TransientClientError(f"{what}: client answered {response.status}")
     if not 200 <= response.status < 300:
         raise PermanentClientError(f"{what}: client answered {response.status}")
+
+
+def _range_size(response: aiohttp.ClientResponse) -> int:
+    """The length a 416 gives in `Content-Range: bytes */N` (0 when absent)."""
+    found = re.fullmatch(r"bytes \*/([0-9]{1,19})", response.headers.get("Content-Range", ""))
+    return int(found.group(1)) if found else 0
 
 
 def _is_zip(response: aiohttp.ClientResponse) -> bool:
@@ -393,6 +400,7 @@ class NodeGateway:
 
         The original client has no /logs route: it answers 404, raised as PayloadLostError
         like an unknown payload. Errors while the body streams are classified the same way.
+        An offset past the end of the log (our client's 416) raises LogOffsetError.
         """
         url = node_logs_url(node)
         what = f"log of {payload_id} from {url}"
@@ -407,6 +415,8 @@ class NodeGateway:
                 headers=self._headers(token, key),
             ) as response,
         ):
+            if response.status == 416:
+                raise LogOffsetError(_range_size(response))
             _raise_for_status(response, what)
             try:
                 status = Status.from_wire(response.headers.get(LOG_STATUS_HEADER, ""))
