@@ -136,3 +136,37 @@ def test_a_client_now_at_the_job_clients_address_is_never_taken_for_it(tmp_path:
         assert processes_running(cl, "sleep 301"), "B's payload was killed"
     finally:
         cl.shutdown()
+
+
+def test_a_revoked_payload_is_killed_only_if_it_is_still_the_jobs(tmp_path: Path) -> None:
+    """The server gave J up (its client unreachable): the kill it owes A spares B's payload."""
+    cl = Cluster(tmp_path)
+    try:
+        client_a = cl.add_client()
+        cl.start_server({"RETRY_DEADLINE": "2", "NODE_CHECK_INTERVAL": "0.3"})
+        job_id = cl.api.submit(JOB_SCRIPT)
+        cl.api.wait_for(job_id, "Running")
+        assert client_a.stop() == 0
+        body = cl.api.wait_for(job_id, *FINAL, timeout_s=60)
+        assert body["message"].startswith("lost contact with the client"), body
+        assert cl.server is not None
+        assert cl.server.stop() == 0  # the kill of A's payload 1 is still owed (revoked)
+        client_b = cl.add_client(start=False)
+        client_b.port = client_a.port
+        client_b.env["PORT"] = str(client_a.port)
+        client_b.start()
+        assert submit_directly(client_b, OTHER_SCRIPT) == 1
+        wait_until(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
+        cl.server.start()
+
+        wait_until(
+            lambda: (
+                "payload 1: it was dispatched with another key" in client_b.log()
+                or payload_status(client_b, 1) != "Running"
+            ),
+            "the owed kill to reach B",
+        )
+        assert payload_status(client_b, 1) == "Running"
+        assert processes_running(cl, "sleep 301"), "B's payload was killed"
+    finally:
+        cl.shutdown()

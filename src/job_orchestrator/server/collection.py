@@ -119,7 +119,7 @@ class JobCollector:
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self._settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
-                    await self._fleet.revoke(client.url, job.dest_id, job.id)
+                    await self._fleet.revoke(client.url, job)
                     await self.fail(job, list(ON_CLIENT), reason)
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))

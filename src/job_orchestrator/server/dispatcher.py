@@ -398,7 +398,7 @@ class Orchestrator:
             if restore is None and client is not None and job.dest_id:
                 # Nobody waits for an answer (a restart resumed this): kill it when the
                 # client answers again, and report the job Killed now.
-                await self.fleet.revoke(client.url, job.dest_id, job.id)
+                await self.fleet.revoke(client.url, job)
             elif restore is not None and await self.store.transition(
                 job.id, [Status.LOCKED], restore
             ):

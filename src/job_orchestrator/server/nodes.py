@@ -273,11 +273,10 @@ class Fleet:
 
     async def _flush_revocations(self, node: NodeConfig) -> bool:
         """Kill payloads revoked from this node; True once none is left."""
-        for payload_id, job_id in await self.store.revocations(node.upload_url):
+        for payload_id, job_id, key in await self.store.revocations(node.upload_url):
             try:
-                # The key was not kept with the revocation: only the node's URL says whose.
                 await self.gateway.kill(
-                    node, payload_id, key=None, token=self._tokens[node.upload_url]
+                    node, payload_id, key=key, token=self._tokens[node.upload_url]
                 )
             except PayloadLostError:
                 pass
@@ -289,9 +288,9 @@ class Fleet:
             await self.store.forget_revocation(node.upload_url, payload_id)
         return True
 
-    async def revoke(self, node_url: str, payload_id: int, job_id: int) -> None:
-        """Kill this payload when its node answers again (the server gave the job up)."""
-        await self.store.add_revocation(node_url, payload_id, job_id)
+    async def revoke(self, node_url: str, job: JobRecord) -> None:
+        """Kill the job's payload when its node answers again (the server gave the job up)."""
+        await self.store.add_revocation(node_url, job.dest_id, job.id, job.dispatch_key)
         state = self.state.get(node_url)
         if state is not None:
             state.revocations_pending = True
