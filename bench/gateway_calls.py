@@ -40,7 +40,7 @@ async def _measure(
         sink = root / "unused.zip"
         for _ in range(100):  # until it runs (a retrieve is the lease it starts on)
             answer = await gateway.retrieve(
-                node, payload, sink, wait_s=0, known=Status.UNKNOWN, token=None
+                node, payload, sink, wait_s=0, known=Status.UNKNOWN, token=None, key="bench"
             )
             if answer.status is Status.RUNNING:
                 break
@@ -49,7 +49,7 @@ async def _measure(
         async def hold() -> None:
             while True:
                 await gateway.retrieve(
-                    node, payload, sink, wait_s=60, known=Status.RUNNING, token=None
+                    node, payload, sink, wait_s=60, known=Status.RUNNING, token=None, key="bench"
                 )
 
         holders = [asyncio.create_task(hold()) for _ in range(held)]
@@ -61,7 +61,7 @@ async def _measure(
             while remaining > 0:
                 remaining -= 1
                 await gateway.retrieve(
-                    node, payload, sink, wait_s=0, known=Status.RUNNING, token=None
+                    node, payload, sink, wait_s=0, known=Status.RUNNING, token=None, key="bench"
                 )
 
         for round_number in range(rounds):
@@ -81,7 +81,7 @@ async def _measure(
         for task in holders:
             task.cancel()
         await asyncio.gather(*holders, return_exceptions=True)
-        await gateway.kill(node, payload, token=None)
+        await gateway.kill(node, payload, token=None, key="bench")
     finally:
         await gateway.close()
 

@@ -4,13 +4,18 @@
     ├── ConfigError            a setting in the environment is invalid (exit status 2)
     ├── StoreError             the database failed
     │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
+    ├── LogOffsetError         a log was asked for from past its end (416)
+    ├── ClientLeftError        a job's recorded client is no longer configured: the
+    │                          server asks no client about the job any more
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
         │   └── UndeliveredError   the request cannot have reached the client (refused,
         │                          DNS failure, connect timeout): safe to send elsewhere
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
-            ├── PayloadLostError   the client answered 404 for a payload we gave it
-            └── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
+            ├── PayloadLostError   the client answered 404 for a payload we gave it (or
+            │                      409: the payload there belongs to another dispatch)
+            ├── PartialTooLargeError   the files exceed the client's RESULT_MAX_MB (413)
+            └── ClientUnauthorizedError   the client refused the server's token (401)
 
 Multipart, archive and file-name errors live beside their code (multipart.py,
 archive.py, filenames.py) because they carry user-facing messages of their own.
@@ -37,6 +42,18 @@ class StoreUnavailableError(StoreError):
     pass
 
 
+class LogOffsetError(JobOrchestratorError):
+    """`?offset=` past the end of a log: answered 416 with `Content-Range: bytes */<size>`."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the offset is past the end of the log ({size} bytes)")
+        self.size = size
+
+
+class ClientLeftError(JobOrchestratorError):
+    pass
+
+
 class ClientCallError(JobOrchestratorError):
     pass
 
@@ -59,3 +76,10 @@ class PayloadLostError(PermanentClientError):
 
 class PartialTooLargeError(PermanentClientError):
     pass
+
+
+class ClientUnauthorizedError(PermanentClientError):
+    """The client answered 401: CLIENT_TOKEN differs between it and the server."""
+
+    #: What a job (and /status) says of it: the one wording.
+    MESSAGE = "client refused the server's token (check CLIENT_TOKEN)"

@@ -14,6 +14,10 @@ MESSAGE_HEADER = "X-Orchestrator-Message"
 LONG_POLL_HEADER = "X-Orchestrator-Long-Poll"
 #: Sent with every dispatch; a client that already has that payload returns it.
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+#: The job's dispatch key (the Idempotency-Key it was dispatched with), on every later request
+#: about its payload: our client answers 409 when the payload holds another key, so an answer
+#: about another job's payload is never taken for this job's (the original ignores it).
+DISPATCH_KEY_HEADER = "X-Orchestrator-Dispatch-Key"
 #: The service's wall-time limit, sent with a dispatch.
 TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 #: A client's MAX_CONCURRENT, on its /health answers.

@@ -134,7 +134,7 @@ async def retrieve(
     gateway: NodeGateway, node: NodeConfig, tmp_path: Path, wait_s: float = 0
 ) -> RetrieveResult:
     return await gateway.retrieve(
-        node, 5, tmp_path / "result.zip", wait_s=wait_s, known=Status.RUNNING, token=None
+        node, 5, tmp_path / "result.zip", wait_s=wait_s, known=Status.RUNNING, token=None, key=None
     )
 
 
@@ -252,7 +252,7 @@ async def test_a_post_closed_without_an_answer_is_not_sent_again(
             await gateway.submit(node, tmp_path, dispatch_key="k", token=None)
         assert not isinstance(raised.value, UndeliveredError)
         with pytest.raises(TransientClientError):
-            await gateway.kill(node, 5, token=None)
+            await gateway.kill(node, 5, token=None, key=None)
     assert [request.line.split()[1] for request in peer.requests] == ["/submit", "/kill/5"]
 
 
@@ -264,15 +264,15 @@ async def test_nothing_listening_is_undelivered(gateway: NodeGateway, tmp_path: 
     calls: list[Callable[[], Awaitable[object]]] = [
         lambda: gateway.submit(node, tmp_path / "files", dispatch_key="k", token=None),
         lambda: retrieve(gateway, node, tmp_path),
-        lambda: gateway.kill(node, 5, token=None),
+        lambda: gateway.kill(node, 5, token=None, key=None),
         lambda: gateway.check(node, token=None),
-        lambda: gateway.fetch_partial(node, 5, tmp_path / "partial.zip", token=None),
+        lambda: gateway.fetch_partial(node, 5, tmp_path / "partial.zip", token=None, key=None),
     ]
     for call in calls:
         with pytest.raises(UndeliveredError):
             await call()
     with pytest.raises(UndeliveredError):
-        async with gateway.open_log(node, 5, offset=0, wait_s=0, token=None):
+        async with gateway.open_log(node, 5, offset=0, wait_s=0, token=None, key=None):
             pass
 
 
@@ -312,16 +312,16 @@ async def test_partial_answers(gateway: NodeGateway, tmp_path: Path) -> None:
     too_large = reply(413, b"{}", X_Orchestrator_Message="files%20exceed%2010%20MB")
     async with serving(Peer(always(too_large))) as node:
         with pytest.raises(PartialTooLargeError, match=r"^files exceed 10 MB$"):
-            await gateway.fetch_partial(node, 5, destination, token=None)
+            await gateway.fetch_partial(node, 5, destination, token=None, key=None)
     not_zip = reply(200, RUNNING, **JSON)
     async with serving(Peer(always(not_zip))) as node:
         with pytest.raises(PermanentClientError, match="did not send a ZIP"):
-            await gateway.fetch_partial(node, 5, destination, token=None)
+            await gateway.fetch_partial(node, 5, destination, token=None, key=None)
     zipped = os.urandom(2 * 1024 * 1024)
     whole = reply(200, zipped, Content_Type="application/zip", X_Orchestrator_Message="a%20b")
     async with (
         serving(Peer(always(whole))) as node,
-        gateway.open_partial(node, 5, token=None) as answer,
+        gateway.open_partial(node, 5, token=None, key=None) as answer,
     ):
         assert answer.message_header == "a%20b"  # relayed as sent
         assert b"".join([chunk async for chunk in answer.chunks]) == zipped
@@ -329,7 +329,7 @@ async def test_partial_answers(gateway: NodeGateway, tmp_path: Path) -> None:
     peer = Peer(always(whole[: len(whole) - 1000]), close_after=True)
     async with serving(peer) as node:
         with pytest.raises(TransientClientError):
-            await gateway.fetch_partial(node, 5, destination, token=None)
+            await gateway.fetch_partial(node, 5, destination, token=None, key=None)
     assert os.listdir(tmp_path) == []
 
 
@@ -350,12 +350,12 @@ async def test_log_kill_and_check(gateway: NodeGateway) -> None:
 
     peer = Peer(client)
     async with serving(peer) as node:
-        async with gateway.open_log(node, 5, offset=10, wait_s=25, token=None) as answer:
+        async with gateway.open_log(node, 5, offset=10, wait_s=25, token=None, key=None) as answer:
             assert b"".join([chunk async for chunk in answer.chunks]) == b"line 1\nline 2\n"
         assert answer.final
-        await gateway.kill(node, 5, token=None)
+        await gateway.kill(node, 5, token=None, key=None)
         with pytest.raises(PayloadLostError):
-            await gateway.kill(node, 6, token=None)
+            await gateway.kill(node, 6, token=None, key=None)
         report = await gateway.check(node, token=None)
     assert (report.max_concurrent, report.load_percent) == (4, 42.5)
     logs, kill = peer.requests[0], peer.requests[1]

@@ -26,6 +26,7 @@ from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
 from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
+from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
@@ -199,6 +200,10 @@ _BY_ID: dict[int | str, dict[str, Any]] = {
     **_GUARDED,
     400: {"description": "The id is not a u32", "content": {"text/plain": {}}},
     404: {"description": "No such payload", "content": _PAYLOAD},
+    409: {
+        "description": "The payload holds another dispatch key than X-Orchestrator-Dispatch-Key",
+        "content": _PAYLOAD,
+    },
     500: {"description": "The payload's files could not be read", "content": _PAYLOAD},
 }
 
@@ -395,6 +400,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
+        if (refusal := refuse_other_dispatch(request, payload)) is not None:
+            return refusal
         wait = min(_seconds(request.query_params.get("wait")), MAX_LONG_POLL_S)
         known = _status_wire(request.query_params.get("known"))
         settle = min(_seconds(request.query_params.get("settle")), MAX_LONG_POLL_S)
@@ -443,6 +450,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
+        if (refusal := refuse_other_dispatch(request, payload)) is not None:
+            return refusal
         if payload.status is Status.COMPLETED:
             with contextlib.suppress(OSError):  # gone: a partial copy of what is left
                 return zip_response(payload.paths.result, headers=_message(payload))
@@ -486,6 +495,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
+        if (refusal := refuse_other_dispatch(request, payload)) is not None:
+            return refusal
         state.runner.kill(payload)
         return Response(status_code=200)
 

@@ -13,7 +13,9 @@ what is appended, ending early once the payload is final and everything is sent.
 checked for new bytes every CHECK_INTERVAL_S (no inotify: an fstat of a descriptor that stays
 open, cheap enough) and at once when the payload's status changes.
 `X-Orchestrator-Status` carries the payload's status as it was before the first byte was
-read: a final one means the answer holds the whole rest of the log.
+read: a final one means the answer holds the whole rest of the log. An offset past the log's
+current end (also of a running payload's: a resume never asks for more than was sent) is
+answered 416 with `Content-Range: bytes */<size>`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from job_orchestrator._loops import wait_any
+from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Registry
 from job_orchestrator.client.sandbox import WRAPPER_NAME
 from job_orchestrator.http_common import id_parameter, json_response, path_id
@@ -122,6 +125,13 @@ def _open_at(log: Path, offset: int) -> io.FileIO | None:
     return source
 
 
+def _log_size(log: Path) -> int:
+    try:
+        return log.stat().st_size
+    except OSError:
+        return 0  # not started yet (nothing to read either way)
+
+
 def _read_to_end(source: io.FileIO) -> list[bytes]:
     """What the file holds past the position now (up to _ROUND_BYTES), in chunks."""
     end = min(os.fstat(source.fileno()).st_size, source.tell() + _ROUND_BYTES)
@@ -187,6 +197,8 @@ def _state(request: Request) -> ClientState:
         400: {"description": "Bad id, offset or wait", "content": {"text/plain": {}}},
         401: {"description": "No valid bearer token (only when CLIENT_TOKEN is set)"},
         404: {"description": "No such payload, or it was cleaned"},
+        416: {"description": "The offset is past the end of the log (`Content-Range: bytes */N`)"},
+        409: {"description": "The payload holds another dispatch key"},
     },
     openapi_extra={"parameters": _LOG_PARAMETERS},
 )
@@ -201,6 +213,10 @@ async def payload_log(request: Request) -> Response:
     payload = state.registry.lookup(payload_id)
     if payload is None or payload.status is Status.CLEANED:
         return json_response(EMPTY_PAYLOAD, 404)
+    if (refusal := refuse_other_dispatch(request, payload)) is not None:
+        return refusal
+    if offset > 0 and offset > (size := await asyncio.to_thread(_log_size, payload.paths.log)):
+        return json_response(EMPTY_PAYLOAD, 416, headers={"Content-Range": f"bytes */{size}"})
     logger.debug("log of payload %d asked from offset %d", payload_id, offset)
     return StreamingResponse(
         stream_log(state.registry, payload_id, payload.paths.log, offset, wait_s, state.draining),

@@ -24,6 +24,7 @@ from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
     PartialTooLargeError,
     PayloadLostError,
     StoreError,
@@ -448,12 +449,17 @@ async def download_partial(request: Request) -> Response:
                 return FileResponse(kept, media_type="application/zip")
     if job.dest_id == 0:
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)
-    client = engine(request).fleet.client_for(job)
+    try:
+        client = engine(request).fleet.client_for(job)
+    except ClientLeftError as error:
+        return status_body(job.id, Status.UNKNOWN, f"Job payload not reachable: {error}", 404)
     if client is None:
         return status_body(job.id, Status.UNKNOWN, "Invalid service configuration", 400)
     stack = contextlib.AsyncExitStack()
     try:
-        upstream = await stack.enter_async_context(client.open_partial(job.dest_id))
+        upstream = await stack.enter_async_context(
+            client.open_partial(job.dest_id, key=job.dispatch_key)
+        )
     except PayloadLostError:
         await stack.aclose()
         return status_body(job.id, Status.UNKNOWN, "Job payload not found on client", 404)

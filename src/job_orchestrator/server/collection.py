@@ -23,6 +23,8 @@ from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
+    ClientUnauthorizedError,
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
@@ -69,7 +71,14 @@ class JobCollector:
             self._fleet.asked_at.pop(job.id, None)
 
     async def _follow(self, job: JobRecord) -> None:
-        service, client = self._settings.services.get(job.service), self._fleet.client_for(job)
+        try:
+            client = self._fleet.client_for(job)
+        except ClientLeftError as error:
+            # At once: only a restart with another configuration brings it back, and in the
+            # meantime the job would hold its user's slot (README, Failure semantics).
+            await self.fail(job, list(ON_CLIENT), f"job lost: {error}")
+            return
+        service = self._settings.services.get(job.service)
         if service is None or client is None:
             await self.fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
             return
@@ -93,18 +102,25 @@ class JobCollector:
                 result = await client.retrieve(
                     job.dest_id,
                     loc / RESULT_NAME,
+                    key=job.dispatch_key,
                     wait_s=wait_s,
                     known=known,
                     settle_s=self._settings.status_settle_s,
                 )
-            except TransientClientError as error:
-                self._fleet.report_failure(client.url, reason=str(error))
+            except (TransientClientError, ClientUnauthorizedError) as error:
+                if isinstance(error, ClientUnauthorizedError):
+                    # Retried like a lost contact: it recovers once the tokens agree.
+                    self._fleet.report_unauthorized(client.url)
+                    reason = ClientUnauthorizedError.MESSAGE
+                else:
+                    self._fleet.report_failure(client.url, reason=str(error))
+                    reason = f"lost contact with the client: {error}"
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self._settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
-                    await self._fleet.revoke(client.url, job.dest_id, job.id)
-                    await self.fail(job, list(ON_CLIENT), f"lost contact with the client: {error}")
+                    await self._fleet.revoke(client.url, job)
+                    await self.fail(job, list(ON_CLIENT), reason)
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
                 while (
@@ -163,7 +179,7 @@ class JobCollector:
         self, job: JobRecord, client: NodeClient, service: ServiceConfig
     ) -> None:
         try:
-            await client.kill(job.dest_id)
+            await client.kill(job.dest_id, key=job.dispatch_key)
         except ClientCallError as error:
             logger.warning("could not kill job %d past its time limit: %s", job.id, error)
         await self.keep_partial(job, client)
@@ -193,7 +209,7 @@ class JobCollector:
     async def keep_partial(self, job: JobRecord, client: NodeClient) -> None:
         """Copy a failed job's files to the server so /download_partial outlives the client."""
         try:
-            await client.fetch_partial(job.dest_id, partial_path(job.loc))
+            await client.fetch_partial(job.dest_id, partial_path(job.loc), key=job.dispatch_key)
         except (ClientCallError, OSError) as error:
             logger.warning("could not keep the files of job %d: %s", job.id, error)
 

@@ -22,6 +22,8 @@ from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
+    ClientUnauthorizedError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -33,7 +35,7 @@ from job_orchestrator.server.collection import JobCollector, job_fields
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.nodes import Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import ServiceLimits
@@ -236,7 +238,13 @@ class Orchestrator:
         return node.upload_url if node is not None else None
 
     async def _send(self, job: JobRecord) -> None:
-        service, client = self._service(job), self.fleet.client_for(job)
+        try:
+            client = self.fleet.client_for(job)
+        except ClientLeftError as error:
+            # Its last dispatch may have reached that client: never send it to another.
+            await self.collector.fail(job, [Status.PROCESSING], f"job lost: {error}")
+            return
+        service = self._service(job)
         if service is None or client is None:
             await self.collector.fail(
                 job, [Status.PROCESSING], f"service {job.service!r} is not configured"
@@ -256,6 +264,12 @@ class Orchestrator:
         except TransientClientError as error:
             self.fleet.report_failure(client.url, reason=str(error))
             await self._retry_dispatch(job, str(error))
+            return
+        except ClientUnauthorizedError:
+            # Refused before the body was read: no payload there. The job waits, saying why,
+            # for this client to accept the token or for another (none is sent to it so).
+            self.fleet.report_unauthorized(client.url)
+            await self._requeue_refused(job)
             return
         except ClientCallError as error:
             await self.collector.fail(
@@ -279,6 +293,16 @@ class Orchestrator:
         fresh = await self.store.transition_returning(job.id, [Status.LOCKED], dest_id=dest_id)
         if fresh is not None:
             await self._finish_termination(fresh)
+
+    async def _requeue_refused(self, job: JobRecord) -> None:
+        refused = ClientUnauthorizedError.MESSAGE
+        if not await self.store.transition(
+            job.id, [Status.PROCESSING], Status.QUEUED, node=None, message=refused
+        ) and await self.store.transition(  # terminated meanwhile, never sent
+            job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
+        ):
+            self.metrics.job_finished(job, Status.KILLED)
+        self.wake_dispatch()
 
     async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
         """Queue the job again: after a backoff, or, unpinned, at once for another node."""
@@ -357,12 +381,16 @@ class Orchestrator:
     async def _finish_termination(
         self, job: JobRecord, restore: Status | None = None
     ) -> TerminateOutcome:
-        client = self.fleet.client_for(job)
+        try:
+            client = self.fleet.client_for(job)
+        except ClientLeftError as error:
+            # Nothing may be asked about it (no other client holds it): it is given up.
+            return await self._killed(job, None, f"job terminated; {error}")
         try:
             if client is None:
                 raise PermanentClientError(f"service {job.service!r} is not configured")
             if job.dest_id:
-                await client.kill(job.dest_id)
+                await client.kill(job.dest_id, key=job.dispatch_key)
         except PayloadLostError:
             pass  # nothing left to kill on the client
         except ClientCallError as error:
@@ -370,7 +398,7 @@ class Orchestrator:
             if restore is None and client is not None and job.dest_id:
                 # Nobody waits for an answer (a restart resumed this): kill it when the
                 # client answers again, and report the job Killed now.
-                await self.fleet.revoke(client.url, job.dest_id, job.id)
+                await self.fleet.revoke(client.url, job)
             elif restore is not None and await self.store.transition(
                 job.id, [Status.LOCKED], restore
             ):
@@ -378,8 +406,13 @@ class Orchestrator:
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
                 return TerminateOutcome(500, restore, "could not terminate job")
+        return await self._killed(job, client)
+
+    async def _killed(
+        self, job: JobRecord, client: NodeClient | None, message: str = "job terminated"
+    ) -> TerminateOutcome:
         if await asyncio.shield(
-            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")
+            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message=message)
         ):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()

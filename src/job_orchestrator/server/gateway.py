@@ -4,9 +4,10 @@ Every call has a timeout. Connection failures, timeouts and 5xx answers raise
 TransientClientError (worth retrying); of those, failures before a connection existed
 (refused, DNS, connect timeout) raise UndeliveredError, since the client cannot have seen the
 request. 4xx answers and unreadable replies raise
-PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError.
+PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError, as does
+our client's 409 (the payload of that id holds another dispatch key: another job's).
 Requests carry only what the original client understands plus headers it ignores
-(`Idempotency-Key`), so a Rust client can be driven unchanged.
+(`Idempotency-Key`, `X-Orchestrator-Dispatch-Key`), so a Rust client can be driven unchanged.
 
 The HTTP library is aiohttp, not httpx: httpcore's pool scans (and polls the socket of) every
 pooled connection on every request, which made it the server's largest cost with 64
@@ -36,6 +37,8 @@ import aiohttp
 from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
+    ClientUnauthorizedError,
+    LogOffsetError,
     PartialTooLargeError,
     PayloadLostError,
     PermanentClientError,
@@ -56,6 +59,7 @@ from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
+    DISPATCH_KEY_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
     LOG_BYTES_HEADER,
@@ -95,6 +99,8 @@ class ZipAnswer:
 class NodeReport:
     max_concurrent: int | None
     load_percent: float | None
+    #: /load (which needs the token, unlike our client's /health) answered 401.
+    token_refused: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +132,22 @@ def _started_at(response: aiohttp.ClientResponse) -> float | None:
 def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
     if response.status == 404:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
+    if response.status == 401:
+        raise ClientUnauthorizedError(f"{what}: {ClientUnauthorizedError.MESSAGE}")
+    if response.status == 409:
+        # Never used as this job's answer: for this job, the client no longer has it.
+        raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
     # 408: our client timed the dispatch body out (UPLOAD_IDLE_TIMEOUT); 429: it is busy.
     if response.status >= 500 or response.status in (408, 429):
         raise TransientClientError(f"{what}: client answered {response.status}")
     if not 200 <= response.status < 300:
         raise PermanentClientError(f"{what}: client answered {response.status}")
+
+
+def _range_size(response: aiohttp.ClientResponse) -> int:
+    """The length a 416 gives in `Content-Range: bytes */N` (0 when absent)."""
+    found = re.fullmatch(r"bytes \*/([0-9]{1,19})", response.headers.get("Content-Range", ""))
+    return int(found.group(1)) if found else 0
 
 
 def _is_zip(response: aiohttp.ClientResponse) -> bool:
@@ -198,8 +215,12 @@ class NodeGateway:
         )
 
     @staticmethod
-    def _headers(token: str | None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"} if token else {}
+    def _headers(token: str | None, key: str | None = None) -> dict[str, str]:
+        """Authorization, and on a request about a payload the job's dispatch key."""
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if key:
+            headers[DISPATCH_KEY_HEADER] = key
+        return headers
 
     @contextlib.asynccontextmanager
     async def _call(self, what: str) -> AsyncIterator[None]:
@@ -267,6 +288,7 @@ class NodeGateway:
         wait_s: float,
         known: Status,
         token: str | None,
+        key: str | None,
         settle_s: float = 0.0,
     ) -> RetrieveResult:
         """Ask for a payload; a Completed one is streamed into zip_destination (atomically).
@@ -291,7 +313,7 @@ class NodeGateway:
                 # Lets the client tell a fresh request from one that sat in its socket.
                 headers={
                     CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
-                    **self._headers(token),
+                    **self._headers(token, key),
                 },
             ) as response,
         ):
@@ -329,22 +351,28 @@ class NodeGateway:
 
     @observed_call("retrieve_partial")
     async def fetch_partial(
-        self, node: NodeConfig, payload_id: int, destination: Path, *, token: str | None
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        destination: Path,
+        *,
+        token: str | None,
+        key: str | None,
     ) -> None:
         """Store the client's partial ZIP at destination (atomically)."""
-        async with self.open_partial(node, payload_id, token=token) as answer:
+        async with self.open_partial(node, payload_id, token=token, key=key) as answer:
             await _stream_to_file(answer.chunks, destination)
 
     @contextlib.asynccontextmanager
     async def open_partial(
-        self, node: NodeConfig, payload_id: int, *, token: str | None
+        self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None
     ) -> AsyncIterator[ZipAnswer]:
         """The client's partial ZIP, streamed (for proxying); errors while it streams too."""
         what = f"partial retrieve {payload_id} from {node.partial_url}"
         async with (
             self._call(what),
             self._request(
-                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token)
+                "GET", join_url(node.partial_url, payload_id), headers=self._headers(token, key)
             ) as response,
         ):
             if response.status == 413:
@@ -359,12 +387,20 @@ class NodeGateway:
 
     @contextlib.asynccontextmanager
     async def open_log(
-        self, node: NodeConfig, payload_id: int, *, offset: int, wait_s: float, token: str | None
+        self,
+        node: NodeConfig,
+        payload_id: int,
+        *,
+        offset: int,
+        wait_s: float,
+        token: str | None,
+        key: str | None,
     ) -> AsyncIterator[LogAnswer]:
         """Our client's log of a payload from `offset`, streamed for up to `wait_s`.
 
         The original client has no /logs route: it answers 404, raised as PayloadLostError
         like an unknown payload. Errors while the body streams are classified the same way.
+        An offset past the end of the log (our client's 416) raises LogOffsetError.
         """
         url = node_logs_url(node)
         what = f"log of {payload_id} from {url}"
@@ -376,9 +412,11 @@ class NodeGateway:
                 join_url(url, payload_id),
                 wait_s=wait_s,
                 params=params,
-                headers=self._headers(token),
+                headers=self._headers(token, key),
             ) as response,
         ):
+            if response.status == 416:
+                raise LogOffsetError(_range_size(response))
             _raise_for_status(response, what)
             try:
                 status = Status.from_wire(response.headers.get(LOG_STATUS_HEADER, ""))
@@ -400,28 +438,35 @@ class NodeGateway:
             raise TransientClientError(f"health check of {base}: answered {health.status}")
         if health.status != 200:
             # It answers HTTP, so it is up; its /health just is not where we derived it
-            # (a URL behind a path prefix, say). Nothing more to learn from it.
-            return NodeReport(max_concurrent=None, load_percent=None)
+            # (a URL behind a path prefix, say). Nothing more to learn from it, but a 401.
+            return NodeReport(None, None, token_refused=health.status == 401)
         capacity = health.headers.get(CAPACITY_HEADER, "")
         load: float | None = None
+        refused = False
+        # Our client's /health needs no token, its /load does: a cheap probe of the token,
+        # so a mismatch shows before a job is sent.
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, TypeError):
             async with self._request("GET", f"{base}/load", headers=self._headers(token)) as answer:
+                refused = answer.status == 401
                 if answer.status == 200:
                     load = float(json.loads(await answer.read()))
         return NodeReport(
             max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
             load_percent=load,
+            token_refused=refused,
         )
 
     @observed_call("kill")
-    async def kill(self, node: NodeConfig, payload_id: int, *, token: str | None) -> None:
+    async def kill(
+        self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None
+    ) -> None:
         what = f"kill {payload_id} at {node.terminate_url}"
         async with (
             self._call(what),
             self._request(
                 "POST",
                 join_url(node.terminate_url, payload_id),
-                headers=self._headers(token),
+                headers=self._headers(token, key),
                 # An empty POST, as httpx sent it: no Content-Type aiohttp would add.
                 skip_auto_headers=("Content-Type",),
             ) as response,

@@ -32,6 +32,8 @@ from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientLeftError,
+    LogOffsetError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -41,6 +43,7 @@ from job_orchestrator.http_common import id_parameter, status_body
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import log_path, temporary_name
+from job_orchestrator.server.nodes import recorded_node
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
@@ -66,13 +69,19 @@ def parse_follow(raw: str | None) -> bool:
 
 
 def client_of(settings: ServerSettings, job: JobRecord) -> tuple[NodeConfig, str | None] | None:
-    """The client a dispatched job is on (and its token), as the dispatcher chose it."""
+    """The client a dispatched job is on (and its token), as the dispatcher chose it.
+
+    None when there is none to ask: not dispatched, or its client is no longer configured
+    (no other client is ever asked about it).
+    """
     service = settings.services.get(job.service)
-    if service is None or not service.nodes or not job.dest_id:
+    if service is None or not job.dest_id:
         return None
-    # Jobs from an upstream database (or a node removed from the config) use the first.
-    node = next((n for n in service.nodes if n.upload_url == job.node), service.nodes[0])
-    return node, service.client_token
+    try:
+        node = recorded_node(settings, job)
+    except ClientLeftError:
+        return None
+    return (node, service.client_token) if node is not None else None
 
 
 class LogKeeper:
@@ -127,6 +136,7 @@ class LogKeeper:
                         offset=offset,
                         wait_s=min(self.settings.long_poll_s, remaining),
                         token=token,
+                        key=job.dispatch_key,
                     ) as answer:
                         async for chunk in answer.chunks:
                             await asyncio.to_thread(sink.write, chunk)
@@ -177,11 +187,15 @@ async def log_chunks(
 ) -> AsyncIterator[bytes]:
     """The job's log from `offset`; with `follow`, on until the job is final and all is sent.
 
-    Without `follow`, a client that cannot be reached raises TransientClientError.
+    The first item is always b"", yielded once the answer may begin: before it, an offset
+    past the log's current end raises LogOffsetError (once the answer has begun, it ends the
+    answer: a log that started again after a dispatch), and without `follow` a client that
+    cannot be reached raises TransientClientError.
     """
     draining = orchestrator.draining
     failures = 0
     recheck_s = FIRST_RECHECK_S
+    begun = False
     while True:
         job = await orchestrator.store.get_job(job_id)
         if job is None:
@@ -189,11 +203,23 @@ async def log_chunks(
         final = job.status in TERMINAL
         kept = log_path(job.loc)
         if final and kept.is_file():
+            size = (await asyncio.to_thread(kept.stat)).st_size
+            if offset > size:
+                if begun:
+                    return
+                raise LogOffsetError(size)
+            if not begun:
+                yield b""
             async for chunk in _file_chunks(kept, offset):
                 yield chunk
             return
         target = client_of(orchestrator.settings, job)
         if target is None or job.status in (Status.QUEUED, Status.PROCESSING):
+            if not begun:
+                if offset > 0:
+                    raise LogOffsetError(0)  # nothing was written yet
+                begun = True
+                yield b""
             if final or not follow or draining.is_set():
                 return
             await orchestrator.wait_final(job_id, recheck_s)
@@ -208,7 +234,11 @@ async def log_chunks(
                 offset=offset,
                 wait_s=orchestrator.settings.long_poll_s if follow else 0.0,
                 token=token,
+                key=job.dispatch_key,
             ) as answer:
+                if not begun:
+                    begun = True
+                    yield b""
                 async for chunk in _until_set(draining, answer.chunks):
                     offset += len(chunk)
                     yield chunk
@@ -218,14 +248,24 @@ async def log_chunks(
             if offset == sent and time.monotonic() - asked_at < DISPATCH_RECHECK_S:
                 # An empty answer that did not wait (a client that is stopping): pause.
                 await wait_any(draining.wait(), timeout_s=DISPATCH_RECHECK_S)
+        except LogOffsetError:
+            if begun:
+                return
+            raise
         except (PayloadLostError, PermanentClientError):
             # The original client has no /logs; ours may have cleaned the payload.
+            if not begun:
+                begun = True
+                yield b""
             if final or not follow or draining.is_set():
                 return
             await orchestrator.wait_final(job_id, orchestrator.settings.long_poll_s)
         except TransientClientError as error:
             if not follow:
                 raise
+            if not begun:
+                begun = True
+                yield b""
             if final or draining.is_set():
                 return
             failures += 1
@@ -279,6 +319,11 @@ _LOG_PARAMETERS: list[dict[str, Any]] = [
             "content": _JSON_STATUS,
         },
         404: {"description": "No such job", "content": _JSON_STATUS},
+        416: {
+            "description": "`offset` is past the end of the log as it is now (also of a "
+            "running job's); `Content-Range: bytes */<size>` gives its size",
+            "content": _JSON_STATUS,
+        },
         502: {"description": "The job's client could not be reached", "content": _JSON_STATUS},
     },
 )
@@ -292,17 +337,22 @@ async def job_logs(request: Request) -> Response:
     if isinstance(job, Response):
         return job
     chunks = log_chunks(engine(request), job.id, offset, follow)
-    if not follow:
-        # Read the first bytes before answering, so an unreachable client is a clear 502.
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return Response(b"", media_type="text/plain")
-        except ClientCallError as error:
-            message = f"could not read the log from the client: {error}"
-            return status_body(job.id, job.status, message, 502)
-        except StoreError:
-            logger.exception("log of job %d: the job could not be read", job.id)
-            return status_body(job.id, job.status, "Internal server error", 500)
-        chunks = _prepend(first, chunks)
+    try:
+        await anext(chunks)  # b"": the offset is within the log, the answer may begin
+        if not follow:
+            # Read the first bytes before answering, so an unreachable client is a clear 502.
+            chunks = _prepend(await anext(chunks), chunks)
+    except StopAsyncIteration:
+        return Response(b"", media_type="text/plain")
+    except LogOffsetError as error:
+        message = f"offset {offset} is past the end of the log ({error.size} bytes)"
+        response = status_body(job.id, job.status, message, 416)
+        response.headers["Content-Range"] = f"bytes */{error.size}"
+        return response
+    except ClientCallError as error:
+        message = f"could not read the log from the client: {error}"
+        return status_body(job.id, job.status, message, 502)
+    except StoreError:
+        logger.exception("log of job %d: the job could not be read", job.id)
+        return status_body(job.id, job.status, "Internal server error", 500)
     return StreamingResponse(chunks, media_type="text/plain")

@@ -143,7 +143,14 @@ class _LiveCollector(Collector):
     def _clients(self) -> Iterator[Metric]:
         labels = ["service", "client"]
         up = GaugeMetricFamily(
-            f"{PREFIX}client_up", "1 if the client answers checks", labels=labels
+            f"{PREFIX}client_up",
+            "1 if the client answers checks and accepts the server's token",
+            labels=labels,
+        )
+        condition = GaugeMetricFamily(
+            f"{PREFIX}client_state",
+            "1 for the client's state: up, down or unauthorized (refuses the server's token)",
+            labels=[*labels, "state"],
         )
         load = GaugeMetricFamily(
             f"{PREFIX}client_load_percent", "CPU use the client last reported", labels=labels
@@ -156,12 +163,16 @@ class _LiveCollector(Collector):
                 for node in service.nodes:
                     state = self.fleet.state[node.upload_url]
                     key = [service.name, node.upload_url]
-                    up.add_metric(key, 1 if state.healthy else 0)
+                    current = self.fleet.condition(node.upload_url)
+                    up.add_metric(key, 1 if current == "up" else 0)
+                    for name in ("up", "down", "unauthorized"):
+                        condition.add_metric([*key, name], 1 if name == current else 0)
                     if state.load_percent is not None:
                         load.add_metric(key, state.load_percent)
                     if state.max_concurrent is not None:
                         capacity.add_metric(key, state.max_concurrent)
         yield up
+        yield condition
         yield load
         yield capacity
 

@@ -6,6 +6,11 @@ been down for FAILOVER_AFTER seconds, its jobs that had not started are queued a
 another node, and their payloads there are revoked: killed as soon as the node is back, before
 it gets any new work. (A payload a restarted client finds unstarted waits for the server to
 ask for it before it runs, so a revoked payload never starts.)
+
+A job is only ever spoken about with the client it was dispatched to (`recorded_node`): one
+whose client is no longer configured raises ClientLeftError instead of reaching another
+client, and every request about a payload carries the job's dispatch key, which our client
+checks (an answer about another job's payload is a PayloadLostError).
 """
 
 from __future__ import annotations
@@ -18,8 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job_orchestrator.config import NodeConfig, ServerSettings
-from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
+from job_orchestrator.errors import (
+    ClientCallError,
+    ClientLeftError,
+    ClientUnauthorizedError,
+    PayloadLostError,
+    UndeliveredError,
+)
 from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnswer
+from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 
@@ -27,6 +39,36 @@ logger = logging.getLogger(__name__)
 
 FAILURES_BEFORE_DOWN = 2
 NOT_STARTED = (Status.SUBMITTED, Status.PREPARED)
+
+
+def client_label(node_url: str) -> str:
+    """A client as job messages name it (the one place: users may later see names, not URLs)."""
+    return f"client {base_url(node_url)}"
+
+
+def client_left_message(node_url: str) -> str:
+    return (
+        f"its {client_label(node_url)} is no longer configured for this service; "
+        "the server asks no other client about it"
+    )
+
+
+def recorded_node(settings: ServerSettings, job: JobRecord) -> NodeConfig | None:
+    """The node a job was dispatched to (or is to be); None if its service is not configured.
+
+    Only a job with no recorded node (taken over from an original's database) uses the
+    service's first node. A recorded node that is no longer configured raises
+    ClientLeftError: another client's payload of the same id belongs to another job.
+    """
+    service = settings.services.get(job.service)
+    if service is None or not service.nodes:
+        return None
+    if job.node is None:
+        return service.nodes[0]
+    node = next((node for node in service.nodes if node.upload_url == job.node), None)
+    if node is None:
+        raise ClientLeftError(client_left_message(job.node))
+    return node
 
 
 @dataclass(slots=True)
@@ -37,6 +79,8 @@ class NodeState:
     max_concurrent: int | None = None
     load_percent: float | None = None
     revocations_pending: bool = True
+    #: It refuses the server's token (401): it gets no work until a check finds it accepted.
+    unauthorized: bool = False
     #: Why the latest failed check or call failed (kept after it recovers, for /status).
     last_error: str | None = None
     last_error_at: float | None = None
@@ -65,6 +109,7 @@ class NodeClient:
         payload_id: int,
         destination: Path,
         *,
+        key: str | None,
         wait_s: float,
         known: Status,
         settle_s: float = 0.0,
@@ -73,20 +118,25 @@ class NodeClient:
             self.node,
             payload_id,
             destination,
+            key=key,
             wait_s=wait_s,
             known=known,
             token=self.token,
             settle_s=settle_s,
         )
 
-    async def fetch_partial(self, payload_id: int, destination: Path) -> None:
-        await self.gateway.fetch_partial(self.node, payload_id, destination, token=self.token)
+    async def fetch_partial(self, payload_id: int, destination: Path, *, key: str | None) -> None:
+        await self.gateway.fetch_partial(
+            self.node, payload_id, destination, key=key, token=self.token
+        )
 
-    def open_partial(self, payload_id: int) -> AbstractAsyncContextManager[ZipAnswer]:
-        return self.gateway.open_partial(self.node, payload_id, token=self.token)
+    def open_partial(
+        self, payload_id: int, *, key: str | None
+    ) -> AbstractAsyncContextManager[ZipAnswer]:
+        return self.gateway.open_partial(self.node, payload_id, key=key, token=self.token)
 
-    async def kill(self, payload_id: int) -> None:
-        await self.gateway.kill(self.node, payload_id, token=self.token)
+    async def kill(self, payload_id: int, *, key: str | None) -> None:
+        await self.gateway.kill(self.node, payload_id, key=key, token=self.token)
 
 
 class Fleet:
@@ -111,22 +161,24 @@ class Fleet:
         #: When the server last sent a request about each collected job (time.time()).
         self.asked_at: dict[int, float] = {}
 
-    def client_for(self, job: JobRecord, node_url: str | None = None) -> NodeClient | None:
+    def client_for(self, job: JobRecord) -> NodeClient | None:
         """The client a job is (or is to be) on; None if its service is not configured.
 
-        Jobs from an upstream database (or on a node removed from the config) use the
-        service's first node.
+        Raises ClientLeftError when the job's recorded client is no longer configured.
         """
-        service = self.settings.services.get(job.service)
-        if service is None or not service.nodes:
-            return None
-        url = node_url or job.node
-        client = self._clients.get((service.name, url)) if url else None
-        return client or self._clients[(service.name, service.nodes[0].upload_url)]
+        node = recorded_node(self.settings, job)
+        return self._clients[(job.service, node.upload_url)] if node is not None else None
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
-        return state.healthy and not state.revocations_pending
+        return state.healthy and not state.unauthorized and not state.revocations_pending
+
+    def condition(self, node_url: str) -> str:
+        """`up`, `down` or `unauthorized`, as /status and /metrics show a client."""
+        state = self.state[node_url]
+        if not state.healthy:
+            return "down"
+        return "unauthorized" if state.unauthorized else "up"
 
     def is_down(self, node_url: str) -> bool:
         state = self.state.get(node_url)
@@ -148,8 +200,9 @@ class Fleet:
         candidates = [node for node in nodes if self.usable(node)]
         if not candidates:
             # None answers: try them anyway, so the dispatch fails, backs off and
-            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever.
-            candidates = list(nodes)
+            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever. Never one
+            # that refuses the token: it would refuse the job (the job waits, with the reason).
+            candidates = [n for n in nodes if not self.state[n.upload_url].unauthorized]
         return min(candidates, key=rank) if candidates else None
 
     def report_failure(
@@ -163,6 +216,23 @@ class Fleet:
         state = self.state.get(node_url)
         if state is not None:
             self._failed(node_url, state, reason, definite=definite)
+
+    def report_unauthorized(self, node_url: str) -> None:
+        """The node answered 401: no work for it until a check finds the token accepted."""
+        state = self.state.get(node_url)
+        if state is not None:
+            self._refused(node_url, state)
+
+    def _refused(self, url: str, state: NodeState) -> None:
+        state.last_error, state.last_error_at = ClientUnauthorizedError.MESSAGE, time.time()
+        if not state.unauthorized:
+            state.unauthorized = True
+            # Once per change, not per check or request.
+            logger.warning(
+                "client %s refuses the server's token (check CLIENT_TOKEN on both); "
+                "no jobs are sent to it until it accepts the token",
+                url,
+            )
 
     def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
@@ -190,6 +260,12 @@ class Fleet:
                 logger.info("client %s answers again", url)
             state.healthy, state.failures, state.down_since = True, 0, None
             state.max_concurrent, state.load_percent = report.max_concurrent, report.load_percent
+            if report.token_refused:
+                self._refused(url, state)
+                continue
+            if state.unauthorized:
+                state.unauthorized = False
+                logger.info("client %s accepts the server's token again", url)
             if state.revocations_pending:
                 state.revocations_pending = not await self._flush_revocations(node)
             woke = woke or (self.usable(node) and not was_usable)
@@ -197,9 +273,11 @@ class Fleet:
 
     async def _flush_revocations(self, node: NodeConfig) -> bool:
         """Kill payloads revoked from this node; True once none is left."""
-        for payload_id, job_id in await self.store.revocations(node.upload_url):
+        for payload_id, job_id, key in await self.store.revocations(node.upload_url):
             try:
-                await self.gateway.kill(node, payload_id, token=self._tokens[node.upload_url])
+                await self.gateway.kill(
+                    node, payload_id, key=key, token=self._tokens[node.upload_url]
+                )
             except PayloadLostError:
                 pass
             except ClientCallError as error:
@@ -210,9 +288,9 @@ class Fleet:
             await self.store.forget_revocation(node.upload_url, payload_id)
         return True
 
-    async def revoke(self, node_url: str, payload_id: int, job_id: int) -> None:
-        """Kill this payload when its node answers again (the server gave the job up)."""
-        await self.store.add_revocation(node_url, payload_id, job_id)
+    async def revoke(self, node_url: str, job: JobRecord) -> None:
+        """Kill the job's payload when its node answers again (the server gave the job up)."""
+        await self.store.add_revocation(node_url, job.dest_id, job.id, job.dispatch_key)
         state = self.state.get(node_url)
         if state is not None:
             state.revocations_pending = True

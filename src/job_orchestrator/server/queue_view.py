@@ -10,6 +10,8 @@ The reason is the first of these that holds, most fundamental first:
 
 - `no_healthy_client`: every client of the service failed its health checks (dispatches to it
   fail, so it would also be in retry backoff);
+- `client_unauthorized`: every client that answers refuses the server's token (CLIENT_TOKEN
+  differs): nothing is sent to them until they accept it;
 - `retry_backoff`: a dispatch failed and the next try is not due yet;
 - `user_quota`: the user holds RUNS_PER_USER slots of the service;
 - `service_limit`: the service holds MAX_RUNS slots;
@@ -25,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from job_orchestrator.config import ServiceConfig
+from job_orchestrator.errors import ClientUnauthorizedError
 from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
@@ -38,7 +41,14 @@ __all__ = [
     "service_order",
 ]
 
-REASONS = ("user_quota", "service_limit", "no_healthy_client", "waiting_turn", "retry_backoff")
+REASONS = (
+    "user_quota",
+    "service_limit",
+    "no_healthy_client",
+    "waiting_turn",
+    "retry_backoff",
+    "client_unauthorized",
+)
 
 #: Quotas lifted: more than any number of jobs a database holds.
 _LIFTED = ServiceLimits(runs_per_user=2**62, max_runs=2**62)
@@ -133,6 +143,17 @@ async def queue_standing(
             position, "service_limit", f"service {job.service!r} is not configured on this server"
         )
     down = [node.upload_url for node in service.nodes if fleet.is_down(node.upload_url)]
+    refusing = [
+        node.upload_url
+        for node in service.nodes
+        if fleet.condition(node.upload_url) == "unauthorized"
+    ]
+    if refusing and len(down) + len(refusing) == len(service.nodes):
+        return QueueStanding(
+            position,
+            "client_unauthorized",
+            f"no client of service {service.name} can take it: {ClientUnauthorizedError.MESSAGE}",
+        )
     if service.nodes and len(down) == len(service.nodes):
         errors = [fleet.state[url].last_error for url in down if fleet.state[url].last_error]
         why = f" (last error: {errors[-1]})" if errors else ""

@@ -146,6 +146,7 @@ async def _services(orchestrator: Orchestrator) -> list[dict[str, Any]]:
                 {
                     "url": base_url(node.upload_url),
                     "healthy": state.healthy,
+                    "condition": fleet.condition(node.upload_url),
                     "down_since": rfc3339(state.down_since),
                     "load": state.load_percent,
                     "capacity": state.max_concurrent,

@@ -206,11 +206,13 @@ class Store(CallbackVerbs, abc.ABC):
         payload there as revoked (to be killed when the node answers again)."""
 
     @abc.abstractmethod
-    async def revocations(self, node: str) -> list[tuple[int, int]]:
-        """(payload_id, job_id) pairs revoked on a node."""
+    async def revocations(self, node: str) -> list[tuple[int, int, str | None]]:
+        """(payload_id, job_id, dispatch_key) of the payloads revoked on a node."""
 
     @abc.abstractmethod
-    async def add_revocation(self, node: str, payload_id: int, job_id: int) -> None:
+    async def add_revocation(
+        self, node: str, payload_id: int, job_id: int, dispatch_key: str | None
+    ) -> None:
         """Record a payload to kill on a node when it answers again (idempotent)."""
 
     @abc.abstractmethod

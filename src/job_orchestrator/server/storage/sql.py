@@ -324,7 +324,11 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
                 return False
             connection.execute(
                 revocations.insert().values(
-                    node=job.node, payload_id=job.dest_id, job_id=job.id, created_at=now
+                    node=job.node,
+                    payload_id=job.dest_id,
+                    job_id=job.id,
+                    dispatch_key=job.dispatch_key,
+                    created_at=now,
                 )
             )
             self._notify(connection, Status.QUEUED, job.id)
@@ -332,15 +336,17 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
 
         return await self._run(revoke)
 
-    async def revocations(self, node: str) -> list[tuple[int, int]]:
+    async def revocations(self, node: str) -> list[tuple[int, int, str | None]]:
         rows = await self._fetch(
-            sa.select(revocations.c.payload_id, revocations.c.job_id)
+            sa.select(revocations.c.payload_id, revocations.c.job_id, revocations.c.dispatch_key)
             .where(revocations.c.node == node)
             .order_by(revocations.c.payload_id)
         )
-        return [(row[0], row[1]) for row in rows]
+        return [(row[0], row[1], row[2]) for row in rows]
 
-    async def add_revocation(self, node: str, payload_id: int, job_id: int) -> None:
+    async def add_revocation(
+        self, node: str, payload_id: int, job_id: int, dispatch_key: str | None
+    ) -> None:
         def add(connection: Connection) -> None:
             exists = connection.execute(
                 sa.select(revocations.c.job_id).where(
@@ -350,7 +356,11 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             if exists is None:
                 connection.execute(
                     revocations.insert().values(
-                        node=node, payload_id=payload_id, job_id=job_id, created_at=time.time()
+                        node=node,
+                        payload_id=payload_id,
+                        job_id=job_id,
+                        dispatch_key=dispatch_key,
+                        created_at=time.time(),
                     )
                 )
 

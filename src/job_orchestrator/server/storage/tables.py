@@ -75,6 +75,8 @@ revocations = sa.Table(
     sa.Column("payload_id", sa.Integer, primary_key=True),
     sa.Column("job_id", sa.Integer, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+    # The job's dispatch key, sent with the kill: another job's payload of that id is spared.
+    sa.Column("dispatch_key", sa.Text, nullable=True),
 )
 
 # One completion callback per job that asked for one (the `callback_url` of its upload).
