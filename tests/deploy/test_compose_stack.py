@@ -1,6 +1,8 @@
 """The compose stack for real: images built on the local Debian base (no registry here),
 PostgreSQL, a server and two clients brought up by Compose, a job per service run through
-them from the host, the clients' isolation and limits checked, everything removed.
+them from the host, the clients' isolation and limits checked, a job's attempts on its
+client (environment, token file, signal, the APIs: issue 21) checked to fail, everything
+removed.
 
 Build and start-up times are not asserted (bench/ measures); CI keeps the base image and
 the layer cache between runs, so only a changed source tree rebuilds (from the pip step).
