@@ -183,6 +183,15 @@ if cat /run/secrets/client_token > token.txt 2>/dev/null; then
 else
   echo denied
 fi > token-access.txt
+# Other payloads on this client (the earlier jobs'): their results, logs and work files.
+mine="$(dirname "$PWD")"
+for id in $(seq 1 20); do
+  for name in result.zip output.log work/out.txt work/uid.txt work/run.sh; do
+    file="$(dirname "$mine")/$id/$name"
+    case "$file" in "$mine"/*) continue ;; esac
+    if cat "$file" > /dev/null 2>&1; then echo "$file"; fi
+  done
+done > others.txt
 for target in @TARGETS@; do
   if timeout 5 bash -c "exec 3<>/dev/tcp/${target%:*}/${target#*:}" 2>/dev/null; then
     echo "$target open"
@@ -248,6 +257,8 @@ def check_a_job_reaches_nothing_of_the_client_nor_any_api(stack: Stack) -> None:
     assert files["pids.txt"].split(), "the job did not find the client's process"
     assert set(files["client.txt"].splitlines()) == {"environ denied", "signal refused"}
     assert files["token-access.txt"] == "denied\n"
+    # Nor another job's files (the light job of the first check ran on this client).
+    assert files["others.txt"] == ""
     assert COMPOSE_TOKEN not in "".join(files.values())
     assert files["network.txt"].splitlines() == [f"{target} closed" for target in targets.values()]
     # And the client runs without the capability that set the rule (it could undo it).
