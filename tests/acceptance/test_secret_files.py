@@ -1,4 +1,5 @@
-"""Secrets given as files (`CLIENT_TOKEN_FILE`, `METRICS_TOKEN_FILE`, `CALLBACK_SECRET_FILE`):
+"""Secrets given as files (`CLIENT_TOKEN_FILE`, `METRICS_TOKEN_FILE`, `CALLBACK_SECRET_FILE`,
+`DB_PATH_FILE`):
 a server and a client started with nothing but the files work together, guard their routes
 with what the files hold, and hold none of it in their environments, which anything running
 with their uid can read in /proc/<pid>/environ (issue 21: a job read CLIENT_TOKEN there).
@@ -39,6 +40,10 @@ def from_files(tmp_path: Path) -> Iterator[Cluster]:
         "METRICS_TOKEN_FILE": str(private_file(secrets_dir, "metrics-token", METRICS_TOKEN)),
         "CALLBACK_SECRET_FILE": str(private_file(secrets_dir, "callback", CALLBACK_SECRET)),
         "CALLBACK_ALLOW": "127.0.0.0/8",
+        # The database too (a PostgreSQL URL holds its password); an empty DB_PATH counts as
+        # unset, as in the systemd drop-in the server unit describes.
+        "DB_PATH": "",
+        "DB_PATH_FILE": str(private_file(secrets_dir, "db-path", str(tmp_path / "from-file.db"))),
     }
     with cluster(
         tmp_path, server_env=server_env, client_env={"CLIENT_TOKEN_FILE": str(token)}
@@ -87,3 +92,6 @@ def test_server_and_client_work_together_with_secrets_only_in_files(
         for secret in (CLIENT_TOKEN, METRICS_TOKEN, CALLBACK_SECRET):
             assert secret.encode() not in seen, f"{node.kind} holds a secret in its environment"
     assert CLIENT_TOKEN.encode() not in result.read("env.txt")
+    # The server keeps its jobs in the database the file named.
+    assert (tmp_path / "from-file.db").is_file()
+    assert not (tmp_path / "server.db").exists()
