@@ -175,7 +175,11 @@ def _migrate() -> int:
     from job_orchestrator.errors import StoreError
     from job_orchestrator.server.storage import open_store
 
-    db_path = server_db_path(os.environ)
+    try:
+        db_path = server_db_path(os.environ)
+    except ConfigError as error:
+        print(f"job-orchestrator: invalid setting {error}", file=sys.stderr)
+        return 2
 
     async def migrate() -> str:
         store = await open_store(db_path)

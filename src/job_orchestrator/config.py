@@ -34,6 +34,8 @@ DEFAULT_UPLOAD_MAX_CONCURRENT = int(table.UPLOAD_MAX_CONCURRENT.literal)
 DEFAULT_UPLOAD_MAX_PER_CLIENT = int(table.UPLOAD_MAX_PER_CLIENT.literal)
 DEFAULT_CALLBACK_DEADLINE_S = float(table.CALLBACK_DEADLINE.literal)
 DEFAULT_CALLBACK_TIMEOUT_S = float(table.CALLBACK_TIMEOUT.literal)
+#: A secret file larger than this is a mistake (a log, a device), not a secret.
+SECRET_FILE_MAX_BYTES = 64 * 1024
 #: The word of CALLBACK_ALLOW that stands for every public (globally routable) address.
 CALLBACK_ALLOW_PUBLIC = "public"
 
@@ -234,6 +236,44 @@ def _optional(env: Mapping[str, str], setting: Setting) -> str | None:
     return table.raw(env, setting) or None
 
 
+def secret_value(
+    variable: str, value: str | None, file_variable: str, path: str | None
+) -> str | None:
+    """`variable`'s value, or the content of the file `file_variable` names; None: neither.
+
+    A secret given as a file is in no process environment (a process's environment is
+    readable, in /proc/<pid>/environ, by everything running with its uid). Trailing
+    newlines of the file are dropped; an empty value counts as unset. Both given, or a file
+    that cannot be read or is empty, stops the start naming the variable; no message here
+    ever holds the secret.
+    """
+    if not path:
+        return value or None
+    if value:
+        raise ConfigError(file_variable, f"set either {variable} or {file_variable}, not both")
+    try:
+        with open(path, "rb") as file:
+            content = file.read(SECRET_FILE_MAX_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(file_variable, f"cannot read {path!r}: {error.strerror}") from None
+    if len(content) > SECRET_FILE_MAX_BYTES:
+        raise ConfigError(file_variable, f"{path!r} is larger than {SECRET_FILE_MAX_BYTES} bytes")
+    try:
+        secret = content.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(file_variable, f"{path!r} is not UTF-8 text") from None
+    if not secret:
+        raise ConfigError(file_variable, f"{path!r} is empty")
+    return secret
+
+
+def _secret(env: Mapping[str, str], setting: Setting, file_setting: Setting) -> str | None:
+    """A secret setting given directly or as `<NAME>_FILE` (see `secret_value`)."""
+    return secret_value(
+        setting.name, table.raw(env, setting), file_setting.name, table.raw(env, file_setting)
+    )
+
+
 def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings:
     env = os.environ if env is None else env
     common = _common(env, default_port=5000)
@@ -252,10 +292,12 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         log_level=common.log_level,
         log_format=_log_format(env),
         db_path=server_db_path(env),
-        services=load_services(env, default_token=_optional(env, table.CLIENT_TOKEN)),
+        services=load_services(
+            env, default_token=_secret(env, table.CLIENT_TOKEN, table.CLIENT_TOKEN_FILE)
+        ),
         api_tokens_file=_tokens_file(env),
         admin_users=_user_ids("ADMIN_USERS", _optional(env, table.ADMIN_USERS)),
-        metrics_token=_optional(env, table.METRICS_TOKEN),
+        metrics_token=_secret(env, table.METRICS_TOKEN, table.METRICS_TOKEN_FILE),
         upload_limit_bytes=upload_mb * 1024 * 1024,
         upload_idle_timeout_s=_seconds(env, table.UPLOAD_IDLE_TIMEOUT),
         upload_max_concurrent=_count(env, table.UPLOAD_MAX_CONCURRENT),
@@ -279,9 +321,10 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
 
 
 def _callback_secret(env: Mapping[str, str]) -> str | None:
-    secret = _optional(env, table.CALLBACK_SECRET)
+    secret = _secret(env, table.CALLBACK_SECRET, table.CALLBACK_SECRET_FILE)
     if secret is not None and len(secret) < 16:
-        raise ConfigError("CALLBACK_SECRET", "must have at least 16 characters")
+        given = table.CALLBACK_SECRET_FILE if table.raw(env, table.CALLBACK_SECRET_FILE) else None
+        raise ConfigError((given or table.CALLBACK_SECRET).name, "must have at least 16 characters")
     return secret
 
 
@@ -313,7 +356,8 @@ def parse_callback_allow(raw: str) -> tuple[bool, tuple[IPNetwork, ...]]:
 
 
 def server_db_path(env: Mapping[str, str]) -> str:
-    db_path = table.raw(env, table.DB_PATH)
+    """DB_PATH (or DB_PATH_FILE: a PostgreSQL URL may hold a password), else the default."""
+    db_path = _secret(env, table.DB_PATH, table.DB_PATH_FILE)
     return str(Path.cwd() / "db.sqlite") if db_path is None else db_path
 
 
@@ -356,7 +400,7 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         cleaner_interval_s=_seconds(env, table.CLEANER_INTERVAL),
         adopt_hold_s=_seconds(env, table.ADOPT_HOLD),
         server_lease_s=server_lease_s,
-        client_token=_optional(env, table.CLIENT_TOKEN),
+        client_token=_secret(env, table.CLIENT_TOKEN, table.CLIENT_TOKEN_FILE),
         sandbox=_sandbox(env),
         job_max_memory_mb=_limit(env, table.JOB_MAX_MEMORY_MB),
         job_max_processes=_limit(env, table.JOB_MAX_PROCESSES),
@@ -564,7 +608,6 @@ def _build_service(
         return parse_unsigned(*values[suffix], maximum=65535)
 
     timeout = parse_seconds(*values["TIMEOUT"]) if "TIMEOUT" in values else None
-    token = values["CLIENT_TOKEN"][1] if "CLIENT_TOKEN" in values else default_token
     return ServiceConfig(
         name=name,
         nodes=tuple(
@@ -574,8 +617,19 @@ def _build_service(
         runs_per_user=count("RUNS_PER_USER", DEFAULT_RUNS_PER_USER),
         max_runs=count("MAX_RUNS", DEFAULT_MAX_RUNS),
         timeout_s=timeout or None,
-        client_token=token or None,
+        client_token=_service_token(prefix, values, default_token),
     )
+
+
+def _service_token(
+    prefix: str, values: Mapping[str, tuple[str, str]], default_token: str | None
+) -> str | None:
+    """The service's own token or token file; an empty `_CLIENT_TOKEN` means none at all."""
+    if "CLIENT_TOKEN" not in values and "CLIENT_TOKEN_FILE" not in values:
+        return default_token
+    variable, value = values.get("CLIENT_TOKEN", (f"{prefix}_CLIENT_TOKEN", ""))
+    file_variable, path = values.get("CLIENT_TOKEN_FILE", (f"{prefix}_CLIENT_TOKEN_FILE", ""))
+    return secret_value(variable, value, file_variable, path)
 
 
 def _sibling_url(url: str, last_segment: str) -> str:

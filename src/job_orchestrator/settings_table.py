@@ -46,6 +46,17 @@ def _declare(
     return setting
 
 
+def _declare_file(secret: Setting) -> Setting:
+    """`<secret>_FILE`: the secret read from a file at start, so it is in no environment."""
+    return _declare(
+        f"{secret.name}_FILE",
+        None,
+        f"file holding {secret.name} (trailing newlines dropped); not with {secret.name}",
+        secret.applies_to,
+        secret.group,
+    )
+
+
 # --- common to server and client -------------------------------------------------------------
 PORT = _declare(
     "PORT", None, "TCP port to listen on", "both", "common", shown="server `5000`, client `9000`"
@@ -79,6 +90,7 @@ UPLOAD_IDLE_TIMEOUT = _declare(
 CLIENT_TOKEN = _declare(
     "CLIENT_TOKEN", None, "shared secret between server and clients", "both", "common"
 )
+CLIENT_TOKEN_FILE = _declare_file(CLIENT_TOKEN)
 LOG_LEVEL = _declare(
     "LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL", "both", "common"
 )
@@ -99,6 +111,7 @@ DB_PATH = _declare(
     "server",
     shown="`<cwd>/db.sqlite`",
 )
+DB_PATH_FILE = _declare_file(DB_PATH)
 API_TOKENS_FILE = _declare(
     "API_TOKENS_FILE",
     None,
@@ -120,6 +133,7 @@ METRICS_TOKEN = _declare(
     "server",
     "server",
 )
+METRICS_TOKEN_FILE = _declare_file(METRICS_TOKEN)
 UPLOAD_MAX_MB = _declare(
     "UPLOAD_MAX_MB",
     "400",
@@ -202,6 +216,7 @@ SERVICE_CLIENT_TOKEN = _declare(
     "services",
     shown="`CLIENT_TOKEN`",
 )
+SERVICE_CLIENT_TOKEN_FILE = _declare_file(SERVICE_CLIENT_TOKEN)
 
 # --- queue and calls to the clients ----------------------------------------------------------
 CLIENT_TIMEOUT = _declare(
@@ -262,6 +277,7 @@ CALLBACK_SECRET = _declare(
     "server",
     "callbacks",
 )
+CALLBACK_SECRET_FILE = _declare_file(CALLBACK_SECRET)
 CALLBACK_ALLOW = _declare(
     "CALLBACK_ALLOW",
     "public",

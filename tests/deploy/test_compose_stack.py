@@ -1,6 +1,8 @@
 """The compose stack for real: images built on the local Debian base (no registry here),
 PostgreSQL, a server and two clients brought up by Compose, a job per service run through
-them from the host, the clients' isolation and limits checked, everything removed.
+them from the host, the clients' isolation and limits checked, a job's attempts on its
+client (environment, token file, signal, the APIs: issue 21) checked to fail, everything
+removed.
 
 Build and start-up times are not asserted (bench/ measures); CI keeps the base image and
 the layer cache between runs, so only a changed source tree rebuilds (from the pip step).
@@ -20,13 +22,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tests.deploy.tools import (
     COMPOSE_FILE,
     COMPOSE_SECRETS,
+    COMPOSE_TOKEN,
     DEPLOY,
     LOCAL_BASE_OVERRIDE,
     compose_command,
@@ -34,6 +39,7 @@ from tests.deploy.tools import (
     require_program,
     run,
     said,
+    write_token_file,
 )
 from tests.harness import Api, free_port
 
@@ -103,12 +109,13 @@ def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
 
 
 @pytest.fixture
-def stack() -> Iterator[Stack]:
+def stack(tmp_path: Path) -> Iterator[Stack]:
     command = docker_ready()
     project = f"jotest{uuid.uuid4().hex[:10]}"
     port = free_port()
     env = {
         **COMPOSE_SECRETS,
+        "JO_CLIENT_TOKEN_FILE": str(write_token_file(tmp_path)),
         "JO_PUBLISH_ADDRESS": "127.0.0.1",
         "JO_PUBLISH_PORT": str(port),
         "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
@@ -132,6 +139,7 @@ def stack() -> Iterator[Stack]:
 def test_compose_stack_runs_jobs_and_keeps_the_clients_private(stack: Stack) -> None:
     """One stack for all the checks: bringing it up is the slow part."""
     check_a_job_per_service_runs_through_the_containers(stack)
+    check_a_job_reaches_nothing_of_the_client_nor_any_api(stack)
     check_clients_publish_nothing_and_only_the_server_network_reaches_them(stack)
     check_clients_get_the_resource_limits_of_the_original_docs(stack)
 
@@ -145,10 +153,124 @@ def check_a_job_per_service_runs_through_the_containers(stack: Stack) -> None:
         stack.api.wait_for(job_id, "Completed", timeout_s=120)
         result = stack.api.download_zip(job_id)
         assert result.read("out.txt").decode() == f"ran for {service}\n"
-        # In the client container of that service, as the image's unprivileged user.
-        hostname = stack.container(client)["Config"]["Hostname"]
-        assert result.read("hostname.txt").decode().strip() == hostname
-        assert result.read("uid.txt").decode().strip() == "1000"
+        # In the client container of that service, as a uid of its JOB_USERS, not the
+        # client's (root in its container).
+        container = stack.container(client)
+        assert result.read("hostname.txt").decode().strip() == container["Config"]["Hostname"]
+        assert int(result.read("uid.txt").decode()) in job_users(container)
+
+
+# What a job tries against the client that runs it (issue 21: a job with the client's uid
+# read CLIENT_TOKEN in /proc/<client>/environ and used it on the client's API). In a file of
+# its own, which run.sh runs: the validator screens run.sh only, and this is the attack.
+ATTACK_SCRIPT = """\
+id -u > uid.txt
+: > pids.txt
+for dir in /proc/[0-9]*; do
+  mapfile -d '' words < "$dir/cmdline" 2>/dev/null || continue
+  [[ "${words[*]}" == *"job-orchestrator client"* ]] && echo "${dir#/proc/}" >> pids.txt
+done
+for pid in $(cat pids.txt); do
+  if cat "/proc/$pid/environ" > "environ-$pid" 2>/dev/null; then
+    echo "environ read"
+  else
+    echo "environ denied"
+  fi
+  if kill -0 "$pid" 2>/dev/null; then echo "signal sent"; else echo "signal refused"; fi
+done > client.txt
+if cat /run/secrets/client_token > token.txt 2>/dev/null; then
+  echo read
+else
+  echo denied
+fi > token-access.txt
+# Other payloads on this client (the earlier jobs'): their results, logs and work files.
+mine="$(dirname "$PWD")"
+for id in $(seq 1 20); do
+  for name in result.zip output.log work/out.txt work/uid.txt work/run.sh; do
+    file="$(dirname "$mine")/$id/$name"
+    case "$file" in "$mine"/*) continue ;; esac
+    if cat "$file" > /dev/null 2>&1; then echo "$file"; fi
+  done
+done > others.txt
+for target in @TARGETS@; do
+  if timeout 5 bash -c "exec 3<>/dev/tcp/${target%:*}/${target#*:}" 2>/dev/null; then
+    echo "$target open"
+  else
+    echo "$target closed"
+  fi
+done > network.txt
+"""
+
+
+def job_users(container: dict[str, Any]) -> range:
+    """The JOB_USERS range a client container was given."""
+    env = dict(item.partition("=")[::2] for item in container["Config"]["Env"])
+    first, _, last = env["JOB_USERS"].partition("-")
+    return range(int(first), int(last) + 1)
+
+
+def address(container: dict[str, Any], network: str) -> str:
+    found = container["NetworkSettings"]["Networks"][network]["IPAddress"]
+    assert isinstance(found, str)
+    return found
+
+
+def client_process(container: dict[str, Any]) -> psutil.Process:
+    """The client in its container, seen from the host (docker-init's child)."""
+    init = psutil.Process(container["State"]["Pid"])
+    (client,) = [child for child in init.children() if "client" in " ".join(child.cmdline()[1:])]
+    return client
+
+
+def check_a_job_reaches_nothing_of_the_client_nor_any_api(stack: Stack) -> None:
+    executors = f"{stack.project}_executors"
+    light = stack.container("client-light")
+    targets = {
+        "own client": "127.0.0.1:9000",
+        "server": f"{address(stack.container('server'), executors)}:5000",
+        "other client": f"{address(stack.container('client-heavy'), executors)}:9000",
+    }
+    # Every target answers the client's own uid (root in its container): what the job is
+    # refused below is refused to the job, not missing.
+    for name, target in targets.items():
+        host, port = target.split(":")
+        reached = stack.compose(
+            "exec", "-T", "client-light", "bash", "-c", f"exec 3<>/dev/tcp/{host}/{port}"
+        )
+        assert reached.returncode == 0, f"{name}: {said(reached)}"
+
+    script = ATTACK_SCRIPT.replace("@TARGETS@", " ".join(targets.values()))
+    response = stack.api.upload(
+        {"run.sh": "bash attack.sh\n", "attack.sh": script}, service="light"
+    )
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    stack.api.wait_for(job_id, "Completed", timeout_s=120)
+    result = stack.api.download_zip(job_id)
+    files = {name: result.read(name).decode(errors="replace") for name in result.namelist()}
+
+    client = client_process(light)
+    uid = int(files["uid.txt"])
+    assert uid != client.uids().real
+    assert uid in job_users(light)
+    # The job sees the client's process (one PID namespace) but cannot read or signal it.
+    assert files["pids.txt"].split(), "the job did not find the client's process"
+    assert set(files["client.txt"].splitlines()) == {"environ denied", "signal refused"}
+    assert files["token-access.txt"] == "denied\n"
+    # Nor another job's files (the light job of the first check ran on this client).
+    assert files["others.txt"] == ""
+    assert COMPOSE_TOKEN not in "".join(files.values())
+    assert files["network.txt"].splitlines() == [f"{target} closed" for target in targets.values()]
+    # And the client runs without the capability that set the rule (it could undo it).
+    status = Path(f"/proc/{client.pid}/status").read_text()
+    capabilities = {
+        line.split(":")[0]: int(line.split()[1], 16)
+        for line in status.splitlines()
+        if line.startswith("Cap")
+    }
+    cap_setpcap, cap_net_admin = 1 << 8, 1 << 12
+    for field in ("CapBnd", "CapEff"):
+        assert not capabilities[field] & (cap_net_admin | cap_setpcap), field
 
 
 def check_clients_publish_nothing_and_only_the_server_network_reaches_them(

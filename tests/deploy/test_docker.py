@@ -104,6 +104,10 @@ def test_compose_file_is_valid_and_isolates_the_clients(files: tuple[Path, ...])
     server = services["server"]
     assert published_ports(server) == ["0.0.0.0:5000:5000"]
     assert set(server["networks"]) == {"public", "executors", "database"}
+    # The image's uid, no capabilities.
+    assert "user" not in server
+    assert server["cap_drop"] == ["ALL"]
+    assert "cap_add" not in server
     assert server["environment"]["DB_PATH"].startswith("postgresql+asyncpg://")
     assert server["environment"]["SERVICE_LIGHT_CLIENTS"] == "http://client-light:9000"
     assert server["environment"]["SERVICE_HEAVY_CLIENTS"] == "http://client-heavy:9000"
@@ -112,9 +116,7 @@ def test_compose_file_is_valid_and_isolates_the_clients(files: tuple[Path, ...])
         client = services[name]
         assert "ports" not in client, f"{name} publishes ports"
         assert set(client["networks"]) == {"executors"}
-        assert client["environment"]["CLIENT_TOKEN"] == COMPOSE_SECRETS["CLIENT_TOKEN"]
         assert client["read_only"] is True
-        assert client["cap_drop"] == ["ALL"]
         resources = client["deploy"]["resources"]
         assert float(resources["limits"]["cpus"]) == 4
         assert size_bytes(resources["limits"]["memory"]) == 8 * 2**30
@@ -141,6 +143,68 @@ def test_compose_file_is_valid_and_isolates_the_clients(files: tuple[Path, ...])
         "client-heavy-data",
         "db-data",
     }
+
+
+#: What the root client needs: switch to job uids, kill their leftovers, hand over and take
+#: back their files; NET_ADMIN for the entry point's rule, dropped before the client starts
+#: (with SETPCAP, which that drop takes).
+CLIENT_CAPABILITIES = {
+    *("SETUID", "SETGID", "KILL", "CHOWN", "FOWNER", "DAC_OVERRIDE"),
+    *("NET_ADMIN", "SETPCAP"),
+}
+
+
+def uid_range(text: str) -> range:
+    first, _, last = text.partition("-")
+    return range(int(first), int(last) + 1)
+
+
+def test_compose_clients_give_every_job_its_own_uid_and_keep_the_token_in_a_file() -> None:
+    """Issue 21: jobs ran with the clients' uid and read CLIENT_TOKEN from their environment."""
+    config = compose_config(COMPOSE_FILE)
+    services = config["services"]
+    token_path = str(COMPOSE_FILE.parent / COMPOSE_SECRETS["JO_CLIENT_TOKEN_FILE"])
+    assert config["secrets"] == {"client_token": {"file": token_path}}
+    ranges = []
+    for name in ("server", "client-light", "client-heavy"):
+        service = services[name]
+        environment = service["environment"]
+        assert "CLIENT_TOKEN" not in environment, name
+        assert environment["CLIENT_TOKEN_FILE"] == "/run/secrets/client_token", name
+        assert [secret["source"] for secret in secret_list(service)] == ["client_token"], name
+        if name == "server":
+            continue
+        assert service["user"] == "0:0"
+        assert service["cap_drop"] == ["ALL"]
+        assert set(service["cap_add"]) == CLIENT_CAPABILITIES
+        assert service["security_opt"] == ["no-new-privileges:true"]
+        assert service["entrypoint"] == ["job-orchestrator-client"]
+        assert environment["SANDBOX"] == "rlimits"
+        ranges.append(uid_range(environment["JOB_USERS"]))
+    # Disjoint: the kernel counts a uid's processes (JOB_MAX_PROCESSES) host-wide.
+    light, heavy = ranges
+    assert len(light) >= 64
+    assert len(heavy) >= 64
+    assert not set(light) & set(heavy)
+    assert all(uid > 65535 for uid in (*light, *heavy))
+
+
+def secret_list(service: dict[str, Any]) -> list[dict[str, Any]]:
+    """A service's secrets in the long form, whichever form this Compose prints."""
+    return [
+        secret if isinstance(secret, dict) else {"source": secret}
+        for secret in service.get("secrets", [])
+    ]
+
+
+def test_the_client_entrypoint_is_in_the_image() -> None:
+    runtime = (COMPOSE_FILE.parent / "Dockerfile").read_text().split(" AS runtime", 1)[1]
+    assert "COPY deploy/client-entrypoint /usr/local/bin/job-orchestrator-client" in runtime
+    assert "nftables" in runtime
+    assert "setpriv" in runtime
+    # The build context ignores everything it is not told to keep.
+    kept = (COMPOSE_FILE.parent.parent / ".dockerignore").read_text().splitlines()
+    assert "!deploy/client-entrypoint" in kept
 
 
 def test_local_base_override_builds_everything_from_the_local_base() -> None:

@@ -9,6 +9,9 @@ a unit that names another program or a target that does not exist still fails.
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -93,35 +96,145 @@ def test_verify_reports_a_broken_unit(tmp_path: Path) -> None:
     assert "ignoring: maybe" in findings
 
 
+def one(settings: dict[str, list[str]], key: str) -> str:
+    (value,) = settings[key]
+    return value
+
+
+def environment(settings: dict[str, list[str]]) -> dict[str, str]:
+    """The unit's Environment= assignments (several per line allowed)."""
+    pairs = (item.partition("=") for line in settings["Environment"] for item in line.split())
+    return {name: value for name, _, value in pairs}
+
+
 @pytest.mark.parametrize("unit", UNITS, ids=lambda path: path.stem)
 def test_units_are_hardened(unit: Path) -> None:
     settings = service_settings(unit)
     mode = unit.stem.removeprefix("job-orchestrator-")
     state = f"job-orchestrator-{mode}"
 
-    def one(key: str) -> str:
-        (value,) = settings[key]
-        return value
-
-    assert one("ExecStart") == f"/usr/local/bin/job-orchestrator {mode}"
-    assert one("DynamicUser") == "yes"
-    assert one("ProtectSystem") == "strict"
-    assert one("NoNewPrivileges") == "yes"
-    assert one("PrivateTmp") == "yes"
-    assert one("ProtectHome") == "yes"
-    assert one("CapabilityBoundingSet") == ""
-    assert one("StateDirectory") == state
-    assert one("ReadWritePaths") == f"/var/lib/{state}"
-    assert one("EnvironmentFile") == f"/etc/job-orchestrator/{mode}.env"
-    data_path = next(
-        value.removeprefix("DATA_PATH=")
-        for value in settings["Environment"]
-        if value.startswith("DATA_PATH=")
-    )
-    assert data_path.startswith(f"/var/lib/{state}/")
+    assert one(settings, "ExecStart") == f"/usr/local/bin/job-orchestrator {mode}"
+    assert one(settings, "ProtectSystem") == "strict"
+    assert one(settings, "NoNewPrivileges") == "yes"
+    assert one(settings, "PrivateTmp") == "yes"
+    assert one(settings, "ProtectHome") == "yes"
+    assert one(settings, "StateDirectory") == state
+    assert one(settings, "ReadWritePaths") == f"/var/lib/{state}"
+    assert one(settings, "EnvironmentFile") == f"/etc/job-orchestrator/{mode}.env"
+    assert environment(settings)["DATA_PATH"].startswith(f"/var/lib/{state}/")
     assert (SYSTEMD / f"{mode}.env.example").is_file()
+    # Issue 21: systemd's soft default of 1024 descriptors ran the server out of them.
+    assert int(one(settings, "LimitNOFILE")) >= 65536
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda path: path.stem)
+def test_the_client_token_is_a_credential_in_no_environment(unit: Path) -> None:
+    """A job with the client's uid read CLIENT_TOKEN in /proc/<client>/environ (issue 21)."""
+    settings = service_settings(unit)
+    assert settings["LoadCredential"] == ["client-token:/etc/job-orchestrator/client-token"]
+    env = environment(settings)
+    assert env["CLIENT_TOKEN_FILE"] == "%d/client-token"
+    assert "CLIENT_TOKEN" not in env
+    example = (SYSTEMD / f"{unit.stem.removeprefix('job-orchestrator-')}.env.example").read_text()
+    assert not re.search(r"^\s*CLIENT_TOKEN=", example, re.MULTILINE)
+
+
+def test_the_server_runs_as_a_dynamic_user_without_capabilities() -> None:
+    settings = service_settings(SYSTEMD / "job-orchestrator-server.service")
+    assert one(settings, "DynamicUser") == "yes"
+    assert one(settings, "CapabilityBoundingSet") == ""
+    assert one(settings, "RestrictNamespaces") == "yes"
+    assert one(settings, "StateDirectoryMode") == "0750"
+
+
+def test_the_client_gives_every_job_its_own_uid_under_bubblewrap() -> None:
+    settings = service_settings(CLIENT_UNIT)
+    env = environment(settings)
+    # Root, for the job uids, held to what that needs; no dynamic user (it cannot switch).
+    assert "DynamicUser" not in settings
+    assert one(settings, "User") == "root"
+    assert set(one(settings, "CapabilityBoundingSet").split()) == CLIENT_CAPABILITIES
+    assert one(settings, "AmbientCapabilities") == ""
+    assert env["SANDBOX"] == "bwrap"
+    first, last = job_users(env)
+    assert 0 < first <= last
+    # Not systemd's DynamicUser range, where another service's uid may live.
+    assert last < 61184 or first > 65519
+    # bubblewrap (as the job's uid) makes these namespaces; all else stays refused.
+    assert set(one(settings, "RestrictNamespaces").split()) == {
+        "user",
+        "mnt",
+        "pid",
+        "net",
+        "ipc",
+        "uts",
+    }
+    # They mount over parts of /proc, which stops bubblewrap's /proc (see the next test).
+    assert "ProtectKernelTunables" not in settings
+    assert "ProtectKernelLogs" not in settings
+    # A job's uid must reach its own work directory below the state directory.
+    assert one(settings, "StateDirectoryMode") == "0711"
+
+
+CLIENT_UNIT = SYSTEMD / "job-orchestrator-client.service"
+#: What the root client needs: switch to job uids, kill their leftovers, hand over and take
+#: back their files. Nothing else (no CAP_SYS_ADMIN: bubblewrap runs as the job's uid).
+CLIENT_CAPABILITIES = {
+    "CAP_SETUID",
+    "CAP_SETGID",
+    "CAP_KILL",
+    "CAP_CHOWN",
+    "CAP_FOWNER",
+    "CAP_DAC_OVERRIDE",
+}
+
+
+def job_users(env: dict[str, str]) -> tuple[int, int]:
+    first, _, last = env["JOB_USERS"].partition("-")
+    return int(first), int(last)
+
+
+BWRAP_JOB = [
+    *("--ro-bind", "/", "/"),
+    *("--dev", "/dev"),
+    *("--proc", "/proc"),
+    *("--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-pid"),
+    "--",
+    *("sh", "-c", "id -u"),
+]
+
+
+def test_bubblewrap_runs_a_job_within_the_client_units_limits() -> None:
+    """What the unit allows is enough: from a root process held to the unit's bounding set
+    and no-new-privileges, a job dropped to the first JOB_USERS uid starts bubblewrap with
+    the sandbox's namespaces. And what the unit leaves out matters: with part of /proc
+    hidden, as ProtectKernelTunables= does, the same job cannot start."""
+    if os.geteuid() != 0:
+        missing("needs root (to drop to a job uid)")
+    bwrap = require_program("bwrap", "Debian: apt-get install bubblewrap")
+    setpriv = require_program("setpriv", "Debian: util-linux")
+    unshare = require_program("unshare", "Debian: util-linux")
+    settings = service_settings(CLIENT_UNIT)
+    first, _ = job_users(environment(settings))
+    bounding = ",".join(
+        f"+{name.removeprefix('CAP_').lower()}"
+        for name in one(settings, "CapabilityBoundingSet").split()
+    )
+    as_unit = [setpriv, f"--bounding-set=-all,{bounding}", "--no-new-privs", "--"]
+    as_job = [setpriv, f"--reuid={first}", f"--regid={first}", "--clear-groups", "--"]
+    started = run([*as_unit, *as_job, bwrap, *BWRAP_JOB])
+    assert started.returncode == 0, said(started)
+    assert started.stdout.strip() == str(first)
+
+    hide_sysctl = "mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys"
+    job = shlex.join([*as_unit, *as_job, bwrap, *BWRAP_JOB])
+    hidden = run(
+        [unshare, "--mount", "--propagation", "private", "sh", "-c", f"{hide_sysctl} && {job}"]
+    )
+    assert hidden.returncode != 0, said(hidden)
+    assert "Can't mount proc" in hidden.stderr, said(hidden)
 
 
 def test_client_restart_leaves_running_jobs_to_be_readopted() -> None:
-    client = service_settings(SYSTEMD / "job-orchestrator-client.service")
+    client = service_settings(CLIENT_UNIT)
     assert client["KillMode"] == ["process"]

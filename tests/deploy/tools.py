@@ -23,8 +23,25 @@ LOCAL_BASE_OVERRIDE = DEPLOY / "compose.local-base.yml"
 KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
 DOCKERFILES = (DEPLOY / "Dockerfile", DEPLOY / "postgres.Dockerfile")
-#: The secrets the compose file refuses to start without, as a test would set them.
-COMPOSE_SECRETS = {"CLIENT_TOKEN": "compose-test-token-0123456789", "POSTGRES_PASSWORD": "pw"}
+#: The secrets the compose file refuses to start without, as a test would set them (the token
+#: file's path, relative to deploy/, is only resolved by `config`; see `write_token_file`).
+COMPOSE_SECRETS = {"JO_CLIENT_TOKEN_FILE": "client-token", "POSTGRES_PASSWORD": "pw"}
+#: The token the compose stack's server and clients share.
+COMPOSE_TOKEN = "compose-test-token-0123456789"
+#: The image's unprivileged uid (the server's), which must be able to read the token file.
+IMAGE_UID = 1000
+
+
+def write_token_file(directory: Path) -> Path:
+    """The token as the compose file wants it: a file of the server's uid, mode 0400 (root's
+    clients read it with CAP_DAC_OVERRIDE; the jobs' uids cannot)."""
+    if os.geteuid() != 0:
+        missing("needs root: the token file must belong to the image's uid 1000")
+    path = directory / "client-token"
+    path.write_text(COMPOSE_TOKEN + "\n")
+    os.chown(path, IMAGE_UID, IMAGE_UID)
+    path.chmod(0o400)
+    return path
 
 
 def missing(reason: str) -> NoReturn:

@@ -541,3 +541,123 @@ def test_admin_users_are_a_list_of_user_ids() -> None:
 def test_bad_admin_users_name_the_setting(raw: str) -> None:
     with pytest.raises(ConfigError, match="ADMIN_USERS"):
         load_server_settings({"ADMIN_USERS": raw})
+
+
+# --- secrets given as files (`<NAME>_FILE`) ---------------------------------------------------
+
+SECRET = "s3cret-value-0123456789abcdef"
+#: (loader, variable, where the loaded settings keep it) for every secret with a `_FILE` form.
+_SECRETS: list[tuple[Callable[[Mapping[str, str]], Any], str, Callable[[Any], object]]] = [
+    (load_client_settings, "CLIENT_TOKEN", lambda s: s.client_token),
+    (load_server_settings, "CLIENT_TOKEN", lambda s: s.services["foo"].client_token),
+    (load_server_settings, "SERVICE_FOO_CLIENT_TOKEN", lambda s: s.services["foo"].client_token),
+    (load_server_settings, "CALLBACK_SECRET", lambda s: s.callback_secret),
+    (load_server_settings, "METRICS_TOKEN", lambda s: s.metrics_token),
+    (load_server_settings, "DB_PATH", lambda s: s.db_path),
+]
+_SECRET_IDS = [f"{loader.__name__.split('_')[1]}-{name}" for loader, name, _ in _SECRETS]
+
+
+def secret_file(tmp_path: Path, content: str | bytes, name: str = "secret") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    return path
+
+
+@pytest.mark.parametrize(("loader", "variable", "kept"), _SECRETS, ids=_SECRET_IDS)
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n", "\n\n"])
+def test_a_secret_is_read_from_its_file_without_the_trailing_newline(
+    tmp_path: Path,
+    loader: Callable[[Mapping[str, str]], Any],
+    variable: str,
+    kept: Callable[[Any], object],
+    ending: str,
+) -> None:
+    path = secret_file(tmp_path, f"{SECRET}{ending}")
+    settings = loader({**service_env("FOO"), f"{variable}_FILE": str(path)})
+    assert kept(settings) == SECRET
+    # The same value as given directly.
+    assert kept(loader({**service_env("FOO"), variable: SECRET})) == SECRET
+
+
+@pytest.mark.parametrize(("loader", "variable", "kept"), _SECRETS, ids=_SECRET_IDS)
+def test_a_secret_given_twice_is_refused_without_showing_it(
+    tmp_path: Path,
+    loader: Callable[[Mapping[str, str]], Any],
+    variable: str,
+    kept: Callable[[Any], object],
+) -> None:
+    path = secret_file(tmp_path, SECRET)
+    env = {**service_env("FOO"), variable: SECRET, f"{variable}_FILE": str(path)}
+    with pytest.raises(ConfigError) as raised:
+        loader(env)
+    assert raised.value.variable == f"{variable}_FILE"
+    assert variable in str(raised.value)
+    assert SECRET not in str(raised.value)
+
+
+@pytest.mark.parametrize(("loader", "variable", "kept"), _SECRETS, ids=_SECRET_IDS)
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [(None, "No such file"), ("", "is empty"), ("\n", "is empty"), ("dir", "Is a directory")],
+)
+def test_a_missing_empty_or_unreadable_secret_file_names_the_variable(
+    tmp_path: Path,
+    loader: Callable[[Mapping[str, str]], Any],
+    variable: str,
+    kept: Callable[[Any], object],
+    content: str | None,
+    problem: str,
+) -> None:
+    path = tmp_path / "secret"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=problem) as raised:
+        loader({**service_env("FOO"), f"{variable}_FILE": str(path)})
+    assert raised.value.variable == f"{variable}_FILE"
+
+
+def test_a_secret_file_that_is_not_a_secret_is_refused(tmp_path: Path) -> None:
+    huge = secret_file(tmp_path, "x" * (64 * 1024 + 1))
+    with pytest.raises(ConfigError, match="larger than"):
+        load_client_settings({"CLIENT_TOKEN_FILE": str(huge)})
+    binary = secret_file(tmp_path, b"\xff\xfe", name="binary")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_client_settings({"CLIENT_TOKEN_FILE": str(binary)})
+
+
+def test_a_service_token_file_wins_over_the_global_token(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "service-token\n")
+    env = {
+        **service_env("FOO"),
+        **service_env("BAR", CLIENT_TOKEN_FILE=str(path)),
+        **service_env("NONE", CLIENT_TOKEN=""),
+        "CLIENT_TOKEN_FILE": str(secret_file(tmp_path, "global-token\n", name="global")),
+    }
+    services = load_server_settings(env).services
+    assert services["foo"].client_token == "global-token"
+    assert services["bar"].client_token == "service-token"
+    # An empty service token still means "no token for this service", as before.
+    assert services["none"].client_token is None
+
+
+def test_a_short_callback_secret_file_names_the_file_variable(tmp_path: Path) -> None:
+    path = secret_file(tmp_path, "short\n")
+    with pytest.raises(ConfigError, match="at least 16") as raised:
+        load_server_settings({"CALLBACK_SECRET_FILE": str(path)})
+    assert raised.value.variable == "CALLBACK_SECRET_FILE"
+
+
+@pytest.mark.parametrize("command", ["server", "client", "migrate"])
+def test_cli_refuses_a_secret_given_twice_in_one_line_without_showing_it(
+    tmp_path: Path, command: str
+) -> None:
+    path = secret_file(tmp_path, SECRET)
+    variable = "DB_PATH" if command == "migrate" else "CLIENT_TOKEN"
+    result = run_cli(tmp_path, command, **{variable: SECRET, f"{variable}_FILE": str(path)})
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert f"{variable}_FILE" in line
+    assert SECRET not in result.stderr + result.stdout
