@@ -264,7 +264,7 @@ NODE_CHECK_INTERVAL = _declare(
 FAILOVER_AFTER = _declare(
     "FAILOVER_AFTER",
     "30",
-    "seconds a client may be down before its unstarted jobs move",
+    "seconds a client may be down before its unstarted jobs move (at least its lease + 5 s)",
     "server",
     "queue",
 )

@@ -22,6 +22,9 @@ DISPATCH_KEY_HEADER = "X-Orchestrator-Dispatch-Key"
 TIMEOUT_HEADER = "X-Orchestrator-Timeout"
 #: A client's MAX_CONCURRENT, on its /health answers.
 CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
+#: Our client's SERVER_LEASE in seconds, on its /health answers: the server never fails a job
+#: over from it sooner than this (plus a margin), whatever its FAILOVER_AFTER says.
+LEASE_HEADER = "X-Orchestrator-Server-Lease"
 #: run.sh's exit status, on a client's /retrieve answers once the script has ended.
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: Seconds since run.sh started, on our client's /retrieve answers once it has started: the

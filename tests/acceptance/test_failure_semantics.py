@@ -603,3 +603,55 @@ def test_sigterm_to_a_client_leaves_jobs_running_and_restart_collects_true_statu
         assert body["status"] == "Failed", body
         assert body["message"] == "run.sh exited with status 7", body
         assert cl.shutdown() == []
+
+
+def test_a_failover_setting_below_the_clients_lease_still_never_runs_a_job_twice(
+    tmp_path: Path,
+) -> None:
+    """Issue 21: with FAILOVER_AFTER=3 and the clients' default SERVER_LEASE=15, a client
+    frozen while holding an unstarted job, resumed once the job had been failed over and had
+    completed elsewhere, ran it a second time. Our clients advertise their lease on /health,
+    and the server waits for it (plus a margin) whatever FAILOVER_AFTER says."""
+    marker = tmp_path / "queued-job.marker"
+    env = {"NODE_CHECK_INTERVAL": "0.2", "FAILOVER_AFTER": "3", "CLIENT_TIMEOUT": "1"}
+    cl = Cluster(tmp_path)
+    frozen: list[Node] = []
+    try:
+        first = cl.add_client(ONE_SLOT)  # the default SERVER_LEASE
+        second = cl.add_client(ONE_SLOT, start=False)
+        cl.start_server(env)
+        go = tmp_path / "go"
+        long_script = f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+        _long_job, queued, token = occupy_first_client(cl, marker, long_script)
+        second.start()
+        assert first.process is not None
+        os.kill(first.process.pid, signal.SIGSTOP)
+        frozen.append(first)
+        go.touch()  # client0's slot is free the moment it runs again
+        cl.api.wait_for(queued, "Completed", timeout_s=120)
+        assert len(lines(marker)) == 1
+        # client0 runs again while the server cannot revoke anything yet (as a partition
+        # that heals on the client's side first would have it).
+        assert cl.server is not None
+        assert cl.server.process is not None
+        os.kill(cl.server.process.pid, signal.SIGSTOP)
+        frozen.append(cl.server)
+        os.kill(first.process.pid, signal.SIGCONT)
+        frozen.remove(first)
+        time.sleep(2)  # client0's own loop runs
+        os.kill(cl.server.process.pid, signal.SIGCONT)
+        frozen.remove(cl.server)
+        revoked = payload_with(cl.root / "client0", token)
+        assert revoked is not None
+        state = wait_until(
+            lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
+            "the revoked payload to end on client0",
+        )
+        assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
+        assert not state["handle"], f"the revoked payload was started: {state}"
+        assert "SERVER_LEASE (15 s) plus 5 s" in cl.server.log()
+    finally:
+        for node in frozen:
+            if node.process is not None:
+                os.kill(node.process.pid, signal.SIGCONT)
+        cl.shutdown()

@@ -54,6 +54,7 @@ from job_orchestrator.wire import (
     CLOCK_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
+    LEASE_HEADER,
     LOG_BYTES_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
@@ -277,7 +278,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
             state.registry.ping()
         except Exception:  # any failure of the registry means unhealthy
             return Response(status_code=503)
-        headers = {}
+        headers = {LEASE_HEADER: f"{state.settings.server_lease_s:g}"}
         capacity = await state.runner.capacity()
         if capacity:
             headers[CAPACITY_HEADER] = str(capacity)

@@ -62,6 +62,7 @@ from job_orchestrator.wire import (
     DISPATCH_KEY_HEADER,
     EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
+    LEASE_HEADER,
     LOG_BYTES_HEADER,
     LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
@@ -101,6 +102,8 @@ class NodeReport:
     load_percent: float | None
     #: /load (which needs the token, unlike our client's /health) answered 401.
     token_refused: bool = False
+    #: The client's SERVER_LEASE, as its /health advertises it (None: not said).
+    server_lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +145,15 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
         raise TransientClientError(f"{what}: client answered {response.status}")
     if not 200 <= response.status < 300:
         raise PermanentClientError(f"{what}: client answered {response.status}")
+
+
+def _seconds_header(text: str) -> float | None:
+    """A positive, finite number of seconds from a header; None for anything else."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
 
 
 def _range_size(response: aiohttp.ClientResponse) -> int:
@@ -454,6 +466,7 @@ class NodeGateway:
             max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
             load_percent=load,
             token_refused=refused,
+            server_lease_s=_seconds_header(health.headers.get(LEASE_HEADER, "")),
         )
 
     @observed_call("kill")

@@ -7,6 +7,12 @@ another node, and their payloads there are revoked: killed as soon as the node i
 it gets any new work. (A payload a restarted client finds unstarted waits for the server to
 ask for it before it runs, so a revoked payload never starts.)
 
+That holds only while the server waits longer than the node's lease (its SERVER_LEASE: a
+payload starts only if the server asked about it that recently). So the wait is never shorter
+than the lease the node advertises on /health plus LEASE_MARGIN_S, whatever FAILOVER_AFTER
+says; a node that never said (down since the server started, or the original's client) is
+taken to hold our client's default lease.
+
 A job is only ever spoken about with the client it was dispatched to (`recorded_node`): one
 whose client is no longer configured raises ClientLeftError instead of reaching another
 client, and every request about a payload carries the job's dispatch key, which our client
@@ -22,6 +28,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from job_orchestrator import settings_table
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
@@ -38,6 +45,11 @@ from job_orchestrator.status import Status
 logger = logging.getLogger(__name__)
 
 FAILURES_BEFORE_DOWN = 2
+#: How much longer than a node's lease its jobs wait before failover: requests in flight
+#: and a client's own scheduling delay (its lease counts from when it read the request).
+LEASE_MARGIN_S = 5.0
+#: The lease assumed of a node that has not said its own: our client's default.
+DEFAULT_CLIENT_LEASE_S = float(settings_table.SERVER_LEASE.literal or 15)
 NOT_STARTED = (Status.SUBMITTED, Status.PREPARED)
 
 
@@ -84,6 +96,8 @@ class NodeState:
     #: Why the latest failed check or call failed (kept after it recovers, for /status).
     last_error: str | None = None
     last_error_at: float | None = None
+    #: The SERVER_LEASE the node advertised on /health (None until it said).
+    server_lease_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +274,9 @@ class Fleet:
                 logger.info("client %s answers again", url)
             state.healthy, state.failures, state.down_since = True, 0, None
             state.max_concurrent, state.load_percent = report.max_concurrent, report.load_percent
+            if report.server_lease_s is not None and report.server_lease_s != state.server_lease_s:
+                state.server_lease_s = report.server_lease_s
+                self._check_failover_margin(url, report.server_lease_s)
             if report.token_refused:
                 self._refused(url, state)
                 continue
@@ -270,6 +287,24 @@ class Fleet:
                 state.revocations_pending = not await self._flush_revocations(node)
             woke = woke or (self.usable(node) and not was_usable)
         return woke
+
+    def _check_failover_margin(self, url: str, lease_s: float) -> None:
+        if self.settings.failover_after_s < lease_s + LEASE_MARGIN_S:
+            logger.warning(
+                "FAILOVER_AFTER (%g s) is below client %s's SERVER_LEASE (%g s) plus %g s: its "
+                "jobs are failed over only after %g s, so that none can run twice",
+                self.settings.failover_after_s,
+                url,
+                lease_s,
+                LEASE_MARGIN_S,
+                self.failover_after_s(url),
+            )
+
+    def failover_after_s(self, url: str) -> float:
+        """How long the node's jobs wait before they may go elsewhere (see the module doc)."""
+        lease_s = self.state[url].server_lease_s
+        assumed_s = DEFAULT_CLIENT_LEASE_S if lease_s is None else lease_s
+        return max(self.settings.failover_after_s, assumed_s + LEASE_MARGIN_S)
 
     async def _flush_revocations(self, node: NodeConfig) -> bool:
         """Kill payloads revoked from this node; True once none is left."""
@@ -304,10 +339,10 @@ class Fleet:
         """
         moved: list[int] = []
         now = time.time()
-        failover_after_s = self.settings.failover_after_s
         for url, state in self.state.items():
             if state.healthy or state.down_since is None:
                 continue
+            failover_after_s = self.failover_after_s(url)
             if now - state.down_since < failover_after_s:
                 continue
             if self._has_sibling[url]:
