@@ -157,9 +157,17 @@ class SlurmExecutor:
         return handle
 
     async def _submitted_before(self, payload: Payload) -> int | None:
-        """A job of an earlier launch of this payload: same name and work directory."""
+        """A job of an earlier launch of this payload: this client's user's, with the same
+        name and work directory (another cluster user may name a job `jo-<id>` too)."""
         code, out, _err = await self._call(
-            "squeue", ["squeue", "--noheader", f"--name=jo-{payload.id}", "--format=%i|%Z"]
+            "squeue",
+            [
+                "squeue",
+                "--noheader",
+                f"--user={os.getuid()}",
+                f"--name=jo-{payload.id}",
+                "--format=%i|%Z",
+            ],
         )
         if code != 0:
             return None
