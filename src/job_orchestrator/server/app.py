@@ -28,6 +28,7 @@ from job_orchestrator.http_common import (
 from job_orchestrator.server import api, logs, status_page, views
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.delivery import CallbackDeliverer
+from job_orchestrator.server.disclosure import DisclosureMiddleware
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
@@ -156,4 +157,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
+    # Users who are not admins see clients by name and no payload ids (server/disclosure.py).
+    app.add_middleware(DisclosureMiddleware, settings=settings)
     return app
