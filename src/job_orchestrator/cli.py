@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from job_orchestrator import __version__
+from job_orchestrator._descriptors import raise_open_files_limit
 from job_orchestrator._logging import JsonFormatter
 from job_orchestrator.errors import ConfigError
 from job_orchestrator.usercli import USER_COMMANDS, add_user_commands, run_user_command
@@ -111,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"job-orchestrator: invalid setting {error}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level, settings.log_format)
+    # Every held request costs a descriptor: take all the hard limit allows (logged).
+    raise_open_files_limit()
     app: FastAPI
     if arguments.command == "server":
         from job_orchestrator.server.app import create_app as create_server

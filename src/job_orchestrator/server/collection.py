@@ -23,6 +23,7 @@ from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
@@ -98,7 +99,8 @@ class JobCollector:
                     settle_s=self._settings.status_settle_s,
                 )
             except TransientClientError as error:
-                self._fleet.report_failure(client.url, reason=str(error))
+                if not isinstance(error, OutOfDescriptorsError):  # ours, not the client's
+                    self._fleet.report_failure(client.url, reason=str(error))
                 failures += 1
                 failing_since = failing_since or time.time()
                 if time.time() - failing_since >= self._settings.retry_deadline_s:

@@ -22,6 +22,7 @@ from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -247,6 +248,10 @@ class Orchestrator:
             dest_id = await client.submit(
                 input_dir(job.loc), dispatch_key=job.dispatch_key, timeout_s=service.timeout_s
             )
+        except OutOfDescriptorsError as error:
+            # This server's shortage, not the node's: the node keeps its health.
+            await self._retry_dispatch(job, str(error))
+            return
         except UndeliveredError as error:
             # It never reached the node, so any node may take it: another one, at once.
             self.fleet.report_failure(client.url, definite=True, reason=str(error))
@@ -377,6 +382,8 @@ class Orchestrator:
                 fresh = await self.store.get_job(job.id)
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
+                if isinstance(error, OutOfDescriptorsError):
+                    return TerminateOutcome(503, restore, "could not terminate job; retry later")
                 return TerminateOutcome(500, restore, "could not terminate job")
         if await asyncio.shield(
             self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message="job terminated")

@@ -27,22 +27,25 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
     TransientClientError,
 )
-from job_orchestrator.http_common import id_parameter, status_body
+from job_orchestrator.http_common import id_parameter, out_of_descriptors, status_body, too_busy
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import log_path, temporary_name
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.server.waiting import HELD_RETRY_AFTER_S, HeldRequests, Hold, Refused
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import LogQueryError, parse_offset
 
@@ -156,6 +159,7 @@ async def _file_chunks(path: Path, offset: int) -> AsyncIterator[bytes]:
 async def _until_set(stop: asyncio.Event, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """`chunks`, cut short when `stop` is set (a server stop ends held answers at once)."""
     stopping = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[bytes] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
@@ -170,6 +174,16 @@ async def _until_set(stop: asyncio.Event, chunks: AsyncIterator[bytes]) -> Async
                 return
     finally:
         stopping.cancel()
+        if step is not None and not step.done():
+            # The follower went away while a read was pending: that read ends with the
+            # relay's connection, and its error is nobody's to report.
+            step.cancel()
+            step.add_done_callback(_discard_outcome)
+
+
+def _discard_outcome(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def log_chunks(
@@ -233,6 +247,24 @@ async def log_chunks(
             await wait_any(draining.wait(), timeout_s=backoff_s(failures))
 
 
+class _HeldStreamingResponse(StreamingResponse):
+    """A follow's answer: its place under the caps is freed when the answer ends, however.
+
+    Starlette cancels the stream when the caller disconnects; `__call__` returns (or raises)
+    then, and the hold goes with it.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], hold: Hold, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self._hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._hold.release()
+
+
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield first
     async for chunk in rest:
@@ -279,7 +311,12 @@ _LOG_PARAMETERS: list[dict[str, Any]] = [
             "content": _JSON_STATUS,
         },
         404: {"description": "No such job", "content": _JSON_STATUS},
+        429: {
+            "description": "Too many follows held (LOG_FOLLOW_MAX_*); see Retry-After",
+            "content": _JSON_STATUS,
+        },
         502: {"description": "The job's client could not be reached", "content": _JSON_STATUS},
+        503: {"description": "No file descriptor left; see Retry-After", "content": _JSON_STATUS},
     },
 )
 async def job_logs(request: Request) -> Response:
@@ -291,18 +328,25 @@ async def job_logs(request: Request) -> Response:
     job = await lookup_job(request)
     if isinstance(job, Response):
         return job
-    chunks = log_chunks(engine(request), job.id, offset, follow)
-    if not follow:
-        # Read the first bytes before answering, so an unreachable client is a clear 502.
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return Response(b"", media_type="text/plain")
-        except ClientCallError as error:
-            message = f"could not read the log from the client: {error}"
-            return status_body(job.id, job.status, message, 502)
-        except StoreError:
-            logger.exception("log of job %d: the job could not be read", job.id)
-            return status_body(job.id, job.status, "Internal server error", 500)
-        chunks = _prepend(first, chunks)
-    return StreamingResponse(chunks, media_type="text/plain")
+    if follow:
+        follows: HeldRequests = request.app.state.follows
+        hold = follows.take(job.user_id)
+        if isinstance(hold, Refused):
+            return too_busy(hold.message, 429, HELD_RETRY_AFTER_S, job.id, job.status)
+        chunks = log_chunks(engine(request), job.id, offset, follow=True)
+        return _HeldStreamingResponse(chunks, hold, media_type="text/plain")
+    chunks = log_chunks(engine(request), job.id, offset, follow=False)
+    # Read the first bytes before answering, so an unreachable client is a clear 502.
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        return Response(b"", media_type="text/plain")
+    except OutOfDescriptorsError:
+        return out_of_descriptors(job.id, job.status)
+    except ClientCallError as error:
+        message = f"could not read the log from the client: {error}"
+        return status_body(job.id, job.status, message, 502)
+    except StoreError:
+        logger.exception("log of job %d: the job could not be read", job.id)
+        return status_body(job.id, job.status, "Internal server error", 500)
+    return StreamingResponse(_prepend(first, chunks), media_type="text/plain")

@@ -18,7 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from job_orchestrator.config import NodeConfig, ServerSettings
-from job_orchestrator.errors import ClientCallError, PayloadLostError, UndeliveredError
+from job_orchestrator.errors import (
+    ClientCallError,
+    OutOfDescriptorsError,
+    PayloadLostError,
+    UndeliveredError,
+)
 from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnswer
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
@@ -180,6 +185,10 @@ class Fleet:
             was_usable = self.usable(node)
             try:
                 report = await self.gateway.check(node, token=self._tokens[url])
+            except OutOfDescriptorsError as error:
+                # Our own shortage says nothing about the client: it keeps its state.
+                logger.warning("health check of %s skipped: %s", url, error)
+                continue
             except UndeliveredError as error:
                 self._failed(url, state, str(error), definite=True)
                 continue
