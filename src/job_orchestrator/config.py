@@ -121,6 +121,8 @@ class ServerSettings(CommonSettings):
     log_follow_max_total: int = 64
     wait_max_per_user: int = 16
     wait_max_total: int = 128
+    #: Largest copy of a job's log kept on the server, in MiB (0: no limit).
+    log_keep_max_mb: int = 100
     client_timeout_s: float = 30.0
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
@@ -269,6 +271,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         log_follow_max_total=_count(env, table.LOG_FOLLOW_MAX_TOTAL),
         wait_max_per_user=_count(env, table.WAIT_MAX_PER_USER),
         wait_max_total=_count(env, table.WAIT_MAX_TOTAL),
+        log_keep_max_mb=_count(env, table.LOG_KEEP_MAX_MB),
         client_timeout_s=_seconds(env, table.CLIENT_TIMEOUT),
         retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
         poll_interval_s=_seconds(env, table.POLL_INTERVAL),

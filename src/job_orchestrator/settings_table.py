@@ -176,6 +176,13 @@ WAIT_MAX_TOTAL = _declare(
     "server",
     "server",
 )
+LOG_KEEP_MAX_MB = _declare(
+    "LOG_KEEP_MAX_MB",
+    "100",
+    "largest copy of a job's log the server keeps; the copy then ends with a note; `0`: no limit",
+    "server",
+    "server",
+)
 
 # --- services (patterns: <NAME> is the service name) -----------------------------------------
 SERVICE_UPLOAD_URL = _declare(

@@ -120,7 +120,9 @@ class LogKeeper:
         # A job killed by /terminate may still run its traps (the client's KILL_GRACE): the
         # client's answer then streams until the payload ends, within this deadline.
         deadline = time.monotonic() + 2 * self.settings.long_poll_s
-        offset, final = 0, False
+        offset, final, cut = 0, False, False
+        # A job writes its log unbounded: the server keeps at most this much of it.
+        max_bytes = self.settings.log_keep_max_mb * 2**20 or None
         try:
             with partial.open("wb") as sink:
                 while not final and (remaining := deadline - time.monotonic()) > 0:
@@ -132,9 +134,14 @@ class LogKeeper:
                         token=token,
                     ) as answer:
                         async for chunk in answer.chunks:
+                            if max_bytes is not None and offset + len(chunk) > max_bytes:
+                                await asyncio.to_thread(sink.write, chunk[: max_bytes - offset])
+                                await asyncio.to_thread(sink.write, self._cut_note())
+                                offset, cut = max_bytes, True
+                                break
                             await asyncio.to_thread(sink.write, chunk)
                             offset += len(chunk)
-                    final = answer.final
+                    final = answer.final or cut
             if final:
                 os.replace(partial, destination)
             else:
@@ -147,6 +154,13 @@ class LogKeeper:
             logger.warning("could not keep the log of job %d: %s", job_id, error)
         finally:
             partial.unlink(missing_ok=True)
+
+    def _cut_note(self) -> bytes:
+        limit = self.settings.log_keep_max_mb
+        return (
+            f"\n[job-orchestrator: log cut at {limit} MB (LOG_KEEP_MAX_MB); "
+            "the rest was not kept]\n"
+        ).encode()
 
 
 async def _file_chunks(path: Path, offset: int) -> AsyncIterator[bytes]:
