@@ -123,6 +123,8 @@ class ServerSettings(CommonSettings):
     wait_max_total: int = 128
     #: Largest copy of a job's log kept on the server, in MiB (0: no limit).
     log_keep_max_mb: int = 100
+    #: Queued jobs one user may have, over all services (0: no limit).
+    queue_max_per_user: int = 1000
     client_timeout_s: float = 30.0
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
@@ -272,6 +274,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         wait_max_per_user=_count(env, table.WAIT_MAX_PER_USER),
         wait_max_total=_count(env, table.WAIT_MAX_TOTAL),
         log_keep_max_mb=_count(env, table.LOG_KEEP_MAX_MB),
+        queue_max_per_user=_count(env, table.QUEUE_MAX_PER_USER),
         client_timeout_s=_seconds(env, table.CLIENT_TIMEOUT),
         retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
         poll_interval_s=_seconds(env, table.POLL_INTERVAL),

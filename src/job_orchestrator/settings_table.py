@@ -176,6 +176,13 @@ WAIT_MAX_TOTAL = _declare(
     "server",
     "server",
 )
+QUEUE_MAX_PER_USER = _declare(
+    "QUEUE_MAX_PER_USER",
+    "1000",
+    "Queued jobs one user may have (all services); more uploads: 429; `0`: no limit",
+    "server",
+    "server",
+)
 LOG_KEEP_MAX_MB = _declare(
     "LOG_KEEP_MAX_MB",
     "100",

@@ -118,6 +118,8 @@ _UPLOAD_FIELDS = ("user_id", "service", "callback_url")
 _MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
+#: Seconds an upload refused for a full queue (QUEUE_MAX_PER_USER) is told to wait (429).
+_QUEUE_RETRY_AFTER_S = 30
 #: Where upstream's handler was when a body ended early (UPSTREAM §3.2).
 _TRUNCATED = {
     "file": f"Could not save file: Chunk read failed: {PARSE_ERROR_MESSAGE}",
@@ -195,6 +197,10 @@ async def health(request: Request) -> Response:
         },
         408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _JSON_STATUS},
         413: {"description": "Body over the upload limit", "content": _JSON_STATUS},
+        429: {
+            "description": "The user has QUEUE_MAX_PER_USER jobs queued; see Retry-After",
+            "content": _JSON_STATUS,
+        },
         500: {"description": "Storage failure", "content": _JSON_STATUS},
         503: {
             "description": (
@@ -308,6 +314,13 @@ async def _receive_upload(
         service = fields.get("service", "").lower()
         if service not in settings.services:
             return status_body(0, Status.UNKNOWN, "Invalid service", 400)
+        queue_max = settings.queue_max_per_user
+        if queue_max and await orchestrator.store.queued_count(user_id) >= queue_max:
+            message = (
+                f"Too many queued jobs for user {user_id} (at most {queue_max}, "
+                "QUEUE_MAX_PER_USER); retry later"
+            )
+            return too_busy(message, 429, _QUEUE_RETRY_AFTER_S)
         callback_url = await _callback_url(request, form.fields, form.oversized)
         if isinstance(callback_url, Response):
             return callback_url
