@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -66,6 +67,8 @@ class Node:
     env: dict[str, str]
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
+    #: RLIMIT_NOFILE (soft, hard) to start the process with; None: inherit the test's.
+    open_files: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -86,11 +89,17 @@ class Node:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=self._set_limits if self.open_files else None,
         )
         log.close()
         if wait:
             self.wait_healthy()
         return self
+
+    def _set_limits(self) -> None:
+        # In the child, between fork and exec.
+        assert self.open_files is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         deadline = time.monotonic() + timeout_s

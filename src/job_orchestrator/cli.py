@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from job_orchestrator import __version__
+from job_orchestrator._descriptors import raise_open_files_limit
 from job_orchestrator._logging import (
     JsonFormatter,
     RedactingFormatter,
@@ -128,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.log_format,
         settings_secrets(settings) | environment_secrets(os.environ),
     )
+    # Every held request costs a descriptor: take all the hard limit allows (logged).
+    raise_open_files_limit()
     app: FastAPI
     if arguments.command == "server":
         from job_orchestrator.server.app import create_app as create_server

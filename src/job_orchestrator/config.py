@@ -118,6 +118,15 @@ class ServerSettings(CommonSettings):
     #: Uploads in progress at once (0: no limit), in total and from one client address.
     upload_max_concurrent: int = DEFAULT_UPLOAD_MAX_CONCURRENT
     upload_max_per_client: int = DEFAULT_UPLOAD_MAX_PER_CLIENT
+    #: Held requests at once (0: no limit), per user and in total: log follows, `?wait=`.
+    log_follow_max_per_user: int = 8
+    log_follow_max_total: int = 64
+    wait_max_per_user: int = 16
+    wait_max_total: int = 128
+    #: Largest copy of a job's log kept on the server, in MiB (0: no limit).
+    log_keep_max_mb: int = 100
+    #: Queued jobs one user may have, over all services (0: no limit).
+    queue_max_per_user: int = 1000
     client_timeout_s: float = 30.0
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
@@ -302,6 +311,12 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         upload_idle_timeout_s=_seconds(env, table.UPLOAD_IDLE_TIMEOUT),
         upload_max_concurrent=_count(env, table.UPLOAD_MAX_CONCURRENT),
         upload_max_per_client=_count(env, table.UPLOAD_MAX_PER_CLIENT),
+        log_follow_max_per_user=_count(env, table.LOG_FOLLOW_MAX_PER_USER),
+        log_follow_max_total=_count(env, table.LOG_FOLLOW_MAX_TOTAL),
+        wait_max_per_user=_count(env, table.WAIT_MAX_PER_USER),
+        wait_max_total=_count(env, table.WAIT_MAX_TOTAL),
+        log_keep_max_mb=_count(env, table.LOG_KEEP_MAX_MB),
+        queue_max_per_user=_count(env, table.QUEUE_MAX_PER_USER),
         client_timeout_s=_seconds(env, table.CLIENT_TIMEOUT),
         retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
         poll_interval_s=_seconds(env, table.POLL_INTERVAL),

@@ -9,8 +9,10 @@
     │                          server asks no client about the job any more
     └── ClientCallError        a server -> client HTTP call failed
         ├── TransientClientError   worth retrying: refused, timeout, 5xx
-        │   └── UndeliveredError   the request cannot have reached the client (refused,
-        │                          DNS failure, connect timeout): safe to send elsewhere
+        │   ├── UndeliveredError   the request cannot have reached the client (refused,
+        │   │                      DNS failure, connect timeout): safe to send elsewhere
+        │   └── OutOfDescriptorsError  this server had no file descriptor left for the
+        │                          call: its own trouble, never held against the client
         └── PermanentClientError   a definite answer: 4xx or an unreadable reply
             ├── PayloadLostError   the client answered 404 for a payload we gave it (or
             │                      409: the payload there belongs to another dispatch)
@@ -63,6 +65,10 @@ class TransientClientError(ClientCallError):
 
 
 class UndeliveredError(TransientClientError):
+    pass
+
+
+class OutOfDescriptorsError(TransientClientError):
     pass
 
 

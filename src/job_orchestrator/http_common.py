@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from job_orchestrator._descriptors import RETRY_AFTER_S as DESCRIPTORS_RETRY_AFTER_S
 from job_orchestrator.status import Status
 from job_orchestrator.wire import parse_unsigned
 
@@ -59,6 +60,30 @@ def json_response(content: Any, status_code: int = 200, **kwargs: Any) -> JSONRe
 
 def status_body(job_id: int, status: Status, message: str, status_code: int) -> JSONResponse:
     return json_response({"id": job_id, "status": status.wire, "message": message}, status_code)
+
+
+def too_busy(
+    message: str,
+    status_code: int,
+    retry_after_s: int,
+    job_id: int = 0,
+    status: Status = Status.UNKNOWN,
+) -> JSONResponse:
+    """A refusal to come back later (429 or 503): the usual error body and `Retry-After`."""
+    response = status_body(job_id, status, message, status_code)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+def out_of_descriptors(job_id: int = 0, status: Status = Status.UNKNOWN) -> JSONResponse:
+    """What a request answers when this process has no file descriptor left (never a 500)."""
+    return too_busy(
+        "The server has no file descriptor left; retry in a few seconds",
+        503,
+        DESCRIPTORS_RETRY_AFTER_S,
+        job_id,
+        status,
+    )
 
 
 PING = {"message": "pong"}

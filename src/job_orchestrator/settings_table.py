@@ -155,6 +155,55 @@ UPLOAD_MAX_PER_CLIENT = _declare(
     "server",
     "server",
 )
+# Held requests, sized for a server held to 1024 descriptors (systemd's default soft limit),
+# as measured in /proc/<pid>/fd: a follow of a running job costs 2 (the caller's connection,
+# the relay's to the client), a wait 1, an upload in progress 3 (connection, staging lock,
+# the file being written). At these defaults: 64 x 2 + 128 x 1 + 128 uploads x 3 = 640, plus
+# about 20 at rest and one per job on a client (MAX_RUNS, 10 a service): over 300 stay free
+# for plain requests while every cap is full. One user: 8 x 2 + 16 = 32. (README, "Held
+# requests and file descriptors".)
+LOG_FOLLOW_MAX_PER_USER = _declare(
+    "LOG_FOLLOW_MAX_PER_USER",
+    "8",
+    "`/jobs/{id}/logs?follow=1` held at once for one user; more: 429; `0`: no limit",
+    "server",
+    "server",
+)
+LOG_FOLLOW_MAX_TOTAL = _declare(
+    "LOG_FOLLOW_MAX_TOTAL",
+    "64",
+    "log follows held at once on this server; more: 429; `0`: no limit",
+    "server",
+    "server",
+)
+WAIT_MAX_PER_USER = _declare(
+    "WAIT_MAX_PER_USER",
+    "16",
+    "`/download/{id}?wait=` held at once for one user; more: 429; `0`: no limit",
+    "server",
+    "server",
+)
+WAIT_MAX_TOTAL = _declare(
+    "WAIT_MAX_TOTAL",
+    "128",
+    "`?wait=` requests held at once on this server; more: 429; `0`: no limit",
+    "server",
+    "server",
+)
+QUEUE_MAX_PER_USER = _declare(
+    "QUEUE_MAX_PER_USER",
+    "1000",
+    "Queued jobs one user may have (all services); more uploads: 429; `0`: no limit",
+    "server",
+    "server",
+)
+LOG_KEEP_MAX_MB = _declare(
+    "LOG_KEEP_MAX_MB",
+    "100",
+    "largest copy of a job's log the server keeps; the copy then ends with a note; `0`: no limit",
+    "server",
+    "server",
+)
 
 # --- services (patterns: <NAME> is the service name) -----------------------------------------
 SERVICE_UPLOAD_URL = _declare(

@@ -567,9 +567,22 @@ async def test_next_retry_at(store: Store) -> None:
     assert await store.transition(b, [Status.QUEUED], not_before=1500.25)
     assert await store.transition(done, [Status.QUEUED], Status.FAILED, not_before=10.0)
     assert await store.next_retry_at() == 1500.25
+    # Dispatch asks only for retries still to come: one already due was left by its pass.
+    assert await store.next_retry_at(after=1500.25) == 2000.5
+    assert await store.next_retry_at(after=2000.5) is None
     assert await store.transition(b, [Status.QUEUED], Status.PROCESSING)
     assert await store.next_retry_at() == 2000.5
     assert plain
+
+
+async def test_queued_count_counts_one_users_queued_jobs_in_every_service(store: Store) -> None:
+    assert await store.queued_count(1) == 0
+    await job_in(store, Status.QUEUED, user_id=1, service="svc")
+    await job_in(store, Status.QUEUED, user_id=1, service="other")
+    await job_in(store, Status.RUNNING, user_id=1)
+    await job_in(store, Status.QUEUED, user_id=2)
+    assert await store.queued_count(1) == 2
+    assert await store.queued_count(2) == 1
 
 
 # --- jobs_with_status, finished_before, known_locs, ping ------------------------------------------

@@ -20,11 +20,14 @@ from fastapi.responses import (
 )
 from starlette.requests import ClientDisconnect
 
+from job_orchestrator._descriptors import RETRY_AFTER_S as DESCRIPTORS_RETRY_AFTER_S
+from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
+    OutOfDescriptorsError,
     PartialTooLargeError,
     PayloadLostError,
     StoreError,
@@ -38,7 +41,9 @@ from job_orchestrator.http_common import (
     U32_SCHEMA,
     id_parameter,
     json_response,
+    out_of_descriptors,
     status_body,
+    too_busy,
 )
 from job_orchestrator.multipart import (
     PARSE_ERROR_MESSAGE,
@@ -55,7 +60,14 @@ from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job, not_found
 from job_orchestrator.server.uploads import Staging
-from job_orchestrator.server.waiting import MAX_WAIT_S, WaitValueError, parse_wait
+from job_orchestrator.server.waiting import (
+    HELD_RETRY_AFTER_S,
+    MAX_WAIT_S,
+    HeldRequests,
+    Refused,
+    WaitValueError,
+    parse_wait,
+)
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import MESSAGE_HEADER, parse_i32
 
@@ -107,6 +119,8 @@ _UPLOAD_FIELDS = ("user_id", "service", "callback_url")
 _MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
+#: Seconds an upload refused for a full queue (QUEUE_MAX_PER_USER) is told to wait (429).
+_QUEUE_RETRY_AFTER_S = 30
 #: Where upstream's handler was when a body ended early (UPSTREAM §3.2).
 _TRUNCATED = {
     "file": f"Could not save file: Chunk read failed: {PARSE_ERROR_MESSAGE}",
@@ -184,9 +198,16 @@ async def health(request: Request) -> Response:
         },
         408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _JSON_STATUS},
         413: {"description": "Body over the upload limit", "content": _JSON_STATUS},
+        429: {
+            "description": "The user has QUEUE_MAX_PER_USER jobs queued; see Retry-After",
+            "content": _JSON_STATUS,
+        },
         500: {"description": "Storage failure", "content": _JSON_STATUS},
         503: {
-            "description": "Too many uploads in progress (UPLOAD_MAX_*); see Retry-After",
+            "description": (
+                "Too many uploads in progress (UPLOAD_MAX_*), or no file descriptor left; "
+                "see Retry-After"
+            ),
             "content": _JSON_STATUS,
         },
     },
@@ -259,10 +280,13 @@ async def _receive_upload(
     try:
         await asyncio.to_thread(staging.create)
         files_dir.mkdir()
-    except OSError:
-        logger.exception("could not create %s", files_dir)
+    except OSError as error:
         staging.close()
         await asyncio.to_thread(remove_tree, staging.path)
+        if is_exhaustion(error):
+            logger.warning("upload answered 503: %s", error)
+            return out_of_descriptors()
+        logger.exception("could not create %s", files_dir)
         return status_body(0, Status.UNKNOWN, "Could not create job directory", 500)
     try:
         form = await read_multipart(
@@ -291,6 +315,13 @@ async def _receive_upload(
         service = fields.get("service", "").lower()
         if service not in settings.services:
             return status_body(0, Status.UNKNOWN, "Invalid service", 400)
+        queue_max = settings.queue_max_per_user
+        if queue_max and await orchestrator.store.queued_count(user_id) >= queue_max:
+            message = (
+                f"Too many queued jobs for user {user_id} (at most {queue_max}, "
+                "QUEUE_MAX_PER_USER); retry later"
+            )
+            return too_busy(message, 429, _QUEUE_RETRY_AFTER_S)
         callback_url = await _callback_url(request, form.fields, form.oversized)
         if isinstance(callback_url, Response):
             return callback_url
@@ -330,6 +361,9 @@ async def _receive_upload(
     except (MultipartError, UnsafeFileNameError) as error:
         return status_body(0, Status.UNKNOWN, f"Multipart error: {error}", 400)
     except OSError as error:
+        if is_exhaustion(error):
+            logger.warning("upload answered 503: %s", error)
+            return out_of_descriptors()
         logger.exception("could not save an upload")
         return status_body(0, Status.UNKNOWN, f"Could not save file: {error.strerror}", 500)
     finally:
@@ -389,7 +423,12 @@ async def _until_disconnected(request: Request) -> None:
         },
         401: _UNAUTHORIZED,
         404: {"description": "No such job", "content": _JSON_STATUS},
+        429: {
+            "description": "Too many `wait`s held (WAIT_MAX_*); see Retry-After",
+            "content": _JSON_STATUS,
+        },
         500: {"description": "Result unreadable", "content": _JSON_STATUS},
+        503: {"description": "No file descriptor left; see Retry-After", "content": _JSON_STATUS},
     },
 )
 async def download(request: Request) -> Response:
@@ -402,10 +441,15 @@ async def download(request: Request) -> Response:
     if isinstance(job, Response):
         return job
     if wait_s and job.status not in TERMINAL:
-        await wait_any(engine(request).wait_final(job.id, wait_s), _until_disconnected(request))
-        if await request.is_disconnected():
-            logger.debug("wait on job %d ended: the caller disconnected", job.id)
-            return Response(status_code=204)  # nobody is left to read it
+        waits: HeldRequests = request.app.state.waits
+        hold = waits.take(job.user_id)
+        if isinstance(hold, Refused):
+            return too_busy(hold.message, 429, HELD_RETRY_AFTER_S, job.id, job.status)
+        with hold:
+            await wait_any(engine(request).wait_final(job.id, wait_s), _until_disconnected(request))
+            if await request.is_disconnected():
+                logger.debug("wait on job %d ended: the caller disconnected", job.id)
+                return Response(status_code=204)  # nobody is left to read it
         job = await lookup_job(request)
         if isinstance(job, Response):
             return job
@@ -417,7 +461,9 @@ async def download(request: Request) -> Response:
     try:
         # Raises OSError when missing or not a file (opening a directory fails too).
         return zip_response(result, headers=headers, filename=f"job-{job.id}.zip")
-    except OSError:
+    except OSError as error:
+        if is_exhaustion(error):
+            return out_of_descriptors(job.id, job.status)
         return status_body(job.id, job.status, "Error reading output file", 500)
 
 
@@ -466,6 +512,9 @@ async def download_partial(request: Request) -> Response:
     except PartialTooLargeError as error:
         await stack.aclose()
         return status_body(job.id, Status.UNKNOWN, str(error), 413)
+    except OutOfDescriptorsError:
+        await stack.aclose()
+        return out_of_descriptors(job.id, job.status)
     except ClientCallError as error:
         await stack.aclose()
         logger.warning("partial download of job %d failed: %s", job.id, error)
@@ -502,6 +551,8 @@ async def terminate(request: Request) -> Response:
     outcome = await engine(request).terminate(job.id)
     if outcome is None:
         return not_found(job.id)
+    if outcome.http_status == 503:
+        return too_busy(outcome.message, 503, DESCRIPTORS_RETRY_AFTER_S, job.id, outcome.status)
     return status_body(job.id, outcome.status, outcome.message, outcome.http_status)
 
 

@@ -16,13 +16,15 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from job_orchestrator import __version__
+from job_orchestrator._descriptors import exhausted_now, is_exhaustion
 from job_orchestrator.config import ServerSettings
-from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.errors import OutOfDescriptorsError, StoreError, StoreUnavailableError
 from job_orchestrator.http_common import (
     UNAUTHORIZED,
     bearer_matches,
     install_conventions,
     json_response,
+    out_of_descriptors,
     status_body,
 )
 from job_orchestrator.server import api, logs, status_page, views
@@ -34,9 +36,8 @@ from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.queue_view import QueuePositions
 from job_orchestrator.server.storage import open_store
+from job_orchestrator.server.waiting import HeldRequests
 from job_orchestrator.status import Status
-
-logger = logging.getLogger(__name__)
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,18 @@ def create_app(settings: ServerSettings) -> FastAPI:
             UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
         )
         app.state.callbacks = CallbackDeliverer(settings, store)
+        app.state.follows = HeldRequests(
+            "log follows",
+            settings.log_follow_max_per_user,
+            settings.log_follow_max_total,
+            ("LOG_FOLLOW_MAX_PER_USER", "LOG_FOLLOW_MAX_TOTAL"),
+        )
+        app.state.waits = HeldRequests(
+            "waits",
+            settings.wait_max_per_user,
+            settings.wait_max_total,
+            ("WAIT_MAX_PER_USER", "WAIT_MAX_TOTAL"),
+        )
         if settings.admin_users and app.state.user_tokens is None:
             logger.warning("ADMIN_USERS has no effect without API_TOKENS_FILE: /status is open")
         await orchestrator.start()
@@ -148,11 +161,25 @@ def create_app(settings: ServerSettings) -> FastAPI:
         if isinstance(error, StoreUnavailableError):
             logger.warning("request answered 503: %s", error)
             return api.database_unavailable()
+        if is_exhaustion(error) or exhausted_now():
+            # SQLite says "unable to open database file" without an errno.
+            logger.warning("request answered 503: no file descriptor left (%s)", error)
+            return out_of_descriptors()
         logger.error("database error: %s", error, exc_info=error)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
 
+    async def system_failed(_request: Request, error: Exception) -> Response:
+        if not is_exhaustion(error):
+            raise error  # a 500, as before: a bug or a broken disk
+        logger.warning("request answered 503: %s", error)
+        return out_of_descriptors()
+
     # One JSON shape for a failed database, whatever route met it (no traceback page).
     app.add_exception_handler(StoreError, store_failed)
+    # Running out of descriptors anywhere in a request (opening a file, connecting to a
+    # client) is a 503 with Retry-After, never a 500.
+    app.add_exception_handler(OSError, system_failed)
+    app.add_exception_handler(OutOfDescriptorsError, system_failed)
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.router.redirect_slashes = False  # the original does no slash normalisation

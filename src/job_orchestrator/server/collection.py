@@ -25,6 +25,7 @@ from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
     ClientUnauthorizedError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     TransientClientError,
@@ -112,6 +113,8 @@ class JobCollector:
                     # Retried like a lost contact: it recovers once the tokens agree.
                     self._fleet.report_unauthorized(client.url)
                     reason = ClientUnauthorizedError.MESSAGE
+                elif isinstance(error, OutOfDescriptorsError):  # ours, not the client's
+                    reason = f"the server is out of file descriptors: {error}"
                 else:
                     self._fleet.report_failure(client.url, reason=str(error))
                     reason = f"lost contact with the client: {error}"

@@ -24,6 +24,7 @@ from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
     ClientUnauthorizedError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
@@ -46,6 +47,8 @@ from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
 
 logger = logging.getLogger(__name__)
 
+#: How often a service with no usable client is logged as such.
+NO_CLIENT_WARNING_EVERY_S = 60.0
 #: The statuses of a job whose work is in flight, owned by one replica under its lease.
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
 
@@ -88,6 +91,11 @@ class Orchestrator:
         #: Jobs the last reaper pass found without a task, as it saw them.
         self._unowned: dict[int, JobRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
+        #: Services with no usable client: when one of their jobs last tried the clients,
+        #: which may try in the current claim, and when that was last logged.
+        self._probed_at: dict[str, float] = {}
+        self._probing: set[str] = set()
+        self._warned_at: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -206,9 +214,12 @@ class Orchestrator:
 
     async def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
+            started = time.time()
             try:
                 await self.dispatch_once()
-                retry_at = await self.store.next_retry_at()
+                # Jobs due already and still queued were left by this pass (a quota, or no
+                # client to take them): a wake-up brings them, not a spin every 10 ms.
+                retry_at = await self.store.next_retry_at(after=started)
             except StoreUnavailableError as error:
                 logger.warning("dispatch waits for the database: %s", error)
                 retry_at = None
@@ -221,21 +232,101 @@ class Orchestrator:
             await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=timeout)
 
     async def dispatch_once(self) -> int:
+        now = time.time()
         limits = {
             name: ServiceLimits(runs_per_user=s.runs_per_user, max_runs=s.max_runs)
             for name, s in self.settings.services.items()
+            if self._may_dispatch(name, s, now)
         }
-        claimed = await self.store.claim_dispatchable(
-            limits, time.time(), self._choose_node, owner=self.lease.replica_id
-        )
+        if not limits:
+            return 0
+        try:
+            claimed = await self.store.claim_dispatchable(
+                limits, now, self._choose_node, owner=self.lease.replica_id
+            )
+        finally:
+            self._probing.clear()
         for job in claimed:
             self._spawn(job.id, self._send(job))
         return len(claimed)
 
+    def _may_dispatch(self, name: str, service: ServiceConfig, now: float) -> bool:
+        """Whether to look at the service's queue now.
+
+        With no usable client, its jobs wait in Queued, and one of them tries the clients
+        every NODE_CHECK_INTERVAL (it fails, backs off and, past RETRY_DEADLINE, ends the
+        job): the work and the log lines do not grow with the queue. The health checks wake
+        dispatch as soon as a client answers again.
+        """
+        if any(self.fleet.usable(node) for node in service.nodes):
+            self._probed_at.pop(name, None)
+            return True
+        down = self._unusable_since(service) is not None  # not merely unchecked yet
+        if down and now - self._warned_at.get(name, 0.0) >= NO_CLIENT_WARNING_EVERY_S:
+            self._warned_at[name] = now
+            logger.warning(
+                "service %s: no client can take work; its queued jobs wait (one tries the "
+                "clients every %g s)",
+                name,
+                self.settings.node_check_interval_s,
+            )
+        if now - self._probed_at.get(name, 0.0) < self.settings.node_check_interval_s:
+            return False
+        self._probed_at[name] = now
+        self._probing.add(name)
+        return True
+
     def _choose_node(self, service: str, active: Mapping[str, int]) -> str | None:
         """A usable node for the service's next job (called inside the claim)."""
-        node = self.fleet.choose(self.settings.services[service].nodes, active)
+        nodes = self.settings.services[service].nodes
+        if not any(self.fleet.usable(node) for node in nodes):
+            if service not in self._probing:
+                return None  # one job per round tries clients that do not answer
+            self._probing.discard(service)
+        node = self.fleet.choose(nodes, active)
         return node.upload_url if node is not None else None
+
+    async def fail_stranded(self) -> list[int]:
+        """Fail the jobs queued for RETRY_DEADLINE while no client of their service answered.
+
+        Probing tries one job at a time, so without this the others would wait as long as
+        the service is down. It reads the queue only while a service has had no usable
+        client for RETRY_DEADLINE, so it costs nothing otherwise.
+        """
+        now = time.time()
+        deadline_s = self.settings.retry_deadline_s
+        stranded = {
+            name: "; ".join(
+                self.fleet.state[node.upload_url].last_error or node.upload_url
+                for node in service.nodes
+            )
+            for name, service in self.settings.services.items()
+            if (since := self._unusable_since(service)) is not None and now - since >= deadline_s
+        }
+        if not stranded:
+            return []
+        failed = []
+        for job in await self.store.jobs_with_status([Status.QUEUED]):
+            waited_since = job.created_at or job.queued_at or 0.0
+            if job.service in stranded and now - waited_since >= deadline_s:
+                await self.collector.fail(
+                    job,
+                    [Status.QUEUED],
+                    f"could not reach the client for {now - waited_since:.0f} s: "
+                    f"{stranded[job.service]}",
+                )
+                failed.append(job.id)
+        return failed
+
+    def _unusable_since(self, service: ServiceConfig) -> float | None:
+        """Since when none of the service's clients is usable (None: one is, or not known)."""
+        since = []
+        for node in service.nodes:
+            state = self.fleet.state.get(node.upload_url)
+            if state is None or self.fleet.usable(node) or state.down_since is None:
+                return None
+            since.append(state.down_since)
+        return max(since, default=None)
 
     async def _send(self, job: JobRecord) -> None:
         try:
@@ -255,6 +346,10 @@ class Orchestrator:
             dest_id = await client.submit(
                 input_dir(job.loc), dispatch_key=job.dispatch_key, timeout_s=service.timeout_s
             )
+        except OutOfDescriptorsError as error:
+            # This server's shortage, not the node's: the node keeps its health.
+            await self._retry_dispatch(job, str(error))
+            return
         except UndeliveredError as error:
             # It never reached the node, so any node may take it: another one, at once.
             self.fleet.report_failure(client.url, definite=True, reason=str(error))
@@ -405,6 +500,8 @@ class Orchestrator:
                 fresh = await self.store.get_job(job.id)
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
+                if isinstance(error, OutOfDescriptorsError):
+                    return TerminateOutcome(503, restore, "could not terminate job; retry later")
                 return TerminateOutcome(500, restore, "could not terminate job")
         return await self._killed(job, client)
 
@@ -428,6 +525,7 @@ class Orchestrator:
             try:
                 woke = await self.fleet.check_once()
                 moved = await self.fleet.fail_over(owner=self.lease.replica_id)
+                await self.fail_stranded()
             except StoreError:
                 logger.exception("node check failed")
                 woke, moved = False, []

@@ -34,11 +34,13 @@ from urllib.parse import unquote
 
 import aiohttp
 
+from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
     ClientUnauthorizedError,
     LogOffsetError,
+    OutOfDescriptorsError,
     PartialTooLargeError,
     PayloadLostError,
     PermanentClientError,
@@ -238,17 +240,11 @@ class NodeGateway:
     async def _call(self, what: str) -> AsyncIterator[None]:
         try:
             yield
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
-            # No connection was made (refused, DNS, connect timeout), so nothing was sent.
-            raise UndeliveredError(f"{what}: {type(error).__name__}: {error}") from error
-        except aiohttp.ServerTimeoutError as error:
-            raise TransientClientError(f"{what}: timed out ({type(error).__name__})") from error
-        except aiohttp.ClientError as error:
-            # Disconnected, reset, a body cut short, a reply that is not HTTP.
-            raise TransientClientError(f"{what}: {type(error).__name__}: {error}") from error
-        except TimeoutError as error:
-            # paced(): the client stopped reading the dispatch body.
-            raise TransientClientError(f"{what}: timed out (writing the body)") from error
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            classified = _classified(what, error)
+            if classified is error:
+                raise  # our own disk (writing a result): the caller's to judge
+            raise classified from error
 
     @observed_call("submit")
     async def submit(
@@ -486,6 +482,26 @@ class NodeGateway:
         ):
             await response.read()
         _raise_for_status(response, what)
+
+
+def _classified(what: str, error: Exception) -> Exception:
+    """The ClientCallError a failed call raises (a plain OSError of our own stays itself)."""
+    if is_exhaustion(error):
+        # socket(), or opening a file to send or keep, found no descriptor left: the client
+        # may never have seen the request, and its health is not in question.
+        return OutOfDescriptorsError(f"{what}: this server has no file descriptor left")
+    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        # No connection was made (refused, DNS, connect timeout), so nothing was sent.
+        return UndeliveredError(f"{what}: {type(error).__name__}: {error}")
+    if isinstance(error, aiohttp.ServerTimeoutError):
+        return TransientClientError(f"{what}: timed out ({type(error).__name__})")
+    if isinstance(error, aiohttp.ClientError):
+        # Disconnected, reset, a body cut short, a reply that is not HTTP.
+        return TransientClientError(f"{what}: {type(error).__name__}: {error}")
+    if isinstance(error, TimeoutError):
+        # paced(): the client stopped reading the dispatch body.
+        return TransientClientError(f"{what}: timed out (writing the body)")
+    return error
 
 
 async def _stream_to_file(chunks: AsyncIterator[bytes], destination: Path) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.config import NodeConfig, ServerSettings
@@ -34,18 +35,20 @@ from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
     LogOffsetError,
+    OutOfDescriptorsError,
     PayloadLostError,
     PermanentClientError,
     StoreError,
     TransientClientError,
 )
-from job_orchestrator.http_common import id_parameter, status_body
+from job_orchestrator.http_common import id_parameter, out_of_descriptors, status_body, too_busy
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import log_path, temporary_name
 from job_orchestrator.server.nodes import recorded_node
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.server.waiting import HELD_RETRY_AFTER_S, HeldRequests, Hold, Refused
 from job_orchestrator.status import TERMINAL, Status
 from job_orchestrator.wire import LogQueryError, parse_offset
 
@@ -126,7 +129,9 @@ class LogKeeper:
         # A job killed by /terminate may still run its traps (the client's KILL_GRACE): the
         # client's answer then streams until the payload ends, within this deadline.
         deadline = time.monotonic() + 2 * self.settings.long_poll_s
-        offset, final = 0, False
+        offset, final, cut = 0, False, False
+        # A job writes its log unbounded: the server keeps at most this much of it.
+        max_bytes = self.settings.log_keep_max_mb * 2**20 or None
         try:
             with partial.open("wb") as sink:
                 while not final and (remaining := deadline - time.monotonic()) > 0:
@@ -139,9 +144,14 @@ class LogKeeper:
                         key=job.dispatch_key,
                     ) as answer:
                         async for chunk in answer.chunks:
+                            if max_bytes is not None and offset + len(chunk) > max_bytes:
+                                await asyncio.to_thread(sink.write, chunk[: max_bytes - offset])
+                                await asyncio.to_thread(sink.write, self._cut_note())
+                                offset, cut = max_bytes, True
+                                break
                             await asyncio.to_thread(sink.write, chunk)
                             offset += len(chunk)
-                    final = answer.final
+                    final = answer.final or cut
             if final:
                 os.replace(partial, destination)
             else:
@@ -155,6 +165,13 @@ class LogKeeper:
         finally:
             partial.unlink(missing_ok=True)
 
+    def _cut_note(self) -> bytes:
+        limit = self.settings.log_keep_max_mb
+        return (
+            f"\n[job-orchestrator: log cut at {limit} MB (LOG_KEEP_MAX_MB); "
+            "the rest was not kept]\n"
+        ).encode()
+
 
 async def _file_chunks(path: Path, offset: int) -> AsyncIterator[bytes]:
     with io.FileIO(path, "r") as source:
@@ -166,6 +183,7 @@ async def _file_chunks(path: Path, offset: int) -> AsyncIterator[bytes]:
 async def _until_set(stop: asyncio.Event, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """`chunks`, cut short when `stop` is set (a server stop ends held answers at once)."""
     stopping = asyncio.ensure_future(stop.wait())
+    step: asyncio.Future[bytes] | None = None
     try:
         while True:
             step = asyncio.ensure_future(anext(chunks))
@@ -180,6 +198,16 @@ async def _until_set(stop: asyncio.Event, chunks: AsyncIterator[bytes]) -> Async
                 return
     finally:
         stopping.cancel()
+        if step is not None and not step.done():
+            # The follower went away while a read was pending: that read ends with the
+            # relay's connection, and its error is nobody's to report.
+            step.cancel()
+            step.add_done_callback(_discard_outcome)
+
+
+def _discard_outcome(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 async def log_chunks(
@@ -273,6 +301,24 @@ async def log_chunks(
             await wait_any(draining.wait(), timeout_s=backoff_s(failures))
 
 
+class _HeldStreamingResponse(StreamingResponse):
+    """A follow's answer: its place under the caps is freed when the answer ends, however.
+
+    Starlette cancels the stream when the caller disconnects; `__call__` returns (or raises)
+    then, and the hold goes with it.
+    """
+
+    def __init__(self, content: AsyncIterator[bytes], hold: Hold, media_type: str) -> None:
+        super().__init__(content, media_type=media_type)
+        self._hold = hold
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._hold.release()
+
+
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     yield first
     async for chunk in rest:
@@ -324,7 +370,12 @@ _LOG_PARAMETERS: list[dict[str, Any]] = [
             "running job's); `Content-Range: bytes */<size>` gives its size",
             "content": _JSON_STATUS,
         },
+        429: {
+            "description": "Too many follows held (LOG_FOLLOW_MAX_*); see Retry-After",
+            "content": _JSON_STATUS,
+        },
         502: {"description": "The job's client could not be reached", "content": _JSON_STATUS},
+        503: {"description": "No file descriptor left; see Retry-After", "content": _JSON_STATUS},
     },
 )
 async def job_logs(request: Request) -> Response:
@@ -336,6 +387,13 @@ async def job_logs(request: Request) -> Response:
     job = await lookup_job(request)
     if isinstance(job, Response):
         return job
+    hold: Hold | None = None
+    if follow:
+        follows: HeldRequests = request.app.state.follows
+        taken = follows.take(job.user_id)
+        if isinstance(taken, Refused):
+            return too_busy(taken.message, 429, HELD_RETRY_AFTER_S, job.id, job.status)
+        hold = taken
     chunks = log_chunks(engine(request), job.id, offset, follow)
     try:
         await anext(chunks)  # b"": the offset is within the log, the answer may begin
@@ -343,16 +401,25 @@ async def job_logs(request: Request) -> Response:
             # Read the first bytes before answering, so an unreachable client is a clear 502.
             chunks = _prepend(await anext(chunks), chunks)
     except StopAsyncIteration:
+        _release(hold)
         return Response(b"", media_type="text/plain")
     except LogOffsetError as error:
+        _release(hold)
         message = f"offset {offset} is past the end of the log ({error.size} bytes)"
         response = status_body(job.id, job.status, message, 416)
         response.headers["Content-Range"] = f"bytes */{error.size}"
         return response
-    except ClientCallError as error:
-        message = f"could not read the log from the client: {error}"
-        return status_body(job.id, job.status, message, 502)
-    except StoreError:
-        logger.exception("log of job %d: the job could not be read", job.id)
-        return status_body(job.id, job.status, "Internal server error", 500)
+    except OutOfDescriptorsError:
+        _release(hold)
+        return out_of_descriptors(job.id, job.status)
+    except BaseException:
+        _release(hold)
+        raise
+    if hold is not None:
+        return _HeldStreamingResponse(chunks, hold, media_type="text/plain")
     return StreamingResponse(chunks, media_type="text/plain")
+
+
+def _release(hold: Hold | None) -> None:
+    if hold is not None:
+        hold.release()

@@ -34,6 +34,7 @@ from job_orchestrator.errors import (
     ClientCallError,
     ClientLeftError,
     ClientUnauthorizedError,
+    OutOfDescriptorsError,
     PayloadLostError,
     UndeliveredError,
 )
@@ -264,6 +265,10 @@ class Fleet:
             was_usable = self.usable(node)
             try:
                 report = await self.gateway.check(node, token=self._tokens[url])
+            except OutOfDescriptorsError as error:
+                # Our own shortage says nothing about the client: it keeps its state.
+                logger.warning("health check of %s skipped: %s", url, error)
+                continue
             except UndeliveredError as error:
                 self._failed(url, state, str(error), definite=True)
                 continue

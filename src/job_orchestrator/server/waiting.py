@@ -1,4 +1,4 @@
-"""Holding a request until a job is final: `GET /download/{id}?wait=S`.
+"""Holding a request until a job is final: `GET /download/{id}?wait=S`; capping held requests.
 
 This process's own status changes wake a waiter at once (the Store announces every move to a
 final status). A change made by another process sharing the database (several replicas on
@@ -13,7 +13,9 @@ import contextlib
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from job_orchestrator._loops import wait_any
 from job_orchestrator.errors import StoreError
@@ -29,6 +31,78 @@ RECHECK_S = 1.0
 
 # Plain decimal seconds only: float() would also take "1_0", " 5", "1e1", "nan" and "inf".
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
+
+
+#: Seconds a request refused by a cap on held requests is told to wait (429 Retry-After).
+HELD_RETRY_AFTER_S = 10
+
+
+class Hold:
+    """One held request's place under its caps; released once, however the request ends."""
+
+    def __init__(self, held: HeldRequests, user_id: int) -> None:
+        self._held: HeldRequests | None = held
+        self._user_id = user_id
+
+    def release(self) -> None:
+        if self._held is not None:
+            self._held._release(self._user_id)
+            self._held = None
+
+    def __enter__(self) -> Hold:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Why a request may not be held now (answered 429 with Retry-After)."""
+
+    message: str
+
+
+class HeldRequests:
+    """Counts requests of one kind held open (log follows, waits): per user and in total.
+
+    Each costs the server one descriptor or two for as long as it is held (README,
+    "Held requests"), so the caps keep one user from taking them all.
+    """
+
+    def __init__(
+        self, what: str, max_per_user: int, max_total: int, settings: tuple[str, str]
+    ) -> None:
+        self.what = what
+        self.max_per_user = max_per_user
+        self.max_total = max_total
+        self._per_user_setting, self._total_setting = settings
+        self._by_user: Counter[int] = Counter()
+        self.total = 0
+
+    def take(self, user_id: int) -> Hold | Refused:
+        if self.max_per_user and self._by_user[user_id] >= self.max_per_user:
+            return Refused(
+                f"Too many {self.what} held for user {user_id} (at most {self.max_per_user}, "
+                f"{self._per_user_setting}); retry later"
+            )
+        if self.max_total and self.total >= self.max_total:
+            return Refused(
+                f"Too many {self.what} held on this server (at most {self.max_total}, "
+                f"{self._total_setting}); retry later"
+            )
+        self._by_user[user_id] += 1
+        self.total += 1
+        return Hold(self, user_id)
+
+    def held_by(self, user_id: int) -> int:
+        return self._by_user[user_id]
+
+    def _release(self, user_id: int) -> None:
+        self.total -= 1
+        self._by_user[user_id] -= 1
+        if self._by_user[user_id] <= 0:
+            del self._by_user[user_id]
 
 
 class WaitValueError(ValueError):

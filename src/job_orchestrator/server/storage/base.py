@@ -166,8 +166,9 @@ class Store(CallbackVerbs, abc.ABC):
         """
 
     @abc.abstractmethod
-    async def next_retry_at(self) -> float | None:
-        """The earliest `not_before` of a Queued job, so dispatch can sleep until then."""
+    async def next_retry_at(self, after: float | None = None) -> float | None:
+        """The earliest `not_before` of a Queued job (later than `after`, if given), so
+        dispatch can sleep until then."""
 
     @abc.abstractmethod
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]: ...
@@ -188,6 +189,10 @@ class Store(CallbackVerbs, abc.ABC):
     @abc.abstractmethod
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
         """Jobs not yet final per (service, user), by status, in one grouped query."""
+
+    @abc.abstractmethod
+    async def queued_count(self, user_id: int) -> int:
+        """How many of the user's jobs are Queued, in every service."""
 
     @abc.abstractmethod
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:

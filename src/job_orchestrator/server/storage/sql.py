@@ -265,8 +265,11 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             ]
         )
 
-    async def next_retry_at(self) -> float | None:
-        rows = await self._fetch(_NEXT_RETRY_AT)
+    async def next_retry_at(self, after: float | None = None) -> float | None:
+        statement = _NEXT_RETRY_AT
+        if after is not None:
+            statement = statement.where(jobs.c.not_before > after)
+        rows = await self._fetch(statement)
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 

@@ -111,6 +111,14 @@ class SqlViewVerbs:
         )
         return [job_record(row) for row in rows]
 
+    async def queued_count(self, user_id: int) -> int:
+        rows = await self._fetch(
+            sa.select(sa.func.count()).where(
+                jobs.c.status == Status.QUEUED.db, jobs.c.user_id == user_id
+            )
+        )
+        return int(rows[0][0])
+
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
         rows = await self._fetch(
             sa.select(jobs.c.service, jobs.c.user_id, jobs.c.status, sa.func.count())
