@@ -9,19 +9,14 @@ are merged.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import queue
 import re
 import secrets
 import select
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -29,6 +24,7 @@ import pytest
 
 from job_orchestrator.sdk import AsyncClient, Client, JobNotFound, Status
 from tests.acceptance import test_user_cli as user_cli
+from tests.callback_receiver import CallbackReceiver
 from tests.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -233,34 +229,6 @@ async def test_async_logs_follow(running: Cluster, tmp_path: Path) -> None:
 CALLBACK_SECRET = f"sdk-callbacks-{secrets.token_hex(16)}"
 
 
-class Receiver:
-    """A real HTTP server on 127.0.0.1 that records the bodies POSTed to it."""
-
-    def __init__(self) -> None:
-        self.bodies: queue.Queue[tuple[bytes, str]] = queue.Queue()
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the http.server name
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                received.put((body, self.headers.get("x-orchestrator-signature", "")))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *_: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/done"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def with_callbacks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {"CALLBACK_SECRET": CALLBACK_SECRET, "CALLBACK_ALLOW": "127.0.0.0/8"}
@@ -273,18 +241,15 @@ def test_submit_with_a_callback_url(with_callbacks: Cluster, tmp_path: Path) -> 
     job = tmp_path / "job"
     job.mkdir()
     (job / "run.sh").write_text("echo called > out.txt\n")
-    receiver = Receiver()
-    try:
-        args = ("submit", str(job), "--service", "example", "--callback-url", receiver.url)
+    with CallbackReceiver() as receiver:
+        callback_url = f"{receiver.url}/done"
+        args = ("submit", str(job), "--service", "example", "--callback-url", callback_url)
         done = user_cli.cli(url(with_callbacks), *args, "--wait")
         assert done.returncode == 0, done.stderr
         job_id = user_cli.submitted_id(done.stdout)
-        body, signature = receiver.bodies.get(timeout=LINE_TIMEOUT_S)
-    finally:
-        receiver.close()
-    assert json.loads(body) == {"id": job_id, "status": "Completed", "message": ""}
-    expected = hmac.new(CALLBACK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    assert signature == f"sha256={expected}"
+        (request,) = receiver.wait_for(1, timeout_s=LINE_TIMEOUT_S)
+    assert json.loads(request.body) == {"id": job_id, "status": "Completed", "message": ""}
+    assert request.signed_with(CALLBACK_SECRET, url=callback_url)
     refused = user_cli.cli(
         url(with_callbacks),
         "submit",
