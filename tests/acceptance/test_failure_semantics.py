@@ -270,6 +270,30 @@ def occupy_first_client(cl: Cluster, marker: Path, long_script: str) -> tuple[in
     return long_job, queued, token
 
 
+def resume_before_the_server(cl: Cluster, client: Node, frozen: list[Node], token: str) -> None:
+    """Let the frozen `client` run again while the server cannot revoke anything yet (a
+    partition that heals on the client's side first), then check that the payload of `token`
+    on it ends without having been started."""
+    assert cl.server is not None
+    assert cl.server.process is not None
+    assert client.process is not None
+    os.kill(cl.server.process.pid, signal.SIGSTOP)
+    frozen.append(cl.server)
+    os.kill(client.process.pid, signal.SIGCONT)
+    frozen.remove(client)
+    revoked = payload_with(Path(client.env["DATA_PATH"]), token)
+    assert revoked is not None
+    time.sleep(2)  # the client's own loop runs; the server cannot revoke anything yet
+    os.kill(cl.server.process.pid, signal.SIGCONT)
+    frozen.remove(cl.server)
+    state = wait_until(
+        lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
+        "the revoked payload to end on the client",
+    )
+    assert state["status"] == "Killed", state
+    assert not state["handle"], f"the revoked payload was started: {state}"
+
+
 def test_failover_moves_a_prepared_job_and_revokes_it_on_the_dead_client(tmp_path: Path) -> None:
     marker = tmp_path / "queued-job.marker"
     cl = Cluster(tmp_path)
@@ -380,24 +404,8 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
         wait_until(
             lambda: not processes_running(cl, "job-orchestrator-wrapper"), "the long job to end"
         )
-        assert cl.server is not None
-        assert cl.server.process is not None
-        os.kill(cl.server.process.pid, signal.SIGSTOP)
-        frozen.append(cl.server)
-        os.kill(first.process.pid, signal.SIGCONT)
-        frozen.remove(first)
-        revoked = payload_with(cl.root / "client0", token)
-        assert revoked is not None
-        time.sleep(2)  # client0's own loop runs; the server cannot revoke anything yet
-        os.kill(cl.server.process.pid, signal.SIGCONT)
-        frozen.remove(cl.server)
-        state = wait_until(
-            lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
-            "the revoked payload to end on client0",
-        )
+        resume_before_the_server(cl, first, frozen, token)
         assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
-        assert state["status"] == "Killed", state
-        assert not state["handle"], f"the revoked payload was started: {state}"
     finally:
         for node in frozen:
             if node.process is not None:
@@ -630,25 +638,9 @@ def test_a_failover_setting_below_the_clients_lease_still_never_runs_a_job_twice
         go.touch()  # client0's slot is free the moment it runs again
         cl.api.wait_for(queued, "Completed", timeout_s=120)
         assert len(lines(marker)) == 1
-        # client0 runs again while the server cannot revoke anything yet (as a partition
-        # that heals on the client's side first would have it).
-        assert cl.server is not None
-        assert cl.server.process is not None
-        os.kill(cl.server.process.pid, signal.SIGSTOP)
-        frozen.append(cl.server)
-        os.kill(first.process.pid, signal.SIGCONT)
-        frozen.remove(first)
-        time.sleep(2)  # client0's own loop runs
-        os.kill(cl.server.process.pid, signal.SIGCONT)
-        frozen.remove(cl.server)
-        revoked = payload_with(cl.root / "client0", token)
-        assert revoked is not None
-        state = wait_until(
-            lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
-            "the revoked payload to end on client0",
-        )
+        resume_before_the_server(cl, first, frozen, token)
         assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
-        assert not state["handle"], f"the revoked payload was started: {state}"
+        assert cl.server is not None
         assert "SERVER_LEASE (15 s) plus 5 s" in cl.server.log()
     finally:
         for node in frozen:
