@@ -16,7 +16,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -28,10 +27,16 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.acceptance.sandboxing import (
+    JOB_USER,
+    bwrap_problem,
+    ensure_job_user,
+    open_directory,
+    skip_or_fail,
+)
 from tests.harness import Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
-JOB_USER = "jo-test-job"
 # Every job here runs as the same user, and RLIMIT_NPROC counts that user's processes across
 # jobs: the module runs on one xdist worker so no other test's jobs share the count.
 pytestmark = pytest.mark.xdist_group("sandbox-job-user")
@@ -44,71 +49,16 @@ SERVER_ENV = {"SERVICE_EXAMPLE_TIMEOUT": "120"}
 # ---- environment checks -------------------------------------------------------------------
 
 
-def bwrap_problem(user: int | None = None) -> str | None:
-    """Why bubblewrap cannot be used here (None if it can), optionally as another user."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bwrap is not installed (Debian package bubblewrap)"
-    checks = [
-        [bwrap, "--ro-bind", "/", "/", "true"],
-        # The options the client's sandbox really uses.
-        [
-            *(bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"),
-            *("--unshare-net", "--unshare-ipc", "--unshare-uts", "true"),
-        ],
-    ]
-    for argv in checks:
-        try:
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                timeout=30,
-                check=False,
-                **({"user": user, "extra_groups": []} if user is not None else {}),
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"{' '.join(argv)} failed: {error}"
-        if result.returncode != 0:
-            stderr = result.stderr.decode(errors="replace").strip()
-            return f"the kernel does not let bwrap run ({' '.join(argv)}: {stderr})"
-    return None
-
-
 @pytest.fixture(scope="session")
 def job_user() -> pwd.struct_passwd:
-    """The unprivileged user jobs run as; created here when missing (needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("JOB_USER needs the client to run as root (to create and switch users)")
-    try:
-        return pwd.getpwnam(JOB_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    subprocess.run(
-        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return pwd.getpwnam(JOB_USER)
+    return ensure_job_user()
 
 
 @pytest.fixture(scope="module")
 def bwrap() -> None:
     problem = bwrap_problem()
     if problem is not None:
-        pytest.skip(problem)
-
-
-@contextlib.contextmanager
-def open_directory(prefix: str) -> Iterator[Path]:
-    """A temporary directory every user may traverse (pytest's own are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        path.chmod(0o755)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        skip_or_fail(problem)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -602,7 +552,7 @@ def test_bwrap_keeps_the_rlimits(boxed: Cluster) -> None:
 def boxed_user(job_user: pwd.struct_passwd) -> Iterator[Cluster]:
     problem = bwrap_problem(user=job_user.pw_uid)
     if problem is not None:
-        pytest.skip(f"bwrap as {JOB_USER}: {problem}")
+        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": "bwrap", "JOB_USER": JOB_USER, "JOB_MAX_PROCESSES": str(MAX_PROCESSES)}
     with (
         open_directory("jo-sandbox-bwrap-user-") as root,

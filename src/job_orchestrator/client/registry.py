@@ -184,8 +184,9 @@ class Registry:
                 self._write_next_id(payload_id + ID_BLOCK)
             paths = PayloadPaths(root)
             # Not `tmp`: only the bwrap sandbox needs it (sandbox.py `private_tmp` makes it).
-            for directory in (paths.work, paths.exit_code.parent):
-                directory.mkdir()
+            paths.work.mkdir()
+            # The client's own: the job never reaches its exit status (sandbox.py).
+            paths.exit_code.parent.mkdir(mode=0o700)
             self._receiving.add(payload_id)
             return paths
 

@@ -334,7 +334,7 @@ class Runner:
                     handle.kind,
                     self.executor.kind,
                 )
-            await self._finish(payload, Outcome(recorded_exit_code(payload.paths.exit_code)))
+            await self._finish(payload, Outcome(await recorded_exit_code(payload.paths.exit_code)))
             return
         if self.executor.reattach(payload, handle):
             logger.info("re-adopting payload %d (%s %d)", payload.id, handle.kind, handle.id)

@@ -22,11 +22,11 @@ from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
 from job_orchestrator.client.registry import Payload
 from job_orchestrator.client.sandbox import (
     command_for,
+    configured_user,
     hand_over,
     job_environment,
     private_tmp,
     recorded_exit_code,
-    spawn_options,
 )
 from job_orchestrator.config import ClientSettings
 
@@ -52,21 +52,19 @@ class LocalExecutor:
         paths = payload.paths
         try:
             private_tmp(self.settings, paths.tmp)
-            if self.settings.job_user is not None:  # else nothing to hand over: no thread hop
-                await asyncio.to_thread(
-                    hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
-                )
+            user = configured_user(self.settings)
+            if user is not None:  # else nothing to hand over: no thread hop
+                await asyncio.to_thread(hand_over, [paths.work, paths.tmp], user)
             # One file for both streams: interleaved as written (client/logs.py serves it).
             with paths.log.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(
-                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
+                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp, user),
                     cwd=paths.work,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
                     env=job_environment(os.environ),
                     start_new_session=True,
-                    **spawn_options(self.settings),
                 )
         except OSError as error:
             raise LaunchError(f"could not start run.sh: {error.strerror}") from error
@@ -92,7 +90,7 @@ class LocalExecutor:
         if process is not None:
             await _wait_for_exit(process)
             _signal_group(handle.id, signal.SIGKILL)
-        return Outcome(recorded_exit_code(payload.paths.exit_code))
+        return Outcome(await recorded_exit_code(payload.paths.exit_code))
 
     def reattach(self, payload: Payload, handle: Handle) -> bool:
         return _live_process(handle) is not None
