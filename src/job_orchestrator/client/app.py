@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -29,6 +30,7 @@ from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
+from job_orchestrator.client.sandbox import shared_uid_warning
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.file_responses import zip_response
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
@@ -501,6 +503,10 @@ def create_app(settings: ClientSettings) -> FastAPI:
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
+    if (warning := shared_uid_warning(settings)) is not None:
+        # On stderr too: the log may go somewhere nobody reads before the first incident.
+        print(f"job-orchestrator: warning: {warning}", file=sys.stderr, flush=True)
+        logger.warning("%s", warning)
     if settings.client_token:
         app.add_middleware(
             BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})

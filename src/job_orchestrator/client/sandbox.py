@@ -85,6 +85,17 @@ def read_exit_file(exit_file: Path) -> int | None:
     return status if status <= 255 else None
 
 
+def shared_uid_warning(settings: ClientSettings) -> str | None:
+    """What to tell the operator at start when jobs run with the client's own uid."""
+    if settings.sandbox != "none" or settings.job_user or settings.job_users:
+        return None
+    return (
+        "SANDBOX=none and no JOB_USERS: jobs run with this client's uid, so they can read its "
+        "environment (CLIENT_TOKEN), signal it and read each other's files; set "
+        "JOB_USERS=FIRST-LAST (client as root) for a uid per job, and SANDBOX=rlimits or bwrap"
+    )
+
+
 def job_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The client's environment without the orchestrator's own secrets and service URLs."""
     return {
