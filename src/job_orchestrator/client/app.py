@@ -89,8 +89,7 @@ class ClientState:
 
     async def start(self) -> None:
         await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
-        for payload in self.registry.rebuild():
-            self.runner.adopt(payload)
+        await self.runner.resume(self.registry.rebuild())
         self._loops = [asyncio.create_task(self._cleaner_loop(), name="cleaner_loop")]
 
     async def stop(self) -> None:

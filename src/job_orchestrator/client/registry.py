@@ -68,7 +68,8 @@ CREATE TABLE payloads (
     timed_out INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL,
-    collected_at REAL
+    collected_at REAL,
+    uid INTEGER
 )
 """
 
@@ -124,6 +125,9 @@ class Payload:
     finished_at: float | None = None
     #: When a /retrieve first answered the final status (the server has the outcome).
     collected_at: float | None = None
+    #: The uid of JOB_USERS it runs (or ran) under; a restarted client keeps it held while
+    #: it re-adopts the payload.
+    uid: int | None = None
 
     @property
     def paths(self) -> PayloadPaths:

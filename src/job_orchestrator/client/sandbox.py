@@ -208,6 +208,29 @@ def configured_user(settings: ClientSettings) -> JobUser | None:
     return resolve_user(settings.job_user) if settings.job_user is not None else None
 
 
+def user_for(settings: ClientSettings, uid: int | None) -> JobUser | None:
+    """Whom a payload runs as: its own uid of JOB_USERS (gid = uid), else JOB_USER, else
+    None (the client's uid)."""
+    if uid is not None:
+        return JobUser(str(uid), uid, uid)
+    return configured_user(settings)
+
+
+def prepare_own_uid(root: Path, work: Path, tmp: Path, user: JobUser) -> None:
+    """The layout of a payload with a uid of its own: the payload root the client's and
+    traverse-only (0711), `work/` and `tmp/` the job's and private (0700)."""
+    tmp.mkdir(exist_ok=True)
+    hand_over([work, tmp], user)
+    root.chmod(0o711)
+    work.chmod(0o700)
+    tmp.chmod(0o700)
+
+
+def own_uid_environment(environ: Mapping[str, str], work: Path, tmp: Path) -> dict[str, str]:
+    """A job with a uid of its own: its home is its work directory, its TMPDIR its own."""
+    return {**environ, "HOME": str(work), "TMPDIR": str(tmp)}
+
+
 def hand_over(paths: list[Path], user: JobUser) -> None:
     """Give the job's user its writable directories (recursively, never following links)."""
     for top in paths:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+from typing import Any
 
 import psutil
 
@@ -22,11 +23,13 @@ from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
 from job_orchestrator.client.registry import Payload
 from job_orchestrator.client.sandbox import (
     command_for,
-    configured_user,
     hand_over,
     job_environment,
+    own_uid_environment,
+    prepare_own_uid,
     private_tmp,
     recorded_exit_code,
+    user_for,
 )
 from job_orchestrator.config import ClientSettings
 
@@ -51,9 +54,18 @@ class LocalExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         try:
+            if self.settings.job_users and payload.uid is None:
+                # The runner gives one; never fall back to the client's own uid.
+                raise LaunchError("no uid of JOB_USERS was given to the payload")
             private_tmp(self.settings, paths.tmp)
-            user = configured_user(self.settings)
-            if user is not None:  # else nothing to hand over: no thread hop
+            user = user_for(self.settings, payload.uid)
+            environment = job_environment(os.environ)
+            # The client's own umask is 077 with JOB_USERS; the job gets the usual one.
+            options: dict[str, Any] = {"umask": 0o022} if payload.uid is not None else {}
+            if payload.uid is not None and user is not None:
+                await asyncio.to_thread(prepare_own_uid, paths.root, paths.work, paths.tmp, user)
+                environment = own_uid_environment(environment, paths.work, paths.tmp)
+            elif user is not None:  # else nothing to hand over: no thread hop
                 await asyncio.to_thread(hand_over, [paths.work, paths.tmp], user)
             # One file for both streams: interleaved as written (client/logs.py serves it).
             with paths.log.open("ab") as log:
@@ -63,8 +75,9 @@ class LocalExecutor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=job_environment(os.environ),
+                    env=environment,
                     start_new_session=True,
+                    **options,
                 )
         except OSError as error:
             raise LaunchError(f"could not start run.sh: {error.strerror}") from error
