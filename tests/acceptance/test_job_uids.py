@@ -269,6 +269,7 @@ def test_without_a_job_user_a_job_reaches_the_client_and_other_jobs(tmp_path: Pa
         first_work = work_of(cl, "first")
         probe = f"""\
 if cat "{first_work}/input.dat" > /dev/null 2>&1; then echo read=yes; else echo read=no; fi
+if (echo x > "{first_work}/dropped.txt") 2> /dev/null; then echo write=yes; else echo write=no; fi
 if tr '\\0' '\\n' 2> /dev/null < /proc/{client.process.pid}/environ | grep -q CLIENT_TOKEN
 then echo environ=yes; else echo environ=no; fi
 if kill -0 {client.process.pid} 2> /dev/null; then echo signal_client=yes
@@ -278,4 +279,9 @@ else echo signal_client=no; fi
         (first_work / "go").touch()
         assert cl.api.wait_for(first, *FINAL, timeout_s=120)["status"] == "Completed"
         assert second.status == "Completed", second.message
-        assert second.text("probe.txt").split() == ["read=yes", "environ=yes", "signal_client=yes"]
+        assert second.text("probe.txt").split() == [
+            "read=yes",
+            "write=yes",
+            "environ=yes",
+            "signal_client=yes",
+        ]

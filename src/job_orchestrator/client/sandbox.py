@@ -5,9 +5,10 @@ space, processes, file size, CPU time), set with bash's `ulimit` in the job's ow
 before it starts run.sh, so they bind run.sh and everything it starts. `bwrap` also runs the
 job under bubblewrap: no network (a private loopback only), a read-only view of the system,
 the client's DATA_PATH hidden, and only the payload's own work directory (plus a private /tmp
-kept beside it) writable. `JOB_USER` runs the job as an unprivileged user. RLIMIT_NPROC is per
-user and not enforced for root, so JOB_MAX_PROCESSES contains a fork bomb only together with
-a job user.
+kept beside it) writable. `JOB_USERS` runs each job under a uid of its own (client/uids.py
+hands them out and reclaims them); `JOB_USER` runs every job as the same unprivileged user.
+RLIMIT_NPROC is per uid and not enforced for root, so JOB_MAX_PROCESSES contains a fork bomb
+only together with a job user (one job's processes with JOB_USERS, all jobs' with JOB_USER).
 
 The wrapper that records run.sh's exit status runs with the client's uid; only the job's own
 process drops to the job's uid (`setpriv`, exec'd, so no process more). The status goes to
