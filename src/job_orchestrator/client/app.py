@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._fs import remove_tree
+from job_orchestrator._logging import JsonFormatter
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
@@ -503,9 +504,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
     if (warning := shared_uid_warning(settings)) is not None:
-        # On stderr too: the log may go somewhere nobody reads before the first incident.
-        print(f"job-orchestrator: warning: {warning}", file=sys.stderr, flush=True)
         logger.warning("%s", warning)
+        _warn_on_stderr(warning, settings.log_format)
     if settings.client_token:
         app.add_middleware(
             BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})
@@ -516,6 +516,17 @@ def create_app(settings: ClientSettings) -> FastAPI:
             "set CLIENT_TOKEN here and on the server"
         )
     return app
+
+
+def _warn_on_stderr(warning: str, log_format: str) -> None:
+    """On stderr too (the log goes to stdout, maybe somewhere nobody reads before the first
+    incident); as a JSON log object when the operator chose JSON lines."""
+    if log_format == "json":
+        record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, warning, (), None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"job-orchestrator: warning: {warning}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def _timeout_header(raw: str | None) -> float | None:
