@@ -135,12 +135,18 @@ def test_a_job_with_the_clients_uid_cannot_stall_the_client(tmp_path: Path, secr
         assert cl.shutdown() == []
 
 
+#: JOB_USERS of the per-job uid case (no account uses them on the test machine).
+JOB_USERS = "72040-72043"
+
+
 @contextlib.contextmanager
 def job_user_cluster(sandbox: str) -> Iterator[Cluster]:
     user = ensure_job_user()
     if sandbox == "bwrap" and (problem := bwrap_problem(user=user.pw_uid)) is not None:
         skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": sandbox, "JOB_USER": JOB_USER}
+    if sandbox == "rlimits-uids":
+        env = {"SANDBOX": "rlimits", "JOB_USERS": JOB_USERS}
     with (
         open_directory("jo-exit-file-user-") as root,
         cluster(root, client_env=env, server_env=SERVER_ENV) as cl,
@@ -148,7 +154,7 @@ def job_user_cluster(sandbox: str) -> Iterator[Cluster]:
         yield cl
 
 
-@pytest.mark.parametrize("sandbox", ["rlimits", "bwrap"])
+@pytest.mark.parametrize("sandbox", ["rlimits", "bwrap", "rlimits-uids"])
 def test_a_job_user_cannot_reach_its_exit_file(sandbox: str, secret: Path) -> None:
     with job_user_cluster(sandbox) as cl:
         bodies = run_attacks(cl, list(ATTACKS), secret)
