@@ -384,6 +384,7 @@ class Runner:
                     handle.kind,
                     self.executor.kind,
                 )
+            await self._release_uid(payload)
             await self._finish(payload, Outcome(await recorded_exit_code(payload.paths.exit_code)))
             return
         if self.executor.reattach(payload, handle):

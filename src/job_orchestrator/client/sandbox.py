@@ -161,8 +161,11 @@ def wrapper_script(job: list[str]) -> str:
 
     It ignores SIGTERM so it outlives run.sh and the script gets KILL_GRACE to run its own
     traps (a trap set to a command is reset in the job it starts); SIGKILL ends everything.
+    Its own stderr goes to /dev/null and the job's to the log (fd 3, then closed): bash's
+    report of a job ended by a signal (`... Terminated  setpriv ... bwrap ...`) would put the
+    client's paths and the uid in the user's log; the status names the signal anyway.
     """
-    return f"trap : TERM; {shlex.join(job)}; {_RECORD_EXIT}"
+    return f"trap : TERM; exec 3>&2 2> /dev/null; {shlex.join(job)} 2>&3 3>&-; {_RECORD_EXIT}"
 
 
 def command_for(
