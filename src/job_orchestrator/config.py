@@ -205,6 +205,8 @@ class ClientSettings(CommonSettings):
     job_max_file_mb: int | None = None
     job_max_cpu_seconds: int | None = None
     job_user: str | None = None
+    #: JOB_USERS: the first and last uid of the per-job range, or None.
+    job_users: tuple[int, int] | None = None
     log_format: str = "text"
 
 
@@ -392,7 +394,10 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
     if server_lease_s <= 0:
         raise ConfigError("SERVER_LEASE", "must be more than 0 (no payload would ever start)")
     executor = _executor(env)
-    return ClientSettings(
+    sandbox = _sandbox(env)
+    job_user = _job_user(env)
+    job_users = _job_users(env)
+    settings = ClientSettings(
         port=common.port,
         host=common.host,
         data_path=common.data_path,
@@ -416,15 +421,24 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         adopt_hold_s=_seconds(env, table.ADOPT_HOLD),
         server_lease_s=server_lease_s,
         client_token=_secret(env, table.CLIENT_TOKEN, table.CLIENT_TOKEN_FILE),
-        sandbox=_sandbox(env),
+        sandbox=sandbox,
         job_max_memory_mb=_limit(env, table.JOB_MAX_MEMORY_MB),
         job_max_processes=_limit(env, table.JOB_MAX_PROCESSES),
         job_max_file_mb=_limit(env, table.JOB_MAX_FILE_MB),
         job_max_cpu_seconds=_limit(env, table.JOB_MAX_CPU_SECONDS),
-        job_user=_job_user(env),
+        job_user=job_user,
+        job_users=job_users,
         executor=executor,
         slurm=_slurm(env) if executor == "slurm" else SlurmSettings(),
     )
+    if sandbox == "rlimits" and job_user is None and job_users is None:
+        raise ConfigError(
+            "SANDBOX",
+            "rlimits without JOB_USERS or JOB_USER runs jobs with the client's own uid, where "
+            "they read its environment (CLIENT_TOKEN) and signal it; set JOB_USERS=FIRST-LAST "
+            "(the client runs as root), or SANDBOX=bwrap",
+        )
+    return settings
 
 
 def _executor(env: Mapping[str, str]) -> str:
@@ -436,6 +450,8 @@ def _executor(env: Mapping[str, str]) -> str:
             raise ConfigError("EXECUTOR", "slurm needs sbatch, squeue and scancel on the PATH")
         if _optional(env, table.JOB_USER) is not None:
             raise ConfigError("JOB_USER", "not supported with EXECUTOR=slurm (jobs run as you)")
+        if _optional(env, table.JOB_USERS) is not None:
+            raise ConfigError("JOB_USERS", "not supported with EXECUTOR=slurm (jobs run as you)")
     return executor
 
 
@@ -490,7 +506,39 @@ def _job_user(env: Mapping[str, str]) -> str | None:
         raise ConfigError("JOB_USER", "must be an unprivileged user, not root")
     if os.geteuid() != 0:
         raise ConfigError("JOB_USER", "the client must run as root to switch users")
+    _require_setpriv("JOB_USER")
     return name
+
+
+#: The most uids JOB_USERS may name (the pool and the start-up reclaim are sized by it).
+MAX_JOB_USERS = 65536
+
+
+def _job_users(env: Mapping[str, str]) -> tuple[int, int] | None:
+    text = _optional(env, table.JOB_USERS)
+    if text is None:
+        return None
+    match = re.fullmatch(r"\s*(\d{1,10})\s*-\s*(\d{1,10})\s*", text)
+    if match is None:
+        raise ConfigError("JOB_USERS", f"expected FIRST-LAST (two numeric uids), got {text!r}")
+    first, last = int(match[1]), int(match[2])
+    if not 0 < first <= last < 2**32 - 1:
+        raise ConfigError("JOB_USERS", f"expected 1 <= FIRST <= LAST < 4294967295, got {text!r}")
+    if last - first + 1 > MAX_JOB_USERS:
+        raise ConfigError("JOB_USERS", f"at most {MAX_JOB_USERS} uids, got {last - first + 1}")
+    if _optional(env, table.JOB_USER) is not None:
+        raise ConfigError("JOB_USERS", "set JOB_USERS or JOB_USER, not both")
+    if os.geteuid() != 0:
+        raise ConfigError("JOB_USERS", "the client must run as root to give jobs their uids")
+    if first <= os.getuid() <= last:
+        raise ConfigError("JOB_USERS", f"the range holds the client's own uid {os.getuid()}")
+    _require_setpriv("JOB_USERS")
+    return first, last
+
+
+def _require_setpriv(variable: str) -> None:
+    if shutil.which("setpriv") is None:
+        raise ConfigError(variable, "needs setpriv on the PATH (Debian package util-linux)")
 
 
 def _count(env: Mapping[str, str], setting: Setting) -> int:

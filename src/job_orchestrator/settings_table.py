@@ -428,7 +428,7 @@ JOB_MAX_MEMORY_MB = _declare(
 JOB_MAX_PROCESSES = _declare(
     "JOB_MAX_PROCESSES",
     None,
-    "process limit (RLIMIT_NPROC, per user: needs JOB_USER)",
+    "process limit (RLIMIT_NPROC, per uid: one job's with JOB_USERS, all jobs' with JOB_USER)",
     "client",
     "sandbox",
     shown="unlimited",
@@ -452,7 +452,17 @@ JOB_MAX_CPU_SECONDS = _declare(
 JOB_USER = _declare(
     "JOB_USER",
     None,
-    "run jobs as this unprivileged user (the client must run as root)",
+    "run every job as this one unprivileged user (the client must run as root); weaker than "
+    "JOB_USERS: jobs share the uid, so they can reach each other's files and processes",
+    "client",
+    "sandbox",
+)
+JOB_USERS = _declare(
+    "JOB_USERS",
+    None,
+    "FIRST-LAST: a range of numeric uids no account uses; every running job gets one of its "
+    "own (gid = uid), reclaimed when it ends; jobs wait Prepared while none is free (the "
+    "client must run as root; not with JOB_USER or EXECUTOR=slurm)",
     "client",
     "sandbox",
 )

@@ -16,7 +16,6 @@ import pwd
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -25,17 +24,26 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from tests.acceptance.sandboxing import (
+    JOB_USER,
+    bwrap_problem,
+    ensure_job_user,
+    open_directory,
+    skip_or_fail,
+)
 from tests.harness import Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
-JOB_USER = "jo-test-job"
 # Every job here runs as the same user, and RLIMIT_NPROC counts that user's processes across
 # jobs: the module runs on one xdist worker so no other test's jobs share the count.
 pytestmark = pytest.mark.xdist_group("sandbox-job-user")
 PYTHON = sys.executable
+#: An interpreter a job user may run (a venv below a root-only home is out of its reach).
+JOB_PYTHON = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else PYTHON
 MIB = 1024 * 1024
 #: A backstop so that no sandbox test can leave a job running forever.
 SERVER_ENV = {"SERVICE_EXAMPLE_TIMEOUT": "120"}
@@ -44,71 +52,16 @@ SERVER_ENV = {"SERVICE_EXAMPLE_TIMEOUT": "120"}
 # ---- environment checks -------------------------------------------------------------------
 
 
-def bwrap_problem(user: int | None = None) -> str | None:
-    """Why bubblewrap cannot be used here (None if it can), optionally as another user."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        return "bwrap is not installed (Debian package bubblewrap)"
-    checks = [
-        [bwrap, "--ro-bind", "/", "/", "true"],
-        # The options the client's sandbox really uses.
-        [
-            *(bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"),
-            *("--unshare-net", "--unshare-ipc", "--unshare-uts", "true"),
-        ],
-    ]
-    for argv in checks:
-        try:
-            result = subprocess.run(
-                argv,
-                capture_output=True,
-                timeout=30,
-                check=False,
-                **({"user": user, "extra_groups": []} if user is not None else {}),
-            )
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"{' '.join(argv)} failed: {error}"
-        if result.returncode != 0:
-            stderr = result.stderr.decode(errors="replace").strip()
-            return f"the kernel does not let bwrap run ({' '.join(argv)}: {stderr})"
-    return None
-
-
 @pytest.fixture(scope="session")
 def job_user() -> pwd.struct_passwd:
-    """The unprivileged user jobs run as; created here when missing (needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("JOB_USER needs the client to run as root (to create and switch users)")
-    try:
-        return pwd.getpwnam(JOB_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    subprocess.run(
-        [useradd, "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", JOB_USER],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return pwd.getpwnam(JOB_USER)
+    return ensure_job_user()
 
 
 @pytest.fixture(scope="module")
 def bwrap() -> None:
     problem = bwrap_problem()
     if problem is not None:
-        pytest.skip(problem)
-
-
-@contextlib.contextmanager
-def open_directory(prefix: str) -> Iterator[Path]:
-    """A temporary directory every user may traverse (pytest's own are 0700 for root)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    try:
-        path.chmod(0o755)
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+        skip_or_fail(problem)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -202,14 +155,19 @@ open("result.txt", "w").write("allocated 1 GiB")
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def limited(job_user: pwd.struct_passwd) -> Iterator[Cluster]:
+    # rlimits needs a job user (issue 21: with the client's uid, jobs read its environment).
     env = {
         "SANDBOX": "rlimits",
+        "JOB_USER": JOB_USER,
         "JOB_MAX_MEMORY_MB": str(MEMORY_MB),
         "JOB_MAX_FILE_MB": str(FILE_MB),
         "JOB_MAX_CPU_SECONDS": str(CPU_SECONDS),
     }
-    with cluster(tmp_path_factory.mktemp("rlimits"), client_env=env, server_env=SERVER_ENV) as cl:
+    with (
+        open_directory("jo-sandbox-rlimits-") as root,
+        cluster(root, client_env=env, server_env=SERVER_ENV) as cl,
+    ):
         yield cl
 
 
@@ -224,7 +182,7 @@ def test_ordinary_job_runs_under_limits(limited: Cluster) -> None:
 
 
 def test_memory_hog_gets_memory_error(limited: Cluster) -> None:
-    outcome = run_job(limited, f'"{PYTHON}" probe.py\n', {"probe.py": MEMORY_PROBE})
+    outcome = run_job(limited, f'"{JOB_PYTHON}" probe.py\n', {"probe.py": MEMORY_PROBE})
     assert outcome.status == "Failed"
     assert outcome.message == "run.sh exited with status 3"
     assert outcome.text("small.txt") == "ok"
@@ -602,7 +560,7 @@ def test_bwrap_keeps_the_rlimits(boxed: Cluster) -> None:
 def boxed_user(job_user: pwd.struct_passwd) -> Iterator[Cluster]:
     problem = bwrap_problem(user=job_user.pw_uid)
     if problem is not None:
-        pytest.skip(f"bwrap as {JOB_USER}: {problem}")
+        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": "bwrap", "JOB_USER": JOB_USER, "JOB_MAX_PROCESSES": str(MAX_PROCESSES)}
     with (
         open_directory("jo-sandbox-bwrap-user-") as root,
@@ -685,7 +643,10 @@ def test_bwrap_sandbox_without_bwrap_stops_the_client(tmp_path: Path) -> None:
     ("env", "variable"),
     [
         ({"SANDBOX": "docker"}, "SANDBOX"),
+        # Jobs with the client's uid would read its environment and signal it (issue 21).
+        ({"SANDBOX": "rlimits"}, "SANDBOX"),
         ({"SANDBOX": "rlimits", "JOB_MAX_MEMORY_MB": "0"}, "JOB_MAX_MEMORY_MB"),
+        ({"JOB_USERS": "5"}, "JOB_USERS"),
         ({"SANDBOX": "rlimits", "JOB_MAX_PROCESSES": "-1"}, "JOB_MAX_PROCESSES"),
         ({"SANDBOX": "rlimits", "JOB_MAX_FILE_MB": "1.5"}, "JOB_MAX_FILE_MB"),
         ({"SANDBOX": "rlimits", "JOB_MAX_CPU_SECONDS": "many"}, "JOB_MAX_CPU_SECONDS"),
@@ -702,3 +663,45 @@ def test_bad_sandbox_settings_stop_the_client(
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
     assert variable in lines[0]
+
+
+def test_rlimits_refusal_names_the_job_user_settings(tmp_path: Path) -> None:
+    result = start_client({"SANDBOX": "rlimits"}, tmp_path)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    [line] = result.stderr.splitlines()
+    assert "SANDBOX" in line
+    assert "JOB_USERS" in line
+    assert "JOB_USER " in line
+
+
+def test_sandbox_none_warns_on_stderr_that_jobs_share_the_clients_uid(tmp_path: Path) -> None:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SERVICE_", "JOB_", "SANDBOX"))
+    }
+    port = free_port()
+    env.update({"PORT": str(port), "HOST": "127.0.0.1", "DATA_PATH": str(tmp_path / "data")})
+    client = subprocess.Popen(
+        [PYTHON, "-m", "job_orchestrator", "client"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert client.poll() is None, "the client stopped"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, "the client never answered"
+            time.sleep(0.05)
+    finally:
+        client.terminate()
+        _, stderr = client.communicate(timeout=30)
+    warnings = [line for line in stderr.splitlines() if "SANDBOX=none" in line]
+    assert len(warnings) == 1, stderr
+    assert "CLIENT_TOKEN" in warnings[0]
+    assert "JOB_USERS" in warnings[0]

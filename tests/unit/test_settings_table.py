@@ -83,7 +83,7 @@ def test_the_server_looks_up_declared_names_only(tmp_path: Path) -> None:
 
 
 def test_the_client_looks_up_declared_names_only() -> None:
-    env = RecordingEnv({"SANDBOX": "rlimits", "JOB_MAX_FILE_MB": "10"})
+    env = RecordingEnv({"SANDBOX": "none", "JOB_MAX_FILE_MB": "10"})
     load_client_settings(env)
     assert {"PORT", "SANDBOX", "JOB_MAX_FILE_MB", "EXECUTOR"} <= env.looked_up
     assert sorted(name for name in env.looked_up if not _declared(name)) == []

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import math
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._fs import remove_tree
+from job_orchestrator._logging import JsonFormatter
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
@@ -30,6 +32,7 @@ from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
+from job_orchestrator.client.sandbox import shared_uid_warning
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.file_responses import zip_response
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
@@ -89,8 +92,7 @@ class ClientState:
 
     async def start(self) -> None:
         await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
-        for payload in self.registry.rebuild():
-            self.runner.adopt(payload)
+        await self.runner.resume(self.registry.rebuild())
         self._loops = [asyncio.create_task(self._cleaner_loop(), name="cleaner_loop")]
 
     async def stop(self) -> None:
@@ -513,6 +515,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
+    if (warning := shared_uid_warning(settings)) is not None:
+        logger.warning("%s", warning)
+        _warn_on_stderr(warning, settings.log_format)
     if settings.client_token:
         app.add_middleware(
             BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})
@@ -523,6 +528,17 @@ def create_app(settings: ClientSettings) -> FastAPI:
             "set CLIENT_TOKEN here and on the server"
         )
     return app
+
+
+def _warn_on_stderr(warning: str, log_format: str) -> None:
+    """On stderr too (the log goes to stdout, maybe somewhere nobody reads before the first
+    incident); as a JSON log object when the operator chose JSON lines."""
+    if log_format == "json":
+        record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, warning, (), None)
+        line = JsonFormatter().format(record)
+    else:
+        line = f"job-orchestrator: warning: {warning}"
+    print(line, file=sys.stderr, flush=True)
 
 
 def _timeout_header(raw: str | None) -> float | None:

@@ -68,7 +68,8 @@ CREATE TABLE payloads (
     timed_out INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     finished_at REAL,
-    collected_at REAL
+    collected_at REAL,
+    uid INTEGER
 )
 """
 
@@ -124,6 +125,9 @@ class Payload:
     finished_at: float | None = None
     #: When a /retrieve first answered the final status (the server has the outcome).
     collected_at: float | None = None
+    #: The uid of JOB_USERS it runs (or ran) under; a restarted client keeps it held while
+    #: it re-adopts the payload.
+    uid: int | None = None
 
     @property
     def paths(self) -> PayloadPaths:
@@ -184,8 +188,9 @@ class Registry:
                 self._write_next_id(payload_id + ID_BLOCK)
             paths = PayloadPaths(root)
             # Not `tmp`: only the bwrap sandbox needs it (sandbox.py `private_tmp` makes it).
-            for directory in (paths.work, paths.exit_code.parent):
-                directory.mkdir()
+            paths.work.mkdir()
+            # The client's own: the job never reaches its exit status (sandbox.py).
+            paths.exit_code.parent.mkdir(mode=0o700)
             self._receiving.add(payload_id)
             return paths
 

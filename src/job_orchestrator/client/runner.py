@@ -1,9 +1,11 @@
 """Runs payloads: the policy above the executors (client/executors/).
 
 The runner validates run.sh, holds the MAX_CONCURRENT slots, waits for the server's lease,
-enforces the wall-time limit and finishes a payload (result ZIP, status, message). How run.sh
-is executed (a local process group, or a Slurm batch job) is the executor's business; the
-payload keeps the executor's handle, so a restarted client re-adopts its executions.
+gives the payload a uid of its own with JOB_USERS (client/uids.py; taken just before the
+launch, reclaimed once the execution ended), enforces the wall-time limit and finishes a
+payload (result ZIP, status, message). How run.sh is executed (a local process group, or a
+Slurm batch job) is the executor's business; the payload keeps the executor's handle, so a
+restarted client re-adopts its executions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Coroutine
@@ -32,6 +35,7 @@ from job_orchestrator.client.logs import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import recorded_exit_code
+from job_orchestrator.client.uids import UidLeases
 from job_orchestrator.client.validator import validate_script
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.status import Status
@@ -66,6 +70,22 @@ class Runner:
         self._stopping = False
         self.archiver = Archiver()
         self.lease = ServerLease(settings.server_lease_s)
+        self.uids = UidLeases(*settings.job_users) if settings.job_users else None
+
+    async def resume(self, payloads: list[Payload]) -> None:
+        """At start: keep the uids of the payloads still running, reclaim the others, adopt."""
+        if self.uids is not None:
+            # Files the client makes are its own (state, log, result, exit status); DATA_PATH
+            # lets a job traverse to its own work directory, not list the others.
+            os.umask(0o077)
+            self.settings.data_path.chmod(0o711)
+            for payload in payloads:
+                if payload.uid is not None and _still_running(payload):
+                    self.uids.pool.hold(payload.id, payload.uid)
+            owned = [p.paths.work for p in payloads] + [p.paths.tmp for p in payloads]
+            await self.uids.reclaim_unheld(owned)
+        for payload in payloads:
+            self.adopt(payload)
 
     def start(self, payload: Payload) -> None:
         self._spawn(payload.id, self._run(payload))
@@ -182,9 +202,15 @@ class Runner:
 
     async def _execute(self, payload: Payload) -> None:
         payload.paths.exit_code.unlink(missing_ok=True)
+        if self.uids is not None:
+            with_uid = await self._acquire_uid(payload)
+            if with_uid is None:
+                return
+            payload = with_uid
         launched = time.monotonic()
         handle = await self._launch(payload)
         if handle is None:
+            await self._release_uid(payload)
             return
         changes: dict[str, Any] = {"handle": handle.encode()}
         before = self.registry.get(payload.id)
@@ -212,6 +238,7 @@ class Runner:
             if not self._stopping:
                 self.executor.abandon(handle)
             raise
+        await self._release_uid(payload)
         await self._finish(payload, outcome)
         if (ended := self.registry.get(payload.id)) is not None:
             self.metrics.run_ended(ended.status, time.monotonic() - launched)
@@ -221,6 +248,29 @@ class Runner:
                 ended.status.wire,
                 extra={"payload_id": payload.id},
             )
+
+    async def _acquire_uid(self, payload: Payload) -> Payload | None:
+        """The payload with a uid of its own, waiting Prepared while none is free; None if it
+        was killed meanwhile (then Killed)."""
+        assert self.uids is not None
+        while True:
+            with self.registry.watch(payload.id) as changed:
+                current = self.registry.get(payload.id)
+                if current is None or current.killed:
+                    self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                    return None
+                uid = await self.uids.acquire(payload.id, changed)
+            if uid is None:
+                continue
+            updated = self.registry.update(payload.id, {Status.PREPARED}, uid=uid)
+            if updated is None:  # gone meanwhile: never launched without its uid
+                await self._release_uid(payload)
+            return updated
+
+    async def _release_uid(self, payload: Payload) -> None:
+        """The execution ended: nothing may run or stay under its uid before it is reused."""
+        if self.uids is not None:
+            await self.uids.release(payload.id, [payload.paths.work, payload.paths.tmp])
 
     async def _launch(self, payload: Payload) -> Handle | None:
         """Hand run.sh to the executor; None if it refused (the payload is then Failed).
@@ -334,7 +384,8 @@ class Runner:
                     handle.kind,
                     self.executor.kind,
                 )
-            await self._finish(payload, Outcome(recorded_exit_code(payload.paths.exit_code)))
+            await self._release_uid(payload)
+            await self._finish(payload, Outcome(await recorded_exit_code(payload.paths.exit_code)))
             return
         if self.executor.reattach(payload, handle):
             logger.info("re-adopting payload %d (%s %d)", payload.id, handle.kind, handle.id)
@@ -349,6 +400,7 @@ class Runner:
         outcome = await self._wait_within_limit(
             payload, handle, self.executor.wait(payload, handle)
         )
+        await self._release_uid(payload)
         await self._finish(payload, outcome)
 
     # ---- kill ------------------------------------------------------------------------------
@@ -377,6 +429,13 @@ class Runner:
             )
             self._kill_tasks.add(task)
             task.add_done_callback(self._kill_tasks.discard)
+
+
+def _still_running(payload: Payload) -> bool:
+    """Whether a payload found at start was handed to its executor and has not ended."""
+    return payload.status is Status.RUNNING or (
+        payload.status is Status.PREPARED and payload.handle is not None
+    )
 
 
 def _size(path: Path) -> int:

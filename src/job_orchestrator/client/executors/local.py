@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+from typing import Any
 
 import psutil
 
@@ -24,9 +25,11 @@ from job_orchestrator.client.sandbox import (
     command_for,
     hand_over,
     job_environment,
+    own_uid_environment,
+    prepare_own_uid,
     private_tmp,
     recorded_exit_code,
-    spawn_options,
+    user_for,
 )
 from job_orchestrator.config import ClientSettings
 
@@ -51,22 +54,30 @@ class LocalExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         try:
+            if self.settings.job_users and payload.uid is None:
+                # The runner gives one; never fall back to the client's own uid.
+                raise LaunchError("no uid of JOB_USERS was given to the payload")
             private_tmp(self.settings, paths.tmp)
-            if self.settings.job_user is not None:  # else nothing to hand over: no thread hop
-                await asyncio.to_thread(
-                    hand_over, [paths.work, paths.exit_code.parent, paths.tmp], self.settings
-                )
+            user = user_for(self.settings, payload.uid)
+            environment = job_environment(os.environ)
+            # The client's own umask is 077 with JOB_USERS; the job gets the usual one.
+            options: dict[str, Any] = {"umask": 0o022} if payload.uid is not None else {}
+            if payload.uid is not None and user is not None:
+                await asyncio.to_thread(prepare_own_uid, paths.root, paths.work, paths.tmp, user)
+                environment = own_uid_environment(environment, paths.work, paths.tmp)
+            elif user is not None:  # else nothing to hand over: no thread hop
+                await asyncio.to_thread(hand_over, [paths.work, paths.tmp], user)
             # One file for both streams: interleaved as written (client/logs.py serves it).
             with paths.log.open("ab") as log:
                 process = await asyncio.create_subprocess_exec(
-                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp),
+                    *command_for(self.settings, paths.work, paths.exit_code, paths.tmp, user),
                     cwd=paths.work,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=asyncio.subprocess.STDOUT,
-                    env=job_environment(os.environ),
+                    env=environment,
                     start_new_session=True,
-                    **spawn_options(self.settings),
+                    **options,
                 )
         except OSError as error:
             raise LaunchError(f"could not start run.sh: {error.strerror}") from error
@@ -92,7 +103,7 @@ class LocalExecutor:
         if process is not None:
             await _wait_for_exit(process)
             _signal_group(handle.id, signal.SIGKILL)
-        return Outcome(recorded_exit_code(payload.paths.exit_code))
+        return Outcome(await recorded_exit_code(payload.paths.exit_code))
 
     def reattach(self, payload: Payload, handle: Handle) -> bool:
         return _live_process(handle) is not None

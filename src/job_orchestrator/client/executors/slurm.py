@@ -2,8 +2,11 @@
 
 The batch script is the same wrapper the local executor runs (client/sandbox.py), so run.sh's
 exit status reaches `exit/code` in the payload directory, which must be on a filesystem the
-compute nodes share with this client. Slurm writes run.sh's stdout and stderr, interleaved,
-to the payload's output.log (`--output` without `--error`), the file client/logs.py serves.
+compute nodes share with this client. The batch job writes it with the client's own uid (no
+JOB_USER with Slurm), so run.sh could replace it: `recorded_exit_code` reads it without
+following links, a few bytes at most, in a thread. Slurm writes run.sh's stdout and stderr,
+interleaved, to the payload's output.log (`--output` without `--error`), the file
+client/logs.py serves.
 
 All of this client's jobs are tracked together: one `squeue` per tick (SLURM_POLL_INTERVAL)
 for every job id, and one `sacct` for those squeue no longer knows (ended longer ago than
@@ -112,7 +115,7 @@ class SlurmExecutor:
     async def launch(self, payload: Payload) -> Handle:
         paths = payload.paths
         private_tmp(self.settings, paths.tmp)
-        wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp)
+        wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp, None)
         script = paths.root / BATCH_SCRIPT
         relaunch = script.exists() and payload.id not in self._retrying
         if relaunch and (earlier := await self._submitted_before(payload)) is not None:
@@ -246,12 +249,12 @@ class SlurmExecutor:
                 seen[int(parts[0])] = (parts[1], parts[2])
         for job_id, (state, reason) in seen.items():
             if job_id in self._jobs:
-                self._observe(job_id, state, reason, None)
+                await self._observe(job_id, state, reason, None)
         forgotten = [job_id for job_id in ids if job_id not in seen]
         if forgotten:
             await self._settle_forgotten(forgotten)
 
-    def _observe(self, job_id: int, state: str, reason: str, exit_code: int | None) -> None:
+    async def _observe(self, job_id: int, state: str, reason: str, exit_code: int | None) -> None:
         job = self._jobs.get(job_id)
         if job is None:
             return
@@ -261,7 +264,9 @@ class SlurmExecutor:
             job.started_at = time.time()
             job.started.set()
         if kind in ENDED and not job.ended.done():
-            recorded = recorded_exit_code(job.payload.paths.exit_code)
+            recorded = await recorded_exit_code(job.payload.paths.exit_code)
+            if job.ended.done():
+                return
             job.ended.set_result(
                 outcome_for(state, reason, recorded if recorded is not None else exit_code)
             )
@@ -278,13 +283,15 @@ class SlurmExecutor:
         for job_id in job_ids:
             if job_id in found:
                 state, reason, exit_text = found[job_id]
-                self._observe(job_id, state, reason, sacct_exit_code(exit_text))
+                await self._observe(job_id, state, reason, sacct_exit_code(exit_text))
                 continue
             job = self._jobs.get(job_id)
             if job is None or job.ended.done():
                 continue
             # Neither squeue nor sacct knows it: all that is left is what the wrapper wrote.
-            recorded = recorded_exit_code(job.payload.paths.exit_code)
+            recorded = await recorded_exit_code(job.payload.paths.exit_code)
+            if job.ended.done():
+                continue
             job.started.set()
             job.ended.set_result(
                 Outcome(recorded)
