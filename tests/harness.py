@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import random
 import resource
 import signal
 import socket
@@ -30,8 +31,24 @@ TAG_VARIABLE = "JOB_ORCHESTRATOR_TEST_TAG"
 TRAP = "trap 'echo $? > .orchestrator.exit' EXIT\n"
 
 
+#: Ports handed to test processes come from below the kernel's ephemeral range (32768 and
+#: up here): a port the kernel picked with bind(0) may be taken by any outgoing connection
+#: before the process that is to listen on it binds it (seen in a full run: "address already
+#: in use"), while the kernel never hands out one of these on its own.
+_TEST_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    for _ in range(200):
+        port = random.choice(_TEST_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as sock:  # the range is crowded: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
