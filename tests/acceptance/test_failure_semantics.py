@@ -27,6 +27,7 @@ from typing import Any
 
 import httpx
 import psutil
+import pytest
 
 from tests.harness import Cluster, Node, cluster, tagged_processes
 
@@ -611,6 +612,40 @@ def test_sigterm_to_a_client_leaves_jobs_running_and_restart_collects_true_statu
         assert body["status"] == "Failed", body
         assert body["message"] == "run.sh exited with status 7", body
         assert cl.shutdown() == []
+
+
+@pytest.mark.parametrize("ended_while_down", [False, True], ids=["running", "ended"])
+def test_a_start_the_client_died_before_recording_is_never_made_twice(
+    tmp_path: Path, ended_while_down: bool
+) -> None:
+    """A SIGKILL can land between the start of run.sh and the state write that records its
+    handle (a full-suite chaos run started a job twice so). The state file then says Prepared
+    without a handle, as it is made here; the restarted client finds the execution (still
+    running, or ended with its exit file) and re-adopts it instead of starting it again."""
+    marker = tmp_path / "job.marker"
+    gate = tmp_path / "gate"
+    with cluster(tmp_path) as cl:
+        token = f"once-{secrets.token_hex(6)}"
+        script = f"while [ ! -e {gate} ]; do sleep 0.05; done\necho {token} > output.txt\n"
+        job_id = cl.api.submit(marker_script(marker, script))
+        cl.api.wait_for(job_id, "Running", timeout_s=60)
+        payload = payload_with(cl.root / "client0", token)
+        assert payload is not None
+        cl.clients[0].stop(signal.SIGKILL)
+        if ended_while_down:
+            gate.touch()
+            wait_until(
+                lambda: not processes_running(cl, "job-orchestrator-wrapper"), "run.sh to end"
+            )
+        state_file = payload / "state.json"
+        state = json.loads(state_file.read_text())
+        state_file.write_text(json.dumps({**state, "status": "Prepared", "handle": None}))
+        cl.clients[0].start()
+        gate.touch()
+        body = cl.api.wait_for(job_id, *FINAL, timeout_s=90)
+        assert body["status"] == "Completed", body
+        assert cl.api.download_zip(job_id).read("output.txt") == f"{token}\n".encode()
+        assert len(lines(marker)) == 1, f"the job ran twice: {lines(marker)}"
 
 
 def test_a_failover_setting_below_the_clients_lease_still_never_runs_a_job_twice(

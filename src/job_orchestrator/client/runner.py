@@ -85,7 +85,24 @@ class Runner:
             owned = [p.paths.work for p in payloads] + [p.paths.tmp for p in payloads]
             await self.uids.reclaim_unheld(owned)
         for payload in payloads:
+            if payload.status is Status.PREPARED and payload.handle is None:
+                payload = await self._recover_unrecorded_launch(payload)
             self.adopt(payload)
+
+    async def _recover_unrecorded_launch(self, payload: Payload) -> Payload:
+        """A payload recorded as not started may have been started all the same: the client
+        can die between starting run.sh and recording its handle (a SIGKILL lands anywhere).
+        Its execution is then re-adopted, never started a second time."""
+        handle = await asyncio.to_thread(self.executor.find_launched, payload)
+        if handle is None:
+            return payload
+        logger.warning(
+            "payload %d was started before the client stopped but not recorded: re-adopting it",
+            payload.id,
+            extra={"payload_id": payload.id},
+        )
+        found = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
+        return found or payload
 
     def start(self, payload: Payload) -> None:
         self._spawn(payload.id, self._run(payload))

@@ -92,6 +92,11 @@ class Executor(Protocol):
         """Stop the execution: a polite signal, then a hard kill after `grace_s`."""
         ...
 
+    def find_launched(self, payload: Payload) -> Handle | None:
+        """After a restart, for a payload recorded without a handle: an execution of it that
+        was started all the same (the client died between the start and the record)."""
+        ...
+
     def reattach(self, payload: Payload, handle: Handle) -> bool:
         """After a restart: whether the execution is still there to be waited for.
 

@@ -22,6 +22,7 @@ import psutil
 from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
 from job_orchestrator.client.registry import Payload
 from job_orchestrator.client.sandbox import (
+    WRAPPER_NAME,
     command_for,
     hand_over,
     job_environment,
@@ -107,6 +108,20 @@ class LocalExecutor:
 
     def reattach(self, payload: Payload, handle: Handle) -> bool:
         return _live_process(handle) is not None
+
+    def find_launched(self, payload: Payload) -> Handle | None:
+        # The wrapper's argv ends with its name and the payload's exit file (sandbox.py).
+        tail = [WRAPPER_NAME, str(payload.paths.exit_code)]
+        for process in psutil.process_iter(["cmdline", "create_time"]):
+            with contextlib.suppress(psutil.Error):
+                cmdline = process.info["cmdline"] or []
+                if cmdline[-2:] == tail and process.status() != psutil.STATUS_ZOMBIE:
+                    return Handle(KIND, process.pid, float(process.info["create_time"]))
+        if payload.paths.exit_code.is_file():
+            # It ran to its end while the client was down: id 0 is no process, so wait()
+            # reads the status it left.
+            return Handle(KIND, 0)
+        return None
 
     async def terminate(self, handle: Handle, grace_s: float) -> None:
         if handle.id not in self._children and _live_process(handle) is None:

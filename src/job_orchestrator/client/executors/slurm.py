@@ -359,6 +359,9 @@ class SlurmExecutor:
         logger.warning("scancel %s %d: %s", " ".join(options), job_id, _one_line(err))
         return code is not None and not _unreachable(err)
 
+    def find_launched(self, payload: Payload) -> Handle | None:
+        return None  # launch() itself finds an earlier batch job of the payload (squeue)
+
     def abandon(self, handle: Handle) -> None:
         task = asyncio.create_task(self._scancel(handle.id), name=f"scancel-{handle.id}")
         self._background.add(task)
