@@ -271,6 +271,26 @@ def occupy_first_client(cl: Cluster, marker: Path, long_script: str) -> tuple[in
     return long_job, queued, token
 
 
+def freeze_the_first_of_two_clients(
+    cl: Cluster, first_env: dict[str, str], env: dict[str, str], marker: Path, frozen: list[Node]
+) -> tuple[Node, Path, int, str]:
+    """client0 runs a long job and holds a second one Prepared; client1 starts; client0 is
+    frozen (SIGSTOP). Returns client0, the file that ends the long job, the Prepared job and
+    its token. The long job ends only when told, so a slow machine cannot free client0's slot
+    before client0 is frozen."""
+    first = cl.add_client(first_env)
+    second = cl.add_client(ONE_SLOT, start=False)
+    cl.start_server(env)
+    go = cl.root / "go"
+    long_script = f"while [ ! -e {go} ]; do sleep 0.05; done\n"
+    _long_job, queued, token = occupy_first_client(cl, marker, long_script)
+    second.start()
+    assert first.process is not None
+    os.kill(first.process.pid, signal.SIGSTOP)
+    frozen.append(first)
+    return first, go, queued, token
+
+
 def resume_before_the_server(cl: Cluster, client: Node, frozen: list[Node], token: str) -> None:
     """Let the frozen `client` run again while the server cannot revoke anything yet (a
     partition that heals on the client's side first), then check that the payload of `token`
@@ -385,18 +405,9 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
     cl = Cluster(tmp_path)
     frozen: list[Node] = []
     try:
-        first = cl.add_client({**ONE_SLOT, "SERVER_LEASE": "0.5"})
-        second = cl.add_client(ONE_SLOT, start=False)
-        cl.start_server(env)
-        # The long job ends only when told, so a slow machine cannot free client0's slot
-        # before client0 is frozen.
-        go = tmp_path / "go"
-        long_script = f"while [ ! -e {go} ]; do sleep 0.05; done\n"
-        _long_job, queued, token = occupy_first_client(cl, marker, long_script)
-        second.start()
-        assert first.process is not None
-        os.kill(first.process.pid, signal.SIGSTOP)
-        frozen.append(first)
+        first, go, queued, token = freeze_the_first_of_two_clients(
+            cl, {**ONE_SLOT, "SERVER_LEASE": "0.5"}, env, marker, frozen
+        )
         cl.api.wait_for(queued, "Completed", timeout_s=60)
         assert len(lines(marker)) == 1
         # The long job ends while client0 is unreachable; then client0 runs again while the
@@ -660,16 +671,10 @@ def test_a_failover_setting_below_the_clients_lease_still_never_runs_a_job_twice
     cl = Cluster(tmp_path)
     frozen: list[Node] = []
     try:
-        first = cl.add_client(ONE_SLOT)  # the default SERVER_LEASE
-        second = cl.add_client(ONE_SLOT, start=False)
-        cl.start_server(env)
-        go = tmp_path / "go"
-        long_script = f"while [ ! -e {go} ]; do sleep 0.05; done\n"
-        _long_job, queued, token = occupy_first_client(cl, marker, long_script)
-        second.start()
-        assert first.process is not None
-        os.kill(first.process.pid, signal.SIGSTOP)
-        frozen.append(first)
+        # client0 keeps the default SERVER_LEASE.
+        first, go, queued, token = freeze_the_first_of_two_clients(
+            cl, ONE_SLOT, env, marker, frozen
+        )
         go.touch()  # client0's slot is free the moment it runs again
         cl.api.wait_for(queued, "Completed", timeout_s=120)
         assert len(lines(marker)) == 1
