@@ -14,12 +14,13 @@ import pwd
 import re
 import shlex
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from job_orchestrator import settings_table as table
 from job_orchestrator import wire
+from job_orchestrator.credentials import parse_api_tokens, parse_public_keys
 from job_orchestrator.errors import ConfigError
 from job_orchestrator.settings_table import Setting
 
@@ -142,6 +143,12 @@ class ServerSettings(CommonSettings):
     api_tokens_file: Path | None = None
     #: Users (of API_TOKENS_FILE) whose tokens open /status; with tokens set, nobody else's do.
     admin_users: frozenset[int] = frozenset()
+    #: Portal-signed JWTs (docs/portals.md): the key file, re-read when it changes; None: off.
+    jwt_public_keys: Path | None = None
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_user_claim: str = "sub"
+    jwt_admin_claim: str | None = None
     #: Bearer token /metrics requires; None: /metrics is open (like /health).
     metrics_token: str | None = None
     log_format: str = "text"
@@ -308,6 +315,11 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         ),
         api_tokens_file=_tokens_file(env),
         admin_users=_user_ids("ADMIN_USERS", _optional(env, table.ADMIN_USERS)),
+        jwt_public_keys=_jwt_keys_file(env),
+        jwt_audience=_optional(env, table.JWT_AUDIENCE),
+        jwt_issuer=_optional(env, table.JWT_ISSUER),
+        jwt_user_claim=table.given_or_default(env, table.JWT_USER_CLAIM),
+        jwt_admin_claim=_optional(env, table.JWT_ADMIN_CLAIM),
         metrics_token=_secret(env, table.METRICS_TOKEN, table.METRICS_TOKEN_FILE),
         upload_limit_bytes=upload_mb * 1024 * 1024,
         upload_idle_timeout_s=_seconds(env, table.UPLOAD_IDLE_TIMEOUT),
@@ -582,33 +594,32 @@ def _user_ids(variable: str, raw: str | None) -> frozenset[int]:
 
 
 def _tokens_file(env: Mapping[str, str]) -> Path | None:
-    given = _optional(env, table.API_TOKENS_FILE)
+    return _credential_file(env, table.API_TOKENS_FILE, parse_api_tokens)
+
+
+def _jwt_keys_file(env: Mapping[str, str]) -> Path | None:
+    path = _credential_file(env, table.JWT_PUBLIC_KEYS, parse_public_keys)
+    if path is not None and _optional(env, table.JWT_AUDIENCE) is None:
+        # Without it a JWT the portal signed for another service would be taken here too.
+        raise ConfigError("JWT_AUDIENCE", "must be set with JWT_PUBLIC_KEYS")
+    return path
+
+
+def _credential_file(
+    env: Mapping[str, str], setting: Setting, parse: Callable[[str, str], object]
+) -> Path | None:
+    """The file's path, after a first parse: a malformed file stops the start, saying where."""
+    given = _optional(env, setting)
     if given is None:
         return None
     path = Path(given)
     try:
         content = path.read_text()
-    except OSError as error:
-        raise ConfigError("API_TOKENS_FILE", f"cannot read {given!r}: {error.strerror}") from None
-    parse_tokens(content)  # a malformed file stops the start, naming the line
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "not UTF-8 text"
+        raise ConfigError(setting.name, f"cannot read {given!r}: {reason}") from None
+    parse(content, setting.name)
     return path
-
-
-def parse_tokens(text: str, source: str = "API_TOKENS_FILE") -> dict[str, int]:
-    """`token user_id` lines (blank lines and `#` comments allowed) -> {token: user_id}."""
-    tokens: dict[str, int] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        parts = stripped.split()
-        user_id = wire.parse_i32(parts[1]) if len(parts) == 2 else None
-        if user_id is None:
-            raise ConfigError(source, f"line {number}: expected 'token user_id'")
-        if len(parts[0]) < 16:
-            raise ConfigError(source, f"line {number}: tokens must have at least 16 characters")
-        tokens[parts[0]] = user_id
-    return tokens
 
 
 def load_services(

@@ -126,6 +126,42 @@ ADMIN_USERS = _declare(
     "server",
     "server",
 )
+# Portal-signed JWTs (docs/portals.md).
+JWT_PUBLIC_KEYS = _declare(
+    "JWT_PUBLIC_KEYS",
+    None,
+    "file of PEM public keys or a JWKS document; when set, JWTs they verify authenticate",
+    "server",
+    "server",
+)
+JWT_AUDIENCE = _declare(
+    "JWT_AUDIENCE",
+    None,
+    "the `aud` a JWT must hold (required with JWT_PUBLIC_KEYS)",
+    "server",
+    "server",
+)
+JWT_ISSUER = _declare(
+    "JWT_ISSUER",
+    None,
+    "the `iss` a JWT must hold; unset, any",
+    "server",
+    "server",
+)
+JWT_USER_CLAIM = _declare(
+    "JWT_USER_CLAIM",
+    "sub",
+    "the JWT claim holding the numeric user id",
+    "server",
+    "server",
+)
+JWT_ADMIN_CLAIM = _declare(
+    "JWT_ADMIN_CLAIM",
+    None,
+    "a JWT claim that, when true, opens GET /status; unset, only ADMIN_USERS do",
+    "server",
+    "server",
+)
 METRICS_TOKEN = _declare(
     "METRICS_TOKEN",
     None,

@@ -58,7 +58,13 @@ from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
-from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job, not_found
+from job_orchestrator.server.requesting import (
+    Principal,
+    authenticate,
+    engine,
+    lookup_job,
+    not_found,
+)
 from job_orchestrator.server.uploads import Staging
 from job_orchestrator.server.waiting import (
     HELD_RETRY_AFTER_S,
@@ -193,7 +199,7 @@ async def health(request: Request) -> Response:
         400: {"description": "Invalid form", "content": {**_JSON_STATUS, "text/plain": {}}},
         401: _UNAUTHORIZED,
         403: {
-            "description": "user_id disagrees with the token (API_TOKENS_FILE)",
+            "description": "user_id is not the token's user, nor one of a portal token's",
             "content": _JSON_STATUS,
         },
         408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _JSON_STATUS},
@@ -270,7 +276,7 @@ async def _receive_upload(
     request: Request,
     orchestrator: Orchestrator,
     staging: Staging,
-    caller: int | object,
+    caller: Principal,
     too_large: str,
 ) -> Response:
     """Read the form into `staging`, check it, and turn it into a queued job."""
@@ -300,16 +306,17 @@ async def _receive_upload(
             idle_timeout_s=settings.upload_idle_timeout_s or None,
         )
         fields = form.fields
-        if "user_id" not in fields and "user_id" not in form.oversized and caller is ANYONE:
+        # A user's token or JWT says who; without authentication or from a portal, the form.
+        if "user_id" not in fields and "user_id" not in form.oversized and caller.user_id is None:
             return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
         if "user_id" in form.oversized:
-            user_id: int | object | None = None
+            user_id: int | None = None
         else:
-            user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller
+            user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller.user_id
         if not isinstance(user_id, int):
             return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
-        if caller is not ANYONE and user_id != caller:
-            return status_body(0, Status.UNKNOWN, "user_id does not match the token", 403)
+        if not caller.may_act_for(user_id):
+            return status_body(0, Status.UNKNOWN, _not_for(caller), 403)
         if "service" not in fields and "service" not in form.oversized:
             return status_body(0, Status.UNKNOWN, "Missing service field", 400)
         service = fields.get("service", "").lower()
@@ -329,7 +336,11 @@ async def _receive_upload(
         keep = True
         try:
             job_id = await orchestrator.store.create_job(
-                user_id=user_id, service=service, loc=str(loc), callback_url=callback_url
+                user_id=user_id,
+                service=service,
+                loc=str(loc),
+                callback_url=callback_url,
+                token_name=caller.name,
             )
         except StoreError as error:
             logger.exception("could not add a job")
@@ -337,6 +348,14 @@ async def _receive_upload(
             if isinstance(error, StoreUnavailableError):
                 return database_unavailable()
             return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
+        logger.info(
+            "job %d queued for user %d in %s by token %s",
+            job_id,
+            user_id,
+            service,
+            caller.name or "-",
+            extra={"job_id": job_id, "user_id": user_id, "token_name": caller.name},
+        )
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
     except BoundaryError as error:
@@ -371,6 +390,12 @@ async def _receive_upload(
         if not keep:
             # A rejected upload leaves nothing behind.
             await asyncio.to_thread(remove_tree, staging.path)
+
+
+def _not_for(caller: Principal) -> str:
+    if caller.is_portal:
+        return "user_id is outside the user ids of this portal token"
+    return "user_id does not match the token"
 
 
 async def _callback_url(

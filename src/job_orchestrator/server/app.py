@@ -28,7 +28,7 @@ from job_orchestrator.http_common import (
     status_body,
 )
 from job_orchestrator.server import api, logs, status_page, views
-from job_orchestrator.server.auth import UserTokens
+from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.disclosure import DisclosureMiddleware
 from job_orchestrator.server.dispatcher import Orchestrator
@@ -57,9 +57,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
         app.state.draining = orchestrator.draining
         app.state.loop = asyncio.get_running_loop()
-        app.state.user_tokens = (
-            UserTokens(settings.api_tokens_file) if settings.api_tokens_file else None
-        )
+        app.state.authenticator = Authenticator(settings)
         app.state.callbacks = CallbackDeliverer(settings, store)
         app.state.follows = HeldRequests(
             "log follows",
@@ -73,8 +71,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
             settings.wait_max_total,
             ("WAIT_MAX_PER_USER", "WAIT_MAX_TOTAL"),
         )
-        if settings.admin_users and app.state.user_tokens is None:
-            logger.warning("ADMIN_USERS has no effect without API_TOKENS_FILE: /status is open")
+        if settings.admin_users and not app.state.authenticator.enabled:
+            logger.warning(
+                "ADMIN_USERS has no effect without API_TOKENS_FILE or JWT_PUBLIC_KEYS: "
+                "/status is open"
+            )
         await orchestrator.start()
         await app.state.callbacks.start()
         try:

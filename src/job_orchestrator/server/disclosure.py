@@ -1,15 +1,16 @@
 """What users who are not admins may learn of the orchestrator's own machinery.
 
-With API_TOKENS_FILE, a caller who is not in ADMIN_USERS sees each client by a name
-(`<service>-<n>`: the n-th client of the first service that lists it), never its URL, and no
-payload ids: in job details and listings (`client`, `queue.detail`, `message`), in error
-bodies (a 502 naming the call that failed) and in the `X-Orchestrator-Message` header. The
+With authentication on, a caller who is not an admin (ADMIN_USERS, JWT_ADMIN_CLAIM) sees
+each client by a name (`<service>-<n>`: the n-th client of the first service that lists it),
+never its URL, and no payload ids: in job details and listings (`client`, `queue.detail`,
+`message`), in error bodies (a 502 naming the call that failed) and in the
+`X-Orchestrator-Message` header. The
 stored messages keep every detail, for admins, the status page and the log: answers are
 rewritten on their way out, by `DisclosureMiddleware`, which is why the engine's messages can
 say what happened in full and no route has to remember to hide anything.
 
 Only JSON bodies and the message header are rewritten; result ZIPs and run.sh's log are the
-job's own. Without API_TOKENS_FILE every caller may act as anyone, so nothing is hidden.
+job's own. Without authentication every caller may act as anyone, so nothing is hidden.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from urllib.parse import quote, unquote, urlsplit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from job_orchestrator.config import ServerSettings
-from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.node_wire import base_url
+from job_orchestrator.server.requesting import Principal, caller_of
 from job_orchestrator.wire import MESSAGE_HEADER
 
 #: A client's URL in a message (any path on it), found by its base `scheme://host:port`.
@@ -100,7 +101,6 @@ class DisclosureMiddleware:
     def __init__(self, app: ASGIApp, settings: ServerSettings) -> None:
         self.app = app
         self.names = ClientNames.from_settings(settings)
-        self.admins = frozenset(settings.admin_users)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._hides_from(scope):
@@ -109,11 +109,8 @@ class DisclosureMiddleware:
         await self.app(scope, receive, _RewritingSend(send, self.names))
 
     def _hides_from(self, scope: Scope) -> bool:
-        tokens: UserTokens | None = getattr(scope["app"].state, "user_tokens", None)
-        if tokens is None:
-            return False
-        authorization = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        return tokens.user_for(authorization or None) not in self.admins
+        caller = caller_of(scope)  # ANYONE (authentication off) is an admin
+        return not (isinstance(caller, Principal) and caller.admin)
 
 
 class _RewritingSend:

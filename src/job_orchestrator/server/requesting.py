@@ -9,18 +9,23 @@ import logging
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.http_common import path_id, status_body
-from job_orchestrator.server.auth import UserTokens
+from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.principal import ANYONE, COOKIE, AuthRefusedError, Principal
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
 
-#: The caller when API_TOKENS_FILE is not set: anyone may see and act on every job.
-ANYONE = object()
+__all__ = ["ANYONE", "Principal", "authenticate", "engine", "lookup_job", "not_found"]
+
+#: Where a request's caller is kept once decided (the disclosure middleware asks first).
+_CALLER = "job_orchestrator.caller"
 
 
 def engine(request: Request) -> Orchestrator:
@@ -32,17 +37,33 @@ def not_found(job_id: int) -> JSONResponse:
     return status_body(0, Status.UNKNOWN, f"Job {job_id} not found in the database", 404)
 
 
-def authenticate(request: Request) -> int | object | JSONResponse:
-    """The caller's user id when API_TOKENS_FILE is set, `ANYONE` when it is not."""
-    tokens: UserTokens | None = request.app.state.user_tokens
-    if tokens is None:
-        return ANYONE
-    user_id = tokens.user_for(request.headers.get("authorization"))
-    if user_id is None:
-        response = status_body(0, Status.UNKNOWN, "missing or invalid bearer token", 401)
+def caller_of(scope: Scope) -> Principal | AuthRefusedError:
+    """Who is calling (or why nobody is accepted), decided once per request."""
+    known: Principal | AuthRefusedError | None = scope.get(_CALLER)
+    if known is not None:
+        return known
+    authenticator: Authenticator = scope["app"].state.authenticator
+    connection = HTTPConnection(scope)
+    try:
+        found: Principal | AuthRefusedError = authenticator.principal(
+            connection.headers.get("authorization"),
+            connection.cookies.get(COOKIE),
+            scope.get("method", "GET"),
+        )
+    except AuthRefusedError as error:
+        found = error
+    scope[_CALLER] = found
+    return found
+
+
+def authenticate(request: Request) -> Principal | JSONResponse:
+    """The caller (`ANYONE` when authentication is off), or the 401 to answer."""
+    caller = caller_of(request.scope)
+    if isinstance(caller, AuthRefusedError):
+        response = status_body(0, Status.UNKNOWN, str(caller), 401)
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
-    return user_id
+    return caller
 
 
 async def lookup_job(request: Request) -> JobRecord | JSONResponse:
@@ -58,6 +79,6 @@ async def lookup_job(request: Request) -> JobRecord | JSONResponse:
     except StoreError:
         logger.exception("lookup of job %d failed", job_id)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
-    if job is None or (caller is not ANYONE and job.user_id != caller):
+    if job is None or not caller.may_act_for(job.user_id):
         return not_found(job_id)
     return job

@@ -3,8 +3,9 @@
 Each service's limits, queue depth and jobs per user; its clients with health, load,
 capacity and last error (the node loop's last look, `Fleet.state`); recent jobs with their
 durations, filtered by service and status through the same listing verb and query parsing as
-`GET /jobs`. With API_TOKENS_FILE set, only the tokens of ADMIN_USERS open it: as a bearer
-token, or as the password of HTTP Basic authentication, so a browser can ask for it.
+`GET /jobs`. With authentication on (API_TOKENS_FILE, JWT_PUBLIC_KEYS) only admins open it
+(ADMIN_USERS, or a JWT with JWT_ADMIN_CLAIM): their token as a bearer token, as the password
+of HTTP Basic authentication (so a browser can ask for it), or in the `jo_token` cookie.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from fastapi.responses import HTMLResponse, Response
 
 from job_orchestrator import __version__
 from job_orchestrator.errors import StoreError
-from job_orchestrator.server.auth import UserTokens
+from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.node_wire import base_url
+from job_orchestrator.server.principal import COOKIE, AuthRefusedError
 from job_orchestrator.server.requesting import engine
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.views import ListQueryError, list_filters, rfc3339
@@ -57,22 +59,24 @@ def _bearer_of(authorization: str | None) -> str | None:
 
 def refusal(request: Request) -> Response | None:
     """401/403 unless the caller may see the page (None: it may)."""
-    tokens: UserTokens | None = request.app.state.user_tokens
-    if tokens is None:
+    authenticator: Authenticator = request.app.state.authenticator
+    if not authenticator.enabled:
         return None
-    user_id = tokens.user_for(_bearer_of(request.headers.get("authorization")))
-    if user_id is None:
+    try:
+        caller = authenticator.principal(
+            _bearer_of(request.headers.get("authorization")),
+            request.cookies.get(COOKIE),
+            request.method,
+        )
+    except AuthRefusedError as error:
         return HTMLResponse(
-            _render("refused.html", reason="This page needs an admin token."),
+            _render("refused.html", reason=f"This page needs an admin token ({error})."),
             status_code=401,
             headers={"WWW-Authenticate": f"{_REALM}, Bearer"},
         )
-    orchestrator = engine(request)
-    if user_id not in orchestrator.settings.admin_users:
-        return HTMLResponse(
-            _render("refused.html", reason="This token is not one of ADMIN_USERS."),
-            status_code=403,
-        )
+    if not caller.admin:
+        reason = "This token is not one of ADMIN_USERS (nor a JWT with JWT_ADMIN_CLAIM)."
+        return HTMLResponse(_render("refused.html", reason=reason), status_code=403)
     return None
 
 
@@ -106,6 +110,7 @@ class JobRow:
     waited: str
     ran: str
     exit_code: int | None
+    token: str
 
     @classmethod
     def of(cls, job: JobRecord, now: float) -> JobRow:
@@ -123,6 +128,7 @@ class JobRow:
             waited=duration(waited),
             ran=duration(end - job.started_at if job.started_at is not None else None),
             exit_code=job.exit_code,
+            token=job.token_name or "",
         )
 
 

@@ -18,7 +18,7 @@ from job_orchestrator.errors import StoreError
 from job_orchestrator.http_common import U32_SCHEMA, id_parameter, json_response, status_body
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.queue_view import REASONS, queue_standing
-from job_orchestrator.server.requesting import ANYONE, authenticate, engine, lookup_job
+from job_orchestrator.server.requesting import authenticate, engine, lookup_job
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import Status
 from job_orchestrator.wire import parse_i32, parse_unsigned
@@ -223,6 +223,10 @@ async def job_details(request: Request) -> Response:
         },
         400: {"description": "A query parameter is invalid", "content": _STATUS_BODY},
         401: _UNAUTHORIZED,
+        403: {
+            "description": "A portal token named a user_id outside its user ids",
+            "content": _STATUS_BODY,
+        },
         500: {"description": "Storage failure", "content": _STATUS_BODY},
     },
 )
@@ -234,14 +238,24 @@ async def list_jobs(request: Request) -> Response:
         limit, before_id, user_id, status, service = list_filters(request.query_params)
     except ListQueryError as error:
         return status_body(0, Status.UNKNOWN, str(error), 400)
-    if caller is not ANYONE:
-        assert isinstance(caller, int)
-        if user_id is not None and user_id != caller:
+    user_ranges = None
+    if caller.user_id is not None:  # a user's own token or JWT: only their jobs
+        if user_id is not None and user_id != caller.user_id:
             return json_response({"jobs": [], "next_cursor": None})
-        user_id = caller
+        user_id = caller.user_id
+    elif caller.is_portal:  # the users it names, or all of its users
+        if user_id is not None and not caller.may_act_for(user_id):
+            message = "user_id is outside the user ids of this portal token"
+            return status_body(0, Status.UNKNOWN, message, 403)
+        user_ranges = caller.ranges if user_id is None else None
     try:
         page = await engine(request).store.list_jobs(
-            limit=limit + 1, before_id=before_id, user_id=user_id, status=status, service=service
+            limit=limit + 1,
+            before_id=before_id,
+            user_id=user_id,
+            user_ranges=user_ranges,
+            status=status,
+            service=service,
         )
     except StoreError:
         logger.exception("listing jobs failed")

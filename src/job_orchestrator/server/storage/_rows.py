@@ -30,6 +30,7 @@ def job_record(row: Any) -> JobRecord:
         started_at=row.started_at,
         exit_code=row.exit_code,
         owner=row.owner,
+        token_name=row.token_name,
     )
 
 

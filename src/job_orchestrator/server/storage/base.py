@@ -8,7 +8,7 @@ the same job, and a final status is never overwritten.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,8 @@ class JobRecord:
     exit_code: int | None = None
     #: The replica whose lease covers the job's work in flight (None: nobody's).
     owner: str | None = None
+    #: The name of the token (or `jwt:<key>`) that uploaded the job; None: no authentication.
+    token_name: str | None = None
 
 
 class Store(CallbackVerbs, abc.ABC):
@@ -79,7 +81,13 @@ class Store(CallbackVerbs, abc.ABC):
 
     @abc.abstractmethod
     async def create_job(
-        self, *, user_id: int, service: str, loc: str, callback_url: str | None = None
+        self,
+        *,
+        user_id: int,
+        service: str,
+        loc: str,
+        callback_url: str | None = None,
+        token_name: str | None = None,
     ) -> int:
         """Insert a Queued job and return its id (ids are never reused); with `callback_url`,
         its pending callback delivery in the same transaction."""
@@ -182,9 +190,11 @@ class Store(CallbackVerbs, abc.ABC):
         user_id: int | None = None,
         status: Status | None = None,
         service: str | None = None,
+        user_ranges: Sequence[tuple[int, int]] | None = None,
     ) -> list[JobRecord]:
         """Up to `limit` jobs with an id below `before_id` matching every filter given, newest
-        (highest id) first: one page of a keyset walk."""
+        (highest id) first: one page of a keyset walk. `user_ranges`: only users in one of
+        these inclusive ranges (a portal's)."""
 
     @abc.abstractmethod
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:

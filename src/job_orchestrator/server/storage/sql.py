@@ -133,7 +133,13 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
         return await self._run(lambda connection: list(connection.execute(statement, params)))
 
     async def create_job(
-        self, *, user_id: int, service: str, loc: str, callback_url: str | None = None
+        self,
+        *,
+        user_id: int,
+        service: str,
+        loc: str,
+        callback_url: str | None = None,
+        token_name: str | None = None,
     ) -> int:
         now = time.time()
         values = {
@@ -143,6 +149,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             "status": Status.QUEUED.db,
             "queued_at": now,
             "updated_at": now,
+            "token_name": token_name,
         }
 
         def insert(connection: Connection) -> int:

@@ -7,7 +7,7 @@ pages of jobs, never a change, so none of them takes a lock or notifies a replic
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -96,8 +96,15 @@ class SqlViewVerbs:
         user_id: int | None = None,
         status: Status | None = None,
         service: str | None = None,
+        user_ranges: Sequence[tuple[int, int]] | None = None,
     ) -> list[JobRecord]:
         conditions = []
+        if user_ranges is not None:
+            conditions.append(
+                sa.or_(
+                    sa.false(), *(jobs.c.user_id.between(low, high) for low, high in user_ranges)
+                )
+            )
         if before_id is not None:
             conditions.append(jobs.c.id < before_id)
         if user_id is not None:

@@ -30,6 +30,8 @@ jobs = sa.Table(
     sa.Column("started_at", sa.Float, nullable=True),
     sa.Column("exit_code", sa.Integer, nullable=True),
     sa.Column("owner", sa.Text, nullable=True),
+    # The name (never the value) of the token or JWT key that uploaded the job; NULL: none.
+    sa.Column("token_name", sa.Text, nullable=True),
     sqlite_autoincrement=True,
 )
 
