@@ -35,6 +35,14 @@ class SigningKey:
             .decode()
         )
 
+    @property
+    def fingerprint(self) -> str:
+        """The key's name on the server when it comes from a PEM file: SHA-256 of its DER."""
+        der = self.private.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return hashlib.sha256(der).hexdigest()[:12]
+
     def jwk(self, kid: str) -> dict[str, Any]:
         """The public key as a JWKS entry."""
         algorithm = jwt.get_algorithm_by_name(self.algorithm)

@@ -73,7 +73,8 @@ def _connection_options() -> argparse.ArgumentParser:
         help=f"the server's URL (default: JO_SERVER, else {DEFAULT_SERVER})",
     )
     shared.add_argument(
-        "--token", help="API token, sent as a bearer token (default: JO_TOKEN, else none)"
+        "--token",
+        help="API token or JWT, sent as a bearer token (default: JO_TOKEN, else none)",
     )
     return shared
 
@@ -101,7 +102,7 @@ def add_user_commands(commands: Any) -> None:
     submit.add_argument(
         "--user-id",
         type=int,
-        help="the submitting user (default: the token's user, else 0)",
+        help="the submitting user (default: the token's user, else 0; a portal token needs it)",
     )
     submit.add_argument(
         "--callback-url", metavar="URL", help="the server POSTs the job's final status there"

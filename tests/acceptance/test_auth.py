@@ -469,7 +469,7 @@ def test_tokens_never_reach_the_logs(users: Cluster, job_of_a: int) -> None:
         )
     assert users.server is not None
     logs = users.server.log() + "".join(client.log() for client in users.clients)
-    assert "user tokens from" in logs  # the log is there
+    assert "API tokens from" in logs  # the log is there
     for token in (TOKEN_A, TOKEN_B, TOKEN_C):
         assert token not in logs
         assert token[:16] not in logs
