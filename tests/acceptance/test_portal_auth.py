@@ -273,7 +273,8 @@ def test_a_user_token_is_refused_for_another_users_job(portal: tuple[Cluster, Po
                 method, f"{base}{route.format(id=job_of_a)}", headers=api(cl, credential).headers
             )
             assert response.status_code == 404, (credential, route, response.text)
-        assert jobs_of(cl, credential, user_id=USER_A) == []
+        if credential != PORTAL:  # a portal naming a user outside its range: 403, above
+            assert jobs_of(cl, credential, user_id=USER_A) == []
     # User A's JWT is as good as A's token: tokens and JWTs are used together.
     assert api(cl, signer.jwt(USER_A)).download_zip(job_of_a).read("out.txt") == b"ok\n"
     response = api(cl, TOKEN_B).upload({"run.sh": SCRIPT}, user_id=USER_A)
