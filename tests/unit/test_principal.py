@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from job_orchestrator.config import load_server_settings
 from job_orchestrator.credentials import (
     PublicKey,
     TokenEntry,
@@ -425,3 +427,34 @@ def test_private_keys_and_weak_or_other_keys_are_refused() -> None:
     other_curve = SigningKey(ec.generate_private_key(ec.SECP384R1()), "ES384")
     with pytest.raises(ConfigError, match="only RSA, P-256 and Ed25519"):
         parse_public_keys(other_curve.public_pem)
+
+
+# --- the settings ----------------------------------------------------------------------------
+
+
+def test_the_settings_check_the_files_at_start(tmp_path: Path) -> None:
+    keys, tokens = tmp_path / "keys.pem", tmp_path / "tokens.txt"
+    keys.write_text(_ED.public_pem)
+    tokens.write_text(TOKENS_TEXT)
+    settings = load_server_settings(
+        {
+            "API_TOKENS_FILE": str(tokens),
+            "JWT_PUBLIC_KEYS": str(keys),
+            "JWT_AUDIENCE": AUDIENCE,
+            "JWT_ADMIN_CLAIM": "jo_admin",
+        }
+    )
+    assert (settings.jwt_public_keys, settings.jwt_audience) == (keys, AUDIENCE)
+    assert (settings.jwt_issuer, settings.jwt_user_claim) == (None, "sub")
+    assert settings.jwt_admin_claim == "jo_admin"
+    # Without an audience a JWT signed for another service would pass: refused at start.
+    with pytest.raises(ConfigError, match="JWT_AUDIENCE: must be set with JWT_PUBLIC_KEYS"):
+        load_server_settings({"JWT_PUBLIC_KEYS": str(keys)})
+    keys.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ConfigError, match="JWT_PUBLIC_KEYS: PEM block 1 is not a valid"):
+        load_server_settings({"JWT_PUBLIC_KEYS": str(keys), "JWT_AUDIENCE": AUDIENCE})
+    with pytest.raises(ConfigError, match="JWT_PUBLIC_KEYS: cannot read"):
+        load_server_settings({"JWT_PUBLIC_KEYS": str(tmp_path / "nowhere")})
+    tokens.write_text(f"{PORTAL_TOKEN} portal:1-10\n")
+    with pytest.raises(ConfigError, match="API_TOKENS_FILE: line 1: a portal token needs"):
+        load_server_settings({"API_TOKENS_FILE": str(tokens)})

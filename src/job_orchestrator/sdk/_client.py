@@ -34,8 +34,9 @@ T = TypeVar("T")
 class Client:
     """A connection to a job-orchestrator server.
 
-    `server` defaults to `JO_SERVER`, then `http://127.0.0.1:5000`; `token` to `JO_TOKEN`
-    (sent as `Authorization: Bearer`). Use it as a context manager, or call `close()`.
+    `server` defaults to `JO_SERVER`, then `http://127.0.0.1:5000`; `token` (an API token, a
+    portal token or a portal-signed JWT) to `JO_TOKEN` (sent as `Authorization: Bearer`). Use
+    it as a context manager, or call `close()`.
     """
 
     def __init__(
