@@ -53,7 +53,7 @@ def scratch_root(tmp_path: Path) -> Path:
     if system_units is None:
         missing("no systemd unit directory (Debian: apt-get install systemd)")
     entry_point = Path(sys.executable).parent / "job-orchestrator"
-    assert entry_point.is_file(), f"{entry_point} missing: pip install -e . first"
+    assert entry_point.is_file(), f"{entry_point} missing: pip install -e '.[server]' first"
     root = tmp_path / "root"
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "usr/local/bin").mkdir(parents=True)

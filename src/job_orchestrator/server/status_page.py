@@ -1,7 +1,8 @@
 """`GET /status`: an HTML page for operators, rendered on the server (Jinja2, no JavaScript).
 
 Each service's limits, queue depth and jobs per user; its clients with health, load,
-capacity and last error (the node loop's last look, `Fleet.state`); recent jobs with their
+capacity and last error (the node loop's last look, `Fleet.state`); the warnings the server
+printed at start (exposure.py), for as long as they hold; recent jobs with their
 durations, filtered by service and status through the same listing verb and query parsing as
 `GET /jobs`. With API_TOKENS_FILE set, only the tokens of ADMIN_USERS open it: as a bearer
 token, or as the password of HTTP Basic authentication, so a browser can ask for it.
@@ -22,6 +23,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from job_orchestrator import __version__
 from job_orchestrator.errors import StoreError
+from job_orchestrator.exposure import server_warnings
 from job_orchestrator.server.auth import UserTokens
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.node_wire import base_url
@@ -200,6 +202,7 @@ async def status_page(request: Request) -> Response:
         _render(
             "status.html",
             now=rfc3339(now),
+            warnings=server_warnings(orchestrator.settings),
             services=services,
             jobs=rows,
             statuses=[s.wire for s in Status],
