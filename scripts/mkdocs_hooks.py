@@ -16,7 +16,8 @@ _SCRIPT = Path(__file__).with_name("settings_reference.py")
 
 def _render() -> str:
     spec = importlib.util.spec_from_file_location("settings_reference", _SCRIPT)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     rendered: str = module.render()

@@ -55,8 +55,7 @@ NOTES: dict[str, str] = {
     "([Monitoring](monitoring.md#status-page)).",
     "METRICS_TOKEN": "Else 401. User tokens never open it ([Monitoring](monitoring.md)).",
     "UPLOAD_MAX_CONCURRENT": "More are answered 503 with `Retry-After`.",
-    "UPLOAD_MAX_PER_CLIENT": "Behind a proxy, the proxy's address. More: 503 with "
-    "`Retry-After`.",
+    "UPLOAD_MAX_PER_CLIENT": "Behind a proxy, the proxy's address. More: 503 with `Retry-After`.",
     "QUEUE_MAX_PER_USER": "The refusal is 429 with `Retry-After: 30` (`Too many queued jobs "
     "for user N (at most 1000, QUEUE_MAX_PER_USER); retry later`), checked once the form has "
     "been read.",
@@ -73,7 +72,8 @@ NOTES: dict[str, str] = {
     "FAILOVER_AFTER": "Also while the server has not asked about the job. Never less than the "
     "client's advertised `SERVER_LEASE` + 5 s: a lower setting is raised per client, with a "
     "warning ([Failure semantics](concepts/failure-semantics.md)).",
-    "CALLBACK_SECRET": "Unset, a `callback_url` is refused with 400 ([Callbacks](api.md#callbacks)).",
+    "CALLBACK_SECRET": "Unset, a `callback_url` is refused with 400 "
+    "([Callbacks](api.md#callbacks)).",
     "CALLBACK_ALLOW": "Comma-separated, e.g. `127.0.0.0/8,10.1.0.0/16`; `public` is every "
     "globally routable address. Checked against every address the host resolves to.",
     "CALLBACK_DEADLINE": "24 h, counted from the first attempt. `0`: one attempt.",
@@ -96,7 +96,7 @@ NOTES: dict[str, str] = {
     "SLURM_PARTITION": "With `EXECUTOR=slurm`; also the partition `/load` reports on.",
     "SLURM_POLL_INTERVAL": "One `squeue` for all of this client's jobs, while it has jobs in "
     "Slurm.",
-    "SLURM_EXTRA_ARGS": "e.g. `--mem=4G --gres=\"gpu:1\"`. One that does not parse stops the "
+    "SLURM_EXTRA_ARGS": 'e.g. `--mem=4G --gres="gpu:1"`. One that does not parse stops the '
     "client with exit status 2.",
 }
 

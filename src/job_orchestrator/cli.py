@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="job-orchestrator",
         description="Fair job queue (server) and executor (client) for scientific web portals. "
-        "Configured through environment variables; see the README.",
+        "Configured through environment variables; see docs/settings.md.",
     )
     parser.add_argument("--version", action="version", version=f"job-orchestrator {__version__}")
     commands = parser.add_subparsers(

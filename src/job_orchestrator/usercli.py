@@ -1,7 +1,7 @@
 """`job-orchestrator submit | status | wait | download | cancel | list | logs`: the user CLI.
 
 A thin layer over `job_orchestrator.sdk`: each command is one SDK call, and each SDK error
-maps to one exit status (see EXIT_* and the README) with a one-line reason on stderr.
+maps to one exit status (see EXIT_* and docs/cli-sdk.md) with a one-line reason on stderr.
 
 Every string the server sends (a job's message, an error, the queue's detail) may hold what a
 job put there, so it is printed with its control characters made visible (`\x1b`): no
