@@ -119,3 +119,21 @@ def test_a_server_without_service_says_so_on_stderr_and_on_status(tmp_path: Path
     warning = stderr.decode()
     assert "job-orchestrator: warning: no service is configured" in warning, warning
     assert "Invalid service" in warning  # what every upload will answer, said in advance
+
+
+def test_the_clients_warnings_show_on_the_status_page(guarded: Cluster) -> None:
+    """The harness's clients run jobs with their own uid (SANDBOX=none, no JOB_USERS): they
+    say so on stderr, and on /health for the server's /status."""
+    assert guarded.server is not None
+    health = httpx.get(f"{guarded.clients[0].url}/health", timeout=10)
+    assert "SANDBOX%3Dnone" in health.headers["X-Orchestrator-Warnings"]
+    give_up = time.monotonic() + 60
+    while True:  # the server's next background check of the clients brings them
+        page = httpx.get(
+            f"{guarded.server.url}/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+        )
+        assert page.status_code == 200
+        if page.text.count("warning: SANDBOX=none and no JOB_USERS") == len(guarded.clients):
+            break
+        assert time.monotonic() < give_up, page.text
+        time.sleep(0.5)

@@ -155,6 +155,7 @@ async def _services(orchestrator: Orchestrator) -> list[dict[str, Any]]:
                     "active": on_node.get(node.upload_url, 0),
                     "last_error": state.last_error,
                     "last_error_at": rfc3339(state.last_error_at),
+                    "warnings": state.warnings,
                 }
             )
         services.append(
