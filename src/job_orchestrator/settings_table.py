@@ -385,6 +385,14 @@ REQUIRE_EXIT_TRAP = _declare(
     "client",
     "client",
 )
+# --- issue 25: the validator's switch, for operators whose jobs are contained otherwise ----
+VALIDATE_SCRIPTS = _declare(
+    "VALIDATE_SCRIPTS",
+    "1",
+    "0 to run scripts the validator would reject as unsafe (a missing run.sh still fails)",
+    "client",
+    "client",
+)
 RESULT_MAX_MB = _declare(
     "RESULT_MAX_MB",
     None,

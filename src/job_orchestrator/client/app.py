@@ -525,6 +525,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
+    if not settings.validate_scripts:
+        logger.warning("VALIDATE_SCRIPTS=0: run.sh is run without the validator's screen")
     if (warning := shared_uid_warning(settings)) is not None:
         logger.warning("%s", warning)
         _warn_on_stderr(warning, settings.log_format)
