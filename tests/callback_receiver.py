@@ -37,7 +37,7 @@ class Received:
         return self.base if self.path == "/" else self.base + self.path
 
     def signed_with(self, secret: str, url: str | None = None) -> bool:
-        """What a receiver checks (README, "Callbacks"): the v2 HMAC of the time, delivery id,
+        """What a receiver checks (docs/api.md, "Callbacks"): the v2 HMAC of the time, delivery id,
         URL and body. `url`: the callback URL as submitted (default: as received)."""
         timestamp = self.headers.get("x-orchestrator-timestamp", "")
         delivery = self.headers.get("x-orchestrator-delivery", "")

@@ -1,7 +1,7 @@
 """What a setting is, and the only ways config.py reads one (see settings_table for the list).
 
 `default` is the text a loader uses when the variable is unset (None: no value); `shown`
-describes a default that is not a literal (computed, or "no limit") the way the README does.
+describes a default that is not a literal (computed, or "no limit") the way docs/settings.md does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ AppliesTo = Literal["server", "client", "both"]
 
 #: How a declared `SERVICE_<NAME>_<SUFFIX>` pattern is spelled.
 SERVICE_PATTERN_PREFIX = "SERVICE_<NAME>_"
-#: The README's way of writing "unset, nothing".
+#: The docs' way of writing "unset, nothing".
 NO_DEFAULT = "—"
 
 
@@ -29,7 +29,7 @@ class Setting:
 
     @property
     def default_text(self) -> str:
-        """The default as the README's Default column writes it (before any remark)."""
+        """The default as the settings reference's Default column writes it (before any remark)."""
         if self.shown is not None:
             return self.shown
         return NO_DEFAULT if self.default is None else f"`{self.default}`"
@@ -71,7 +71,7 @@ def describe(settings: Iterable[Setting], program: Literal["server", "client"]) 
     shown = [setting for setting in settings if setting.applies_to in (program, "both")]
     name_width = max(len(setting.name) for setting in shown)
     default_width = max(len(_plain(setting.default_text)) for setting in shown)
-    lines = [f"Environment settings of job-orchestrator {program} (details: README.md):"]
+    lines = [f"Environment settings of job-orchestrator {program} (details: docs/settings.md):"]
     group = ""
     for setting in shown:
         if setting.group != group:

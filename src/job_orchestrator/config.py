@@ -199,6 +199,8 @@ class ClientSettings(CommonSettings):
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
     max_concurrent: int | None = None
     require_exit_trap: bool = False
+    #: False: run.sh is not screened for unsafe commands (VALIDATE_SCRIPTS=0).
+    validate_scripts: bool = True
     kill_grace_s: float = 10.0
     result_max_bytes: int | None = None
     upload_idle_timeout_s: float = DEFAULT_UPLOAD_IDLE_TIMEOUT_S
@@ -422,6 +424,11 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
             else None
         ),
         require_exit_trap=parse_bool("REQUIRE_EXIT_TRAP", table.text(env, table.REQUIRE_EXIT_TRAP)),
+        # Empty is the default (screened), not "off": a blank line in an env file must not
+        # switch the screen off.
+        validate_scripts=parse_bool(
+            "VALIDATE_SCRIPTS", table.given_or_default(env, table.VALIDATE_SCRIPTS)
+        ),
         kill_grace_s=_seconds(env, table.KILL_GRACE),
         result_max_bytes=(
             parse_unsigned("RESULT_MAX_MB", result_mb, maximum=1 << 30) * 1024 * 1024

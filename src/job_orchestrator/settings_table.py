@@ -2,7 +2,7 @@
 
 The loaders in config.py read a setting only through its `Setting` (see `raw`), so nothing
 is read that is not declared here; tests/unit/test_docs.py checks that this table and the
-README's configuration reference agree, name by name and default by default.
+generated settings reference (docs/settings.md) agree, name by name and default by default.
 
 What a `Setting` is, and `raw` (the one way to read one), live in `_setting`.
 """
@@ -196,7 +196,7 @@ UPLOAD_MAX_PER_CLIENT = _declare(
 # the relay's to the client), a wait 1, an upload in progress 3 (connection, staging lock,
 # the file being written). At these defaults: 64 x 2 + 128 x 1 + 128 uploads x 3 = 640, plus
 # about 20 at rest and one per job on a client (MAX_RUNS, 10 a service): over 300 stay free
-# for plain requests while every cap is full. One user: 8 x 2 + 16 = 32. (README, "Held
+# for plain requests while every cap is full. One user: 8 x 2 + 16 = 32. (docs/api.md, "Held
 # requests and file descriptors".)
 LOG_FOLLOW_MAX_PER_USER = _declare(
     "LOG_FOLLOW_MAX_PER_USER",
@@ -418,6 +418,14 @@ REQUIRE_EXIT_TRAP = _declare(
     "REQUIRE_EXIT_TRAP",
     "0",
     "1 to reject scripts without the original's exit trap",
+    "client",
+    "client",
+)
+# --- issue 25: the validator's switch, for operators whose jobs are contained otherwise ----
+VALIDATE_SCRIPTS = _declare(
+    "VALIDATE_SCRIPTS",
+    "1",
+    "0 to run scripts the validator would reject as unsafe (a missing run.sh still fails)",
     "client",
     "client",
 )

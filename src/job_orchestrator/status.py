@@ -22,6 +22,10 @@ class Status(enum.Enum):
     KILLED = "Killed"
     CLEANED = "Cleaned"
 
+    def __str__(self) -> str:
+        """The wire string (`Failed`), as users print it: `print(job.status)`."""
+        return self.value
+
     @property
     def wire(self) -> str:
         return self.value

@@ -1,7 +1,7 @@
 """`job-orchestrator submit | status | wait | download | cancel | list | logs`: the user CLI.
 
 A thin layer over `job_orchestrator.sdk`: each command is one SDK call, and each SDK error
-maps to one exit status (see EXIT_* and the README) with a one-line reason on stderr.
+maps to one exit status (see EXIT_* and docs/cli-sdk.md) with a one-line reason on stderr.
 
 Every string the server sends (a job's message, an error, the queue's detail) may hold what a
 job put there, so it is printed with its control characters made visible (`\x1b`): no
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -31,10 +32,12 @@ from job_orchestrator.sdk import (
     JobOrchestratorError,
     NotFinished,
     Progress,
+    ServerError,
     ServerUnreachable,
     Status,
     WaitTimeout,
 )
+from job_orchestrator.userwait import WaitDisplay, wait_showing
 
 __all__ = ["USER_COMMANDS", "add_user_commands", "run_user_command"]
 
@@ -91,6 +94,14 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _status_name(text: str) -> str:
+    """A status name in any case (`failed`), as the server spells it (`Failed`)."""
+    return Status.from_db(text).wire if text.lower() in _STATUS_NAMES else text
+
+
+_STATUS_NAMES = frozenset(status.wire.lower() for status in Status)
+
+
 def add_user_commands(commands: Any) -> None:
     """Add the user commands to the `job-orchestrator` subparsers."""
     shared = [_connection_options()]
@@ -128,7 +139,7 @@ def add_user_commands(commands: Any) -> None:
     cancel = commands.add_parser("cancel", parents=shared, help="Cancel or kill a job")
     cancel.add_argument("job_id", type=_job_id, metavar="ID")
     listing = commands.add_parser("list", parents=shared, help="List jobs, newest first")
-    listing.add_argument("--status", choices=[status.wire for status in Status])
+    listing.add_argument("--status", type=_status_name, choices=[status.wire for status in Status])
     listing.add_argument("--service")
     listing.add_argument("--user-id", type=int)
     listing.add_argument(
@@ -153,12 +164,39 @@ def run_user_command(arguments: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         _say("interrupted (a submitted job keeps running)")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return _closed_pipe()
     except JobOrchestratorError as error:
-        _say(str(error))
+        _say(_with_hint(arguments, error))
         return _exit_status(error)
     except OSError as error:  # a result that cannot be written where it was asked to go
         _say(f"{error.filename or 'file'}: {error.strerror or error}")
         return EXIT_FAILED
+
+
+def _closed_pipe() -> int:
+    """The reader went away (`| head`): how a pipe ends, not an error; what is left to write
+    (the interpreter's flush at exit too) goes nowhere instead of raising again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_OK
+
+
+def _with_hint(arguments: argparse.Namespace, error: JobOrchestratorError) -> str:
+    """The error's text; for `Invalid service` (the original's answer), with the services of
+    the server (`GET /services`, which the original has not: then the text alone)."""
+    if not (isinstance(error, ServerError) and error.message == "Invalid service"):
+        return str(error)
+    try:
+        with Client(arguments.server, arguments.token) as client:
+            names = [str(service.get("name")) for service in client.services()]
+    except JobOrchestratorError:
+        return str(error)
+    given = f"Invalid service {getattr(arguments, 'service', '')!r} (HTTP {error.status_code})"
+    if not names:
+        return f"{given}: this server has no service configured"
+    return f"{given}; this server's services: {', '.join(names)}"
 
 
 def _exit_status(error: JobOrchestratorError) -> int:
@@ -281,8 +319,9 @@ _COMMANDS: dict[str, Callable[[Client, argparse.Namespace], int]] = {
 
 
 def _wait_and_report(client: Client, job_id: int, timeout_s: float | None) -> None:
-    """Wait; print the final status of a Completed job (the SDK raises for the others)."""
-    job = client.wait(job_id, timeout_s)
+    """Wait, showing the job's progress on stderr; print the final status of a Completed job
+    (the SDK raises for the others)."""
+    job = wait_showing(client, job_id, timeout_s, WaitDisplay(sys.stderr, printable))
     _show(f"job {job.id} {job.status.wire}" + (f": {job.message}" if job.message else ""))
 
 
@@ -305,7 +344,8 @@ def _take(jobs: Iterator[Job], limit: int) -> list[Job]:
 
 
 def _time(value: datetime | None) -> str:
-    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    """In this machine's time zone, named: `2026-12-01 15:00:00 CET` (the server sends UTC)."""
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _describe(job: Job) -> list[str]:

@@ -25,6 +25,9 @@ CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 #: Our client's SERVER_LEASE in seconds, on its /health answers: the server never fails a job
 #: over from it sooner than this (plus a margin), whatever its FAILOVER_AFTER says.
 LEASE_HEADER = "X-Orchestrator-Server-Lease"
+#: Our client's start-up warnings (no token beyond loopback, no sandbox), on its /health
+#: answers: each percent-encoded, joined by commas; the server shows them on /status.
+WARNINGS_HEADER = "X-Orchestrator-Warnings"
 #: run.sh's exit status, on a client's /retrieve answers once the script has ended.
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: Seconds since run.sh started, on our client's /retrieve answers once it has started: the

@@ -55,6 +55,7 @@ SERVER_OPERATIONS = [
     ("GET", "/jobs/{id}"),
     ("GET", "/jobs"),
     ("GET", "/jobs/{id}/logs"),
+    ("GET", "/services"),
 ]
 CLIENT_OPERATIONS = [
     ("GET", "/"),

@@ -259,7 +259,7 @@ then echo escaper=alive; else echo escaper=gone; fi > escaper.txt
 
 
 def test_without_a_job_user_a_job_reaches_the_client_and_other_jobs(tmp_path: Path) -> None:
-    """What SANDBOX=none without a job user allows (the README's table says so): the job has
+    """What SANDBOX=none without a job user allows (docs/security.md's table says so): the job has
     the client's uid. Not a wish, a record: if it ever fails, update the table."""
     env = {"SANDBOX": "none", "CLIENT_TOKEN": TOKEN}
     with cluster(tmp_path, client_env=env, server_env=SERVER_ENV) as cl:

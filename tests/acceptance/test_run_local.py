@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.harness import TAG_VARIABLE, Api, free_port, tagged_processes
@@ -35,7 +37,6 @@ def run_local_env(tag: str, local_dir: Path, port: int, client_port: int) -> dic
             "PORT": str(port),
             "CLIENT_PORT": str(client_port),
             "LOCAL_DIR": str(local_dir),
-            "HOST": "127.0.0.1",
         }
     )
     if sys.prefix != sys.base_prefix:
@@ -68,6 +69,17 @@ def started(env: Mapping[str, str], output: Path) -> Iterator[subprocess.Popen[b
             process.wait()
 
 
+def listening_addresses(tag: str) -> set[tuple[str, int]]:
+    """The (address, port) pairs the tagged server and client processes listen on."""
+    found = set()
+    for process in tagged_processes(tag):
+        with contextlib.suppress(psutil.Error):
+            for connection in process.net_connections(kind="inet"):
+                if connection.status == psutil.CONN_LISTEN:
+                    found.add((connection.laddr.ip, connection.laddr.port))
+    return found
+
+
 def run_to_end(env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(SCRIPT)],
@@ -92,6 +104,11 @@ def test_run_local_runs_refuses_a_second_instance_and_readopts_jobs(tmp_path: Pa
             job_id = api.submit("echo hello > output.txt\n")
             assert api.wait_for(job_id, *FINAL)["status"] == "Completed"
             assert api.download_zip(job_id).read("output.txt") == b"hello\n"
+            # Without HOST, both listen on loopback only, and the client's warning about
+            # running jobs without a sandbox is on run-local's own output, not only in its log.
+            assert listening_addresses(tag) == {("127.0.0.1", port), ("127.0.0.1", client_port)}
+            shown = (tmp_path / "first.out").read_text(errors="replace")
+            assert "job-orchestrator: warning: SANDBOX=none" in shown, shown
 
             # Same ports, another directory: its own server and client cannot bind.
             second = run_to_end(run_local_env(tag, tmp_path / "other", port, client_port))

@@ -536,7 +536,8 @@ def test_swagger_ui_needs_no_internet(ours: Cluster) -> None:
 
 
 def test_client_serves_its_own_openapi_document(client_url: str) -> None:
-    """A deliberate difference (README): the original's client has no OpenAPI document."""
+    """A deliberate difference (docs/differences.md): the original client has no OpenAPI
+    document."""
     document = httpx.get(f"{client_url}/api-docs/openapi.json", timeout=30)
     assert document.status_code == 200
     assert document.headers["content-type"] == "application/json"
@@ -648,7 +649,7 @@ def test_valid_extension_parameters_still_long_poll(client_url: str) -> None:
     retrieve_until(client_url, payload_id, "Killed")
 
 
-# ---- deliberate differences, pinned (README "Differences from the original") -----------------
+# ---- deliberate differences, pinned (docs/differences.md) ------------------------------------
 
 
 def test_zip_downloads_carry_caching_headers_and_answer_ranges(ours: Cluster) -> None:

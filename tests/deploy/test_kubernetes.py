@@ -1,5 +1,5 @@
 """deploy/kubernetes/: schema-valid for the pinned Kubernetes version (`kubernetes-validate`,
-strict: unknown fields are errors) and holding the promises of the README."""
+strict: unknown fields are errors) and holding the promises of docs/deploying.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """deploy/systemd/: `systemd-analyze verify` accepts the units, and they are hardened.
 
 `verify` also checks that ExecStart's program exists and is executable. The units point at
-/usr/local/bin/job-orchestrator, where the README installs it; the test verifies them
+/usr/local/bin/job-orchestrator, where docs/deploying.md installs it; the test verifies them
 against a scratch root laid out that way (the host's own unit directory, for the targets the
 units name, plus this checkout's installed `job-orchestrator` entry point at that path), so
 a unit that names another program or a target that does not exist still fails.
@@ -53,7 +53,7 @@ def scratch_root(tmp_path: Path) -> Path:
     if system_units is None:
         missing("no systemd unit directory (Debian: apt-get install systemd)")
     entry_point = Path(sys.executable).parent / "job-orchestrator"
-    assert entry_point.is_file(), f"{entry_point} missing: pip install -e . first"
+    assert entry_point.is_file(), f"{entry_point} missing: pip install -e '.[server]' first"
     root = tmp_path / "root"
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "usr/local/bin").mkdir(parents=True)

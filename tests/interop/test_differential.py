@@ -22,8 +22,8 @@ from tests.harness import Api, Node
 from tests.interop.original import SERVICE, TRAP, Fleet, require_original, wait_until
 from tests.interop.wire import Seen, of, raw_post
 
-# Differences the README's "Differences from the original" explains (the section named after
-# each); every one of them must still show, or the entry (and the README line) is stale.
+# Differences docs/differences.md explains (the entry named after each); every one of them
+# must still show, or the entry (and the line in docs/differences.md) is stale.
 DELIBERATE: dict[str, str] = {
     # "/terminate": a Queued job is cancelled at once; the original answers 500 and keeps it.
     "terminate-queued": "/terminate",
@@ -378,7 +378,7 @@ def test_the_original_and_ours_answer_alike(sides: tuple[Side, Side]) -> None:
         f"  ours:     {ours.seen[name].describe()}"
         for name in sorted(differing)
     )
-    print(report)  # the full list, for the README and the issue
+    print(report)  # the full list, for docs/differences.md and the issue
     unexplained = differing - set(DELIBERATE) - set(PENDING) - set(ROUTED)
     assert not unexplained, f"unexplained differences:\n{report}"
     stale = set(DELIBERATE) - differing

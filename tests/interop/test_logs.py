@@ -1,4 +1,4 @@
-"""Live logs with the original Rust client and server (README "Live logs").
+"""Live logs with the original Rust client and server (docs/api.md, "Live logs").
 
 The original client has no `/logs` route and sends run.sh's output to its own log stream:
 our server answers an empty log for its jobs, and a follower's stream ends when the job

@@ -211,3 +211,10 @@ def test_set_relations() -> None:
 @pytest.mark.parametrize("collection", [TERMINAL, SLOT_HOLDING, ON_CLIENT, TERMINABLE])
 def test_sets_are_immutable(collection: frozenset[Status]) -> None:
     assert isinstance(collection, frozenset)
+
+
+def test_str_is_the_wire_string() -> None:
+    """`print(job.status)` shows `Failed`, as users and the SDK's examples expect (issue 25)."""
+    assert str(Status.FAILED) == "Failed"
+    assert f"{Status.QUEUED}" == "Queued"
+    assert all(str(status) == status.wire for status in Status)

@@ -34,6 +34,7 @@ from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.client.sandbox import shared_uid_warning
 from job_orchestrator.config import ClientSettings
+from job_orchestrator.exposure import client_warnings
 from job_orchestrator.file_responses import zip_response
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
@@ -63,6 +64,7 @@ from job_orchestrator.wire import (
     MESSAGE_HEADER,
     STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
+    WARNINGS_HEADER,
 )
 
 logger = logging.getLogger(__name__)
@@ -273,6 +275,12 @@ def create_app(settings: ClientSettings) -> FastAPI:
     async def ping() -> JSONResponse:
         return json_response(PING)
 
+    # What the client printed at start, for the server's /status (exposure.py).
+    advertised_warnings = ",".join(
+        quote(warning, safe=" ")
+        for warning in [*filter(None, [shared_uid_warning(settings)]), *client_warnings(settings)]
+    )
+
     @app.get("/health", summary="Registry health")
     async def health(request: Request) -> Response:
         state = _state(request)
@@ -281,6 +289,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except Exception:  # any failure of the registry means unhealthy
             return Response(status_code=503)
         headers = {LEASE_HEADER: f"{state.settings.server_lease_s:g}"}
+        if advertised_warnings:
+            headers[WARNINGS_HEADER] = advertised_warnings
         capacity = await state.runner.capacity()
         if capacity:
             headers[CAPACITY_HEADER] = str(capacity)
@@ -515,6 +525,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
+    if not settings.validate_scripts:
+        logger.warning("VALIDATE_SCRIPTS=0: run.sh is run without the validator's screen")
     if (warning := shared_uid_warning(settings)) is not None:
         logger.warning("%s", warning)
         _warn_on_stderr(warning, settings.log_format)

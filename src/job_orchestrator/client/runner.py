@@ -186,6 +186,8 @@ class Runner:
             rejection = validate_script(script, require_exit_trap=trap)
         else:
             rejection = await asyncio.to_thread(validate_script, script, require_exit_trap=trap)
+        if rejection is not None and rejection.unsafe and not self.settings.validate_scripts:
+            rejection = None  # VALIDATE_SCRIPTS=0: only a missing run.sh (or trap) is refused
         if rejection is not None:
             logger.info(
                 "payload %d rejected: %s",

@@ -58,6 +58,11 @@ class ScriptRejection:
     kind: RejectionKind
     reason: str
 
+    @property
+    def unsafe(self) -> bool:
+        """Refused for what it does (VALIDATE_SCRIPTS=0 lets it run), not for what it lacks."""
+        return self.kind is RejectionKind.UNSAFE
+
     def message(self) -> str:
         if self.kind is RejectionKind.MISSING:
             return self.reason

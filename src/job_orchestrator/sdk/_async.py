@@ -7,7 +7,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import anyio
 import httpx
@@ -78,6 +78,10 @@ class AsyncClient:
     # The same signature as Client.wait; the exchange itself bounds every request it holds.
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:  # noqa: ASYNC109
         return await self._run(protocol.wait_exchange(self._connection, job_id, timeout))
+
+    async def services(self) -> list[dict[str, Any]]:
+        """The server's services (`GET /services`): name, quotas, queue, clients and states."""
+        return await self._run(protocol.services_exchange(self._connection))
 
     async def cancel(self, job_id: int) -> Job:
         return await self._run(protocol.cancel_exchange(self._connection, job_id))

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -97,6 +97,10 @@ class Client:
         Raises WaitTimeout when `timeout` seconds pass first.
         """
         return self._run(protocol.wait_exchange(self._connection, job_id, timeout))
+
+    def services(self) -> list[dict[str, Any]]:
+        """The server's services (`GET /services`): name, quotas, queue, clients and states."""
+        return self._run(protocol.services_exchange(self._connection))
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job or kill a running one (AlreadyFinished if it had ended)."""

@@ -390,6 +390,17 @@ def wait_exchange(connection: Connection, job_id: int, timeout_s: float | None) 
     return final
 
 
+def services_exchange(connection: Connection) -> Exchange[list[dict[str, Any]]]:
+    """`GET /services`: the server's services with their quotas and clients (ours only)."""
+    response = yield from call(connection.request("GET", "/services"))
+    check(response)
+    body = _json_object(response) or {}
+    services = body.get("services")
+    if not isinstance(services, list):
+        raise ServerError("the server's /services answer holds no list of services", 200)
+    return [service for service in services if isinstance(service, dict)]
+
+
 def cancel_exchange(connection: Connection, job_id: int) -> Exchange[Job]:
     response = yield from call(connection.request("POST", f"/terminate/{job_id}"))
     body = _json_object(response)

@@ -121,7 +121,8 @@ _UNAUTHORIZED = {
 
 #: The text fields /upload reads; any other is counted against the body limit and dropped.
 _UPLOAD_FIELDS = ("user_id", "service", "callback_url")
-#: Longer user_id, service or callback_url values are invalid whatever they hold (see README).
+#: Longer user_id, service or callback_url values are invalid whatever they hold
+#: (docs/differences.md).
 _MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
@@ -234,7 +235,7 @@ async def health(request: Request) -> Response:
                                 "maxLength": MAX_URL_CHARS,
                                 "description": (
                                     "http(s) URL POSTed the job's signed final status "
-                                    "(needs CALLBACK_SECRET; see README, Callbacks)"
+                                    "(needs CALLBACK_SECRET; see docs/api.md, Callbacks)"
                                 ),
                             },
                             "file": {

@@ -27,7 +27,7 @@ from job_orchestrator.http_common import (
     out_of_descriptors,
     status_body,
 )
-from job_orchestrator.server import api, logs, status_page, views
+from job_orchestrator.server import api, logs, services_view, status_page, views
 from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.disclosure import DisclosureMiddleware
@@ -104,6 +104,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(views.router)  # tag "jobs", not declared at the top (the original's are)
     app.include_router(status_page.router)  # HTML for people: not in the OpenAPI document
     app.include_router(logs.router)
+    app.include_router(services_view.router)  # tag "services", ours like "jobs"
 
     @app.get("/swagger", include_in_schema=False)
     async def swagger_redirect() -> RedirectResponse:
@@ -153,7 +154,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 tags=app.openapi_tags,
             )
             schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                {**api.openapi_components(), **views.COMPONENTS}
+                {**api.openapi_components(), **views.COMPONENTS, **services_view.COMPONENTS}
             )
             app.openapi_schema = schema
         return app.openapi_schema

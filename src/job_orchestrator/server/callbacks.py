@@ -12,7 +12,7 @@ shown: the uploader could map the server's network with it). The delivery loop i
 
 The signature (`X-Orchestrator-Signature: v2=<hex>`) is an HMAC-SHA256 with CALLBACK_SECRET
 of the attempt's time, the delivery's id, the URL and the body, each sent in a header too, so
-a receiver can refuse a replayed, re-addressed or stale callback (README, "Callbacks").
+a receiver can refuse a replayed, re-addressed or stale callback (docs/api.md, "Callbacks").
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ class JobCollector:
             client = self._fleet.client_for(job)
         except ClientLeftError as error:
             # At once: only a restart with another configuration brings it back, and in the
-            # meantime the job would hold its user's slot (README, Failure semantics).
+            # meantime the job would hold its user's slot (docs/concepts/failure-semantics.md).
             await self.fail(job, list(ON_CLIENT), f"job lost: {error}")
             return
         service = self._settings.services.get(job.service)

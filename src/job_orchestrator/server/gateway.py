@@ -71,6 +71,7 @@ from job_orchestrator.wire import (
     MESSAGE_HEADER,
     STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
+    WARNINGS_HEADER,
 )
 
 #: Idle connections are closed before our client's uvicorn closes them (after 5 s), so a
@@ -106,6 +107,8 @@ class NodeReport:
     token_refused: bool = False
     #: The client's SERVER_LEASE, as its /health advertises it (None: not said).
     server_lease_s: float | None = None
+    #: The warnings the client printed at start, as its /health advertises them.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,6 +466,9 @@ class NodeGateway:
             load_percent=load,
             token_refused=refused,
             server_lease_s=_seconds_header(health.headers.get(LEASE_HEADER, "")),
+            warnings=tuple(
+                unquote(part) for part in health.headers.get(WARNINGS_HEADER, "").split(",") if part
+            ),
         )
 
     @observed_call("kill")

@@ -99,6 +99,8 @@ class NodeState:
     last_error_at: float | None = None
     #: The SERVER_LEASE the node advertised on /health (None until it said).
     server_lease_s: float | None = None
+    #: The warnings the node printed at start (no token beyond loopback, no sandbox), for /status.
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +281,7 @@ class Fleet:
                 logger.info("client %s answers again", url)
             state.healthy, state.failures, state.down_since = True, 0, None
             state.max_concurrent, state.load_percent = report.max_concurrent, report.load_percent
+            state.warnings = report.warnings
             if report.server_lease_s is not None and report.server_lease_s != state.server_lease_s:
                 state.server_lease_s = report.server_lease_s
                 self._check_failover_margin(url, report.server_lease_s)

@@ -1,7 +1,8 @@
 """`GET /status`: an HTML page for operators, rendered on the server (Jinja2, no JavaScript).
 
 Each service's limits, queue depth and jobs per user; its clients with health, load,
-capacity and last error (the node loop's last look, `Fleet.state`); recent jobs with their
+capacity and last error (the node loop's last look, `Fleet.state`); the warnings the server
+printed at start (exposure.py), for as long as they hold; recent jobs with their
 durations, filtered by service and status through the same listing verb and query parsing as
 `GET /jobs`. With authentication on (API_TOKENS_FILE, JWT_PUBLIC_KEYS) only admins open it
 (ADMIN_USERS, or a JWT with JWT_ADMIN_CLAIM): their token as a bearer token, as the password
@@ -23,6 +24,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from job_orchestrator import __version__
 from job_orchestrator.errors import StoreError
+from job_orchestrator.exposure import server_warnings
 from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.node_wire import base_url
@@ -159,6 +161,7 @@ async def _services(orchestrator: Orchestrator) -> list[dict[str, Any]]:
                     "active": on_node.get(node.upload_url, 0),
                     "last_error": state.last_error,
                     "last_error_at": rfc3339(state.last_error_at),
+                    "warnings": state.warnings,
                 }
             )
         services.append(
@@ -206,6 +209,7 @@ async def status_page(request: Request) -> Response:
         _render(
             "status.html",
             now=rfc3339(now),
+            warnings=server_warnings(orchestrator.settings),
             services=services,
             jobs=rows,
             statuses=[s.wire for s in Status],

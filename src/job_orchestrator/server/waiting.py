@@ -24,7 +24,7 @@ from job_orchestrator.status import TERMINAL
 
 logger = logging.getLogger(__name__)
 
-#: The longest `?wait=` accepted, in seconds (documented in the README and the OpenAPI).
+#: The longest `?wait=` accepted, in seconds (documented in docs/api.md and the OpenAPI).
 MAX_WAIT_S = 60
 #: How often a held request re-reads its job, for changes made by other processes.
 RECHECK_S = 1.0
@@ -66,7 +66,7 @@ class Refused:
 class HeldRequests:
     """Counts requests of one kind held open (log follows, waits): per user and in total.
 
-    Each costs the server one descriptor or two for as long as it is held (README,
+    Each costs the server one descriptor or two for as long as it is held (docs/api.md,
     "Held requests"), so the caps keep one user from taking them all.
     """
 

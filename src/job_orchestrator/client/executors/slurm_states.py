@@ -1,6 +1,6 @@
 """What a Slurm job state means for a payload (pure: no Slurm calls here).
 
-The table (also in README, "HPC / Slurm"):
+The table (also in docs/slurm.md):
 
 | Slurm state | payload |
 |---|---|
