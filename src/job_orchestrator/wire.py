@@ -25,6 +25,11 @@ CAPACITY_HEADER = "X-Orchestrator-Max-Concurrent"
 #: Our client's SERVER_LEASE in seconds, on its /health answers: the server never fails a job
 #: over from it sooner than this (plus a margin), whatever its FAILOVER_AFTER says.
 LEASE_HEADER = "X-Orchestrator-Server-Lease"
+#: Our client's answer to /health (and a 507 to /submit) while it takes no new payload; the
+#: value says why. Its running payloads are not affected.
+REFUSING_HEADER = "X-Orchestrator-Refusing"
+#: Free space on DATA_PATH is below DISK_RESERVE_MB.
+REFUSING_DISK_FULL = "disk_full"
 #: run.sh's exit status, on a client's /retrieve answers once the script has ended.
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: Seconds since run.sh started, on our client's /retrieve answers once it has started: the

@@ -38,6 +38,7 @@ from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
+    ClientDiskFullError,
     ClientUnauthorizedError,
     LogOffsetError,
     OutOfDescriptorsError,
@@ -69,6 +70,7 @@ from job_orchestrator.wire import (
     LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
+    REFUSING_HEADER,
     STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
 )
@@ -106,6 +108,8 @@ class NodeReport:
     token_refused: bool = False
     #: The client's SERVER_LEASE, as its /health advertises it (None: not said).
     server_lease_s: float | None = None
+    #: Why our client takes no new payload now (its /health header), e.g. "disk_full".
+    refusing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,8 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
     if response.status == 401:
         raise ClientUnauthorizedError(f"{what}: {ClientUnauthorizedError.MESSAGE}")
+    if response.status == 507:
+        raise ClientDiskFullError(f"{what}: {ClientDiskFullError.MESSAGE}")
     if response.status == 409:
         # Never used as this job's answer: for this job, the client no longer has it.
         raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
@@ -463,6 +469,7 @@ class NodeGateway:
             load_percent=load,
             token_refused=refused,
             server_lease_s=_seconds_header(health.headers.get(LEASE_HEADER, "")),
+            refusing=health.headers.get(REFUSING_HEADER) or None,
         )
 
     @observed_call("kill")
