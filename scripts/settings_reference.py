@@ -50,6 +50,9 @@ NOTES: dict[str, str] = {
     "SERVICE_<NAME>_CLIENTS": "The shorter form: `http://client:9000,...`.",
     "SERVICE_<NAME>_TIMEOUT": "Past it the job's process group is killed and it ends Failed.",
     "SERVICE_<NAME>_CLIENT_TOKEN": "Sent on every call to this service's clients.",
+    "DISK_RESERVE_MB": "See [Disk space](security.md#disk-space).",
+    "JOB_MAX_DISK_MB": "Checked by polling: a job may pass it by one interval's writes "
+    "([Disk space](security.md#disk-space)).",
     "API_TOKENS_FILE": "See [Security](security.md#users); portal lines: "
     "[Portal tokens and JWTs](portals.md).",
     "JWT_PUBLIC_KEYS": "See [Portal tokens and JWTs](portals.md).",

@@ -43,6 +43,7 @@ __all__ = [
     "ArchiveError",
     "ArchiveSummary",
     "ResultTooLargeError",
+    "stream_directory_zip",
     "write_directory_zip",
 ]
 
@@ -150,6 +151,34 @@ def write_directory_zip(
         os.close(root_fd)
 
 
+def stream_directory_zip(
+    source_dir: Path,
+    sink: BinaryIO,
+    *,
+    max_total_bytes: int | None = None,
+    manifest: bool = False,
+    cancel: threading.Event | None = None,
+) -> ArchiveSummary:
+    """Zip the tree under ``source_dir`` into ``sink``, a stream that need not be seekable
+    (a pipe): nothing is written to disk, so it works on a full file system. Entries carry
+    data descriptors when ``sink`` cannot seek. Same walk, limits and errors as
+    `write_directory_zip`; on an error ``sink`` holds a truncated archive."""
+    try:
+        root_fd = os.open(source_dir, _ROOT_FLAGS)
+    except OSError as exc:
+        raise ArchiveError(f"cannot archive {source_dir}: {exc.strerror or exc}") from exc
+    skipped = Skipped()
+    try:
+        count = _fill(root_fd, sink, set(), set(), max_total_bytes, manifest, cancel, skipped, None)
+    except WalkCancelledError:
+        raise ArchiveCancelledError(f"archive of {source_dir} cancelled") from None
+    except OSError as exc:
+        raise ArchiveError(f"cannot stream the archive of {source_dir}: {exc}") from exc
+    finally:
+        os.close(root_fd)
+    return ArchiveSummary(count, skipped.count, tuple(skipped.named))
+
+
 def _write(
     root_fd: int,
     source_dir: Path,
@@ -159,8 +188,6 @@ def _write(
     manifest: bool,
     cancel: threading.Event | None,
 ) -> ArchiveSummary:
-    root_path = os.readlink(f"/proc/self/fd/{root_fd}")
-    excluded = {*exclude_names, MANIFEST_NAME} if manifest else set(exclude_names)
     try:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{destination.name}.", suffix=TEMP_SUFFIX, dir=destination.parent
@@ -171,27 +198,20 @@ def _write(
     skip_inodes = {_inode(os.fstat(fd))}
     with contextlib.suppress(OSError):
         skip_inodes.add(_inode(destination.stat()))
+    skipped = Skipped()
     try:
-        if limit is not None:
-            _check_size(root_fd, root_path, excluded, skip_inodes, limit, cancel)
-        skipped = Skipped()
-        if manifest:
-            with contextlib.suppress(FileNotFoundError):
-                os.stat(MANIFEST_NAME, dir_fd=root_fd, follow_symlinks=False)
-                skipped.add(MANIFEST_NAME, "name reserved for this list")
         with os.fdopen(fd, "wb") as raw:
-            with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                entries = walk(
-                    root_fd,
-                    root_path,
-                    skipped,
-                    exclude_names=excluded,
-                    skip_inodes=skip_inodes,
-                    cancel=cancel,
-                )
-                count = _fill_zip(zf, entries, limit, cancel, _Writeback(raw.fileno()))
-                if manifest and skipped.count:
-                    zf.writestr(_manifest_info(), _manifest_text(skipped))
+            count = _fill(
+                root_fd,
+                raw,
+                set(exclude_names),
+                skip_inodes,
+                limit,
+                manifest,
+                cancel,
+                skipped,
+                _Writeback(raw.fileno()),
+            )
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp_path, destination)
@@ -209,6 +229,42 @@ def _write(
             "left out of %s: %d more", destination.name, skipped.count - len(skipped.named)
         )
     return ArchiveSummary(count, skipped.count, tuple(skipped.named))
+
+
+def _fill(
+    root_fd: int,
+    raw: BinaryIO,
+    excluded: set[str],
+    skip_inodes: set[tuple[int, int]],
+    limit: int | None,
+    manifest: bool,
+    cancel: threading.Event | None,
+    skipped: Skipped,
+    writeback: _Writeback | None,
+) -> int:
+    """Write the ZIP of the tree at ``root_fd`` into ``raw``; return the number of files."""
+    root_path = os.readlink(f"/proc/self/fd/{root_fd}")
+    if manifest:
+        excluded.add(MANIFEST_NAME)
+    if limit is not None:
+        _check_size(root_fd, root_path, excluded, skip_inodes, limit, cancel)
+    if manifest:
+        with contextlib.suppress(FileNotFoundError):
+            os.stat(MANIFEST_NAME, dir_fd=root_fd, follow_symlinks=False)
+            skipped.add(MANIFEST_NAME, "name reserved for this list")
+    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        entries = walk(
+            root_fd,
+            root_path,
+            skipped,
+            exclude_names=excluded,
+            skip_inodes=skip_inodes,
+            cancel=cancel,
+        )
+        count = _fill_zip(zf, entries, limit, cancel, writeback)
+        if manifest and skipped.count:
+            zf.writestr(_manifest_info(), _manifest_text(skipped))
+    return count
 
 
 def _inode(info: os.stat_result) -> tuple[int, int]:
@@ -245,7 +301,7 @@ def _fill_zip(
     entries: Generator[Entry, None, None],
     limit: int | None,
     cancel: threading.Event | None,
-    writeback: _Writeback,
+    writeback: _Writeback | None,
 ) -> int:
     count = used = 0
     try:
@@ -269,7 +325,7 @@ def _write_file(
     used: int,
     limit: int | None,
     cancel: threading.Event | None,
-    writeback: _Writeback,
+    writeback: _Writeback | None,
 ) -> int:
     """Stream one open file into ``zf``; return its size."""
     if limit is not None and used + info.st_size > limit:
@@ -294,7 +350,8 @@ def _write_file(
             if limit is not None and used + size > limit:
                 raise ResultTooLargeError(limit)
             dst.write(chunk)
-            writeback.wrote(len(chunk))
+            if writeback is not None:
+                writeback.wrote(len(chunk))
             chunk = src.read(_CHUNK_BYTES)
     return size
 

@@ -35,6 +35,7 @@ DEFAULT_UPLOAD_MAX_CONCURRENT = int(table.UPLOAD_MAX_CONCURRENT.literal)
 DEFAULT_UPLOAD_MAX_PER_CLIENT = int(table.UPLOAD_MAX_PER_CLIENT.literal)
 DEFAULT_CALLBACK_DEADLINE_S = float(table.CALLBACK_DEADLINE.literal)
 DEFAULT_CALLBACK_TIMEOUT_S = float(table.CALLBACK_TIMEOUT.literal)
+_MIB = 1024 * 1024
 #: A secret file larger than this is a mistake (a log, a device), not a secret.
 SECRET_FILE_MAX_BYTES = 64 * 1024
 #: The word of CALLBACK_ALLOW that stands for every public (globally routable) address.
@@ -129,6 +130,7 @@ class ServerSettings(CommonSettings):
     #: Queued jobs one user may have, over all services (0: no limit).
     queue_max_per_user: int = 1000
     client_timeout_s: float = 30.0
+    partial_keep_timeout_s: float = 300.0
     retry_deadline_s: float = 6 * 3600.0
     poll_interval_s: float = 1.0
     long_poll_s: float = 25.0
@@ -217,6 +219,11 @@ class ClientSettings(CommonSettings):
     #: JOB_USERS: the first and last uid of the per-job range, or None.
     job_users: tuple[int, int] | None = None
     log_format: str = "text"
+    #: DISK_RESERVE_MB in bytes (0: no reserve).
+    disk_reserve_bytes: int = 1024 * 1024 * 1024
+    #: JOB_MAX_DISK_MB in bytes, or None.
+    job_max_disk_bytes: int | None = None
+    disk_check_interval_s: float = 2.0
 
 
 def derive_partial_url(download_url: str) -> str:
@@ -334,6 +341,7 @@ def load_server_settings(env: Mapping[str, str] | None = None) -> ServerSettings
         log_keep_max_mb=_count(env, table.LOG_KEEP_MAX_MB),
         queue_max_per_user=_count(env, table.QUEUE_MAX_PER_USER),
         client_timeout_s=_seconds(env, table.CLIENT_TIMEOUT),
+        partial_keep_timeout_s=_seconds(env, table.PARTIAL_KEEP_TIMEOUT),
         retry_deadline_s=_seconds(env, table.RETRY_DEADLINE),
         poll_interval_s=_seconds(env, table.POLL_INTERVAL),
         long_poll_s=_seconds(env, table.LONG_POLL),
@@ -449,6 +457,12 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         job_users=job_users,
         executor=executor,
         slurm=_slurm(env) if executor == "slurm" else SlurmSettings(),
+        disk_reserve_bytes=parse_unsigned(
+            "DISK_RESERVE_MB", table.given_or_default(env, table.DISK_RESERVE_MB), maximum=2**40
+        )
+        * _MIB,
+        job_max_disk_bytes=_megabytes(_limit(env, table.JOB_MAX_DISK_MB)),
+        disk_check_interval_s=_positive_seconds(env, table.DISK_CHECK_INTERVAL),
     )
     if sandbox == "rlimits" and job_user is None and job_users is None:
         raise ConfigError(
@@ -566,6 +580,17 @@ def _count(env: Mapping[str, str], setting: Setting) -> int:
 
 def _seconds(env: Mapping[str, str], setting: Setting) -> float:
     return parse_seconds(setting.name, table.given_or_default(env, setting))
+
+
+def _positive_seconds(env: Mapping[str, str], setting: Setting) -> float:
+    seconds = _seconds(env, setting)
+    if seconds <= 0:
+        raise ConfigError(setting.name, "must be more than 0")
+    return seconds
+
+
+def _megabytes(value: int | None) -> int | None:
+    return None if value is None else value * _MIB
 
 
 def _split_service_key(key: str) -> tuple[str, str] | None:

@@ -89,3 +89,10 @@ class ClientUnauthorizedError(PermanentClientError):
 
     #: What a job (and /status) says of it: the one wording.
     MESSAGE = "client refused the server's token (check CLIENT_TOKEN)"
+
+
+class ClientDiskFullError(PermanentClientError):
+    """Our client answered 507: its free space is below DISK_RESERVE_MB; it kept nothing."""
+
+    #: What a job (and /status) says of it.
+    MESSAGE = "the client's disk is full (free space below its DISK_RESERVE_MB)"

@@ -311,6 +311,14 @@ CLIENT_TIMEOUT = _declare(
     "server",
     "queue",
 )
+PARTIAL_KEEP_TIMEOUT = _declare(
+    "PARTIAL_KEEP_TIMEOUT",
+    "300",
+    "seconds the server spends copying a failed or killed job's files from its client (the "
+    "copy /download_partial serves later); a copy not done by then is dropped",
+    "server",
+    "queue",
+)
 RETRY_DEADLINE = _declare(
     "RETRY_DEADLINE",
     "21600",
@@ -457,6 +465,32 @@ EXECUTOR = _declare(
     "local (a process group here) or slurm (one batch job per payload)",
     "client",
     "client",
+)
+
+# --- disk ------------------------------------------------------------------------------------
+DISK_RESERVE_MB = _declare(
+    "DISK_RESERVE_MB",
+    "1024",
+    "free space kept on DATA_PATH's file system: below it new payloads are refused (507) and "
+    "a job still writing is stopped (Failed, disk full); 0 turns this off",
+    "client",
+    "disk",
+)
+JOB_MAX_DISK_MB = _declare(
+    "JOB_MAX_DISK_MB",
+    None,
+    "disk space one payload's directory may take (checked every DISK_CHECK_INTERVAL); past "
+    "it the job is stopped and Failed",
+    "client",
+    "disk",
+    shown="unlimited",
+)
+DISK_CHECK_INTERVAL = _declare(
+    "DISK_CHECK_INTERVAL",
+    "2",
+    "seconds between checks of the free space (and of job sizes, with JOB_MAX_DISK_MB)",
+    "client",
+    "disk",
 )
 
 # --- sandbox ---------------------------------------------------------------------------------

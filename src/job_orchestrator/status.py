@@ -74,3 +74,8 @@ TERMINABLE = frozenset(
         Status.LOCKED,
     }
 )
+
+
+#: What /status and /metrics say of a client: it takes work (up), or why not: it fails its
+#: checks (down), refuses the server's token (unauthorized), is short of disk (disk_full).
+CLIENT_CONDITIONS = ("up", "down", "unauthorized", "disk_full")

@@ -28,6 +28,11 @@ LEASE_HEADER = "X-Orchestrator-Server-Lease"
 #: Our client's start-up warnings (no token beyond loopback, no sandbox), on its /health
 #: answers: each percent-encoded, joined by commas; the server shows them on /status.
 WARNINGS_HEADER = "X-Orchestrator-Warnings"
+#: Our client's answer to /health (and a 507 to /submit) while it takes no new payload; the
+#: value says why. Its running payloads are not affected.
+REFUSING_HEADER = "X-Orchestrator-Refusing"
+#: Free space on DATA_PATH is below DISK_RESERVE_MB.
+REFUSING_DISK_FULL = "disk_full"
 #: run.sh's exit status, on a client's /retrieve answers once the script has ended.
 EXIT_CODE_HEADER = "X-Orchestrator-Exit-Code"
 #: Seconds since run.sh started, on our client's /retrieve answers once it has started: the

@@ -28,6 +28,7 @@ _GROUPS = {
     "callbacks",
     "replicas",
     "client",
+    "disk",
     "sandbox",
     "slurm",
 }

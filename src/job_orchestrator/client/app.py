@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
-import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect
@@ -27,7 +27,8 @@ from job_orchestrator._logging import JsonFormatter
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
-from job_orchestrator.client.archives import PARTIAL_PREFIX, sweep_temporaries
+from job_orchestrator.client.archives import PartialStream, sweep_temporaries
+from job_orchestrator.client.disk import DiskWatcher
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
@@ -62,6 +63,8 @@ from job_orchestrator.wire import (
     LOG_BYTES_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
+    REFUSING_DISK_FULL,
+    REFUSING_HEADER,
     STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
     WARNINGS_HEADER,
@@ -84,6 +87,7 @@ class ClientState:
         self.registry = Registry(settings.data_path)
         self.metrics = ClientMetrics(self.registry)
         self.runner = Runner(settings, self.registry, self.metrics)
+        self.disk = DiskWatcher(settings, self.registry, self.runner.stop_for_disk, self.metrics)
         self._stop = asyncio.Event()
         #: Set as soon as a stop signal arrives: long-polls answer at once.
         self.draining = asyncio.Event()
@@ -95,7 +99,13 @@ class ClientState:
     async def start(self) -> None:
         await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
         await self.runner.resume(self.registry.rebuild())
-        self._loops = [asyncio.create_task(self._cleaner_loop(), name="cleaner_loop")]
+        # Once before the first request: a client started on a full disk refuses at once.
+        with contextlib.suppress(OSError):
+            await self.disk.check_once()
+        self._loops = [
+            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
+            asyncio.create_task(self.disk.run(self._stop), name="disk_loop"),
+        ]
 
     async def stop(self) -> None:
         self._stop.set()
@@ -112,17 +122,28 @@ class ClientState:
                 logger.exception("cleaning failed")
             await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
 
+    async def release(self, payload: Payload) -> None:
+        """Remove a final payload's directory; its id answers Cleaned from now on."""
+        await asyncio.to_thread(remove_tree, payload.paths.root)
+        self.registry.remove(payload.id)
+
     async def clean_once(self) -> int:
-        """Remove payloads collected more than MAX_AGE ago, and our orphan directories."""
+        """Remove payloads collected more than MAX_AGE ago (COLLECTED_KEEP_S ago for those
+        stopped for disk space), and our orphan directories."""
         now = time.time()
         max_age_s = self.settings.max_age_s
         cutoff = now - max_age_s
         cleaned = 0
-        for payload in self.registry.cleanable(
+        expired = self.registry.cleanable(
             now - max(max_age_s, COLLECTED_KEEP_S), now - max(max_age_s, UNCOLLECTED_KEEP_S)
-        ):
-            await asyncio.to_thread(remove_tree, payload.paths.root)
-            self.registry.remove(payload.id)
+        )
+        for payload in {
+            payload.id: payload
+            for payload in [*expired, *self.registry.released_early(now - COLLECTED_KEEP_S)]
+        }.values():
+            if self.runner.archiver.building_partial(payload.id):
+                continue  # a copy of it is on its way to the server: released after it
+            await self.release(payload)
             cleaned += 1
         self.registry.forget_abandoned()
         with contextlib.suppress(FileNotFoundError):
@@ -149,6 +170,22 @@ class ClientState:
 
 async def _mark_collected(state: ClientState, payload_id: int) -> None:
     state.registry.mark_collected(payload_id)
+
+
+async def _partial_sent(state: ClientState, payload_id: int, stream: PartialStream) -> None:
+    """A payload stopped for disk space gives its space back once its files were sent."""
+    payload = state.registry.get(payload_id)
+    if stream.complete and payload is not None and payload.disk_stop is not None:
+        await state.release(payload)
+
+
+def _refused_for_disk(reason: str) -> JSONResponse:
+    """507 Insufficient Storage: nothing of the payload was kept; send it elsewhere."""
+    return json_response(
+        EMPTY_PAYLOAD,
+        507,
+        headers={MESSAGE_HEADER: _quote(reason), REFUSING_HEADER: REFUSING_DISK_FULL},
+    )
 
 
 def _state(request: Request) -> ClientState:
@@ -294,6 +331,11 @@ def create_app(settings: ClientSettings) -> FastAPI:
         capacity = await state.runner.capacity()
         if capacity:
             headers[CAPACITY_HEADER] = str(capacity)
+        if (refusal := state.disk.refusal) is not None:
+            # Alive (200: its running jobs are fine), but it takes no new payload; our
+            # server reads the header, an operator the body.
+            headers[REFUSING_HEADER] = REFUSING_DISK_FULL
+            return json_response({**HEALTHY, "disk": refusal}, headers=headers)
         return json_response(HEALTHY, headers=headers)
 
     @app.get(
@@ -332,6 +374,11 @@ def create_app(settings: ClientSettings) -> FastAPI:
             },
             408: {"description": "The body stalled (UPLOAD_IDLE_TIMEOUT)", "content": _PAYLOAD},
             500: {"description": "The files could not be stored", "content": _PAYLOAD},
+            507: {
+                "description": "Free space is below DISK_RESERVE_MB (or ran out while "
+                "receiving); nothing was kept",
+                "content": _PAYLOAD,
+            },
         },
         openapi_extra={
             "requestBody": {
@@ -360,6 +407,8 @@ def create_app(settings: ClientSettings) -> FastAPI:
             timeout_s = _timeout_header(request.headers.get(TIMEOUT_HEADER))
         except ValueError:
             return PlainTextResponse(f"Invalid {TIMEOUT_HEADER} header", status_code=400)
+        if (refusal := state.disk.refusal) is not None:
+            return _refused_for_disk(refusal)
         paths = state.registry.allocate()
         state.receiving.add(paths.root.name)
         try:
@@ -390,9 +439,11 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except (MultipartError, UnsafeFileNameError):
             await asyncio.to_thread(remove_tree, paths.root)
             return _empty(400)
-        except OSError:
-            logger.exception("could not store payload %s", paths.root.name)
+        except OSError as error:
             await asyncio.to_thread(remove_tree, paths.root)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return _refused_for_disk(f"disk full while receiving the payload: {error}")
+            logger.exception("could not store payload %s", paths.root.name)
             return _empty(500)
         finally:
             state.receiving.discard(paths.root.name)
@@ -468,32 +519,20 @@ def create_app(settings: ClientSettings) -> FastAPI:
         if payload.status is Status.COMPLETED:
             with contextlib.suppress(OSError):  # gone: a partial copy of what is left
                 return zip_response(payload.paths.result, headers=_message(payload))
-        # Built beside (not inside) the work directory, and removed once sent.
-        partial = payload.paths.root / f"{PARTIAL_PREFIX}{secrets.token_hex(8)}.zip"
-        build = asyncio.ensure_future(
-            state.runner.archiver.partial(
-                payload.id,
-                Path(payload.loc),
-                partial,
-                max_total_bytes=state.settings.result_max_bytes,
-            )
-        )
+        # Streamed, never written to disk: it works on a disk a job filled (disk.py).
         try:
-            if not await _unless_disconnected(request, build):
-                logger.info("partial zip of payload %d abandoned: requester gone", payload.id)
-                return Response(status_code=499)
-            summary = build.result()
+            stream = await state.runner.archiver.partial(
+                payload.id, Path(payload.loc), max_total_bytes=state.settings.result_max_bytes
+            )
         except ResultTooLargeError as error:
             return _payload_response(replace(payload, message=str(error)), 413)
         except ArchiveError as error:
             logger.warning("partial zip of payload %d failed: %s", payload.id, error)
             return _empty(500)
-        headers = {MESSAGE_HEADER: _quote(summary.describe())} if summary.skipped else None
-        return FileResponse(
-            partial,
+        return StreamingResponse(
+            stream.chunks(),
             media_type="application/zip",
-            headers=headers,
-            background=BackgroundTask(partial.unlink, True),
+            background=BackgroundTask(_partial_sent, state, payload.id, stream),
         )
 
     @app.post(
@@ -577,29 +616,6 @@ def _status_wire(raw: str | None) -> str | None:
         return Status.from_wire(raw).wire if raw is not None else None
     except ValueError:
         return None
-
-
-async def _unless_disconnected(request: Request, build: asyncio.Future[Any]) -> bool:
-    """Await `build`; if the requester disconnects first, cancel it and return False."""
-
-    async def disconnected() -> None:
-        # A GET has no body: the next ASGI message is the disconnect, whenever it comes.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({build, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        build.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if build.done():
-        return True
-    build.cancel()
-    await asyncio.gather(build, return_exceptions=True)
-    return False
 
 
 class _Duplicate(Exception):

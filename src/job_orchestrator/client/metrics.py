@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +39,18 @@ class ClientMetrics:
         self.executor_errors = Counter(
             f"{PREFIX}executor_errors",
             "run.sh could not be started, or a payload's task failed unexpectedly",
+            registry=self.registry,
+        )
+        self.disk_free = Gauge(
+            f"{PREFIX}disk_free_bytes",
+            "Free space on DATA_PATH's file system at the last check (DISK_CHECK_INTERVAL)",
+            registry=self.registry,
+        )
+        self.disk_stops = Counter(
+            f"{PREFIX}disk_stops",
+            "Jobs stopped for disk space: reserve (eating into DISK_RESERVE_MB) or limit "
+            "(past JOB_MAX_DISK_MB)",
+            ["cause"],
             registry=self.registry,
         )
 

@@ -69,7 +69,8 @@ CREATE TABLE payloads (
     created_at REAL NOT NULL,
     finished_at REAL,
     collected_at REAL,
-    uid INTEGER
+    uid INTEGER,
+    disk_stop TEXT
 )
 """
 
@@ -128,6 +129,9 @@ class Payload:
     #: The uid of JOB_USERS it runs (or ran) under; a restarted client keeps it held while
     #: it re-adopts the payload.
     uid: int | None = None
+    #: Why the client stopped it for disk space (disk.py): its final message; it ends Failed
+    #: and its files are released as soon as the server has what it can keep.
+    disk_stop: str | None = None
 
     @property
     def paths(self) -> PayloadPaths:
@@ -295,6 +299,14 @@ class Registry:
             " OR (killed = 1 AND finished_at < :cutoff)"
             " OR finished_at < :uncollected)",
             {"cutoff": cutoff, "uncollected": uncollected_cutoff},
+        )
+
+    def released_early(self, cutoff: float) -> list[Payload]:
+        """Payloads stopped for disk space whose outcome was collected before `cutoff`."""
+        return self._select(
+            "SELECT id FROM payloads WHERE disk_stop IS NOT NULL AND finished_at IS NOT NULL"
+            " AND (collected_at < :cutoff OR (killed = 1 AND finished_at < :cutoff))",
+            {"cutoff": cutoff},
         )
 
     def mark_collected(self, payload_id: int) -> None:

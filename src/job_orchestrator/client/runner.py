@@ -347,6 +347,11 @@ class Runner:
                 payload.id, status=Status.KILLED, exit_code=returncode, message="job terminated"
             )
             return
+        if current.disk_stop is not None:
+            self.registry.update(
+                payload.id, status=Status.FAILED, exit_code=returncode, message=current.disk_stop
+            )
+            return
         if current.timed_out:
             self.registry.update(
                 payload.id,
@@ -424,6 +429,27 @@ class Runner:
 
     # ---- kill ------------------------------------------------------------------------------
 
+    def stop_for_disk(self, payload_id: int, reason: str) -> None:
+        """Stop a running payload that takes disk space it may not (disk.py); it ends Failed
+        with `reason`. Like a kill: SIGTERM, SIGKILL after the grace."""
+        current = self.registry.get(payload_id)
+        if current is None or current.disk_stop is not None or not _still_running(current):
+            return
+        updated = self.registry.update(payload_id, disk_stop=reason)
+        handle = Handle.decode(updated.handle) if updated is not None else None
+        if handle is None or handle.kind != self.executor.kind:
+            return
+        logger.warning("payload %d stopped: %s", payload_id, reason)
+        self._terminate(payload_id, handle)
+
+    def _terminate(self, payload_id: int, handle: Handle) -> None:
+        task = asyncio.create_task(
+            self.executor.terminate(handle, self.settings.kill_grace_s),
+            name=f"kill-{payload_id}",
+        )
+        self._kill_tasks.add(task)
+        task.add_done_callback(self._kill_tasks.discard)
+
     def kill(self, payload: Payload) -> None:
         """Mark the payload killed; a running one gets SIGTERM, then SIGKILL after the grace."""
         if payload.status.is_terminal():
@@ -442,12 +468,7 @@ class Runner:
                 self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
             return
         if handle is not None and handle.kind == self.executor.kind:
-            task = asyncio.create_task(
-                self.executor.terminate(handle, self.settings.kill_grace_s),
-                name=f"kill-{payload.id}",
-            )
-            self._kill_tasks.add(task)
-            task.add_done_callback(self._kill_tasks.discard)
+            self._terminate(payload.id, handle)
 
 
 def _still_running(payload: Payload) -> bool:

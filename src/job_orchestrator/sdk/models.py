@@ -14,8 +14,8 @@ __all__ = ["Job", "QueueInfo", "Status"]
 @dataclass(frozen=True, slots=True)
 class QueueInfo:
     """Why a Queued job waits: `reason` is `user_quota`, `service_limit`, `no_healthy_client`,
-    `waiting_turn`, `retry_backoff` or `client_unauthorized`; `position` is 1-based among the
-    service's queued jobs."""
+    `waiting_turn`, `retry_backoff`, `client_unauthorized` or `client_disk_full`; `position`
+    is 1-based among the service's queued jobs."""
 
     position: int | None
     reason: str

@@ -210,9 +210,22 @@ class JobCollector:
         self._wake_dispatch()
 
     async def keep_partial(self, job: JobRecord, client: NodeClient) -> None:
-        """Copy a failed job's files to the server so /download_partial outlives the client."""
+        """Copy a failed job's files to the server so /download_partial outlives the client.
+
+        The client streams the copy as it zips it, so only a deadline of our own bounds it (a
+        sparse terabyte zips for a quarter of an hour, into a stream that never stalls).
+        """
+        limit_s = self._settings.partial_keep_timeout_s
         try:
-            await client.fetch_partial(job.dest_id, partial_path(job.loc), key=job.dispatch_key)
+            async with asyncio.timeout(limit_s):
+                await client.fetch_partial(job.dest_id, partial_path(job.loc), key=job.dispatch_key)
+        except TimeoutError:
+            logger.warning(
+                "could not keep the files of job %d: the copy took more than "
+                "PARTIAL_KEEP_TIMEOUT (%g s)",
+                job.id,
+                limit_s,
+            )
         except (ClientCallError, OSError) as error:
             logger.warning("could not keep the files of job %d: %s", job.id, error)
 

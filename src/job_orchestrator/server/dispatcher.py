@@ -22,6 +22,7 @@ from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientDiskFullError,
     ClientLeftError,
     ClientUnauthorizedError,
     OutOfDescriptorsError,
@@ -364,7 +365,13 @@ class Orchestrator:
             # Refused before the body was read: no payload there. The job waits, saying why,
             # for this client to accept the token or for another (none is sent to it so).
             self.fleet.report_unauthorized(client.url)
-            await self._requeue_refused(job)
+            await self._requeue_refused(job, ClientUnauthorizedError.MESSAGE)
+            return
+        except ClientDiskFullError:
+            # Refused before the body was read, like a 401: the job waits for space there
+            # or for another client.
+            self.fleet.report_disk_full(client.url)
+            await self._requeue_refused(job, ClientDiskFullError.MESSAGE)
             return
         except ClientCallError as error:
             await self.collector.fail(
@@ -389,8 +396,7 @@ class Orchestrator:
         if fresh is not None:
             await self._finish_termination(fresh)
 
-    async def _requeue_refused(self, job: JobRecord) -> None:
-        refused = ClientUnauthorizedError.MESSAGE
+    async def _requeue_refused(self, job: JobRecord, refused: str) -> None:
         if not await self.store.transition(
             job.id, [Status.PROCESSING], Status.QUEUED, node=None, message=refused
         ) and await self.store.transition(  # terminated meanwhile, never sent

@@ -38,6 +38,7 @@ from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
+    ClientDiskFullError,
     ClientUnauthorizedError,
     LogOffsetError,
     OutOfDescriptorsError,
@@ -69,6 +70,7 @@ from job_orchestrator.wire import (
     LOG_STATUS_HEADER,
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
+    REFUSING_HEADER,
     STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
     WARNINGS_HEADER,
@@ -109,6 +111,8 @@ class NodeReport:
     server_lease_s: float | None = None
     #: The warnings the client printed at start, as its /health advertises them.
     warnings: tuple[str, ...] = ()
+    #: Why our client takes no new payload now (its /health header), e.g. "disk_full".
+    refusing: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,8 @@ def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
         raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
     if response.status == 401:
         raise ClientUnauthorizedError(f"{what}: {ClientUnauthorizedError.MESSAGE}")
+    if response.status == 507:
+        raise ClientDiskFullError(f"{what}: {ClientDiskFullError.MESSAGE}")
     if response.status == 409:
         # Never used as this job's answer: for this job, the client no longer has it.
         raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
@@ -469,6 +475,7 @@ class NodeGateway:
             warnings=tuple(
                 unquote(part) for part in health.headers.get(WARNINGS_HEADER, "").split(",") if part
             ),
+            refusing=health.headers.get(REFUSING_HEADER) or None,
         )
 
     @observed_call("kill")

@@ -25,7 +25,7 @@ from job_orchestrator.errors import (
     TransientClientError,
     UndeliveredError,
 )
-from job_orchestrator.status import Status
+from job_orchestrator.status import CLIENT_CONDITIONS, Status
 
 if TYPE_CHECKING:
     from job_orchestrator.config import NodeConfig
@@ -149,7 +149,8 @@ class _LiveCollector(Collector):
         )
         condition = GaugeMetricFamily(
             f"{PREFIX}client_state",
-            "1 for the client's state: up, down or unauthorized (refuses the server's token)",
+            "1 for the client's state: up, down, unauthorized (refuses the server's token) or "
+            "disk_full (below its DISK_RESERVE_MB)",
             labels=[*labels, "state"],
         )
         load = GaugeMetricFamily(
@@ -165,7 +166,7 @@ class _LiveCollector(Collector):
                     key = [service.name, node.upload_url]
                     current = self.fleet.condition(node.upload_url)
                     up.add_metric(key, 1 if current == "up" else 0)
-                    for name in ("up", "down", "unauthorized"):
+                    for name in CLIENT_CONDITIONS:
                         condition.add_metric([*key, name], 1 if name == current else 0)
                     if state.load_percent is not None:
                         load.add_metric(key, state.load_percent)

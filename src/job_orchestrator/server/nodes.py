@@ -32,6 +32,7 @@ from job_orchestrator import settings_table
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
+    ClientDiskFullError,
     ClientLeftError,
     ClientUnauthorizedError,
     OutOfDescriptorsError,
@@ -42,6 +43,7 @@ from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnsw
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
+from job_orchestrator.wire import REFUSING_DISK_FULL
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +96,9 @@ class NodeState:
     revocations_pending: bool = True
     #: It refuses the server's token (401): it gets no work until a check finds it accepted.
     unauthorized: bool = False
+    #: Its free disk space is below its reserve (507, or its /health says so): no new work
+    #: until a check finds the space back. Its running jobs carry on.
+    disk_full: bool = False
     #: Why the latest failed check or call failed (kept after it recovers, for /status).
     last_error: str | None = None
     last_error_at: float | None = None
@@ -101,6 +106,11 @@ class NodeState:
     server_lease_s: float | None = None
     #: The warnings the node printed at start (no token beyond loopback, no sandbox), for /status.
     warnings: tuple[str, ...] = ()
+
+
+def _refusing(state: NodeState) -> bool:
+    """It answers, but takes no new payload (and one sent to it would be refused)."""
+    return state.unauthorized or state.disk_full
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,14 +198,16 @@ class Fleet:
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
-        return state.healthy and not state.unauthorized and not state.revocations_pending
+        return state.healthy and not _refusing(state) and not state.revocations_pending
 
     def condition(self, node_url: str) -> str:
-        """`up`, `down` or `unauthorized`, as /status and /metrics show a client."""
+        """One of CLIENT_CONDITIONS, as /status and /metrics show a client."""
         state = self.state[node_url]
         if not state.healthy:
             return "down"
-        return "unauthorized" if state.unauthorized else "up"
+        if state.unauthorized:
+            return "unauthorized"
+        return "disk_full" if state.disk_full else "up"
 
     def is_down(self, node_url: str) -> bool:
         state = self.state.get(node_url)
@@ -219,7 +231,7 @@ class Fleet:
             # None answers: try them anyway, so the dispatch fails, backs off and
             # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever. Never one
             # that refuses the token: it would refuse the job (the job waits, with the reason).
-            candidates = [n for n in nodes if not self.state[n.upload_url].unauthorized]
+            candidates = [n for n in nodes if not _refusing(self.state[n.upload_url])]
         return min(candidates, key=rank) if candidates else None
 
     def report_failure(
@@ -239,6 +251,22 @@ class Fleet:
         state = self.state.get(node_url)
         if state is not None:
             self._refused(node_url, state)
+
+    def report_disk_full(self, node_url: str) -> None:
+        """The node answered 507: no work for it until a check finds space again."""
+        state = self.state.get(node_url)
+        if state is not None:
+            self._disk_full(node_url, state)
+
+    def _disk_full(self, url: str, state: NodeState) -> None:
+        state.last_error, state.last_error_at = ClientDiskFullError.MESSAGE, time.time()
+        if not state.disk_full:
+            state.disk_full = True
+            logger.warning(
+                "client %s is short of disk space (below its DISK_RESERVE_MB); no jobs are "
+                "sent to it until it has space again",
+                url,
+            )
 
     def _refused(self, url: str, state: NodeState) -> None:
         state.last_error, state.last_error_at = ClientUnauthorizedError.MESSAGE, time.time()
@@ -291,6 +319,12 @@ class Fleet:
             if state.unauthorized:
                 state.unauthorized = False
                 logger.info("client %s accepts the server's token again", url)
+            if report.refusing == REFUSING_DISK_FULL:
+                self._disk_full(url, state)
+                continue
+            if state.disk_full:
+                state.disk_full = False
+                logger.info("client %s has disk space again", url)
             if state.revocations_pending:
                 state.revocations_pending = not await self._flush_revocations(node)
             woke = woke or (self.usable(node) and not was_usable)

@@ -10,6 +10,8 @@ The reason is the first of these that holds, most fundamental first:
 
 - `no_healthy_client`: every client of the service failed its health checks (dispatches to it
   fail, so it would also be in retry backoff);
+- `client_disk_full`: every client that answers takes no new payload, and one of them because
+  its free disk space is below its DISK_RESERVE_MB; the job starts once one has space again;
 - `client_unauthorized`: every client that answers refuses the server's token (CLIENT_TOKEN
   differs): nothing is sent to them until they accept it;
 - `retry_backoff`: a dispatch failed and the next try is not due yet;
@@ -27,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from job_orchestrator.config import ServiceConfig
-from job_orchestrator.errors import ClientUnauthorizedError
+from job_orchestrator.errors import ClientDiskFullError, ClientUnauthorizedError
 from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, Store
@@ -48,6 +50,7 @@ REASONS = (
     "waiting_turn",
     "retry_backoff",
     "client_unauthorized",
+    "client_disk_full",
 )
 
 #: Quotas lifted: more than any number of jobs a database holds.
@@ -143,11 +146,14 @@ async def queue_standing(
             position, "service_limit", f"service {job.service!r} is not configured on this server"
         )
     down = [node.upload_url for node in service.nodes if fleet.is_down(node.upload_url)]
-    refusing = [
-        node.upload_url
-        for node in service.nodes
-        if fleet.condition(node.upload_url) == "unauthorized"
-    ]
+    conditions = [fleet.condition(node.upload_url) for node in service.nodes]
+    refusing = [c for c in conditions if c in ("unauthorized", "disk_full")]
+    if "disk_full" in refusing and len(down) + len(refusing) == len(service.nodes):
+        return QueueStanding(
+            position,
+            "client_disk_full",
+            f"no client of service {service.name} can take it now: {ClientDiskFullError.MESSAGE}",
+        )
     if refusing and len(down) + len(refusing) == len(service.nodes):
         return QueueStanding(
             position,
