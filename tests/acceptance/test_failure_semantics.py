@@ -29,6 +29,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.acceptance.sandboxing import open_directory
 from tests.harness import Cluster, Node, cluster, tagged_processes
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -625,17 +626,44 @@ def test_sigterm_to_a_client_leaves_jobs_running_and_restart_collects_true_statu
         assert cl.shutdown() == []
 
 
-@pytest.mark.parametrize("ended_while_down", [False, True], ids=["running", "ended"])
+#: JOB_USERS of the per-job uid case below (no account uses them on the test machine).
+UNRECORDED_JOB_USERS = "72060-72061"
+
+
+@pytest.mark.parametrize(
+    ("ended_while_down", "job_users"),
+    [(False, None), (True, None), (False, UNRECORDED_JOB_USERS)],
+    ids=["running", "ended", "running-own-uid"],
+)
 def test_a_start_the_client_died_before_recording_is_never_made_twice(
-    tmp_path: Path, ended_while_down: bool
+    tmp_path: Path, ended_while_down: bool, job_users: str | None
 ) -> None:
     """A SIGKILL can land between the start of run.sh and the state write that records its
     handle (a full-suite chaos run started a job twice so). The state file then says Prepared
     without a handle, as it is made here; the restarted client finds the execution (still
-    running, or ended with its exit file) and re-adopts it instead of starting it again."""
-    marker = tmp_path / "job.marker"
-    gate = tmp_path / "gate"
-    with cluster(tmp_path) as cl:
+    running, or ended with its exit file) and re-adopts it instead of starting it again.
+    With JOB_USERS, the uid it runs under stays held meanwhile: the restarted client used to
+    reclaim it (kill -9 of every process of the uid) before it looked, and the re-adopted job
+    ended Failed, killed by SIGKILL (a full CI run failed test_exit_file so)."""
+    if job_users is not None and os.geteuid() != 0:
+        pytest.skip("JOB_USERS needs a root client")
+    client_env = {"SANDBOX": "rlimits", "JOB_USERS": job_users} if job_users else None
+    # The job's own uid must reach the gate and the marker (pytest's directories are 0700).
+    with open_directory("jo-unrecorded-") as root:
+        marker = root / "job.marker"
+        marker.touch()
+        marker.chmod(0o666)
+        _unrecorded_start(tmp_path, client_env, marker, root / "gate", ended_while_down)
+
+
+def _unrecorded_start(
+    tmp_path: Path,
+    client_env: dict[str, str] | None,
+    marker: Path,
+    gate: Path,
+    ended_while_down: bool,
+) -> None:
+    with cluster(tmp_path, client_env=client_env) as cl:
         token = f"once-{secrets.token_hex(6)}"
         script = f"while [ ! -e {gate} ]; do sleep 0.05; done\necho {token} > output.txt\n"
         job_id = cl.api.submit(marker_script(marker, script))

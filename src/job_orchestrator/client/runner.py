@@ -80,7 +80,9 @@ class Runner:
             os.umask(0o077)
             self.settings.data_path.chmod(0o711)
             for payload in payloads:
-                if payload.uid is not None and _still_running(payload):
+                # A Prepared payload with a uid but no handle may have been started all the
+                # same (see _recover_unrecorded_launch): its uid is held until that is known.
+                if payload.uid is not None and not payload.status.is_terminal():
                     self.uids.pool.hold(payload.id, payload.uid)
             owned = [p.paths.work for p in payloads] + [p.paths.tmp for p in payloads]
             await self.uids.reclaim_unheld(owned)
@@ -92,9 +94,13 @@ class Runner:
     async def _recover_unrecorded_launch(self, payload: Payload) -> Payload:
         """A payload recorded as not started may have been started all the same: the client
         can die between starting run.sh and recording its handle (a SIGKILL lands anywhere).
-        Its execution is then re-adopted, never started a second time."""
+        Its execution is then re-adopted, never started a second time; if it was not started,
+        the uid it had taken is given back (a new one is taken when it starts)."""
         handle = await asyncio.to_thread(self.executor.find_launched, payload)
         if handle is None:
+            if payload.uid is not None and self.uids is not None:
+                await self._release_uid(payload)
+                payload = self.registry.update(payload.id, uid=None) or payload
             return payload
         logger.warning(
             "payload %d was started before the client stopped but not recorded: re-adopting it",
