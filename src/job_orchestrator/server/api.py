@@ -355,7 +355,12 @@ async def _receive_upload(
             user_id,
             service,
             caller.name or "-",
-            extra={"job_id": job_id, "user_id": user_id, "token_name": caller.name},
+            extra={
+                "job_id": job_id,
+                "user_id": user_id,
+                "service": service,
+                "token_name": caller.name,
+            },
         )
         orchestrator.wake_dispatch()
         return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
