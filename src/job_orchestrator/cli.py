@@ -124,6 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = masked(str(error), environment_secrets(os.environ))
         print(f"job-orchestrator: invalid setting {reason}", file=sys.stderr)
         return 2
+    if arguments.command == "client" and (problem := _engine_problem(settings)) is not None:
+        print(f"job-orchestrator: invalid setting EXECUTOR: {problem}", file=sys.stderr)
+        return 2
     _configure_logging(
         settings.log_level,
         settings.log_format,
@@ -170,6 +173,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: None)
     server.run()
     return 0 if server.started else 1
+
+
+def _engine_problem(settings: object) -> str | None:
+    """With EXECUTOR=docker or podman: why the engine cannot be used, or None.
+
+    An engine that does not answer at start is a missing dependency, like a missing sbatch
+    (exit status 2); one that stops answering later only makes payloads wait Prepared.
+    """
+    executor = getattr(settings, "executor", "local")
+    if executor not in ("docker", "podman"):
+        return None
+    from job_orchestrator.client.executors.engine import Engine, EngineError
+
+    try:
+        Engine(executor).ping_sync()
+    except EngineError as error:
+        return f"the {executor} engine does not answer: {error}"
+    return None
 
 
 def _migrate() -> int:

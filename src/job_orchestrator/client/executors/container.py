@@ -1,0 +1,461 @@
+"""Runs payloads in containers (EXECUTOR=docker or podman): one container per payload.
+
+A container is named `jo-<CLIENT_ID>-<payload id>` and labelled with both, so a second create
+of the same payload fails (one more guard against running it twice) and a restarted client
+finds its containers again. It has the payload's work directory mounted at /work (the only
+thing of the host; a server may ask for subdirectories of it at other paths, see
+client/container_request.py), a read-only root with a private /tmp, no network (or the one
+the operator names), no capabilities, no new privileges, a uid that is never 0, only the
+variables JOB_ENV lists, and the limits (memory, CPUs, pids) set by the engine. Its output
+goes to the payload's output.log, bind-mounted as a single file, so the log is live.
+
+Containers outlive the client: the engine keeps them, and their exit status, until we remove
+them. All of this client's containers are inspected in one call per tick (CONTAINER_TICK_S),
+and one `events` process wakes the tick at once when one of them ends. An ended container's
+status (and whether it was killed for memory) is written to the payload's `exit/` directory,
+out of the job's reach, before the container is removed: a client killed in between finds
+it there. The result ZIP is built from the work directory on the host, which the removal of
+the container does not touch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import secrets
+import shutil
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from job_orchestrator.client.container_request import LOG_TARGET, WORKDIR, ContainerRequest
+from job_orchestrator.client.executors.base import (
+    Handle,
+    LaunchError,
+    LaunchUnavailableError,
+    Outcome,
+)
+from job_orchestrator.client.executors.cgroup_oom import OomWatch
+from job_orchestrator.client.executors.engine import (
+    LABEL_CLIENT,
+    LABEL_PAYLOAD,
+    ContainerState,
+    Engine,
+    EngineError,
+    EngineUnavailableError,
+    NameConflictError,
+)
+from job_orchestrator.client.metrics import ClientMetrics
+from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.sandbox import JobUser, hand_over, read_exit_file, resolve_user
+from job_orchestrator.config import ClientSettings
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two inspections while containers run (the events stream wakes it sooner).
+CONTAINER_TICK_S = 2.0
+#: The uid (and gid) of a job without JOB_USERS or JOB_USER when the client is root: nobody.
+UNPRIVILEGED_ID = 65534
+CLIENT_ID_FILE = ".client-id"
+#: Beside exit/code: present when a process of the container was killed for memory.
+OOM_FILE = "oom"
+#: How the container runs run.sh: its output to the mounted log, appended, stdin closed.
+_COMMAND = ["bash", "-c", 'exec >>"$0" 2>&1 </dev/null; exec bash run.sh', LOG_TARGET]
+
+
+def client_identity(settings: ClientSettings) -> str:
+    """CLIENT_ID, else the one made at the first start and kept in DATA_PATH."""
+    if settings.containers.client_id:
+        return settings.containers.client_id
+    path = settings.data_path / CLIENT_ID_FILE
+    with contextlib.suppress(OSError):
+        kept = path.read_text().strip()
+        if kept:
+            return kept
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    made = secrets.token_hex(4)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(made + "\n")
+    os.replace(temporary, path)
+    return made
+
+
+@dataclass
+class _Container:
+    payload: Payload
+    ended: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    oom: OomWatch | None = None
+
+
+class ContainerExecutor:
+    runs_at_launch = True
+    #: The engine writes output.log through a bind mount on this machine.
+    log_is_local = True
+
+    def __init__(self, settings: ClientSettings, metrics: ClientMetrics | None = None) -> None:
+        self.settings = settings
+        self.kind = settings.executor
+        self.engine = Engine(settings.executor)
+        self.metrics = metrics
+        self.client_id = client_identity(settings)
+        self._tracked: dict[int, _Container] = {}
+        self._wake = asyncio.Event()
+        self._tracker: asyncio.Task[None] | None = None
+        self._events: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._unreachable_logged = False
+        self._fixed_options = self._engine_options()
+        psutil.cpu_percent(interval=None)
+
+    def name(self, payload_id: int) -> str:
+        return f"jo-{self.client_id}-{payload_id}"
+
+    # ---- launch ----------------------------------------------------------------------------
+
+    async def launch(self, payload: Payload) -> Handle:
+        request = ContainerRequest.read(payload.paths.root)
+        image = request.image or self.settings.containers.image
+        if not request.image_allowed(self.settings.containers):
+            raise LaunchError(f"image {image!r} is not allowed on this client (CONTAINER_IMAGES)")
+        name = self.name(payload.id)
+        began = time.monotonic()
+        try:
+            user = self._user(payload)
+            await asyncio.to_thread(self._prepare, payload, user)
+            argv = self._create_argv(payload, name, image, request, user)
+        except (OSError, KeyError, ValueError) as error:
+            raise LaunchError(f"could not prepare the container: {error}") from error
+        try:
+            await self.engine.call(*argv)
+        except NameConflictError:
+            # Created by an earlier launch of this client (it stopped before recording it).
+            logger.info("payload %d: container %s exists, adopting it", payload.id, name)
+        except EngineUnavailableError as error:
+            raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
+        except EngineError as error:
+            raise LaunchError(_launch_failure(image, str(error))) from None
+        try:
+            await self.engine.call("container", "start", name)
+        except EngineUnavailableError as error:
+            raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
+        except EngineError as error:
+            await self._remove_quietly(name)
+            raise LaunchError(f"the container did not start: {error}") from None
+        if self.metrics is not None:
+            self.metrics.container_start.observe(time.monotonic() - began)
+        self._track(payload)
+        return Handle(self.kind, payload.id, time.time())
+
+    def _user(self, payload: Payload) -> JobUser:
+        """Whom the job runs as: never root, and never the client's uid when it is root."""
+        if payload.uid is not None:
+            return JobUser(str(payload.uid), payload.uid, payload.uid)
+        if self.settings.job_user is not None:
+            return resolve_user(self.settings.job_user)
+        if os.geteuid() == 0:
+            return JobUser("nobody", UNPRIVILEGED_ID, UNPRIVILEGED_ID)
+        # A client that is not root cannot give files away: the job gets its uid, which
+        # inside a container reaches nothing of the host but the mounted work directory.
+        return JobUser("client", os.getuid(), os.getgid())
+
+    def _prepare(self, payload: Payload, user: JobUser) -> None:
+        (payload.paths.exit_code.parent / OOM_FILE).unlink(missing_ok=True)
+        payload.paths.log.touch()
+        if os.geteuid() == 0 and user.uid != 0:
+            hand_over([payload.paths.work], user)
+            os.chown(payload.paths.log, user.uid, user.gid)
+
+    def _create_argv(
+        self,
+        payload: Payload,
+        name: str,
+        image: str,
+        request: ContainerRequest,
+        user: JobUser,
+    ) -> list[str]:
+        settings = self.settings
+        containers = settings.containers
+        work = payload.paths.work
+        argv = [
+            "container",
+            "create",
+            f"--name={name}",
+            f"--label={LABEL_CLIENT}={self.client_id}",
+            f"--label={LABEL_PAYLOAD}={payload.id}",
+            "--pull=never",
+            f"--user={user.uid}:{user.gid}",
+            f"--network={containers.network}",
+            "--cap-drop=ALL",
+            "--security-opt=no-new-privileges",
+            "--read-only",
+            "--tmpfs=/tmp:rw,nosuid,nodev,mode=1777",
+            f"--shm-size={containers.shm_mb}m",
+            "--log-driver=none",
+            f"--mount=type=bind,source={work},target={WORKDIR}",
+            *request.mount_options(work),
+            f"--mount=type=bind,source={payload.paths.log},target={LOG_TARGET}",
+            f"--workdir={WORKDIR}",
+            *self._fixed_options,
+        ]
+        if settings.job_max_memory_mb:
+            # No swap beyond it: the limit is the job's memory, the whole process tree's.
+            memory = f"{settings.job_max_memory_mb}m"
+            argv += [f"--memory={memory}", f"--memory-swap={memory}"]
+        if containers.max_cpus:
+            argv.append(f"--cpus={containers.max_cpus:g}")
+        if settings.job_max_processes:
+            argv.append(f"--pids-limit={settings.job_max_processes}")
+        if settings.job_max_file_mb:
+            size = settings.job_max_file_mb * 1024 * 1024
+            argv.append(f"--ulimit=fsize={size}:{size}")
+        if settings.job_max_cpu_seconds:
+            seconds = settings.job_max_cpu_seconds  # SIGXCPU first, SIGKILL a second later
+            argv.append(f"--ulimit=cpu={seconds}:{seconds + 1}")
+        environment = {"HOME": WORKDIR, "TMPDIR": "/tmp", "TINI_KILL_PROCESS_GROUP": "1"}
+        for variable in containers.env:
+            if variable in os.environ:
+                environment[variable] = os.environ[variable]
+        argv += [f"--env={key}={value}" for key, value in environment.items()]
+        return [*argv, *containers.options, image, *_COMMAND]
+
+    def _engine_options(self) -> list[str]:
+        """What every create needs on this engine: an init, and Podman's explicit ulimits."""
+        options = ["--init"]
+        if self.engine.is_podman:
+            if not Path("/usr/libexec/podman/catatonit").exists():
+                init = shutil.which("docker-init") or shutil.which("tini")
+                if init is not None:
+                    options.append(f"--init-path={init}")
+                else:  # bash is then PID 1: SIGTERM waits for the grace, then SIGKILL
+                    options = []
+            # Podman's default (`host`) asks for limits this process may not set without
+            # CAP_SYS_RESOURCE: the inherited hard limits, explicitly, and no more than
+            # Podman itself gives conmon (RLIMIT_NPROC 32768: above, runc's setrlimit fails).
+            for name, which, ceiling in (
+                ("nofile", resource.RLIMIT_NOFILE, 1 << 20),
+                ("nproc", resource.RLIMIT_NPROC, 32768),
+            ):
+                hard = resource.getrlimit(which)[1]
+                value = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
+                options.append(f"--ulimit={name}={value}:{value}")
+        return options
+
+    # ---- observe ---------------------------------------------------------------------------
+
+    def _track(self, payload: Payload) -> _Container:
+        tracked = self._tracked.get(payload.id)
+        if tracked is None:
+            tracked = self._tracked[payload.id] = _Container(payload)
+            tracked.ended.add_done_callback(lambda _: self._tracked.pop(payload.id, None))
+        if self._tracker is None or self._tracker.done():
+            self._tracker = asyncio.create_task(self._track_loop(), name="container_track_loop")
+        if self._events is None or self._events.done():
+            self._events = asyncio.create_task(self._events_loop(), name="container_events_loop")
+        self._wake.set()
+        return tracked
+
+    def reattach(self, payload: Payload, handle: Handle) -> bool:
+        self._track(payload)
+        return True
+
+    def find_launched(self, payload: Payload) -> Handle | None:
+        try:
+            state = self.engine.inspect_sync(self.name(payload.id))
+        except EngineError:
+            return None  # a later launch finds it by its name (the create conflicts)
+        return Handle(self.kind, payload.id, time.time()) if state is not None else None
+
+    async def started(self, handle: Handle) -> float:
+        return handle.started_at or time.time()
+
+    async def wait(self, payload: Payload, handle: Handle) -> Outcome:
+        return await asyncio.shield(self._track(payload).ended)
+
+    async def _track_loop(self) -> None:
+        while self._tracked:
+            self._wake.clear()
+            try:
+                await self.poll_once()
+                self._unreachable_logged = False
+            except EngineUnavailableError as error:
+                if not self._unreachable_logged:
+                    logger.warning("the %s engine does not answer: %s", self.kind, error)
+                    self._unreachable_logged = True
+            except Exception:  # one bad answer must not stop the watch of every container
+                logger.exception("inspecting the containers failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), CONTAINER_TICK_S)
+
+    async def poll_once(self) -> None:
+        """One inspection of every tracked container; settle those that ended."""
+        names = {self.name(payload_id): payload_id for payload_id in self._tracked}
+        states = await self.engine.inspect(sorted(names))
+        for name, payload_id in names.items():
+            tracked = self._tracked.get(payload_id)
+            if tracked is None or tracked.ended.done():
+                continue
+            state = states.get(name)
+            if state is not None and state.never_started:
+                # Created by a launch the client did not live to finish.
+                await self.engine.call("container", "start", name)
+            elif state is not None and not state.ended:
+                self._watch_memory(tracked, state)
+            else:
+                await self._settle(tracked, name, state)
+
+    def _watch_memory(self, tracked: _Container, state: ContainerState) -> None:
+        if not state.cgroup_path:
+            return  # Docker reports OOM kills itself
+        if tracked.oom is None:
+            tracked.oom = OomWatch(state.cgroup_path)
+            tracked.oom.start(asyncio.get_running_loop())
+        else:
+            tracked.oom.check()
+
+    async def _settle(self, tracked: _Container, name: str, state: ContainerState | None) -> None:
+        exit_dir = tracked.payload.paths.exit_code.parent
+        if state is not None:
+            oom = state.oom_killed or (tracked.oom is not None and tracked.oom.check())
+            await asyncio.to_thread(_record, exit_dir, state.exit_code, oom)
+            await self.engine.remove(name)
+            exit_code: int | None = state.exit_code
+        else:  # removed before (by us, after recording its end; or by someone else)
+            exit_code = await asyncio.to_thread(read_exit_file, tracked.payload.paths.exit_code)
+            oom = (exit_dir / OOM_FILE).exists()
+        if tracked.oom is not None:
+            tracked.oom.close()
+        if not tracked.ended.done():
+            tracked.ended.set_result(self._outcome(exit_code, oom, name))
+
+    def _outcome(self, exit_code: int | None, oom: bool, name: str) -> Outcome:
+        if exit_code is None:
+            return Outcome(None, f"container {name} was removed and its exit status is lost")
+        if not oom:
+            return Outcome(exit_code)
+        if self.metrics is not None:
+            self.metrics.memory_kills.inc()
+        limit = self.settings.job_max_memory_mb
+        said = f"out of memory: limit {limit} MB" if limit else "out of memory"
+        if exit_code != 0:
+            return Outcome(exit_code, said)
+        return Outcome(0, note=f"a process was killed for memory ({said})")
+
+    async def _events_loop(self) -> None:
+        """Wake the tracker as soon as one of our containers ends (the tick is the fallback)."""
+        died = "died" if self.engine.is_podman else "die"
+        argv = [
+            self.engine.program,
+            "events",
+            "--filter",
+            f"label={LABEL_CLIENT}={self.client_id}",
+            "--filter",
+            f"event={died}",
+            "--format",
+            "{{.ID}}",
+        ]
+        while self._tracked:
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+            except OSError:
+                return
+            try:
+                assert process.stdout is not None
+                while self._tracked and await process.stdout.readline():
+                    self._wake.set()
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+            await asyncio.sleep(CONTAINER_TICK_S)
+
+    # ---- stop ------------------------------------------------------------------------------
+
+    async def terminate(self, handle: Handle, grace_s: float) -> None:
+        """SIGTERM to the job's processes (the init forwards it to the group), SIGKILL after
+        the grace; an engine that does not answer is asked again until the container ended."""
+        name = self.name(handle.id)
+        while True:
+            try:
+                await self.engine.call(
+                    "container",
+                    "stop",
+                    f"--time={max(0, round(grace_s))}",
+                    name,
+                    timeout_s=grace_s + 60.0,
+                )
+            except EngineUnavailableError:
+                tracked = self._tracked.get(handle.id)
+                if tracked is None or tracked.ended.done():
+                    return
+                await asyncio.sleep(CONTAINER_TICK_S)
+                continue
+            except EngineError:
+                pass  # gone already
+            self._wake.set()
+            return
+
+    def abandon(self, handle: Handle) -> None:
+        task = asyncio.create_task(self._remove_quietly(self.name(handle.id)))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def remove_strays(self, keep: Collection[int]) -> None:
+        """At start: remove this client's containers of payloads it no longer runs."""
+        try:
+            names = await self.engine.names(f"{LABEL_CLIENT}={self.client_id}")
+        except EngineError as error:
+            logger.warning("could not list this client's containers: %s", error)
+            return
+        kept = {self.name(payload_id) for payload_id in keep}
+        for name in names:
+            if name not in kept:
+                logger.info("removing container %s: its payload is not running here", name)
+                await self._remove_quietly(name)
+
+    async def _remove_quietly(self, name: str) -> None:
+        try:
+            await self.engine.remove(name)
+        except EngineError as error:
+            logger.warning("could not remove container %s: %s", name, error)
+
+    async def load_percent(self) -> float:
+        return float(psutil.cpu_percent(interval=None))
+
+    async def capacity(self, running: int, pending: int) -> int | None:
+        return self.settings.max_concurrent
+
+    async def close(self) -> None:
+        tasks = [task for task in (self._tracker, self._events) if task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, *self._background, return_exceptions=True)
+        for tracked in self._tracked.values():
+            if tracked.oom is not None:
+                tracked.oom.close()
+
+
+def _record(exit_dir: Path, exit_code: int, oom: bool) -> None:
+    """The container's end, where a client that restarts finds it (the job never can)."""
+    (exit_dir / "code").write_text(f"{exit_code}\n")
+    if oom:
+        (exit_dir / OOM_FILE).touch()
+
+
+def _launch_failure(image: str, error: str) -> str:
+    lowered = error.lower()
+    if "no such image" in lowered or "image not known" in lowered or "not found" in lowered:
+        return f"image {image!r} does not exist on this client (images are never pulled)"
+    return f"the container could not be created: {error}"
