@@ -93,6 +93,8 @@ class _Container:
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
     oom: OomWatch | None = None
+    #: Found after a restart (not launched by this run): if never started, the tick starts it.
+    adopted: bool = False
 
 
 class ContainerExecutor:
@@ -143,6 +145,8 @@ class ContainerExecutor:
         except EngineError as error:
             raise LaunchError(_launch_failure(image, str(error))) from None
         try:
+            if self.engine.is_podman:
+                await self._watch_before_start(payload, name)
             await self.engine.call("container", "start", name)
         except EngineUnavailableError as error:
             raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
@@ -153,6 +157,15 @@ class ContainerExecutor:
             self.metrics.container_start.observe(time.monotonic() - began)
         self._track(payload)
         return Handle(self.kind, payload.id, time.time())
+
+    async def _watch_before_start(self, payload: Payload, name: str) -> None:
+        """Podman: make the container's cgroup (`init`) and watch it for OOM kills before
+        run.sh starts, so a job killed for memory at once is seen too."""
+        with contextlib.suppress(EngineError):
+            await self.engine.call("container", "init", name)  # fails when already running
+        state = (await self.engine.inspect([name])).get(name)
+        if state is not None:
+            self._watch_memory(self._track(payload), state)
 
     def _user(self, payload: Payload) -> JobUser:
         """Whom the job runs as: never root, and never the client's uid when it is root."""
@@ -263,7 +276,7 @@ class ContainerExecutor:
         return tracked
 
     def reattach(self, payload: Payload, handle: Handle) -> bool:
-        self._track(payload)
+        self._track(payload).adopted = True
         return True
 
     def find_launched(self, payload: Payload) -> Handle | None:
@@ -304,8 +317,8 @@ class ContainerExecutor:
                 continue
             state = states.get(name)
             if state is not None and state.never_started:
-                # Created by a launch the client did not live to finish.
-                await self.engine.call("container", "start", name)
+                if tracked.adopted:  # created by a launch the client did not live to finish
+                    await self.engine.call("container", "start", name)
             elif state is not None and not state.ended:
                 self._watch_memory(tracked, state)
             else:
