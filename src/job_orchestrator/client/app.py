@@ -522,12 +522,16 @@ def create_app(settings: ClientSettings) -> FastAPI:
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     contained = settings.executor in ("docker", "podman")  # the engine sets the limits
-    if settings.sandbox == "none" and not contained and any(
-        (
-            settings.job_max_memory_mb,
-            settings.job_max_processes,
-            settings.job_max_file_mb,
-            settings.job_max_cpu_seconds,
+    if (
+        settings.sandbox == "none"
+        and not contained
+        and any(
+            (
+                settings.job_max_memory_mb,
+                settings.job_max_processes,
+                settings.job_max_file_mb,
+                settings.job_max_cpu_seconds,
+            )
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")

@@ -88,6 +88,17 @@ class ContainerRequest:
             return True
         return any(fnmatch.fnmatchcase(self.image, pattern) for pattern in settings.images)
 
+    def make_sources(self, work: Path) -> None:
+        """Make the mounts' sources that do not exist yet (an output directory, say), before
+        the job runs and before its work directory is handed to its uid."""
+        top = work.resolve(strict=True)
+        for mount in self.mounts:
+            source = work / mount.source
+            if not source.exists() and not source.is_symlink():
+                if not source.parent.resolve().is_relative_to(top):
+                    raise ValueError(f"mount source {mount.source!r} is outside the job")
+                source.mkdir(parents=True)
+
     def mount_options(self, work: Path) -> list[str]:
         """The engine's --mount options; a source that is not a directory of `work` (a link
         out of it, or missing) raises ValueError."""

@@ -25,6 +25,26 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
+def cgroup_of(pid: int) -> str:
+    """The memory cgroup of a process (v1's memory line, else v2's), "" if unknown.
+
+    Podman reports a container's cgroup only once it runs; after `init` its process (runc's
+    init, waiting for `start`) is already in it.
+    """
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return ""
+    unified = ""
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return path
+        if controllers == "":
+            unified = path
+    return unified
+
+
 class OomWatch:
     """Watches one container's memory cgroup for OOM kills while it exists."""
 
@@ -54,25 +74,42 @@ class OomWatch:
             self.close()
             return
         loop.add_reader(self._eventfd, self._notified)
+        logger.debug("watching %s for OOM kills", self._dir)
 
     def _notified(self) -> None:
+        """A v1 notification: an OOM while the cgroup exists; else its removal (or both)."""
         if self._eventfd is None:
             return
         with contextlib.suppress(BlockingIOError):
             self._notifications += os.eventfd_read(self._eventfd)
-        counted = self._read_counter()
-        if counted is None:
-            # The cgroup is gone: its removal notified us too, an OOM before it is one more.
-            self.seen = self.seen or self._notifications > 1
-            self.close()
-        elif counted > 0:
+        if not self._notifications:
+            return
+        logger.debug("%s: %d notification(s)", self._dir, self._notifications)
+        if self._read_counter() is not None:
+            # The cgroup is there, so this is no removal: an OOM (the kill itself may still
+            # be on its way, so the counter can read 0 yet).
             self.seen = True
+        elif self._notifications > 1:
+            self.seen = True  # its removal notified us too, and an OOM before it
 
     def check(self) -> bool:
-        """Read the counter if the cgroup still exists; whether an OOM kill was seen."""
+        """Read what is pending and the counter if the cgroup still exists; whether an OOM
+        kill was seen."""
+        self._notified()
         counted = self._read_counter()
         if counted:
             self.seen = True
+        return self.seen
+
+    async def settle(self) -> bool:
+        """Once the container ended: whether it saw an OOM kill. A single notification with
+        the cgroup gone is an OOM or the removal: the removal's own, if that one was the
+        OOM, follows within moments."""
+        if self.check() or self._eventfd is None:
+            return self.seen
+        if self._notifications == 1 and self._read_counter() is None:
+            await asyncio.sleep(0.3)
+            self.check()
         return self.seen
 
     def _read_counter(self) -> int | None:

@@ -41,7 +41,7 @@ from job_orchestrator.client.executors.base import (
     LaunchUnavailableError,
     Outcome,
 )
-from job_orchestrator.client.executors.cgroup_oom import OomWatch
+from job_orchestrator.client.executors.cgroup_oom import OomWatch, cgroup_of
 from job_orchestrator.client.executors.engine import (
     LABEL_CLIENT,
     LABEL_PAYLOAD,
@@ -123,7 +123,10 @@ class ContainerExecutor:
     # ---- launch ----------------------------------------------------------------------------
 
     async def launch(self, payload: Payload) -> Handle:
-        request = ContainerRequest.read(payload.paths.root)
+        try:
+            request = ContainerRequest.read(payload.paths.root)
+        except ValueError as error:
+            raise LaunchError(str(error)) from None
         image = request.image or self.settings.containers.image
         if not request.image_allowed(self.settings.containers):
             raise LaunchError(f"image {image!r} is not allowed on this client (CONTAINER_IMAGES)")
@@ -131,7 +134,7 @@ class ContainerExecutor:
         began = time.monotonic()
         try:
             user = self._user(payload)
-            await asyncio.to_thread(self._prepare, payload, user)
+            await asyncio.to_thread(self._prepare, payload, user, request)
             argv = self._create_argv(payload, name, image, request, user)
         except (OSError, KeyError, ValueError) as error:
             raise LaunchError(f"could not prepare the container: {error}") from error
@@ -179,8 +182,9 @@ class ContainerExecutor:
         # inside a container reaches nothing of the host but the mounted work directory.
         return JobUser("client", os.getuid(), os.getgid())
 
-    def _prepare(self, payload: Payload, user: JobUser) -> None:
+    def _prepare(self, payload: Payload, user: JobUser, request: ContainerRequest) -> None:
         (payload.paths.exit_code.parent / OOM_FILE).unlink(missing_ok=True)
+        request.make_sources(payload.paths.work)
         payload.paths.log.touch()
         if os.geteuid() == 0 and user.uid != 0:
             hand_over([payload.paths.work], user)
@@ -325,10 +329,13 @@ class ContainerExecutor:
                 await self._settle(tracked, name, state)
 
     def _watch_memory(self, tracked: _Container, state: ContainerState) -> None:
-        if not state.cgroup_path:
+        if not self.engine.is_podman:
             return  # Docker reports OOM kills itself
         if tracked.oom is None:
-            tracked.oom = OomWatch(state.cgroup_path)
+            cgroup = state.cgroup_path or (cgroup_of(state.pid) if state.pid else "")
+            if not cgroup:
+                return
+            tracked.oom = OomWatch(cgroup)
             tracked.oom.start(asyncio.get_running_loop())
         else:
             tracked.oom.check()
@@ -336,7 +343,7 @@ class ContainerExecutor:
     async def _settle(self, tracked: _Container, name: str, state: ContainerState | None) -> None:
         exit_dir = tracked.payload.paths.exit_code.parent
         if state is not None:
-            oom = state.oom_killed or (tracked.oom is not None and tracked.oom.check())
+            oom = state.oom_killed or (tracked.oom is not None and await tracked.oom.settle())
             await asyncio.to_thread(_record, exit_dir, state.exit_code, oom)
             await self.engine.remove(name)
             exit_code: int | None = state.exit_code
