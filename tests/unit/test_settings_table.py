@@ -30,6 +30,7 @@ _GROUPS = {
     "client",
     "sandbox",
     "slurm",
+    "containers",
 }
 
 
