@@ -9,11 +9,14 @@ every container carrying it is removed at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 import uuid
 import zipfile
@@ -417,3 +420,81 @@ def test_a_server_may_name_an_allowed_image_and_mounts(
     )
     assert bad.status_code == 400
     assert "not a relative path" in bad.text
+
+
+# ---- an engine that stops answering --------------------------------------------------------
+
+
+class SocketProxy:
+    """A unix socket that forwards to the Docker engine's own, until it is stopped: the
+    engine's outage as the client sees it, without touching the engine other tests use."""
+
+    def __init__(self, path: Path, upstream: str = "/var/run/docker.sock") -> None:
+        self.path = path
+        self.upstream = upstream
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(self.path))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        for connection in self._open:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+        self._open.clear()
+        self.path.unlink(missing_ok=True)
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                downstream, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.upstream)
+            self._open += [downstream, upstream]
+            for source, target in ((downstream, upstream), (upstream, downstream)):
+                threading.Thread(target=_pump, args=(source, target), daemon=True).start()
+
+
+def _pump(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def test_an_engine_outage_keeps_payloads_waiting_and_loses_nothing(
+    docker: str, clients: list[Client], tmp_path: Path
+) -> None:
+    proxy = SocketProxy(tmp_path / "docker.sock")
+    proxy.start()
+    try:
+        client = make_client(clients, tmp_path, docker, DOCKER_HOST=f"unix://{proxy.path}")
+        running = client.submit("touch started\n" + WAIT_FOR_GO + "echo first > out.txt\n")
+        wait_until(lambda: (client.work(running) / "started").exists())
+        proxy.stop()
+        waiting = client.submit("echo second > out.txt\n")
+        wait_until(lambda: f"payload {waiting} waits: the docker engine" in client.node.log())
+        (client.work(running) / "go").touch()  # it ends while the client cannot see it
+        assert client.status(waiting) == "Prepared"
+        assert client.status(running) == "Running"
+        proxy.start()
+        first = client.wait_for(running, *FINAL)
+        second = client.wait_for(waiting, *FINAL)
+        assert result_files(first)["out.txt"] == "first\n"
+        assert result_files(second)["out.txt"] == "second\n"
+        assert httpx.get(f"{client.node.url}/health", timeout=10).status_code == 200
+    finally:
+        proxy.stop()
