@@ -308,6 +308,26 @@ def test_running_containers_survive_a_client_restart(
     assert client.container(payload) is None
 
 
+def test_a_launch_the_client_did_not_record_is_adopted_not_repeated(
+    docker: str, clients: list[Client], tmp_path: Path
+) -> None:
+    """kill -9 between the container's start and the state write that records it."""
+    client = make_client(clients, tmp_path, docker)
+    payload = client.submit(SURVIVOR)
+    wait_until(lambda: (client.work(payload) / "starts.txt").exists())
+    client.node.stop(signal.SIGKILL)
+    state_file = client.data / str(payload) / "state.json"
+    state = json.loads(state_file.read_text())
+    state.update(status="Prepared", handle=None, started_at=None)
+    state_file.write_text(json.dumps(state))
+    client.node.start()
+    client.wait_for(payload, "Running")
+    (client.work(payload) / "go").touch()
+    response = client.wait_for(payload, *FINAL)
+    assert response.headers["content-type"] == "application/zip", message(response)
+    assert (client.work(payload) / "starts.txt").read_text() == "started\n"
+
+
 def test_a_container_that_ended_while_the_client_was_down_is_collected(
     engine: str, clients: list[Client], tmp_path: Path
 ) -> None:

@@ -23,10 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import resource
-import secrets
-import shutil
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -34,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from job_orchestrator.client.container_request import LOG_TARGET, WORKDIR, ContainerRequest
+from job_orchestrator.client.container_request import ContainerRequest
 from job_orchestrator.client.executors.base import (
     Handle,
     LaunchError,
@@ -42,9 +38,17 @@ from job_orchestrator.client.executors.base import (
     Outcome,
 )
 from job_orchestrator.client.executors.cgroup_oom import OomWatch, cgroup_of
+from job_orchestrator.client.executors.container_spec import (
+    OOM_FILE,
+    client_identity,
+    create_argv,
+    engine_options,
+    job_user,
+    launch_failure,
+    prepare,
+)
 from job_orchestrator.client.executors.engine import (
     LABEL_CLIENT,
-    LABEL_PAYLOAD,
     ContainerState,
     Engine,
     EngineError,
@@ -53,37 +57,13 @@ from job_orchestrator.client.executors.engine import (
 )
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.sandbox import JobUser, hand_over, read_exit_file, resolve_user
+from job_orchestrator.client.sandbox import read_exit_file
 from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two inspections while containers run (the events stream wakes it sooner).
 CONTAINER_TICK_S = 2.0
-#: The uid (and gid) of a job without JOB_USERS or JOB_USER when the client is root: nobody.
-UNPRIVILEGED_ID = 65534
-CLIENT_ID_FILE = ".client-id"
-#: Beside exit/code: present when a process of the container was killed for memory.
-OOM_FILE = "oom"
-#: How the container runs run.sh: its output to the mounted log, appended, stdin closed.
-_COMMAND = ["bash", "-c", 'exec >>"$0" 2>&1 </dev/null; exec bash run.sh', LOG_TARGET]
-
-
-def client_identity(settings: ClientSettings) -> str:
-    """CLIENT_ID, else the one made at the first start and kept in DATA_PATH."""
-    if settings.containers.client_id:
-        return settings.containers.client_id
-    path = settings.data_path / CLIENT_ID_FILE
-    with contextlib.suppress(OSError):
-        kept = path.read_text().strip()
-        if kept:
-            return kept
-    settings.data_path.mkdir(parents=True, exist_ok=True)
-    made = secrets.token_hex(4)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(made + "\n")
-    os.replace(temporary, path)
-    return made
 
 
 @dataclass
@@ -114,7 +94,7 @@ class ContainerExecutor:
         self._events: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._unreachable_logged = False
-        self._fixed_options = self._engine_options()
+        self._fixed = engine_options(self.engine)
         psutil.cpu_percent(interval=None)
 
     def name(self, payload_id: int) -> str:
@@ -133,20 +113,25 @@ class ContainerExecutor:
         name = self.name(payload.id)
         began = time.monotonic()
         try:
-            user = self._user(payload)
-            await asyncio.to_thread(self._prepare, payload, user, request)
-            argv = self._create_argv(payload, name, image, request, user)
+            user = job_user(self.settings, payload)
+            await asyncio.to_thread(prepare, payload, user, request)
+            argv = create_argv(
+                self.settings, self._fixed, self.client_id, payload, name, image, request, user
+            )
         except (OSError, KeyError, ValueError) as error:
             raise LaunchError(f"could not prepare the container: {error}") from error
         try:
             await self.engine.call(*argv)
         except NameConflictError:
-            # Created by an earlier launch of this client (it stopped before recording it).
-            logger.info("payload %d: container %s exists, adopting it", payload.id, name)
+            # Created by an earlier launch of this payload that the client did not live to
+            # record: started already, it is adopted, never started again.
+            if await self._started_before(payload, name):
+                self._track(payload)
+                return Handle(self.kind, payload.id, time.time())
         except EngineUnavailableError as error:
             raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
         except EngineError as error:
-            raise LaunchError(_launch_failure(image, str(error))) from None
+            raise LaunchError(launch_failure(image, str(error))) from None
         try:
             if self.engine.is_podman:
                 await self._watch_before_start(payload, name)
@@ -161,6 +146,24 @@ class ContainerExecutor:
         self._track(payload)
         return Handle(self.kind, payload.id, time.time())
 
+    async def _started_before(self, payload: Payload, name: str) -> bool:
+        try:
+            state = (await self.engine.inspect([name])).get(name)
+        except EngineUnavailableError as error:
+            raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
+        except EngineError as error:
+            raise LaunchError(f"container {name} exists but cannot be inspected: {error}") from None
+        if state is None:
+            raise LaunchUnavailableError(f"container {name} was being removed; trying again")
+        logger.info(
+            "payload %d: container %s exists (%s), adopting it",
+            payload.id,
+            name,
+            state.status,
+            extra={"payload_id": payload.id},
+        )
+        return not state.never_started
+
     async def _watch_before_start(self, payload: Payload, name: str) -> None:
         """Podman: make the container's cgroup (`init`) and watch it for OOM kills before
         run.sh starts, so a job killed for memory at once is seen too."""
@@ -169,101 +172,6 @@ class ContainerExecutor:
         state = (await self.engine.inspect([name])).get(name)
         if state is not None:
             self._watch_memory(self._track(payload), state)
-
-    def _user(self, payload: Payload) -> JobUser:
-        """Whom the job runs as: never root, and never the client's uid when it is root."""
-        if payload.uid is not None:
-            return JobUser(str(payload.uid), payload.uid, payload.uid)
-        if self.settings.job_user is not None:
-            return resolve_user(self.settings.job_user)
-        if os.geteuid() == 0:
-            return JobUser("nobody", UNPRIVILEGED_ID, UNPRIVILEGED_ID)
-        # A client that is not root cannot give files away: the job gets its uid, which
-        # inside a container reaches nothing of the host but the mounted work directory.
-        return JobUser("client", os.getuid(), os.getgid())
-
-    def _prepare(self, payload: Payload, user: JobUser, request: ContainerRequest) -> None:
-        (payload.paths.exit_code.parent / OOM_FILE).unlink(missing_ok=True)
-        request.make_sources(payload.paths.work)
-        payload.paths.log.touch()
-        if os.geteuid() == 0 and user.uid != 0:
-            hand_over([payload.paths.work], user)
-            os.chown(payload.paths.log, user.uid, user.gid)
-
-    def _create_argv(
-        self,
-        payload: Payload,
-        name: str,
-        image: str,
-        request: ContainerRequest,
-        user: JobUser,
-    ) -> list[str]:
-        settings = self.settings
-        containers = settings.containers
-        work = payload.paths.work
-        argv = [
-            "container",
-            "create",
-            f"--name={name}",
-            f"--label={LABEL_CLIENT}={self.client_id}",
-            f"--label={LABEL_PAYLOAD}={payload.id}",
-            "--pull=never",
-            f"--user={user.uid}:{user.gid}",
-            f"--network={containers.network}",
-            "--cap-drop=ALL",
-            "--security-opt=no-new-privileges",
-            "--read-only",
-            "--tmpfs=/tmp:rw,nosuid,nodev,mode=1777",
-            f"--shm-size={containers.shm_mb}m",
-            "--log-driver=none",
-            f"--mount=type=bind,source={work},target={WORKDIR}",
-            *request.mount_options(work),
-            f"--mount=type=bind,source={payload.paths.log},target={LOG_TARGET}",
-            f"--workdir={WORKDIR}",
-            *self._fixed_options,
-        ]
-        if settings.job_max_memory_mb:
-            # No swap beyond it: the limit is the job's memory, the whole process tree's.
-            memory = f"{settings.job_max_memory_mb}m"
-            argv += [f"--memory={memory}", f"--memory-swap={memory}"]
-        if containers.max_cpus:
-            argv.append(f"--cpus={containers.max_cpus:g}")
-        if settings.job_max_processes:
-            argv.append(f"--pids-limit={settings.job_max_processes}")
-        if settings.job_max_file_mb:
-            size = settings.job_max_file_mb * 1024 * 1024
-            argv.append(f"--ulimit=fsize={size}:{size}")
-        if settings.job_max_cpu_seconds:
-            seconds = settings.job_max_cpu_seconds  # SIGXCPU first, SIGKILL a second later
-            argv.append(f"--ulimit=cpu={seconds}:{seconds + 1}")
-        environment = {"HOME": WORKDIR, "TMPDIR": "/tmp", "TINI_KILL_PROCESS_GROUP": "1"}
-        for variable in containers.env:
-            if variable in os.environ:
-                environment[variable] = os.environ[variable]
-        argv += [f"--env={key}={value}" for key, value in environment.items()]
-        return [*argv, *containers.options, image, *_COMMAND]
-
-    def _engine_options(self) -> list[str]:
-        """What every create needs on this engine: an init, and Podman's explicit ulimits."""
-        options = ["--init"]
-        if self.engine.is_podman:
-            if not Path("/usr/libexec/podman/catatonit").exists():
-                init = shutil.which("docker-init") or shutil.which("tini")
-                if init is not None:
-                    options.append(f"--init-path={init}")
-                else:  # bash is then PID 1: SIGTERM waits for the grace, then SIGKILL
-                    options = []
-            # Podman's default (`host`) asks for limits this process may not set without
-            # CAP_SYS_RESOURCE: the inherited hard limits, explicitly, and no more than
-            # Podman itself gives conmon (RLIMIT_NPROC 32768: above, runc's setrlimit fails).
-            for name, which, ceiling in (
-                ("nofile", resource.RLIMIT_NOFILE, 1 << 20),
-                ("nproc", resource.RLIMIT_NPROC, 32768),
-            ):
-                hard = resource.getrlimit(which)[1]
-                value = ceiling if hard == resource.RLIM_INFINITY else min(hard, ceiling)
-                options.append(f"--ulimit={name}={value}:{value}")
-        return options
 
     # ---- observe ---------------------------------------------------------------------------
 
@@ -472,10 +380,3 @@ def _record(exit_dir: Path, exit_code: int, oom: bool) -> None:
     (exit_dir / "code").write_text(f"{exit_code}\n")
     if oom:
         (exit_dir / OOM_FILE).touch()
-
-
-def _launch_failure(image: str, error: str) -> str:
-    lowered = error.lower()
-    if "no such image" in lowered or "image not known" in lowered or "not found" in lowered:
-        return f"image {image!r} does not exist on this client (images are never pulled)"
-    return f"the container could not be created: {error}"
