@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import shutil
 import signal
 import socket
@@ -244,6 +245,20 @@ def test_a_payload_is_confined(engine: str, clients: list[Client], tmp_path: Pat
     assert files["tmp.txt"].strip() == "private"
     assert int(files["shm.txt"]) == 128
     assert client.container(payload) is None  # removed once ended
+
+
+def test_jobs_run_as_their_uid_of_job_users(
+    docker: str, clients: list[Client], tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("JOB_USERS needs a root client")
+    client = make_client(clients, tmp_path, docker, JOB_USERS="91000-91001")
+    payload = client.submit("id -u > uid.txt\ntouch made-by-the-job\n")
+    response = client.wait_for(payload, *FINAL)
+    assert response.headers["content-type"] == "application/zip", message(response)
+    assert int(result_files(response)["uid.txt"]) in (91000, 91001)
+    # Taken back once it ended: nothing is left under the uid before it is reused.
+    assert (client.work(payload) / "made-by-the-job").stat().st_uid == os.getuid()
 
 
 # ---- limits ------------------------------------------------------------------------------
