@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from tests.acceptance.sandboxing import skip_or_fail
@@ -184,6 +185,16 @@ def make_client(clients: list[Client], tmp_path: Path, engine: str, **env: str) 
     return client.start()
 
 
+def watchers_of(client: Client) -> list[psutil.Process]:
+    """The `<engine> events` processes of this client still alive."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        argv = process.info["cmdline"] or []
+        if argv[1:2] == ["events"] and client.client_id in " ".join(argv):
+            found.append(process)
+    return found
+
+
 def message(response: httpx.Response) -> str:
     from urllib.parse import unquote
 
@@ -311,6 +322,8 @@ def test_running_containers_survive_a_client_restart(
     log = httpx.get(f"{client.node.url}/logs/{payload}", timeout=10)
     assert log.text == "running\n"  # the live log, while it runs
     client.node.stop(stop)
+    # The client's `events` watcher does not outlive it, not even a kill -9.
+    wait_until(lambda: not watchers_of(client), timeout_s=10)
     container = client.container(payload)
     assert container is not None
     assert container["State"]["Running"]

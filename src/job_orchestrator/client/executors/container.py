@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import signal
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -62,6 +64,7 @@ from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
 
+_PR_SET_PDEATHSIG = 1
 #: Seconds between two inspections while containers run (the events stream wakes it sooner).
 CONTAINER_TICK_S = 2.0
 
@@ -296,6 +299,9 @@ class ContainerExecutor:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.DEVNULL,
+                    # Gone with the client, even a killed one (else it would wait, orphaned,
+                    # for an event of ours to write to a closed pipe).
+                    preexec_fn=_die_with_parent,
                 )
             except OSError:
                 return
@@ -380,3 +386,9 @@ def _record(exit_dir: Path, exit_code: int, oom: bool) -> None:
     (exit_dir / "code").write_text(f"{exit_code}\n")
     if oom:
         (exit_dir / OOM_FILE).touch()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the client's thread that started it ends."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
