@@ -89,7 +89,9 @@ class Runner:
             if payload.status is Status.PREPARED and payload.handle is None:
                 payload = await self._recover_unrecorded_launch(payload)
             adopted.append(payload)
-        await self.executor.remove_strays([p.id for p in adopted if _still_running(p)])
+        # Not final: running, or to start (a container found only later is adopted by its
+        # launch, whose create conflicts with it).
+        await self.executor.remove_strays([p.id for p in adopted if not p.status.is_terminal()])
         for payload in adopted:
             self.adopt(payload)
 
