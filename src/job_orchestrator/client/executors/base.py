@@ -115,7 +115,7 @@ class Executor(Protocol):
 
     async def remove_strays(self, keep: Collection[int]) -> None:
         """At start: remove what this client's executions of other payloads left behind
-        (containers of payloads it no longer runs); `keep` are the payloads it re-adopts."""
+        (containers of payloads it no longer runs); `keep` are the payloads not final yet."""
         ...
 
     async def load_percent(self) -> float:
