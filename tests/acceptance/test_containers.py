@@ -378,6 +378,28 @@ def test_a_container_that_ended_while_the_client_was_down_is_collected(
     assert client.container(payload) is None
 
 
+def test_a_memory_kill_while_the_client_was_down_is_reported(
+    engine: str, clients: list[Client], tmp_path: Path
+) -> None:
+    client = make_client(clients, tmp_path, engine)
+    payload = client.submit(
+        "touch started\n" + WAIT_FOR_GO + "exec python3 allocate.py\n",
+        **{"allocate.py": ALLOCATE},
+    )
+    wait_until(lambda: (client.work(payload) / "started").exists())
+    client.node.stop(signal.SIGKILL)
+    (client.work(payload) / "go").touch()
+
+    def ended() -> bool:
+        container = client.container(payload)
+        return container is not None and container["State"]["Status"] == "exited"
+
+    wait_until(ended)
+    client.node.start()
+    response = client.wait_for(payload, *FINAL)
+    assert message(response) == "out of memory: limit 64 MB"
+
+
 def test_containers_of_unknown_payloads_are_removed_at_start(
     docker: str, clients: list[Client], tmp_path: Path
 ) -> None:

@@ -1,6 +1,7 @@
 """Whether a container's memory cgroup killed a process for memory, for engines that do not say.
 
-Docker reports it (`State.OOMKilled`); Podman 4 on cgroup v1 leaves the flag false. The
+Docker reports it (`State.OOMKilled`); Podman 4 leaves the flag false (its conmon's `oom`
+marker, which the executor reads from the payload's exit directory, is the other way). The
 cgroup's counter (`oom_kill` in `memory.oom_control` on v1, in `memory.events` on v2) tells,
 but only while the cgroup exists, and the engine removes it as soon as the container ends,
 which is when a payload whose run.sh was killed for memory ends. So the counter is watched

@@ -114,6 +114,7 @@ class ContainerExecutor:
         if not request.image_allowed(self.settings.containers):
             raise LaunchError(f"image {image!r} is not allowed on this client (CONTAINER_IMAGES)")
         name = self.name(payload.id)
+        exit_dir = payload.paths.exit_code.parent
         began = time.monotonic()
         try:
             user = job_user(self.settings, payload)
@@ -124,7 +125,7 @@ class ContainerExecutor:
         except (OSError, KeyError, ValueError) as error:
             raise LaunchError(f"could not prepare the container: {error}") from error
         try:
-            await self.engine.call(*argv)
+            await self.engine.call(*argv, cwd=exit_dir)
         except NameConflictError:
             # Created by an earlier launch of this payload that the client did not live to
             # record: started already, it is adopted, never started again.
@@ -138,7 +139,7 @@ class ContainerExecutor:
         try:
             if self.engine.is_podman:
                 await self._watch_before_start(payload, name)
-            await self.engine.call("container", "start", name)
+            await self.engine.call("container", "start", name, cwd=exit_dir)
         except EngineUnavailableError as error:
             raise LaunchUnavailableError(f"the {self.kind} engine: {error}") from None
         except EngineError as error:
@@ -171,7 +172,9 @@ class ContainerExecutor:
         """Podman: make the container's cgroup (`init`) and watch it for OOM kills before
         run.sh starts, so a job killed for memory at once is seen too."""
         with contextlib.suppress(EngineError):
-            await self.engine.call("container", "init", name)  # fails when already running
+            # Fails when it runs already. conmon starts here: in the payload's exit directory,
+            # where it leaves `oom` when a process is killed for memory (read at the end).
+            await self.engine.call("container", "init", name, cwd=payload.paths.exit_code.parent)
         state = (await self.engine.inspect([name])).get(name)
         if state is not None:
             self._watch_memory(self._track(payload), state)
@@ -233,7 +236,8 @@ class ContainerExecutor:
             state = states.get(name)
             if state is not None and state.never_started:
                 if tracked.adopted:  # created by a launch the client did not live to finish
-                    await self.engine.call("container", "start", name)
+                    exit_dir = tracked.payload.paths.exit_code.parent
+                    await self.engine.call("container", "start", name, cwd=exit_dir)
             elif state is not None and not state.ended:
                 self._watch_memory(tracked, state)
             else:
@@ -254,7 +258,13 @@ class ContainerExecutor:
     async def _settle(self, tracked: _Container, name: str, state: ContainerState | None) -> None:
         exit_dir = tracked.payload.paths.exit_code.parent
         if state is not None:
-            oom = state.oom_killed or (tracked.oom is not None and await tracked.oom.settle())
+            # Docker's flag; Podman's conmon's file (written even while the client was down),
+            # or what the cgroup watch saw.
+            oom = (
+                state.oom_killed
+                or (exit_dir / OOM_FILE).exists()
+                or (tracked.oom is not None and await tracked.oom.settle())
+            )
             await asyncio.to_thread(_record, exit_dir, state.exit_code, oom)
             await self.engine.remove(name)
             exit_code: int | None = state.exit_code

@@ -20,6 +20,7 @@ import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from job_orchestrator.client.sandbox import job_environment
 
@@ -88,15 +89,22 @@ class Engine:
         self.program = program
         self.is_podman = os.path.basename(program) == "podman"
 
-    async def call(self, *arguments: str, timeout_s: float = COMMAND_TIMEOUT_S) -> str:
-        """Run `<engine> arguments...`; its stdout, or EngineError / EngineUnavailableError."""
-        code, out, err = await self.run(*arguments, timeout_s=timeout_s)
+    async def call(
+        self, *arguments: str, timeout_s: float = COMMAND_TIMEOUT_S, cwd: Path | None = None
+    ) -> str:
+        """Run `<engine> arguments...`; its stdout, or EngineError / EngineUnavailableError.
+
+        `cwd` is where it runs, and where what it leaves running stays: Podman's conmon
+        writes a file `oom` into its working directory when the container's cgroup kills a
+        process for memory (Podman then looks for it elsewhere, so `OOMKilled` stays false).
+        """
+        code, out, err = await self.run(*arguments, timeout_s=timeout_s, cwd=cwd)
         if code != 0:
             raise classify(err, code)
         return out
 
     async def run(
-        self, *arguments: str, timeout_s: float = COMMAND_TIMEOUT_S
+        self, *arguments: str, timeout_s: float = COMMAND_TIMEOUT_S, cwd: Path | None = None
     ) -> tuple[int, str, str]:
         """Run `<engine> arguments...`: (exit status, stdout, stderr); EngineUnavailableError
         if it cannot be started or does not answer in time."""
@@ -108,6 +116,7 @@ class Engine:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 env=job_environment(os.environ),
+                cwd=cwd,
             )
         except OSError as error:
             raise EngineUnavailableError(f"{self.program}: {error.strerror}") from error
