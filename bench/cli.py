@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.bigfile import bigfile
 from bench.common import FULL, QUICK, Context, SectionResult, load_average, log
+from bench.containers import containers
 from bench.fairness import fairness
 from bench.idle import idle
 from bench.latency import floor, latency
@@ -43,8 +44,13 @@ CASES: dict[str, Case] = {
     "idle": idle,
 }
 #: Cases run only when asked for (they need more than this repository: the original's
-#: binary, the peers' own venv and Redis, a Slurm cluster).
-OPTIONAL: dict[str, Case] = {"original": original, "peers": peers, "slurm": slurm}
+#: binary, the peers' own venv and Redis, a Slurm cluster, a container engine).
+OPTIONAL: dict[str, Case] = {
+    "original": original,
+    "peers": peers,
+    "slurm": slurm,
+    "containers": containers,
+}
 ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 

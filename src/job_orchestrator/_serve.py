@@ -73,6 +73,24 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+def _engine_problem(settings: object) -> str | None:
+    """With EXECUTOR=docker or podman: why the engine cannot be used, or None.
+
+    An engine that does not answer at start is a missing dependency, like a missing sbatch
+    (exit status 2); one that stops answering later only makes payloads wait Prepared.
+    """
+    executor = getattr(settings, "executor", "local")
+    if executor not in ("docker", "podman"):
+        return None
+    from job_orchestrator.client.executors.engine import Engine, EngineError
+
+    try:
+        Engine(executor).ping_sync()
+    except EngineError as error:
+        return f"the {executor} engine does not answer: {error}"
+    return None
+
+
 def serve(command: Literal["server", "client", "migrate"]) -> int:
     from job_orchestrator.config import load_client_settings, load_server_settings
 
@@ -85,6 +103,9 @@ def serve(command: Literal["server", "client", "migrate"]) -> int:
     except ConfigError as error:
         reason = masked(str(error), environment_secrets(os.environ))
         print(f"job-orchestrator: invalid setting {reason}", file=sys.stderr)
+        return 2
+    if command == "client" and (problem := _engine_problem(settings)) is not None:
+        print(f"job-orchestrator: invalid setting EXECUTOR: {problem}", file=sys.stderr)
         return 2
     _configure_logging(
         settings.log_level,

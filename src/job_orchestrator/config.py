@@ -99,6 +99,8 @@ class ServiceConfig:
     max_runs: int = DEFAULT_MAX_RUNS
     timeout_s: float | None = None
     client_token: str | None = None
+    #: The image our container clients run its payloads in (None: the client's own).
+    container_image: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,10 +197,35 @@ class SlurmSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerSettings:
+    """EXECUTOR=docker or podman: the image, network and limits of the payloads' containers."""
+
+    image: str = ""
+    #: Patterns (fnmatch) of the images a server may name for a payload; CONTAINER_IMAGE always.
+    images: tuple[str, ...] = ()
+    network: str = "none"
+    shm_mb: int = 256
+    #: More `create` options (CONTAINER_OPTIONS, split like a shell would).
+    options: tuple[str, ...] = ()
+    #: CLIENT_ID as given; None: made at the first start and kept in DATA_PATH.
+    client_id: str | None = None
+    max_cpus: float | None = None
+    #: JOB_ENV: the names of the client's variables a container gets.
+    env: tuple[str, ...] = ()
+
+
+CONTAINER_EXECUTORS = frozenset({"docker", "podman"})
+#: What CLIENT_ID may be: it is part of container names, which engines restrict.
+CLIENT_ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSettings(CommonSettings):
-    #: "local" (a process group on this machine) or "slurm" (one batch job per payload).
+    #: "local" (a process group on this machine), "slurm" (one batch job per payload), or
+    #: "docker" / "podman" (one container per payload).
     executor: str = "local"
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    containers: ContainerSettings = field(default_factory=ContainerSettings)
     max_concurrent: int | None = None
     require_exit_trap: bool = False
     #: False: run.sh is not screened for unsafe commands (VALIDATE_SCRIPTS=0).
@@ -463,7 +490,12 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
         * _MIB,
         job_max_disk_bytes=_megabytes(_limit(env, table.JOB_MAX_DISK_MB)),
         disk_check_interval_s=_positive_seconds(env, table.DISK_CHECK_INTERVAL),
+        containers=(_containers(env) if executor in CONTAINER_EXECUTORS else ContainerSettings()),
     )
+    if executor in CONTAINER_EXECUTORS and sandbox != "none":
+        raise ConfigError(
+            "SANDBOX", "not with EXECUTOR=docker or podman (the container is the sandbox)"
+        )
     if sandbox == "rlimits" and job_user is None and job_users is None:
         raise ConfigError(
             "SANDBOX",
@@ -476,8 +508,10 @@ def load_client_settings(env: Mapping[str, str] | None = None) -> ClientSettings
 
 def _executor(env: Mapping[str, str]) -> str:
     executor = table.text(env, table.EXECUTOR).strip().lower() or table.EXECUTOR.literal
-    if executor not in {"local", "slurm"}:
-        raise ConfigError("EXECUTOR", f"expected local or slurm, got {executor!r}")
+    if executor not in {"local", "slurm", *CONTAINER_EXECUTORS}:
+        raise ConfigError("EXECUTOR", f"expected local, slurm, docker or podman, got {executor!r}")
+    if executor in CONTAINER_EXECUTORS and shutil.which(executor) is None:
+        raise ConfigError("EXECUTOR", f"{executor} needs the {executor} command on the PATH")
     if executor == "slurm":
         if shutil.which("sbatch") is None:
             raise ConfigError("EXECUTOR", "slurm needs sbatch, squeue and scancel on the PATH")
@@ -505,6 +539,53 @@ def _slurm(env: Mapping[str, str]) -> SlurmSettings:
         account=_optional(env, table.SLURM_ACCOUNT),
         qos=_optional(env, table.SLURM_QOS),
         extra_args=extra_args,
+    )
+
+
+def _containers(env: Mapping[str, str]) -> ContainerSettings:
+    """EXECUTOR=docker or podman: whether the engine answers is checked at start (cli.py)."""
+    image = (_optional(env, table.CONTAINER_IMAGE) or "").strip()
+    if not image:
+        raise ConfigError("CONTAINER_IMAGE", "required with EXECUTOR=docker or podman")
+    images = tuple(
+        part.strip() for part in (_optional(env, table.CONTAINER_IMAGES) or "").split(",")
+    )
+    network = table.text(env, table.CONTAINER_NETWORK).strip() or "none"
+    if network in {"host", "bridge", "default"} or network.startswith("container:"):
+        # The host's network (or a shared one) is not confinement; a network the operator
+        # made for jobs is named explicitly.
+        raise ConfigError("CONTAINER_NETWORK", f"{network!r} is not allowed; use none or a name")
+    options = table.raw(env, table.CONTAINER_OPTIONS) or ""
+    try:
+        split_options = tuple(shlex.split(options))
+    except ValueError as error:
+        raise ConfigError("CONTAINER_OPTIONS", f"not a shell-quoted list ({error})") from None
+    client_id = _optional(env, table.CLIENT_ID)
+    if client_id is not None and not CLIENT_ID_PATTERN.fullmatch(client_id):
+        raise ConfigError(
+            "CLIENT_ID", "expected 1-40 of a-z 0-9 _ . - (starting with a letter or digit)"
+        )
+    max_cpus = _optional(env, table.JOB_MAX_CPUS)
+    cpus = None
+    if max_cpus is not None:
+        cpus = parse_seconds("JOB_MAX_CPUS", max_cpus)  # a finite non-negative number
+        if cpus < 0.01:
+            raise ConfigError("JOB_MAX_CPUS", "must be at least 0.01 (leave it unset for no limit)")
+    names = tuple(
+        name.strip() for name in (_optional(env, table.JOB_ENV) or "").split(",") if name.strip()
+    )
+    return ContainerSettings(
+        image=image,
+        images=tuple(pattern for pattern in images if pattern),
+        network=network,
+        shm_mb=parse_unsigned(
+            "CONTAINER_SHM_MB", table.text(env, table.CONTAINER_SHM_MB), maximum=1 << 20
+        )
+        or 64,
+        options=split_options,
+        client_id=client_id,
+        max_cpus=cpus,
+        env=names,
     )
 
 
@@ -724,7 +805,18 @@ def _build_service(
         max_runs=count("MAX_RUNS", DEFAULT_MAX_RUNS),
         timeout_s=timeout or None,
         client_token=_service_token(prefix, values, default_token),
+        container_image=_container_image(values),
     )
+
+
+def _container_image(values: Mapping[str, tuple[str, str]]) -> str | None:
+    if "CONTAINER_IMAGE" not in values:
+        return None
+    variable, image = values["CONTAINER_IMAGE"]
+    image = image.strip()
+    if not image or len(image) > 255 or any(c.isspace() for c in image):
+        raise ConfigError(variable, f"not an image name: {image!r}")
+    return image
 
 
 def _service_token(

@@ -302,6 +302,15 @@ SERVICE_CLIENT_TOKEN = _declare(
     shown="`CLIENT_TOKEN`",
 )
 SERVICE_CLIENT_TOKEN_FILE = _declare_file(SERVICE_CLIENT_TOKEN)
+SERVICE_CONTAINER_IMAGE = _declare(
+    "SERVICE_<NAME>_CONTAINER_IMAGE",
+    None,
+    "image the service's jobs run in on clients with EXECUTOR=docker or podman (sent at "
+    "dispatch; the client must list it in CONTAINER_IMAGES); unset: the client's "
+    "CONTAINER_IMAGE",
+    "server",
+    "services",
+)
 
 # --- queue and calls to the clients ----------------------------------------------------------
 CLIENT_TIMEOUT = _declare(
@@ -462,7 +471,8 @@ SERVER_LEASE = _declare(
 EXECUTOR = _declare(
     "EXECUTOR",
     "local",
-    "local (a process group here) or slurm (one batch job per payload)",
+    "local (a process group here), slurm (one batch job per payload), docker or podman (one "
+    "container per payload)",
     "client",
     "client",
 )
@@ -498,7 +508,7 @@ SANDBOX = _declare("SANDBOX", "none", "none, rlimits or bwrap", "client", "sandb
 JOB_MAX_MEMORY_MB = _declare(
     "JOB_MAX_MEMORY_MB",
     None,
-    "address-space limit of a job",
+    "address-space limit of a job; with containers the memory limit of the container",
     "client",
     "sandbox",
     shown="unlimited",
@@ -506,7 +516,8 @@ JOB_MAX_MEMORY_MB = _declare(
 JOB_MAX_PROCESSES = _declare(
     "JOB_MAX_PROCESSES",
     None,
-    "process limit (RLIMIT_NPROC, per uid: one job's with JOB_USERS, all jobs' with JOB_USER)",
+    "process limit (RLIMIT_NPROC, per uid: one job's with JOB_USERS, all jobs' with JOB_USER; "
+    "with containers the container's pids limit)",
     "client",
     "sandbox",
     shown="unlimited",
@@ -567,6 +578,64 @@ SLURM_POLL_INTERVAL = _declare(
 )
 SLURM_EXTRA_ARGS = _declare(
     "SLURM_EXTRA_ARGS", None, "more sbatch options, shell-quoted", "client", "slurm"
+)
+
+# --- containers (EXECUTOR=docker or podman) --------------------------------------------------
+CONTAINER_IMAGE = _declare(
+    "CONTAINER_IMAGE",
+    None,
+    "the local image payloads run in (required with EXECUTOR=docker or podman; never pulled)",
+    "client",
+    "containers",
+)
+CONTAINER_IMAGES = _declare(
+    "CONTAINER_IMAGES",
+    None,
+    "comma-separated image names or patterns (`*`, `?`) a server may name for a payload at "
+    "/submit (field `container_image`); unset: only CONTAINER_IMAGE",
+    "client",
+    "containers",
+)
+CONTAINER_NETWORK = _declare(
+    "CONTAINER_NETWORK",
+    "none",
+    "the network of the containers: none (only loopback) or a network the operator made",
+    "client",
+    "containers",
+)
+CONTAINER_SHM_MB = _declare(
+    "CONTAINER_SHM_MB", "256", "size of a container's /dev/shm in MiB", "client", "containers"
+)
+CONTAINER_OPTIONS = _declare(
+    "CONTAINER_OPTIONS",
+    None,
+    "more `create` options of the engine, shell-quoted (e.g. `--runtime runc`)",
+    "client",
+    "containers",
+)
+CLIENT_ID = _declare(
+    "CLIENT_ID",
+    None,
+    "this client's name in its containers' names and labels (`jo-<CLIENT_ID>-<payload>`); "
+    "two clients on one engine need different ones",
+    "client",
+    "containers",
+    shown="made at first start, kept in DATA_PATH",
+)
+JOB_MAX_CPUS = _declare(
+    "JOB_MAX_CPUS",
+    None,
+    "CPUs of a container (fractional, e.g. 1.5)",
+    "client",
+    "containers",
+    shown="unlimited",
+)
+JOB_ENV = _declare(
+    "JOB_ENV",
+    None,
+    "comma-separated names of the client's environment variables a container gets (no other)",
+    "client",
+    "containers",
 )
 
 SETTINGS: tuple[Setting, ...] = tuple(_DECLARED)

@@ -28,6 +28,9 @@ LEASE_HEADER = "X-Orchestrator-Server-Lease"
 #: Our client's start-up warnings (no token beyond loopback, no sandbox), on its /health
 #: answers: each percent-encoded, joined by commas; the server shows them on /status.
 WARNINGS_HEADER = "X-Orchestrator-Warnings"
+#: A text part of our /submit: the image a container client runs the payload in (the client's
+#: CONTAINER_IMAGES must allow it).
+CONTAINER_IMAGE_FIELD = "container_image"
 #: Our client's answer to /health (and a 507 to /submit) while it takes no new payload; the
 #: value says why. Its running payloads are not affected.
 REFUSING_HEADER = "X-Orchestrator-Refusing"

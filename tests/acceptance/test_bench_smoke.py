@@ -76,3 +76,14 @@ def test_gateway_calls_bench_runs(tmp_path: Path) -> None:
     rounds = [line for line in stdout.splitlines() if line.startswith("round ")]
     assert len(rounds) == 3, stdout
     assert "left running" not in stdout, stdout
+
+
+@pytest.mark.timeout(900)
+def test_quick_containers_bench_runs_local_and_the_engines(tmp_path: Path) -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed")
+    text = quick_bench(tmp_path, "--only", "containers")
+    assert "## containers\n" in text, text
+    assert "ERROR" not in text, text
+    for figure in ("latency p50 / p90 / max, local", "container overhead per job (p50 - local"):
+        assert figure in text, text

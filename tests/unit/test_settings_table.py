@@ -31,6 +31,7 @@ _GROUPS = {
     "disk",
     "sandbox",
     "slurm",
+    "containers",
 }
 
 

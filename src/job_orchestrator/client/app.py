@@ -28,6 +28,8 @@ from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
 from job_orchestrator.client.archives import PartialStream, sweep_temporaries
+from job_orchestrator.client.container_request import FIELDS as CONTAINER_FIELDS
+from job_orchestrator.client.container_request import ContainerRequest, ContainerRequestError
 from job_orchestrator.client.disk import DiskWatcher
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.metrics import ClientMetrics
@@ -389,6 +391,17 @@ def create_app(settings: ClientSettings) -> FastAPI:
                             "type": "object",
                             "properties": {
                                 "run.sh": {"type": "string", "format": "binary"},
+                                "container_image": {
+                                    "type": "string",
+                                    "description": "EXECUTOR=docker or podman: the image to "
+                                    "run the payload in (one of CONTAINER_IMAGES)",
+                                },
+                                "container_mounts": {
+                                    "type": "string",
+                                    "description": 'JSON [{"source": "sub/dir", "target": '
+                                    '"/abs"}]: directories of the payload also mounted at '
+                                    "these paths",
+                                },
                             },
                         }
                     }
@@ -412,14 +425,16 @@ def create_app(settings: ClientSettings) -> FastAPI:
         paths = state.registry.allocate()
         state.receiving.add(paths.root.name)
         try:
-            await read_multipart(
+            form = await read_multipart(
                 request.stream(),
                 request.headers.get("content-type"),
                 paths.work,
                 name_for_file=lambda _field, filename: PurePosixPath(sanitize_filename(filename)),
-                keep_fields=(),  # upstream ignores text parts
+                # Upstream ignores text parts; ours are only what a container may be asked.
+                keep_fields=CONTAINER_FIELDS,
                 idle_timeout_s=state.settings.upload_idle_timeout_s or None,
             )
+            ContainerRequest.parse(form.fields).write(paths.root)
             # A concurrent duplicate of the same dispatch may have won while we read.
             if key is not None and (existing := state.registry.by_dispatch_key(key)) is not None:
                 raise _Duplicate(existing)
@@ -427,7 +442,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         except _Duplicate as duplicate:
             await asyncio.to_thread(remove_tree, paths.root)
             return _payload_response(duplicate.payload)
-        except BoundaryError as error:
+        except (BoundaryError, ContainerRequestError) as error:
             await asyncio.to_thread(remove_tree, paths.root)
             return PlainTextResponse(str(error), status_code=400)
         except ClientDisconnect:
@@ -555,12 +570,17 @@ def create_app(settings: ClientSettings) -> FastAPI:
     app.include_router(logs.router)
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
-    if settings.sandbox == "none" and any(
-        (
-            settings.job_max_memory_mb,
-            settings.job_max_processes,
-            settings.job_max_file_mb,
-            settings.job_max_cpu_seconds,
+    contained = settings.executor in ("docker", "podman")  # the engine sets the limits
+    if (
+        settings.sandbox == "none"
+        and not contained
+        and any(
+            (
+                settings.job_max_memory_mb,
+                settings.job_max_processes,
+                settings.job_max_file_mb,
+                settings.job_max_cpu_seconds,
+            )
         )
     ):
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")

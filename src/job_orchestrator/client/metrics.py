@@ -53,6 +53,17 @@ class ClientMetrics:
             ["cause"],
             registry=self.registry,
         )
+        self.container_start = Histogram(
+            f"{PREFIX}container_start_seconds",
+            "EXECUTOR=docker or podman: from the create of a container to its start",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, float("inf")),
+            registry=self.registry,
+        )
+        self.memory_kills = Counter(
+            f"{PREFIX}memory_kills",
+            "EXECUTOR=docker or podman: containers in which a process was killed for memory",
+            registry=self.registry,
+        )
 
         self.slurm_calls = Counter(
             f"{PREFIX}slurm_calls",

@@ -86,9 +86,15 @@ class Runner:
                     self.uids.pool.hold(payload.id, payload.uid)
             owned = [p.paths.work for p in payloads] + [p.paths.tmp for p in payloads]
             await self.uids.reclaim_unheld(owned)
+        adopted = []
         for payload in payloads:
             if payload.status is Status.PREPARED and payload.handle is None:
                 payload = await self._recover_unrecorded_launch(payload)
+            adopted.append(payload)
+        # Not final: running, or to start (a container found only later is adopted by its
+        # launch, whose create conflicts with it).
+        await self.executor.remove_strays([p.id for p in adopted if not p.status.is_terminal()])
+        for payload in adopted:
             self.adopt(payload)
 
     async def _recover_unrecorded_launch(self, payload: Payload) -> Payload:
@@ -398,7 +404,7 @@ class Runner:
             self.registry.update(payload.id, status=Status.FAILED, exit_code=0, message=str(error))
             return
         # Still Completed, but the user is told (message and the archive's manifest).
-        message = summary.describe()
+        message = "; ".join(part for part in (outcome.note, summary.describe()) if part)
         if message:
             logger.warning("payload %d: %s", payload.id, message)
         self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0, message=message)

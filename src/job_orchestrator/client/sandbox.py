@@ -90,6 +90,9 @@ def shared_uid_warning(settings: ClientSettings) -> str | None:
     """What to tell the operator at start when jobs run with the client's own uid."""
     if settings.sandbox != "none" or settings.job_user or settings.job_users:
         return None
+    if settings.executor in ("docker", "podman"):
+        return None  # a container's uid is never the client's when it is root, and reaches
+        # nothing of the host but the payload's own work directory
     return (
         "SANDBOX=none and no JOB_USERS: jobs run with this client's uid, so they can read its "
         "environment (CLIENT_TOKEN), signal it and read each other's files; set "

@@ -345,7 +345,10 @@ class Orchestrator:
         assert job.dispatch_key is not None
         try:
             dest_id = await client.submit(
-                input_dir(job.loc), dispatch_key=job.dispatch_key, timeout_s=service.timeout_s
+                input_dir(job.loc),
+                dispatch_key=job.dispatch_key,
+                timeout_s=service.timeout_s,
+                container_image=service.container_image,
             )
         except OutOfDescriptorsError as error:
             # This server's shortage, not the node's: the node keeps its health.

@@ -26,7 +26,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,11 +264,13 @@ class NodeGateway:
         dispatch_key: str,
         token: str | None,
         timeout_s: float | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> int:
-        """POST every regular file under files_dir as a multipart part; return the payload id."""
+        """POST every regular file under files_dir as a multipart part, then `fields` as
+        text parts (ours; the original's client ignores them); return the payload id."""
         what = f"dispatch to {node.upload_url}"
         files = await asyncio.to_thread(regular_files, files_dir)
-        body = MultipartBody(files)
+        body = MultipartBody(files, fields)
         async with (
             self._call(what),
             asyncio.timeout(None) as stall,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from urllib.parse import quote
 
@@ -53,13 +53,23 @@ class MultipartBody:
     no receiver decodes). Sent with its exact Content-Length, never chunked.
     """
 
-    def __init__(self, files: list[tuple[str, Path]]) -> None:
+    def __init__(
+        self, files: list[tuple[str, Path]], fields: Mapping[str, str] | None = None
+    ) -> None:
         self._boundary = "-".join(secrets.token_hex(8) for _ in range(4))
         self._parts = [(self._part_header(name, path.name), path) for name, path in files]
+        # Text parts (no filename): after the files, each whole in one chunk.
+        self._fields = b"".join(
+            f"--{self._boundary}\r\nContent-Disposition: form-data; "
+            f'name="{name}"\r\n\r\n{value}\r\n'.encode()
+            for name, value in (fields or {}).items()
+        )
         self._closing = f"--{self._boundary}--\r\n".encode()
         self.content_type = f"multipart/form-data; boundary={self._boundary}"
-        self.length = len(self._closing) + sum(
-            len(header) + path.stat().st_size + 2 for header, path in self._parts
+        self.length = (
+            len(self._fields)
+            + len(self._closing)
+            + sum(len(header) + path.stat().st_size + 2 for header, path in self._parts)
         )
 
     def _part_header(self, name: str, filename: str) -> bytes:
@@ -91,6 +101,8 @@ class MultipartBody:
             finally:
                 await chunks.aclose()
             yield b"\r\n"
+        if self._fields:
+            yield self._fields
         yield self._closing
 
 

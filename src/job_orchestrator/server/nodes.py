@@ -43,7 +43,7 @@ from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnsw
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
-from job_orchestrator.wire import REFUSING_DISK_FULL
+from job_orchestrator.wire import CONTAINER_IMAGE_FIELD, REFUSING_DISK_FULL
 
 logger = logging.getLogger(__name__)
 
@@ -126,9 +126,21 @@ class NodeClient:
         """The node's identity in the jobs table (its upload URL)."""
         return self.node.upload_url
 
-    async def submit(self, files: Path, *, dispatch_key: str, timeout_s: float | None) -> int:
+    async def submit(
+        self,
+        files: Path,
+        *,
+        dispatch_key: str,
+        timeout_s: float | None,
+        container_image: str | None = None,
+    ) -> int:
         return await self.gateway.submit(
-            self.node, files, dispatch_key=dispatch_key, token=self.token, timeout_s=timeout_s
+            self.node,
+            files,
+            dispatch_key=dispatch_key,
+            token=self.token,
+            timeout_s=timeout_s,
+            fields={CONTAINER_IMAGE_FIELD: container_image} if container_image else None,
         )
 
     async def retrieve(

@@ -1,4 +1,4 @@
-"""Executors: how a payload's run.sh is executed (EXECUTOR=local or slurm)."""
+"""Executors: how a payload's run.sh is executed (EXECUTOR=local, slurm, docker or podman)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ def make_executor(settings: ClientSettings, metrics: ClientMetrics) -> Executor:
         from job_orchestrator.client.executors.slurm import SlurmExecutor
 
         return SlurmExecutor(settings, metrics.slurm_calls)
+    if settings.executor in ("docker", "podman"):
+        from job_orchestrator.client.executors.container import ContainerExecutor
+
+        return ContainerExecutor(settings, metrics)
     from job_orchestrator.client.executors.local import LocalExecutor
 
     return LocalExecutor(settings)

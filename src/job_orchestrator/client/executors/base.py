@@ -3,7 +3,8 @@
 The runner (client/runner.py) owns the policy: validation, slots, time limits and finishing
 (ZIP, status, message). An executor only starts the script, reports its end, stops it, and
 finds it again after a client restart. `LocalExecutor` runs it as a process group on this
-machine; `SlurmExecutor` hands it to Slurm as one batch job.
+machine; `SlurmExecutor` hands it to Slurm as one batch job; `ContainerExecutor` runs it in a
+container of its own (Docker or Podman).
 
 Errors: `LaunchError` (the executor refused the payload for good: it ends Failed with the
 message) and its subclass `LaunchUnavailableError` (the executor cannot be reached now: the
@@ -13,6 +14,7 @@ payload stays Prepared and the launch is tried again).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -62,6 +64,9 @@ class Outcome:
 
     exit_code: int | None
     failure: str | None = None
+    #: Told to the user even when the exit status decides (a process killed for memory
+    #: while run.sh went on and exited 0).
+    note: str | None = None
 
 
 class Executor(Protocol):
@@ -106,6 +111,11 @@ class Executor(Protocol):
 
     def abandon(self, handle: Handle) -> None:
         """The client stops watching an execution it started in this run: end it now."""
+        ...
+
+    async def remove_strays(self, keep: Collection[int]) -> None:
+        """At start: remove what this client's executions of other payloads left behind
+        (containers of payloads it no longer runs); `keep` are the payloads not final yet."""
         ...
 
     async def load_percent(self) -> float:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Collection
 from typing import Any
 
 import psutil
@@ -138,6 +139,9 @@ class LocalExecutor:
 
     def abandon(self, handle: Handle) -> None:
         _signal_group(handle.id, signal.SIGKILL)
+
+    async def remove_strays(self, keep: Collection[int]) -> None:
+        return None  # nothing outlives a payload here but its own directory
 
     async def load_percent(self) -> float:
         # CPU use since the previous call: no sampling sleep on the request, no idle cost.

@@ -25,6 +25,7 @@ import math
 import os
 import shlex
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter
@@ -368,6 +369,9 @@ class SlurmExecutor:
         task.add_done_callback(self._background.discard)
 
     # ---- the cluster -----------------------------------------------------------------------
+
+    async def remove_strays(self, keep: Collection[int]) -> None:
+        return None  # nothing outlives a payload here but its own directory
 
     async def load_percent(self) -> float:
         cpus = await self._cluster_cpus()

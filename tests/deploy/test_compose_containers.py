@@ -1,0 +1,181 @@
+"""The compose stack with deploy/compose.containers.yml: the clients run every job in a
+container of its own on the host's engine, and `docker-compose restart` of a client in the
+middle of a job keeps it (issue 23: before, the job ended Failed, "run.sh ended while the
+client was down and its exit status was lost").
+
+Images are built on the local Debian base under tags of this test's own (the plain compose
+test builds others), the jobs run in the payload test image (scripts/build-payload-test-image).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.test_compose_stack import (
+    BUILD_TIMEOUT_S,
+    CLIENTS,
+    Stack,
+    docker_ready,
+    wait_healthy,
+)
+from tests.deploy.tools import (
+    COMPOSE_FILE,
+    COMPOSE_SECRETS,
+    DEPLOY,
+    LOCAL_BASE_OVERRIDE,
+    ROOT,
+    run,
+    said,
+    write_token_file,
+)
+from tests.harness import Api, free_port
+
+pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+
+CONTAINERS_OVERRIDE = DEPLOY / "compose.containers.yml"
+PAYLOAD_IMAGE = "job-orchestrator-payload-test"
+LONG_JOB = """\
+echo started >> starts.txt
+while [ ! -e go ]; do sleep 0.2; done
+echo "survived" > out.txt
+"""
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
+    command = docker_ready()
+    built = run([str(ROOT / "scripts" / "build-payload-test-image")], timeout_s=BUILD_TIMEOUT_S)
+    assert built.returncode == 0, said(built)
+    project = f"jocont{uuid.uuid4().hex[:10]}"
+    # Host directories mounted at the same path in the clients (not under /tmp: the client
+    # containers have a tmpfs there).
+    data = Path("/var/tmp") / project
+    port = free_port()
+    env = {
+        **COMPOSE_SECRETS,
+        "JO_CLIENT_TOKEN_FILE": str(write_token_file(tmp_path)),
+        "JO_PUBLISH_ADDRESS": "127.0.0.1",
+        "JO_PUBLISH_PORT": str(port),
+        "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
+        "JO_IMAGE": "job-orchestrator:containers-test",
+        "JO_POSTGRES_IMAGE": "job-orchestrator-postgres:containers-test",
+        "JO_CLIENT_LIGHT_DATA": str(data / "light"),
+        "JO_CLIENT_HEAVY_DATA": str(data / "heavy"),
+        "JO_PAYLOAD_IMAGE": PAYLOAD_IMAGE,
+        "JO_DOCKER_CLI": shutil.which("docker") or "/usr/bin/docker",
+    }
+    files = ["-f", str(COMPOSE_FILE), "-f", str(LOCAL_BASE_OVERRIDE)]
+    files += ["-f", str(CONTAINERS_OVERRIDE)]
+    running = Stack(project, [*command, *files], env, Api(f"http://127.0.0.1:{port}"))
+    for name in ("light", "heavy"):
+        (data / name).mkdir(parents=True)
+    try:
+        built = running.compose("build", timeout_s=BUILD_TIMEOUT_S)
+        assert built.returncode == 0, said(built)
+        started = running.compose("up", "-d")
+        assert started.returncode == 0, said(started)
+        wait_healthy(running, ("db", "server", *CLIENTS))
+        yield running, data
+    finally:
+        removed = running.compose("down", "-v", "--remove-orphans")
+        for name in ("light", "heavy"):
+            client_id = data / name / ".client-id"
+            if client_id.exists():
+                remove_containers(client_id.read_text().strip())
+        shutil.rmtree(data, ignore_errors=True)
+        assert removed.returncode == 0, said(removed)
+
+
+def remove_containers(client_id: str) -> None:
+    label = f"label=org.job-orchestrator.client={client_id}"
+    listed = run(["docker", "container", "ls", "-aq", "--filter", label])
+    for container in listed.stdout.split():
+        run(["docker", "container", "rm", "-f", container])
+
+
+def job_containers(client_id: str) -> list[dict[str, object]]:
+    label = f"label=org.job-orchestrator.client={client_id}"
+    listed = run(["docker", "container", "ls", "-aq", "--filter", label]).stdout.split()
+    if not listed:
+        return []
+    inspected = run(["docker", "container", "inspect", *listed])
+    found: list[dict[str, object]] = json.loads(inspected.stdout)
+    return found
+
+
+def wait_for_file(pattern: str, root: Path, timeout_s: float = 120.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = sorted(root.glob(pattern))
+        if found:
+            return found[0]
+        time.sleep(0.2)
+    raise AssertionError(f"no {pattern} under {root}")
+
+
+def test_a_client_restart_keeps_its_running_job(stack: tuple[Stack, Path]) -> None:
+    running, data = stack
+    response = running.api.upload({"run.sh": LONG_JOB}, service="light")
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    starts = wait_for_file("*/work/starts.txt", data / "light")
+    client_id = (data / "light" / ".client-id").read_text().strip()
+    (container,) = job_containers(client_id)
+    config = container["Config"]
+    assert isinstance(config, dict)
+    assert config["Image"] == PAYLOAD_IMAGE
+
+    restarted = running.compose("restart", "client-light")
+    assert restarted.returncode == 0, said(restarted)
+    (still,) = job_containers(client_id)
+    state = still["State"]
+    assert isinstance(state, dict)
+    assert state["Running"], state  # the engine kept it while the client was away
+    wait_healthy(running, ("client-light",))
+    # The same identity after the restart, so the container is the client's again.
+    assert (data / "light" / ".client-id").read_text().strip() == client_id
+
+    (starts.parent / "go").touch()
+    running.api.wait_for(job_id, "Completed", timeout_s=180)
+    result = running.api.download_zip(job_id)
+    assert result.read("out.txt").decode() == "survived\n"
+    assert starts.read_text() == "started\n"  # run once, not again after the restart
+    deadline = time.monotonic() + 60
+    while job_containers(client_id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_containers(client_id) == []  # removed once its result was archived
+
+
+def test_the_override_is_valid_compose() -> None:
+    """`config` of the three files, without building anything (quick, no engine needed)."""
+    command = shutil.which("docker-compose")
+    if command is None:
+        pytest.skip("docker-compose is not installed")
+    env = {
+        **COMPOSE_SECRETS,
+        "JO_CLIENT_LIGHT_DATA": "/srv/jo/light",
+        "JO_CLIENT_HEAVY_DATA": "/srv/jo/heavy",
+        "JO_PAYLOAD_IMAGE": "tool:1",
+    }
+    files = ["-f", str(COMPOSE_FILE), "-f", str(CONTAINERS_OVERRIDE)]
+    done = subprocess.run(
+        [command, *files, "config"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=DEPLOY,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "EXECUTOR: docker" in done.stdout
+    assert "/var/run/docker.sock:/var/run/docker.sock" in done.stdout
+    assert "/srv/jo/light:/srv/jo/light" in done.stdout
