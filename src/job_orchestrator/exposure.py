@@ -58,6 +58,14 @@ def server_warnings(settings: ServerSettings) -> list[str]:
 
 
 def client_warnings(settings: ClientSettings) -> list[str]:
+    """The client's standing warnings: its jobs' reach first (sandbox.py), then its own."""
+    from job_orchestrator.client.sandbox import shared_uid_warning  # a client's concern only
+
+    shared = shared_uid_warning(settings)
+    return [*([shared] if shared else []), *_exposure_warnings(settings)]
+
+
+def _exposure_warnings(settings: ClientSettings) -> list[str]:
     """The client's warnings about its own port (its sandbox warning is sandbox.py's)."""
     if is_loopback(settings.host) or settings.client_token:
         return []

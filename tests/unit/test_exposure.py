@@ -52,10 +52,12 @@ def test_the_default_host_with_no_token_is_warned_about(tmp_path: Path) -> None:
         if "API_TOKENS_FILE" in w
     ]
     assert server_warnings(load_server_settings({**service, "HOST": "127.0.0.1"})) == []
-    (open_client,) = client_warnings(load_client_settings({}))
+    # SANDBOX=none without JOB_USERS (the default) is warned about first (sandbox.py).
+    shared_uid, open_client = client_warnings(load_client_settings({}))
+    assert shared_uid.startswith("SANDBOX=none and no JOB_USERS")
     assert "0.0.0.0:9000, beyond loopback, without CLIENT_TOKEN" in open_client
-    assert client_warnings(load_client_settings({"CLIENT_TOKEN": "x" * 20})) == []
-    assert client_warnings(load_client_settings({"HOST": "127.0.0.1"})) == []
+    assert client_warnings(load_client_settings({"CLIENT_TOKEN": "x" * 20})) == [shared_uid]
+    assert client_warnings(load_client_settings({"HOST": "127.0.0.1"})) == [shared_uid]
 
 
 def test_clients_without_token_are_warned_about_when_the_server_is_exposed() -> None:

@@ -7,7 +7,6 @@ import contextlib
 import errno
 import logging
 import math
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -23,7 +22,6 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._fs import remove_tree
-from job_orchestrator._logging import JsonFormatter
 from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
@@ -35,7 +33,6 @@ from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
 from job_orchestrator.client.runner import Runner
-from job_orchestrator.client.sandbox import shared_uid_warning
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.exposure import client_warnings
 from job_orchestrator.file_responses import zip_response
@@ -316,8 +313,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
 
     # What the client printed at start, for the server's /status (exposure.py).
     advertised_warnings = ",".join(
-        quote(warning, safe=" ")
-        for warning in [*filter(None, [shared_uid_warning(settings)]), *client_warnings(settings)]
+        quote(warning, safe=" ") for warning in client_warnings(settings)
     )
 
     @app.get("/health", summary="Registry health")
@@ -586,9 +582,6 @@ def create_app(settings: ClientSettings) -> FastAPI:
         logger.warning("JOB_MAX_* limits are ignored with SANDBOX=none; use rlimits or bwrap")
     if not settings.validate_scripts:
         logger.warning("VALIDATE_SCRIPTS=0: run.sh is run without the validator's screen")
-    if (warning := shared_uid_warning(settings)) is not None:
-        logger.warning("%s", warning)
-        _warn_on_stderr(warning, settings.log_format)
     if settings.client_token:
         app.add_middleware(
             BearerGuard, token=settings.client_token, open_paths=frozenset({"/", "/health"})
@@ -599,17 +592,6 @@ def create_app(settings: ClientSettings) -> FastAPI:
             "set CLIENT_TOKEN here and on the server"
         )
     return app
-
-
-def _warn_on_stderr(warning: str, log_format: str) -> None:
-    """On stderr too (the log goes to stdout, maybe somewhere nobody reads before the first
-    incident); as a JSON log object when the operator chose JSON lines."""
-    if log_format == "json":
-        record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, warning, (), None)
-        line = JsonFormatter().format(record)
-    else:
-        line = f"job-orchestrator: warning: {warning}"
-    print(line, file=sys.stderr, flush=True)
 
 
 def _timeout_header(raw: str | None) -> float | None:
