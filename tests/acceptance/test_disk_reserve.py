@@ -108,6 +108,24 @@ def test_a_job_that_eats_the_reserve_is_stopped_and_the_others_carry_on(
         assert 'job_orchestrator_client_disk_stops_total{cause="reserve"} 1.0' in metrics
 
 
+def test_a_job_that_fills_the_disk_within_one_check_is_stopped(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    # One check every 3 s: the job fills the disk to the last byte between two of them, so it
+    # is never measured writing (and can write no more); it used to run on, the disk full.
+    env = {**CLIENT_ENV, "DISK_CHECK_INTERVAL": "3", "DATA_PATH": str(small_disk / "client")}
+    with cluster(tmp_path, client_env=env, server_env=SERVER_ENV) as cl:
+        small = cl.api.submit("echo small > small.txt\nsleep 300\n", user_id=2)
+        cl.api.wait_for(small, "Running")
+        hog = cl.api.submit(f"head -c {DISK_MB}M /dev/zero > big.dat\nsleep 300\n")
+        body = cl.api.wait_for(hog, *FINAL, timeout_s=120)
+        assert body["status"] == "Failed", body
+        assert body["message"].startswith("disk full: "), body
+        wait_until(lambda: free_mb(small_disk) > RESERVE_MB, "the space to come back")
+        assert cl.api.status(small)["status"] == "Running"
+        httpx.post(f"{cl.api.base_url}/terminate/{small}", timeout=60)
+
+
 def test_below_the_reserve_new_jobs_wait_queued_and_start_when_space_returns(
     tmp_path: Path, small_disk: Path
 ) -> None:

@@ -52,10 +52,19 @@ def test_free_space_taken_by_no_job_stops_no_job() -> None:
     assert to_stop(LOW, episode, {1: 10 * MB}, None) == {}
 
 
-def test_a_jump_below_the_reserve_measures_first_and_stops_the_writer_next() -> None:
-    episode = Episode()  # no measurement above the reserve (the disk was far from full)
-    assert to_stop(LOW, episode, {1: 10 * MB, 2: 20 * MB}, None) == {}
-    assert list(to_stop(LOW, episode, {1: 10 * MB, 2: 21 * MB}, None)) == [2]
+def test_a_jump_to_a_full_disk_stops_the_largest_job_at_once() -> None:
+    # No measurement above the reserve (the disk was far from full one check earlier), and
+    # the writer filled it to the last byte: it will never grow again, so growth cannot
+    # name it; its size does.
+    episode = Episode()
+    assert list(to_stop(FULL, episode, {1: 10 * MB, 2: 400 * MB}, None)) == [2]
+    assert to_stop(FULL, episode, {1: 10 * MB}, None) == {}
+
+
+def test_a_job_started_after_the_last_measurement_wrote_all_it_holds() -> None:
+    episode = Episode()
+    to_stop(FINE, episode, {1: 10 * MB}, None)
+    assert list(to_stop(LOW, episode, {1: 12 * MB, 2: 30 * MB}, None)) == [2]
 
 
 def test_back_above_the_reserve_a_new_episode_starts() -> None:

@@ -6,12 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from job_orchestrator.client.logs import (
-    TAIL_BYTES,
-    last_output_line,
-    parse_log_wait,
-    with_last_line,
-)
+from job_orchestrator.client.log_tail import TAIL_BYTES, last_output_line, with_last_line
+from job_orchestrator.client.logs import parse_log_wait
 from job_orchestrator.server.logs import parse_follow
 from job_orchestrator.wire import LogQueryError, parse_offset
 

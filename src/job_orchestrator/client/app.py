@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -22,17 +21,21 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator import __version__
 from job_orchestrator._fs import remove_tree
-from job_orchestrator._loops import wait_any
 from job_orchestrator.archive import ArchiveError, ResultTooLargeError
 from job_orchestrator.client import logs
-from job_orchestrator.client.archives import PartialStream, sweep_temporaries
+from job_orchestrator.client.archives import PartialStream
 from job_orchestrator.client.container_request import FIELDS as CONTAINER_FIELDS
 from job_orchestrator.client.container_request import ContainerRequest, ContainerRequestError
-from job_orchestrator.client.disk import DiskWatcher
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
-from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload, Registry
-from job_orchestrator.client.runner import Runner
+from job_orchestrator.client.longpoll import (
+    LONG_POLL_PARAMETERS,
+    MAX_LONG_POLL_S,
+    seconds_query,
+    status_query,
+    wait_for_change,
+)
+from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload
+from job_orchestrator.client.state import ClientState, client_state
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.exposure import client_warnings
 from job_orchestrator.file_responses import zip_response
@@ -71,101 +74,6 @@ from job_orchestrator.wire import (
 
 logger = logging.getLogger(__name__)
 
-MAX_LONG_POLL_S = 60.0
-#: A result no server has collected yet is kept at least this long whatever MAX_AGE says: a
-#: server retries an unreachable client for RETRY_DEADLINE (6 h by default) before it gives up.
-UNCOLLECTED_KEEP_S = 6 * 3600.0
-#: ... and a collected one at least this long: the server's follow-up calls (the copy of a
-#: failed job's files) come right after the final status.
-COLLECTED_KEEP_S = 5.0
-
-
-class ClientState:
-    def __init__(self, settings: ClientSettings) -> None:
-        self.settings = settings
-        self.registry = Registry(settings.data_path)
-        self.metrics = ClientMetrics(self.registry)
-        self.runner = Runner(settings, self.registry, self.metrics)
-        self.disk = DiskWatcher(settings, self.registry, self.runner.stop_for_disk, self.metrics)
-        self._stop = asyncio.Event()
-        #: Set as soon as a stop signal arrives: long-polls answer at once.
-        self.draining = asyncio.Event()
-        #: Payload directories a /submit is still writing: never orphans (one process owns
-        #: a client's DATA_PATH, since its registry lives in memory).
-        self.receiving: set[str] = set()
-        self._loops: list[asyncio.Task[None]] = []
-
-    async def start(self) -> None:
-        await asyncio.to_thread(sweep_temporaries, self.settings.data_path)
-        await self.runner.resume(self.registry.rebuild())
-        # Once before the first request: a client started on a full disk refuses at once.
-        with contextlib.suppress(OSError):
-            await self.disk.check_once()
-        self._loops = [
-            asyncio.create_task(self._cleaner_loop(), name="cleaner_loop"),
-            asyncio.create_task(self.disk.run(self._stop), name="disk_loop"),
-        ]
-
-    async def stop(self) -> None:
-        self._stop.set()
-        for task in self._loops:
-            task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
-        await self.runner.stop()
-
-    async def _cleaner_loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                await self.clean_once()
-            except OSError:
-                logger.exception("cleaning failed")
-            await wait_any(self._stop.wait(), timeout_s=self.settings.cleaner_interval_s)
-
-    async def release(self, payload: Payload) -> None:
-        """Remove a final payload's directory; its id answers Cleaned from now on."""
-        await asyncio.to_thread(remove_tree, payload.paths.root)
-        self.registry.remove(payload.id)
-
-    async def clean_once(self) -> int:
-        """Remove payloads collected more than MAX_AGE ago (COLLECTED_KEEP_S ago for those
-        stopped for disk space), and our orphan directories."""
-        now = time.time()
-        max_age_s = self.settings.max_age_s
-        cutoff = now - max_age_s
-        cleaned = 0
-        expired = self.registry.cleanable(
-            now - max(max_age_s, COLLECTED_KEEP_S), now - max(max_age_s, UNCOLLECTED_KEEP_S)
-        )
-        for payload in {
-            payload.id: payload
-            for payload in [*expired, *self.registry.released_early(now - COLLECTED_KEEP_S)]
-        }.values():
-            if self.runner.archiver.building_partial(payload.id):
-                continue  # a copy of it is on its way to the server: released after it
-            await self.release(payload)
-            cleaned += 1
-        self.registry.forget_abandoned()
-        with contextlib.suppress(FileNotFoundError):
-            for entry in self.settings.data_path.iterdir():
-                if (
-                    entry.name.isdigit()
-                    and entry.name not in self.receiving
-                    and entry.is_dir()
-                    and not self.registry.holds(int(entry.name))
-                    and entry.stat().st_mtime < cutoff
-                ):
-                    await asyncio.to_thread(remove_tree, entry)
-                    cleaned += 1
-        if cleaned:
-            held = self.registry.count()
-            logger.info(
-                "retention: removed %d payload(s); %d left in the registry",
-                cleaned,
-                held,
-                extra={"removed": cleaned, "registry_rows": held},
-            )
-        return cleaned
-
 
 async def _mark_collected(state: ClientState, payload_id: int) -> None:
     state.registry.mark_collected(payload_id)
@@ -185,11 +93,6 @@ def _refused_for_disk(reason: str) -> JSONResponse:
         507,
         headers={MESSAGE_HEADER: _quote(reason), REFUSING_HEADER: REFUSING_DISK_FULL},
     )
-
-
-def _state(request: Request) -> ClientState:
-    state: ClientState = request.app.state.client
-    return state
 
 
 def _quote(message: str) -> str:
@@ -250,35 +153,6 @@ _BY_ID: dict[int | str, dict[str, Any]] = {
 
 
 _PAYLOAD_ID = id_parameter("Payload identifier")
-# Our long-poll extension; the original ignores the query string, and so do we when it is bad.
-_LONG_POLL_PARAMETERS = [
-    {
-        "name": "wait",
-        "in": "query",
-        "description": f"Seconds (at most {MAX_LONG_POLL_S:g}) to hold the answer until the "
-        "status differs from `known`; an invalid value means no wait",
-        "required": False,
-        "schema": {"type": "number"},
-    },
-    {
-        "name": "known",
-        "in": "query",
-        "description": "The status the caller already knows (default: the current one)",
-        "required": False,
-        "schema": {"type": "string"},
-    },
-    {
-        "name": "settle",
-        "in": "query",
-        "description": "Seconds a status other than `known` must have held before it is "
-        "answered (a final one is answered at once), so a short job is reported once, final; "
-        "a Prepared payload is still answered within SERVER_LEASE/2. Default 0: the first "
-        f"change. The answer carries `{STARTED_AGE_HEADER}` (seconds since run.sh started) "
-        "once it has started",
-        "required": False,
-        "schema": {"type": "number"},
-    },
-]
 
 
 def _empty(status_code: int) -> JSONResponse:
@@ -318,7 +192,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
 
     @app.get("/health", summary="Registry health")
     async def health(request: Request) -> Response:
-        state = _state(request)
+        state = client_state(request)
         try:
             state.registry.ping()
         except Exception:  # any failure of the registry means unhealthy
@@ -346,7 +220,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     async def load(request: Request) -> JSONResponse:
         # Local: this machine's CPU use; Slurm: the cluster's allocated CPUs.
-        return json_response(await _state(request).runner.executor.load_percent())
+        return json_response(await client_state(request).runner.executor.load_percent())
 
     @app.get(
         "/metrics",
@@ -358,7 +232,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         },
     )
     async def metrics(request: Request) -> Response:
-        return Response(_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(client_state(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.post(
         "/submit",
@@ -406,7 +280,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         },
     )
     async def submit(request: Request) -> Response:
-        state = _state(request)
+        state = client_state(request)
         key = request.headers.get(IDEMPOTENCY_HEADER) or None
         if key is not None:
             existing = state.registry.by_dispatch_key(key)
@@ -468,18 +342,18 @@ def create_app(settings: ClientSettings) -> FastAPI:
             **_BY_ID,
             200: {"description": "ZIP or payload", "content": {**_ZIP, **_PAYLOAD}},
         },
-        openapi_extra={"parameters": _PAYLOAD_ID["parameters"] + _LONG_POLL_PARAMETERS},
+        openapi_extra={"parameters": _PAYLOAD_ID["parameters"] + LONG_POLL_PARAMETERS},
     )
     async def retrieve(request: Request) -> Response:
-        state = _state(request)
+        state = client_state(request)
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
         if (refusal := refuse_other_dispatch(request, payload)) is not None:
             return refusal
-        wait = min(_seconds(request.query_params.get("wait")), MAX_LONG_POLL_S)
-        known = _status_wire(request.query_params.get("known"))
-        settle = min(_seconds(request.query_params.get("settle")), MAX_LONG_POLL_S)
+        wait = min(seconds_query(request.query_params.get("wait")), MAX_LONG_POLL_S)
+        known = status_query(request.query_params.get("known"))
+        settle = min(seconds_query(request.query_params.get("settle")), MAX_LONG_POLL_S)
         if payload.status is Status.PREPARED:
             # The server still wants it: renew its lease (runner.py starts it only so).
             state.runner.lease.asked(payload.id, request.headers.get(CLOCK_HEADER))
@@ -488,7 +362,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         state.runner.release(payload.id)
         long_polled = wait > 0
         if long_polled:
-            payload = await _wait_for_change(
+            payload = await wait_for_change(
                 state, payload, known or payload.status.wire, wait, settle
             )
         if payload.status is Status.COMPLETED:
@@ -521,7 +395,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         openapi_extra=_PAYLOAD_ID,
     )
     async def retrieve_partial(request: Request) -> Response:
-        state = _state(request)
+        state = client_state(request)
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
@@ -554,7 +428,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
         openapi_extra=_PAYLOAD_ID,
     )
     async def kill(request: Request) -> Response:
-        state = _state(request)
+        state = client_state(request)
         payload = state.registry.lookup(path_id(request))
         if payload is None:
             return _empty(404)
@@ -603,55 +477,6 @@ def _timeout_header(raw: str | None) -> float | None:
     return value
 
 
-def _seconds(raw: str | None) -> float:
-    """`?wait=`: a finite number of seconds; anything else means no wait."""
-    try:
-        value = float(raw) if raw is not None else 0.0
-    except ValueError:
-        return 0.0
-    return value if math.isfinite(value) else 0.0
-
-
-def _status_wire(raw: str | None) -> str | None:
-    """`?known=`: a status string; anything else counts as absent."""
-    try:
-        return Status.from_wire(raw).wire if raw is not None else None
-    except ValueError:
-        return None
-
-
 class _Duplicate(Exception):
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
-
-
-async def _wait_for_change(
-    state: ClientState, payload: Payload, known: str, wait_s: float, settle_s: float = 0.0
-) -> Payload:
-    """Hold a /retrieve until the payload is final or a status other than `known` has held.
-
-    A status that lasts less than `settle_s` is never reported (0: the first change is).
-    """
-    deadline = time.monotonic() + wait_s
-    registry = state.registry
-    with registry.watch(payload.id) as changed:
-        while True:
-            # Re-read after registering the watch, so no change slips in between.
-            payload = registry.get(payload.id) or payload
-            remaining = deadline - time.monotonic()
-            if payload.status.is_terminal() or remaining <= 0 or state.draining.is_set():
-                return payload
-            timeout_s = remaining
-            if payload.status.wire != known:
-                unsettled_s = settle_s - _held_s(payload)
-                if unsettled_s <= 0:
-                    return payload
-                timeout_s = min(remaining, unsettled_s)
-            changed.clear()
-            await wait_any(changed.wait(), state.draining.wait(), timeout_s=timeout_s)
-
-
-def _held_s(payload: Payload) -> float:
-    """How long the payload has had its current (non-final) status."""
-    since = payload.started_at if payload.status is Status.RUNNING else payload.created_at
-    return time.time() - since if since is not None else math.inf

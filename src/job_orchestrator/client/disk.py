@@ -13,7 +13,10 @@ itself (its state files, the results it zips). So the client keeps DISK_RESERVE_
   more); while it stays below, any other job that still writes is stopped too. Jobs that do
   not write carry on: the free space may fall for reasons that are no job's. Sizes are
   measured (one `du` of the running payloads' directories) only while the free space is below
-  twice the reserve, so a healthy node spends one statvfs per check;
+  twice the reserve, so a healthy node spends one statvfs per check; when it falls from
+  beyond twice the reserve to below it within one check (nothing measured in between), the
+  largest payload is taken for the writer: one that filled the disk to the last byte can
+  grow no more, and must not be missed;
 - a stopped payload's files are released once the server has what it can keep: right after
   a partial copy of it was sent whole (streamed, so building it needs no disk space), or
   COLLECTED_KEEP_S after its outcome was collected (app.py).
@@ -71,9 +74,9 @@ class DiskCheck:
 
 @dataclass(slots=True)
 class Episode:
-    """The payload sizes a check compares with: `before` (when the free space was last above
-    the reserve, or when first seen below it) and `previous` (the last check); whether a job
-    was stopped since the free space fell below the reserve."""
+    """The payload sizes a check compares with: `before` (the last check above the reserve,
+    if it measured) and `previous` (the last check); whether a job was stopped since the free
+    space fell below the reserve."""
 
     before: dict[int, int] = field(default_factory=dict)
     previous: dict[int, int] = field(default_factory=dict)
@@ -87,6 +90,7 @@ def to_stop(
 
     Over the per-job limit; or, below the reserve, the one that grew the most since the free
     space was last above it (the first stop) and then any that grew since the last check.
+    Without a measurement from above the reserve, a payload's whole size counts as grown.
     """
     stops: dict[int, str] = {}
     if limit_bytes is not None:
@@ -99,11 +103,11 @@ def to_stop(
     if not check.low:
         episode.before, episode.previous, episode.stopped = dict(sizes), dict(sizes), False
         return stops
-    for payload_id, size in sizes.items():
-        episode.before.setdefault(payload_id, size)
     writing = [i for i, size in sizes.items() if size > episode.previous.get(i, size)]
     if not episode.stopped:
-        grown = {i: size - episode.before[i] for i, size in sizes.items()}
+        # A payload not measured above the reserve (started since, or the free space fell
+        # from beyond twice the reserve within one check) wrote all it holds since.
+        grown = {i: size - episode.before.get(i, 0) for i, size in sizes.items()}
         biggest = max(grown, key=lambda i: grown[i], default=None)
         writing = [biggest] if biggest is not None and grown[biggest] > 0 else []
     reason = (

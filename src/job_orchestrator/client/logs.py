@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
@@ -36,15 +36,13 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from job_orchestrator._loops import wait_any
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
 from job_orchestrator.client.registry import EMPTY_PAYLOAD, Registry
-from job_orchestrator.client.sandbox import WRAPPER_NAME
+from job_orchestrator.client.state import client_state
 from job_orchestrator.http_common import id_parameter, json_response, path_id
 from job_orchestrator.status import Status
 from job_orchestrator.wire import LOG_STATUS_HEADER, LogQueryError, parse_offset
 
 logger = logging.getLogger(__name__)
 
-if TYPE_CHECKING:
-    from job_orchestrator.client.app import ClientState
 
 router = APIRouter()
 
@@ -52,13 +50,10 @@ router = APIRouter()
 MAX_LOG_WAIT_S = 60
 #: How often a held /logs answer looks for appended bytes.
 CHECK_INTERVAL_S = 0.2
-#: How much of the end of the log a failure's message is taken from.
-TAIL_BYTES = 500
 _CHUNK_BYTES = 64 * 1024
 #: At most this much is read per thread hop (and held in memory).
 _ROUND_BYTES = 1024 * 1024
 _SECONDS = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
-_WRAPPER_REPORT = f"{WRAPPER_NAME}:"
 
 _LOG_PARAMETERS: list[dict[str, Any]] = [
     *id_parameter("Payload identifier")["parameters"],
@@ -78,32 +73,6 @@ _LOG_PARAMETERS: list[dict[str, Any]] = [
         "schema": {"type": "number", "minimum": 0, "maximum": MAX_LOG_WAIT_S},
     },
 ]
-
-
-def last_output_line(log: Path) -> str:
-    """The last non-empty line in the end of the log, printable, or '' (never raises).
-
-    The wrapper's own report of a signal (`job-orchestrator-wrapper: line 1: 42 Killed ...`)
-    is skipped: the status already names the signal.
-    """
-    try:
-        with log.open("rb") as source:
-            size = source.seek(0, io.SEEK_END)
-            source.seek(max(0, size - TAIL_BYTES))
-            tail = source.read(TAIL_BYTES)
-    except OSError:
-        return ""
-    for line in reversed(tail.decode("utf-8", errors="replace").splitlines()):
-        printable = "".join(char if char.isprintable() else " " for char in line).strip()
-        if printable and not printable.startswith(_WRAPPER_REPORT):
-            return printable
-    return ""
-
-
-def with_last_line(message: str, log: Path) -> str:
-    """`run.sh exited with status 2: grep: input.pdb: No such file or directory`."""
-    line = last_output_line(log)
-    return f"{message}: {line}" if line else message
 
 
 def parse_log_wait(raw: str | None) -> float:
@@ -180,11 +149,6 @@ async def stream_log(
             source.close()
 
 
-def _state(request: Request) -> ClientState:
-    state: ClientState = request.app.state.client
-    return state
-
-
 @router.get(
     "/logs/{id}",
     summary="run.sh's stdout and stderr from a byte offset, streamed (not in the original)",
@@ -203,7 +167,7 @@ def _state(request: Request) -> ClientState:
     openapi_extra={"parameters": _LOG_PARAMETERS},
 )
 async def payload_log(request: Request) -> Response:
-    state = _state(request)
+    state = client_state(request)
     payload_id = path_id(request)
     try:
         offset = parse_offset(request.query_params.get("offset"))

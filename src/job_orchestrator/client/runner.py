@@ -31,7 +31,7 @@ from job_orchestrator.client.executors.base import (
     Outcome,
 )
 from job_orchestrator.client.lease import ServerLease
-from job_orchestrator.client.logs import with_last_line
+from job_orchestrator.client.log_tail import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
 from job_orchestrator.client.registry import Payload, Registry
 from job_orchestrator.client.sandbox import recorded_exit_code
