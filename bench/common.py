@@ -384,3 +384,28 @@ class RssSampler:
             if index + 1 < len(self.marks):
                 end = self.marks[index + 1][1]
         return max(values.get(name, 0) for stamp, values in self.samples if start <= stamp <= end)
+
+
+def upload_latencies(base_url: str, jobs: int, poll_s: float) -> list[float]:
+    """Seconds from upload to the result ZIP of `jobs` trivial jobs one at a time, polling
+    /download every `poll_s`, after one warm-up job (image caches, imports) not counted."""
+    durations = []
+    with http_client(base_url) as http:
+        for index in range(jobs + 1):
+            started = time.perf_counter()
+            response = http.post(
+                "/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1)
+            )
+            if response.status_code != 201:
+                raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
+            job_id = int(response.json()["id"])
+            while True:
+                answer = http.get(f"/download/{job_id}")
+                if is_zip(answer):
+                    check_result_zip(answer.content, job_id)
+                    break
+                check_status_body(answer, job_id)
+                time.sleep(poll_s)
+            if index:
+                durations.append(time.perf_counter() - started)
+    return durations

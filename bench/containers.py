@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -23,16 +22,12 @@ from bench.common import (
     SCRIPT,
     Context,
     SectionResult,
-    check_result_zip,
-    check_status_body,
-    http_client,
-    is_zip,
     log,
     median,
     ms,
     percentile,
     running_cluster,
-    upload_form,
+    upload_latencies,
 )
 from bench.throughput import drive
 
@@ -45,29 +40,6 @@ THROUGHPUT_POLL_S = 0.02
 def _sizes(ctx: Context) -> tuple[int, int]:
     """(latency jobs, throughput jobs)."""
     return (3, 10) if ctx.quick else (30, 100)
-
-
-def _latency(base_url: str, jobs: int) -> list[float]:
-    durations = []
-    with http_client(base_url) as http:
-        for index in range(jobs + 1):
-            started = time.perf_counter()
-            response = http.post(
-                "/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1)
-            )
-            if response.status_code != 201:
-                raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
-            job_id = int(response.json()["id"])
-            while True:
-                answer = http.get(f"/download/{job_id}")
-                if is_zip(answer):
-                    check_result_zip(answer.content, job_id)
-                    break
-                check_status_body(answer, job_id)
-                time.sleep(LATENCY_POLL_S)
-            if index:  # the first one warms up (the engine's image cache, our imports)
-                durations.append(time.perf_counter() - started)
-    return durations
 
 
 def _start_time(client_url: str) -> tuple[float, float]:
@@ -124,7 +96,7 @@ def containers(ctx: Context) -> SectionResult:
             ctx.workdir / f"containers-{name}", server_env=server_env, client_env=client_env
         ) as cluster:
             log(f"containers: {name}: latency, {latency_jobs} jobs")
-            durations = _latency(cluster.api.base_url, latency_jobs)
+            durations = upload_latencies(cluster.api.base_url, latency_jobs, LATENCY_POLL_S)
             alone = _start_time(cluster.clients[0].url)
             log(f"containers: {name}: throughput, {throughput_jobs} jobs")
             wall, _submitted, _counts = asyncio.run(

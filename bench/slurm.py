@@ -22,16 +22,12 @@ from bench.common import (
     SCRIPT,
     Context,
     SectionResult,
-    check_result_zip,
-    check_status_body,
-    http_client,
-    is_zip,
     log,
     median,
     ms,
     percentile,
     running_cluster,
-    upload_form,
+    upload_latencies,
 )
 from bench.throughput import drive
 
@@ -116,29 +112,6 @@ def _bare_throughput(workdir: Path, jobs: int) -> float:
     return time.perf_counter() - started
 
 
-def _ours_latency(base_url: str, jobs: int) -> list[float]:
-    durations = []
-    with http_client(base_url) as http:
-        for index in range(jobs + 1):
-            started = time.perf_counter()
-            response = http.post(
-                "/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1)
-            )
-            if response.status_code != 201:
-                raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
-            job_id = int(response.json()["id"])
-            while True:
-                answer = http.get(f"/download/{job_id}")
-                if is_zip(answer):
-                    check_result_zip(answer.content, job_id)
-                    break
-                check_status_body(answer, job_id)
-                time.sleep(LATENCY_POLL_S)
-            if index:
-                durations.append(time.perf_counter() - started)
-    return durations
-
-
 def _slurm_calls(client_url: str) -> dict[str, float]:
     """The client's job_orchestrator_client_slurm_calls_total, by command."""
     prefix = 'job_orchestrator_client_slurm_calls_total{command="'
@@ -197,7 +170,7 @@ def slurm(ctx: Context) -> SectionResult:
         root = workdir / f"ours-{tick:g}"
         with running_cluster(root, server_env=env, client_env=client_env) as cl:
             log(f"slurm: {label}: latency, {latency_jobs} jobs")
-            ours = _ours_latency(cl.api.base_url, latency_jobs)
+            ours = upload_latencies(cl.api.base_url, latency_jobs, LATENCY_POLL_S)
             log(f"slurm: {label}: throughput, {throughput_jobs} jobs")
             ours_wall, _submitted, _counts = asyncio.run(
                 drive(cl.api.base_url, throughput_jobs, 4, 8, THROUGHPUT_POLL_S)

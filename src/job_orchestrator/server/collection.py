@@ -111,7 +111,7 @@ class JobCollector:
             except (TransientClientError, ClientUnauthorizedError) as error:
                 if isinstance(error, ClientUnauthorizedError):
                     # Retried like a lost contact: it recovers once the tokens agree.
-                    self._fleet.report_unauthorized(client.url)
+                    self._fleet.report_refusing(client.url, "unauthorized")
                     reason = ClientUnauthorizedError.MESSAGE
                 elif isinstance(error, OutOfDescriptorsError):  # ours, not the client's
                     reason = f"the server is out of file descriptors: {error}"

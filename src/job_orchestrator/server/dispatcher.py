@@ -45,6 +45,7 @@ from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
+from job_orchestrator.wire import REFUSING_DISK_FULL
 
 logger = logging.getLogger(__name__)
 
@@ -367,13 +368,13 @@ class Orchestrator:
         except ClientUnauthorizedError:
             # Refused before the body was read: no payload there. The job waits, saying why,
             # for this client to accept the token or for another (none is sent to it so).
-            self.fleet.report_unauthorized(client.url)
+            self.fleet.report_refusing(client.url, "unauthorized")
             await self._requeue_refused(job, ClientUnauthorizedError.MESSAGE)
             return
         except ClientDiskFullError:
             # Refused before the body was read, like a 401: the job waits for space there
             # or for another client.
-            self.fleet.report_disk_full(client.url)
+            self.fleet.report_refusing(client.url, REFUSING_DISK_FULL)
             await self._requeue_refused(job, ClientDiskFullError.MESSAGE)
             return
         except ClientCallError as error:

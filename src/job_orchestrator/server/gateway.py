@@ -197,7 +197,7 @@ class NodeGateway:
         self.metrics = metrics
         self._timeout_s = timeout_s
         self._instance = secrets.token_hex(8)
-        self._plain_timeout = self._timeout(0.0)
+        self._plain_timeout = self.timeout_for(0.0)
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_S
@@ -218,7 +218,7 @@ class NodeGateway:
     async def close(self) -> None:
         await self._http.close()
 
-    def _timeout(self, wait_s: float) -> aiohttp.ClientTimeout:
+    def timeout_for(self, wait_s: float) -> aiohttp.ClientTimeout:
         """No total: a big ZIP may take long. Each read (of a long-poll: plus its wait) may not."""
         connect = min(self._timeout_s, 10.0)
         return aiohttp.ClientTimeout(
@@ -233,7 +233,7 @@ class NodeGateway:
             method,
             url,
             allow_redirects=False,
-            timeout=self._timeout(wait_s) if wait_s else self._plain_timeout,
+            timeout=self.timeout_for(wait_s) if wait_s else self._plain_timeout,
             **options,
         )
 

@@ -94,11 +94,9 @@ class NodeState:
     max_concurrent: int | None = None
     load_percent: float | None = None
     revocations_pending: bool = True
-    #: It refuses the server's token (401): it gets no work until a check finds it accepted.
-    unauthorized: bool = False
-    #: Its free disk space is below its reserve (507, or its /health says so): no new work
-    #: until a check finds the space back. Its running jobs carry on.
-    disk_full: bool = False
+    #: Why it answers but takes no new payload (a key of REFUSALS), until a check finds the
+    #: cause gone; its running jobs carry on.
+    refusing: str | None = None
     #: Why the latest failed check or call failed (kept after it recovers, for /status).
     last_error: str | None = None
     last_error_at: float | None = None
@@ -108,9 +106,34 @@ class NodeState:
     warnings: tuple[str, ...] = ()
 
 
-def _refusing(state: NodeState) -> bool:
-    """It answers, but takes no new payload (and one sent to it would be refused)."""
-    return state.unauthorized or state.disk_full
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A cause for which a node that answers takes no new payload, and what is said of it."""
+
+    #: What a job waiting for it (and /status) says.
+    message: str
+    #: Logged once when the node starts refusing so, after "client <url> ".
+    started: str
+    #: Logged once when it stops, after "client <url> ".
+    ended: str
+
+
+REFUSALS = {
+    # 401: the tokens differ (its /load, or a dispatch, said so).
+    "unauthorized": Refusal(
+        ClientUnauthorizedError.MESSAGE,
+        "refuses the server's token (check CLIENT_TOKEN on both); no jobs are sent to it "
+        "until it accepts the token",
+        "accepts the server's token again",
+    ),
+    # 507, or its /health (X-Orchestrator-Refusing): free space below its DISK_RESERVE_MB.
+    REFUSING_DISK_FULL: Refusal(
+        ClientDiskFullError.MESSAGE,
+        "is short of disk space (below its DISK_RESERVE_MB); no jobs are sent to it until it "
+        "has space again",
+        "has disk space again",
+    ),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,16 +233,14 @@ class Fleet:
 
     def usable(self, node: NodeConfig) -> bool:
         state = self.state[node.upload_url]
-        return state.healthy and not _refusing(state) and not state.revocations_pending
+        return state.healthy and state.refusing is None and not state.revocations_pending
 
     def condition(self, node_url: str) -> str:
         """One of CLIENT_CONDITIONS, as /status and /metrics show a client."""
         state = self.state[node_url]
         if not state.healthy:
             return "down"
-        if state.unauthorized:
-            return "unauthorized"
-        return "disk_full" if state.disk_full else "up"
+        return state.refusing or "up"
 
     def is_down(self, node_url: str) -> bool:
         state = self.state.get(node_url)
@@ -243,7 +264,7 @@ class Fleet:
             # None answers: try them anyway, so the dispatch fails, backs off and
             # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever. Never one
             # that refuses the token: it would refuse the job (the job waits, with the reason).
-            candidates = [n for n in nodes if not _refusing(self.state[n.upload_url])]
+            candidates = [n for n in nodes if self.state[n.upload_url].refusing is None]
         return min(candidates, key=rank) if candidates else None
 
     def report_failure(
@@ -258,38 +279,24 @@ class Fleet:
         if state is not None:
             self._failed(node_url, state, reason, definite=definite)
 
-    def report_unauthorized(self, node_url: str) -> None:
-        """The node answered 401: no work for it until a check finds the token accepted."""
+    def report_refusing(self, node_url: str, cause: str) -> None:
+        """The node refused a dispatch for `cause` (a key of REFUSALS): no work for it until a
+        check finds the cause gone."""
         state = self.state.get(node_url)
         if state is not None:
-            self._refused(node_url, state)
+            self._refusing(node_url, state, cause)
 
-    def report_disk_full(self, node_url: str) -> None:
-        """The node answered 507: no work for it until a check finds space again."""
-        state = self.state.get(node_url)
-        if state is not None:
-            self._disk_full(node_url, state)
-
-    def _disk_full(self, url: str, state: NodeState) -> None:
-        state.last_error, state.last_error_at = ClientDiskFullError.MESSAGE, time.time()
-        if not state.disk_full:
-            state.disk_full = True
-            logger.warning(
-                "client %s is short of disk space (below its DISK_RESERVE_MB); no jobs are "
-                "sent to it until it has space again",
-                url,
-            )
-
-    def _refused(self, url: str, state: NodeState) -> None:
-        state.last_error, state.last_error_at = ClientUnauthorizedError.MESSAGE, time.time()
-        if not state.unauthorized:
-            state.unauthorized = True
-            # Once per change, not per check or request.
-            logger.warning(
-                "client %s refuses the server's token (check CLIENT_TOKEN on both); "
-                "no jobs are sent to it until it accepts the token",
-                url,
-            )
+    def _refusing(self, url: str, state: NodeState, cause: str | None) -> None:
+        """The node's refusal is now `cause` (None: it takes work); said once per change."""
+        if cause is not None:
+            state.last_error, state.last_error_at = REFUSALS[cause].message, time.time()
+        if cause == state.refusing:
+            return
+        if cause is not None:
+            logger.warning("client %s %s", url, REFUSALS[cause].started)
+        elif state.refusing is not None:
+            logger.info("client %s %s", url, REFUSALS[state.refusing].ended)
+        state.refusing = cause
 
     def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
@@ -325,18 +332,10 @@ class Fleet:
             if report.server_lease_s is not None and report.server_lease_s != state.server_lease_s:
                 state.server_lease_s = report.server_lease_s
                 self._check_failover_margin(url, report.server_lease_s)
-            if report.token_refused:
-                self._refused(url, state)
+            cause = "unauthorized" if report.token_refused else report.refusing
+            self._refusing(url, state, cause if cause in REFUSALS else None)
+            if state.refusing is not None:
                 continue
-            if state.unauthorized:
-                state.unauthorized = False
-                logger.info("client %s accepts the server's token again", url)
-            if report.refusing == REFUSING_DISK_FULL:
-                self._disk_full(url, state)
-                continue
-            if state.disk_full:
-                state.disk_full = False
-                logger.info("client %s has disk space again", url)
             if state.revocations_pending:
                 state.revocations_pending = not await self._flush_revocations(node)
             woke = woke or (self.usable(node) and not was_usable)
