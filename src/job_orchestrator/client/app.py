@@ -390,6 +390,10 @@ def create_app(settings: ClientSettings) -> FastAPI:
         responses={
             **_BY_ID,
             200: {"description": "ZIP", "content": _ZIP},
+            410: {
+                "description": "The payload was cleaned: its files are gone (status Cleaned)",
+                "content": _PAYLOAD,
+            },
             413: {"description": "The files exceed RESULT_MAX_MB", "content": _PAYLOAD},
         },
         openapi_extra=_PAYLOAD_ID,
@@ -401,6 +405,9 @@ def create_app(settings: ClientSettings) -> FastAPI:
             return _empty(404)
         if (refusal := refuse_other_dispatch(request, payload)) is not None:
             return refusal
+        if payload.status is Status.CLEANED:
+            # Retention removed its files: nothing failed (the original answers 500 here).
+            return _payload_response(payload, 410)
         if payload.status is Status.COMPLETED:
             with contextlib.suppress(OSError):  # gone: a partial copy of what is left
                 return zip_response(payload.paths.result, headers=_message(payload))
