@@ -1,8 +1,10 @@
-"""The compose stack for real: images built on the local Debian base (no registry here),
-PostgreSQL, a server and two clients brought up by Compose, a job per service run through
-them from the host, the clients' isolation and limits checked, a job's attempts on its
-client (environment, token file, signal, the APIs: issue 21) checked to fail, everything
-removed.
+"""The compose stack for real, with deploy/compose.rlimits.yml (clients without the engine's
+socket: jobs are processes of their client's container, each with a uid of its own): images
+built on the local Debian base (no registry here), PostgreSQL, a server and two clients
+brought up by Compose, a job per service run through them from the host, the clients'
+isolation and limits checked, a job's attempts on its client (environment, token file,
+signal, the APIs: issue 21) checked to fail, everything removed. The default file (a
+container per job) is brought up by test_compose_containers.py.
 
 Build and start-up times are not asserted (bench/ measures); CI keeps the base image and
 the layer cache between runs, so only a changed source tree rebuilds (from the pip step).
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -34,6 +37,7 @@ from tests.deploy.tools import (
     COMPOSE_TOKEN,
     DEPLOY,
     LOCAL_BASE_OVERRIDE,
+    RLIMITS_OVERRIDE,
     compose_command,
     missing,
     require_program,
@@ -113,6 +117,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     command = docker_ready()
     project = f"jotest{uuid.uuid4().hex[:10]}"
     port = free_port()
+    # The clients' host directories (not under /tmp: the client containers have a tmpfs there).
+    data = Path("/var/tmp") / project
     env = {
         **COMPOSE_SECRETS,
         "JO_CLIENT_TOKEN_FILE": str(write_token_file(tmp_path)),
@@ -121,8 +127,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
         "JO_IMAGE": "job-orchestrator:compose-test",
         "JO_POSTGRES_IMAGE": "job-orchestrator-postgres:compose-test",
+        "JO_CLIENT_LIGHT_DATA": str(data / "light"),
+        "JO_CLIENT_HEAVY_DATA": str(data / "heavy"),
     }
     files = ["-f", str(COMPOSE_FILE), "-f", str(LOCAL_BASE_OVERRIDE)]
+    files += ["-f", str(RLIMITS_OVERRIDE)]
     running = Stack(project, [*command, *files], env, Api(f"http://127.0.0.1:{port}"))
     try:
         built = running.compose("build", timeout_s=BUILD_TIMEOUT_S)
@@ -133,6 +142,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         removed = running.compose("down", "-v", "--remove-orphans")
+        shutil.rmtree(data, ignore_errors=True)
         assert removed.returncode == 0, said(removed)
 
 

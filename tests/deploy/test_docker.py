@@ -15,6 +15,7 @@ from tests.deploy.tools import (
     COMPOSE_SECRETS,
     DOCKERFILES,
     LOCAL_BASE_OVERRIDE,
+    RLIMITS_OVERRIDE,
     compose_command,
     require_program,
     run,
@@ -89,8 +90,13 @@ def published_ports(service: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize(
     "files",
-    [(COMPOSE_FILE,), (COMPOSE_FILE, LOCAL_BASE_OVERRIDE)],
-    ids=["registry", "local-base"],
+    [
+        (COMPOSE_FILE,),
+        (COMPOSE_FILE, LOCAL_BASE_OVERRIDE),
+        (COMPOSE_FILE, RLIMITS_OVERRIDE),
+        (COMPOSE_FILE, LOCAL_BASE_OVERRIDE, RLIMITS_OVERRIDE),
+    ],
+    ids=["registry", "local-base", "rlimits", "local-base-rlimits"],
 )
 def test_compose_file_is_valid_and_isolates_the_clients(files: tuple[Path, ...]) -> None:
     config = compose_config(*files)
@@ -124,34 +130,32 @@ def test_compose_file_is_valid_and_isolates_the_clients(files: tuple[Path, ...])
         assert size_bytes(resources["reservations"]["memory"]) == 2**30
     assert set(services["db"]["networks"]) == {"database"}
 
-    mounts = {
-        name: [
-            str(volume).split(":")[0] if isinstance(volume, str) else volume["source"]
-            for volume in service["volumes"]
-        ]
-        for name, service in services.items()
-    }
-    assert mounts == {
-        "server": ["server-data"],
-        "client-light": ["client-light-data"],
-        "client-heavy": ["client-heavy-data"],
-        "db": ["db-data"],
-    }
-    assert set(config["volumes"]) == {
-        "server-data",
-        "client-light-data",
-        "client-heavy-data",
-        "db-data",
-    }
+    assert mounts(services["server"]) == {"/opt/data": "server-data"}
+    assert mounts(services["db"]) == {"/var/lib/postgresql/data": "db-data"}
+    socket = "/dev/null" if RLIMITS_OVERRIDE in files else "/var/run/docker.sock"
+    command_line = "/dev/null" if RLIMITS_OVERRIDE in files else "/usr/bin/docker"
+    for name in ("client-light", "client-heavy"):
+        data = f"/var/lib/job-orchestrator/{name}"
+        assert services[name]["environment"]["DATA_PATH"] == data
+        # The payloads' directories at their host path: the engine mounts them by it.
+        assert mounts(services[name]) == {
+            "/var/run/docker.sock": socket,
+            "/usr/local/bin/docker": command_line,
+            data: data,
+        }
+    assert set(config["volumes"]) == {"server-data", "db-data"}
 
 
-#: What the root client needs: switch to job uids, kill their leftovers, hand over and take
-#: back their files; NET_ADMIN for the entry point's rule, dropped before the client starts
-#: (with SETPCAP, which that drop takes).
-CLIENT_CAPABILITIES = {
-    *("SETUID", "SETGID", "KILL", "CHOWN", "FOWNER", "DAC_OVERRIDE"),
-    *("NET_ADMIN", "SETPCAP"),
-}
+def mounts(service: dict[str, Any]) -> dict[str, str]:
+    """A service's mounts, target -> source, whichever form this Compose prints."""
+    found = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target, *_ = volume.split(":")
+        else:
+            source, target = volume["source"], volume["target"]
+        found[target] = source
+    return found
 
 
 def uid_range(text: str) -> range:
@@ -159,9 +163,22 @@ def uid_range(text: str) -> range:
     return range(int(first), int(last) + 1)
 
 
-def test_compose_clients_give_every_job_its_own_uid_and_keep_the_token_in_a_file() -> None:
-    """Issue 21: jobs ran with the clients' uid and read CLIENT_TOKEN from their environment."""
-    config = compose_config(COMPOSE_FILE)
+#: What a root client needs to hand a job its directory and take its files back.
+FILE_CAPABILITIES = {"CHOWN", "FOWNER", "DAC_OVERRIDE"}
+#: With jobs as its own processes (compose.rlimits.yml), also: switch to job uids, kill their
+#: leftovers; NET_ADMIN for the entry point's rule, dropped before the client starts (with
+#: SETPCAP, which that drop takes).
+RLIMITS_CAPABILITIES = {*FILE_CAPABILITIES, "SETUID", "SETGID", "KILL", "NET_ADMIN", "SETPCAP"}
+
+
+@pytest.mark.parametrize("rlimits", [False, True], ids=["containers", "rlimits"])
+def test_compose_clients_give_every_job_its_own_uid_and_keep_the_token_in_a_file(
+    rlimits: bool,
+) -> None:
+    """Issue 21: jobs ran with the clients' uid and read CLIENT_TOKEN from their environment.
+    Issue 23: by default each job runs in a container of its own (EXECUTOR=docker)."""
+    files = (COMPOSE_FILE, RLIMITS_OVERRIDE) if rlimits else (COMPOSE_FILE,)
+    config = compose_config(*files)
     services = config["services"]
     token_path = str(COMPOSE_FILE.parent / COMPOSE_SECRETS["JO_CLIENT_TOKEN_FILE"])
     assert config["secrets"] == {"client_token": {"file": token_path}}
@@ -176,10 +193,20 @@ def test_compose_clients_give_every_job_its_own_uid_and_keep_the_token_in_a_file
             continue
         assert service["user"] == "0:0"
         assert service["cap_drop"] == ["ALL"]
-        assert set(service["cap_add"]) == CLIENT_CAPABILITIES
         assert service["security_opt"] == ["no-new-privileges:true"]
-        assert service["entrypoint"] == ["job-orchestrator-client"]
-        assert environment["SANDBOX"] == "rlimits"
+        if rlimits:
+            assert set(service["cap_add"]) == RLIMITS_CAPABILITIES
+            assert service["entrypoint"] == ["job-orchestrator-client"]
+            assert environment["EXECUTOR"] == "local"
+            assert environment["SANDBOX"] == "rlimits"
+        else:
+            assert set(service["cap_add"]) == FILE_CAPABILITIES
+            assert "entrypoint" not in service  # the image's: job-orchestrator
+            assert service["command"] == ["client"]
+            assert environment["EXECUTOR"] == "docker"
+            assert environment["CONTAINER_NETWORK"] == "none"
+            assert environment["CONTAINER_IMAGE"] == "job-orchestrator:3.0.0"
+            assert "SANDBOX" not in environment
         ranges.append(uid_range(environment["JOB_USERS"]))
     # Disjoint: the kernel counts a uid's processes (JOB_MAX_PROCESSES) host-wide.
     light, heavy = ranges

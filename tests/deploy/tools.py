@@ -20,6 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 LOCAL_BASE_OVERRIDE = DEPLOY / "compose.local-base.yml"
+#: The override whose clients hold no engine socket (jobs are processes of the client).
+RLIMITS_OVERRIDE = DEPLOY / "compose.rlimits.yml"
 KUBERNETES = DEPLOY / "kubernetes"
 SYSTEMD = DEPLOY / "systemd"
 DOCKERFILES = (DEPLOY / "Dockerfile", DEPLOY / "postgres.Dockerfile")

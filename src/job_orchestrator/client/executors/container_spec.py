@@ -31,7 +31,10 @@ CLIENT_ID_FILE = ".client-id"
 #: Beside exit/code: present when a process of the container was killed for memory.
 OOM_FILE = "oom"
 #: How the container runs run.sh: its output to the mounted log, appended, stdin closed.
-_COMMAND = ["bash", "-c", 'exec >>"$0" 2>&1 </dev/null; exec bash run.sh', LOG_TARGET]
+#: bash is the entry point whatever the image's own (a tool image's ENTRYPOINT would take
+#: these as its arguments): the job is `bash run.sh`, its output appended to the log.
+_ENTRYPOINT = "--entrypoint=bash"
+_COMMAND = ["-c", 'exec >>"$0" 2>&1 </dev/null; exec bash run.sh', LOG_TARGET]
 
 
 def client_identity(settings: ClientSettings) -> str:
@@ -106,6 +109,7 @@ def create_argv(
         *request.mount_options(work),
         f"--mount=type=bind,source={payload.paths.log},target={LOG_TARGET}",
         f"--workdir={WORKDIR}",
+        _ENTRYPOINT,
         *fixed,
     ]
     if settings.job_max_memory_mb:
