@@ -23,6 +23,7 @@ from bench.original import original
 from bench.peers import peers
 from bench.replicas import replicas
 from bench.report import markdown, print_console
+from bench.scale import scale
 from bench.scheduler import scheduler
 from bench.slurm import slurm
 from bench.soak import soak
@@ -44,12 +45,14 @@ CASES: dict[str, Case] = {
     "idle": idle,
 }
 #: Cases run only when asked for (they need more than this repository: the original's
-#: binary, the peers' own venv and Redis, a Slurm cluster, a container engine).
+#: binary, the peers' own venv and Redis, a Slurm cluster, a container engine; or, for
+#: scale, several minutes and a few thousand processes).
 OPTIONAL: dict[str, Case] = {
     "original": original,
     "peers": peers,
     "slurm": slurm,
     "containers": containers,
+    "scale": scale,
 }
 ALL_CASES = {**CASES, **OPTIONAL}
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")

@@ -386,7 +386,9 @@ class RssSampler:
         return max(values.get(name, 0) for stamp, values in self.samples if start <= stamp <= end)
 
 
-def upload_latencies(base_url: str, jobs: int, poll_s: float) -> list[float]:
+def upload_latencies(
+    base_url: str, jobs: int, poll_s: float, service: str = SERVICE
+) -> list[float]:
     """Seconds from upload to the result ZIP of `jobs` trivial jobs one at a time, polling
     /download every `poll_s`, after one warm-up job (image caches, imports) not counted."""
     durations = []
@@ -394,7 +396,9 @@ def upload_latencies(base_url: str, jobs: int, poll_s: float) -> list[float]:
         for index in range(jobs + 1):
             started = time.perf_counter()
             response = http.post(
-                "/upload", files=[("file", ("run.sh", SCRIPT))], data=upload_form(1)
+                "/upload",
+                files=[("file", ("run.sh", SCRIPT))],
+                data={**upload_form(1), "service": service},
             )
             if response.status_code != 201:
                 raise RuntimeError(f"upload answered {response.status_code}: {response.text}")

@@ -56,9 +56,7 @@ def free_mb(path: Path) -> float:
 def work_of(data_path: Path, script: str) -> Path:
     """The work directory of the payload that runs `script`."""
     (work,) = [
-        path.parent
-        for path in data_path.glob("[0-9]*/work/run.sh")
-        if path.read_text() == script
+        path.parent for path in data_path.glob("[0-9]*/work/run.sh") if path.read_text() == script
     ]
     return work
 
