@@ -29,7 +29,10 @@ PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
 
-OpenStore = Callable[[], Awaitable[SqlStore]]
+#: What the contract tests hold: any Store implementation, with its read views and the
+#: verbs only tests use (claim, dispatch_candidates, callback_of).
+AnyStore = SqlStore
+OpenStore = Callable[[], Awaitable[AnyStore]]
 
 
 # --- backends -------------------------------------------------------------------------------------
