@@ -42,7 +42,7 @@ from job_orchestrator.server.storage._notify import (
 )
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.backend import Backend, Work, open_backend
-from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
+from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.sql_views import SqlViewVerbs
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations
@@ -77,7 +77,13 @@ async def open_store(db_path: str) -> SqlStore:
     return SqlStore(backend, listen_dsn=listen_dsn)
 
 
-class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
+class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
+    """The Store and its views on SQLite or PostgreSQL.
+
+    Also `claim`, `dispatch_candidates` and `callback_of`, parts of the verbs that the
+    contract tests and bench/ call on their own; they are no part of the interfaces.
+    """
+
     def __init__(self, backend: Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
@@ -221,6 +227,12 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
     async def claim(
         self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
+        """Move the given Queued jobs to Processing on their chosen node; return those claimed
+        (claim_dispatchable's claim, on jobs chosen by the caller).
+
+        Each claimed job's user becomes the most recently served of its service (a new turn,
+        in the order given), which the fairness rule reads back as `UserQueue.last_served`.
+        """
         wanted = list(job_ids)
         return (
             await self._run(
@@ -264,6 +276,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
     async def dispatch_candidates(
         self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
     ) -> list[UserQueue]:
+        """The due queues plan_dispatch needs for an exact decision (those claim_dispatchable
+        reads): only the users it could pick now (at most the free slots of each service, the
+        first by `fairness_key`), each with the jobs it could start and its latest turn."""
         return await self._run(
             "dispatch_candidates",
             lambda connection: [

@@ -71,6 +71,7 @@ class SqlCallbackVerbs(CallbackVerbs):
         return rows
 
     async def callback_of(self, job_id: int) -> CallbackRecord | None:
+        """The job's callback delivery (with the job's status), or None if it has none."""
         rows = await self._rows(
             "callback_of",
             sa.select(callbacks, jobs.c.status, jobs.c.message, jobs.c.user_id)
