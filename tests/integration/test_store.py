@@ -292,6 +292,13 @@ async def test_transition_with_no_expected_status_changes_nothing(store: AnyStor
     assert (await get(store, job_id)).status is Status.QUEUED
 
 
+async def test_a_change_of_an_unknown_column_is_a_store_error(store: AnyStore) -> None:
+    job_id = await new_job(store)
+    with pytest.raises(StoreError):
+        await store.transition(job_id, [Status.QUEUED], Status.PROCESSING, no_such_column=1)
+    assert (await get(store, job_id)).status is Status.QUEUED
+
+
 async def test_transition_of_missing_job(store: AnyStore) -> None:
     assert not await store.transition(99, [Status.QUEUED], Status.PROCESSING)
     assert await store.get_job(99) is None

@@ -15,12 +15,9 @@ every verb with StoreUnavailableError; its database keeps the data (reopen: a re
 from __future__ import annotations
 
 import asyncio
-import itertools
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
@@ -28,89 +25,23 @@ from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
     UserQueue,
-    fairness_key,
     plan_dispatch,
 )
+from job_orchestrator.server.storage import _memory_rows as rows
 from job_orchestrator.server.storage._memory_callbacks import (
     MemoryCallbackVerbs,
     new_delivery,
 )
+from job_orchestrator.server.storage._memory_rows import MemoryDatabase, Row
+from job_orchestrator.server.storage._memory_views import MemoryViewVerbs
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
-from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
+from job_orchestrator.status import Status
 
+__all__ = ["MemoryDatabase", "MemoryStore"]
 T = TypeVar("T")
-Row = dict[str, Any]
-
-#: The columns `transition` may set (those of the SQL jobs table but id, status, created_at).
-COLUMNS = frozenset(
-    {
-        "user_id", "service", "loc", "dest_id", "message", "node", "dispatch_key", "attempts",
-        "not_before", "failing_since", "queued_at", "dispatched_at", "updated_at",
-        "finished_at", "started_at", "exit_code", "owner", "token_name",
-    }
-)  # fmt: skip
-_FINAL = TERMINAL - {Status.CLEANED}
 
 
-@dataclass
-class _Replica:
-    heartbeat_at: float
-    started_at: float
-    services_digest: str
-    incarnation: str
-
-
-@dataclass
-class MemoryDatabase:
-    """What a SQL database holds, as Python structures; share one between stores for
-    replicas. Only the stores touch it, under `lock`."""
-
-    jobs: dict[int, Row] = field(default_factory=dict)
-    ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    #: (service, user) -> [first_job_id, served_turn or None]: the fairness rotation.
-    service_users: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
-    #: (node, payload_id) -> (job_id, dispatch_key)
-    revocations: dict[tuple[str, int], tuple[int, str | None]] = field(default_factory=dict)
-    replicas: dict[str, _Replica] = field(default_factory=dict)
-    callbacks: dict[int, Row] = field(default_factory=dict)
-    stores: list[MemoryStore] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def _record(job_id: int, row: Row) -> JobRecord:
-    return JobRecord(
-        id=job_id,
-        user_id=row["user_id"],
-        service=row["service"],
-        status=row["status"],
-        loc=row["loc"],
-        dest_id=row["dest_id"] or 0,
-        message=row["message"] or "",
-        node=row["node"],
-        dispatch_key=row["dispatch_key"],
-        attempts=row["attempts"] or 0,
-        not_before=row["not_before"],
-        failing_since=row["failing_since"],
-        queued_at=row["queued_at"],
-        dispatched_at=row["dispatched_at"],
-        finished_at=row["finished_at"],
-        created_at=row["queued_at"],
-        started_at=row["started_at"],
-        exit_code=row["exit_code"],
-        owner=row["owner"],
-        token_name=row["token_name"],
-    )
-
-
-def _due(row: Row, service: str, now: float) -> bool:
-    return (
-        row["status"] is Status.QUEUED
-        and row["service"] == service
-        and (row["not_before"] is None or row["not_before"] <= now)
-    )
-
-
-class MemoryStore(MemoryCallbackVerbs, ServerStore):
+class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
     """The Store and its views on a MemoryDatabase (a new one unless given).
 
     Also `claim`, `dispatch_candidates` and `callback_of`, as on SqlStore: called on their own
@@ -183,7 +114,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
 
         def insert(db: MemoryDatabase) -> int:
             job_id = next(db.ids)
-            db.jobs[job_id] = dict.fromkeys(COLUMNS) | {
+            db.jobs[job_id] = dict.fromkeys(rows.COLUMNS) | {
                 "user_id": user_id,
                 "service": service,
                 "loc": loc,
@@ -206,7 +137,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
     async def get_job(self, job_id: int) -> JobRecord | None:
         def read(db: MemoryDatabase) -> JobRecord | None:
             row = db.jobs.get(job_id)
-            return None if row is None else _record(job_id, row)
+            return None if row is None else rows.record(job_id, row)
 
         return await self._run("get_job", read)
 
@@ -236,14 +167,14 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
         new: Status | None,
         changes: Mapping[str, Any],
     ) -> JobRecord | None:
-        unknown = set(changes) - COLUMNS
+        unknown = set(changes) - rows.COLUMNS
         if unknown:
             raise StoreError(f"no such column(s) of jobs: {sorted(unknown)}")
         now = time.time()
         values: Row = {"updated_at": now, **changes}
         if new is not None:
             values["status"] = new
-            if new in _FINAL:
+            if new in rows.FINAL:
                 values.setdefault("finished_at", now)
 
         def move(db: MemoryDatabase) -> JobRecord | None:
@@ -251,7 +182,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
             if row is None or row["status"] not in expected:
                 return None
             row.update(values)
-            return _record(job_id, row)
+            return rows.record(job_id, row)
 
         moved = await self._run(verb, move)
         if moved is not None:
@@ -268,7 +199,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
         wanted = list(job_ids)
         if not wanted:
             return []
-        return await self._run("claim", lambda db: _claim_rows(db, wanted, node_by_job, owner))
+        return await self._run("claim", lambda db: rows.claim_rows(db, wanted, node_by_job, owner))
 
     async def claim_dispatchable(
         self,
@@ -282,10 +213,10 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
 
             def decide(db: MemoryDatabase, service: str = service) -> list[JobRecord]:
                 limit = limits[service]
-                occupancy = _occupancy(db, service)
-                queues = _candidates(db, service, limit, occupancy, now)
+                occupancy = rows.occupancy(db, service)
+                queues = rows.candidates(db, service, limit, occupancy, now)
                 planned = plan_dispatch(queues, occupancy, {service: limit})
-                active = _node_occupancy(db, service)
+                active = rows.node_occupancy(db, service)
                 node_by_job: dict[int, str] = {}
                 for job_id in planned:
                     node = choose_node(service, active)
@@ -293,7 +224,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
                         break  # no node of this service can take work: its jobs stay queued
                     active[node] = active.get(node, 0) + 1
                     node_by_job[job_id] = node
-                return _claim_rows(db, list(node_by_job), node_by_job, owner)
+                return rows.claim_rows(db, list(node_by_job), node_by_job, owner)
 
             claimed.extend(await self._run("claim_dispatchable", decide))
         return claimed
@@ -308,7 +239,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
             lambda db: [
                 queue
                 for service, limit in sorted(limits.items())
-                for queue in _candidates(db, service, limit, occupancy, now)
+                for queue in rows.candidates(db, service, limit, occupancy, now)
             ],
         )
 
@@ -328,7 +259,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
     async def _select(self, verb: str, keep: Callable[[Row], bool]) -> list[JobRecord]:
         """The jobs `keep` accepts, in id order, as records."""
         return await self._run(
-            verb, lambda db: [_record(i, row) for i, row in db.jobs.items() if keep(row)]
+            verb, lambda db: [rows.record(i, row) for i, row in db.jobs.items() if keep(row)]
         )
 
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]:
@@ -347,15 +278,15 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         def finished(db: MemoryDatabase) -> list[JobRecord]:
-            rows = [
+            found = [
                 (row["finished_at"], job_id, row)
                 for job_id, row in db.jobs.items()
-                if row["status"] in _FINAL
+                if row["status"] in rows.FINAL
                 and row["finished_at"] is not None
                 and row["finished_at"] < cutoff
             ]
-            rows.sort(key=lambda item: (item[0], item[1]))
-            return [_record(job_id, row) for _at, job_id, row in rows[:limit]]
+            found.sort(key=lambda item: (item[0], item[1]))
+            return [rows.record(job_id, row) for _at, job_id, row in found[:limit]]
 
         return await self._run("finished_before", finished)
 
@@ -434,7 +365,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
         def beat(db: MemoryDatabase) -> str | None:
             previous = db.replicas.get(replica_id)
             started_at = now if previous is None else previous.started_at
-            db.replicas[replica_id] = _Replica(now, started_at, services_digest, incarnation)
+            db.replicas[replica_id] = rows.Replica(now, started_at, services_digest, incarnation)
             return None if previous is None else previous.incarnation
 
         return await self._run("heartbeat", beat)
@@ -471,7 +402,7 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
                 if owner == replica_id and not own:
                     continue
                 row["owner"] = replica_id
-                taken.append(_record(job_id, row))
+                taken.append(rows.record(job_id, row))
             return taken
 
         return await self._run("take_over", take)
@@ -484,176 +415,3 @@ class MemoryStore(MemoryCallbackVerbs, ServerStore):
         with self._db.lock:
             if self in self._db.stores:
                 self._db.stores.remove(self)
-
-    # ---- views -------------------------------------------------------------------------------
-
-    async def occupancy(self) -> Occupancy:
-        return await self._run("occupancy", lambda db: _occupancy(db, None))
-
-    async def status_counts(self) -> dict[tuple[str, Status], int]:
-        return await self._run(
-            "status_counts",
-            lambda db: dict(Counter((row["service"], row["status"]) for row in db.jobs.values())),
-        )
-
-    async def node_occupancy(self, service: str) -> dict[str, int]:
-        return await self._run("node_occupancy", lambda db: _node_occupancy(db, service))
-
-    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        def heads(db: MemoryDatabase) -> list[UserQueue]:
-            queues: dict[tuple[str, int], list[int]] = {}
-            for job_id, row in db.jobs.items():
-                limit = limits.get(row["service"])
-                if limit is None or not _due(row, row["service"], now):
-                    continue
-                queue = queues.setdefault((row["service"], row["user_id"]), [])
-                if len(queue) < limit.runs_per_user:
-                    queue.append(job_id)
-            return [
-                UserQueue(service, user_id, tuple(ids), db.service_users[service, user_id][1])
-                for (service, user_id), ids in sorted(queues.items())
-                if ids
-            ]
-
-        return await self._run("queue_heads", heads)
-
-    async def list_jobs(
-        self,
-        *,
-        limit: int,
-        before_id: int | None = None,
-        user_id: int | None = None,
-        status: Status | None = None,
-        service: str | None = None,
-        user_ranges: Sequence[tuple[int, int]] | None = None,
-    ) -> list[JobRecord]:
-        def page(db: MemoryDatabase) -> list[JobRecord]:
-            found: list[JobRecord] = []
-            for job_id in sorted(db.jobs, reverse=True):
-                if len(found) >= limit:
-                    break
-                row = db.jobs[job_id]
-                if (
-                    (before_id is None or job_id < before_id)
-                    and (user_id is None or row["user_id"] == user_id)
-                    and (status is None or row["status"] is status)
-                    and (service is None or row["service"] == service)
-                    and (
-                        user_ranges is None
-                        or any(low <= row["user_id"] <= high for low, high in user_ranges)
-                    )
-                ):
-                    found.append(_record(job_id, row))
-            return found
-
-        return await self._run("list_jobs", page)
-
-    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
-        def counts(db: MemoryDatabase) -> dict[tuple[str, int], dict[Status, int]]:
-            found: dict[tuple[str, int], dict[Status, int]] = {}
-            for row in db.jobs.values():
-                if not row["status"].is_terminal():
-                    by_status = found.setdefault((row["service"], row["user_id"]), {})
-                    by_status[row["status"]] = by_status.get(row["status"], 0) + 1
-            return found
-
-        return await self._run("open_job_counts", counts)
-
-
-# ---- units of work shared by the verbs ---------------------------------------------------------
-
-
-def _occupancy(db: MemoryDatabase, service: str | None) -> Occupancy:
-    """Slot-holding jobs per (service, user) and per service; of one service, if given."""
-    per_user = Counter(
-        (row["service"], row["user_id"])
-        for row in db.jobs.values()
-        if row["status"] in SLOT_HOLDING and (service is None or row["service"] == service)
-    )
-    per_service: Counter[str] = Counter()
-    for (name, _user), count in per_user.items():
-        per_service[name] += count
-    return Occupancy(per_user=dict(per_user), per_service=dict(per_service))
-
-
-def _node_occupancy(db: MemoryDatabase, service: str) -> dict[str, int]:
-    return dict(
-        Counter(
-            row["node"]
-            for row in db.jobs.values()
-            if row["service"] == service
-            and row["status"] in SLOT_HOLDING
-            and row["node"] is not None
-        )
-    )
-
-
-def _candidates(
-    db: MemoryDatabase, service: str, limit: ServiceLimits, occupancy: Occupancy, now: float
-) -> list[UserQueue]:
-    """The users plan_dispatch could pick now, first by `fairness_key`, at most the free
-    slots, each with the due jobs it could start (SqlStore reads the same by index walks)."""
-    free = limit.max_runs - occupancy.per_service.get(service, 0)
-    quota = limit.runs_per_user
-    if free <= 0 or quota <= 0:
-        return []
-    due: dict[int, list[int]] = {}
-    for job_id, row in db.jobs.items():
-        if _due(row, service, now):
-            due.setdefault(row["user_id"], []).append(job_id)
-    ranked = []
-    for user_id, job_ids in due.items():
-        active = occupancy.per_user.get((service, user_id), 0)
-        if active < quota:
-            turn = db.service_users[service, user_id][1]
-            ranked.append((fairness_key(active, turn, job_ids[0], user_id), active))
-    ranked.sort()
-    return [
-        UserQueue(
-            service,
-            key[4],
-            tuple(due[key[4]][: quota - active]),
-            key[2] if key[1] else None,
-        )
-        for key, active in ranked[:free]
-    ]
-
-
-def _claim_rows(
-    db: MemoryDatabase, wanted: list[int], node_by_job: Mapping[int, str], owner: str | None
-) -> list[JobRecord]:
-    """Queued -> Processing, keeping a node or dispatch key the job has (a re-dispatch goes
-    where the first may have arrived, recognisably); then the claimed users' turns."""
-    now = time.time()
-    claimed = []
-    for job_id in wanted:
-        row = db.jobs.get(job_id)
-        if row is None or row["status"] is not Status.QUEUED:
-            continue
-        row.update(
-            status=Status.PROCESSING,
-            node=row["node"] if row["node"] is not None else node_by_job[job_id],
-            dispatch_key=(
-                row["dispatch_key"]
-                if row["dispatch_key"] is not None
-                else f"job-{job_id}-{time.time_ns()}"
-            ),
-            owner=owner,
-            updated_at=now,
-        )
-        claimed.append(_record(job_id, row))
-    turns: dict[str, int] = {}
-    for job in claimed:
-        if job.service not in turns:
-            turns[job.service] = max(
-                (
-                    entry[1]
-                    for (name, _user), entry in db.service_users.items()
-                    if name == job.service and entry[1] is not None
-                ),
-                default=0,
-            )
-        turns[job.service] += 1
-        entry = db.service_users.setdefault((job.service, job.user_id), [job.id, None])
-        entry[1] = turns[job.service]
-    return claimed
