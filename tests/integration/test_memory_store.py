@@ -6,12 +6,18 @@ database keeps the data."""
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 
 import pytest
 
+from job_orchestrator.config import load_server_settings
 from job_orchestrator.errors import StoreUnavailableError
+from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
 from job_orchestrator.status import Status
+from tests.harness import Cluster
 
 
 async def settled() -> None:
@@ -79,3 +85,40 @@ async def test_a_closed_store_refuses_work_and_its_database_keeps_the_data() -> 
     assert job is not None
     assert job.status is Status.QUEUED
     assert await reopened.create_job(user_id=1, service="svc", loc="/y") == job_id + 1
+
+
+async def test_the_engine_runs_a_job_to_its_end_on_a_memory_store(tmp_path: Path) -> None:
+    """The Orchestrator on a MemoryStore, with a real client process: what the engine tests
+    will build on, with no database anywhere."""
+    cluster = Cluster(tmp_path)
+    cluster.add_client()
+    try:
+        settings = load_server_settings(
+            {
+                "DB_PATH": str(tmp_path / "never-opened.db"),
+                "DATA_PATH": str(tmp_path / "server-data"),
+                "SERVICE_EXAMPLE_CLIENTS": cluster.clients[0].url,
+            }
+        )
+        store = MemoryStore()
+        gateway = NodeGateway(timeout_s=settings.client_timeout_s)
+        orchestrator = Orchestrator(settings, store, gateway)
+        await orchestrator.start()
+        try:
+            loc = settings.data_path / str(uuid.uuid4())
+            (loc / "input").mkdir(parents=True)
+            (loc / "input" / "run.sh").write_text("echo done > output.txt\n")
+            job_id = await store.create_job(user_id=1, service="example", loc=str(loc))
+            orchestrator.wake_dispatch()
+            await orchestrator.wait_final(job_id, timeout_s=60)
+            job = await store.get_job(job_id)
+        finally:
+            await orchestrator.stop()
+            await gateway.close()
+            await store.close()
+        assert job is not None
+        assert job.status is Status.COMPLETED, job
+        assert (loc / "output.zip").is_file()
+        assert not (tmp_path / "never-opened.db").exists()
+    finally:
+        assert cluster.shutdown() == []

@@ -67,7 +67,7 @@ class MemoryViewVerbs(StoreViews):
     ) -> list[JobRecord]:
         def page(db: MemoryDatabase) -> list[JobRecord]:
             found: list[JobRecord] = []
-            for job_id in sorted(db.jobs, reverse=True):
+            for job_id in reversed(db.jobs):  # ids are inserted in increasing order
                 if len(found) >= limit:
                     break
                 row = db.jobs[job_id]
