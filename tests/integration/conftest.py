@@ -1,5 +1,6 @@
-"""The store fixtures of test_store.py (SQLite and PostgreSQL backends) for every module here."""
+"""The store fixtures of test_store.py (MemoryStore, SQLite and PostgreSQL) for every module
+here."""
 
-from tests.integration.test_store import db_url, pg_database, reopen, store
+from tests.integration.test_store import backend, db_url, pg_database, reopen, sql_url, store
 
-__all__ = ["db_url", "pg_database", "reopen", "store"]
+__all__ = ["backend", "db_url", "pg_database", "reopen", "sql_url", "store"]

@@ -1,29 +1,29 @@
-"""The Store's callback verbs on a real SQLite file and, when reachable, PostgreSQL: stored with
-the job, due once it is final, claimed by exactly one of two stores (two replicas), leased,
-retried, delivered, released; all of it kept across a reopen (a server restart)."""
+"""The Store's callback verbs on MemoryStore, a real SQLite file and, when reachable,
+PostgreSQL: stored with the job, due once it is final, claimed by exactly one of two stores
+(two replicas), leased, retried, delivered, released; all of it kept across a reopen (a server
+restart)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackState
 from job_orchestrator.status import Status
-from tests.integration.test_store import OpenStore
+from tests.integration.test_store import AnyStore, OpenStore
 
 URL = "http://127.0.0.1:8080/hook"
 BODY = b'{"id":1,"status":"Completed","message":""}'
 
 
-async def job_with_callback(store: SqlStore, status: Status | None = None) -> int:
+async def job_with_callback(store: AnyStore, status: Status | None = None) -> int:
     job_id = await store.create_job(user_id=1, service="svc", loc="/nowhere", callback_url=URL)
     if status is not None:
         assert await store.transition(job_id, [Status.QUEUED], status)
     return job_id
 
 
-async def claim(store: SqlStore, job_id: int, seen: int, token: str, lease_s: float = 60.0) -> bool:
+async def claim(store: AnyStore, job_id: int, seen: int, token: str, lease_s: float = 60.0) -> bool:
     now = time.time()
     claimed = await store.claim_callback(
         job_id, seen, token=token, lease_until=now + lease_s, body=BODY, now=now
@@ -31,14 +31,14 @@ async def claim(store: SqlStore, job_id: int, seen: int, token: str, lease_s: fl
     return claimed is not None
 
 
-async def test_a_job_without_callback_has_none(store: SqlStore) -> None:
+async def test_a_job_without_callback_has_none(store: AnyStore) -> None:
     job_id = await store.create_job(user_id=1, service="svc", loc="/nowhere")
     assert await store.callback_of(job_id) is None
     assert await store.callback_url(job_id) is None
     assert await store.callback_url(job_id + 1) is None
 
 
-async def test_the_callback_is_stored_with_the_job(store: SqlStore) -> None:
+async def test_the_callback_is_stored_with_the_job(store: AnyStore) -> None:
     job_id = await job_with_callback(store)
     record = await store.callback_of(job_id)
     assert record is not None
@@ -52,7 +52,7 @@ async def test_the_callback_is_stored_with_the_job(store: SqlStore) -> None:
     assert await store.callback_url(job_id) == URL
 
 
-async def test_due_only_once_the_job_is_final(store: SqlStore) -> None:
+async def test_due_only_once_the_job_is_final(store: AnyStore) -> None:
     job_id = await job_with_callback(store, Status.RUNNING)
     assert await store.due_callbacks(time.time(), 10) == []
     assert await store.next_callback_at() is None
@@ -82,7 +82,7 @@ async def test_only_one_of_two_replicas_claims_an_attempt(reopen: OpenStore) -> 
         assert record.attempts == 1
 
 
-async def test_a_claimed_attempt_is_leased(store: SqlStore) -> None:
+async def test_a_claimed_attempt_is_leased(store: AnyStore) -> None:
     job_id = await job_with_callback(store, Status.COMPLETED)
     now = time.time()
     claimed = await store.claim_callback(
@@ -105,7 +105,7 @@ async def test_a_claimed_attempt_is_leased(store: SqlStore) -> None:
     assert not await store.settle_callback(job_id, "a", CallbackState.DELIVERED, now=now)
 
 
-async def test_a_failed_attempt_is_due_again_at_its_retry_time(store: SqlStore) -> None:
+async def test_a_failed_attempt_is_due_again_at_its_retry_time(store: AnyStore) -> None:
     job_id = await job_with_callback(store, Status.KILLED)
     assert await claim(store, job_id, 0, "a")
     retry_at = time.time() + 30
@@ -125,7 +125,7 @@ async def test_a_failed_attempt_is_due_again_at_its_retry_time(store: SqlStore) 
     assert [d.job_id for d in await store.due_callbacks(retry_at, 10)] == [job_id]
 
 
-async def test_delivered_and_expired_are_never_due_again(store: SqlStore) -> None:
+async def test_delivered_and_expired_are_never_due_again(store: AnyStore) -> None:
     delivered = await job_with_callback(store, Status.COMPLETED)
     expired = await job_with_callback(store, Status.INVALID)
     for job_id, state in ((delivered, CallbackState.DELIVERED), (expired, CallbackState.EXPIRED)):
@@ -142,7 +142,7 @@ async def test_delivered_and_expired_are_never_due_again(store: SqlStore) -> Non
     assert (record.state, record.delivered_at) == (CallbackState.EXPIRED, None)
 
 
-async def test_a_released_attempt_is_due_at_once(store: SqlStore) -> None:
+async def test_a_released_attempt_is_due_at_once(store: AnyStore) -> None:
     job_id = await job_with_callback(store, Status.COMPLETED)
     assert await claim(store, job_id, 0, "a")
     assert not await store.release_callback(job_id, "someone else")
@@ -152,7 +152,7 @@ async def test_a_released_attempt_is_due_at_once(store: SqlStore) -> None:
     assert await claim(store, job_id, 1, "b")
 
 
-async def test_due_deliveries_come_oldest_due_first_up_to_the_limit(store: SqlStore) -> None:
+async def test_due_deliveries_come_oldest_due_first_up_to_the_limit(store: AnyStore) -> None:
     job_ids = [await job_with_callback(store, Status.COMPLETED) for _ in range(4)]
     assert await claim(store, job_ids[0], 0, "a")
     assert await store.settle_callback(

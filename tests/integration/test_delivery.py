@@ -1,6 +1,6 @@
-"""The callback delivery loop in-process, on a real SQLite file (and PostgreSQL), against a
-real HTTP receiver: two loops sharing one database (two replicas) deliver once, the deadline
-ends retries, and a shutdown releases an attempt in flight."""
+"""The callback delivery loop in-process, on MemoryStore, a real SQLite file and PostgreSQL,
+against a real HTTP receiver: two loops sharing one database (two replicas) deliver once,
+the deadline ends retries, and a shutdown releases an attempt in flight."""
 
 from __future__ import annotations
 
@@ -17,11 +17,10 @@ from job_orchestrator.server.delivery import (
     MAX_IN_FLIGHT_PER_USER,
     CallbackDeliverer,
 )
-from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
 from job_orchestrator.status import Status
 from tests.callback_receiver import HOLD, CallbackReceiver
-from tests.integration.test_store import OpenStore
+from tests.integration.test_store import AnyStore, OpenStore
 
 SECRET = "s" * 32
 #: Only to keep a broken test from hanging.
@@ -31,7 +30,7 @@ NEVER_S = 3600.0
 
 
 def deliverer(
-    store: SqlStore, tmp_path: Path, fallback_tick_s: float = 30.0, **changes: float
+    store: AnyStore, tmp_path: Path, fallback_tick_s: float = 30.0, **changes: float
 ) -> CallbackDeliverer:
     settings = load_server_settings(
         {
@@ -47,7 +46,7 @@ def deliverer(
 
 
 async def final_job(
-    store: SqlStore, url: str, status: Status = Status.COMPLETED, *, user_id: int = 1
+    store: AnyStore, url: str, status: Status = Status.COMPLETED, *, user_id: int = 1
 ) -> int:
     job_id = await store.create_job(
         user_id=user_id, service="svc", loc="/nowhere", callback_url=url
@@ -93,7 +92,7 @@ async def test_two_loops_on_one_database_deliver_once(reopen: OpenStore, tmp_pat
         assert record.attempts == 1
 
 
-async def test_a_final_status_wakes_the_loop(store: SqlStore, tmp_path: Path) -> None:
+async def test_a_final_status_wakes_the_loop(store: AnyStore, tmp_path: Path) -> None:
     with CallbackReceiver() as receiver:
         # No fallback tick within the test: only the wake-up can start the delivery.
         loop = deliverer(store, tmp_path, fallback_tick_s=NEVER_S)
@@ -117,7 +116,7 @@ async def test_a_final_status_wakes_the_loop(store: SqlStore, tmp_path: Path) ->
     ]
 
 
-async def test_retries_end_at_the_deadline(store: SqlStore, tmp_path: Path) -> None:
+async def test_retries_end_at_the_deadline(store: AnyStore, tmp_path: Path) -> None:
     with CallbackReceiver(*[500] * 1000) as receiver:
         job_id = await final_job(store, receiver.url)
         loop = deliverer(store, tmp_path, callback_deadline_s=2.0)
@@ -136,7 +135,7 @@ async def test_retries_end_at_the_deadline(store: SqlStore, tmp_path: Path) -> N
     assert record.first_attempt_at is not None
 
 
-async def test_a_shutdown_releases_the_attempt_in_flight(store: SqlStore, tmp_path: Path) -> None:
+async def test_a_shutdown_releases_the_attempt_in_flight(store: AnyStore, tmp_path: Path) -> None:
     with CallbackReceiver(HOLD) as receiver:
         job_id = await final_job(store, receiver.url)
         # An attempt that outlasts the shutdown's grace (DRAIN_GRACE_S).
@@ -157,7 +156,7 @@ async def test_a_shutdown_releases_the_attempt_in_flight(store: SqlStore, tmp_pa
 
 
 async def test_attempts_in_flight_are_bounded_and_the_rest_follow(
-    store: SqlStore, tmp_path: Path
+    store: AnyStore, tmp_path: Path
 ) -> None:
     count = MAX_IN_FLIGHT + 4
     with CallbackReceiver(*[HOLD] * count) as receiver:
@@ -185,7 +184,7 @@ async def test_attempts_in_flight_are_bounded_and_the_rest_follow(
 
 
 async def test_one_users_slow_receivers_never_hold_another_users_callback(
-    store: SqlStore, tmp_path: Path
+    store: AnyStore, tmp_path: Path
 ) -> None:
     """Issue 21, finding 5: 160 callbacks of one user to a slow receiver took every delivery
     slot, and another user's callback waited 99 s."""

@@ -1,5 +1,7 @@
 """Group commit on SQLite (storage/backend.py SqliteThread): units queued together share one
-transaction, each in its own savepoint, and their callers hear back only after the commit."""
+transaction, each in its own savepoint, and their callers hear back only after the commit.
+
+SQLite only, not in the contract suite: PostgreSQL and MemoryStore have no batches to share."""
 
 from __future__ import annotations
 

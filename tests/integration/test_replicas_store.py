@@ -1,5 +1,5 @@
-"""The Store verbs replicas rely on (issue 11), on SQLite and PostgreSQL alike: the dispatch
-claim under concurrency, heartbeats and the take-over of expired leases."""
+"""The Store verbs replicas rely on (issue 11), on MemoryStore, SQLite and PostgreSQL alike:
+the dispatch claim under concurrency, heartbeats and the take-over of expired leases."""
 
 from __future__ import annotations
 
@@ -7,26 +7,17 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator, Mapping
 
 import pytest
 
 from job_orchestrator.server.scheduler import ServiceLimits
-from job_orchestrator.server.storage import SqlStore, open_store
+from job_orchestrator.server.storage import open_store
 from job_orchestrator.status import ON_CLIENT, SLOT_HOLDING, Status
+from tests.integration.test_store import AnyStore
 from tests.pg import fresh_database
 
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield str(tmp_path / "db.sqlite")
-        return
-    with fresh_database() as url:
-        yield url
 
 
 @pytest.fixture
@@ -35,22 +26,15 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SqlStore]:
-    opened = await open_store(db_url)
-    yield opened
-    await opened.close()
-
-
 def first_node(_service: str, _active: Mapping[str, int]) -> str:
     return "http://n1/submit"
 
 
-async def new_job(store: SqlStore, user_id: int) -> int:
+async def new_job(store: AnyStore, user_id: int) -> int:
     return await store.create_job(user_id=user_id, service="svc", loc=f"/data/{uuid.uuid4()}")
 
 
-async def test_claim_dispatchable_respects_quotas_and_sets_the_owner(store: SqlStore) -> None:
+async def test_claim_dispatchable_respects_quotas_and_sets_the_owner(store: AnyStore) -> None:
     for user in (1, 1, 1, 2, 2, 3):
         await new_job(store, user)
     limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
@@ -65,7 +49,7 @@ async def test_claim_dispatchable_respects_quotas_and_sets_the_owner(store: SqlS
     assert again == []  # the service is full
 
 
-async def test_claim_dispatchable_without_a_node_leaves_jobs_queued(store: SqlStore) -> None:
+async def test_claim_dispatchable_without_a_node_leaves_jobs_queued(store: AnyStore) -> None:
     job_id = await new_job(store, 1)
     limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
     assert await store.claim_dispatchable(limits, time.time(), lambda *_: None) == []
@@ -107,7 +91,7 @@ async def test_concurrent_dispatchers_never_exceed_the_quotas(pg_url: str) -> No
                 await opened.close()
 
 
-async def test_take_over_only_expired_leases(store: SqlStore) -> None:
+async def test_take_over_only_expired_leases(store: AnyStore) -> None:
     now = time.time()
     await store.heartbeat("alive", "d", now)
     await store.heartbeat("me", "d", now)
@@ -135,7 +119,7 @@ async def test_take_over_only_expired_leases(store: SqlStore) -> None:
     assert job.owner is None  # Queued work is nobody's
 
 
-async def test_a_retired_replica_leaves_its_jobs_at_once(store: SqlStore) -> None:
+async def test_a_retired_replica_leaves_its_jobs_at_once(store: AnyStore) -> None:
     now = time.time()
     await store.heartbeat("leaving", "d", now)
     job_id = await new_job(store, 1)
@@ -146,7 +130,7 @@ async def test_a_retired_replica_leaves_its_jobs_at_once(store: SqlStore) -> Non
     assert taken.id == job_id
 
 
-async def test_heartbeat_returns_the_previous_incarnation(store: SqlStore) -> None:
+async def test_heartbeat_returns_the_previous_incarnation(store: AnyStore) -> None:
     now = time.time()
     assert await store.heartbeat("a", "d", now, "first") is None
     assert await store.heartbeat("a", "d", now + 1, "first") == "first"
@@ -154,7 +138,7 @@ async def test_heartbeat_returns_the_previous_incarnation(store: SqlStore) -> No
     assert await store.heartbeat("a", "d", now + 3, "second") == "second"
 
 
-async def test_heartbeats_and_live_replicas(store: SqlStore) -> None:
+async def test_heartbeats_and_live_replicas(store: AnyStore) -> None:
     now = time.time()
     await store.heartbeat("a", "digest-1", now - 100)
     await store.heartbeat("b", "digest-2", now)

@@ -1,4 +1,5 @@
-"""The Store contract (server/storage), on a real SQLite file and, when reachable, PostgreSQL.
+"""The Store contract (server/storage), on MemoryStore, a real SQLite file and, when reachable,
+PostgreSQL.
 
 Also the upstream tests of §14 "models/job_dto.rs" and "models/queue_dto.rs", the latter by
 combining store.queue_heads + store.occupancy with scheduler.plan_dispatch, and the in-place
@@ -22,14 +23,25 @@ import pytest
 
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue, plan_dispatch
-from job_orchestrator.server.storage import JobRecord, SqlStore, Store, open_store
+from job_orchestrator.server.storage import (
+    JobRecord,
+    ServerStore,
+    SqlStore,
+    Store,
+    StoreViews,
+    open_store,
+)
+from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
 from job_orchestrator.status import SLOT_HOLDING, TERMINABLE, TERMINAL, Status
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
 PG_USER = "postgres"
 
-OpenStore = Callable[[], Awaitable[SqlStore]]
+#: What the contract tests hold: any Store implementation, with its read views and the
+#: verbs only tests use (claim, dispatch_candidates, callback_of).
+AnyStore = SqlStore | MemoryStore
+OpenStore = Callable[[], Awaitable[AnyStore]]
 
 
 # --- backends -------------------------------------------------------------------------------------
@@ -77,10 +89,18 @@ def pg_database() -> Iterator[str]:
         asyncio.run(drop())
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which Store the contract runs on: MemoryStore, or SqlStore on SQLite or PostgreSQL."""
+    return str(request.param)
+
+
+@pytest.fixture
+def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """What open_store takes: a SQLite file path, or a PostgreSQL URL on an empty schema."""
-    if request.param == "sqlite":
+    if backend == "memory":
+        pytest.skip("about the SQL database itself (migrations, DB_PATH): no MemoryStore part")
+    if backend == "sqlite":
         return str(tmp_path / "db.sqlite")
     name = request.getfixturevalue("pg_database")
 
@@ -96,12 +116,21 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-async def reopen(db_url: str) -> AsyncIterator[OpenStore]:
-    """open_store on this test's database, any number of times; all closed at the end."""
-    opened: list[SqlStore] = []
+def sql_url(backend: str, request: pytest.FixtureRequest) -> str | None:
+    """db_url, or None on MemoryStore (a sync fixture: db_url's setup runs its own loop)."""
+    return None if backend == "memory" else str(request.getfixturevalue("db_url"))
 
-    async def _open() -> SqlStore:
-        store = await open_store(db_url)
+
+@pytest.fixture
+async def reopen(sql_url: str | None) -> AsyncIterator[OpenStore]:
+    """A store on this test's database, opened any number of times (as replicas, or across a
+    restart: each sees what the others wrote); all closed at the end."""
+    opened: list[AnyStore] = []
+    database = MemoryDatabase()
+    url = sql_url
+
+    async def _open() -> AnyStore:
+        store: AnyStore = MemoryStore(database) if url is None else await open_store(url)
         opened.append(store)
         return store
 
@@ -111,7 +140,7 @@ async def reopen(db_url: str) -> AsyncIterator[OpenStore]:
 
 
 @pytest.fixture
-async def store(reopen: OpenStore) -> SqlStore:
+async def store(reopen: OpenStore) -> AnyStore:
     return await reopen()
 
 
@@ -136,28 +165,30 @@ async def get(store: Store, job_id: int) -> JobRecord:
     return job
 
 
-async def plan(store: Store, limits: dict[str, ServiceLimits]) -> list[int]:
+async def plan(store: AnyStore, limits: dict[str, ServiceLimits]) -> list[int]:
     queues = await store.queue_heads(limits, time.time())
     return plan_dispatch(queues, await store.occupancy(), limits)
 
 
-async def owners(store: Store, job_ids: list[int]) -> list[int]:
+async def owners(store: AnyStore, job_ids: list[int]) -> list[int]:
     return [(await get(store, job_id)).user_id for job_id in job_ids]
 
 
 # --- create / get ---------------------------------------------------------------------------------
 
 
-async def test_store_is_a_store(store: SqlStore) -> None:
+async def test_store_is_a_store(store: AnyStore) -> None:
+    assert isinstance(store, ServerStore)
     assert isinstance(store, Store)
+    assert isinstance(store, StoreViews)
 
 
-async def test_create_job_ids_increment_from_one(store: Store) -> None:
+async def test_create_job_ids_increment_from_one(store: AnyStore) -> None:
     # test_add_to_db, test_add_to_db_assigns_incremental_ids
     assert [await new_job(store) for _ in range(5)] == [1, 2, 3, 4, 5]
 
 
-async def test_created_job_is_queued(store: Store) -> None:
+async def test_created_job_is_queued(store: AnyStore) -> None:
     before = time.time()
     job_id = await store.create_job(user_id=42, service="svc", loc="/data/x")
     job = await get(store, job_id)
@@ -174,7 +205,7 @@ async def test_created_job_is_queued(store: Store) -> None:
     assert before - 1 <= job.queued_at <= time.time() + 1
 
 
-async def test_get_job_not_found(store: Store) -> None:
+async def test_get_job_not_found(store: AnyStore) -> None:
     # test_retrieve_id_not_found
     assert await store.get_job(1) is None
     assert await store.get_job(0) is None
@@ -182,7 +213,7 @@ async def test_get_job_not_found(store: Store) -> None:
     assert await store.get_job(2) is None
 
 
-async def test_get_job_round_trips_all_fields(store: Store) -> None:
+async def test_get_job_round_trips_all_fields(store: AnyStore) -> None:
     # test_retrieve_id
     job_id = await store.create_job(user_id=2**31 - 1, service="my_app", loc="/data/é x")
     assert await store.transition(
@@ -213,7 +244,7 @@ async def test_get_job_round_trips_all_fields(store: Store) -> None:
     assert job.finished_at is None
 
 
-async def test_negative_user_id_round_trips(store: Store) -> None:
+async def test_negative_user_id_round_trips(store: AnyStore) -> None:
     job_id = await store.create_job(user_id=-(2**31), service="svc", loc="/l")
     assert (await get(store, job_id)).user_id == -(2**31)
 
@@ -231,20 +262,20 @@ async def test_ids_never_reused(reopen: OpenStore) -> None:
 # --- transition: compare-and-set ------------------------------------------------------------------
 
 
-async def test_update_status(store: Store) -> None:
+async def test_update_status(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
     assert (await get(store, job_id)).status is Status.PROCESSING
 
 
-async def test_update_status_multiple_transitions(store: Store) -> None:
+async def test_update_status_multiple_transitions(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
     assert await store.transition(job_id, [Status.PROCESSING], Status.COMPLETED)
     assert (await get(store, job_id)).status is Status.COMPLETED
 
 
-async def test_transition_only_from_an_expected_status(store: Store) -> None:
+async def test_transition_only_from_an_expected_status(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert not await store.transition(job_id, [Status.PROCESSING, Status.RUNNING], Status.FAILED)
     assert (await get(store, job_id)).status is Status.QUEUED
@@ -255,25 +286,32 @@ async def test_transition_only_from_an_expected_status(store: Store) -> None:
     assert (await get(store, job_id)).status is Status.LOCKED
 
 
-async def test_transition_with_no_expected_status_changes_nothing(store: Store) -> None:
+async def test_transition_with_no_expected_status_changes_nothing(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert not await store.transition(job_id, [], Status.FAILED)
     assert (await get(store, job_id)).status is Status.QUEUED
 
 
-async def test_transition_of_missing_job(store: Store) -> None:
+async def test_a_change_of_an_unknown_column_is_a_store_error(store: AnyStore) -> None:
+    job_id = await new_job(store)
+    with pytest.raises(StoreError):
+        await store.transition(job_id, [Status.QUEUED], Status.PROCESSING, no_such_column=1)
+    assert (await get(store, job_id)).status is Status.QUEUED
+
+
+async def test_transition_of_missing_job(store: AnyStore) -> None:
     assert not await store.transition(99, [Status.QUEUED], Status.PROCESSING)
     assert await store.get_job(99) is None
 
 
-async def test_final_status_is_never_overwritten_by_terminate(store: Store) -> None:
+async def test_final_status_is_never_overwritten_by_terminate(store: AnyStore) -> None:
     job_id = await job_in(store, Status.COMPLETED)
     assert not await store.transition(job_id, TERMINABLE, Status.LOCKED)
     assert not await store.transition(job_id, TERMINABLE, Status.KILLED)
     assert (await get(store, job_id)).status is Status.COMPLETED
 
 
-async def test_update_dest_id(store: Store) -> None:
+async def test_update_dest_id(store: AnyStore) -> None:
     # test_update_dest_id, test_update_dest_id_can_change: changes without a status change.
     job_id = await job_in(store, Status.SUBMITTED)
     assert await store.transition(job_id, [Status.SUBMITTED], dest_id=100)
@@ -285,7 +323,7 @@ async def test_update_dest_id(store: Store) -> None:
     assert (await get(store, job_id)).dest_id == 200
 
 
-async def test_transition_returning_gives_the_changed_row(store: Store) -> None:
+async def test_transition_returning_gives_the_changed_row(store: AnyStore) -> None:
     job_id = await job_in(store, Status.PROCESSING)
     finals: list[int] = []
     store.on_final(finals.append)
@@ -303,7 +341,7 @@ async def test_transition_returning_gives_the_changed_row(store: Store) -> None:
     assert finals == [job_id]
 
 
-async def test_full_job_lifecycle(store: Store) -> None:
+async def test_full_job_lifecycle(store: AnyStore) -> None:
     job_id = await new_job(store, user_id=7)
     assert (await get(store, job_id)).status is Status.QUEUED
     assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
@@ -315,7 +353,7 @@ async def test_full_job_lifecycle(store: Store) -> None:
 
 
 @pytest.mark.parametrize("final", [s for s in Status if s in TERMINAL and s is not Status.CLEANED])
-async def test_final_statuses_are_stamped(store: Store, final: Status) -> None:
+async def test_final_statuses_are_stamped(store: AnyStore, final: Status) -> None:
     job_id = await job_in(store, Status.RUNNING)
     assert (await get(store, job_id)).finished_at is None
     before = time.time()
@@ -327,12 +365,12 @@ async def test_final_statuses_are_stamped(store: Store, final: Status) -> None:
 
 
 @pytest.mark.parametrize("status", [s for s in Status if s in SLOT_HOLDING])
-async def test_active_statuses_are_not_stamped(store: Store, status: Status) -> None:
+async def test_active_statuses_are_not_stamped(store: AnyStore, status: Status) -> None:
     job_id = await job_in(store, status)
     assert (await get(store, job_id)).finished_at is None
 
 
-async def test_cleaned_keeps_the_finish_time(store: Store) -> None:
+async def test_cleaned_keeps_the_finish_time(store: AnyStore) -> None:
     job_id = await job_in(store, Status.COMPLETED)
     assert await store.transition(job_id, [Status.COMPLETED], finished_at=1000.0)
     assert await store.transition(job_id, [Status.COMPLETED], Status.CLEANED)
@@ -341,7 +379,7 @@ async def test_cleaned_keeps_the_finish_time(store: Store) -> None:
     assert job.finished_at == 1000.0
 
 
-async def test_concurrent_transitions_exactly_one_wins(store: Store) -> None:
+async def test_concurrent_transitions_exactly_one_wins(store: AnyStore) -> None:
     job_id = await new_job(store)
     results = await asyncio.gather(
         *(store.transition(job_id, [Status.QUEUED], Status.PROCESSING) for _ in range(20))
@@ -350,7 +388,7 @@ async def test_concurrent_transitions_exactly_one_wins(store: Store) -> None:
     assert (await get(store, job_id)).status is Status.PROCESSING
 
 
-async def test_concurrent_different_targets_exactly_one_wins(store: Store) -> None:
+async def test_concurrent_different_targets_exactly_one_wins(store: AnyStore) -> None:
     job_id = await job_in(store, Status.RUNNING)
     targets = [Status.COMPLETED, Status.FAILED, Status.KILLED, Status.LOCKED] * 5
     results = await asyncio.gather(
@@ -364,7 +402,7 @@ async def test_concurrent_different_targets_exactly_one_wins(store: Store) -> No
 # --- claim ----------------------------------------------------------------------------------------
 
 
-async def test_claim_moves_queued_jobs_to_processing(store: Store) -> None:
+async def test_claim_moves_queued_jobs_to_processing(store: AnyStore) -> None:
     a, b = await new_job(store), await new_job(store, user_id=2)
     claimed = await store.claim([a, b], {a: "http://n1/submit", b: "http://n2/submit"})
     assert [job.id for job in claimed] == [a, b]
@@ -381,7 +419,7 @@ async def test_claim_moves_queued_jobs_to_processing(store: Store) -> None:
     assert claimed[0].dispatch_key != claimed[1].dispatch_key
 
 
-async def test_claim_skips_jobs_that_are_not_queued(store: Store) -> None:
+async def test_claim_skips_jobs_that_are_not_queued(store: AnyStore) -> None:
     queued = await new_job(store)
     processing = await job_in(store, Status.PROCESSING)
     completed = await job_in(store, Status.COMPLETED)
@@ -393,11 +431,11 @@ async def test_claim_skips_jobs_that_are_not_queued(store: Store) -> None:
         assert (job.status, job.node, job.dispatch_key) == (status, None, None)
 
 
-async def test_claim_nothing(store: Store) -> None:
+async def test_claim_nothing(store: AnyStore) -> None:
     assert await store.claim([], {}) == []
 
 
-async def test_claim_keeps_an_existing_dispatch_key_and_node(store: Store) -> None:
+async def test_claim_keeps_an_existing_dispatch_key_and_node(store: AnyStore) -> None:
     job_id = await new_job(store)
     [first] = await store.claim([job_id], {job_id: "http://n1/submit"})
     assert first.dispatch_key
@@ -414,14 +452,14 @@ async def test_claim_keeps_an_existing_dispatch_key_and_node(store: Store) -> No
     assert third.node == "http://n2/submit"
 
 
-async def test_claim_keeps_a_preset_dispatch_key(store: Store) -> None:
+async def test_claim_keeps_a_preset_dispatch_key(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert await store.transition(job_id, [Status.QUEUED], dispatch_key="mine")
     [claimed] = await store.claim([job_id], {job_id: "http://n/submit"})
     assert claimed.dispatch_key == "mine"
 
 
-async def test_concurrent_claims_claim_each_job_once(store: Store) -> None:
+async def test_concurrent_claims_claim_each_job_once(store: AnyStore) -> None:
     ids = [await new_job(store, user_id=user) for user in range(10)]
     nodes = dict.fromkeys(ids, "http://n/submit")
     results = await asyncio.gather(*(store.claim(ids, nodes) for _ in range(5)))
@@ -432,7 +470,7 @@ async def test_concurrent_claims_claim_each_job_once(store: Store) -> None:
 # --- occupancy ------------------------------------------------------------------------------------
 
 
-async def test_occupancy_counts_exactly_the_slot_holding_statuses(store: Store) -> None:
+async def test_occupancy_counts_exactly_the_slot_holding_statuses(store: AnyStore) -> None:
     for status in Status:
         await job_in(store, status, user_id=1, service="svc")
     occupancy = await store.occupancy()
@@ -440,7 +478,7 @@ async def test_occupancy_counts_exactly_the_slot_holding_statuses(store: Store) 
     assert occupancy.per_service == {"svc": 5}
 
 
-async def test_occupancy_per_user_and_service(store: Store) -> None:
+async def test_occupancy_per_user_and_service(store: AnyStore) -> None:
     await job_in(store, Status.RUNNING, user_id=1, service="a")
     await job_in(store, Status.PREPARED, user_id=1, service="a")
     await job_in(store, Status.LOCKED, user_id=2, service="a")
@@ -454,12 +492,12 @@ async def test_occupancy_per_user_and_service(store: Store) -> None:
     assert dict(occupancy.per_service) == {"a": 3, "b": 2}
 
 
-async def test_occupancy_empty(store: Store) -> None:
+async def test_occupancy_empty(store: AnyStore) -> None:
     occupancy = await store.occupancy()
     assert (dict(occupancy.per_user), dict(occupancy.per_service)) == ({}, {})
 
 
-async def test_status_counts_group_by_service_and_status(store: Store) -> None:
+async def test_status_counts_group_by_service_and_status(store: AnyStore) -> None:
     assert await store.status_counts() == {}
     for status in Status:
         await job_in(store, status, user_id=1, service="a")
@@ -471,7 +509,7 @@ async def test_status_counts_group_by_service_and_status(store: Store) -> None:
     assert await store.status_counts() == expected
 
 
-async def test_node_occupancy(store: Store) -> None:
+async def test_node_occupancy(store: AnyStore) -> None:
     n1, n2 = "http://n1/submit", "http://n2/submit"
     jobs = [await new_job(store, user_id=u) for u in range(6)]
     other = await new_job(store, service="other")
@@ -486,7 +524,7 @@ async def test_node_occupancy(store: Store) -> None:
     assert await store.node_occupancy("nobody") == {}
 
 
-async def test_node_occupancy_ignores_jobs_without_a_node(store: Store) -> None:
+async def test_node_occupancy_ignores_jobs_without_a_node(store: AnyStore) -> None:
     await job_in(store, Status.RUNNING)
     assert await store.node_occupancy("svc") == {}
 
@@ -494,7 +532,7 @@ async def test_node_occupancy_ignores_jobs_without_a_node(store: Store) -> None:
 # --- queue_heads ----------------------------------------------------------------------------------
 
 
-async def test_queue_heads_oldest_first_at_most_runs_per_user(store: Store) -> None:
+async def test_queue_heads_oldest_first_at_most_runs_per_user(store: AnyStore) -> None:
     ids: dict[int, list[int]] = {1: [], 2: []}
     for _ in range(5):
         for user in (1, 2):
@@ -508,7 +546,7 @@ async def test_queue_heads_oldest_first_at_most_runs_per_user(store: Store) -> N
     ]
 
 
-async def test_queue_heads_only_queued_jobs(store: Store) -> None:
+async def test_queue_heads_only_queued_jobs(store: AnyStore) -> None:
     for status in Status:
         await job_in(store, status)
     queued = await new_job(store)
@@ -516,7 +554,7 @@ async def test_queue_heads_only_queued_jobs(store: Store) -> None:
     assert heads == [UserQueue("svc", 1, (1, queued))]
 
 
-async def test_queue_heads_only_services_in_limits(store: Store) -> None:
+async def test_queue_heads_only_services_in_limits(store: AnyStore) -> None:
     a = await new_job(store, service="a")
     await new_job(store, service="unconfigured")
     heads = await store.queue_heads(
@@ -526,7 +564,7 @@ async def test_queue_heads_only_services_in_limits(store: Store) -> None:
     assert await store.queue_heads({}, time.time()) == []
 
 
-async def test_queue_heads_respects_each_services_runs_per_user(store: Store) -> None:
+async def test_queue_heads_respects_each_services_runs_per_user(store: AnyStore) -> None:
     for _ in range(4):
         await new_job(store, service="narrow")
         await new_job(store, service="wide")
@@ -536,7 +574,7 @@ async def test_queue_heads_respects_each_services_runs_per_user(store: Store) ->
     assert len(heads["narrow"]) <= 1
 
 
-async def test_queue_heads_skips_jobs_not_yet_due(store: Store) -> None:
+async def test_queue_heads_skips_jobs_not_yet_due(store: AnyStore) -> None:
     now = time.time()
     later, due, fresh = await new_job(store), await new_job(store), await new_job(store)
     assert await store.transition(later, [Status.QUEUED], not_before=now + 60)
@@ -546,7 +584,7 @@ async def test_queue_heads_skips_jobs_not_yet_due(store: Store) -> None:
     assert await store.queue_heads(limits, now + 61) == [UserQueue("svc", 1, (later, due, fresh))]
 
 
-async def test_queue_heads_not_due_jobs_do_not_use_up_the_depth(store: Store) -> None:
+async def test_queue_heads_not_due_jobs_do_not_use_up_the_depth(store: AnyStore) -> None:
     now = time.time()
     first = await new_job(store)
     rest = [await new_job(store) for _ in range(3)]
@@ -558,7 +596,7 @@ async def test_queue_heads_not_due_jobs_do_not_use_up_the_depth(store: Store) ->
 # --- next_retry_at --------------------------------------------------------------------------------
 
 
-async def test_next_retry_at(store: Store) -> None:
+async def test_next_retry_at(store: AnyStore) -> None:
     assert await store.next_retry_at() is None
     plain = await new_job(store)
     assert await store.next_retry_at() is None
@@ -575,7 +613,7 @@ async def test_next_retry_at(store: Store) -> None:
     assert plain
 
 
-async def test_queued_count_counts_one_users_queued_jobs_in_every_service(store: Store) -> None:
+async def test_queued_count_counts_one_users_queued_jobs_in_every_service(store: AnyStore) -> None:
     assert await store.queued_count(1) == 0
     await job_in(store, Status.QUEUED, user_id=1, service="svc")
     await job_in(store, Status.QUEUED, user_id=1, service="other")
@@ -588,7 +626,7 @@ async def test_queued_count_counts_one_users_queued_jobs_in_every_service(store:
 # --- jobs_with_status, finished_before, known_locs, ping ------------------------------------------
 
 
-async def test_list_per_status_jobs(store: Store) -> None:
+async def test_list_per_status_jobs(store: AnyStore) -> None:
     # queue_dto::test_list_per_status_jobs: NULL dest_id rows are readable.
     await job_in(store, Status.QUEUED)
     submitted = await job_in(store, Status.SUBMITTED)
@@ -602,12 +640,12 @@ async def test_list_per_status_jobs(store: Store) -> None:
     assert await store.jobs_with_status([Status.CLEANED]) == []
 
 
-async def test_jobs_with_status_in_id_order(store: Store) -> None:
+async def test_jobs_with_status_in_id_order(store: AnyStore) -> None:
     ids = [await job_in(store, Status.RUNNING, user_id=u) for u in (3, 1, 2)]
     assert [job.id for job in await store.jobs_with_status([Status.RUNNING])] == ids
 
 
-async def test_finished_before(store: Store) -> None:
+async def test_finished_before(store: AnyStore) -> None:
     old_done = await job_in(store, Status.COMPLETED)
     old_failed = await job_in(store, Status.FAILED)
     recent = await job_in(store, Status.KILLED)
@@ -630,7 +668,7 @@ async def test_finished_before(store: Store) -> None:
     assert [job.id for job in everything] == [old_failed, old_done, recent]
 
 
-async def test_retrieve_by_loc(store: Store) -> None:
+async def test_retrieve_by_loc(store: AnyStore) -> None:
     # job_dto::test_retrieve_by_loc(_not_found) as the orphan-directory check.
     await store.create_job(user_id=1, service="svc", loc="/data/a")
     await store.create_job(user_id=2, service="svc", loc="/data/b")
@@ -642,14 +680,14 @@ async def test_retrieve_by_loc(store: Store) -> None:
     assert await store.known_locs([]) == set()
 
 
-async def test_known_locs_many(store: Store) -> None:
+async def test_known_locs_many(store: AnyStore) -> None:
     locs = [f"/data/{i}" for i in range(50)]
     for loc in locs[:25]:
         await store.create_job(user_id=1, service="svc", loc=loc)
     assert await store.known_locs(locs) == set(locs[:25])
 
 
-async def test_ping(store: Store) -> None:
+async def test_ping(store: AnyStore) -> None:
     await store.ping()
 
 
@@ -808,7 +846,7 @@ async def test_upstream_database_is_upgraded_in_place(upstream_db: Path) -> None
 # --- upstream models/queue_dto.rs, through queue_heads + occupancy + plan_dispatch ----------------
 
 
-async def test_load_round_robin_distribution(store: Store) -> None:
+async def test_load_round_robin_distribution(store: AnyStore) -> None:
     for user in (1, 2, 3):
         for _ in range(5):
             await new_job(store, user_id=user)
@@ -819,7 +857,7 @@ async def test_load_round_robin_distribution(store: Store) -> None:
     assert sorted(chosen) == [1, 6, 11]
 
 
-async def test_load_round_robin_interleaved_submissions(store: Store) -> None:
+async def test_load_round_robin_interleaved_submissions(store: AnyStore) -> None:
     for _ in range(5):
         for user in (1, 2, 3):
             await new_job(store, user_id=user)
@@ -827,7 +865,7 @@ async def test_load_round_robin_interleaved_submissions(store: Store) -> None:
     assert sorted(chosen) == [1, 2, 3]
 
 
-async def test_load_respects_max_runs_per_service(store: Store) -> None:
+async def test_load_respects_max_runs_per_service(store: AnyStore) -> None:
     busy = [await job_in(store, Status.SUBMITTED, user_id=9) for _ in range(5)]
     for user in (1, 2, 3):
         for _ in range(5):
@@ -841,7 +879,7 @@ async def test_load_respects_max_runs_per_service(store: Store) -> None:
     assert len(set(await owners(store, chosen))) == 2
 
 
-async def test_load_respects_user_quota(store: Store) -> None:
+async def test_load_respects_user_quota(store: AnyStore) -> None:
     for _ in range(2):
         await job_in(store, Status.SUBMITTED, user_id=1)
     for user in (1, 2):
@@ -852,7 +890,7 @@ async def test_load_respects_user_quota(store: Store) -> None:
     assert await owners(store, chosen) == [2, 2]
 
 
-async def test_prepared_and_locked_hold_slots(store: Store) -> None:
+async def test_prepared_and_locked_hold_slots(store: AnyStore) -> None:
     # Deliberate fix: upstream did not count prepared or locked jobs.
     await job_in(store, Status.PREPARED, user_id=1)
     await job_in(store, Status.LOCKED, user_id=1)
@@ -863,13 +901,13 @@ async def test_prepared_and_locked_hold_slots(store: Store) -> None:
     assert await owners(store, chosen) == [2]
 
 
-async def test_quota_zero_keeps_jobs_queued(store: Store) -> None:
+async def test_quota_zero_keeps_jobs_queued(store: AnyStore) -> None:
     await new_job(store)
     assert await plan(store, {"svc": ServiceLimits(runs_per_user=0, max_runs=10)}) == []
     assert await plan(store, {"svc": ServiceLimits(runs_per_user=5, max_runs=0)}) == []
 
 
-async def test_dispatch_round_then_claim(store: Store) -> None:
+async def test_dispatch_round_then_claim(store: AnyStore) -> None:
     """One scheduling round as the dispatcher runs it: plan, claim, and the next plan
     sees the claimed jobs as holding slots."""
     for user in (1, 2):
@@ -889,7 +927,7 @@ async def test_dispatch_round_then_claim(store: Store) -> None:
 # --- dispatch_candidates: the same decision as seeing every queue ---------------------------------
 
 
-async def claim_some(store: Store, rng: random.Random, limits: dict[str, ServiceLimits]) -> None:
+async def claim_some(store: AnyStore, rng: random.Random, limits: dict[str, ServiceLimits]) -> None:
     """Served history: one dispatch decision claimed as the dispatcher would, or one queued job
     claimed out of turn; most claimed jobs then end, freeing their slots."""
     if rng.random() < 0.7:
@@ -903,7 +941,7 @@ async def claim_some(store: Store, rng: random.Random, limits: dict[str, Service
 
 
 @pytest.mark.parametrize("seed", range(12))
-async def test_dispatch_candidates_decide_like_the_full_queue(store: Store, seed: int) -> None:
+async def test_dispatch_candidates_decide_like_the_full_queue(store: AnyStore, seed: int) -> None:
     rng = random.Random(seed)
     limits = {
         "svc": ServiceLimits(rng.randint(1, 3), rng.randint(1, 8)),
@@ -927,7 +965,7 @@ async def test_dispatch_candidates_decide_like_the_full_queue(store: Store, seed
 
 
 async def assert_candidates_decide_like_everything(
-    store: Store, limits: dict[str, ServiceLimits], now: float
+    store: AnyStore, limits: dict[str, ServiceLimits], now: float
 ) -> None:
     occupancy = await store.occupancy()
     everything = await store.queue_heads(limits, now)
@@ -951,7 +989,7 @@ async def assert_candidates_decide_like_everything(
             assert sum(1 for queue in candidates if queue.service == service) <= free
 
 
-async def test_dispatch_candidates_walk_past_many_users_with_nothing_due(store: Store) -> None:
+async def test_dispatch_candidates_walk_past_many_users_with_nothing_due(store: AnyStore) -> None:
     """More rows than one batch of each walk: served users and never-served users whose jobs
     all ended or are not due, ahead of the few who can start."""
     rng = random.Random(7)
@@ -979,7 +1017,7 @@ async def test_dispatch_candidates_walk_past_many_users_with_nothing_due(store: 
     assert (await owners(store, chosen))[:2] == [600, 601]
 
 
-async def test_flood_by_one_user_does_not_starve_the_next(store: Store) -> None:
+async def test_flood_by_one_user_does_not_starve_the_next(store: AnyStore) -> None:
     """Issue 14: MAX_RUNS=1; user 1 queues five jobs, gets one started, then user 2 queues one.
     The next slot is user 2's, then user 1's again."""
     limits = {"svc": ServiceLimits(runs_per_user=5, max_runs=1)}

@@ -10,20 +10,22 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from job_orchestrator.server.storage import SqlStore, Store, open_store
+from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.server.storage.backend import MIGRATIONS
 from job_orchestrator.status import Status
 from tests.integration import test_store as contract
-from tests.integration.test_store import OpenStore, get, new_job
+from tests.integration.test_store import AnyStore, OpenStore, get, new_job
 from tests.integration.test_store_views import walk
 
 pg_database = contract.pg_database
+backend = contract.backend
 db_url = contract.db_url
 reopen = contract.reopen
+sql_url = contract.sql_url
 store = contract.store
 
 
-async def test_a_job_keeps_the_name_of_its_token(store: Store) -> None:
+async def test_a_job_keeps_the_name_of_its_token(store: AnyStore) -> None:
     named = await store.create_job(
         user_id=1500, service="svc", loc=f"/data/{uuid.uuid4()}", token_name="haddock"
     )
@@ -38,7 +40,7 @@ async def test_a_job_keeps_the_name_of_its_token(store: Store) -> None:
     assert moved.token_name == "haddock"
 
 
-async def test_list_jobs_of_user_ranges(store: Store) -> None:
+async def test_list_jobs_of_user_ranges(store: AnyStore) -> None:
     by_user = {user: await new_job(store, user_id=user) for user in (5, 999, 1000, 1999, 2000)}
     by_user[5001] = await new_job(store, user_id=5001)
     pages = await walk(store, 2, user_ranges=((1000, 1999), (5000, 5009)))

@@ -18,20 +18,22 @@ from alembic.config import Config
 
 from job_orchestrator.server.queue_view import QueuePositions, queue_position
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
-from job_orchestrator.server.storage import SqlStore, Store, open_store
+from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.server.storage.backend import MIGRATIONS
 from job_orchestrator.status import Status
 from tests.integration import test_store as contract
-from tests.integration.test_store import get, job_in, new_job
+from tests.integration.test_store import AnyStore, get, job_in, new_job
 
 # The contract suite's backends: each test below runs on SQLite and on PostgreSQL.
 pg_database = contract.pg_database
+backend = contract.backend
 db_url = contract.db_url
 reopen = contract.reopen
+sql_url = contract.sql_url
 store = contract.store
 
 
-async def walk(store: Store, limit: int, **filters: object) -> list[list[int]]:
+async def walk(store: AnyStore, limit: int, **filters: object) -> list[list[int]]:
     """Every page of list_jobs, as the route walks them (one extra row says there is more)."""
     pages: list[list[int]] = []
     before: int | None = None
@@ -44,14 +46,14 @@ async def walk(store: Store, limit: int, **filters: object) -> list[list[int]]:
         before = page[-1]
 
 
-async def test_list_jobs_newest_first_in_keyset_pages(store: Store) -> None:
+async def test_list_jobs_newest_first_in_keyset_pages(store: AnyStore) -> None:
     ids = [await new_job(store) for _ in range(7)]
     assert await walk(store, 3) == [ids[6:3:-1], ids[3:0:-1], ids[:1]]
     assert await walk(store, 7) == [ids[::-1]]
     assert await walk(store, 100) == [ids[::-1]]
 
 
-async def test_list_jobs_pages_are_stable_while_jobs_arrive(store: Store) -> None:
+async def test_list_jobs_pages_are_stable_while_jobs_arrive(store: AnyStore) -> None:
     ids = [await new_job(store) for _ in range(4)]
     first = await store.list_jobs(limit=2)
     assert [job.id for job in first] == [ids[3], ids[2]]
@@ -60,7 +62,7 @@ async def test_list_jobs_pages_are_stable_while_jobs_arrive(store: Store) -> Non
     assert [job.id for job in rest] == [ids[1], ids[0]]
 
 
-async def test_list_jobs_filters_combine(store: Store) -> None:
+async def test_list_jobs_filters_combine(store: AnyStore) -> None:
     a_svc = await job_in(store, Status.QUEUED, user_id=1, service="svc")
     a_run = await job_in(store, Status.RUNNING, user_id=1, service="svc")
     a_other = await job_in(store, Status.QUEUED, user_id=1, service="other")
@@ -77,7 +79,7 @@ async def test_list_jobs_filters_combine(store: Store) -> None:
     assert await ids(status=Status.COMPLETED) == []
 
 
-async def test_list_jobs_returns_full_records(store: Store) -> None:
+async def test_list_jobs_returns_full_records(store: AnyStore) -> None:
     job_id = await store.create_job(user_id=5, service="svc", loc="/data/x")
     assert await store.transition(
         job_id, [Status.QUEUED], Status.FAILED, message="boom", exit_code=3, node="http://n/submit"
@@ -88,7 +90,7 @@ async def test_list_jobs_returns_full_records(store: Store) -> None:
     assert listed.node == "http://n/submit"
 
 
-async def test_started_at_and_exit_code_round_trip(store: Store) -> None:
+async def test_started_at_and_exit_code_round_trip(store: AnyStore) -> None:
     job_id = await new_job(store)
     job = await get(store, job_id)
     assert job.started_at is None
@@ -102,7 +104,7 @@ async def test_started_at_and_exit_code_round_trip(store: Store) -> None:
     assert job.finished_at is not None
 
 
-async def test_open_job_counts_per_service_user_and_status(store: Store) -> None:
+async def test_open_job_counts_per_service_user_and_status(store: AnyStore) -> None:
     await job_in(store, Status.QUEUED, user_id=1)
     await job_in(store, Status.QUEUED, user_id=1)
     await job_in(store, Status.RUNNING, user_id=1)
@@ -115,7 +117,7 @@ async def test_open_job_counts_per_service_user_and_status(store: Store) -> None
     }
 
 
-async def test_queue_position_follows_the_fairness_rule(store: Store) -> None:
+async def test_queue_position_follows_the_fairness_rule(store: AnyStore) -> None:
     """User 1 floods the queue, then users 2 and 3 each queue one: round-robin puts them
     second and third, exactly where plan_dispatch (quotas lifted) starts them."""
     flood = [await new_job(store, user_id=1) for _ in range(40)]
@@ -137,7 +139,7 @@ async def test_queue_position_follows_the_fairness_rule(store: Store) -> None:
     assert [positions[job_id] for job_id in order] == list(range(1, 43))
 
 
-async def test_queue_position_counts_slots_held(store: Store) -> None:
+async def test_queue_position_counts_slots_held(store: AnyStore) -> None:
     """A user already running a job comes after one who runs none."""
     await job_in(store, Status.RUNNING, user_id=1)
     busy = await new_job(store, user_id=1)
@@ -148,14 +150,14 @@ async def test_queue_position_counts_slots_held(store: Store) -> None:
     assert await queue_position(store, await get(store, busy), occupancy, now) == 2
 
 
-async def test_queue_position_of_a_job_no_longer_queued(store: Store) -> None:
+async def test_queue_position_of_a_job_no_longer_queued(store: AnyStore) -> None:
     job_id = await new_job(store)
     job = await get(store, job_id)
     assert await store.transition(job_id, [Status.QUEUED], Status.KILLED)
     assert await queue_position(store, job, await store.occupancy(), time.time()) is None
 
 
-async def test_queue_position_of_a_job_in_backoff_counts_it_once_due(store: Store) -> None:
+async def test_queue_position_of_a_job_in_backoff_counts_it_once_due(store: AnyStore) -> None:
     waiting = await new_job(store, user_id=1)
     later = time.time() + 3600
     assert await store.transition(waiting, [Status.QUEUED], not_before=later)
@@ -166,7 +168,7 @@ async def test_queue_position_of_a_job_in_backoff_counts_it_once_due(store: Stor
     assert await queue_position(store, await get(store, other), occupancy, now) == 1
 
 
-async def test_kept_queue_orders_are_reused_and_renewed_for_new_jobs(store: Store) -> None:
+async def test_kept_queue_orders_are_reused_and_renewed_for_new_jobs(store: AnyStore) -> None:
     positions = QueuePositions(store)
     positions.MIN_FRESH_S = 3600.0  # nothing in this test may depend on the clock
     first = await new_job(store, user_id=1)
@@ -209,7 +211,7 @@ async def test_migration_0005_keeps_existing_rows(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("limit", [1, 2, 5])
-async def test_list_jobs_walks_one_users_jobs(store: Store, limit: int) -> None:
+async def test_list_jobs_walks_one_users_jobs(store: AnyStore, limit: int) -> None:
     mine = []
     for index in range(6):
         mine.append(await new_job(store, user_id=7))

@@ -41,7 +41,7 @@ from job_orchestrator.server.nodes import Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import ServiceLimits
-from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.server.storage import JobRecord, ServerStore
 from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
@@ -66,7 +66,7 @@ class Orchestrator:
     def __init__(
         self,
         settings: ServerSettings,
-        store: Store,
+        store: ServerStore,
         gateway: NodeGateway,
         metrics: ServerMetrics | None = None,
     ) -> None:

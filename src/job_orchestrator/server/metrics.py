@@ -30,7 +30,7 @@ from job_orchestrator.status import CLIENT_CONDITIONS, Status
 if TYPE_CHECKING:
     from job_orchestrator.config import NodeConfig
     from job_orchestrator.server.nodes import Fleet
-    from job_orchestrator.server.storage import JobRecord, Store
+    from job_orchestrator.server.storage import JobRecord, ServerStore
 
 PREFIX = "job_orchestrator_"
 #: Queue waits and run times range from milliseconds to days.
@@ -87,7 +87,7 @@ class ServerMetrics:
 
     # ---- scrape ----------------------------------------------------------------------------
 
-    async def exposition(self, store: Store, fleet: Fleet) -> bytes:
+    async def exposition(self, store: ServerStore, fleet: Fleet) -> bytes:
         self._live.counts = await store.status_counts()
         self._live.work = store.work_counts()
         self._live.fleet = fleet

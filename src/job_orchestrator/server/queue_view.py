@@ -2,7 +2,7 @@
 
 The position is the job's place in the order `plan_dispatch` would start its service's queued
 jobs if every quota and limit were lifted and slots freed one at a time: the scheduler's own
-rule, fed the store's queue heads (`Store.queue_heads`) with no depth limit. It is a
+rule, fed the store's queue heads (`StoreViews.queue_heads`) with no depth limit. It is a
 best-effort estimate: quotas reorder what actually starts, and new uploads may come first.
 Computing it reads the service's whole queue, so `QueuePositions` reuses each order a while.
 
@@ -32,7 +32,7 @@ from job_orchestrator.config import ServiceConfig
 from job_orchestrator.errors import ClientDiskFullError, ClientUnauthorizedError
 from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, plan_dispatch
-from job_orchestrator.server.storage import JobRecord, Store
+from job_orchestrator.server.storage import JobRecord, StoreViews
 
 __all__ = [
     "REASONS",
@@ -68,7 +68,7 @@ class QueueStanding:
 
 
 async def service_order(
-    store: Store, service: str, occupancy: Occupancy, due_by: float
+    store: StoreViews, service: str, occupancy: Occupancy, due_by: float
 ) -> dict[int, int]:
     """Each queued job of the service due by `due_by` -> its 1-based place in the order."""
     heads = await store.queue_heads({service: _LIFTED}, due_by)
@@ -77,7 +77,7 @@ async def service_order(
 
 
 async def queue_position(
-    store: Store, job: JobRecord, occupancy: Occupancy, now: float
+    store: StoreViews, job: JobRecord, occupancy: Occupancy, now: float
 ) -> int | None:
     """The job's 1-based place among its service's queued jobs (None: it left the queue).
 
@@ -96,7 +96,7 @@ class QueuePositions:
 
     MIN_FRESH_S = 1.0
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: StoreViews) -> None:
         self._store = store
         self._orders: dict[str, tuple[float, dict[int, int]]] = {}
         self._computing: dict[str, asyncio.Lock] = {}
@@ -127,7 +127,7 @@ class QueuePositions:
 
 
 async def queue_standing(
-    store: Store,
+    store: StoreViews,
     job: JobRecord,
     services: Mapping[str, ServiceConfig],
     fleet: Fleet,

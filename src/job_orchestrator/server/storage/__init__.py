@@ -1,8 +1,19 @@
-"""Server storage: the Store interface and its SQL implementation (SQLite today)."""
+"""Server storage: the Store interface (and its read views) and its implementations: SQL
+(SQLite, PostgreSQL) and memory (a double for tests of the engine)."""
 
 from __future__ import annotations
 
-from job_orchestrator.server.storage.base import JobRecord, Store
+from job_orchestrator.server.storage.base import JobRecord, ServerStore, Store, StoreViews
+from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
 from job_orchestrator.server.storage.sql import SqlStore, open_store
 
-__all__ = ["JobRecord", "SqlStore", "Store", "open_store"]
+__all__ = [
+    "JobRecord",
+    "MemoryDatabase",
+    "MemoryStore",
+    "ServerStore",
+    "SqlStore",
+    "Store",
+    "StoreViews",
+    "open_store",
+]

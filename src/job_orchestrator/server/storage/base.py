@@ -8,7 +8,7 @@ the same job, and a final status is never overwritten.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,9 +50,12 @@ class JobRecord:
 
 
 class Store(CallbackVerbs, abc.ABC):
-    """Domain verbs over the jobs table. Implementations must make `transition` atomic.
+    """The verbs the engine (dispatch, collection, nodes, retention, replicas, callback
+    delivery, uploads) speaks. Implementations must make `transition` atomic.
 
-    The verbs of completion callbacks are in `callback_verbs.CallbackVerbs`.
+    The verbs of completion callbacks are in `callback_verbs.CallbackVerbs`; what routes,
+    the status page and /metrics only read is in `StoreViews`. Implementations: SqlStore
+    (sql.py: SQLite, PostgreSQL) and MemoryStore (memory.py: a double for engine tests).
     """
 
     #: Whether other processes (server replicas) may use the same database.
@@ -139,66 +142,12 @@ class Store(CallbackVerbs, abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(
-        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
-    ) -> list[JobRecord]:
-        """Move the given Queued jobs to Processing on their chosen node; return those claimed.
-
-        Each claimed job's user becomes the most recently served of its service (a new turn,
-        in the order given), which the fairness rule reads back as `UserQueue.last_served`.
-        """
-
-    @abc.abstractmethod
-    async def occupancy(self) -> Occupancy: ...
-
-    @abc.abstractmethod
-    async def status_counts(self) -> dict[tuple[str, Status], int]:
-        """Jobs per (service, status), in one grouped query (read by /metrics)."""
-
-    @abc.abstractmethod
-    async def node_occupancy(self, service: str) -> dict[str, int]:
-        """Slot-holding jobs of a service per node (client upload URL)."""
-
-    @abc.abstractmethod
-    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
-        """The oldest due Queued jobs of each (service, user), at most runs_per_user each, with
-        the user's latest turn in the service."""
-
-    @abc.abstractmethod
-    async def dispatch_candidates(
-        self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
-    ) -> list[UserQueue]:
-        """The due queues plan_dispatch needs for an exact decision: only the users it could
-        pick now (at most the free slots of each service, the first by `fairness_key`), each
-        with the jobs it could start and its latest turn.
-        """
-
-    @abc.abstractmethod
     async def next_retry_at(self, after: float | None = None) -> float | None:
         """The earliest `not_before` of a Queued job (later than `after`, if given), so
         dispatch can sleep until then."""
 
     @abc.abstractmethod
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]: ...
-
-    @abc.abstractmethod
-    async def list_jobs(
-        self,
-        *,
-        limit: int,
-        before_id: int | None = None,
-        user_id: int | None = None,
-        status: Status | None = None,
-        service: str | None = None,
-        user_ranges: Sequence[tuple[int, int]] | None = None,
-    ) -> list[JobRecord]:
-        """Up to `limit` jobs with an id below `before_id` matching every filter given, newest
-        (highest id) first: one page of a keyset walk. `user_ranges`: only users in one of
-        these inclusive ranges (a portal's)."""
-
-    @abc.abstractmethod
-    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
-        """Jobs not yet final per (service, user), by status, in one grouped query."""
 
     @abc.abstractmethod
     async def queued_count(self, user_id: int) -> int:
@@ -267,3 +216,56 @@ class Store(CallbackVerbs, abc.ABC):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+
+class StoreViews(abc.ABC):
+    """What routes, the status page, /metrics and queue positions read: counts and pages of
+    jobs, never a change. Apart from `Store`, which the engine needs alone."""
+
+    @abc.abstractmethod
+    async def occupancy(self) -> Occupancy:
+        """Slot-holding jobs per (service, user) and per service (queue positions)."""
+
+    @abc.abstractmethod
+    async def status_counts(self) -> dict[tuple[str, Status], int]:
+        """Jobs per (service, status), in one grouped query (read by /metrics)."""
+
+    @abc.abstractmethod
+    async def node_occupancy(self, service: str) -> dict[str, int]:
+        """Slot-holding jobs of a service per node (client upload URL)."""
+
+    @abc.abstractmethod
+    async def queue_heads(self, limits: Mapping[str, ServiceLimits], now: float) -> list[UserQueue]:
+        """The oldest due Queued jobs of each (service, user), at most runs_per_user each, with
+        the user's latest turn in the service."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self,
+        *,
+        limit: int,
+        before_id: int | None = None,
+        user_id: int | None = None,
+        status: Status | None = None,
+        service: str | None = None,
+        user_ranges: Sequence[tuple[int, int]] | None = None,
+    ) -> list[JobRecord]:
+        """Up to `limit` jobs with an id below `before_id` matching every filter given, newest
+        (highest id) first: one page of a keyset walk. `user_ranges`: only users in one of
+        these inclusive ranges (a portal's)."""
+
+    @abc.abstractmethod
+    async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
+        """Jobs not yet final per (service, user), by status, in one grouped query."""
+
+    async def callback_url(self, job_id: int) -> str | None:
+        """The callback URL given at upload (for `GET /jobs/{id}`), or None."""
+        return (await self.callback_urls([job_id])).get(job_id)
+
+    @abc.abstractmethod
+    async def callback_urls(self, job_ids: Collection[int]) -> dict[int, str]:
+        """The callback URLs of those of these jobs that gave one (one query for a page)."""
+
+
+class ServerStore(Store, StoreViews, abc.ABC):
+    """What a server opens: the engine's verbs and the read views, on one database."""

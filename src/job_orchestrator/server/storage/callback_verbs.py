@@ -46,18 +46,6 @@ class CallbackRecord:
 
 class CallbackVerbs(abc.ABC):
     @abc.abstractmethod
-    async def callback_of(self, job_id: int) -> CallbackRecord | None:
-        """The job's callback delivery (with the job's status), or None if it has none."""
-
-    async def callback_url(self, job_id: int) -> str | None:
-        """The callback URL given at upload (for `GET /jobs/{id}`), or None."""
-        return (await self.callback_urls([job_id])).get(job_id)
-
-    @abc.abstractmethod
-    async def callback_urls(self, job_ids: Collection[int]) -> dict[int, str]:
-        """The callback URLs of those of these jobs that gave one (one query for a page)."""
-
-    @abc.abstractmethod
     async def due_callbacks(
         self,
         now: float,

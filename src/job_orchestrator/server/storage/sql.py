@@ -13,7 +13,6 @@ database.
 from __future__ import annotations
 
 import functools
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -43,7 +42,7 @@ from job_orchestrator.server.storage._notify import (
 )
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.backend import Backend, Work, open_backend
-from job_orchestrator.server.storage.base import ChooseNode, JobRecord, Store
+from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.sql_views import SqlViewVerbs
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations
@@ -51,7 +50,6 @@ from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
 T = TypeVar("T")
-_HELPERS = frozenset({"_run", "_execute", "_fetch", "_rows", "_transition"})
 
 # The hottest statements, built once and executed with parameters: a statement object run
 # again skips SQLAlchemy's construction and cache-key work (its compiled form is cached).
@@ -74,21 +72,18 @@ def _move_statement(expected: tuple[str, ...], columns: tuple[str, ...], returni
     return statement.returning(*jobs.c) if returning else statement
 
 
-def _verb() -> str:
-    """The Store verb whose unit of work is starting: the first caller that is not one of
-    the helpers above. Read from the stack (about 0.2 us) so that no call site names it."""
-    frame = sys._getframe(1)
-    while frame.f_code.co_name in _HELPERS and frame.f_back is not None:
-        frame = frame.f_back
-    return frame.f_code.co_name
-
-
 async def open_store(db_path: str) -> SqlStore:
     backend, listen_dsn = await open_backend(db_path)
     return SqlStore(backend, listen_dsn=listen_dsn)
 
 
-class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
+class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
+    """The Store and its views on SQLite or PostgreSQL.
+
+    Also `claim`, `dispatch_candidates` and `callback_of`, parts of the verbs that the
+    contract tests and bench/ call on their own; they are no part of the interfaces.
+    """
+
     def __init__(self, backend: Backend, listen_dsn: str | None = None) -> None:
         self._backend = backend
         #: Where LISTEN/NOTIFY wake-ups cross replicas (PostgreSQL); None: this process only.
@@ -116,21 +111,23 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
         if new.is_terminal():
             connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
 
-    async def _run(self, work: Work[T]) -> T:
-        self._operations[_verb()] += 1
+    async def _run(self, verb: str, work: Work[T]) -> T:
+        """Run one unit of work, counted under `verb` (the label of
+        job_orchestrator_store_operations_total: the public verb's name)."""
+        self._operations[verb] += 1
         try:
             return await self._backend.run(work)
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
 
-    async def _execute(self, statement: sa.Executable) -> int:
+    async def _execute(self, verb: str, statement: sa.Executable) -> int:
         """Run one statement; return the number of rows it changed."""
-        return await self._run(lambda connection: connection.execute(statement).rowcount)
+        return await self._run(verb, lambda connection: connection.execute(statement).rowcount)
 
     async def _fetch(
-        self, statement: sa.Executable, params: Mapping[str, Any] | None = None
+        self, verb: str, statement: sa.Executable, params: Mapping[str, Any] | None = None
     ) -> list[Any]:
-        return await self._run(lambda connection: list(connection.execute(statement, params)))
+        return await self._run(verb, lambda connection: list(connection.execute(statement, params)))
 
     async def create_job(
         self,
@@ -165,10 +162,10 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             self._notify(connection, Status.QUEUED, job_id)
             return job_id
 
-        return await self._run(insert)
+        return await self._run("create_job", insert)
 
     async def get_job(self, job_id: int) -> JobRecord | None:
-        rows = await self._fetch(_GET_JOB, {"job_id": job_id})
+        rows = await self._fetch("get_job", _GET_JOB, {"job_id": job_id})
         return job_record(rows[0]) if rows else None
 
     async def transition(
@@ -178,7 +175,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
         new: Status | None = None,
         **changes: Any,
     ) -> bool:
-        return bool(await self._transition(job_id, expected, new, changes, returning=False))
+        return bool(
+            await self._transition("transition", job_id, expected, new, changes, returning=False)
+        )
 
     async def transition_returning(
         self,
@@ -187,11 +186,14 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
         new: Status | None = None,
         **changes: Any,
     ) -> JobRecord | None:
-        row = await self._transition(job_id, expected, new, changes, returning=True)
+        row = await self._transition(
+            "transition_returning", job_id, expected, new, changes, returning=True
+        )
         return job_record(row) if row is not None else None
 
     async def _transition(
         self,
+        verb: str,
         job_id: int,
         expected: Collection[Status],
         new: Status | None,
@@ -217,7 +219,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
                 self._notify(connection, new, job_id)
             return outcome
 
-        outcome = await self._run(move)
+        outcome = await self._run(verb, move)
         if outcome and new is not None and new.is_terminal():
             self._announce_final(job_id)
         return outcome
@@ -225,9 +227,17 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
     async def claim(
         self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
     ) -> list[JobRecord]:
+        """Move the given Queued jobs to Processing on their chosen node; return those claimed
+        (claim_dispatchable's claim, on jobs chosen by the caller).
+
+        Each claimed job's user becomes the most recently served of its service (a new turn,
+        in the order given), which the fairness rule reads back as `UserQueue.last_served`.
+        """
         wanted = list(job_ids)
         return (
-            await self._run(lambda connection: claim_rows(connection, wanted, node_by_job, owner))
+            await self._run(
+                "claim", lambda connection: claim_rows(connection, wanted, node_by_job, owner)
+            )
             if wanted
             else []
         )
@@ -244,16 +254,18 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             # One short transaction per service: a service's lock never waits on another's.
             claimed.extend(
                 await self._run(
-                    functools.partial(claim_service, service, limit, now, choose_node, owner)
+                    "claim_dispatchable",
+                    functools.partial(claim_service, service, limit, now, choose_node, owner),
                 )
             )
         return claimed
 
     async def occupancy(self) -> Occupancy:
         rows = await self._fetch(
+            "occupancy",
             sa.select(jobs.c.service, jobs.c.user_id, sa.func.count())
             .where(jobs.c.status.in_([s.db for s in SLOT_HOLDING]))
-            .group_by(jobs.c.service, jobs.c.user_id)
+            .group_by(jobs.c.service, jobs.c.user_id),
         )
         per_user = {(row[0], row[1]): row[2] for row in rows}
         per_service: dict[str, int] = {}
@@ -264,48 +276,57 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
     async def dispatch_candidates(
         self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
     ) -> list[UserQueue]:
+        """The due queues plan_dispatch needs for an exact decision (those claim_dispatchable
+        reads): only the users it could pick now (at most the free slots of each service, the
+        first by `fairness_key`), each with the jobs it could start and its latest turn."""
         return await self._run(
+            "dispatch_candidates",
             lambda connection: [
                 queue
                 for service, limit in sorted(limits.items())
                 for queue in service_candidates(connection, service, limit, occupancy, now)
-            ]
+            ],
         )
 
     async def next_retry_at(self, after: float | None = None) -> float | None:
         statement = _NEXT_RETRY_AT
         if after is not None:
             statement = statement.where(jobs.c.not_before > after)
-        rows = await self._fetch(statement)
+        rows = await self._fetch("next_retry_at", statement)
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
 
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]:
         rows = await self._fetch(
-            jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id)
+            "jobs_with_status",
+            jobs.select().where(jobs.c.status.in_([s.db for s in statuses])).order_by(jobs.c.id),
         )
         return [job_record(row) for row in rows]
 
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(
+            "finished_before",
             jobs.select()
             .where(jobs.c.status.in_(_FINAL_DB), jobs.c.finished_at < cutoff)
             .order_by(jobs.c.finished_at)
-            .limit(limit)
+            .limit(limit),
         )
         return [job_record(row) for row in rows]
 
     async def known_locs(self, locs: Collection[str]) -> set[str]:
         if not locs:
             return set()
-        rows = await self._fetch(sa.select(jobs.c.loc).where(jobs.c.loc.in_(list(locs))))
+        rows = await self._fetch(
+            "known_locs", sa.select(jobs.c.loc).where(jobs.c.loc.in_(list(locs)))
+        )
         return {row[0] for row in rows}
 
     async def jobs_on_node(self, node: str, statuses: Collection[Status]) -> list[JobRecord]:
         rows = await self._fetch(
+            "jobs_on_node",
             jobs.select()
             .where(jobs.c.node == node, jobs.c.status.in_([s.db for s in statuses]))
-            .order_by(jobs.c.id)
+            .order_by(jobs.c.id),
         )
         return [job_record(row) for row in rows]
 
@@ -344,13 +365,14 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             self._notify(connection, Status.QUEUED, job.id)
             return True
 
-        return await self._run(revoke)
+        return await self._run("revoke_to_queue", revoke)
 
     async def revocations(self, node: str) -> list[tuple[int, int, str | None]]:
         rows = await self._fetch(
+            "revocations",
             sa.select(revocations.c.payload_id, revocations.c.job_id, revocations.c.dispatch_key)
             .where(revocations.c.node == node)
-            .order_by(revocations.c.payload_id)
+            .order_by(revocations.c.payload_id),
         )
         return [(row[0], row[1], row[2]) for row in rows]
 
@@ -374,13 +396,14 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
                     )
                 )
 
-        await self._run(add)
+        await self._run("add_revocation", add)
 
     async def forget_revocation(self, node: str, payload_id: int) -> None:
         await self._execute(
+            "forget_revocation",
             revocations.delete().where(
                 revocations.c.node == node, revocations.c.payload_id == payload_id
-            )
+            ),
         )
 
     async def heartbeat(
@@ -411,18 +434,19 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
             )
             return None if previous is None else str(previous)
 
-        return await self._run(beat)
+        return await self._run("heartbeat", beat)
 
     async def live_replicas(self, since: float) -> dict[str, str]:
         rows = await self._fetch(
+            "live_replicas",
             sa.select(replicas.c.id, replicas.c.services_digest).where(
                 replicas.c.heartbeat_at >= since
-            )
+            ),
         )
         return {row[0]: row[1] for row in rows}
 
     async def retire_replica(self, replica_id: str) -> None:
-        await self._execute(replicas.delete().where(replicas.c.id == replica_id))
+        await self._execute("retire_replica", replicas.delete().where(replicas.c.id == replica_id))
 
     async def take_over(
         self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
@@ -454,14 +478,16 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, Store):
                     taken.append(job_record(moved))
             return taken
 
-        return await self._run(take)
+        return await self._run("take_over", take)
 
     async def ping(self) -> None:
-        await self._fetch(sa.select(sa.literal(1)))
+        await self._fetch("ping", sa.select(sa.literal(1)))
 
     async def schema_revision(self) -> str:
         """The Alembic revision(s) the database is at."""
-        rows = await self._fetch(sa.text("SELECT version_num FROM alembic_version"))
+        rows = await self._fetch(
+            "schema_revision", sa.text("SELECT version_num FROM alembic_version")
+        )
         return ",".join(sorted(row[0] for row in rows))
 
     async def close(self) -> None:

@@ -62,19 +62,21 @@ def _not_in(exclude: Collection[int], users: Collection[int] = ()) -> sa.ColumnE
 
 class SqlCallbackVerbs(CallbackVerbs):
     @abc.abstractmethod
-    async def _run(self, work: Any) -> Any: ...
+    async def _run(self, verb: str, work: Any) -> Any: ...
 
-    async def _rows(self, statement: sa.Executable) -> list[Any]:
+    async def _rows(self, verb: str, statement: sa.Executable) -> list[Any]:
         rows: list[Any] = await self._run(
-            lambda connection: list(connection.execute(statement).all())
+            verb, lambda connection: list(connection.execute(statement).all())
         )
         return rows
 
     async def callback_of(self, job_id: int) -> CallbackRecord | None:
+        """The job's callback delivery (with the job's status), or None if it has none."""
         rows = await self._rows(
+            "callback_of",
             sa.select(callbacks, jobs.c.status, jobs.c.message, jobs.c.user_id)
             .select_from(_DUE_JOIN)
-            .where(callbacks.c.job_id == job_id)
+            .where(callbacks.c.job_id == job_id),
         )
         return _record(rows[0], with_job=True) if rows else None
 
@@ -82,9 +84,10 @@ class SqlCallbackVerbs(CallbackVerbs):
         if not job_ids:
             return {}
         rows = await self._rows(
+            "callback_urls",
             sa.select(callbacks.c.job_id, callbacks.c.url).where(
                 callbacks.c.job_id.in_(list(job_ids))
-            )
+            ),
         )
         return {row.job_id: row.url for row in rows}
 
@@ -96,6 +99,7 @@ class SqlCallbackVerbs(CallbackVerbs):
         exclude_users: Collection[int] = (),
     ) -> list[CallbackRecord]:
         rows = await self._rows(
+            "due_callbacks",
             sa.select(callbacks, jobs.c.status, jobs.c.message, jobs.c.user_id)
             .select_from(_DUE_JOIN)
             .where(
@@ -105,7 +109,7 @@ class SqlCallbackVerbs(CallbackVerbs):
                 _not_in(exclude, exclude_users),
             )
             .order_by(_next_attempt, callbacks.c.job_id)
-            .limit(limit)
+            .limit(limit),
         )
         return [_record(row, with_job=True) for row in rows]
 
@@ -114,9 +118,10 @@ class SqlCallbackVerbs(CallbackVerbs):
     ) -> float | None:
         due_at = sa.case((_leased_until > _next_attempt, _leased_until), else_=_next_attempt)
         rows = await self._rows(
+            "next_callback_at",
             sa.select(sa.func.min(due_at))
             .select_from(_DUE_JOIN)
-            .where(_PENDING_OF_FINAL, _not_in(exclude, exclude_users))
+            .where(_PENDING_OF_FINAL, _not_in(exclude, exclude_users)),
         )
         value = rows[0][0] if rows else None
         return float(value) if value is not None else None
@@ -149,7 +154,9 @@ class SqlCallbackVerbs(CallbackVerbs):
             )
             .returning(*callbacks.c)
         )
-        row = await self._run(lambda connection: connection.execute(statement).first())
+        row = await self._run(
+            "claim_callback", lambda connection: connection.execute(statement).first()
+        )
         return _record(row) if row is not None else None
 
     async def settle_callback(
@@ -174,7 +181,9 @@ class SqlCallbackVerbs(CallbackVerbs):
                 delivered_at=now if state is CallbackState.DELIVERED else None,
             )
         )
-        changed: int = await self._run(lambda connection: connection.execute(statement).rowcount)
+        changed: int = await self._run(
+            "settle_callback", lambda connection: connection.execute(statement).rowcount
+        )
         return changed == 1
 
     async def release_callback(self, job_id: int, token: str) -> bool:
@@ -183,5 +192,7 @@ class SqlCallbackVerbs(CallbackVerbs):
             .where(callbacks.c.job_id == job_id, callbacks.c.lease_token == token)
             .values(lease_token=None, lease_until=None)
         )
-        changed: int = await self._run(lambda connection: connection.execute(statement).rowcount)
+        changed: int = await self._run(
+            "release_callback", lambda connection: connection.execute(statement).rowcount
+        )
         return changed == 1

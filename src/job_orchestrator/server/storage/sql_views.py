@@ -21,13 +21,14 @@ from job_orchestrator.status import SLOT_HOLDING, Status
 
 class SqlViewVerbs:
     @abc.abstractmethod
-    async def _fetch(self, statement: sa.Executable) -> list[Any]: ...
+    async def _fetch(self, verb: str, statement: sa.Executable) -> list[Any]: ...
 
     async def status_counts(self) -> dict[tuple[str, Status], int]:
         rows = await self._fetch(
+            "status_counts",
             sa.select(jobs.c.service, jobs.c.status, sa.func.count()).group_by(
                 jobs.c.service, jobs.c.status
-            )
+            ),
         )
         counts: dict[tuple[str, Status], int] = {}
         for service, status, count in rows:
@@ -37,12 +38,13 @@ class SqlViewVerbs:
 
     async def node_occupancy(self, service: str) -> dict[str, int]:
         rows = await self._fetch(
+            "node_occupancy",
             sa.select(jobs.c.node, sa.func.count())
             .where(
                 jobs.c.service == service,
                 jobs.c.status.in_([s.db for s in SLOT_HOLDING]),
             )
-            .group_by(jobs.c.node)
+            .group_by(jobs.c.node),
         )
         return {row[0]: row[1] for row in rows if row[0] is not None}
 
@@ -65,9 +67,10 @@ class SqlViewVerbs:
             .subquery()
         )
         rows = await self._fetch(
+            "queue_heads",
             sa.select(due.c.service, due.c.user_id, due.c.id)
             .where(due.c.position <= sa.case(depths, value=due.c.service, else_=0))
-            .order_by(due.c.service, due.c.user_id, due.c.id)
+            .order_by(due.c.service, due.c.user_id, due.c.id),
         )
         grouped: dict[tuple[str, int], list[int]] = {}
         for service, user_id, job_id in rows:
@@ -75,12 +78,13 @@ class SqlViewVerbs:
         turns = {
             (service, user_id): turn
             for service, user_id, turn in await self._fetch(
+                "queue_heads",
                 sa.select(
                     service_users.c.service, service_users.c.user_id, service_users.c.served_turn
                 ).where(
                     service_users.c.service.in_(list(limits)),
                     service_users.c.served_turn.is_not(None),
-                )
+                ),
             )
         }
         return [
@@ -114,23 +118,25 @@ class SqlViewVerbs:
         if service is not None:
             conditions.append(jobs.c.service == service)
         rows = await self._fetch(
-            jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
+            "list_jobs", jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
         )
         return [job_record(row) for row in rows]
 
     async def queued_count(self, user_id: int) -> int:
         rows = await self._fetch(
+            "queued_count",
             sa.select(sa.func.count()).where(
                 jobs.c.status == Status.QUEUED.db, jobs.c.user_id == user_id
-            )
+            ),
         )
         return int(rows[0][0])
 
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
         rows = await self._fetch(
+            "open_job_counts",
             sa.select(jobs.c.service, jobs.c.user_id, jobs.c.status, sa.func.count())
             .where(jobs.c.status.in_([s.db for s in Status if not s.is_terminal()]))
-            .group_by(jobs.c.service, jobs.c.user_id, jobs.c.status)
+            .group_by(jobs.c.service, jobs.c.user_id, jobs.c.status),
         )
         counts: dict[tuple[str, int], dict[Status, int]] = {}
         for service, user_id, status, count in rows:

@@ -1,0 +1,417 @@
+"""The Store in Python structures: a real implementation for tests that need no database.
+
+Same contract as SqlStore (tests/integration run both through one suite): ids never reused,
+compare-and-set transitions, claims that keep a dispatch key and stamp the fairness turns,
+leases and take-overs, callback deliveries claimed on their attempt count. Each verb is one
+unit of work run whole under the database's lock, after yielding once to the event loop (so
+concurrent callers interleave between units, as they do on a real database, never inside one).
+
+Several stores opened on one `MemoryDatabase` act as replicas of one database: they see the
+same jobs, and a store that `subscribe`s hears of the others' changes (a job queued, a slot
+freed, a final status), as PostgreSQL's LISTEN/NOTIFY tells replicas. A closed store refuses
+every verb with StoreUnavailableError; its database keeps the data (reopen: a restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, TypeVar
+
+from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.server.scheduler import (
+    Occupancy,
+    ServiceLimits,
+    UserQueue,
+    plan_dispatch,
+)
+from job_orchestrator.server.storage import _memory_rows as rows
+from job_orchestrator.server.storage._memory_callbacks import (
+    MemoryCallbackVerbs,
+    new_delivery,
+)
+from job_orchestrator.server.storage._memory_rows import MemoryDatabase, Row
+from job_orchestrator.server.storage._memory_views import MemoryViewVerbs
+from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
+from job_orchestrator.status import Status
+
+__all__ = ["MemoryDatabase", "MemoryStore"]
+T = TypeVar("T")
+
+
+class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
+    """The Store and its views on a MemoryDatabase (a new one unless given).
+
+    Also `claim`, `dispatch_candidates` and `callback_of`, as on SqlStore: called on their own
+    only by the contract tests. Given a database, `shared` is True (other stores may use it).
+    """
+
+    def __init__(self, database: MemoryDatabase | None = None) -> None:
+        self.shared = database is not None
+        self._db = database if database is not None else MemoryDatabase()
+        self._operations: Counter[str] = Counter()
+        self._commits = 0
+        self._closed = False
+        self._wake: tuple[asyncio.AbstractEventLoop, Callable[[], None]] | None = None
+
+    @property
+    def database(self) -> MemoryDatabase:
+        return self._db
+
+    def work_counts(self) -> tuple[Mapping[str, int], int]:
+        return self._operations, self._commits
+
+    def subscribe(self, wake: Callable[[], None]) -> None:
+        if self._wake is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._wake = (loop, wake)
+        with self._db.lock:
+            self._db.stores.append(self)
+        loop.call_soon(wake)  # as the listener does once it listens: for what came before
+
+    async def _run(self, verb: str, work: Callable[[MemoryDatabase], T]) -> T:
+        """One unit of work, counted under `verb` (job_orchestrator_store_operations_total)."""
+        await asyncio.sleep(0)
+        if self._closed:
+            raise StoreUnavailableError("the store is closed")
+        self._operations[verb] += 1
+        with self._db.lock:
+            result = work(self._db)
+        self._commits += 1
+        return result
+
+    def _notify(self, new: Status | None, job_id: int) -> None:
+        """Tell the other subscribed stores of the database, as NOTIFY does at commit."""
+        if new is None or not (new is Status.QUEUED or new.is_terminal()):
+            return
+        with self._db.lock:
+            others = [store for store in self._db.stores if store is not self]
+        for other in others:
+            if other._wake is None:
+                continue
+            loop, wake = other._wake
+            if loop.is_closed():
+                continue
+            loop.call_soon_threadsafe(wake)
+            if new.is_terminal():
+                loop.call_soon_threadsafe(other._announce_final, job_id)
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        *,
+        user_id: int,
+        service: str,
+        loc: str,
+        callback_url: str | None = None,
+        token_name: str | None = None,
+    ) -> int:
+        now = time.time()
+
+        def insert(db: MemoryDatabase) -> int:
+            job_id = next(db.ids)
+            db.jobs[job_id] = dict.fromkeys(rows.COLUMNS) | {
+                "user_id": user_id,
+                "service": service,
+                "loc": loc,
+                "status": Status.QUEUED,
+                "message": "",
+                "attempts": 0,
+                "queued_at": now,
+                "updated_at": now,
+                "token_name": token_name,
+            }
+            db.service_users.setdefault((service, user_id), [job_id, None])
+            if callback_url is not None:
+                db.callbacks[job_id] = new_delivery(callback_url, now)
+            return job_id
+
+        job_id = await self._run("create_job", insert)
+        self._notify(Status.QUEUED, job_id)
+        return job_id
+
+    async def get_job(self, job_id: int) -> JobRecord | None:
+        def read(db: MemoryDatabase) -> JobRecord | None:
+            row = db.jobs.get(job_id)
+            return None if row is None else rows.record(job_id, row)
+
+        return await self._run("get_job", read)
+
+    async def transition(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> bool:
+        return await self._transition("transition", job_id, expected, new, changes) is not None
+
+    async def transition_returning(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        **changes: Any,
+    ) -> JobRecord | None:
+        return await self._transition("transition_returning", job_id, expected, new, changes)
+
+    async def _transition(
+        self,
+        verb: str,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None,
+        changes: Mapping[str, Any],
+    ) -> JobRecord | None:
+        unknown = set(changes) - rows.COLUMNS
+        if unknown:
+            raise StoreError(f"no such column(s) of jobs: {sorted(unknown)}")
+        now = time.time()
+        values: Row = {"updated_at": now, **changes}
+        if new is not None:
+            values["status"] = new
+            if new in rows.FINAL:
+                values.setdefault("finished_at", now)
+
+        def move(db: MemoryDatabase) -> JobRecord | None:
+            row = db.jobs.get(job_id)
+            if row is None or row["status"] not in expected:
+                return None
+            row.update(values)
+            return rows.record(job_id, row)
+
+        moved = await self._run(verb, move)
+        if moved is not None:
+            self._notify(new, job_id)
+            if new is not None and new.is_terminal():
+                self._announce_final(job_id)
+        return moved
+
+    async def claim(
+        self, job_ids: Iterable[int], node_by_job: Mapping[int, str], owner: str | None = None
+    ) -> list[JobRecord]:
+        """As SqlStore.claim: the given Queued jobs to Processing on their node (a node or a
+        dispatch key they already have is kept), each claimed user served anew."""
+        wanted = list(job_ids)
+        if not wanted:
+            return []
+        return await self._run("claim", lambda db: rows.claim_rows(db, wanted, node_by_job, owner))
+
+    async def claim_dispatchable(
+        self,
+        limits: Mapping[str, ServiceLimits],
+        now: float,
+        choose_node: ChooseNode,
+        owner: str | None = None,
+    ) -> list[JobRecord]:
+        claimed: list[JobRecord] = []
+        for service in sorted(limits):
+
+            def decide(db: MemoryDatabase, service: str = service) -> list[JobRecord]:
+                limit = limits[service]
+                occupancy = rows.occupancy(db, service)
+                queues = rows.candidates(db, service, limit, occupancy, now)
+                planned = plan_dispatch(queues, occupancy, {service: limit})
+                active = rows.node_occupancy(db, service)
+                node_by_job: dict[int, str] = {}
+                for job_id in planned:
+                    node = choose_node(service, active)
+                    if node is None:
+                        break  # no node of this service can take work: its jobs stay queued
+                    active[node] = active.get(node, 0) + 1
+                    node_by_job[job_id] = node
+                return rows.claim_rows(db, list(node_by_job), node_by_job, owner)
+
+            claimed.extend(await self._run("claim_dispatchable", decide))
+        return claimed
+
+    async def dispatch_candidates(
+        self, limits: Mapping[str, ServiceLimits], occupancy: Occupancy, now: float
+    ) -> list[UserQueue]:
+        """As SqlStore.dispatch_candidates: the queues plan_dispatch needs, the first users by
+        `fairness_key`, at most the free slots of each service."""
+        return await self._run(
+            "dispatch_candidates",
+            lambda db: [
+                queue
+                for service, limit in sorted(limits.items())
+                for queue in rows.candidates(db, service, limit, occupancy, now)
+            ],
+        )
+
+    async def next_retry_at(self, after: float | None = None) -> float | None:
+        def earliest(db: MemoryDatabase) -> float | None:
+            times = [
+                row["not_before"]
+                for row in db.jobs.values()
+                if row["status"] is Status.QUEUED
+                and row["not_before"] is not None
+                and (after is None or row["not_before"] > after)
+            ]
+            return float(min(times)) if times else None
+
+        return await self._run("next_retry_at", earliest)
+
+    async def _select(self, verb: str, keep: Callable[[Row], bool]) -> list[JobRecord]:
+        """The jobs `keep` accepts, in id order, as records."""
+        return await self._run(
+            verb, lambda db: [rows.record(i, row) for i, row in db.jobs.items() if keep(row)]
+        )
+
+    async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]:
+        wanted = set(statuses)
+        return await self._select("jobs_with_status", lambda row: row["status"] in wanted)
+
+    async def queued_count(self, user_id: int) -> int:
+        return await self._run(
+            "queued_count",
+            lambda db: sum(
+                1
+                for row in db.jobs.values()
+                if row["status"] is Status.QUEUED and row["user_id"] == user_id
+            ),
+        )
+
+    async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
+        def finished(db: MemoryDatabase) -> list[JobRecord]:
+            found = [
+                (row["finished_at"], job_id, row)
+                for job_id, row in db.jobs.items()
+                if row["status"] in rows.FINAL
+                and row["finished_at"] is not None
+                and row["finished_at"] < cutoff
+            ]
+            found.sort(key=lambda item: (item[0], item[1]))
+            return [rows.record(job_id, row) for _at, job_id, row in found[:limit]]
+
+        return await self._run("finished_before", finished)
+
+    async def known_locs(self, locs: Collection[str]) -> set[str]:
+        wanted = set(locs)
+        return await self._run(
+            "known_locs", lambda db: {row["loc"] for row in db.jobs.values()} & wanted
+        )
+
+    async def jobs_on_node(self, node: str, statuses: Collection[Status]) -> list[JobRecord]:
+        wanted = set(statuses)
+        return await self._select(
+            "jobs_on_node", lambda row: row["node"] == node and row["status"] in wanted
+        )
+
+    # ---- revocations -------------------------------------------------------------------------
+
+    async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
+        now = time.time()
+
+        def revoke(db: MemoryDatabase) -> bool:
+            row = db.jobs.get(job.id)
+            # As SQL compares them: a job never given a payload id (dest_id NULL) is no match.
+            if (
+                row is None
+                or row["node"] != job.node
+                or row["dest_id"] != job.dest_id
+                or row["status"] not in expected
+            ):
+                return False
+            key = (str(job.node), job.dest_id)
+            if key in db.revocations:  # the SQL primary key refuses it; nothing changes
+                raise StoreError(f"payload {job.dest_id} on {job.node} is already revoked")
+            row.update(
+                status=Status.QUEUED,
+                node=None,
+                dest_id=None,
+                dispatch_key=None,
+                attempts=job.attempts + 1,
+                updated_at=now,
+            )
+            db.revocations[key] = (job.id, job.dispatch_key)
+            return True
+
+        revoked = await self._run("revoke_to_queue", revoke)
+        if revoked:
+            self._notify(Status.QUEUED, job.id)
+        return revoked
+
+    async def revocations(self, node: str) -> list[tuple[int, int, str | None]]:
+        return await self._run(
+            "revocations",
+            lambda db: sorted(
+                (payload_id, job_id, key)
+                for (on, payload_id), (job_id, key) in db.revocations.items()
+                if on == node
+            ),
+        )
+
+    async def add_revocation(
+        self, node: str, payload_id: int, job_id: int, dispatch_key: str | None
+    ) -> None:
+        await self._run(
+            "add_revocation",
+            lambda db: db.revocations.setdefault((node, payload_id), (job_id, dispatch_key)),
+        )
+
+    async def forget_revocation(self, node: str, payload_id: int) -> None:
+        await self._run("forget_revocation", lambda db: db.revocations.pop((node, payload_id), 0))
+
+    # ---- replicas and leases -----------------------------------------------------------------
+
+    async def heartbeat(
+        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
+    ) -> str | None:
+        def beat(db: MemoryDatabase) -> str | None:
+            previous = db.replicas.get(replica_id)
+            started_at = now if previous is None else previous.started_at
+            db.replicas[replica_id] = rows.Replica(now, started_at, services_digest, incarnation)
+            return None if previous is None else previous.incarnation
+
+        return await self._run("heartbeat", beat)
+
+    async def live_replicas(self, since: float) -> dict[str, str]:
+        return await self._run(
+            "live_replicas",
+            lambda db: {
+                replica_id: replica.services_digest
+                for replica_id, replica in db.replicas.items()
+                if replica.heartbeat_at >= since
+            },
+        )
+
+    async def retire_replica(self, replica_id: str) -> None:
+        await self._run("retire_replica", lambda db: db.replicas.pop(replica_id, None))
+
+    async def take_over(
+        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
+    ) -> list[JobRecord]:
+        wanted = set(statuses)
+
+        def take(db: MemoryDatabase) -> list[JobRecord]:
+            alive = {
+                other
+                for other, replica in db.replicas.items()
+                if replica.heartbeat_at >= alive_since and other != replica_id
+            }
+            taken = []
+            for job_id, row in db.jobs.items():
+                owner = row["owner"]
+                if row["status"] not in wanted or owner in alive:
+                    continue
+                if owner == replica_id and not own:
+                    continue
+                row["owner"] = replica_id
+                taken.append(rows.record(job_id, row))
+            return taken
+
+        return await self._run("take_over", take)
+
+    async def ping(self) -> None:
+        await self._run("ping", lambda db: None)
+
+    async def close(self) -> None:
+        self._closed = True
+        with self._db.lock:
+            if self in self._db.stores:
+                self._db.stores.remove(self)
