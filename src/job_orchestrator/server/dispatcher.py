@@ -34,9 +34,9 @@ from job_orchestrator.errors import (
     UndeliveredError,
 )
 from job_orchestrator.server.collection import JobCollector, job_fields
-from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.node_calls import NodeCalls
 from job_orchestrator.server.nodes import Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
@@ -67,7 +67,7 @@ class Orchestrator:
         self,
         settings: ServerSettings,
         store: ServerStore,
-        gateway: NodeGateway,
+        gateway: NodeCalls,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.settings = settings

@@ -27,7 +27,6 @@ import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -50,6 +49,7 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server.jobfiles import temporary_name
 from job_orchestrator.server.metrics import ServerMetrics, observed_call
+from job_orchestrator.server.node_calls import LogAnswer, NodeReport, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import (
     MultipartBody,
     join_url,
@@ -81,51 +81,6 @@ from job_orchestrator.wire import (
 _KEEPALIVE_S = 4.0
 #: h11 (httpx) accepted 16 KiB of response headers; a long X-Orchestrator-Message must fit.
 _MAX_HEADER_BYTES = 16 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class LogAnswer:
-    """A client's /logs answer: its body, and whether that body ends the log."""
-
-    #: The payload was final before the client read the log: the body is all the rest.
-    final: bool
-    chunks: AsyncIterator[bytes]
-
-
-@dataclass(frozen=True, slots=True)
-class ZipAnswer:
-    """A client's ZIP answer as it streams in."""
-
-    chunks: AsyncIterator[bytes]
-    #: X-Orchestrator-Message as the client sent it (still percent-encoded), if it sent one.
-    message_header: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeReport:
-    max_concurrent: int | None
-    load_percent: float | None
-    #: /load (which needs the token, unlike our client's /health) answered 401.
-    token_refused: bool = False
-    #: The client's SERVER_LEASE, as its /health advertises it (None: not said).
-    server_lease_s: float | None = None
-    #: The warnings the client printed at start, as its /health advertises them.
-    warnings: tuple[str, ...] = ()
-    #: Why our client takes no new payload now (its /health header), e.g. "disk_full".
-    refusing: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RetrieveResult:
-    status: Status
-    message: str
-    long_polled: bool
-    #: run.sh's exit status, from our client's header (the original's client sends none).
-    exit_code: int | None = None
-    #: When run.sh started, on this server's clock (our client's age header; else None).
-    started_at: float | None = None
-    #: The size of the payload's whole log (our client's header on a ZIP; else None).
-    log_bytes: int | None = None
 
 
 def _exit_code(response: aiohttp.ClientResponse) -> int | None:
@@ -188,7 +143,8 @@ def _payload_json(body: bytes, what: str) -> dict[str, Any]:
 
 
 class NodeGateway:
-    """One aiohttp session (one unlimited keep-alive pool) for all calls to all nodes.
+    """The NodeCalls of the server over HTTP: one aiohttp session (one unlimited keep-alive
+    pool) for all calls to all nodes.
 
     Built inside the running loop (aiohttp binds a session to it): the app's lifespan.
     """

@@ -43,8 +43,8 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.http_common import id_parameter, out_of_descriptors, status_body, too_busy
 from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.jobfiles import log_path, temporary_name
+from job_orchestrator.server.node_calls import NodeCalls
 from job_orchestrator.server.nodes import recorded_node
 from job_orchestrator.server.requesting import engine, lookup_job
 from job_orchestrator.server.storage import JobRecord, Store
@@ -94,7 +94,7 @@ class LogKeeper:
     readers fall back to the client until it is in place (it appears atomically, whole).
     """
 
-    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
+    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeCalls) -> None:
         self.settings = settings
         self.store = store
         self.gateway = gateway

@@ -39,7 +39,7 @@ from job_orchestrator.errors import (
     PayloadLostError,
     UndeliveredError,
 )
-from job_orchestrator.server.gateway import NodeGateway, RetrieveResult, ZipAnswer
+from job_orchestrator.server.node_calls import NodeCalls, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
@@ -142,7 +142,7 @@ class NodeClient:
 
     node: NodeConfig
     token: str | None
-    gateway: NodeGateway
+    gateway: NodeCalls
 
     @property
     def url(self) -> str:
@@ -202,7 +202,7 @@ class NodeClient:
 
 
 class Fleet:
-    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeGateway) -> None:
+    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeCalls) -> None:
         self.settings = settings
         self.store = store
         self.gateway = gateway
