@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -18,11 +17,9 @@ from fastapi.responses import (
     Response,
     StreamingResponse,
 )
-from starlette.requests import ClientDisconnect
 
 from job_orchestrator._descriptors import RETRY_AFTER_S as DESCRIPTORS_RETRY_AFTER_S
 from job_orchestrator._descriptors import is_exhaustion
-from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.errors import (
     ClientCallError,
@@ -31,10 +28,8 @@ from job_orchestrator.errors import (
     PartialTooLargeError,
     PayloadLostError,
     StoreError,
-    StoreUnavailableError,
 )
 from job_orchestrator.file_responses import zip_response
-from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.http_common import (
     HEALTHY,
     PING,
@@ -45,27 +40,21 @@ from job_orchestrator.http_common import (
     status_body,
     too_busy,
 )
-from job_orchestrator.multipart import (
-    PARSE_ERROR_MESSAGE,
-    BodyIdleError,
-    BodyTooLargeError,
-    BoundaryError,
-    MalformedBodyError,
-    MultipartError,
-    read_multipart,
-)
-from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
-from job_orchestrator.server.delivery import CallbackDeliverer
-from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.jobfiles import INPUT_DIR, PARTIAL_NAME, RESULT_NAME
+from job_orchestrator.server.callbacks import MAX_URL_CHARS
+from job_orchestrator.server.jobfiles import PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.requesting import (
-    Principal,
     authenticate,
     engine,
     lookup_job,
     not_found,
 )
-from job_orchestrator.server.uploads import Staging
+from job_orchestrator.server.upload_service import (
+    Reason,
+    UploadAccepted,
+    UploadRefused,
+    UploadRequest,
+    receive_upload,
+)
 from job_orchestrator.server.waiting import (
     HELD_RETRY_AFTER_S,
     MAX_WAIT_S,
@@ -75,7 +64,7 @@ from job_orchestrator.server.waiting import (
     parse_wait,
 )
 from job_orchestrator.status import TERMINAL, Status
-from job_orchestrator.wire import MESSAGE_HEADER, parse_i32
+from job_orchestrator.wire import MESSAGE_HEADER
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -120,36 +109,10 @@ _UNAUTHORIZED = {
 
 
 #: The text fields /upload reads; any other is counted against the body limit and dropped.
-_UPLOAD_FIELDS = ("user_id", "service", "callback_url")
-#: Longer user_id, service or callback_url values are invalid whatever they hold
-#: (docs/differences.md).
-_MAX_UPLOAD_FIELD_BYTES = 64 * 1024
 #: Seconds a refused upload is told to wait (503 Retry-After).
 _RETRY_AFTER_S = 5
 #: Seconds an upload refused for a full queue (QUEUE_MAX_PER_USER) is told to wait (429).
 _QUEUE_RETRY_AFTER_S = 30
-#: Where upstream's handler was when a body ended early (UPSTREAM §3.2).
-_TRUNCATED = {
-    "file": f"Could not save file: Chunk read failed: {PARSE_ERROR_MESSAGE}",
-    "text": f"Error reading text field: {PARSE_ERROR_MESSAGE}",
-}
-
-
-def _upload_file_name(_field: str, filename: str) -> PurePosixPath:
-    """The stored name of an uploaded file; names with control characters are refused.
-
-    The dispatch percent-encodes CR and LF (as reqwest does) and nothing decodes them, so
-    ``a\nb`` and ``a%0Ab`` would reach the job as one file; the other control characters
-    are refused alike, since no portal means them.
-    """
-    name = sanitize_filename(filename)
-    for char in filename:
-        if ord(char) < 0x20 or ord(char) == 0x7F:
-            raise UnsafeFileNameError(
-                f"file name {filename!r} contains the control character U+{ord(char):04X}; "
-                "control characters are not allowed in file names"
-            )
-    return PurePosixPath(name)
 
 
 #: Seconds a client is told to wait while the database cannot be reached.
@@ -253,171 +216,56 @@ async def upload(request: Request) -> Response:
     caller = authenticate(request)
     if isinstance(caller, JSONResponse):
         return caller
-    orchestrator = engine(request)
-    settings = orchestrator.settings
-    limit = settings.upload_limit_bytes
-    too_large = f"Request body exceeds the upload limit of {limit} bytes ({limit // 2**20} MiB)"
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        return status_body(0, Status.UNKNOWN, too_large, 413)
-    address = request.client.host if request.client else ""
-    if not orchestrator.uploads.admit(address):
-        response = status_body(0, Status.UNKNOWN, "Too many uploads in progress; retry later", 503)
-        response.headers["Retry-After"] = str(_RETRY_AFTER_S)
-        return response
-    staging = Staging(settings.data_path)
-    try:
-        with orchestrator.uploads.tracking(staging):
-            return await _receive_upload(request, orchestrator, staging, caller, too_large)
-    finally:
-        orchestrator.uploads.release(address)
+    outcome = await receive_upload(
+        engine(request),
+        request.app.state.callbacks,
+        UploadRequest(
+            body=_body(request),
+            content_type=request.headers.get("content-type"),
+            declared_length=request.headers.get("content-length", ""),
+            caller_address=request.client.host if request.client else "",
+            caller=caller,
+        ),
+    )
+    if isinstance(outcome, UploadAccepted):
+        return status_body(outcome.job_id, Status.QUEUED, "Job successfully uploaded", 201)
+    return _refusal(outcome)
 
 
-async def _receive_upload(
-    request: Request,
-    orchestrator: Orchestrator,
-    staging: Staging,
-    caller: Principal,
-    too_large: str,
-) -> Response:
-    """Read the form into `staging`, check it, and turn it into a queued job."""
-    settings = orchestrator.settings
-    files_dir = staging.path / INPUT_DIR
-    keep = False
-    try:
-        await asyncio.to_thread(staging.create)
-        files_dir.mkdir()
-    except OSError as error:
-        staging.close()
-        await asyncio.to_thread(remove_tree, staging.path)
-        if is_exhaustion(error):
-            logger.warning("upload answered 503: %s", error)
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        yield chunk
+
+
+#: The status of each refusal that is just the usual error body.
+_REFUSAL_STATUS = {
+    Reason.INVALID: 400,
+    Reason.FORBIDDEN: 403,
+    Reason.TOO_LARGE: 413,
+    Reason.FAILED: 500,
+}
+
+
+def _refusal(refused: UploadRefused) -> Response:
+    """The answer to a refused upload: the original's texts and codes, and ours."""
+    match refused.reason:
+        case Reason.BAD_BOUNDARY:
+            return PlainTextResponse(refused.message, status_code=400)
+        case Reason.IDLE:
+            response = status_body(0, Status.UNKNOWN, refused.message, 408)
+            # The sender has stalled: close rather than wait for the rest of its body.
+            response.headers["Connection"] = "close"
+            return response
+        case Reason.QUEUE_FULL:
+            return too_busy(refused.message, 429, _QUEUE_RETRY_AFTER_S)
+        case Reason.BUSY:
+            return too_busy(refused.message, 503, _RETRY_AFTER_S)
+        case Reason.DATABASE_UNAVAILABLE:
+            return database_unavailable()
+        case Reason.OUT_OF_DESCRIPTORS:
             return out_of_descriptors()
-        logger.exception("could not create %s", files_dir)
-        return status_body(0, Status.UNKNOWN, "Could not create job directory", 500)
-    try:
-        form = await read_multipart(
-            request.stream(),
-            request.headers.get("content-type"),
-            files_dir,
-            name_for_file=_upload_file_name,
-            keep_fields=_UPLOAD_FIELDS,
-            max_field_bytes=_MAX_UPLOAD_FIELD_BYTES,
-            max_body_bytes=settings.upload_limit_bytes,
-            idle_timeout_s=settings.upload_idle_timeout_s or None,
-        )
-        fields = form.fields
-        # A user's token or JWT says who; without authentication or from a portal, the form.
-        if "user_id" not in fields and "user_id" not in form.oversized and caller.user_id is None:
-            return status_body(0, Status.UNKNOWN, "Missing user_id field", 400)
-        if "user_id" in form.oversized:
-            user_id: int | None = None
-        else:
-            user_id = parse_i32(fields["user_id"]) if "user_id" in fields else caller.user_id
-        if not isinstance(user_id, int):
-            return status_body(0, Status.UNKNOWN, "Invalid user_id, should be a number", 400)
-        if not caller.may_act_for(user_id):
-            return status_body(0, Status.UNKNOWN, _not_for(caller), 403)
-        if "service" not in fields and "service" not in form.oversized:
-            return status_body(0, Status.UNKNOWN, "Missing service field", 400)
-        service = fields.get("service", "").lower()
-        if service not in settings.services:
-            return status_body(0, Status.UNKNOWN, "Invalid service", 400)
-        queue_max = settings.queue_max_per_user
-        if queue_max and await orchestrator.store.queued_count(user_id) >= queue_max:
-            message = (
-                f"Too many queued jobs for user {user_id} (at most {queue_max}, "
-                "QUEUE_MAX_PER_USER); retry later"
-            )
-            return too_busy(message, 429, _QUEUE_RETRY_AFTER_S)
-        callback_url = await _callback_url(request, form.fields, form.oversized)
-        if isinstance(callback_url, Response):
-            return callback_url
-        loc = await asyncio.to_thread(staging.commit)
-        keep = True
-        try:
-            job_id = await orchestrator.store.create_job(
-                user_id=user_id,
-                service=service,
-                loc=str(loc),
-                callback_url=callback_url,
-                token_name=caller.name,
-            )
-        except StoreError as error:
-            logger.exception("could not add a job")
-            await asyncio.to_thread(remove_tree, loc)
-            if isinstance(error, StoreUnavailableError):
-                return database_unavailable()
-            return status_body(0, Status.UNKNOWN, "Error while adding the job to the database", 500)
-        logger.info(
-            "job %d queued for user %d in %s by token %s",
-            job_id,
-            user_id,
-            service,
-            caller.name or "-",
-            extra={
-                "job_id": job_id,
-                "user_id": user_id,
-                "service": service,
-                "token_name": caller.name,
-            },
-        )
-        orchestrator.wake_dispatch()
-        return status_body(job_id, Status.QUEUED, "Job successfully uploaded", 201)
-    except BoundaryError as error:
-        return PlainTextResponse(str(error), status_code=400)
-    except BodyTooLargeError:
-        return status_body(0, Status.UNKNOWN, too_large, 413)
-    except BodyIdleError as error:
-        response = status_body(
-            0,
-            Status.UNKNOWN,
-            f"No data received for {error.timeout_s:g} s; upload abandoned",
-            408,
-        )
-        # The sender has stalled: close rather than wait for the rest of its body.
-        response.headers["Connection"] = "close"
-        return response
-    except ClientDisconnect:
-        return status_body(0, Status.UNKNOWN, "Request body incomplete", 400)
-    except MalformedBodyError as error:
-        message = _TRUNCATED.get(error.inside or "", f"Multipart error: {error}")
-        return status_body(0, Status.UNKNOWN, message, 400)
-    except (MultipartError, UnsafeFileNameError) as error:
-        return status_body(0, Status.UNKNOWN, f"Multipart error: {error}", 400)
-    except OSError as error:
-        if is_exhaustion(error):
-            logger.warning("upload answered 503: %s", error)
-            return out_of_descriptors()
-        logger.exception("could not save an upload")
-        return status_body(0, Status.UNKNOWN, f"Could not save file: {error.strerror}", 500)
-    finally:
-        staging.close()
-        if not keep:
-            # A rejected upload leaves nothing behind.
-            await asyncio.to_thread(remove_tree, staging.path)
-
-
-def _not_for(caller: Principal) -> str:
-    if caller.is_portal:
-        return "user_id is outside the user ids of this portal token"
-    return "user_id does not match the token"
-
-
-async def _callback_url(
-    request: Request, fields: Mapping[str, str], oversized: Collection[str]
-) -> str | Response | None:
-    """The upload's callback URL to store (None: the field is absent or empty), or the 400."""
-    raw = fields.get("callback_url", "")
-    if "callback_url" not in oversized and not raw:
-        return None
-    callbacks: CallbackDeliverer = request.app.state.callbacks
-    try:
-        if "callback_url" in oversized:
-            raise CallbackURLError(f"longer than {MAX_URL_CHARS} characters")
-        return await callbacks.accept_url(raw)
-    except CallbackURLError as error:
-        return status_body(0, Status.UNKNOWN, f"Invalid callback_url: {error}", 400)
+        case _:
+            return status_body(0, Status.UNKNOWN, refused.message, _REFUSAL_STATUS[refused.reason])
 
 
 _WAIT_PARAMETER = {
