@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from job_orchestrator.server.storage.base import JobRecord, Store
+from job_orchestrator.server.storage.changes import KEEP, NO_CHANGES, JobChanges
 from job_orchestrator.server.storage.sql import SqlStore, open_store
 
-__all__ = ["JobRecord", "SqlStore", "Store", "open_store"]
+__all__ = ["KEEP", "NO_CHANGES", "JobChanges", "JobRecord", "SqlStore", "Store", "open_store"]
