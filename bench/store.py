@@ -17,6 +17,7 @@ from pathlib import Path
 from bench.common import Context, SectionResult, log
 from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import SqlStore, open_store
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import ON_CLIENT, Status
 
 SERVICE = "example"
@@ -28,10 +29,17 @@ async def _job(store: SqlStore, number: int) -> None:
     job_id = await store.create_job(user_id=number % 10 + 1, service=SERVICE, loc=f"/x/{number}")
     await store.claim([job_id], {job_id: "http://node"}, owner="bench")
     await store.transition_returning(
-        job_id, [Status.PROCESSING], Status.SUBMITTED, dest_id=number + 1, message=""
+        job_id,
+        [Status.PROCESSING],
+        Status.SUBMITTED,
+        changes=JobChanges(dest_id=number + 1, message=""),
     )
-    await store.transition(job_id, ON_CLIENT, Status.RUNNING, started_at=time.time())
-    await store.transition(job_id, ON_CLIENT, Status.COMPLETED, message="", exit_code=0)
+    await store.transition(
+        job_id, ON_CLIENT, Status.RUNNING, changes=JobChanges(started_at=time.time())
+    )
+    await store.transition(
+        job_id, ON_CLIENT, Status.COMPLETED, changes=JobChanges(message="", exit_code=0)
+    )
     for _ in range(STATUS_READS):
         await store.get_job(job_id)
     if number % 4 == 0:

@@ -5,6 +5,8 @@
     ├── StoreError             the database failed
     │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
     ├── LogOffsetError         a log was asked for from past its end (416)
+    ├── IllegalMoveError       a status change the transition tables (status.py) do not
+    │                          allow: a defect of the caller, never a lost race
     ├── ClientLeftError        a job's recorded client is no longer configured: the
     │                          server asks no client about the job any more
     └── ClientCallError        a server -> client HTTP call failed
@@ -50,6 +52,10 @@ class LogOffsetError(JobOrchestratorError):
     def __init__(self, size: int) -> None:
         super().__init__(f"the offset is past the end of the log ({size} bytes)")
         self.size = size
+
+
+class IllegalMoveError(JobOrchestratorError):
+    """A status change not in SERVER_MOVES / CLIENT_MOVES (status.py) was asked for."""
 
 
 class ClientLeftError(JobOrchestratorError):

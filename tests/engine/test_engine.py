@@ -17,7 +17,7 @@ import pytest
 from job_orchestrator.config import ServerSettings, load_server_settings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.storage import JobRecord, MemoryStore
+from job_orchestrator.server.storage import NO_CHANGES, JobChanges, JobRecord, MemoryStore
 from job_orchestrator.status import TERMINAL, Status
 from tests.engine.fake_nodes import FakeNode, FakeNodes, completes
 
@@ -169,12 +169,16 @@ class StoreFailingOnce(MemoryStore):
         self.fail_on, self.error, self.calls = fail_on, error, 0
 
     async def transition(
-        self, job_id: int, expected: Collection[Status], new: Status | None = None, **changes: Any
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        changes: JobChanges = NO_CHANGES,
     ) -> bool:
         self.calls += 1
         if self.calls == self.fail_on:
             raise self.error
-        return await super().transition(job_id, expected, new, **changes)
+        return await super().transition(job_id, expected, new, changes)
 
 
 @pytest.mark.parametrize("fail_on", [1, 2])

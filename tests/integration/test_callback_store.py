@@ -9,8 +9,10 @@ import asyncio
 import time
 
 from job_orchestrator.server.storage.callback_verbs import CallbackState
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
 from tests.integration.test_store import AnyStore, OpenStore
+from tests.moves import move_to
 
 URL = "http://127.0.0.1:8080/hook"
 BODY = b'{"id":1,"status":"Completed","message":""}'
@@ -19,7 +21,7 @@ BODY = b'{"id":1,"status":"Completed","message":""}'
 async def job_with_callback(store: AnyStore, status: Status | None = None) -> int:
     job_id = await store.create_job(user_id=1, service="svc", loc="/nowhere", callback_url=URL)
     if status is not None:
-        assert await store.transition(job_id, [Status.QUEUED], status)
+        assert await move_to(store, job_id, status)
     return job_id
 
 
@@ -56,7 +58,9 @@ async def test_due_only_once_the_job_is_final(store: AnyStore) -> None:
     job_id = await job_with_callback(store, Status.RUNNING)
     assert await store.due_callbacks(time.time(), 10) == []
     assert await store.next_callback_at() is None
-    assert await store.transition(job_id, [Status.RUNNING], Status.FAILED, message="exit 3")
+    assert await store.transition(
+        job_id, [Status.RUNNING], Status.FAILED, changes=JobChanges(message="exit 3")
+    )
     (due,) = await store.due_callbacks(time.time(), 10)
     assert (due.job_id, due.job_status, due.job_message, due.attempts) == (
         job_id,

@@ -18,9 +18,11 @@ from job_orchestrator.server.delivery import (
     CallbackDeliverer,
 )
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
 from tests.callback_receiver import HOLD, CallbackReceiver
 from tests.integration.test_store import AnyStore, OpenStore
+from tests.moves import move_to
 
 SECRET = "s" * 32
 #: Only to keep a broken test from hanging.
@@ -51,7 +53,7 @@ async def final_job(
     job_id = await store.create_job(
         user_id=user_id, service="svc", loc="/nowhere", callback_url=url
     )
-    assert await store.transition(job_id, [Status.QUEUED], status, message="done")
+    assert await move_to(store, job_id, status, changes=JobChanges(message="done"))
     return job_id
 
 
@@ -101,10 +103,12 @@ async def test_a_final_status_wakes_the_loop(store: AnyStore, tmp_path: Path) ->
             job_id = await store.create_job(
                 user_id=1, service="svc", loc="/nowhere", callback_url=receiver.url
             )
-            assert await store.transition(job_id, [Status.QUEUED], Status.RUNNING)
+            assert await move_to(store, job_id, Status.RUNNING)
             await asyncio.sleep(0.5)
             assert receiver.received == []  # not final yet
-            assert await store.transition(job_id, [Status.RUNNING], Status.INVALID, message="x")
+            assert await store.transition(
+                job_id, [Status.RUNNING], Status.INVALID, changes=JobChanges(message="x")
+            )
             await until(
                 lambda: store.callback_of(job_id),
                 lambda record: record.state is CallbackState.DELIVERED,

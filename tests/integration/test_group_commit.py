@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +19,7 @@ from sqlalchemy.engine import Connection
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage import open_store
 from job_orchestrator.server.storage.backend import SqliteThread, open_backend
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
 
 NOTES = sa.text("CREATE TABLE notes (name TEXT PRIMARY KEY)")
@@ -134,15 +136,16 @@ async def test_close_runs_every_accepted_unit_then_refuses(tmp_path: Path) -> No
 
 
 async def test_concurrent_store_calls_with_one_bad_one(tmp_path: Path) -> None:
-    """Through the Store: a call that fails (an unknown column) among many at once fails
-    alone, with a StoreError; the others all take effect."""
+    """Through the Store: a call that fails (a value the database cannot take) among many at
+    once fails alone, with a StoreError; the others all take effect."""
     store = await open_store(str(tmp_path / "db.sqlite"))
     try:
         ids = [
             await store.create_job(user_id=1, service="example", loc=f"/j{i}") for i in range(30)
         ]
         calls = [store.transition(job_id, [Status.QUEUED], Status.PROCESSING) for job_id in ids]
-        calls.insert(7, store.transition(ids[0], [Status.QUEUED], no_such_column=1))
+        unbindable = JobChanges(dest_id=cast(int, object()))
+        calls.insert(7, store.transition(ids[0], [Status.QUEUED], changes=unbindable))
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         assert isinstance(outcomes.pop(7), StoreError)
         assert outcomes == [True] * 30

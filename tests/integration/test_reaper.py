@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -22,7 +21,7 @@ from job_orchestrator.config import load_server_settings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.storage import SqlStore, open_store
+from job_orchestrator.server.storage import NO_CHANGES, JobChanges, SqlStore, open_store
 from job_orchestrator.status import TERMINAL, Status
 from tests.harness import Cluster
 
@@ -41,12 +40,12 @@ class FailingStore(SqlStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> bool:
         self.calls += 1
         if self.calls == self.fail_on:
             raise self.error
-        return await super().transition(job_id, expected, new, **changes)
+        return await super().transition(job_id, expected, new, changes)
 
 
 # The engine tier (tests/engine/test_engine.py) covers each failing call and error kind in

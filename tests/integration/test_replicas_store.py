@@ -13,8 +13,10 @@ import pytest
 
 from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import open_store
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import ON_CLIENT, SLOT_HOLDING, Status
 from tests.integration.test_store import AnyStore
+from tests.moves import move_to
 from tests.pg import fresh_database
 
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
@@ -84,7 +86,7 @@ async def test_concurrent_dispatchers_never_exceed_the_quotas(pg_url: str) -> No
                 assert max(Counter(job.user_id for job in active).values(), default=0) <= 2
                 assert sum(len(c) for c in claims) <= 4
                 for job in active:  # end them all: the next round finds free slots again
-                    assert await stores[1].transition(job.id, [job.status], Status.COMPLETED)
+                    assert await move_to(stores[1], job.id, Status.COMPLETED, start=job.status)
                     finished += 1
         finally:
             for opened in stores:
@@ -99,7 +101,7 @@ async def test_take_over_only_expired_leases(store: AnyStore) -> None:
     jobs = {}
     for owner in ("alive", "dead", "me", None):
         job_id = await new_job(store, 1)
-        assert await store.transition(job_id, [Status.QUEUED], Status.RUNNING, owner=owner)
+        assert await move_to(store, job_id, Status.RUNNING, changes=JobChanges(owner=owner))
         jobs[owner] = job_id
     queued = await new_job(store, 2)
 
@@ -123,7 +125,7 @@ async def test_a_retired_replica_leaves_its_jobs_at_once(store: AnyStore) -> Non
     now = time.time()
     await store.heartbeat("leaving", "d", now)
     job_id = await new_job(store, 1)
-    assert await store.transition(job_id, [Status.QUEUED], Status.SUBMITTED, owner="leaving")
+    assert await move_to(store, job_id, Status.SUBMITTED, changes=JobChanges(owner="leaving"))
     assert await store.take_over("me", IN_FLIGHT, 0.0, own=False) == []
     await store.retire_replica("leaving")
     [taken] = await store.take_over("me", IN_FLIGHT, 0.0, own=False)
@@ -156,7 +158,7 @@ async def test_concurrent_take_overs_take_each_job_once(pg_url: str) -> None:
             ids = []
             for _ in range(40):
                 job_id = await new_job(stores[0], 1)
-                await stores[0].transition(job_id, [Status.QUEUED], Status.RUNNING, owner="dead")
+                await move_to(stores[0], job_id, Status.RUNNING, changes=JobChanges(owner="dead"))
                 ids.append(job_id)
             results = await asyncio.gather(
                 *(

@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from job_orchestrator.errors import StoreError
+from job_orchestrator.errors import IllegalMoveError, StoreError
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue, plan_dispatch
 from job_orchestrator.server.storage import (
     JobRecord,
@@ -31,8 +31,10 @@ from job_orchestrator.server.storage import (
     StoreViews,
     open_store,
 )
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
-from job_orchestrator.status import SLOT_HOLDING, TERMINABLE, TERMINAL, Status
+from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, TERMINABLE, TERMINAL, Status
+from tests.moves import move_to
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -152,10 +154,9 @@ async def new_job(store: Store, user_id: int = 1, service: str = "svc") -> int:
 
 
 async def job_in(store: Store, status: Status, user_id: int = 1, service: str = "svc") -> int:
-    """A job moved (through compare-and-set) from Queued to `status`."""
+    """A job moved (through compare-and-set, as SERVER_MOVES allows) from Queued to `status`."""
     job_id = await new_job(store, user_id, service)
-    if status is not Status.QUEUED:
-        assert await store.transition(job_id, [Status.QUEUED], status)
+    await move_to(store, job_id, status)
     return job_id
 
 
@@ -216,17 +217,19 @@ async def test_get_job_not_found(store: AnyStore) -> None:
 async def test_get_job_round_trips_all_fields(store: AnyStore) -> None:
     # test_retrieve_id
     job_id = await store.create_job(user_id=2**31 - 1, service="my_app", loc="/data/é x")
-    assert await store.transition(
+    assert await move_to(
+        store,
         job_id,
-        [Status.QUEUED],
         Status.SUBMITTED,
-        dest_id=123,
-        message="on its way",
-        node="http://a:9000/submit",
-        dispatch_key="key-1",
-        attempts=2,
-        not_before=1_700_000_000.25,
-        failing_since=1_700_000_001.5,
+        changes=JobChanges(
+            dest_id=123,
+            message="on its way",
+            node="http://a:9000/submit",
+            dispatch_key="key-1",
+            attempts=2,
+            not_before=1_700_000_000.25,
+            failing_since=1_700_000_001.5,
+        ),
     )
     job = await get(store, job_id)
     assert job.id == job_id
@@ -253,7 +256,7 @@ async def test_ids_never_reused(reopen: OpenStore) -> None:
     store = await reopen()
     first = [await new_job(store) for _ in range(3)]
     # A job moved to any status still holds its id; a new job always gets a fresh one.
-    assert await store.transition(first[-1], [Status.QUEUED], Status.CLEANED)
+    assert await move_to(store, first[-1], Status.CLEANED)
     await store.close()
     store = await reopen()
     assert await new_job(store) == 4
@@ -271,31 +274,39 @@ async def test_update_status(store: AnyStore) -> None:
 async def test_update_status_multiple_transitions(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
-    assert await store.transition(job_id, [Status.PROCESSING], Status.COMPLETED)
+    assert await move_to(store, job_id, Status.COMPLETED, start=Status.PROCESSING)
     assert (await get(store, job_id)).status is Status.COMPLETED
 
 
 async def test_transition_only_from_an_expected_status(store: AnyStore) -> None:
-    job_id = await new_job(store)
-    assert not await store.transition(job_id, [Status.PROCESSING, Status.RUNNING], Status.FAILED)
-    assert (await get(store, job_id)).status is Status.QUEUED
-    assert await store.transition(job_id, [Status.PROCESSING, Status.QUEUED], Status.LOCKED)
+    job_id = await job_in(store, Status.PROCESSING)
+    assert not await store.transition(job_id, [Status.QUEUED, Status.RUNNING], Status.FAILED)
+    assert (await get(store, job_id)).status is Status.PROCESSING
+    assert await store.transition(job_id, [Status.PROCESSING, Status.RUNNING], Status.LOCKED)
     assert (await get(store, job_id)).status is Status.LOCKED
     # Stale view: someone else moved it already.
-    assert not await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
+    assert not await store.transition(job_id, [Status.PROCESSING], Status.SUBMITTED)
     assert (await get(store, job_id)).status is Status.LOCKED
+
+
+async def test_transition_refuses_a_move_the_table_lacks(store: AnyStore) -> None:
+    job_id = await job_in(store, Status.COMPLETED)
+    with pytest.raises(IllegalMoveError, match="no move from Completed to Failed"):
+        await store.transition(job_id, [Status.COMPLETED], Status.FAILED)
+    # Refused for any status it names, even one the job is not in.
+    with pytest.raises(IllegalMoveError, match="no move from Queued to Submitted"):
+        await store.transition(job_id, [Status.PROCESSING, Status.QUEUED], Status.SUBMITTED)
+    with pytest.raises(IllegalMoveError, match="no move from Completed to Failed"):
+        await store.transition_returning(job_id, [Status.COMPLETED], Status.FAILED)
+    # The failover's move in SQL consults the same table.
+    with pytest.raises(IllegalMoveError, match="no move from Locked to Queued"):
+        await store.revoke_to_queue(await get(store, job_id), [Status.LOCKED])
+    assert (await get(store, job_id)).status is Status.COMPLETED
 
 
 async def test_transition_with_no_expected_status_changes_nothing(store: AnyStore) -> None:
     job_id = await new_job(store)
     assert not await store.transition(job_id, [], Status.FAILED)
-    assert (await get(store, job_id)).status is Status.QUEUED
-
-
-async def test_a_change_of_an_unknown_column_is_a_store_error(store: AnyStore) -> None:
-    job_id = await new_job(store)
-    with pytest.raises(StoreError):
-        await store.transition(job_id, [Status.QUEUED], Status.PROCESSING, no_such_column=1)
     assert (await get(store, job_id)).status is Status.QUEUED
 
 
@@ -306,20 +317,22 @@ async def test_transition_of_missing_job(store: AnyStore) -> None:
 
 async def test_final_status_is_never_overwritten_by_terminate(store: AnyStore) -> None:
     job_id = await job_in(store, Status.COMPLETED)
-    assert not await store.transition(job_id, TERMINABLE, Status.LOCKED)
-    assert not await store.transition(job_id, TERMINABLE, Status.KILLED)
+    assert not await store.transition(
+        job_id, TERMINABLE - {Status.QUEUED, Status.LOCKED}, Status.LOCKED
+    )
+    assert not await store.transition(job_id, [Status.QUEUED, Status.LOCKED], Status.KILLED)
     assert (await get(store, job_id)).status is Status.COMPLETED
 
 
 async def test_update_dest_id(store: AnyStore) -> None:
     # test_update_dest_id, test_update_dest_id_can_change: changes without a status change.
     job_id = await job_in(store, Status.SUBMITTED)
-    assert await store.transition(job_id, [Status.SUBMITTED], dest_id=100)
+    assert await store.transition(job_id, [Status.SUBMITTED], changes=JobChanges(dest_id=100))
     job = await get(store, job_id)
     assert (job.status, job.dest_id) == (Status.SUBMITTED, 100)
-    assert await store.transition(job_id, [Status.SUBMITTED], None, dest_id=200)
+    assert await store.transition(job_id, [Status.SUBMITTED], None, changes=JobChanges(dest_id=200))
     assert (await get(store, job_id)).dest_id == 200
-    assert not await store.transition(job_id, [Status.RUNNING], dest_id=300)
+    assert not await store.transition(job_id, [Status.RUNNING], changes=JobChanges(dest_id=300))
     assert (await get(store, job_id)).dest_id == 200
 
 
@@ -328,7 +341,7 @@ async def test_transition_returning_gives_the_changed_row(store: AnyStore) -> No
     finals: list[int] = []
     store.on_final(finals.append)
     moved = await store.transition_returning(
-        job_id, [Status.PROCESSING], Status.SUBMITTED, dest_id=42, message=""
+        job_id, [Status.PROCESSING], Status.SUBMITTED, changes=JobChanges(dest_id=42, message="")
     )
     assert moved == await store.get_job(job_id)
     assert moved is not None
@@ -345,7 +358,9 @@ async def test_full_job_lifecycle(store: AnyStore) -> None:
     job_id = await new_job(store, user_id=7)
     assert (await get(store, job_id)).status is Status.QUEUED
     assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
-    assert await store.transition(job_id, [Status.PROCESSING], Status.SUBMITTED, dest_id=555)
+    assert await store.transition(
+        job_id, [Status.PROCESSING], Status.SUBMITTED, changes=JobChanges(dest_id=555)
+    )
     assert await store.transition(job_id, [Status.SUBMITTED], Status.RUNNING)
     assert await store.transition(job_id, [Status.RUNNING], Status.COMPLETED)
     job = await get(store, job_id)
@@ -372,7 +387,9 @@ async def test_active_statuses_are_not_stamped(store: AnyStore, status: Status) 
 
 async def test_cleaned_keeps_the_finish_time(store: AnyStore) -> None:
     job_id = await job_in(store, Status.COMPLETED)
-    assert await store.transition(job_id, [Status.COMPLETED], finished_at=1000.0)
+    assert await store.transition(
+        job_id, [Status.COMPLETED], changes=JobChanges(finished_at=1000.0)
+    )
     assert await store.transition(job_id, [Status.COMPLETED], Status.CLEANED)
     job = await get(store, job_id)
     assert job.status is Status.CLEANED
@@ -441,20 +458,24 @@ async def test_claim_keeps_an_existing_dispatch_key_and_node(store: AnyStore) ->
     assert first.dispatch_key
     # A transient dispatch failure puts it back in the queue; the retry keeps the key and
     # goes to the same node (the first request may have reached it).
-    assert await store.transition(job_id, [Status.PROCESSING], Status.QUEUED, attempts=1)
+    assert await store.transition(
+        job_id, [Status.PROCESSING], Status.QUEUED, changes=JobChanges(attempts=1)
+    )
     [second] = await store.claim([job_id], {job_id: "http://n2/submit"})
     assert second.dispatch_key == first.dispatch_key
     assert second.node == "http://n1/submit"
     assert second.attempts == 1
     # A job sent back without a node (lost payload, failover) takes the one chosen now.
-    assert await store.transition(job_id, [Status.PROCESSING], Status.QUEUED, node=None)
+    assert await store.transition(
+        job_id, [Status.PROCESSING], Status.QUEUED, changes=JobChanges(node=None)
+    )
     [third] = await store.claim([job_id], {job_id: "http://n2/submit"})
     assert third.node == "http://n2/submit"
 
 
 async def test_claim_keeps_a_preset_dispatch_key(store: AnyStore) -> None:
     job_id = await new_job(store)
-    assert await store.transition(job_id, [Status.QUEUED], dispatch_key="mine")
+    assert await store.transition(job_id, [Status.QUEUED], changes=JobChanges(dispatch_key="mine"))
     [claimed] = await store.claim([job_id], {job_id: "http://n/submit"})
     assert claimed.dispatch_key == "mine"
 
@@ -471,7 +492,7 @@ async def test_concurrent_claims_claim_each_job_once(store: AnyStore) -> None:
 
 
 async def test_occupancy_counts_exactly_the_slot_holding_statuses(store: AnyStore) -> None:
-    for status in Status:
+    for status in SERVER_MOVES:
         await job_in(store, status, user_id=1, service="svc")
     occupancy = await store.occupancy()
     assert occupancy.per_user == {("svc", 1): len(SLOT_HOLDING)} == {("svc", 1): 5}
@@ -499,11 +520,11 @@ async def test_occupancy_empty(store: AnyStore) -> None:
 
 async def test_status_counts_group_by_service_and_status(store: AnyStore) -> None:
     assert await store.status_counts() == {}
-    for status in Status:
+    for status in SERVER_MOVES:  # every status the server writes
         await job_in(store, status, user_id=1, service="a")
     await job_in(store, Status.QUEUED, user_id=2, service="a")
     await job_in(store, Status.QUEUED, user_id=1, service="b")
-    expected = {("a", status): 1 for status in Status}
+    expected = {("a", status): 1 for status in SERVER_MOVES}
     expected[("a", Status.QUEUED)] = 2
     expected[("b", Status.QUEUED)] = 1
     assert await store.status_counts() == expected
@@ -516,8 +537,8 @@ async def test_node_occupancy(store: AnyStore) -> None:
     await store.claim(
         [*jobs, other], {**dict.fromkeys(jobs[:4], n1), jobs[4]: n2, jobs[5]: n2, other: n1}
     )
-    assert await store.transition(jobs[1], [Status.PROCESSING], Status.RUNNING)
-    assert await store.transition(jobs[2], [Status.PROCESSING], Status.COMPLETED)
+    assert await move_to(store, jobs[1], Status.RUNNING, start=Status.PROCESSING)
+    assert await move_to(store, jobs[2], Status.COMPLETED, start=Status.PROCESSING)
     assert await store.transition(jobs[4], [Status.PROCESSING], Status.QUEUED)
     assert await store.node_occupancy("svc") == {n1: 3, n2: 1}
     assert await store.node_occupancy("other") == {n1: 1}
@@ -547,7 +568,7 @@ async def test_queue_heads_oldest_first_at_most_runs_per_user(store: AnyStore) -
 
 
 async def test_queue_heads_only_queued_jobs(store: AnyStore) -> None:
-    for status in Status:
+    for status in SERVER_MOVES:
         await job_in(store, status)
     queued = await new_job(store)
     heads = await store.queue_heads({"svc": ServiceLimits(5, 10)}, time.time())
@@ -577,8 +598,8 @@ async def test_queue_heads_respects_each_services_runs_per_user(store: AnyStore)
 async def test_queue_heads_skips_jobs_not_yet_due(store: AnyStore) -> None:
     now = time.time()
     later, due, fresh = await new_job(store), await new_job(store), await new_job(store)
-    assert await store.transition(later, [Status.QUEUED], not_before=now + 60)
-    assert await store.transition(due, [Status.QUEUED], not_before=now - 1)
+    assert await store.transition(later, [Status.QUEUED], changes=JobChanges(not_before=now + 60))
+    assert await store.transition(due, [Status.QUEUED], changes=JobChanges(not_before=now - 1))
     limits = {"svc": ServiceLimits(5, 10)}
     assert await store.queue_heads(limits, now) == [UserQueue("svc", 1, (due, fresh))]
     assert await store.queue_heads(limits, now + 61) == [UserQueue("svc", 1, (later, due, fresh))]
@@ -588,7 +609,7 @@ async def test_queue_heads_not_due_jobs_do_not_use_up_the_depth(store: AnyStore)
     now = time.time()
     first = await new_job(store)
     rest = [await new_job(store) for _ in range(3)]
-    assert await store.transition(first, [Status.QUEUED], not_before=now + 60)
+    assert await store.transition(first, [Status.QUEUED], changes=JobChanges(not_before=now + 60))
     heads = await store.queue_heads({"svc": ServiceLimits(2, 10)}, now)
     assert heads == [UserQueue("svc", 1, tuple(rest[:2]))]
 
@@ -601,9 +622,11 @@ async def test_next_retry_at(store: AnyStore) -> None:
     plain = await new_job(store)
     assert await store.next_retry_at() is None
     a, b, done = await new_job(store), await new_job(store), await new_job(store)
-    assert await store.transition(a, [Status.QUEUED], not_before=2000.5)
-    assert await store.transition(b, [Status.QUEUED], not_before=1500.25)
-    assert await store.transition(done, [Status.QUEUED], Status.FAILED, not_before=10.0)
+    assert await store.transition(a, [Status.QUEUED], changes=JobChanges(not_before=2000.5))
+    assert await store.transition(b, [Status.QUEUED], changes=JobChanges(not_before=1500.25))
+    assert await store.transition(
+        done, [Status.QUEUED], Status.FAILED, changes=JobChanges(not_before=10.0)
+    )
     assert await store.next_retry_at() == 1500.25
     # Dispatch asks only for retries still to come: one already due was left by its pass.
     assert await store.next_retry_at(after=1500.25) == 2000.5
@@ -652,13 +675,17 @@ async def test_finished_before(store: AnyStore) -> None:
     cleaned = await job_in(store, Status.INVALID)
     running = await job_in(store, Status.RUNNING)
     queued = await new_job(store)
-    assert await store.transition(old_done, [Status.COMPLETED], finished_at=200.0)
-    assert await store.transition(old_failed, [Status.FAILED], finished_at=100.0)
-    assert await store.transition(cleaned, [Status.INVALID], finished_at=50.0)
+    assert await store.transition(
+        old_done, [Status.COMPLETED], changes=JobChanges(finished_at=200.0)
+    )
+    assert await store.transition(
+        old_failed, [Status.FAILED], changes=JobChanges(finished_at=100.0)
+    )
+    assert await store.transition(cleaned, [Status.INVALID], changes=JobChanges(finished_at=50.0))
     assert await store.transition(cleaned, [Status.INVALID], Status.CLEANED)
     # Active jobs are never "finished", even with a stray finish time.
-    assert await store.transition(running, [Status.RUNNING], finished_at=10.0)
-    assert await store.transition(queued, [Status.QUEUED], finished_at=10.0)
+    assert await store.transition(running, [Status.RUNNING], changes=JobChanges(finished_at=10.0))
+    assert await store.transition(queued, [Status.QUEUED], changes=JobChanges(finished_at=10.0))
 
     found = await store.finished_before(1000.0)
     assert [job.id for job in found] == [old_failed, old_done]
@@ -937,7 +964,7 @@ async def claim_some(store: AnyStore, rng: random.Random, limits: dict[str, Serv
         picked = rng.sample(queued, min(len(queued), 1))
     for job in await store.claim(picked, dict.fromkeys(picked, "http://n/submit")):
         if rng.random() < 0.8:
-            assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+            assert await move_to(store, job.id, Status.COMPLETED, start=Status.PROCESSING)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -954,11 +981,13 @@ async def test_dispatch_candidates_decide_like_the_full_queue(store: AnyStore, s
         roll = rng.random()
         if roll < 0.1:
             status = rng.choice([Status.RUNNING, Status.SUBMITTED, Status.PREPARED])
-            assert await store.transition(job_id, [Status.QUEUED], status)
+            assert await move_to(store, job_id, status)
         elif roll < 0.15:
-            assert await store.transition(job_id, [Status.QUEUED], not_before=now + 60)
+            assert await store.transition(
+                job_id, [Status.QUEUED], changes=JobChanges(not_before=now + 60)
+            )
         elif roll < 0.2:
-            assert await store.transition(job_id, [Status.QUEUED], Status.COMPLETED)
+            assert await move_to(store, job_id, Status.COMPLETED)
         elif roll < 0.5:
             await claim_some(store, rng, limits)
     await assert_candidates_decide_like_everything(store, limits, now)
@@ -1000,11 +1029,13 @@ async def test_dispatch_candidates_walk_past_many_users_with_nothing_due(store: 
         served.append(await new_job(store, user_id=user))
     rng.shuffle(served)
     for job in await store.claim(served, dict.fromkeys(served, "http://n/submit")):
-        assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+        assert await move_to(store, job.id, Status.COMPLETED, start=Status.PROCESSING)
     for user in range(300, 600):
         job_id = await new_job(store, user_id=user)
         ended = Status.KILLED if user % 2 else Status.QUEUED
-        assert await store.transition(job_id, [Status.QUEUED], ended, not_before=now + 60)
+        assert await store.transition(
+            job_id, [Status.QUEUED], ended, changes=JobChanges(not_before=now + 60)
+        )
     # The last served users come back; so do two users who never got a slot.
     for user in [served_user for served_user in range(290, 300)] + [600, 601]:
         await new_job(store, user_id=user)
@@ -1032,7 +1063,7 @@ async def test_flood_by_one_user_does_not_starve_the_next(store: AnyStore) -> No
         order.append(job.user_id)
         if job.id == flood[0]:
             await new_job(store, user_id=2)
-        assert await store.transition(job.id, [Status.PROCESSING], Status.COMPLETED)
+        assert await move_to(store, job.id, Status.COMPLETED, start=Status.PROCESSING)
     assert order == [1, 2, 1, 1, 1, 1]
 
 

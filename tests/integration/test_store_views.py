@@ -20,9 +20,11 @@ from job_orchestrator.server.queue_view import QueuePositions, queue_position
 from job_orchestrator.server.scheduler import ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.server.storage.backend import MIGRATIONS
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
 from tests.integration import test_store as contract
 from tests.integration.test_store import AnyStore, get, job_in, new_job
+from tests.moves import move_to
 
 # The contract suite's backends: each test below runs on SQLite and on PostgreSQL.
 pg_database = contract.pg_database
@@ -82,7 +84,10 @@ async def test_list_jobs_filters_combine(store: AnyStore) -> None:
 async def test_list_jobs_returns_full_records(store: AnyStore) -> None:
     job_id = await store.create_job(user_id=5, service="svc", loc="/data/x")
     assert await store.transition(
-        job_id, [Status.QUEUED], Status.FAILED, message="boom", exit_code=3, node="http://n/submit"
+        job_id,
+        [Status.QUEUED],
+        Status.FAILED,
+        changes=JobChanges(message="boom", exit_code=3, node="http://n/submit"),
     )
     [listed] = await store.list_jobs(limit=1)
     assert listed == await get(store, job_id)
@@ -96,8 +101,10 @@ async def test_started_at_and_exit_code_round_trip(store: AnyStore) -> None:
     assert job.started_at is None
     assert job.exit_code is None
     assert job.created_at == job.queued_at
-    assert await store.transition(job_id, [Status.QUEUED], Status.RUNNING, started_at=1234.5)
-    assert await store.transition(job_id, [Status.RUNNING], Status.FAILED, exit_code=-9)
+    assert await move_to(store, job_id, Status.RUNNING, changes=JobChanges(started_at=1234.5))
+    assert await store.transition(
+        job_id, [Status.RUNNING], Status.FAILED, changes=JobChanges(exit_code=-9)
+    )
     job = await get(store, job_id)
     assert job.started_at == 1234.5
     assert job.exit_code == -9
@@ -160,7 +167,7 @@ async def test_queue_position_of_a_job_no_longer_queued(store: AnyStore) -> None
 async def test_queue_position_of_a_job_in_backoff_counts_it_once_due(store: AnyStore) -> None:
     waiting = await new_job(store, user_id=1)
     later = time.time() + 3600
-    assert await store.transition(waiting, [Status.QUEUED], not_before=later)
+    assert await store.transition(waiting, [Status.QUEUED], changes=JobChanges(not_before=later))
     other = await new_job(store, user_id=2)
     occupancy, now = await store.occupancy(), time.time()
     assert await queue_position(store, await get(store, waiting), occupancy, now) == 1
@@ -204,7 +211,9 @@ async def test_migration_0005_keeps_existing_rows(tmp_path: Path) -> None:
     try:
         job = await get(reopened, job_id)
         assert (job.started_at, job.exit_code) == (None, None)
-        assert await reopened.transition(job_id, [Status.QUEUED], Status.FAILED, exit_code=1)
+        assert await reopened.transition(
+            job_id, [Status.QUEUED], Status.FAILED, changes=JobChanges(exit_code=1)
+        )
         assert (await get(reopened, job_id)).exit_code == 1
     finally:
         await reopened.close()

@@ -15,11 +15,13 @@ import pytest
 
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits
 from job_orchestrator.server.storage.callback_verbs import CallbackState
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
 from tests.integration.test_store import AnyStore
 
 LIMITS = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
 NODE = "http://n/submit"
+MESSAGE = JobChanges(message="m")
 
 
 def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]:
@@ -27,7 +29,7 @@ def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]
     return [
         ("create_job", lambda s: s.create_job(user_id=1, service="svc", loc="/x")),
         ("get_job", lambda s: s.get_job(job_id)),
-        ("transition", lambda s: s.transition(job_id, [Status.QUEUED], message="m")),
+        ("transition", lambda s: s.transition(job_id, [Status.QUEUED], changes=MESSAGE)),
         ("transition_returning", lambda s: s.transition_returning(job_id, [Status.QUEUED])),
         ("claim_dispatchable", lambda s: s.claim_dispatchable(LIMITS, time.time(), _node)),
         ("claim", lambda s: s.claim([job_id], {job_id: NODE})),
@@ -97,7 +99,9 @@ async def test_each_verb_counts_under_its_own_name(store: AnyStore, index: int) 
 async def test_revoke_to_queue_counts_under_its_name(store: AnyStore) -> None:
     job_id = await store.create_job(user_id=1, service="svc", loc="/x")
     await store.claim([job_id], {job_id: NODE})
-    job = await store.transition_returning(job_id, [Status.PROCESSING], Status.SUBMITTED, dest_id=3)
+    job = await store.transition_returning(
+        job_id, [Status.PROCESSING], Status.SUBMITTED, JobChanges(dest_id=3)
+    )
     assert job is not None
     before = dict(store.work_counts()[0])
     assert await store.revoke_to_queue(job, [Status.SUBMITTED])

@@ -7,8 +7,10 @@ import asyncio
 from pathlib import Path
 
 from job_orchestrator.server.storage import SqlStore, open_store
+from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import Status
+from tests.moves import move_to
 
 #: Longer than any test may run: a waiter that needs it to end has not been woken.
 NEVER_S = 3600.0
@@ -18,7 +20,7 @@ DEADLINE_S = 30.0
 
 async def running_job(store: SqlStore) -> int:
     job_id = await store.create_job(user_id=1, service="example", loc="/nowhere")
-    assert await store.transition(job_id, [Status.QUEUED], Status.RUNNING)
+    assert await move_to(store, job_id, Status.RUNNING)
     return job_id
 
 
@@ -39,7 +41,9 @@ async def test_a_transition_in_this_store_wakes_the_waiter(tmp_path: Path) -> No
         assert await store.transition(job_id, [Status.RUNNING], Status.PREPARED)
         await asyncio.sleep(0.2)
         assert not waiter.done()
-        assert await store.transition(job_id, [Status.PREPARED], Status.FAILED, message="x")
+        assert await store.transition(
+            job_id, [Status.PREPARED], Status.FAILED, changes=JobChanges(message="x")
+        )
         await asyncio.wait_for(waiter, DEADLINE_S)
     finally:
         await store.close()

@@ -6,13 +6,23 @@ import shutil
 import time
 from pathlib import Path
 
-from job_orchestrator.client.registry import ID_BLOCK, IN_PLACE_MAX_BYTES, NEXT_ID_FILE, Registry
+import pytest
+
+from job_orchestrator.client.registry import (
+    ID_BLOCK,
+    IN_PLACE_MAX_BYTES,
+    NEXT_ID_FILE,
+    TERMINATED,
+    Ending,
+    Registry,
+)
+from job_orchestrator.errors import IllegalMoveError
 from job_orchestrator.status import Status
 
 
 def finished(registry: Registry, status: Status = Status.COMPLETED) -> int:
     payload = registry.add(registry.allocate(), dispatch_key=None)
-    updated = registry.update(payload.id, status=status)
+    updated = registry.end(payload.id, Ending(status, ""))
     assert updated is not None
     assert updated.finished_at is not None
     return payload.id
@@ -63,9 +73,9 @@ def test_retention_counts_from_collection_except_for_killed_payloads(tmp_path: P
     collected, uncollected = finished(registry), finished(registry)
     killed = registry.add(registry.allocate(), dispatch_key=None).id
     registry.update(killed, killed=True)
-    registry.update(killed, status=Status.KILLED)
+    registry.end(killed, TERMINATED)
     running = registry.add(registry.allocate(), dispatch_key=None).id
-    registry.update(running, status=Status.RUNNING)
+    registry.start_running(running, time.time())
     registry.mark_collected(collected)
     registry.mark_collected(running)  # not final: nothing to collect yet
     later = time.time() + 1
@@ -158,10 +168,11 @@ def test_queries_answer_the_payloads_as_last_updated(tmp_path: Path) -> None:
     registry.rebuild()
     first = registry.add(registry.allocate(), dispatch_key="a")
     second = registry.add(registry.allocate(), dispatch_key="b")
-    running = registry.update(second.id, status=Status.RUNNING, handle="h")
+    running = registry.start_running(second.id, time.time(), handle="h")
     assert registry.with_status(Status.PREPARED) == [first]
     assert registry.with_status(Status.RUNNING) == [running]
     assert registry.by_dispatch_key("b") == running == registry.get(second.id)
+    registry.end(first.id, TERMINATED)
     registry.remove(first.id)
     assert registry.by_dispatch_key("a") is None
     assert registry.with_status(Status.PREPARED, Status.RUNNING) == [running]
@@ -178,3 +189,28 @@ def test_a_state_file_left_empty_by_a_crash_counts_as_never_written(tmp_path: Pa
     lookup = restarted.lookup(int(paths.root.name))
     assert lookup is not None
     assert lookup.status is Status.CLEANED
+
+
+def test_the_registry_moves_a_payload_only_as_client_moves_allows(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    payload = registry.add(registry.allocate(), dispatch_key=None)
+    with pytest.raises(IllegalMoveError, match="through the registry's verbs"):
+        registry.update(payload.id, status=Status.RUNNING)
+    with pytest.raises(IllegalMoveError, match="no move from Prepared to Cleaned"):
+        registry.remove(payload.id)
+    running = registry.start_running(payload.id, 1000.0, handle="h")
+    assert running is not None
+    assert (running.status, running.started_at, running.handle) == (Status.RUNNING, 1000.0, "h")
+    assert registry.start_running(payload.id, 2000.0) is None  # not Prepared any more
+    with pytest.raises(IllegalMoveError, match="no move from Running to Invalid"):
+        registry.end(payload.id, Ending(Status.INVALID, "too late to validate"))
+    failed = registry.end(payload.id, Ending(Status.FAILED, "exit 3", exit_code=3))
+    assert failed is not None
+    assert (failed.status, failed.message, failed.exit_code) == (Status.FAILED, "exit 3", 3)
+    assert failed.finished_at is not None
+    # A final status stands: a later ending (a kill that lost the race) changes nothing.
+    assert registry.end(payload.id, TERMINATED) is None
+    assert registry.get(payload.id) == failed
+    registry.remove(payload.id)
+    assert registry.get(payload.id) is None

@@ -82,7 +82,12 @@ async def _mark_collected(state: ClientState, payload_id: int) -> None:
 async def _partial_sent(state: ClientState, payload_id: int, stream: PartialStream) -> None:
     """A payload stopped for disk space gives its space back once its files were sent."""
     payload = state.registry.get(payload_id)
-    if stream.complete and payload is not None and payload.disk_stop is not None:
+    if (
+        stream.complete
+        and payload is not None
+        and payload.disk_stop is not None
+        and payload.status.is_terminal()  # a running one is released once it ended
+    ):
         await state.release(payload)
 
 

@@ -37,12 +37,13 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from job_orchestrator.status import TERMINAL, Status
+from job_orchestrator.errors import IllegalMoveError
+from job_orchestrator.status import CLIENT_MOVES, Status, check_move
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +157,20 @@ class Payload:
             "pid": self.pid,
             "killed": self.killed,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a payload ended (`Registry.end`): its final status, why, and run.sh's exit status
+    when it is known."""
+
+    status: Status
+    message: str
+    exit_code: int | None = None
+
+
+#: A payload killed through the API (or found killed before it ran).
+TERMINATED = Ending(Status.KILLED, "job terminated")
 
 
 EMPTY_PAYLOAD = {"id": 0, "input": {}, "status": "Unknown", "loc": "", "pid": 0, "killed": False}
@@ -316,33 +331,64 @@ class Registry:
             self.update(payload_id, collected_at=time.time())
 
     def remove(self, payload_id: int) -> None:
-        """Forget a cleaned payload; its id stays used (see `lookup`)."""
+        """Forget a cleaned payload (final -> Cleaned); its id stays used (see `lookup`)."""
+        current = self.get(payload_id)
+        if current is not None:
+            check_move(CLIENT_MOVES, [current.status], Status.CLEANED)
         self._db.execute("DELETE FROM payloads WHERE id = ?", (payload_id,))
         self._payloads.pop(payload_id, None)
         for event in self._watchers.get(payload_id, ()):
             event.set()
 
+    # ---- status changes: the moves of CLIENT_MOVES (status.py), and no other -----------------
+
+    def start_running(
+        self, payload_id: int, started_at: float, handle: str | None = None
+    ) -> Payload | None:
+        """Prepared -> Running since `started_at` (with the executor's `handle`, when it was
+        just launched); None if it is not Prepared any more."""
+        columns: dict[str, Any] = {"started_at": started_at}
+        if handle is not None:
+            columns["handle"] = handle
+        return self._move(payload_id, Status.RUNNING, columns, expected={Status.PREPARED})
+
+    def end(self, payload_id: int, ending: Ending) -> Payload | None:
+        """Prepared/Running -> the ending's final status; None if the payload is gone or
+        already final (its first ending stands)."""
+        columns: dict[str, Any] = {"message": ending.message, "finished_at": time.time()}
+        if ending.exit_code is not None:
+            columns["exit_code"] = ending.exit_code
+        return self._move(payload_id, ending.status, columns)
+
+    def _move(
+        self,
+        payload_id: int,
+        new: Status,
+        columns: dict[str, Any],
+        expected: Collection[Status] | None = None,
+    ) -> Payload | None:
+        current = self.get(payload_id)
+        if current is None or (expected is not None and current.status not in expected):
+            return None
+        if current.status.is_terminal():
+            return None  # a final status is never left (but for Cleaned: `remove`)
+        check_move(CLIENT_MOVES, [current.status], new)
+        return self._write(current, {**columns, "status": new})
+
     def update(
         self, payload_id: int, expected: set[Status] | None = None, **changes: Any
     ) -> Payload | None:
-        """Change a payload (only from `expected` statuses, if given); persist; wake watchers.
-
-        A final status is never left for another one, except Cleaned.
-        """
+        """Change a payload's columns, not its status (only from `expected` statuses, if
+        given); persist; wake watchers. The status moves through the verbs above."""
+        if "status" in changes:
+            raise IllegalMoveError("a payload's status changes through the registry's verbs")
         current = self.get(payload_id)
-        if current is None:
+        if current is None or (expected is not None and current.status not in expected):
             return None
-        new_status = changes.get("status")
-        if expected is not None and current.status not in expected:
-            return None
-        if current.status in TERMINAL and new_status not in (None, Status.CLEANED):
-            return None
-        if (
-            isinstance(new_status, Status)
-            and new_status.is_terminal()
-            and current.finished_at is None
-        ):
-            changes.setdefault("finished_at", time.time())
+        return self._write(current, changes)
+
+    def _write(self, current: Payload, changes: dict[str, Any]) -> Payload:
+        payload_id = current.id
         updated = replace(current, **changes)
         # Only the changed columns (booleans are stored as 0/1 by sqlite3 itself).
         columns = {k: v.db if isinstance(v, Status) else v for k, v in changes.items()}

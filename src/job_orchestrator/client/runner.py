@@ -33,7 +33,7 @@ from job_orchestrator.client.executors.base import (
 from job_orchestrator.client.lease import ServerLease
 from job_orchestrator.client.log_tail import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import Payload, Registry
+from job_orchestrator.client.registry import TERMINATED, Ending, Payload, Registry
 from job_orchestrator.client.sandbox import recorded_exit_code
 from job_orchestrator.client.uids import UidLeases
 from job_orchestrator.client.validator import validate_script
@@ -190,7 +190,7 @@ class Runner:
 
     async def _run(self, payload: Payload) -> None:
         if payload.killed:
-            self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+            self.registry.end(payload.id, TERMINATED)
             return
         script = payload.paths.work / "run.sh"
         trap = self.settings.require_exit_trap
@@ -207,16 +207,14 @@ class Runner:
                 rejection.reason,
                 extra={"payload_id": payload.id},
             )
-            self.registry.update(payload.id, status=Status.INVALID, message=rejection.message())
+            self.registry.end(payload.id, Ending(Status.INVALID, rejection.message()))
             return
         try:
             while True:
                 async with self._slots if self._slots is not None else contextlib.nullcontext():
                     current = self.registry.get(payload.id)
                     if current is None or current.killed or current.status is not Status.PREPARED:
-                        self.registry.update(
-                            payload.id, status=Status.KILLED, message="job terminated"
-                        )
+                        self.registry.end(payload.id, TERMINATED)
                         return
                     # Only our server fails jobs over (it sends a dispatch key); the original
                     # server never moves a job, and holding its payloads Prepared until its
@@ -243,25 +241,25 @@ class Runner:
         if handle is None:
             await self._release_uid(payload)
             return
-        changes: dict[str, Any] = {"handle": handle.encode()}
         before = self.registry.get(payload.id)
-        if self.executor.runs_at_launch and before is not None and not before.killed:
+        running_now = self.executor.runs_at_launch and before is not None and not before.killed
+        if running_now:
             # One state write instead of two (handle, then Running): nothing is awaited in
             # between that a crash could fall into.
-            changes.update(status=Status.RUNNING, started_at=await self.executor.started(handle))
-        current = self.registry.update(payload.id, {Status.PREPARED}, **changes)
+            started_at = await self.executor.started(handle)
+            current = self.registry.start_running(payload.id, started_at, handle.encode())
+        else:
+            current = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
         if current is None or current.killed:
             # Killed while we were starting it.
             await self.executor.terminate(handle, self.settings.kill_grace_s)
         try:
-            running = current if current is not None and "status" in changes else None
+            running = current if running_now else None
             if running is None:
                 started_at = await self.executor.started(handle)
                 if (now := self.registry.get(payload.id)) is not None and not now.killed:
                     # A job killed while pending in Slurm goes from Prepared to Killed.
-                    running = self.registry.update(
-                        payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
-                    )
+                    running = self.registry.start_running(payload.id, started_at)
             outcome = await self._wait_within_limit(
                 running or payload, handle, self.executor.wait(payload, handle)
             )
@@ -288,7 +286,7 @@ class Runner:
             with self.registry.watch(payload.id) as changed:
                 current = self.registry.get(payload.id)
                 if current is None or current.killed:
-                    self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                    self.registry.end(payload.id, TERMINATED)
                     return None
                 uid = await self.uids.acquire(payload.id, changed)
             if uid is None:
@@ -321,11 +319,11 @@ class Runner:
                     warned = True
             except LaunchError as error:
                 self.metrics.executor_errors.inc()
-                self.registry.update(payload.id, status=Status.FAILED, message=str(error))
+                self.registry.end(payload.id, Ending(Status.FAILED, str(error)))
                 return None
             current = self.registry.get(payload.id)
             if current is None or current.killed:
-                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                self.registry.end(payload.id, TERMINATED)
                 return None
             with self.registry.watch(payload.id) as changed, contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), LAUNCH_RETRY_S)
@@ -350,49 +348,12 @@ class Runner:
             return await waiting
 
     async def _finish(self, payload: Payload, outcome: Outcome) -> None:
-        returncode = outcome.exit_code
         current = self.registry.get(payload.id)
         if current is None:
             return
-        if current.killed:
-            self.registry.update(
-                payload.id, status=Status.KILLED, exit_code=returncode, message="job terminated"
-            )
-            return
-        if current.disk_stop is not None:
-            self.registry.update(
-                payload.id, status=Status.FAILED, exit_code=returncode, message=current.disk_stop
-            )
-            return
-        if current.timed_out:
-            self.registry.update(
-                payload.id,
-                status=Status.FAILED,
-                exit_code=returncode,
-                message=f"wall-time limit of {current.timeout_s:g} s exceeded",
-            )
-            return
-        if outcome.failure is not None:
-            # The executor ended it (Slurm's wall-time limit, out of memory, a node failure,
-            # a cancellation by someone else): never a success, whatever the exit status.
-            self.registry.update(
-                payload.id, status=Status.FAILED, exit_code=returncode, message=outcome.failure
-            )
-            return
-        if returncode is None:
-            self.registry.update(
-                payload.id,
-                status=Status.FAILED,
-                message="run.sh ended while the client was down and its exit status was lost",
-            )
-            return
-        if returncode != 0:
-            self.registry.update(
-                payload.id,
-                status=Status.FAILED,
-                exit_code=returncode,
-                message=with_last_line(_describe_exit(returncode), current.paths.log),
-            )
+        ending = _ending(current, outcome)
+        if ending is not None:
+            self.registry.end(payload.id, ending)
             return
         try:
             summary = await self.archiver.result(
@@ -401,13 +362,13 @@ class Runner:
                 max_total_bytes=self.settings.result_max_bytes,
             )
         except ArchiveError as error:
-            self.registry.update(payload.id, status=Status.FAILED, exit_code=0, message=str(error))
+            self.registry.end(payload.id, Ending(Status.FAILED, str(error), exit_code=0))
             return
         # Still Completed, but the user is told (message and the archive's manifest).
         message = "; ".join(part for part in (outcome.note, summary.describe()) if part)
         if message:
             logger.warning("payload %d: %s", payload.id, message)
-        self.registry.update(payload.id, status=Status.COMPLETED, exit_code=0, message=message)
+        self.registry.end(payload.id, Ending(Status.COMPLETED, message, exit_code=0))
 
     async def _watch_orphan(self, payload: Payload) -> None:
         """A payload the executor had when the client stopped: wait for it, then settle it."""
@@ -427,12 +388,7 @@ class Runner:
             logger.info("re-adopting payload %d (%s %d)", payload.id, handle.kind, handle.id)
         if payload.status is Status.PREPARED:
             started_at = await self.executor.started(handle)
-            payload = (
-                self.registry.update(
-                    payload.id, {Status.PREPARED}, status=Status.RUNNING, started_at=started_at
-                )
-                or payload
-            )
+            payload = self.registry.start_running(payload.id, started_at) or payload
         outcome = await self._wait_within_limit(
             payload, handle, self.executor.wait(payload, handle)
         )
@@ -477,10 +433,33 @@ class Runner:
             self.lease.wake(payload.id)
             task = self._tasks.get(payload.id)
             if task is None:
-                self.registry.update(payload.id, status=Status.KILLED, message="job terminated")
+                self.registry.end(payload.id, TERMINATED)
             return
         if handle is not None and handle.kind == self.executor.kind:
             self._terminate(payload.id, handle)
+
+
+def _ending(current: Payload, outcome: Outcome) -> Ending | None:
+    """How an execution that ended did, unless it exited 0 (then its result decides)."""
+    returncode = outcome.exit_code
+    if current.killed:
+        return Ending(Status.KILLED, "job terminated", returncode)
+    if current.disk_stop is not None:
+        return Ending(Status.FAILED, current.disk_stop, returncode)
+    if current.timed_out:
+        message = f"wall-time limit of {current.timeout_s:g} s exceeded"
+        return Ending(Status.FAILED, message, returncode)
+    if outcome.failure is not None:
+        # The executor ended it (Slurm's wall-time limit, out of memory, a node failure, a
+        # cancellation by someone else): never a success, whatever the exit status.
+        return Ending(Status.FAILED, outcome.failure, returncode)
+    if returncode is None:
+        lost = "run.sh ended while the client was down and its exit status was lost"
+        return Ending(Status.FAILED, lost)
+    if returncode != 0:
+        message = with_last_line(_describe_exit(returncode), current.paths.log)
+        return Ending(Status.FAILED, message, returncode)
+    return None
 
 
 def _still_running(payload: Payload) -> bool:

@@ -30,11 +30,12 @@ from job_orchestrator.errors import (
     PermanentClientError,
     TransientClientError,
 )
+from job_orchestrator.server import lifecycle
 from job_orchestrator.server.jobfiles import RESULT_NAME, log_path, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
 from job_orchestrator.server.storage import JobRecord, Store
-from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
+from job_orchestrator.status import TERMINAL, Status
 
 logger = logging.getLogger(__name__)
 
@@ -77,11 +78,13 @@ class JobCollector:
         except ClientLeftError as error:
             # At once: only a restart with another configuration brings it back, and in the
             # meantime the job would hold its user's slot (docs/concepts/failure-semantics.md).
-            await self.fail(job, list(ON_CLIENT), f"job lost: {error}")
+            await self.fail(job, lifecycle.FAIL_ON_CLIENT, f"job lost: {error}")
             return
         service = self._settings.services.get(job.service)
         if service is None or client is None:
-            await self.fail(job, list(ON_CLIENT), f"service {job.service!r} is not configured")
+            await self.fail(
+                job, lifecycle.FAIL_ON_CLIENT, f"service {job.service!r} is not configured"
+            )
             return
         known, failures, failing_since = job.status, 0, None
         loc = Path(job.loc)
@@ -123,7 +126,7 @@ class JobCollector:
                 if time.time() - failing_since >= self._settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
                     await self._fleet.revoke(client.url, job)
-                    await self.fail(job, list(ON_CLIENT), reason)
+                    await self.fail(job, lifecycle.FAIL_ON_CLIENT, reason)
                     return
                 await wait_any(self._stop.wait(), timeout_s=backoff_s(failures))
                 while (
@@ -141,7 +144,9 @@ class JobCollector:
                 await self._payload_lost(job, str(error))
                 return
             except (PermanentClientError, OSError) as error:
-                await self.fail(job, list(ON_CLIENT), f"could not collect the result: {error}")
+                await self.fail(
+                    job, lifecycle.FAIL_ON_CLIENT, f"could not collect the result: {error}"
+                )
                 return
             failures, failing_since = 0, None
             # Learnt at the end only: the Running of a short job was never reported.
@@ -166,13 +171,10 @@ class JobCollector:
                 await self.keep_partial(job, client)
                 await self._settle(job, result.status, result.message, result.exit_code, late_start)
                 return
-            if result.status in ON_CLIENT and result.status is not known:
-                started = (
-                    {"started_at": result.started_at or time.time()}
-                    if result.status is Status.RUNNING
-                    else {}
-                )
-                if not await self._store.transition(job.id, ON_CLIENT, result.status, **started):
+            if result.status in lifecycle.ON_CLIENT_REPORT.reaches and result.status is not known:
+                if not await lifecycle.mark_on_client(
+                    self._store, job.id, result.status, result.started_at
+                ):
                     return  # terminated or otherwise moved by someone else
                 known = result.status
             if not result.long_polled:
@@ -199,12 +201,8 @@ class JobCollector:
         started_at: float | None = None,
     ) -> None:
         # Shielded: once the client told us the outcome, a shutdown must not lose it.
-        changes: dict[str, object] = {"message": message}
-        if exit_code is not None:
-            changes["exit_code"] = exit_code
-        if started_at is not None:
-            changes["started_at"] = started_at
-        if await asyncio.shield(self._store.transition(job.id, ON_CLIENT, status, **changes)):
+        outcome = lifecycle.Outcome(status, message, exit_code, started_at)
+        if await asyncio.shield(lifecycle.settle(self._store, job.id, outcome)):
             self._metrics.job_finished(job, status, ran=True)
             logger.info("job %d finished: %s", job.id, status.wire, extra=job_fields(job))
         self._wake_dispatch()
@@ -233,26 +231,18 @@ class JobCollector:
         if job.attempts + 1 >= self._settings.dispatch_attempts:
             await self.fail(
                 job,
-                list(ON_CLIENT),
+                lifecycle.FAIL_ON_CLIENT,
                 f"payload lost on the client {job.attempts + 1} times: {reason}",
             )
             return
         logger.warning("job %d: %s; dispatching it again", job.id, reason)
         # A fresh key: the client lost the old payload, it must create a new one.
-        await self._store.transition(
-            job.id,
-            ON_CLIENT,
-            Status.QUEUED,
-            attempts=job.attempts + 1,
-            dest_id=None,
-            dispatch_key=None,
-            node=None,
-            started_at=None,
-        )
+        await lifecycle.requeue_lost(self._store, job)
         self._wake_dispatch()
 
-    async def fail(self, job: JobRecord, expected: list[Status], message: str) -> None:
+    async def fail(self, job: JobRecord, move: lifecycle.Move, message: str) -> None:
+        """Fail the job with `message` if it is still where `move` (a FAIL_* move) takes it."""
         logger.warning("job %d failed: %s", job.id, message, extra=job_fields(job))
-        if await self._store.transition(job.id, expected, Status.FAILED, message=message):
+        if await lifecycle.fail(self._store, job.id, move, message):
             self._metrics.job_finished(job, Status.FAILED)
         self._wake_dispatch()

@@ -15,7 +15,7 @@ import math
 import os
 import time
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
@@ -33,6 +33,7 @@ from job_orchestrator.errors import (
     TransientClientError,
     UndeliveredError,
 )
+from job_orchestrator.server import lifecycle
 from job_orchestrator.server.collection import JobCollector, job_fields
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
@@ -172,7 +173,7 @@ class Orchestrator:
                 self._spawn(job.id, self.collector.collect(job))
 
     async def _requeue(self, job: JobRecord) -> None:
-        await self.store.transition(job.id, [Status.PROCESSING], Status.QUEUED)
+        await lifecycle.requeue(self.store, job.id)
         self.wake_dispatch()
 
     async def _resume_after_lapse(self) -> None:
@@ -313,7 +314,7 @@ class Orchestrator:
             if job.service in stranded and now - waited_since >= deadline_s:
                 await self.collector.fail(
                     job,
-                    [Status.QUEUED],
+                    lifecycle.FAIL_QUEUED,
                     f"could not reach the client for {now - waited_since:.0f} s: "
                     f"{stranded[job.service]}",
                 )
@@ -335,12 +336,12 @@ class Orchestrator:
             client = self.fleet.client_for(job)
         except ClientLeftError as error:
             # Its last dispatch may have reached that client: never send it to another.
-            await self.collector.fail(job, [Status.PROCESSING], f"job lost: {error}")
+            await self.collector.fail(job, lifecycle.FAIL_UNSENT, f"job lost: {error}")
             return
         service = self._service(job)
         if service is None or client is None:
             await self.collector.fail(
-                job, [Status.PROCESSING], f"service {job.service!r} is not configured"
+                job, lifecycle.FAIL_UNSENT, f"service {job.service!r} is not configured"
             )
             return
         assert job.dispatch_key is not None
@@ -379,33 +380,25 @@ class Orchestrator:
             return
         except ClientCallError as error:
             await self.collector.fail(
-                job, [Status.PROCESSING, Status.LOCKED], f"client refused the job: {error}"
+                job, lifecycle.FAIL_DISPATCH, f"client refused the job: {error}"
             )
             return
-        changes: dict[str, Any] = {
-            "dest_id": dest_id,
-            "failing_since": None,
-            "not_before": None,
-            "message": "",
-            "dispatched_at": time.time(),
-        }
-        if await self.store.transition(job.id, [Status.PROCESSING], Status.SUBMITTED, **changes):
+        submitted = await lifecycle.mark_submitted(self.store, job, dest_id)
+        if submitted is not None:
             self.metrics.job_started(job)
             # The row is what the compare-and-set just wrote: no need to read it back. A
             # /terminate from now on cancels this task before it touches the job.
-            await self.collector.collect(replace(job, status=Status.SUBMITTED, **changes))
+            await self.collector.collect(submitted)
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
-        fresh = await self.store.transition_returning(job.id, [Status.LOCKED], dest_id=dest_id)
+        fresh = await lifecycle.record_payload(self.store, job.id, dest_id)
         if fresh is not None:
             await self._finish_termination(fresh)
 
     async def _requeue_refused(self, job: JobRecord, refused: str) -> None:
-        if not await self.store.transition(
-            job.id, [Status.PROCESSING], Status.QUEUED, node=None, message=refused
-        ) and await self.store.transition(  # terminated meanwhile, never sent
-            job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
-        ):
+        requeued = await lifecycle.requeue_refused(self.store, job.id, refused)
+        # Not Processing: terminated meanwhile, and never sent.
+        if not requeued and await lifecycle.kill_locked(self.store, job.id):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
 
@@ -416,7 +409,7 @@ class Orchestrator:
         if now - since >= self.settings.retry_deadline_s:
             await self.collector.fail(
                 job,
-                [Status.PROCESSING, Status.LOCKED],
+                lifecycle.FAIL_DISPATCH,
                 f"could not reach the client for {now - since:.0f} s: {reason}",
             )
             return
@@ -428,18 +421,15 @@ class Orchestrator:
             "on another client now" if unpin else f"in {delay:.1f} s",
             extra=job_fields(job),
         )
-        moved = await self.store.transition(
-            job.id,
-            [Status.PROCESSING],
-            Status.QUEUED,
-            attempts=job.attempts + 1,
+        moved = await lifecycle.retry_dispatch(
+            self.store,
+            job,
             failing_since=since,
             not_before=now + delay if delay else None,
-            **({"node": None} if unpin else {}),
+            unpin=unpin,
         )
-        if not moved and await self.store.transition(  # terminated meanwhile, never sent
-            job.id, [Status.LOCKED], Status.KILLED, message="job terminated"
-        ):
+        # Not Processing: terminated meanwhile, and never sent.
+        if not moved and await lifecycle.kill_locked(self.store, job.id):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
 
@@ -455,18 +445,21 @@ class Orchestrator:
                     409, job.status, f"Job {job_id} already finished with status {job.status.wire}"
                 )
             if job.status is Status.QUEUED:
-                if await self.store.transition(
-                    job_id, [Status.QUEUED], Status.KILLED, message="job terminated"
-                ):
+                if await lifecycle.kill_queued(self.store, job_id):
                     self.metrics.job_finished(job, Status.KILLED)
                     return TerminateOutcome(200, Status.KILLED, "job terminated")
                 continue
             if job.status is Status.LOCKED:
                 return TerminateOutcome(200, Status.LOCKED, "job terminated")
+            if not lifecycle.may_lock(job.status):
+                # Unknown: a stored status this server never writes; nothing to kill known.
+                return TerminateOutcome(
+                    409, job.status, f"Job {job_id} cannot be terminated from {job.status.wire}"
+                )
             # The replica answering the request finishes the termination, so it owns the job
             # now; a dispatch in flight stays its sender's, who alone learns the payload id.
-            owner = {} if job.status is Status.PROCESSING else {"owner": self.lease.replica_id}
-            if not await self.store.transition(job_id, [job.status], Status.LOCKED, **owner):
+            owner = None if job.status is Status.PROCESSING else self.lease.replica_id
+            if not await lifecycle.lock_for_kill(self.store, job, owner):
                 continue
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
@@ -504,9 +497,7 @@ class Orchestrator:
                 # Nobody waits for an answer (a restart resumed this): kill it when the
                 # client answers again, and report the job Killed now.
                 await self.fleet.revoke(client.url, job)
-            elif restore is not None and await self.store.transition(
-                job.id, [Status.LOCKED], restore
-            ):
+            elif restore is not None and await lifecycle.unlock(self.store, job.id, restore):
                 fresh = await self.store.get_job(job.id)
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
@@ -518,9 +509,7 @@ class Orchestrator:
     async def _killed(
         self, job: JobRecord, client: NodeClient | None, message: str = "job terminated"
     ) -> TerminateOutcome:
-        if await asyncio.shield(
-            self.store.transition(job.id, [Status.LOCKED], Status.KILLED, message=message)
-        ):
+        if await asyncio.shield(lifecycle.kill_locked(self.store, job.id, message)):
             self.metrics.job_finished(job, Status.KILLED)
         self.wake_dispatch()
         if client is not None and job.dest_id:
@@ -598,7 +587,7 @@ class Orchestrator:
             if job.status is Status.PROCESSING:
                 # As after a restart: the dispatch key is kept, so a client that already
                 # has the payload returns it instead of running it twice.
-                await self.store.transition(job_id, [Status.PROCESSING], Status.QUEUED)
+                await lifecycle.requeue(self.store, job_id)
                 self.wake_dispatch()
             elif job.status is Status.LOCKED:
                 self._spawn(job_id, self._finish_termination(job))

@@ -39,6 +39,7 @@ from job_orchestrator.errors import (
     PayloadLostError,
     UndeliveredError,
 )
+from job_orchestrator.server import lifecycle
 from job_orchestrator.server.node_calls import NodeCalls, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.storage import JobRecord, Store
@@ -53,7 +54,7 @@ FAILURES_BEFORE_DOWN = 2
 LEASE_MARGIN_S = 5.0
 #: The lease assumed of a node that has not said its own: our client's default.
 DEFAULT_CLIENT_LEASE_S = float(settings_table.SERVER_LEASE.literal or 15)
-NOT_STARTED = (Status.SUBMITTED, Status.PREPARED)
+NOT_STARTED = lifecycle.NOT_STARTED
 
 
 def client_label(node_url: str) -> str:
@@ -402,9 +403,7 @@ class Fleet:
                 for job in await self.store.jobs_on_node(url, [Status.QUEUED]):
                     # Its last dispatch may have reached the node, but a payload nobody
                     # asks about never starts there (the lease), so another node may run it.
-                    if await self.store.transition(
-                        job.id, [Status.QUEUED], node=None, dispatch_key=None, not_before=None
-                    ):
+                    if await lifecycle.unpin(self.store, job.id):
                         logger.warning(
                             "job %d: client %s is down; dispatching it elsewhere", job.id, url
                         )
@@ -414,7 +413,7 @@ class Fleet:
                     continue
                 if now - self.asked_at.get(job.id, 0.0) < failover_after_s:
                     continue  # asked about lately: its lease there may not have run out
-                if await self.store.revoke_to_queue(job, NOT_STARTED):
+                if await lifecycle.revoke(self.store, job):
                     state.revocations_pending = True
                     logger.warning(
                         "job %d: client %s is down; dispatching it elsewhere", job.id, url

@@ -16,9 +16,9 @@ from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import StoreError
+from job_orchestrator.server import lifecycle
 from job_orchestrator.server.storage import Store
 from job_orchestrator.server.uploads import UploadLimits, is_staging, remove_abandoned
-from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class Cleaner:
         cleaned = 0
         for job in await self.store.finished_before(cutoff):
             await asyncio.to_thread(remove_tree, job.loc)
-            if await self.store.transition(job.id, [job.status], Status.CLEANED):
+            if await lifecycle.clean(self.store, job):
                 cleaned += 1
         cleaned += await self._clean_orphans(cutoff)
         return cleaned

@@ -28,7 +28,7 @@ from job_orchestrator.server.scheduler import (
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord
 from job_orchestrator.server.storage.tables import jobs, service_users
-from job_orchestrator.status import SLOT_HOLDING, Status
+from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, Status, check_move
 
 _SCAN_BATCH = 256
 
@@ -195,6 +195,8 @@ def service_candidates(
     ]
 
 
+# The claim's move, as the transition table has it (checked once, at import).
+check_move(SERVER_MOVES, [Status.QUEUED], Status.PROCESSING)
 _CLAIM = (
     jobs.update()
     .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.status == Status.QUEUED.db)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
 from job_orchestrator.server.storage.callback_verbs import CallbackVerbs
+from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.status import Status
 
 #: (service, slot-holding jobs per node) -> the node to send the next job to, or None.
@@ -104,11 +104,13 @@ class Store(CallbackVerbs, abc.ABC):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> bool:
-        """Set `new` (and column `changes`) only if the job's status is in `expected`.
+        """Set `new` (and the columns of `changes`) only if the job's status is in `expected`.
 
-        Returns whether the row changed. `finished_at` is stamped when `new` is final.
+        Returns whether the row changed. `finished_at` is stamped when `new` is final. Raises
+        IllegalMoveError if SERVER_MOVES (status.py) has no move from an `expected` status to
+        `new`: the engine moves jobs through server/lifecycle.py, whose verbs it checks.
         """
 
     async def transition_returning(
@@ -116,11 +118,11 @@ class Store(CallbackVerbs, abc.ABC):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> JobRecord | None:
         """As `transition`, returning the job as the change left it (None: no change), in the
         same unit of work where the database can (RETURNING); this default reads it after."""
-        if not await self.transition(job_id, expected, new, **changes):
+        if not await self.transition(job_id, expected, new, changes):
             return None
         return await self.get_job(job_id)
 

@@ -18,7 +18,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
@@ -35,7 +35,8 @@ from job_orchestrator.server.storage._memory_callbacks import (
 from job_orchestrator.server.storage._memory_rows import MemoryDatabase, Row
 from job_orchestrator.server.storage._memory_views import MemoryViewVerbs
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
-from job_orchestrator.status import Status
+from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
+from job_orchestrator.status import SERVER_MOVES, Status, check_move
 
 __all__ = ["MemoryDatabase", "MemoryStore"]
 T = TypeVar("T")
@@ -146,7 +147,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> bool:
         return await self._transition("transition", job_id, expected, new, changes) is not None
 
@@ -155,7 +156,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> JobRecord | None:
         return await self._transition("transition_returning", job_id, expected, new, changes)
 
@@ -165,14 +166,12 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None,
-        changes: Mapping[str, Any],
+        changes: JobChanges,
     ) -> JobRecord | None:
-        unknown = set(changes) - rows.COLUMNS
-        if unknown:
-            raise StoreError(f"no such column(s) of jobs: {sorted(unknown)}")
         now = time.time()
-        values: Row = {"updated_at": now, **changes}
+        values: Row = {"updated_at": now, **changes.columns()}
         if new is not None:
+            check_move(SERVER_MOVES, expected, new)
             values["status"] = new
             if new in rows.FINAL:
                 values.setdefault("finished_at", now)
@@ -305,6 +304,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
     # ---- revocations -------------------------------------------------------------------------
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
+        check_move(SERVER_MOVES, expected, Status.QUEUED)
         now = time.time()
 
         def revoke(db: MemoryDatabase) -> bool:

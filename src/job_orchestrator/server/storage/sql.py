@@ -43,10 +43,11 @@ from job_orchestrator.server.storage._notify import (
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.backend import Backend, Work, open_backend
 from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
+from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.sql_views import SqlViewVerbs
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations
-from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
+from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, TERMINAL, Status, check_move
 
 _FINAL_DB = [status.db for status in TERMINAL if status is not Status.CLEANED]
 T = TypeVar("T")
@@ -173,7 +174,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> bool:
         return bool(
             await self._transition("transition", job_id, expected, new, changes, returning=False)
@@ -184,7 +185,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None = None,
-        **changes: Any,
+        changes: JobChanges = NO_CHANGES,
     ) -> JobRecord | None:
         row = await self._transition(
             "transition_returning", job_id, expected, new, changes, returning=True
@@ -197,14 +198,15 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
         job_id: int,
         expected: Collection[Status],
         new: Status | None,
-        changes: Mapping[str, Any],
+        changes: JobChanges,
         *,
         returning: bool,
     ) -> Any:
         """The row as changed (returning) or whether it changed; None/False: it did not."""
         now = time.time()
-        values: dict[str, Any] = {"updated_at": now, **changes}
+        values: dict[str, Any] = {"updated_at": now, **changes.columns()}
         if new is not None:
+            check_move(SERVER_MOVES, expected, new)
             values["status"] = new.db
             if new.is_terminal() and new is not Status.CLEANED:
                 values.setdefault("finished_at", now)
@@ -331,6 +333,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
         return [job_record(row) for row in rows]
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
+        check_move(SERVER_MOVES, expected, Status.QUEUED)
         now = time.time()
 
         def revoke(connection: Connection) -> bool:
