@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.harness import free_port
 
 from bench.common import (
     EXPECTED_OUTPUT,
@@ -41,6 +40,7 @@ from bench.common import (
     ms,
     percentile,
 )
+from testkit.harness import free_port
 
 PEERS_VENV = Path(
     os.environ.get("PEERS_VENV", Path.home() / ".cache/job-orchestrator-bench/peers-venv")

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Api, Cluster, cluster, free_port
+from testkit.harness import Api, Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"

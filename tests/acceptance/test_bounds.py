@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 MIB = 2**20
 NOTE = b"\n[job-orchestrator: log cut at 1 MB (LOG_KEEP_MAX_MB); the rest was not kept]\n"

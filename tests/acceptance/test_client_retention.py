@@ -12,7 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Cluster, Node
+from testkit import eventually
+from testkit.harness import Cluster, Node
 
 REGISTRY_LINE = re.compile(r"retention: removed \d+ payload\(s\); (\d+) left in the registry")
 
@@ -29,24 +30,25 @@ def submit(client: Node, script: str) -> int:
 
 def collect(client: Node, payload_id: int) -> bytes:
     """Long-poll /retrieve until the ZIP arrives, as a server does."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def zipped() -> bytes | None:
         response = httpx.get(f"{client.url}/retrieve/{payload_id}", params={"wait": 5}, timeout=30)
         assert response.status_code == 200, response.text
         if response.headers["content-type"] == "application/zip":
             return response.content
         assert response.json()["status"] in {"Prepared", "Running"}, response.text
-    raise AssertionError(f"payload {payload_id} never completed")
+        return None
+
+    # No pause between calls: each one is a long poll of up to 5 s.
+    return eventually(zipped, f"payload {payload_id} to complete", 60, poll_s=0)
 
 
 def wait_for_registry_rows(client: Node, rows: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def left() -> bool:
         found = REGISTRY_LINE.findall(client.log())
-        if found and int(found[-1]) == rows:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no retention pass left {rows} payloads:\n{client.log()}")
+        return bool(found) and int(found[-1]) == rows
+
+    eventually(left, f"a retention pass to leave {rows} payloads", 60, detail=client.log)
 
 
 def state_of(client: Node, payload_id: int) -> dict[str, object] | None:

@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.harness import Cluster, cluster, tagged_processes
+from testkit.harness import Cluster, cluster, tagged_processes
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.harness import Api, Cluster, cluster
 from tests.acceptance.test_sandbox import bwrap_problem
-from tests.harness import Api, Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 METRICS_TOKEN = "metrics-secret"
 CLIENT_TOKEN = "client-secret"

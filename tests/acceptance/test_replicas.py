@@ -22,8 +22,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.harness import TRAP, Api, Cluster
-from tests.pg import fresh_database
+from testkit import eventually
+from testkit.harness import TRAP, Api, Cluster
+from testkit.pg import fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -112,15 +113,16 @@ def owners(pg_url: str, job_ids: list[int]) -> set[str | None]:
 
 
 def wait_final(api: Api, job_id: int, timeout_s: float = 120.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def final() -> dict[str, object] | None:
         response = httpx.get(f"{api.base_url}/download/{job_id}", params={"wait": 30}, timeout=60)
         if response.headers["content-type"] == "application/zip":
             return {"status": "Completed", "zip": response.content}
         body: dict[str, object] = response.json()
-        if body["status"] in FINAL:
-            return body
-    raise AssertionError(f"job {job_id} never became final")
+        return body if body["status"] in FINAL else None
+
+    # No pause between calls: each one is a long poll of up to 30 s.
+    return eventually(final, f"job {job_id} to become final", timeout_s, poll_s=0)
 
 
 @pytest.mark.timeout(900)

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness import TAG_VARIABLE, Api, free_port, tagged_processes
+from testkit.harness import TAG_VARIABLE, Api, free_port, tagged_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run-local"

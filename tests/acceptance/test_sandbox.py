@@ -28,6 +28,8 @@ import httpx
 import psutil
 import pytest
 
+from testkit import eventually
+from testkit.harness import Cluster, cluster, free_port
 from tests.acceptance.sandboxing import (
     JOB_USER,
     bwrap_problem,
@@ -35,7 +37,6 @@ from tests.acceptance.sandboxing import (
     open_directory,
     skip_or_fail,
 )
-from tests.harness import Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 # Every job here runs as the same user, and RLIMIT_NPROC counts that user's processes across
@@ -106,14 +107,14 @@ def processes_of(uid: int, *, zombies: bool = True) -> list[psutil.Process]:
     return found
 
 
-def wait_until_no_process_of(uid: int, timeout_s: float = 60) -> list[psutil.Process]:
-    """Living (non-zombie) processes of uid left after timeout_s; [] as soon as there are none."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = processes_of(uid, zombies=False)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+def wait_until_no_process_of(uid: int, what: str, timeout_s: float = 60) -> None:
+    """Wait until uid has no living (non-zombie) process; fail naming those left."""
+    eventually(
+        lambda: not processes_of(uid, zombies=False),
+        f"no process of uid {uid} ({what})",
+        timeout_s,
+        detail=lambda: describe(processes_of(uid, zombies=False)),
+    )
 
 
 class ProcessCounter(threading.Thread):
@@ -342,7 +343,7 @@ def describe(processes: list[psutil.Process]) -> list[str]:
 
 
 def assert_fork_bomb_contained(cl: Cluster, uid: int) -> None:
-    assert wait_until_no_process_of(uid) == [], "the job user is busy before the test"
+    wait_until_no_process_of(uid, "the job user is busy before the test")
     counter = ProcessCounter(uid)
     counter.start()
     try:
@@ -365,8 +366,7 @@ def assert_fork_bomb_contained(cl: Cluster, uid: int) -> None:
     if "spawned.txt" in outcome.files.namelist():
         assert int(outcome.text("spawned.txt")) < 300
     # Nothing of the job is left running.
-    left = wait_until_no_process_of(uid)
-    assert left == [], describe(left)
+    wait_until_no_process_of(uid, "the job's processes left running")
 
 
 def assert_other_jobs_out_of_reach(cl: Cluster) -> None:

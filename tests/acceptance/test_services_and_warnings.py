@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster, free_port
+from testkit.harness import Cluster, cluster, free_port
 
 ADMIN = f"admin-{secrets.token_hex(12)}"
 USER = f"user-{secrets.token_hex(12)}"

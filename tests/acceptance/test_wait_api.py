@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 WAIT_CAP_S = 60

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.harness import Cluster, Node, cluster, free_port
+from testkit import eventually
+from testkit.harness import Cluster, Node, cluster, free_port
 
 STATUSES = {
     "Queued",
@@ -183,16 +184,6 @@ def make_zip(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def wait_until(predicate: Any, what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 # ---- our client, driven like the Rust server drives it ---------------------------------------
 
 
@@ -257,7 +248,7 @@ def test_running_payload_partial_and_kill(client_url: str) -> None:
         files = zip_names(response.content)
         return files if "early.txt" in files else None
 
-    files = wait_until(partial_has_early, "early.txt in the partial ZIP")
+    files = eventually(partial_has_early, "early.txt in the partial ZIP")
     assert files["early.txt"] == b"early\n"
     assert "late.txt" not in files
     # A partial download does not finish the payload.
@@ -569,7 +560,7 @@ def completed_zip(client_url: str, payload_id: int) -> bytes:
             return None
         return response.content
 
-    content: bytes = wait_until(zipped, f"the ZIP of payload {payload_id}")
+    content: bytes = eventually(zipped, f"the ZIP of payload {payload_id}")
     return content
 
 
@@ -939,7 +930,7 @@ def test_dispatch_to_rust_client_and_collect_the_zip(
 ) -> None:
     script = b"#!/bin/bash\necho hi > out.txt\n"
     job_id, marker = _upload_with_marker(rust_peer, script)
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     submit = next(
         r for r in fake_client.recorded("POST", "/v1/submit") if marker.encode() in r.body
     )
@@ -978,7 +969,7 @@ def test_download_partial_is_proxied_to_the_derived_url(
 ) -> None:
     assert rust_peer.server is not None
     job_id, marker = _upload_with_marker(rust_peer, b"sleep 1\n")
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     rust_peer.api.wait_for(job_id, "Running")
 
     response = httpx.get(f"{rust_peer.server.url}/download_partial/{job_id}", timeout=30)
@@ -1001,7 +992,7 @@ def test_download_partial_is_proxied_to_the_derived_url(
 def test_terminate_calls_the_rust_kill_url(rust_peer: Cluster, fake_client: FakeRustClient) -> None:
     assert rust_peer.server is not None
     job_id, marker = _upload_with_marker(rust_peer, b"sleep 60\n")
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     rust_peer.api.wait_for(job_id, "Running")
 
     response = httpx.post(f"{rust_peer.server.url}/terminate/{job_id}", timeout=60)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import free_port
 from tests.deploy.tools import DEPLOY, missing, require_program, run, said
-from tests.harness import free_port
 
 ENTRYPOINT = DEPLOY / "client-entrypoint"
 FIRST_UID, LAST_UID = 90000, 90015

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import Api, free_port
 from tests.deploy.test_compose_stack import (
     BUILD_TIMEOUT_S,
     CLIENTS,
@@ -37,7 +38,6 @@ from tests.deploy.tools import (
     said,
     write_token_file,
 )
-from tests.harness import Api, free_port
 
 pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
 

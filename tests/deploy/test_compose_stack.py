@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 import pytest
 
+from testkit.harness import Api, free_port
 from tests.deploy.tools import (
     COMPOSE_FILE,
     COMPOSE_SECRETS,
@@ -41,7 +42,6 @@ from tests.deploy.tools import (
     said,
     write_token_file,
 )
-from tests.harness import Api, free_port
 
 pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import Cluster, Node, free_port
 from tests.deploy.test_systemd import (
     CLIENT_UNIT,
     environment,
@@ -28,7 +29,6 @@ from tests.deploy.test_systemd import (
     service_settings,
 )
 from tests.deploy.tools import SYSTEMD, missing, require_program
-from tests.harness import Cluster, Node, free_port
 
 STATE_DIRECTORY = "/var/lib/job-orchestrator-client"
 TOKEN = "systemd-unit-token-0123456789abcdef"

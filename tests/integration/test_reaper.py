@@ -24,7 +24,7 @@ from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.status import TERMINAL, Status
-from tests.harness import Cluster
+from testkit.harness import Cluster
 
 
 class FailingStore(SqlStore):

@@ -15,7 +15,7 @@ import pytest
 from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.status import ON_CLIENT, SLOT_HOLDING, Status
-from tests.pg import fresh_database
+from testkit.pg import fresh_database
 
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
 

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
-from tests.harness import free_port
+from testkit.harness import free_port
+from testkit.prerequisites import unavailable
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -51,10 +51,7 @@ def fresh_database(port: int = PG_PORT) -> Iterator[str]:
     try:
         asyncio.run(_admin(port, f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        reason = f"PostgreSQL not reachable on {PG_HOST}:{port}: {error!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(f"PostgreSQL not reachable on {PG_HOST}:{port}: {error!r}")
     try:
         yield _url(port, name)
     finally:
@@ -85,7 +82,7 @@ class PrivateInstance:
 
     def init(self) -> None:
         if not (PG_BIN / "initdb").exists():
-            pytest.skip("PostgreSQL 15 binaries not installed")
+            unavailable(f"PostgreSQL 15 binaries not installed in {PG_BIN}")
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             shutil.chown(self.root, entry.pw_uid, entry.pw_gid)
