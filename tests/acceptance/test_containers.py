@@ -29,9 +29,8 @@ import httpx
 import psutil
 import pytest
 
-from testkit import eventually
+from testkit import eventually, unavailable
 from testkit.harness import Cluster, Node
-from tests.acceptance.sandboxing import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "job-orchestrator-payload-test"
@@ -58,7 +57,7 @@ def _engine_problem(engine: str) -> str | None:
 def images() -> None:
     """Build the test images once (a no-op when they exist), one builder at a time."""
     if _engine_problem("docker") is not None:
-        skip_or_fail("the Docker engine does not answer")
+        unavailable("the Docker engine does not answer")
     with open("/tmp/job-orchestrator-payload-test.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run([str(ROOT / "scripts" / "build-payload-test-image")], check=True)
@@ -68,7 +67,7 @@ def images() -> None:
 def engine(request: pytest.FixtureRequest, images: None) -> str:
     name: str = request.param
     if (problem := _engine_problem(name)) is not None:
-        skip_or_fail(problem)
+        unavailable(problem)
     return name
 
 

@@ -27,14 +27,13 @@ from typing import Any
 import httpx
 import pytest
 
-from testkit import eventually
+from testkit import eventually, unavailable
 from testkit.harness import Cluster, cluster
 from tests.acceptance.sandboxing import (
     JOB_USER,
     bwrap_problem,
     ensure_job_user,
     open_directory,
-    skip_or_fail,
 )
 
 # JOB_USER's RLIMIT_NPROC is shared with test_sandbox's jobs: same xdist worker.
@@ -137,7 +136,7 @@ JOB_USERS = "72040-72043"
 def job_user_cluster(sandbox: str) -> Iterator[Cluster]:
     user = ensure_job_user()
     if sandbox == "bwrap" and (problem := bwrap_problem(user=user.pw_uid)) is not None:
-        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
+        unavailable(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": sandbox, "JOB_USER": JOB_USER}
     if sandbox == "rlimits-uids":
         env = {"SANDBOX": "rlimits", "JOB_USERS": JOB_USERS}

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit import eventually
+from testkit import eventually, unavailable
 from testkit.harness import Cluster, cluster
-from tests.acceptance.sandboxing import bwrap_problem, open_directory, skip_or_fail
+from tests.acceptance.sandboxing import bwrap_problem, open_directory
 from tests.acceptance.test_sandbox import (
     FINAL,
     ProcessCounter,
@@ -48,9 +48,9 @@ def unused_range(first: int, last: int) -> str:
 @contextlib.contextmanager
 def uid_cluster(sandbox: str, uids: tuple[int, int]) -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        skip_or_fail("JOB_USERS needs the client to run as root")
+        unavailable("JOB_USERS needs the client to run as root")
     if sandbox == "bwrap" and (problem := bwrap_problem(user=uids[0])) is not None:
-        skip_or_fail(f"bwrap as uid {uids[0]}: {problem}")
+        unavailable(f"bwrap as uid {uids[0]}: {problem}")
     env = {
         "SANDBOX": sandbox,
         "JOB_USERS": unused_range(*uids),

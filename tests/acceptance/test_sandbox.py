@@ -28,14 +28,13 @@ import httpx
 import psutil
 import pytest
 
-from testkit import eventually
+from testkit import eventually, unavailable
 from testkit.harness import Cluster, cluster, free_port
 from tests.acceptance.sandboxing import (
     JOB_USER,
     bwrap_problem,
     ensure_job_user,
     open_directory,
-    skip_or_fail,
 )
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -62,7 +61,7 @@ def job_user() -> pwd.struct_passwd:
 def bwrap() -> None:
     problem = bwrap_problem()
     if problem is not None:
-        skip_or_fail(problem)
+        unavailable(problem)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -560,7 +559,7 @@ def test_bwrap_keeps_the_rlimits(boxed: Cluster) -> None:
 def boxed_user(job_user: pwd.struct_passwd) -> Iterator[Cluster]:
     problem = bwrap_problem(user=job_user.pw_uid)
     if problem is not None:
-        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
+        unavailable(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": "bwrap", "JOB_USER": JOB_USER, "JOB_MAX_PROCESSES": str(MAX_PROCESSES)}
     with (
         open_directory("jo-sandbox-bwrap-user-") as root,

