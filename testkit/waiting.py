@@ -18,7 +18,7 @@ POLL_S = 0.05
 
 
 def eventually(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     what: str,
     timeout_s: float = 60.0,
     *,

@@ -75,6 +75,7 @@ def test_gateway_calls_bench_runs(tmp_path: Path) -> None:
     assert "left running" not in stdout, stdout
 
 
+@pytest.mark.needs_docker
 @pytest.mark.timeout(900)
 def test_quick_containers_bench_runs_local_and_the_engines(tmp_path: Path) -> None:
     require("docker", "Debian package docker.io")

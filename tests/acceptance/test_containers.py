@@ -43,7 +43,7 @@ ALLOCATE = "x = bytearray(300 * 1024 * 1024)\nprint('allocated', len(x))\n"
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.1; done\n"
 
 # The engines' images and storage are shared: one xdist worker runs these tests.
-pytestmark = pytest.mark.xdist_group("containers")
+pytestmark = [pytest.mark.needs_docker, pytest.mark.xdist_group("containers")]
 
 
 def _engine_problem(engine: str) -> str | None:

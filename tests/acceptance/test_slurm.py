@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
@@ -30,9 +30,7 @@ SETUP = ROOT / "scripts" / "setup-slurm"
 SLURM = {"EXECUTOR": "slurm"}
 FINAL = ("Completed", "Failed", "Killed", "Invalid")
 
-pytestmark = pytest.mark.xdist_group("slurm")
-
-T = TypeVar("T")
+pytestmark = [pytest.mark.needs_slurm, pytest.mark.xdist_group("slurm")]
 
 
 def _bring_up_slurm() -> str | None:

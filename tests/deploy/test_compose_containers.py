@@ -39,7 +39,11 @@ from tests.deploy.tools import (
     write_token_file,
 )
 
-pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+pytestmark = [
+    pytest.mark.needs_docker,
+    pytest.mark.timeout(2400),
+    pytest.mark.xdist_group("compose-stack"),
+]
 
 CONTAINERS_OVERRIDE = DEPLOY / "compose.containers.yml"
 PAYLOAD_IMAGE = "job-orchestrator-payload-test"

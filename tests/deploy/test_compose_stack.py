@@ -42,7 +42,11 @@ from tests.deploy.tools import (
     write_token_file,
 )
 
-pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+pytestmark = [
+    pytest.mark.needs_docker,
+    pytest.mark.timeout(2400),
+    pytest.mark.xdist_group("compose-stack"),
+]
 
 BUILD_TIMEOUT_S = 1800.0
 HEALTHY_TIMEOUT_S = 240.0
