@@ -42,7 +42,8 @@ def _bring_up_slurm() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"scripts/setup-slurm did not run: {error}"
     if done.returncode != 0:
-        return f"scripts/setup-slurm failed: {done.stderr.strip() or done.stdout.strip()}"
+        said = (done.stderr.strip() + "\n" + done.stdout.strip()).strip() or "nothing printed"
+        return f"scripts/setup-slurm failed (exit {done.returncode}): {said}"
     return None
 
 
