@@ -1,6 +1,7 @@
 """What the tests and the benchmarks share; not part of the installed package.
 
-- `waiting`: `eventually(predicate, what, timeout_s)`, the one polling loop.
+- `waiting`: `eventually(predicate, what, timeout_s)`, the one polling loop (and
+  `eventually_async` for coroutine predicates).
 - `prerequisites`: `require(tool)` and `unavailable(reason)`: skip locally, fail when `CI=true`.
 - `harness`: real `job-orchestrator server` and `client` processes (`Cluster`, `Api`).
 - `original`: the original Rust job-orchestrator beside ours (`Fleet`).
@@ -13,6 +14,6 @@ never ships it, and `bench/` imports it without importing `tests`.
 from __future__ import annotations
 
 from testkit.prerequisites import require, unavailable
-from testkit.waiting import eventually
+from testkit.waiting import eventually, eventually_async
 
-__all__ = ["eventually", "require", "unavailable"]
+__all__ = ["eventually", "eventually_async", "require", "unavailable"]
