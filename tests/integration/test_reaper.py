@@ -48,6 +48,7 @@ class FailingStore(SqlStore):
         return await super().transition(job_id, expected, new, **changes)
 
 
+@pytest.mark.slow  # a real client process runs the job
 @pytest.mark.parametrize(
     ("fail_on", "error"),
     [
