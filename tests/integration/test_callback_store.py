@@ -10,7 +10,7 @@ import time
 from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackState
 from job_orchestrator.status import Status
-from tests.integration.test_store import OpenStore
+from testkit.stores import OpenStore
 
 URL = "http://127.0.0.1:8080/hook"
 BODY = b'{"id":1,"status":"Completed","message":""}'

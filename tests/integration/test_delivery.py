@@ -21,8 +21,8 @@ from job_orchestrator.server.storage import SqlStore
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
 from job_orchestrator.status import Status
 from testkit import eventually_async
+from testkit.stores import OpenStore
 from tests.callback_receiver import HOLD, CallbackReceiver
-from tests.integration.test_store import OpenStore
 
 SECRET = "s" * 32
 #: Only to keep a broken test from hanging.
