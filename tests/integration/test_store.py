@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from job_orchestrator.errors import StoreError
@@ -25,95 +22,12 @@ from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueu
 from job_orchestrator.server.storage import JobRecord, SqlStore, Store, open_store
 from job_orchestrator.status import SLOT_HOLDING, TERMINABLE, TERMINAL, Status
 
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
-
-OpenStore = Callable[[], Awaitable[SqlStore]]
-
-
-# --- backends -------------------------------------------------------------------------------------
-
-
-async def _pg_admin(database: str = "postgres") -> asyncpg.Connection:
-    return await asyncpg.connect(
-        user=PG_USER, host=PG_HOST, port=PG_PORT, database=database, timeout=5
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
-    name = f"jo_test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await _pg_admin()
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    async def drop() -> None:
-        admin = await _pg_admin()
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    try:
-        asyncio.run(create())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        reason = (
-            f"PostgreSQL not reachable as {PG_USER}@{PG_HOST}:{PG_PORT} "
-            f"(trust auth expected): {error!r}"
-        )
-        # CI starts PostgreSQL itself (.ci/run), so there an unreachable server is a failure.
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield name
-    finally:
-        asyncio.run(drop())
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """What open_store takes: a SQLite file path, or a PostgreSQL URL on an empty schema."""
-    if request.param == "sqlite":
-        return str(tmp_path / "db.sqlite")
-    name = request.getfixturevalue("pg_database")
-
-    async def reset() -> None:
-        admin = await _pg_admin(name)
-        try:
-            await admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        finally:
-            await admin.close()
-
-    asyncio.run(reset())
-    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-
-
-@pytest.fixture
-async def reopen(db_url: str) -> AsyncIterator[OpenStore]:
-    """open_store on this test's database, any number of times; all closed at the end."""
-    opened: list[SqlStore] = []
-
-    async def _open() -> SqlStore:
-        store = await open_store(db_url)
-        opened.append(store)
-        return store
-
-    yield _open
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(reopen: OpenStore) -> SqlStore:
-    return await reopen()
-
+# The backends this contract runs on (other modules reach them as test_store.db_url, ...).
+from testkit.stores import OpenStore
+from testkit.stores import db_url as db_url
+from testkit.stores import pg_database as pg_database
+from testkit.stores import reopen as reopen
+from testkit.stores import store as store
 
 # --- helpers --------------------------------------------------------------------------------------
 
