@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
@@ -65,10 +64,11 @@ def test_cleaned_payloads_leave_the_registry_and_keep_their_ids(tmp_path: Path) 
     try:
         client = cl.add_client({"MAX_AGE": "0", "CLEANER_INTERVAL": "0.2"})
         uncollected = submit(client, "echo early > output.txt\n")
-        deadline = time.monotonic() + 60
-        while (state_of(client, uncollected) or {}).get("status") != "Completed":
-            assert time.monotonic() < deadline, client.log()
-            time.sleep(0.05)
+        eventually(
+            lambda: (state_of(client, uncollected) or {}).get("status") == "Completed",
+            f"payload {uncollected} to complete",
+            detail=client.log,
+        )
         collected = submit(client, "echo hello > output.txt\n")
         assert collect(client, collected)
         # The pass that removed the collected payload kept the one nobody collected yet.

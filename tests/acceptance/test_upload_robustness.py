@@ -172,16 +172,16 @@ def test_submit_streaming_longer_than_max_age_is_kept(short_retention: Cluster) 
         status, _, answer = read_response(sock)
     assert status == 200, answer
     payload_id = json.loads(answer)["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def zipped() -> httpx.Response | None:
         response = httpx.get(f"{client.url}/retrieve/{payload_id}", timeout=30)
         if response.headers["content-type"] == "application/zip":
-            names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
-            assert "out.txt" in names
-            return
+            return response
         assert response.json()["status"] in {"Prepared", "Running"}, response.text
-        time.sleep(0.05)
-    raise AssertionError("the payload never completed")
+        return None
+
+    response = eventually(zipped, f"payload {payload_id} to complete")
+    assert "out.txt" in zipfile.ZipFile(io.BytesIO(response.content)).namelist()
 
 
 # ---- 15.5: stalled uploads, too many uploads, half uploads after a crash ---------------------
@@ -253,11 +253,12 @@ def test_half_upload_left_by_a_crash_is_removed_at_start(guarded: Cluster) -> No
     content_type, first_kib, length = stalled_body()
     with raw_request(server.port, "/upload", content_type, length) as sock:
         sock.sendall(first_kib)
-        deadline = time.monotonic() + 30
-        while not staging_dirs(guarded) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        half = staging_dirs(guarded)
-        assert half, entries(server_data(guarded))
+        half = eventually(
+            lambda: staging_dirs(guarded),
+            "the upload's staging directory",
+            30,
+            detail=lambda: entries(server_data(guarded)),
+        )
         server.stop(signal.SIGKILL)
     assert staging_dirs(guarded) == half  # the crash left it behind
     server.start()

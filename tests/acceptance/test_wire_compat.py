@@ -156,18 +156,16 @@ def rust_retrieve(client_url: str, payload_id: int) -> httpx.Response:
 
 
 def retrieve_until(client_url: str, payload_id: int, status: str) -> dict[str, Any]:
-    deadline = time.monotonic() + TIMEOUT_S
-    payload: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
         response = rust_retrieve(client_url, payload_id)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] != "application/zip", "finished too early"
         payload = rust_payload(response)
-        if payload["status"] == status:
-            return payload
-        assert payload["status"] in {"Prepared", "Running"}, payload
-        time.sleep(0.05)
-    raise AssertionError(f"payload {payload_id} never reached {status}; last {payload}")
+        assert payload["status"] in {status, "Prepared", "Running"}, payload
+        return payload if payload["status"] == status else None
+
+    return eventually(reached, f"payload {payload_id} to reach {status}", TIMEOUT_S)
 
 
 def zip_names(content: bytes) -> dict[str, bytes]:
@@ -210,16 +208,17 @@ def test_submit_answers_like_the_rust_client(client_url: str) -> None:
 def test_submit_then_plain_retrieve_returns_the_zip(client_url: str) -> None:
     payload = rust_submit(client_url, "echo hello from run.sh > out.txt\n", b"nested input\n")
     payload_id = payload["id"]
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        assert time.monotonic() < deadline, "no ZIP from /retrieve"
+
+    def zipped() -> httpx.Response | None:
         response = rust_retrieve(client_url, payload_id)
         assert response.status_code == 200, response.text
         if response.headers["content-type"] == "application/zip":
-            break
+            return response
         # Every intermediate answer must parse as a Payload, and not be a final failure.
         assert rust_payload(response)["status"] in {"Prepared", "Running"}, response.text
-        time.sleep(0.05)
+        return None
+
+    response = eventually(zipped, "a ZIP from /retrieve", TIMEOUT_S)
     files = zip_names(response.content)
     assert files["out.txt"] == b"hello from run.sh\n"
     # The original stores a part under its sanitised file name, not under its field name.
