@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -312,10 +311,7 @@ def assert_leftovers_are_killed(cl: Cluster) -> None:
         outcome = run_job(cl, "bash escape.sh\n", {"escape.sh": ESCAPE.format(marker=marker)})
         assert outcome.status == "Completed", outcome.message
         assert outcome.text("escaped.txt") == "escaped\n"
-        deadline = time.monotonic() + 10
-        while escapers(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert escapers(marker) == []
+        eventually(lambda: not escapers(marker), "the escaped processes to be gone", 10)
     finally:
         for process in escapers(marker):
             with contextlib.suppress(psutil.Error):
@@ -689,14 +685,12 @@ def test_sandbox_none_warns_on_stderr_that_jobs_share_the_clients_uid(tmp_path: 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def healthy() -> bool:
             assert client.poll() is None, "the client stopped"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the client never answered"
-            time.sleep(0.05)
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+
+        eventually(healthy, "the client to answer", retry_on=(httpx.HTTPError,))
     finally:
         client.terminate()
         _, stderr = client.communicate(timeout=30)
