@@ -19,7 +19,8 @@ import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from tests.harness import Cluster, cluster
+
+from testkit.harness import Cluster, cluster
 
 MIB = 1024 * 1024
 MB = 1_000_000
@@ -170,7 +171,7 @@ def running_cluster(
     server_env: Mapping[str, str] | None = None,
     client_env: Mapping[str, str] | None = None,
 ) -> Iterator[Cluster]:
-    """One real server and one real client (tests.harness), torn down whatever happens."""
+    """One real server and one real client (testkit.harness), torn down whatever happens."""
     root.mkdir(parents=True, exist_ok=True)
     with cluster(root, server_env=server_env, client_env=client_env) as running:
         yield running

@@ -19,6 +19,7 @@ from bench.common import (
     running_cluster,
     upload_form,
 )
+from testkit import eventually
 
 RUNS_PER_USER = 2
 MAX_RUNS = 4
@@ -51,19 +52,18 @@ def _submit_all(base_url: str, user: int, jobs: int, script: str) -> list[int]:
 
 def _wait_all(base_url: str, ids: list[int], timeout_s: float) -> None:
     left = set(ids)
-    deadline = time.monotonic() + timeout_s
+
+    def all_done() -> bool:
+        for job_id in sorted(left):
+            answer = http.get(f"/download/{job_id}")
+            if not is_zip(answer):
+                check_status_body(answer, job_id)
+                return False  # jobs finish roughly in id order: wait for this one first
+            left.discard(job_id)
+        return True
+
     with http_client(base_url) as http:
-        while left:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{len(left)} jobs did not complete in {timeout_s:.0f} s")
-            for job_id in sorted(left):
-                answer = http.get(f"/download/{job_id}")
-                if is_zip(answer):
-                    left.discard(job_id)
-                else:
-                    check_status_body(answer, job_id)
-                    break  # jobs finish roughly in id order: wait for this one first
-            time.sleep(0.05)
+        eventually(all_done, f"{len(ids)} jobs to complete", timeout_s, detail=lambda: left)
 
 
 def _read(path: Path) -> list[tuple[float, int]]:

@@ -1,7 +1,7 @@
 """Server-side CPU per retrieve call with many long-polls open on one client (issue 10).
 
 `python -m bench.gateway_calls [--calls N] [--held N] [--rounds N]`: one real client
-(tests.harness) runs one payload (`sleep`); `--held` long-polls on it stay open (wait 60 s,
+(testkit.harness) runs one payload (`sleep`); `--held` long-polls on it stay open (wait 60 s,
 known Running) while 4 workers make `--calls` immediate retrieves (wait 0) through the same
 NodeGateway, in this process. Prints this process's CPU (the gateway's side of every call)
 and the client's per retrieve, one line per round. Not part of `python -m bench`: it times
@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import psutil
-from tests.harness import Cluster
 
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.status import Status
+from testkit.harness import Cluster
 
 WORKERS = 4
 

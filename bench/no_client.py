@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import psutil
-from tests.harness import Cluster, free_port
+
+from testkit.harness import Cluster, free_port
 
 SETTLE_S = 5.0
 

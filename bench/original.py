@@ -12,9 +12,6 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.harness import cluster
-from tests.interop.original import ORIGINAL_BINARY, SERVICE, TRAP, Fleet
-
 from bench.common import (
     SCRIPT,
     Context,
@@ -27,6 +24,8 @@ from bench.common import (
 )
 from bench.latency import _one_job
 from bench.throughput import QUOTA, drive
+from testkit.harness import cluster
+from testkit.original import ORIGINAL_BINARY, SERVICE, TRAP, Fleet
 
 #: The original's client requires the exit trap; both sides run the same script.
 TRAPPED = TRAP + SCRIPT

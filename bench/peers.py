@@ -23,13 +23,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-from tests.harness import free_port
 
 from bench.common import (
     EXPECTED_OUTPUT,
@@ -41,6 +39,8 @@ from bench.common import (
     ms,
     percentile,
 )
+from testkit import eventually
+from testkit.harness import free_port
 
 PEERS_VENV = Path(
     os.environ.get("PEERS_VENV", Path.home() / ".cache/job-orchestrator-bench/peers-venv")
@@ -93,12 +93,7 @@ def _process_group(command: list[str], log_path: Path, **options: object) -> Ite
 
 
 def _until(ready: Callable[[], bool], what: str, log_path: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if ready():
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{what} did not start within {timeout_s:g} s: {log_path.read_text()}")
+    eventually(ready, f"{what} to start", timeout_s, poll_s=0.2, detail=log_path.read_text)
 
 
 def _drive(python: Path, driver: str, arguments: list[str], env: dict[str, str]) -> dict[str, Any]:

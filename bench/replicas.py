@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-from tests.harness import Cluster
 
 from bench.common import Context, SectionResult, log, median, ms
 from bench.throughput import QUOTA, drive
+from testkit.harness import Cluster
 
 PG_ADMIN = {"user": "postgres", "host": "127.0.0.1", "port": 5432, "database": "postgres"}
 

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from tests.harness import Cluster, Node
 
 from bench.common import (
     Context,
@@ -33,6 +32,7 @@ from bench.common import (
     percentile,
     upload_latencies,
 )
+from testkit.harness import Cluster, Node
 
 USERS = 100
 CLIENTS = 4

@@ -129,7 +129,10 @@ def _slurm_ready() -> str | None:
     done = subprocess.run(
         [str(ROOT / "scripts" / "setup-slurm")], capture_output=True, text=True, check=False
     )
-    return None if done.returncode == 0 else done.stderr.strip() or done.stdout.strip()
+    if done.returncode == 0:
+        return None
+    said = (done.stderr.strip() + "\n" + done.stdout.strip()).strip() or "nothing printed"
+    return f"scripts/setup-slurm failed (exit {done.returncode}): {said}"
 
 
 def slurm(ctx: Context) -> SectionResult:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import aiohttp
 import psutil
-from tests.harness import Cluster
 
 from bench.common import (
     SCRIPT,
@@ -32,6 +31,7 @@ from bench.common import (
     store_work,
 )
 from bench.profiling import Profiler
+from testkit.harness import Cluster
 
 THROUGHPUT_TARGET = 150.0
 SERVER_CPU_TARGET_S = 0.008

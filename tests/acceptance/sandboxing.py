@@ -1,7 +1,7 @@
 """What the sandbox tests share: the job users, bubblewrap's availability, open directories.
 
-Tests that need root or bubblewrap skip with the reason here, except under CI=true where a
-missing prerequisite is a failure (the CI machine has both).
+Tests that need root or bubblewrap skip with the reason (`testkit.unavailable`), except under
+CI=true where a missing prerequisite is a failure (the CI machine has both).
 """
 
 from __future__ import annotations
@@ -15,17 +15,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from testkit import unavailable
 
 #: The one unprivileged user of the JOB_USER tests (created when missing).
 JOB_USER = "jo-test-job"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip locally; under CI=true a missing prerequisite fails the test."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"CI=true but {reason}")
-    pytest.skip(reason)
 
 
 def bwrap_problem(user: int | None = None) -> str | None:
@@ -62,7 +55,7 @@ def bwrap_problem(user: int | None = None) -> str | None:
 def ensure_job_user() -> pwd.struct_passwd:
     """The unprivileged user JOB_USER jobs run as; created here when missing (needs root)."""
     if os.geteuid() != 0:
-        skip_or_fail("JOB_USER needs the client to run as root (to create and switch users)")
+        unavailable("JOB_USER needs the client to run as root (to create and switch users)")
     try:
         return pwd.getpwnam(JOB_USER)
     except KeyError:

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -21,8 +20,9 @@ import httpx
 import pytest
 
 from job_orchestrator.archive import MANIFEST_NAME, MAX_DEPTH
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 from tests.acceptance.test_sandbox import bwrap_problem
-from tests.harness import Cluster, cluster
 
 # A system interpreter, not the venv's: the checkout (and so .venv) may live under /tmp,
 # which the bwrap sandbox replaces with a private one, and the validator refuses paths
@@ -67,15 +67,6 @@ def sandboxes() -> list[object]:
     return ["none", pytest.param("bwrap", marks=skip)]
 
 
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def leftovers(cl: Cluster) -> list[str]:
     """Temporary or unsent archives anywhere in the client's data directory."""
     return sorted(
@@ -95,15 +86,15 @@ def test_partial_download_never_follows_a_swapped_symlink(tmp_path: Path, sandbo
         def secrets() -> list[Path]:
             return list((cl.root / "client0").glob("*/work/secret.txt"))
 
-        wait_until(lambda: bool(secrets()), 60, "user 2's secret")
+        eventually(lambda: bool(secrets()), "user 2's secret", 60)
         target = secrets()[0].parent
         attacker = cl.api.submit(
             f'"{PYTHON}" probe.py\n',
             user_id=1,
             extra={"probe.py": SWAPPER, "target.txt": str(target)},
         )
-        wait_until(
-            lambda: any((cl.root / "client0").glob("*/work/ready")), 120, "the swapper to start"
+        eventually(
+            lambda: any((cl.root / "client0").glob("*/work/ready")), "the swapper to start", 120
         )
         names: set[str] = set()
         for _ in range(8):
@@ -190,8 +181,8 @@ def test_partial_downloads_cannot_starve_other_jobs(tmp_path: Path) -> None:
         assert len(answers) == 8, answers
         assert set(answers) <= {200, 500}, answers
         # The client stops zipping once nobody reads.
-        wait_until(
-            lambda: "abandoned: requester gone" in cl.clients[0].log(), 60, "the build to stop"
+        eventually(
+            lambda: "abandoned: requester gone" in cl.clients[0].log(), "the build to stop", 60
         )
         # The copy the server keeps of the killed hog is cut at PARTIAL_KEEP_TIMEOUT.
         assert httpx.post(f"{cl.api.base_url}/terminate/{hog}", timeout=60).status_code == 200

@@ -12,14 +12,14 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Api, Cluster, cluster, free_port
+from testkit import eventually
+from testkit.harness import Api, Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"
@@ -217,12 +217,14 @@ def test_server_with_a_wrong_token_holds_the_job_and_says_why(
         # The client refuses the server's token (issue 21, item 11): it is unauthorized, not
         # up, and the job waits for it (tests/acceptance/test_client_token.py), not Failed.
         details = f"{cl.server.url if cl.server else ''}/jobs/{job_id}"
-        deadline = time.monotonic() + 60
-        while (httpx.get(details, timeout=30).json().get("queue") or {}).get(
-            "reason"
-        ) != "client_unauthorized":
-            assert time.monotonic() < deadline, httpx.get(details, timeout=30).text
-            time.sleep(0.05)
+        eventually(
+            lambda: (
+                (httpx.get(details, timeout=30).json().get("queue") or {}).get("reason")
+                == "client_unauthorized"
+            ),
+            "the queue to say the client refuses the token",
+            detail=lambda: httpx.get(details, timeout=30).text,
+        )
         assert cl.api.status(job_id)["status"] == "Queued"
         # Nothing reached the client, and the server is still healthy and serving.
         assert payload_dirs(cl.root / "client0") == set()

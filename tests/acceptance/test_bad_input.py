@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 LIMIT_MB = 1
 FINAL = {"Completed", "Failed", "Invalid", "Killed", "Cleaned"}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from testkit import require
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = (
@@ -57,10 +57,7 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(900)
 def test_quick_peers_bench_compares_celery_and_pulsar_with_ours(tmp_path: Path) -> None:
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is missing (apt-get install redis-server)")
-        pytest.skip("redis-server is missing (apt-get install redis-server)")
+    require("redis-server", "apt-get install redis-server")
     text = quick_bench(tmp_path, "--only", "latency,throughput", "--peers")
     assert "## peers\n" in text, text
     for figure in ("Celery + Redis: latency p50", "Galaxy Pulsar: throughput"):
@@ -78,10 +75,10 @@ def test_gateway_calls_bench_runs(tmp_path: Path) -> None:
     assert "left running" not in stdout, stdout
 
 
+@pytest.mark.needs_docker
 @pytest.mark.timeout(900)
 def test_quick_containers_bench_runs_local_and_the_engines(tmp_path: Path) -> None:
-    if shutil.which("docker") is None:
-        pytest.skip("docker is not installed")
+    require("docker", "Debian package docker.io")
     text = quick_bench(tmp_path, "--only", "containers")
     assert "## containers\n" in text, text
     assert "ERROR" not in text, text

@@ -8,7 +8,6 @@ import json
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 from tests.callback_receiver import HOLD, CallbackReceiver, receiving
-from tests.harness import Cluster, cluster
 
 SECRET = f"callback-{secrets.token_hex(16)}"
 LOOPBACK_ENV = {
@@ -60,11 +60,9 @@ def refusal(response: httpx.Response) -> str:
 
 
 def wait_for_log(cl: Cluster, text: str, timeout_s: float = 60.0) -> None:
-    assert cl.server is not None
-    deadline = time.monotonic() + timeout_s
-    while text not in cl.server.log():
-        assert time.monotonic() < deadline, f"{text!r} never logged:\n{cl.server.log()}"
-        time.sleep(0.1)
+    server = cl.server
+    assert server is not None
+    eventually(lambda: text in server.log(), f"{text!r} logged", timeout_s, detail=server.log)
 
 
 def job_dirs(cl: Cluster) -> set[str]:

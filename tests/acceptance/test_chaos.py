@@ -46,7 +46,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.harness import Cluster, Node, tagged_processes
+from testkit.harness import Cluster, Node, tagged_processes
 
 CHAOS_JOBS = int(os.environ.get("CHAOS_JOBS", "60"))
 CHAOS_SEED = int(os.environ.get("CHAOS_SEED", "1"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from job_orchestrator.sdk import Client
-from tests.harness import Cluster, cluster, job_dir
+from testkit.harness import Cluster, cluster, job_dir
 
 # File names holding escape sequences: a title change (OSC) and a screen clear (CSI).
 HOSTILE_SCRIPT = (

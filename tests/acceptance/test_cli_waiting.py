@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import Cluster, cluster, job_dir
 from tests.acceptance.test_user_cli import WAITING_LINE, cli, submitted_id
-from tests.harness import Cluster, cluster, job_dir
 
 #: How long a read waits for the program's next output before the test gives up (a hang
 #: guard, not a timing claim).

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.harness import Cluster, Node
+from testkit import eventually
+from testkit.harness import Cluster, Node
 
 REGISTRY_LINE = re.compile(r"retention: removed \d+ payload\(s\); (\d+) left in the registry")
 
@@ -29,24 +29,25 @@ def submit(client: Node, script: str) -> int:
 
 def collect(client: Node, payload_id: int) -> bytes:
     """Long-poll /retrieve until the ZIP arrives, as a server does."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def zipped() -> bytes | None:
         response = httpx.get(f"{client.url}/retrieve/{payload_id}", params={"wait": 5}, timeout=30)
         assert response.status_code == 200, response.text
         if response.headers["content-type"] == "application/zip":
             return response.content
         assert response.json()["status"] in {"Prepared", "Running"}, response.text
-    raise AssertionError(f"payload {payload_id} never completed")
+        return None
+
+    # No pause between calls: each one is a long poll of up to 5 s.
+    return eventually(zipped, f"payload {payload_id} to complete", 60, poll_s=0)
 
 
 def wait_for_registry_rows(client: Node, rows: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def left() -> bool:
         found = REGISTRY_LINE.findall(client.log())
-        if found and int(found[-1]) == rows:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"no retention pass left {rows} payloads:\n{client.log()}")
+        return bool(found) and int(found[-1]) == rows
+
+    eventually(left, f"a retention pass to leave {rows} payloads", 60, detail=client.log)
 
 
 def state_of(client: Node, payload_id: int) -> dict[str, object] | None:
@@ -63,10 +64,11 @@ def test_cleaned_payloads_leave_the_registry_and_keep_their_ids(tmp_path: Path) 
     try:
         client = cl.add_client({"MAX_AGE": "0", "CLEANER_INTERVAL": "0.2"})
         uncollected = submit(client, "echo early > output.txt\n")
-        deadline = time.monotonic() + 60
-        while (state_of(client, uncollected) or {}).get("status") != "Completed":
-            assert time.monotonic() < deadline, client.log()
-            time.sleep(0.05)
+        eventually(
+            lambda: (state_of(client, uncollected) or {}).get("status") == "Completed",
+            f"payload {uncollected} to complete",
+            detail=client.log,
+        )
         collected = submit(client, "echo hello > output.txt\n")
         assert collect(client, collected)
         # The pass that removed the collected payload kept the one nobody collected yet.

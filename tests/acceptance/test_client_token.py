@@ -2,7 +2,7 @@
 
 Issue 21, item 11: with different CLIENT_TOKENs on server and client, every job used to fail
 at once with "client answered 401" while /status showed the client "up". Real server and
-client processes (tests/harness.py).
+client processes (testkit/harness.py).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
-from tests.acceptance.test_failure_semantics import FINAL, wait_until
-from tests.harness import Cluster
+from testkit import eventually
+from testkit.harness import Cluster
+from tests.acceptance.test_failure_semantics import FINAL
 
 REFUSED = "client refused the server's token (check CLIENT_TOKEN)"
 WARNING = "refuses the server's token"
@@ -58,13 +59,13 @@ def test_a_token_mismatch_shows_holds_jobs_and_heals(tmp_path: Path) -> None:
         client = cl.add_client({"CLIENT_TOKEN": "the-clients-token"})
         cl.start_server({"CLIENT_TOKEN": "the-servers-token", "NODE_CHECK_INTERVAL": "0.3"})
         assert cl.server is not None
-        wait_until(lambda: health_cell(cl) == "unauthorized", "/status to say unauthorized")
+        eventually(lambda: health_cell(cl) == "unauthorized", "/status to say unauthorized")
         assert REFUSED in status_page(cl)  # as its last error
         assert client_state(cl, "unauthorized") == 1
         assert client_state(cl, "up") == 0
 
         job_id = cl.api.submit("echo hello > out.txt\n")
-        queue = wait_until(
+        queue = eventually(
             lambda: (
                 (details(cl, job_id).get("queue") or {}).get("reason") == "client_unauthorized"
                 and details(cl, job_id)["queue"]
@@ -74,7 +75,7 @@ def test_a_token_mismatch_shows_holds_jobs_and_heals(tmp_path: Path) -> None:
         assert "check CLIENT_TOKEN" in queue["detail"], queue
         # Several more checks later the job still waits, and the log warned once.
         seen = checks_made(cl)
-        wait_until(lambda: checks_made(cl) >= seen + 3, "three more checks")
+        eventually(lambda: checks_made(cl) >= seen + 3, "three more checks")
         assert cl.api.status(job_id)["status"] == "Queued"
         assert cl.server.log().count(WARNING) == 1, cl.server.log()
 
@@ -97,13 +98,13 @@ def test_a_dispatch_refused_for_the_token_waits_queued_and_says_why(tmp_path: Pa
         client = cl.add_client({"CLIENT_TOKEN": "shared"})
         # One check at start (the tokens agree then), none after: the dispatch meets the 401.
         cl.start_server({"CLIENT_TOKEN": "shared", "NODE_CHECK_INTERVAL": "3600"})
-        wait_until(lambda: checks_made(cl) >= 1, "the first check")
+        eventually(lambda: checks_made(cl) >= 1, "the first check")
         client.stop()
         client.env["CLIENT_TOKEN"] = "changed"
         client.start()
 
         job_id = cl.api.submit("true\n")
-        wait_until(lambda: details(cl, job_id)["message"] == REFUSED, "the job to say why")
+        eventually(lambda: details(cl, job_id)["message"] == REFUSED, "the job to say why")
         body = details(cl, job_id)
         assert body["status"] == "Queued", body
         assert body["queue"]["reason"] == "client_unauthorized", body

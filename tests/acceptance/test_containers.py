@@ -18,7 +18,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -30,8 +29,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.acceptance.sandboxing import skip_or_fail
-from tests.harness import Cluster, Node
+from testkit import eventually, unavailable
+from testkit.harness import Cluster, Node
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "job-orchestrator-payload-test"
@@ -44,7 +43,7 @@ ALLOCATE = "x = bytearray(300 * 1024 * 1024)\nprint('allocated', len(x))\n"
 WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.1; done\n"
 
 # The engines' images and storage are shared: one xdist worker runs these tests.
-pytestmark = pytest.mark.xdist_group("containers")
+pytestmark = [pytest.mark.needs_docker, pytest.mark.xdist_group("containers")]
 
 
 def _engine_problem(engine: str) -> str | None:
@@ -58,7 +57,7 @@ def _engine_problem(engine: str) -> str | None:
 def images() -> None:
     """Build the test images once (a no-op when they exist), one builder at a time."""
     if _engine_problem("docker") is not None:
-        skip_or_fail("the Docker engine does not answer")
+        unavailable("the Docker engine does not answer")
     with open("/tmp/job-orchestrator-payload-test.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         subprocess.run([str(ROOT / "scripts" / "build-payload-test-image")], check=True)
@@ -68,7 +67,7 @@ def images() -> None:
 def engine(request: pytest.FixtureRequest, images: None) -> str:
     name: str = request.param
     if (problem := _engine_problem(name)) is not None:
-        skip_or_fail(problem)
+        unavailable(problem)
     return name
 
 
@@ -125,16 +124,18 @@ class Client:
         return status
 
     def wait_for(self, payload_id: int, *statuses: str, timeout_s: float = 90.0) -> httpx.Response:
-        deadline = time.monotonic() + timeout_s
         last = ""
-        while time.monotonic() < deadline:
+
+        def reached() -> httpx.Response | None:
+            nonlocal last
             response = self.retrieve(payload_id)
             is_zip = response.headers["content-type"] == "application/zip"
             last = "Completed" if is_zip else response.json()["status"]
-            if last in statuses:
-                return response
-            time.sleep(0.1)
-        raise AssertionError(f"payload {payload_id} never reached {statuses}; last: {last}")
+            return response if last in statuses else None
+
+        return eventually(
+            reached, f"payload {payload_id} to reach {statuses}", timeout_s, detail=lambda: last
+        )
 
     def work(self, payload_id: int) -> Path:
         return self.data / str(payload_id) / "work"
@@ -205,15 +206,6 @@ def message(response: httpx.Response) -> str:
 def result_files(response: httpx.Response) -> dict[str, str]:
     with zipfile.ZipFile(BytesIO(response.content)) as archive:
         return {name: archive.read(name).decode() for name in archive.namelist()}
-
-
-def wait_until(check: Any, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("the condition never held")
 
 
 # ---- confinement -------------------------------------------------------------------------
@@ -319,12 +311,12 @@ def test_running_containers_survive_a_client_restart(
 ) -> None:
     client = make_client(clients, tmp_path, engine)
     payload = client.submit(SURVIVOR)
-    wait_until(lambda: (client.work(payload) / "starts.txt").exists())
+    eventually(lambda: (client.work(payload) / "starts.txt").exists(), "starts.txt")
     log = httpx.get(f"{client.node.url}/logs/{payload}", timeout=10)
     assert log.text == "running\n"  # the live log, while it runs
     client.node.stop(stop)
     # The client's `events` watcher does not outlive it, not even a kill -9.
-    wait_until(lambda: not watchers_of(client), timeout_s=10)
+    eventually(lambda: not watchers_of(client), "no watcher left", timeout_s=10)
     container = client.container(payload)
     assert container is not None
     assert container["State"]["Running"]
@@ -343,7 +335,7 @@ def test_a_launch_the_client_did_not_record_is_adopted_not_repeated(
     """kill -9 between the container's start and the state write that records it."""
     client = make_client(clients, tmp_path, docker)
     payload = client.submit(SURVIVOR)
-    wait_until(lambda: (client.work(payload) / "starts.txt").exists())
+    eventually(lambda: (client.work(payload) / "starts.txt").exists(), "starts.txt")
     client.node.stop(signal.SIGKILL)
     state_file = client.data / str(payload) / "state.json"
     state = json.loads(state_file.read_text())
@@ -362,7 +354,7 @@ def test_a_container_that_ended_while_the_client_was_down_is_collected(
 ) -> None:
     client = make_client(clients, tmp_path, engine)
     payload = client.submit("touch started\n" + WAIT_FOR_GO + "exit 3\n")
-    wait_until(lambda: (client.work(payload) / "started").exists())
+    eventually(lambda: (client.work(payload) / "started").exists(), "the job to start")
     client.node.stop(signal.SIGKILL)
     (client.work(payload) / "go").touch()
 
@@ -370,7 +362,7 @@ def test_a_container_that_ended_while_the_client_was_down_is_collected(
         container = client.container(payload)
         return container is not None and container["State"]["Status"] == "exited"
 
-    wait_until(ended)
+    eventually(ended, "the job to end")
     client.node.start()
     response = client.wait_for(payload, *FINAL)
     assert client.status(payload) == "Failed"
@@ -387,7 +379,7 @@ def test_a_memory_kill_while_the_client_was_down_is_reported(
         "touch started\n" + WAIT_FOR_GO + "exec python3 allocate.py\n",
         **{"allocate.py": ALLOCATE},
     )
-    wait_until(lambda: (client.work(payload) / "started").exists())
+    eventually(lambda: (client.work(payload) / "started").exists(), "the job to start")
     client.node.stop(signal.SIGKILL)
     (client.work(payload) / "go").touch()
 
@@ -395,7 +387,7 @@ def test_a_memory_kill_while_the_client_was_down_is_reported(
         container = client.container(payload)
         return container is not None and container["State"]["Status"] == "exited"
 
-    wait_until(ended)
+    eventually(ended, "the job to end")
     client.node.start()
     response = client.wait_for(payload, *FINAL)
     assert message(response) == "out of memory: limit 64 MB"
@@ -417,7 +409,7 @@ def test_containers_of_unknown_payloads_are_removed_at_start(
         capture_output=True,
     )
     client.node.start()
-    wait_until(lambda: client.container(999) is None, timeout_s=30)
+    eventually(lambda: client.container(999) is None, "container 999 gone", timeout_s=30)
 
 
 # ---- kill and failures ---------------------------------------------------------------------
@@ -435,11 +427,11 @@ def test_a_kill_stops_and_removes_the_container(
 ) -> None:
     client = make_client(clients, tmp_path, engine)
     payload = client.submit(POLITE)
-    wait_until(lambda: (client.work(payload) / "started").exists())
+    eventually(lambda: (client.work(payload) / "started").exists(), "the job to start")
     assert httpx.post(f"{client.node.url}/kill/{payload}", timeout=30).status_code == 200
     client.wait_for(payload, "Killed")
     assert (client.work(payload) / "term.txt").read_text() == "term\n"  # SIGTERM came first
-    wait_until(lambda: client.container(payload) is None, timeout_s=30)
+    eventually(lambda: client.container(payload) is None, "the container gone", timeout_s=30)
 
 
 def test_a_missing_image_fails_the_job_and_the_client_stays_healthy(
@@ -569,10 +561,13 @@ def test_an_engine_outage_keeps_payloads_waiting_and_loses_nothing(
     try:
         client = make_client(clients, tmp_path, docker, DOCKER_HOST=f"unix://{proxy.path}")
         running = client.submit("touch started\n" + WAIT_FOR_GO + "echo first > out.txt\n")
-        wait_until(lambda: (client.work(running) / "started").exists())
+        eventually(lambda: (client.work(running) / "started").exists(), "the job to start")
         proxy.stop()
         waiting = client.submit("echo second > out.txt\n")
-        wait_until(lambda: f"payload {waiting} waits: the docker engine" in client.node.log())
+        eventually(
+            lambda: f"payload {waiting} waits: the docker engine" in client.node.log(),
+            "the wait for the engine logged",
+        )
         (client.work(running) / "go").touch()  # it ends while the client cannot see it
         assert client.status(waiting) == "Prepared"
         assert client.status(running) == "Running"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import cluster
+from testkit.harness import cluster
 
 UPLOADERS = 8
 KILL_AFTER = 25  # acknowledged uploads

@@ -1,6 +1,6 @@
 """A dead client does not strand jobs while its sibling is idle (issue 14, item 1).
 
-Real `server` and `client` processes on loopback ports (tests/harness.py). The deadline is
+Real `server` and `client` processes on loopback ports (testkit/harness.py). The deadline is
 only a safety net; nothing here asserts how fast something happened.
 """
 
@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.harness import Cluster
+from testkit.harness import Cluster
 
 # The health loop must not notice the dead client before the uploads: the dispatch itself
 # has to find it refusing connections (that is the path that stranded jobs).

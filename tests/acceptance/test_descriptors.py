@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 #: A held request with nothing to say yet answers its headers at once (a follow) or not at
 #: all (a wait): how long to give it before taking it for held.

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import secrets
 import signal
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 
 USER, ADMIN = 5, 9
 USER_TOKEN = f"user-{secrets.token_hex(16)}"
@@ -48,14 +48,17 @@ def submit(cl: Cluster, script: str, token: str = USER_TOKEN) -> int:
     return int(response.json()["id"])
 
 
-def until(read: callable, ok: callable, what: str) -> httpx.Response:  # type: ignore[valid-type]
-    deadline = time.monotonic() + 60
-    while True:
-        answer = read()
-        if ok(answer):
-            return answer  # type: ignore[no-any-return]
-        assert time.monotonic() < deadline, f"{what}: {answer.text}"
-        time.sleep(0.1)
+def until(
+    read: Callable[[], httpx.Response], ok: Callable[[httpx.Response], bool], what: str
+) -> httpx.Response:
+    """`read()`'s first answer that is `ok`; fails after 60 s showing the last one."""
+    last: list[httpx.Response] = []
+
+    def answer() -> httpx.Response | None:
+        last[:] = [read()]
+        return last[0] if ok(last[0]) else None
+
+    return eventually(answer, what, 60, detail=lambda: last[0].text if last else "")
 
 
 def test_users_see_a_client_by_name_admins_by_url(with_tokens: Cluster) -> None:

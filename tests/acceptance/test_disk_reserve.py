@@ -1,7 +1,7 @@
 """A disk one job cannot take from the others (issue 21, item 10).
 
 The client's DATA_PATH is on a small tmpfs of its own (we are root), so filling it is quick
-and touches nothing else. Real server and client processes (tests/harness.py).
+and touches nothing else. Real server and client processes (testkit/harness.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 from tests.acceptance.test_client_token import client_state, details, status_page
-from tests.acceptance.test_failure_semantics import FINAL, wait_until
-from tests.harness import Cluster, cluster
+from tests.acceptance.test_failure_semantics import FINAL
 
 DISK_MB = 64
 RESERVE_MB = 16
@@ -95,18 +96,18 @@ def test_a_job_that_eats_the_reserve_is_stopped_and_the_others_carry_on(
             assert kept.getinfo("big.dat").file_size > 10 * 1024 * 1024
         # Then the client released the job's files: the space is back, by itself.
         payload_dirs = [p for p in (small_disk / "client").iterdir() if p.name.isdigit()]
-        wait_until(
+        eventually(
             lambda: all(not (p / "work" / "big.dat").exists() for p in payload_dirs),
             "the stopped job's files to be released",
         )
-        wait_until(lambda: free_mb(small_disk) > RESERVE_MB, "the free space to come back")
+        eventually(lambda: free_mb(small_disk) > RESERVE_MB, "the free space to come back")
         # The other user's job was not touched, and finishes now that there is room.
         assert cl.api.status(patient)["status"] == "Running"
         (work_of(small_disk / "client", PATIENT) / "go").touch()
         done = cl.api.wait_for(patient, *FINAL, timeout_s=60)
         assert done["status"] == "Completed", done
         assert cl.api.download_zip(patient).read("out.txt") == b"done\n"
-        wait_until(lambda: "disk" not in health(cl).json(), "the client to take payloads again")
+        eventually(lambda: "disk" not in health(cl).json(), "the client to take payloads again")
         again = cl.api.submit("echo again > out.txt\n")
         assert cl.api.wait_for(again, *FINAL)["status"] == "Completed"
         assert "stopped: disk full" in cl.clients[0].log()
@@ -127,7 +128,7 @@ def test_a_job_that_fills_the_disk_within_one_check_is_stopped(
         body = cl.api.wait_for(hog, *FINAL, timeout_s=120)
         assert body["status"] == "Failed", body
         assert body["message"].startswith("disk full: "), body
-        wait_until(lambda: free_mb(small_disk) > RESERVE_MB, "the space to come back")
+        eventually(lambda: free_mb(small_disk) > RESERVE_MB, "the space to come back")
         assert cl.api.status(small)["status"] == "Running"
         httpx.post(f"{cl.api.base_url}/terminate/{small}", timeout=60)
 
@@ -138,7 +139,7 @@ def test_below_the_reserve_new_jobs_wait_queued_and_start_when_space_returns(
     env = {**CLIENT_ENV, "DATA_PATH": str(small_disk / "client")}
     with cluster(tmp_path, client_env=env, server_env=SERVER_ENV) as cl:
         filler = fill(small_disk, leave_mb=RESERVE_MB / 2)
-        wait_until(lambda: "disk" in health(cl).json(), "/health to say the disk is low")
+        eventually(lambda: "disk" in health(cl).json(), "/health to say the disk is low")
         answer = health(cl)
         assert answer.status_code == 200  # alive: its running jobs are fine
         assert answer.headers["X-Orchestrator-Refusing"] == "disk_full"
@@ -157,7 +158,7 @@ def test_below_the_reserve_new_jobs_wait_queued_and_start_when_space_returns(
 
         # Through the server, the job waits Queued and says why; /status and /metrics agree.
         job_id = cl.api.submit("echo later > out.txt\n")
-        queue = wait_until(
+        queue = eventually(
             lambda: (
                 (details(cl, job_id).get("queue") or {}).get("reason") == "client_disk_full"
                 and details(cl, job_id)["queue"]
@@ -184,7 +185,7 @@ def test_a_partial_copy_needs_no_free_space(tmp_path: Path, small_disk: Path) ->
     env = {**CLIENT_ENV, "DISK_RESERVE_MB": "0", "DATA_PATH": str(small_disk / "client")}
     with cluster(tmp_path, client_env=env, server_env=SERVER_ENV) as cl:
         job_id = cl.api.submit("seq 100000 > numbers.txt\ntouch ready\nsleep 300\n")
-        wait_until(
+        eventually(
             lambda: any((small_disk / "client").glob("*/work/ready")), "the job to write its file"
         )
         fill(small_disk, leave_mb=0)

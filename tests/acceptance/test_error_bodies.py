@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 import job_orchestrator
-from tests.harness import Api, Cluster, cluster
+from testkit.harness import Api, Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed")
 USER_TOKEN = f"sweep-user-{secrets.token_hex(8)}"

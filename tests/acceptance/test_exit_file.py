@@ -20,21 +20,21 @@ import os
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from testkit import eventually, unavailable
+from testkit.harness import Cluster, cluster
 from tests.acceptance.sandboxing import (
     JOB_USER,
     bwrap_problem,
     ensure_job_user,
     open_directory,
-    skip_or_fail,
 )
-from tests.harness import Cluster, cluster
 
 # JOB_USER's RLIMIT_NPROC is shared with test_sandbox's jobs: same xdist worker.
 pytestmark = pytest.mark.xdist_group("sandbox-job-user")
@@ -78,13 +78,6 @@ def attack_script(name: str, secret: Path) -> str:
     return PRELUDE.format(name=name) + f"{{\n{body}\n}} > attack.txt\nexit 0\n"
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def run_attacks(
     cl: Cluster, names: list[str], secret: Path
 ) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -95,7 +88,7 @@ def run_attacks(
         name: cl.api.submit("bash attack.sh\n", extra={"attack.sh": attack_script(name, secret)})
         for name in names
     }
-    wait_until(lambda: len(list(data_path.glob("*/work/ready-*"))) == len(names), "the jobs")
+    eventually(lambda: len(list(data_path.glob("*/work/ready-*"))) == len(names), "the jobs")
     client.stop(signal.SIGKILL)  # the jobs keep running, in their own process groups
     client.start()
     for ready in data_path.glob("*/work/ready-*"):
@@ -143,7 +136,7 @@ JOB_USERS = "72040-72043"
 def job_user_cluster(sandbox: str) -> Iterator[Cluster]:
     user = ensure_job_user()
     if sandbox == "bwrap" and (problem := bwrap_problem(user=user.pw_uid)) is not None:
-        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
+        unavailable(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": sandbox, "JOB_USER": JOB_USER}
     if sandbox == "rlimits-uids":
         env = {"SANDBOX": "rlimits", "JOB_USERS": JOB_USERS}

@@ -1,6 +1,6 @@
 """No job is ever lost, stuck or run twice: failures of clients, of the server and of the jobs.
 
-Real `server` and `client` processes on loopback ports (tests/harness.py). A job proves it ran
+Real `server` and `client` processes on loopback ports (testkit/harness.py). A job proves it ran
 by appending its token to a marker or ledger file outside its own directory (under tmp_path),
 so "ran exactly once" is read from the file system, not from what the orchestrator says.
 Waits use generous deadlines; nothing here asserts how fast something happened.
@@ -20,7 +20,6 @@ import signal
 import time
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,25 +28,15 @@ import httpx
 import psutil
 import pytest
 
+from testkit import eventually
+from testkit.harness import Cluster, Node, cluster, tagged_processes
 from tests.acceptance.sandboxing import open_directory
-from tests.harness import Cluster, Node, cluster, tagged_processes
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 SEED = int(os.environ.get("FAILURE_SEED", "20240611"))
 
 
 # ---- helpers -------------------------------------------------------------------------------
-
-
-def wait_until(predicate: Callable[[], Any], what: str, timeout_s: float = 60.0) -> Any:
-    """Poll until predicate() is truthy; return its value (the deadline is only a safety net)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def job_processes(cl: Cluster) -> list[psutil.Process]:
@@ -148,7 +137,7 @@ def test_wall_time_limit_fails_the_job_kills_its_group_and_keeps_its_files(
         body = cl.api.wait_for(job_id, *FINAL, timeout_s=90)
         assert body["status"] == "Failed", body
         assert body["message"] == "wall-time limit of 2 s exceeded", body
-        wait_until(
+        eventually(
             lambda: not processes_running(cl, "sleep 300"),
             "every process of the timed-out job to be gone",
         )
@@ -204,7 +193,7 @@ def test_terminate_racing_completion_gives_one_consistent_outcome(tmp_path: Path
                 assert cl.api.download_zip(job_id).read("output.txt") == f"{token}\n".encode()
             outcomes[f"{code}/{answered}/{final}"] += 1
         print(f"terminate race outcomes: {dict(outcomes)}")
-        wait_until(lambda: not job_processes(cl), "the raced jobs' processes to end")
+        eventually(lambda: not job_processes(cl), "the raced jobs' processes to end")
         assert cl.shutdown() == []
 
 
@@ -308,7 +297,7 @@ def resume_before_the_server(cl: Cluster, client: Node, frozen: list[Node], toke
     time.sleep(2)  # the client's own loop runs; the server cannot revoke anything yet
     os.kill(cl.server.process.pid, signal.SIGCONT)
     frozen.remove(cl.server)
-    state = wait_until(
+    state = eventually(
         lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
         "the revoked payload to end on the client",
     )
@@ -339,7 +328,7 @@ def test_failover_moves_a_prepared_job_and_revokes_it_on_the_dead_client(tmp_pat
         first.start()
         revoked = payload_with(cl.root / "client0", token)
         assert revoked is not None
-        state = wait_until(
+        state = eventually(
             lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
             "the revoked payload to be killed on the restarted client",
         )
@@ -384,7 +373,7 @@ def test_a_job_given_up_on_does_not_keep_running_when_its_client_returns(
         body = cl.api.wait_for(given_up, *FINAL, timeout_s=60)
         assert body["status"] == "Failed", body
         victim.start()
-        wait_until(
+        eventually(
             lambda: not processes_running(cl, "sleep 120"),
             "the script of the job the server gave up on to be killed",
             timeout_s=20,
@@ -414,7 +403,7 @@ def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Pat
         # The long job ends while client0 is unreachable; then client0 runs again while the
         # server is (briefly) unable to talk to it.
         go.touch()
-        wait_until(
+        eventually(
             lambda: not processes_running(cl, "job-orchestrator-wrapper"), "the long job to end"
         )
         resume_before_the_server(cl, first, frozen, token)
@@ -477,12 +466,12 @@ def test_a_terminated_job_gets_its_kill_grace_to_clean_up(tmp_path: Path) -> Non
     with cluster(tmp_path) as cl:
         job_id = cl.api.submit(script)
         cl.api.wait_for(job_id, "Running", timeout_s=60)
-        wait_until(lambda: processes_running(cl, "sleep 300"), "the script to start")
+        eventually(lambda: processes_running(cl, "sleep 300"), "the script to start")
         response = httpx.post(f"{cl.api.base_url}/terminate/{job_id}", timeout=30)
         assert response.status_code == 200, response.text
         assert cl.api.wait_for(job_id, *FINAL, timeout_s=60)["status"] == "Killed"
         payload = payload_dirs(cl.root / "client0")[-1]
-        wait_until(lambda: not job_processes(cl), "the killed job's processes to end")
+        eventually(lambda: not job_processes(cl), "the killed job's processes to end")
         assert (payload / "work" / "cleanup.txt").is_file(), "SIGKILL came before the grace"
         assert cl.shutdown() == []
 
@@ -495,7 +484,7 @@ def test_terminate_cut_by_a_server_crash_still_kills_the_job(tmp_path: Path) -> 
         client = cl.clients[0]
         job_id = cl.api.submit("sleep 90\n")
         cl.api.wait_for(job_id, "Running", timeout_s=60)
-        wait_until(lambda: processes_running(cl, "sleep 90"), "the script to start")
+        eventually(lambda: processes_running(cl, "sleep 90"), "the script to start")
         assert client.process is not None
         os.kill(client.process.pid, signal.SIGSTOP)  # the kill request will hang
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -507,7 +496,7 @@ def test_terminate_cut_by_a_server_crash_still_kills_the_job(tmp_path: Path) -> 
         body = cl.api.wait_for(job_id, *FINAL, timeout_s=60)
         assert body["status"] == "Killed", body
         client.start()
-        wait_until(
+        eventually(
             lambda: not processes_running(cl, "sleep 90"),
             "the terminated job's script to be killed once its client is back",
             timeout_s=20,
@@ -608,7 +597,7 @@ def test_sigterm_to_a_client_leaves_jobs_running_and_restart_collects_true_statu
         bad = cl.api.submit("sleep 6.5\necho half > partial.txt\nexit 7\n")
         cl.api.wait_for(good, "Running", timeout_s=60)
         cl.api.wait_for(bad, "Running", timeout_s=60)
-        wait_until(
+        eventually(
             lambda: processes_running(cl, "sleep 6") and processes_running(cl, "sleep 6.5"),
             "both scripts to be running",
         )
@@ -673,7 +662,7 @@ def _unrecorded_start(
         cl.clients[0].stop(signal.SIGKILL)
         if ended_while_down:
             gate.touch()
-            wait_until(
+            eventually(
                 lambda: not processes_running(cl, "job-orchestrator-wrapper"), "run.sh to end"
             )
         state_file = payload / "state.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.harness import cluster
+from testkit.harness import cluster
 
 FLOOD = 5
 

@@ -29,7 +29,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.harness import Cluster, cluster
+from testkit.harness import Cluster, cluster
 
 MAX_EXAMPLES = 25
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.harness import Cluster, cluster
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 RESULT_MAX_MB = 1
@@ -120,14 +121,14 @@ def leaves_nothing(*paths: Path) -> Iterator[None]:
         assert directories(path) == earlier, f"left behind in {path}"
 
 
-def eventually_leaves_nothing(path: Path, before: set[str], timeout_s: float = 30) -> set[str]:
-    """New directories still in `path` after a while (empty as soon as there are none)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        extra = directories(path) - before
-        if not extra or time.monotonic() > deadline:
-            return extra
-        time.sleep(0.1)
+def eventually_leaves_nothing(path: Path, before: set[str], timeout_s: float = 30) -> None:
+    """Wait until `path` holds no directory beyond `before`; fail naming the new ones."""
+    eventually(
+        lambda: not directories(path) - before,
+        f"no new directory left in {path}",
+        timeout_s,
+        detail=lambda: directories(path) - before,
+    )
 
 
 def payload_dirs(path: Path) -> set[str]:
@@ -336,7 +337,7 @@ def test_upload_cut_off_by_the_sender_leaves_nothing(hostile: Cluster) -> None:
     assert hostile.server is not None
     before = directories(server_data(hostile))
     send_and_hang_up(hostile.server.port, "/upload")
-    assert eventually_leaves_nothing(server_data(hostile), before) == set()
+    eventually_leaves_nothing(server_data(hostile), before)
     assert httpx.get(f"{hostile.server.url}/health", timeout=30).status_code == 200
 
 
@@ -344,7 +345,7 @@ def test_submit_cut_off_by_the_sender_leaves_nothing(hostile: Cluster) -> None:
     before = payload_dirs(client_data(hostile))
     send_and_hang_up(hostile.clients[0].port, "/submit")
     assert httpx.get(f"{hostile.clients[0].url}/health", timeout=30).status_code == 200
-    assert eventually_leaves_nothing(client_data(hostile), before) == set()
+    eventually_leaves_nothing(client_data(hostile), before)
 
 
 # ---- jobs that try to leak files ----------------------------------------------------------------
@@ -414,13 +415,12 @@ def test_partial_zip_never_follows_links_out(hostile: Cluster) -> None:
     script = "bash links.sh\necho ready > ready.txt\nsleep 60\n"
     job_id = hostile.api.submit(script, extra={"links.sh": MAKE_LINKS})
     hostile.api.wait_for(job_id, "Running")
-    deadline = time.monotonic() + 60
-    while True:
+
+    def ready() -> zipfile.ZipFile | None:
         archive = hostile.api.download_partial_zip(job_id)  # proxied from the client
-        if "ready.txt" in archive.namelist() or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert "ready.txt" in archive.namelist()
+        return archive if "ready.txt" in archive.namelist() else None
+
+    archive = eventually(ready, "ready.txt in the partial ZIP")
     assert_only_own_files(archive)
     response = httpx.post(f"{hostile.api.base_url}/terminate/{job_id}", timeout=60)
     assert response.status_code == 200, response.text

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import signal
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from tests.harness import Cluster, cluster, tagged_processes
+from testkit import eventually
+from testkit.harness import Cluster, cluster, tagged_processes
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +59,13 @@ def test_job_without_run_sh_is_invalid(shared: Cluster) -> None:
 def test_partial_download_shows_a_running_jobs_files(shared: Cluster) -> None:
     job_id = shared.api.submit("echo step1 > progress.txt\nsleep 30\n")
     shared.api.wait_for(job_id, "Running")
-    deadline = time.monotonic() + 30
-    while True:
+
+    def partial_names() -> list[str]:
         response = httpx.get(f"{shared.api.base_url}/download_partial/{job_id}", timeout=30)
         assert response.status_code == 200
-        names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
-        if "progress.txt" in names or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert "progress.txt" in names
+        return zipfile.ZipFile(io.BytesIO(response.content)).namelist()
+
+    eventually(lambda: "progress.txt" in partial_names(), "progress.txt in the partial ZIP", 30)
     assert httpx.post(f"{shared.api.base_url}/terminate/{job_id}", timeout=30).status_code == 200
 
 
@@ -74,18 +73,17 @@ def test_terminate_running_job_kills_grandchildren(shared: Cluster) -> None:
     script = "sleep 300 &\necho $! > background.pid\nsleep 300\n"
     job_id = shared.api.submit(script)
     shared.api.wait_for(job_id, "Running")
-    deadline = time.monotonic() + 30
-    while not any("sleep" in " ".join(p.cmdline()) for p in tagged_processes(shared.tag)):
-        assert time.monotonic() < deadline, "the job never started its sleeps"
-        time.sleep(0.05)
+
+    def sleeps() -> list[str]:
+        commands = (" ".join(p.cmdline()) for p in tagged_processes(shared.tag))
+        return [command for command in commands if "sleep 300" in command]
+
+    eventually(sleeps, "the job to start its sleeps", 30)
     response = httpx.post(f"{shared.api.base_url}/terminate/{job_id}", timeout=30)
     assert response.status_code == 200
     assert response.json()["message"] == "job terminated"
     assert shared.api.wait_for(job_id, "Killed")["status"] == "Killed"
-    deadline = time.monotonic() + 30
-    while [p for p in tagged_processes(shared.tag) if "sleep 300" in " ".join(p.cmdline())]:
-        assert time.monotonic() < deadline, "a process of the killed job survived"
-        time.sleep(0.05)
+    eventually(lambda: not sleeps(), "no process of the killed job left", 30, detail=sleeps)
 
 
 def test_terminate_finished_job_is_409_and_keeps_result(shared: Cluster) -> None:
@@ -166,13 +164,14 @@ def test_client_restart_keeps_completed_payload(tmp_path: Path) -> None:
         )
         assert response.status_code == 200
         payload_id = response.json()["id"]
-        deadline = time.monotonic() + 30
-        while (
-            httpx.get(f"{client.url}/retrieve/{payload_id}").headers["content-type"]
-            != "application/zip"
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(
+            lambda: (
+                httpx.get(f"{client.url}/retrieve/{payload_id}").headers["content-type"]
+                == "application/zip"
+            ),
+            f"payload {payload_id} to finish",
+            30,
+        )
         assert client.stop() == 0
         client.start()
         response = httpx.get(f"{client.url}/retrieve/{payload_id}", timeout=30)
@@ -202,21 +201,21 @@ def test_client_restart_readopts_running_payload(tmp_path: Path, signum: int) ->
             f"{client.url}/submit", files=[("run.sh", ("run.sh", script))], timeout=30
         )
         payload_id = response.json()["id"]
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{client.url}/retrieve/{payload_id}").json()["status"] != "Running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        eventually(
+            lambda: httpx.get(f"{client.url}/retrieve/{payload_id}").json()["status"] == "Running",
+            f"payload {payload_id} to run",
+            30,
+        )
         client.stop(signum)
         assert any("run.sh" in " ".join(p.cmdline()) for p in tagged_processes(running.tag))
         client.start()
         go.touch()
-        deadline = time.monotonic() + 30
-        while (body := httpx.get(f"{client.url}/retrieve/{payload_id}").json())[
-            "status"
-        ] == "Running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        assert body["status"] == "Failed"
+
+        def ended() -> dict[str, Any] | None:
+            body: dict[str, Any] = httpx.get(f"{client.url}/retrieve/{payload_id}").json()
+            return body if body["status"] != "Running" else None
+
+        assert eventually(ended, f"payload {payload_id} to end", 30)["status"] == "Failed"
         assert (
             tmp_path / "client0" / str(payload_id) / "work" / "output.txt"
         ).read_text() == "survived\n"

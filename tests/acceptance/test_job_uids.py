@@ -13,15 +13,16 @@ import contextlib
 import os
 import pwd
 import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.acceptance.sandboxing import bwrap_problem, open_directory, skip_or_fail
+from testkit import eventually, unavailable
+from testkit.harness import Cluster, cluster
+from tests.acceptance.sandboxing import bwrap_problem, open_directory
 from tests.acceptance.test_sandbox import (
     FINAL,
     ProcessCounter,
@@ -29,7 +30,6 @@ from tests.acceptance.test_sandbox import (
     processes_of,
     run_job,
 )
-from tests.harness import Cluster, cluster
 
 TOKEN = "t" * 32
 MAX_PROCESSES = 30
@@ -48,9 +48,9 @@ def unused_range(first: int, last: int) -> str:
 @contextlib.contextmanager
 def uid_cluster(sandbox: str, uids: tuple[int, int]) -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        skip_or_fail("JOB_USERS needs the client to run as root")
+        unavailable("JOB_USERS needs the client to run as root")
     if sandbox == "bwrap" and (problem := bwrap_problem(user=uids[0])) is not None:
-        skip_or_fail(f"bwrap as uid {uids[0]}: {problem}")
+        unavailable(f"bwrap as uid {uids[0]}: {problem}")
     env = {
         "SANDBOX": sandbox,
         "JOB_USERS": unused_range(*uids),
@@ -68,13 +68,6 @@ def uid_cluster(sandbox: str, uids: tuple[int, int]) -> Iterator[Cluster]:
 def uids(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     with uid_cluster(request.param, RANGES[request.param]) as cl:
         yield cl
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def waiting_job(name: str, body: str = "") -> str:
@@ -168,7 +161,7 @@ def test_a_fork_bomb_is_contained_per_job_while_a_sibling_still_forks(uids: Clus
     counter = ProcessCounter(bomb_uid)
     counter.start()
     try:
-        wait_until(lambda: counter.maximum >= MAX_PROCESSES - 5, "the bomb to reach its limit")
+        eventually(lambda: counter.maximum >= MAX_PROCESSES - 5, "the bomb to reach its limit")
         sibling = run_job(uids, "bash forks.sh\n", {"forks.sh": SIBLING_FORKS})
         # The sibling forked while the bomb held its uid's every process slot: it ends only
         # when killed, so it is certainly still there.
@@ -182,7 +175,7 @@ def test_a_fork_bomb_is_contained_per_job_while_a_sibling_still_forks(uids: Clus
     # The limit binds forks after the job's own shell set it: bwrap, its init and that shell
     # may exist before.
     assert counter.maximum <= MAX_PROCESSES + 3, counter.maximum
-    wait_until(lambda: not processes_of(bomb_uid, zombies=False), "the bomb's uid to be empty")
+    eventually(lambda: not processes_of(bomb_uid, zombies=False), "the bomb's uid to be empty")
 
 
 def work_of_file(cl: Cluster, marker: str, wanted: str) -> Path:
@@ -195,7 +188,7 @@ def work_of_file(cl: Cluster, marker: str, wanted: str) -> Path:
                 return path.parent
         return None
 
-    wait_until(found, marker)
+    eventually(found, marker)
     result = found()
     assert result is not None
     return result

@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Api, Cluster, cluster
+from testkit import eventually
+from testkit.harness import Api, Cluster, cluster
 
 SLEEP = "sleep 60\n"
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
@@ -53,18 +54,6 @@ def pages(api: Api, **params: str | int) -> list[list[int]]:
         cursor = body["next_cursor"]
         if cursor is None:
             return walked
-
-
-def until(check: Any, what: str, timeout_s: float = 60.0) -> Any:
-    """Poll `check()` until it returns something truthy (a deadline, not a timed assertion)."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"never {what}; last: {last}")
 
 
 def parse_time(text: str) -> float:
@@ -249,7 +238,7 @@ def test_no_healthy_client_is_the_reason_when_the_client_is_down(tmp_path: Path)
         api = running.api
         running.clients[0].stop()
         job_id = api.submit("true\n", user_id=30)
-        queue = until(
+        queue = eventually(
             lambda: (
                 (body := job(api, job_id))["queue"]
                 and body["queue"]["reason"] == "no_healthy_client"

@@ -2,7 +2,7 @@
 
 On the server, whether the log is its own copy (a final job) or relayed from the client (a
 running one), with and without `follow`, and on the client's own /logs route. Real server and
-client processes (tests/harness.py).
+client processes (testkit/harness.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from typing import Any
 
 import httpx
 
-from tests.acceptance.test_failure_semantics import FINAL, wait_until
-from tests.harness import cluster
+from testkit import eventually
+from testkit.harness import cluster
+from tests.acceptance.test_failure_semantics import FINAL
 
 HUGE = str(2**63 - 1)  # the largest offset the routes accept: seeking there raised OSError
 
@@ -36,7 +37,7 @@ def test_an_offset_past_the_end_of_a_kept_log_is_416(tmp_path: Path) -> None:
         job_id = cl.api.submit("echo hello\n")
         job = cl.api.wait_for(job_id, *FINAL)
         assert job["status"] == "Completed"
-        wait_until(lambda: list((tmp_path / "server-data").glob("*/output.log")), "the kept log")
+        eventually(lambda: list((tmp_path / "server-data").glob("*/output.log")), "the kept log")
         base = cl.api.base_url
         assert log(base, job_id, "offset=6").content == b""  # the end itself: nothing more
         assert log(base, job_id, "offset=4").content == b"o\n"
@@ -51,7 +52,7 @@ def test_an_offset_past_the_end_of_a_running_jobs_log_is_416(tmp_path: Path) -> 
         job_id = cl.api.submit("echo started\nsleep 300\n")
         cl.api.wait_for(job_id, "Running")
         base = cl.api.base_url
-        wait_until(lambda: log(base, job_id, "").content == b"started\n", "the first line")
+        eventually(lambda: log(base, job_id, "").content == b"started\n", "the first line")
         job = cl.api.status(job_id)
         for query in ("offset=9", f"offset={HUGE}", f"offset={HUGE}&follow=1", "offset=9&follow=1"):
             assert_past_the_end(log(base, job_id, query), job, 8)

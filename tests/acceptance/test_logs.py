@@ -10,15 +10,15 @@ SANDBOX=bwrap, where the script writes its log through a descriptor from outside
 from __future__ import annotations
 
 import secrets
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from testkit import eventually
+from testkit.harness import Api, Cluster, cluster
 from tests.acceptance.test_sandbox import bwrap_problem
-from tests.harness import Api, Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 CLIENT_TOKEN = f"client-{secrets.token_hex(16)}"
@@ -49,13 +49,14 @@ def logs(api: Api, job_id: int, query: str = "") -> httpx.Response:
 
 def work_dir_of(cl: Cluster, marker: str) -> Path:
     """The work directory on the client of the job whose run.sh contains `marker`."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def found() -> Path | None:
         for script in (cl.root / "client0").glob("*/work/run.sh"):
             if marker in script.read_text(errors="replace"):
                 return script.parent
-        time.sleep(0.05)
-    raise AssertionError(f"no payload with {marker!r} on the client")
+        return None
+
+    return eventually(found, f"a payload with {marker!r} on the client")
 
 
 def test_logs_of_a_finished_job_interleave_stdout_and_stderr(logs_cluster: Cluster) -> None:
@@ -218,10 +219,9 @@ def test_logs_outlive_the_clients_clean_up(tmp_path: Path) -> None:
     with cluster(tmp_path, client_env={"MAX_AGE": "0", "CLEANER_INTERVAL": "1"}) as cl:
         job_id = cl.api.submit("echo kept by the server\nexit 1\n")
         assert cl.api.wait_for(job_id, *FINAL)["status"] == "Failed"
-        deadline = time.monotonic() + 60
-        while any((cl.root / "client0").glob("*/work")):
-            assert time.monotonic() < deadline, "the client never cleaned the payload"
-            time.sleep(0.1)
+        eventually(
+            lambda: not any((cl.root / "client0").glob("*/work")), "the client to clean the payload"
+        )
         assert logs(cl.api, job_id).text == "kept by the server\n"
         assert logs(cl.api, job_id, "?offset=5&follow=1").text == "by the server\n"
 

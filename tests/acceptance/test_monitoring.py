@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Cluster, cluster
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 
 METRICS_TOKEN = "metrics-secret"
 CLIENT_TOKEN = "client-secret"
@@ -58,12 +58,12 @@ def value(samples: Samples, name: str, **labels: str) -> float | None:
 
 def scrape_until(url: str, token: str, name: str, expected: float, **labels: str) -> Samples:
     """Scrape until a counter shows `expected`: it is stepped just after the status is stored."""
-    deadline = time.monotonic() + 30
-    samples = scrape(url, token)
-    while value(samples, name, **labels) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def shown() -> Samples | None:
         samples = scrape(url, token)
-    return samples
+        return samples if value(samples, name, **labels) == expected else None
+
+    return eventually(shown, f"{name}{labels} to show {expected}", 30)
 
 
 def test_server_metrics_reflect_the_jobs(monitored: tuple[Cluster, int, int]) -> None:

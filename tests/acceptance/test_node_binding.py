@@ -4,7 +4,7 @@ Job J runs on client A as its payload 1; client B runs another job's payload, al
 which prints a secret and writes a secret file. The server is then restarted with A gone:
 removed from the service, or A's address now served by B. Whatever the user asks about J
 (its log, partial files, result, termination), B's payload is never read or killed.
-Real server and client processes (tests/harness.py).
+Real server and client processes (testkit/harness.py).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.acceptance.test_failure_semantics import FINAL, processes_running, wait_until
-from tests.harness import Cluster, Node
+from testkit import eventually
+from testkit.harness import Cluster, Node
+from tests.acceptance.test_failure_semantics import FINAL, processes_running
 
 JOB_SCRIPT = "echo job-j-output\necho mine > j.txt\nsleep 300\n"
 OTHER_SCRIPT = "echo B-SECRET-OUTPUT\necho secret > b-secret.txt\nsleep 301\n"
@@ -83,7 +84,7 @@ def test_a_job_whose_client_left_the_service_never_reaches_another_client(
         client_a, job_id = start_job_on_a(cl)
         client_b = cl.add_client()
         assert submit_directly(client_b, OTHER_SCRIPT) == 1
-        wait_until(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
+        eventually(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
         assert cl.server is not None
         assert cl.server.stop() == 0
         cl.server.env["SERVICE_EXAMPLE_CLIENTS"] = client_b.url  # A removed from the service
@@ -115,15 +116,15 @@ def test_a_client_now_at_the_job_clients_address_is_never_taken_for_it(tmp_path:
         client_b.env["PORT"] = str(client_a.port)
         client_b.start()
         assert submit_directly(client_b, OTHER_SCRIPT) == 1
-        wait_until(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
+        eventually(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
         cl.server.start()
         assert_no_read_reaches_b(cl, job_id)
 
         # B refuses to answer for J (another dispatch key): J is dispatched again, to B.
-        wait_until(
+        eventually(
             lambda: "payload 1: it was dispatched with another key" in client_b.log(), "B's refusal"
         )
-        wait_until(lambda: payload_status(client_b, 2) == "Running", "J to run again on B")
+        eventually(lambda: payload_status(client_b, 2) == "Running", "J to run again on B")
         log = httpx.get(f"{cl.api.base_url}/jobs/{job_id}/logs", timeout=60)
         assert log.content == b"job-j-output\n"
         names = cl.api.download_partial_zip(job_id).namelist()
@@ -156,10 +157,10 @@ def test_a_revoked_payload_is_killed_only_if_it_is_still_the_jobs(tmp_path: Path
         client_b.env["PORT"] = str(client_a.port)
         client_b.start()
         assert submit_directly(client_b, OTHER_SCRIPT) == 1
-        wait_until(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
+        eventually(lambda: processes_running(cl, "sleep 301"), "B's payload to run")
         cl.server.start()
 
-        wait_until(
+        eventually(
             lambda: (
                 "payload 1: it was dispatched with another key" in client_b.log()
                 or payload_status(client_b, 1) != "Running"

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.harness import Api, Cluster, cluster, job_dir
 from tests.acceptance.test_user_cli import cli, submitted_id
-from tests.harness import Api, Cluster, cluster, job_dir
 from tests.portal_keys import (
     AUDIENCE,
     ISSUER,

@@ -22,8 +22,9 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.harness import TRAP, Api, Cluster
-from tests.pg import fresh_database
+from testkit import eventually
+from testkit.harness import TRAP, Api, Cluster
+from testkit.pg import fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -112,15 +113,16 @@ def owners(pg_url: str, job_ids: list[int]) -> set[str | None]:
 
 
 def wait_final(api: Api, job_id: int, timeout_s: float = 120.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def final() -> dict[str, object] | None:
         response = httpx.get(f"{api.base_url}/download/{job_id}", params={"wait": 30}, timeout=60)
         if response.headers["content-type"] == "application/zip":
             return {"status": "Completed", "zip": response.content}
         body: dict[str, object] = response.json()
-        if body["status"] in FINAL:
-            return body
-    raise AssertionError(f"job {job_id} never became final")
+        return body if body["status"] in FINAL else None
+
+    # No pause between calls: each one is a long poll of up to 30 s.
+    return eventually(final, f"job {job_id} to become final", timeout_s, poll_s=0)
 
 
 @pytest.mark.timeout(900)
@@ -158,10 +160,11 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
         for token in range(killed_at, killed_at + 100):
             upload(token, [0, 2])
         # The survivors take the dead replica's work over once its lease ran out.
-        deadline = time.monotonic() + 60
-        while owners(pg_url, orphans) & {victim} and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert victim not in owners(pg_url, orphans)
+        eventually(
+            lambda: victim not in owners(pg_url, orphans),
+            "the survivors to take the dead replica's jobs over",
+            poll_s=0.2,
+        )
         replicas[1].start()
         for token in range(killed_at + 100, total):
             upload(token, [0, 1, 2])
@@ -288,11 +291,10 @@ def test_two_servers_under_one_replica_id_are_reported(tmp_path: Path, pg_url: s
         first = running.add_server(replica_env(pg_url, REPLICA_ID="twin"))
         second = running.add_server(replica_env(pg_url, REPLICA_ID="twin"))
         message = "another server process runs with REPLICA_ID twin"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not any(
-            message in server.log() for server in (first, second)
-        ):
-            time.sleep(0.2)
-        assert any(message in server.log() for server in (first, second))
+        eventually(
+            lambda: any(message in server.log() for server in (first, second)),
+            f"{message!r} logged",
+            poll_s=0.2,
+        )
     finally:
         running.shutdown()

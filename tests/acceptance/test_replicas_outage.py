@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.harness import Api, Cluster
+from testkit.pg import PrivateInstance
 from tests.acceptance.test_replicas import ledger_script, read_ledger, replica_env, wait_final
-from tests.harness import Api, Cluster
-from tests.pg import PrivateInstance
 
 pytestmark = pytest.mark.postgres
 

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -16,7 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness import TAG_VARIABLE, Api, free_port, tagged_processes
+from testkit import eventually
+from testkit.harness import TAG_VARIABLE, Api, free_port, tagged_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "run-local"
@@ -53,11 +53,14 @@ def started(env: Mapping[str, str], output: Path) -> Iterator[subprocess.Popen[b
             [str(SCRIPT)], env=dict(env), stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT
         )
     try:
-        deadline = time.monotonic() + 120
-        while BANNER not in output.read_text(errors="replace"):
+
+        def started() -> bool:
             assert process.poll() is None, output.read_text(errors="replace")
-            assert time.monotonic() < deadline, output.read_text(errors="replace")
-            time.sleep(0.1)
+            return BANNER in output.read_text(errors="replace")
+
+        eventually(
+            started, "run-local's banner", 120, detail=lambda: output.read_text(errors="replace")
+        )
         yield process
     finally:
         if process.poll() is None:

@@ -17,7 +17,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -28,14 +27,14 @@ import httpx
 import psutil
 import pytest
 
+from testkit import eventually, unavailable
+from testkit.harness import Cluster, cluster, free_port
 from tests.acceptance.sandboxing import (
     JOB_USER,
     bwrap_problem,
     ensure_job_user,
     open_directory,
-    skip_or_fail,
 )
-from tests.harness import Cluster, cluster, free_port
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 # Every job here runs as the same user, and RLIMIT_NPROC counts that user's processes across
@@ -61,7 +60,7 @@ def job_user() -> pwd.struct_passwd:
 def bwrap() -> None:
     problem = bwrap_problem()
     if problem is not None:
-        skip_or_fail(problem)
+        unavailable(problem)
 
 
 # ---- helpers ----------------------------------------------------------------------------------
@@ -106,14 +105,14 @@ def processes_of(uid: int, *, zombies: bool = True) -> list[psutil.Process]:
     return found
 
 
-def wait_until_no_process_of(uid: int, timeout_s: float = 60) -> list[psutil.Process]:
-    """Living (non-zombie) processes of uid left after timeout_s; [] as soon as there are none."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = processes_of(uid, zombies=False)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+def wait_until_no_process_of(uid: int, what: str, timeout_s: float = 60) -> None:
+    """Wait until uid has no living (non-zombie) process; fail naming those left."""
+    eventually(
+        lambda: not processes_of(uid, zombies=False),
+        f"no process of uid {uid} ({what})",
+        timeout_s,
+        detail=lambda: describe(processes_of(uid, zombies=False)),
+    )
 
 
 class ProcessCounter(threading.Thread):
@@ -312,10 +311,7 @@ def assert_leftovers_are_killed(cl: Cluster) -> None:
         outcome = run_job(cl, "bash escape.sh\n", {"escape.sh": ESCAPE.format(marker=marker)})
         assert outcome.status == "Completed", outcome.message
         assert outcome.text("escaped.txt") == "escaped\n"
-        deadline = time.monotonic() + 10
-        while escapers(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert escapers(marker) == []
+        eventually(lambda: not escapers(marker), "the escaped processes to be gone", 10)
     finally:
         for process in escapers(marker):
             with contextlib.suppress(psutil.Error):
@@ -342,7 +338,7 @@ def describe(processes: list[psutil.Process]) -> list[str]:
 
 
 def assert_fork_bomb_contained(cl: Cluster, uid: int) -> None:
-    assert wait_until_no_process_of(uid) == [], "the job user is busy before the test"
+    wait_until_no_process_of(uid, "the job user is busy before the test")
     counter = ProcessCounter(uid)
     counter.start()
     try:
@@ -365,8 +361,7 @@ def assert_fork_bomb_contained(cl: Cluster, uid: int) -> None:
     if "spawned.txt" in outcome.files.namelist():
         assert int(outcome.text("spawned.txt")) < 300
     # Nothing of the job is left running.
-    left = wait_until_no_process_of(uid)
-    assert left == [], describe(left)
+    wait_until_no_process_of(uid, "the job's processes left running")
 
 
 def assert_other_jobs_out_of_reach(cl: Cluster) -> None:
@@ -560,7 +555,7 @@ def test_bwrap_keeps_the_rlimits(boxed: Cluster) -> None:
 def boxed_user(job_user: pwd.struct_passwd) -> Iterator[Cluster]:
     problem = bwrap_problem(user=job_user.pw_uid)
     if problem is not None:
-        skip_or_fail(f"bwrap as {JOB_USER}: {problem}")
+        unavailable(f"bwrap as {JOB_USER}: {problem}")
     env = {"SANDBOX": "bwrap", "JOB_USER": JOB_USER, "JOB_MAX_PROCESSES": str(MAX_PROCESSES)}
     with (
         open_directory("jo-sandbox-bwrap-user-") as root,
@@ -690,14 +685,12 @@ def test_sandbox_none_warns_on_stderr_that_jobs_share_the_clients_uid(tmp_path: 
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
+
+        def healthy() -> bool:
             assert client.poll() is None, "the client stopped"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "the client never answered"
-            time.sleep(0.05)
+            return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+
+        eventually(healthy, "the client to answer", retry_on=(httpx.HTTPError,))
     finally:
         client.terminate()
         _, stderr = client.communicate(timeout=30)

@@ -24,7 +24,7 @@ from job_orchestrator.sdk import (
     Unauthorized,
     WaitTimeout,
 )
-from tests.harness import Cluster, cluster, free_port, job_dir
+from testkit.harness import Cluster, cluster, free_port, job_dir
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 UNKNOWN_ID = 987654

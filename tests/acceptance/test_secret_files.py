@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Cluster, Node, cluster
+from testkit.harness import Cluster, Node, cluster
 
 CLIENT_TOKEN = f"file-token-{secrets.token_hex(16)}"
 METRICS_TOKEN = f"file-metrics-{secrets.token_hex(16)}"

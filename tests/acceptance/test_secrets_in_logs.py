@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import free_port
-from tests.pg import fresh_database
+from testkit.harness import free_port
+from testkit.pg import fresh_database
 
 PASSWORD = "s3cret-Pa55word"
 TOKEN = "client-token-never-logged-7f3a"

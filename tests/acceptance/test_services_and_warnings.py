@@ -12,14 +12,14 @@ import os
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster, free_port
+from testkit import eventually
+from testkit.harness import Cluster, cluster, free_port
 
 ADMIN = f"admin-{secrets.token_hex(12)}"
 USER = f"user-{secrets.token_hex(12)}"
@@ -100,15 +100,12 @@ def test_a_server_without_service_says_so_on_stderr_and_on_status(tmp_path: Path
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        give_up = time.monotonic() + 60
-        while True:
+
+        def healthy() -> bool:
             assert server.poll() is None, (tmp_path / "log").read_text()
-            assert time.monotonic() < give_up, "the server never answered"
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+            return httpx.get(f"{base}/health", timeout=1).status_code == 200
+
+        eventually(healthy, "the server to answer", retry_on=(httpx.HTTPError,))
         page = httpx.get(f"{base}/status", timeout=10)
         assert page.status_code == 200
         assert "no service is configured" in page.text
@@ -127,13 +124,14 @@ def test_the_clients_warnings_show_on_the_status_page(guarded: Cluster) -> None:
     assert guarded.server is not None
     health = httpx.get(f"{guarded.clients[0].url}/health", timeout=10)
     assert "SANDBOX%3Dnone" in health.headers["X-Orchestrator-Warnings"]
-    give_up = time.monotonic() + 60
-    while True:  # the server's next background check of the clients brings them
+    server_url = guarded.server.url
+
+    def warned() -> bool:
         page = httpx.get(
-            f"{guarded.server.url}/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+            f"{server_url}/status", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
         )
         assert page.status_code == 200
-        if page.text.count("warning: SANDBOX=none and no JOB_USERS") == len(guarded.clients):
-            break
-        assert time.monotonic() < give_up, page.text
-        time.sleep(0.5)
+        return page.text.count("warning: SANDBOX=none and no JOB_USERS") == len(guarded.clients)
+
+    # The server's next background check of the clients brings their warnings.
+    eventually(warned, "every client's warning on /status", poll_s=0.5)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Api, Cluster, cluster
+from testkit.harness import Api, Cluster, cluster
 
 STARTED_AGE = "x-orchestrator-started-age"
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")

@@ -14,24 +14,23 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
-from tests.harness import Cluster, Node, cluster
+from testkit import eventually, unavailable
+from testkit.harness import Cluster, Node, cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SETUP = ROOT / "scripts" / "setup-slurm"
 SLURM = {"EXECUTOR": "slurm"}
 FINAL = ("Completed", "Failed", "Killed", "Invalid")
 
-pytestmark = pytest.mark.xdist_group("slurm")
-
-T = TypeVar("T")
+pytestmark = [pytest.mark.needs_slurm, pytest.mark.xdist_group("slurm")]
 
 
 def _bring_up_slurm() -> str | None:
@@ -43,7 +42,8 @@ def _bring_up_slurm() -> str | None:
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"scripts/setup-slurm did not run: {error}"
     if done.returncode != 0:
-        return f"scripts/setup-slurm failed: {done.stderr.strip() or done.stdout.strip()}"
+        said = (done.stderr.strip() + "\n" + done.stdout.strip()).strip() or "nothing printed"
+        return f"scripts/setup-slurm failed (exit {done.returncode}): {said}"
     return None
 
 
@@ -51,26 +51,13 @@ def _bring_up_slurm() -> str | None:
 def slurm_up() -> None:
     reason = _bring_up_slurm()
     if reason is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Slurm is needed in CI: {reason}")
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with cluster(tmp_path_factory.mktemp("slurm"), client_env=SLURM) as running:
         yield running
-
-
-def wait_until(check: Callable[[], T | None], what: str, timeout_s: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def payload_states(client: Node) -> list[dict[str, Any]]:
@@ -137,15 +124,15 @@ def test_kill_leaves_no_process_of_the_job(shared: Cluster) -> None:
     shared.api.wait_for(job_id, "Running")
     state, slurm_id = slurm_job_of(shared.clients[0], token)
     background = Path(state["loc"]) / "background.pid"
-    pid = wait_until(
+    pid = eventually(
         lambda: background.is_file() and background.read_text().strip(), "the background sleep"
     )
     assert psutil.pid_exists(int(pid))
     assert httpx.post(f"{shared.api.base_url}/terminate/{job_id}", timeout=30).status_code == 200
     body = shared.api.wait_for(job_id, *FINAL)
     assert body["status"] == "Killed", body
-    wait_until(lambda: not psutil.pid_exists(int(pid)), "the background sleep to be gone")
-    wait_until(lambda: not processes_of(slurm_id), "every process of the job to be gone")
+    eventually(lambda: not psutil.pid_exists(int(pid)), "the background sleep to be gone")
+    eventually(lambda: not processes_of(slurm_id), "every process of the job to be gone")
     assert squeue(slurm_id, "%T") in {"FAILED", "CANCELLED", "COMPLETED"}
     # The server reports Killed as soon as the client took the kill; the client records it
     # when its next squeue sees the job gone (up to SLURM_POLL_INTERVAL after ours did).
@@ -154,7 +141,7 @@ def test_kill_leaves_no_process_of_the_job(shared: Cluster) -> None:
     def recorded() -> str:
         return str(json.loads(state_file.read_text())["status"])
 
-    wait_until(lambda: recorded() != "Running", "the client to record the end")
+    eventually(lambda: recorded() != "Running", "the client to record the end")
     assert recorded() == "Killed"
     # A second kill, sent to the client itself, is harmless: the outcome stands.
     again = httpx.post(f"{shared.clients[0].url}/kill/{state['id']}", timeout=30)
@@ -171,7 +158,7 @@ def test_load_and_capacity_follow_the_cluster(shared: Cluster) -> None:
         load = float(httpx.get(f"{client}/load", timeout=30).json())
         return load if load > 0 else None
 
-    load = wait_until(busy, "/load to show the allocated CPU")
+    load = eventually(busy, "/load to show the allocated CPU")
     assert 0 < load <= 100
     capacity = httpx.get(f"{client}/health", timeout=30).headers["X-Orchestrator-Max-Concurrent"]
     assert int(capacity) >= 1
@@ -235,7 +222,7 @@ def test_slurm_timeout_while_the_client_was_down_is_never_success(tmp_path: Path
         client.stop()
         _state, slurm_id = slurm_job_of(client, token)
         # Slurm itself ends it at its one-minute --time (plus its once-a-minute check).
-        wait_until(lambda: squeue(slurm_id, "%T") == "TIMEOUT", "Slurm's TIMEOUT", 200)
+        eventually(lambda: squeue(slurm_id, "%T") == "TIMEOUT", "Slurm's TIMEOUT", 200)
         client.start()
         body = running.api.wait_for(job_id, *FINAL)
         assert body["status"] == "Failed", body
@@ -253,7 +240,7 @@ def test_sbatch_refusal_fails_with_its_message(tmp_path: Path) -> None:
 def _stop_slurmctld() -> None:
     pid = int(Path("/run/slurmctld.pid").read_text())
     os.kill(pid, signal.SIGTERM)
-    wait_until(lambda: not psutil.pid_exists(pid), "slurmctld to stop")
+    eventually(lambda: not psutil.pid_exists(pid), "slurmctld to stop")
 
 
 @pytest.mark.timeout(400)
@@ -263,7 +250,7 @@ def test_unreachable_slurmctld_keeps_the_job_prepared_until_it_returns(tmp_path:
         try:
             job_id = running.api.submit("echo back > output.txt\n")
             client = running.clients[0]
-            wait_until(lambda: "slurmctld is unreachable" in client.log(), "a failed sbatch", 90)
+            eventually(lambda: "slurmctld is unreachable" in client.log(), "a failed sbatch", 90)
             # Prepared, not failed (seen once it has held STATUS_SETTLE).
             running.api.wait_for(job_id, "Prepared", timeout_s=10)
         finally:
@@ -305,7 +292,7 @@ def test_a_job_submitted_just_before_a_crash_is_found_again_not_resubmitted(
     on_disk = json.loads(state_file.read_text())
     state_file.write_text(json.dumps({**on_disk, "status": "Prepared", "handle": None}))
     client.start()
-    wait_until(lambda: f"is already Slurm job {slurm_id}" in client.log(), "the job found again")
+    eventually(lambda: f"is already Slurm job {slurm_id}" in client.log(), "the job found again")
     marker.touch()
     shared.api.wait_for(job_id, "Completed")
     assert shared.api.download_zip(job_id).read("output.txt") == b"once\n"
@@ -328,7 +315,7 @@ def test_kill_of_a_pending_job_cancels_it(tmp_path: Path) -> None:
         token = f"token-{time.time_ns()}"
         job_id = running.api.submit(f"# {token}\necho never > output.txt\n")
         client = running.clients[0]
-        _state, slurm_id = wait_until(
+        _state, slurm_id = eventually(
             lambda: _submitted(client, token), "the job to be submitted to Slurm"
         )
         assert squeue(slurm_id, "%T|%r|%k") == "PENDING|BeginTime|held by the test"

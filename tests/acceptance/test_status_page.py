@@ -7,7 +7,6 @@ see it when API_TOKENS_FILE is set (ADMIN_USERS).
 from __future__ import annotations
 
 import base64
-import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +20,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.harness import Api, Cluster, cluster
+from testkit import unavailable
+from testkit.harness import Api, Cluster, cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -29,18 +29,11 @@ FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 SLEEP = "sleep 60\n"
 
 
-def _unavailable(reason: str) -> None:
-    # CI installs chromium itself, so there a browser that cannot start is a failure.
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     for path in (CHROMIUM, CHROMEDRIVER):
         if not path.is_file():
-            _unavailable(f"{path} is missing (Debian packages chromium and chromium-driver)")
+            unavailable(f"{path} is missing (Debian packages chromium and chromium-driver)")
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     profile = tmp_path_factory.mktemp("chromium-profile")
@@ -61,7 +54,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         try:
             driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
         except WebDriverException as error:
-            _unavailable(f"chromium does not start here: {error.msg}")
+            unavailable(f"chromium does not start here: {error.msg}")
     driver.set_page_load_timeout(60)
     try:
         yield driver

@@ -23,7 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed")
 SCRIPT = b"echo ok > out.txt\n"
@@ -112,14 +113,14 @@ def send_slowly(sock: socket.socket, body: bytes, duration_s: float, pieces: int
         time.sleep(duration_s / pieces)
 
 
-def wait_until_gone(path: Path, names: set[str], timeout_s: float = 30) -> set[str]:
-    """Those of `names` still in `path` at the deadline (empty as soon as none is left)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        left = names & entries(path)
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.1)
+def wait_until_gone(path: Path, names: set[str], timeout_s: float = 30) -> None:
+    """Wait until none of `names` is in `path`; fail naming those left."""
+    eventually(
+        lambda: not names & entries(path),
+        f"{sorted(names)} gone from {path}",
+        timeout_s,
+        detail=lambda: names & entries(path),
+    )
 
 
 def staging_dirs(cl: Cluster) -> set[str]:
@@ -171,16 +172,16 @@ def test_submit_streaming_longer_than_max_age_is_kept(short_retention: Cluster) 
         status, _, answer = read_response(sock)
     assert status == 200, answer
     payload_id = json.loads(answer)["id"]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def zipped() -> httpx.Response | None:
         response = httpx.get(f"{client.url}/retrieve/{payload_id}", timeout=30)
         if response.headers["content-type"] == "application/zip":
-            names = zipfile.ZipFile(io.BytesIO(response.content)).namelist()
-            assert "out.txt" in names
-            return
+            return response
         assert response.json()["status"] in {"Prepared", "Running"}, response.text
-        time.sleep(0.05)
-    raise AssertionError("the payload never completed")
+        return None
+
+    response = eventually(zipped, f"payload {payload_id} to complete")
+    assert "out.txt" in zipfile.ZipFile(io.BytesIO(response.content)).namelist()
 
 
 # ---- 15.5: stalled uploads, too many uploads, half uploads after a crash ---------------------
@@ -229,7 +230,7 @@ def test_stalled_uploads_get_408_and_leave_nothing(guarded: Cluster) -> None:
             assert "Too many uploads" in body["message"]
         else:
             assert body["message"] == f"No data received for {IDLE_S} s; upload abandoned"
-    assert wait_until_gone(server_data(guarded), entries(server_data(guarded)) - before) == set()
+    wait_until_gone(server_data(guarded), entries(server_data(guarded)) - before)
     # Slots are free again.
     assert guarded.api.upload({"run.sh": SCRIPT}).status_code == 201
 
@@ -243,7 +244,7 @@ def test_stalled_submit_gets_408_and_leaves_nothing(guarded: Cluster) -> None:
         status, _, answer = read_response(sock)
     assert status == 408, answer
     assert json.loads(answer)["id"] == 0
-    assert wait_until_gone(client_data(guarded), entries(client_data(guarded)) - before) == set()
+    wait_until_gone(client_data(guarded), entries(client_data(guarded)) - before)
 
 
 def test_half_upload_left_by_a_crash_is_removed_at_start(guarded: Cluster) -> None:
@@ -252,15 +253,16 @@ def test_half_upload_left_by_a_crash_is_removed_at_start(guarded: Cluster) -> No
     content_type, first_kib, length = stalled_body()
     with raw_request(server.port, "/upload", content_type, length) as sock:
         sock.sendall(first_kib)
-        deadline = time.monotonic() + 30
-        while not staging_dirs(guarded) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        half = staging_dirs(guarded)
-        assert half, entries(server_data(guarded))
+        half = eventually(
+            lambda: staging_dirs(guarded),
+            "the upload's staging directory",
+            30,
+            detail=lambda: entries(server_data(guarded)),
+        )
         server.stop(signal.SIGKILL)
     assert staging_dirs(guarded) == half  # the crash left it behind
     server.start()
-    assert wait_until_gone(server_data(guarded), half) == set()
+    wait_until_gone(server_data(guarded), half)
 
 
 # ---- 15.6: control characters in file names ---------------------------------------------------

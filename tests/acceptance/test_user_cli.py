@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, cluster, free_port, job_dir
+from testkit.harness import Cluster, cluster, free_port, job_dir
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 UNKNOWN_ID = 987654

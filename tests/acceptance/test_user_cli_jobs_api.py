@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from job_orchestrator.sdk import AsyncClient, Client, JobNotFound, Status
+from testkit.harness import Cluster, cluster
 from tests.acceptance import test_user_cli as user_cli
 from tests.callback_receiver import CallbackReceiver
-from tests.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 UNKNOWN_ID = 987654

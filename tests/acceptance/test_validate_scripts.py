@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import cluster
+from testkit.harness import cluster
 
 INLINE = "python3 -c 'print(6 * 7)' > out.txt\n"
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import Cluster, cluster
+from testkit import eventually
+from testkit.harness import Cluster, cluster
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed", "Cleaned")
 WAIT_CAP_S = 60
@@ -157,10 +158,13 @@ def test_a_held_request_ends_on_disconnect_and_on_stop(tmp_path: Path) -> None:
         # The caller gives up: the server stops waiting for it.
         with pytest.raises(httpx.ReadTimeout):
             download(cl, job_id, f"?wait={WAIT_CAP_S}", timeout_s=1)
-        deadline = time.monotonic() + 30
-        while DISCONNECTED.format(job_id) not in cl.server.log():
-            assert time.monotonic() < deadline, cl.server.log()
-            time.sleep(0.05)
+        server = cl.server
+        eventually(
+            lambda: DISCONNECTED.format(job_id) in server.log(),
+            "the server to log the caller's disconnection",
+            30,
+            detail=server.log,
+        )
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             held = pool.submit(download, cl, job_id, f"?wait={WAIT_CAP_S}")
             time.sleep(1)

@@ -28,7 +28,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.harness import Cluster, Node, cluster, free_port
+from testkit import eventually
+from testkit.harness import Cluster, Node, cluster, free_port
 
 STATUSES = {
     "Queued",
@@ -155,18 +156,16 @@ def rust_retrieve(client_url: str, payload_id: int) -> httpx.Response:
 
 
 def retrieve_until(client_url: str, payload_id: int, status: str) -> dict[str, Any]:
-    deadline = time.monotonic() + TIMEOUT_S
-    payload: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+
+    def reached() -> dict[str, Any] | None:
         response = rust_retrieve(client_url, payload_id)
         assert response.status_code == 200, response.text
         assert response.headers["content-type"] != "application/zip", "finished too early"
         payload = rust_payload(response)
-        if payload["status"] == status:
-            return payload
-        assert payload["status"] in {"Prepared", "Running"}, payload
-        time.sleep(0.05)
-    raise AssertionError(f"payload {payload_id} never reached {status}; last {payload}")
+        assert payload["status"] in {status, "Prepared", "Running"}, payload
+        return payload if payload["status"] == status else None
+
+    return eventually(reached, f"payload {payload_id} to reach {status}", TIMEOUT_S)
 
 
 def zip_names(content: bytes) -> dict[str, bytes]:
@@ -181,16 +180,6 @@ def make_zip(files: dict[str, bytes]) -> bytes:
         for name, content in files.items():
             archive.writestr(name, content)
     return buffer.getvalue()
-
-
-def wait_until(predicate: Any, what: str, timeout_s: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- our client, driven like the Rust server drives it ---------------------------------------
@@ -219,16 +208,17 @@ def test_submit_answers_like_the_rust_client(client_url: str) -> None:
 def test_submit_then_plain_retrieve_returns_the_zip(client_url: str) -> None:
     payload = rust_submit(client_url, "echo hello from run.sh > out.txt\n", b"nested input\n")
     payload_id = payload["id"]
-    deadline = time.monotonic() + TIMEOUT_S
-    while True:
-        assert time.monotonic() < deadline, "no ZIP from /retrieve"
+
+    def zipped() -> httpx.Response | None:
         response = rust_retrieve(client_url, payload_id)
         assert response.status_code == 200, response.text
         if response.headers["content-type"] == "application/zip":
-            break
+            return response
         # Every intermediate answer must parse as a Payload, and not be a final failure.
         assert rust_payload(response)["status"] in {"Prepared", "Running"}, response.text
-        time.sleep(0.05)
+        return None
+
+    response = eventually(zipped, "a ZIP from /retrieve", TIMEOUT_S)
     files = zip_names(response.content)
     assert files["out.txt"] == b"hello from run.sh\n"
     # The original stores a part under its sanitised file name, not under its field name.
@@ -257,7 +247,7 @@ def test_running_payload_partial_and_kill(client_url: str) -> None:
         files = zip_names(response.content)
         return files if "early.txt" in files else None
 
-    files = wait_until(partial_has_early, "early.txt in the partial ZIP")
+    files = eventually(partial_has_early, "early.txt in the partial ZIP")
     assert files["early.txt"] == b"early\n"
     assert "late.txt" not in files
     # A partial download does not finish the payload.
@@ -569,7 +559,7 @@ def completed_zip(client_url: str, payload_id: int) -> bytes:
             return None
         return response.content
 
-    content: bytes = wait_until(zipped, f"the ZIP of payload {payload_id}")
+    content: bytes = eventually(zipped, f"the ZIP of payload {payload_id}")
     return content
 
 
@@ -939,7 +929,7 @@ def test_dispatch_to_rust_client_and_collect_the_zip(
 ) -> None:
     script = b"#!/bin/bash\necho hi > out.txt\n"
     job_id, marker = _upload_with_marker(rust_peer, script)
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     submit = next(
         r for r in fake_client.recorded("POST", "/v1/submit") if marker.encode() in r.body
     )
@@ -978,7 +968,7 @@ def test_download_partial_is_proxied_to_the_derived_url(
 ) -> None:
     assert rust_peer.server is not None
     job_id, marker = _upload_with_marker(rust_peer, b"sleep 1\n")
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     rust_peer.api.wait_for(job_id, "Running")
 
     response = httpx.get(f"{rust_peer.server.url}/download_partial/{job_id}", timeout=30)
@@ -1001,7 +991,7 @@ def test_download_partial_is_proxied_to_the_derived_url(
 def test_terminate_calls_the_rust_kill_url(rust_peer: Cluster, fake_client: FakeRustClient) -> None:
     assert rust_peer.server is not None
     job_id, marker = _upload_with_marker(rust_peer, b"sleep 60\n")
-    payload = wait_until(lambda: fake_client.payload_for(marker), "the dispatch")
+    payload = eventually(lambda: fake_client.payload_for(marker), "the dispatch")
     rust_peer.api.wait_for(job_id, "Running")
 
     response = httpx.post(f"{rust_peer.server.url}/terminate/{job_id}", timeout=60)

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import DEPLOY, missing, require_program, run, said
-from tests.harness import free_port
+from testkit import require, unavailable
+from testkit.harness import free_port
+from tests.deploy.tools import DEPLOY, run, said
 
 ENTRYPOINT = DEPLOY / "client-entrypoint"
 FIRST_UID, LAST_UID = 90000, 90015
@@ -34,7 +35,7 @@ class Contained:
 
     def connects(self, uid: int) -> bool:
         """Whether a process of `uid` in the client's namespace reaches its port."""
-        nsenter = require_program("nsenter", "Debian: util-linux")
+        nsenter = require("nsenter", "Debian: util-linux")
         as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
         probe = f"exec 3<>/dev/tcp/127.0.0.1/{self.port}"
         result = run(
@@ -51,9 +52,9 @@ class Contained:
 
 def needs_root_and_nftables() -> None:
     if os.geteuid() != 0:
-        missing("needs root (a network namespace, nftables, job uids)")
+        unavailable("needs root (a network namespace, nftables, job uids)")
     for program in ("nft", "unshare", "setpriv"):
-        require_program(program, "Debian: nftables, util-linux")
+        require(program, "Debian: nftables, util-linux")
 
 
 @pytest.fixture

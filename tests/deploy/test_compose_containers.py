@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.harness import Api, free_port
 from tests.deploy.test_compose_stack import (
     BUILD_TIMEOUT_S,
     CLIENTS,
@@ -34,9 +35,12 @@ from tests.deploy.tools import (
     said,
     write_token_file,
 )
-from tests.harness import Api, free_port
 
-pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+pytestmark = [
+    pytest.mark.needs_docker,
+    pytest.mark.timeout(2400),
+    pytest.mark.xdist_group("compose-stack"),
+]
 
 #: The stack's image, which is also its jobs' (JO_PAYLOAD_IMAGE defaults to it).
 STACK_IMAGE = "job-orchestrator:containers-test"

@@ -31,6 +31,8 @@ from typing import Any
 import psutil
 import pytest
 
+from testkit import require, unavailable
+from testkit.harness import Api, free_port
 from tests.deploy.tools import (
     COMPOSE_FILE,
     COMPOSE_SECRETS,
@@ -39,15 +41,16 @@ from tests.deploy.tools import (
     LOCAL_BASE_OVERRIDE,
     RLIMITS_OVERRIDE,
     compose_command,
-    missing,
-    require_program,
     run,
     said,
     write_token_file,
 )
-from tests.harness import Api, free_port
 
-pytestmark = [pytest.mark.timeout(2400), pytest.mark.xdist_group("compose-stack")]
+pytestmark = [
+    pytest.mark.needs_docker,
+    pytest.mark.timeout(2400),
+    pytest.mark.xdist_group("compose-stack"),
+]
 
 BUILD_TIMEOUT_S = 1800.0
 HEALTHY_TIMEOUT_S = 240.0
@@ -85,15 +88,15 @@ def inspect(name: str, kind: str = "container") -> dict[str, Any]:
 
 
 def docker_ready() -> list[str]:
-    require_program("docker", "Debian: docker.io")
+    require("docker", "Debian: docker.io")
     info = run(["docker", "info", "--format", "{{.ServerVersion}}"])
     if info.returncode != 0:
-        missing(f"the Docker engine does not answer: {info.stderr.strip()}")
+        unavailable(f"the Docker engine does not answer: {info.stderr.strip()}")
     command = compose_command()
     for script in ("build-base-image", "build-wheels"):
         made = run([str(DEPLOY / script)], timeout_s=BUILD_TIMEOUT_S)
         if made.returncode != 0:
-            missing(f"deploy/{script} failed: {said(made)}")
+            unavailable(f"deploy/{script} failed: {said(made)}")
     return command
 
 

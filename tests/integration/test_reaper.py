@@ -7,10 +7,8 @@ appends to a marker file outside its directory, so "ran exactly once" is read fr
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Collection
 from pathlib import Path
@@ -21,9 +19,10 @@ from job_orchestrator.config import load_server_settings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
-from job_orchestrator.server.storage import NO_CHANGES, JobChanges, SqlStore, open_store
+from job_orchestrator.server.storage import NO_CHANGES, JobChanges, JobRecord, SqlStore, open_store
 from job_orchestrator.status import TERMINAL, Status
-from tests.harness import Cluster
+from testkit import eventually_async
+from testkit.harness import Cluster
 
 
 class FailingStore(SqlStore):
@@ -50,6 +49,7 @@ class FailingStore(SqlStore):
 
 # The engine tier (tests/engine/test_engine.py) covers each failing call and error kind in
 # milliseconds; this is the one end-to-end check, with a real client and SQLite.
+@pytest.mark.slow  # a real client process runs the job
 @pytest.mark.parametrize(("fail_on", "error"), [(3, StoreError("database is locked"))])
 async def test_a_job_whose_task_died_still_ends_correctly(
     tmp_path: Path, fail_on: int, error: Exception, caplog: pytest.LogCaptureFixture
@@ -81,10 +81,14 @@ async def test_a_job_whose_task_died_still_ends_correctly(
             )
             job_id = await store.create_job(user_id=1, service="example", loc=str(loc))
             orchestrator.wake_dispatch()
-            deadline = time.monotonic() + 60
-            while (job := await store.get_job(job_id)) is None or job.status not in TERMINAL:
-                assert time.monotonic() < deadline, f"job stuck: {job}"
-                await asyncio.sleep(0.05)
+
+            async def final() -> JobRecord | None:
+                job = await store.get_job(job_id)
+                return job if job is not None and job.status in TERMINAL else None
+
+            job = await eventually_async(
+                final, f"job {job_id} to end", 60, detail=lambda: cl.clients[0].log()
+            )
         finally:
             await orchestrator.stop()
             await gateway.close()

@@ -15,9 +15,9 @@ from job_orchestrator.server.scheduler import ServiceLimits
 from job_orchestrator.server.storage import open_store
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import ON_CLIENT, SLOT_HOLDING, Status
-from tests.integration.test_store import AnyStore
+from testkit.pg import fresh_database
+from testkit.stores import AnyStore
 from tests.moves import move_to
-from tests.pg import fresh_database
 
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from job_orchestrator.errors import IllegalMoveError, StoreError
@@ -26,125 +23,22 @@ from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueu
 from job_orchestrator.server.storage import (
     JobRecord,
     ServerStore,
-    SqlStore,
     Store,
     StoreViews,
     open_store,
 )
 from job_orchestrator.server.storage.changes import JobChanges
-from job_orchestrator.server.storage.memory import MemoryDatabase, MemoryStore
 from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, TERMINABLE, TERMINAL, Status
+
+# The backends this contract runs on (other modules reach them through conftest.py).
+from testkit.stores import AnyStore, OpenStore
+from testkit.stores import backend as backend
+from testkit.stores import db_url as db_url
+from testkit.stores import pg_database as pg_database
+from testkit.stores import reopen as reopen
+from testkit.stores import sql_url as sql_url
+from testkit.stores import store as store
 from tests.moves import move_to
-
-PG_HOST = "127.0.0.1"
-PG_PORT = 5432
-PG_USER = "postgres"
-
-#: What the contract tests hold: any Store implementation, with its read views and the
-#: verbs only tests use (claim, dispatch_candidates, callback_of).
-AnyStore = SqlStore | MemoryStore
-OpenStore = Callable[[], Awaitable[AnyStore]]
-
-
-# --- backends -------------------------------------------------------------------------------------
-
-
-async def _pg_admin(database: str = "postgres") -> asyncpg.Connection:
-    return await asyncpg.connect(
-        user=PG_USER, host=PG_HOST, port=PG_PORT, database=database, timeout=5
-    )
-
-
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test session, dropped at the end."""
-    name = f"jo_test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        admin = await _pg_admin()
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-
-    async def drop() -> None:
-        admin = await _pg_admin()
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    try:
-        asyncio.run(create())
-    except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        reason = (
-            f"PostgreSQL not reachable as {PG_USER}@{PG_HOST}:{PG_PORT} "
-            f"(trust auth expected): {error!r}"
-        )
-        # CI starts PostgreSQL itself (.ci/run), so there an unreachable server is a failure.
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield name
-    finally:
-        asyncio.run(drop())
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Which Store the contract runs on: MemoryStore, or SqlStore on SQLite or PostgreSQL."""
-    return str(request.param)
-
-
-@pytest.fixture
-def db_url(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """What open_store takes: a SQLite file path, or a PostgreSQL URL on an empty schema."""
-    if backend == "memory":
-        pytest.skip("about the SQL database itself (migrations, DB_PATH): no MemoryStore part")
-    if backend == "sqlite":
-        return str(tmp_path / "db.sqlite")
-    name = request.getfixturevalue("pg_database")
-
-    async def reset() -> None:
-        admin = await _pg_admin(name)
-        try:
-            await admin.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
-        finally:
-            await admin.close()
-
-    asyncio.run(reset())
-    return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
-
-
-@pytest.fixture
-def sql_url(backend: str, request: pytest.FixtureRequest) -> str | None:
-    """db_url, or None on MemoryStore (a sync fixture: db_url's setup runs its own loop)."""
-    return None if backend == "memory" else str(request.getfixturevalue("db_url"))
-
-
-@pytest.fixture
-async def reopen(sql_url: str | None) -> AsyncIterator[OpenStore]:
-    """A store on this test's database, opened any number of times (as replicas, or across a
-    restart: each sees what the others wrote); all closed at the end."""
-    opened: list[AnyStore] = []
-    database = MemoryDatabase()
-    url = sql_url
-
-    async def _open() -> AnyStore:
-        store: AnyStore = MemoryStore(database) if url is None else await open_store(url)
-        opened.append(store)
-        return store
-
-    yield _open
-    for store in opened:
-        await store.close()
-
-
-@pytest.fixture
-async def store(reopen: OpenStore) -> AnyStore:
-    return await reopen()
-
 
 # --- helpers --------------------------------------------------------------------------------------
 

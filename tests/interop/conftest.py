@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.original import Fleet, require_original
+from testkit.original import Fleet, require_original
 
 
 @pytest.fixture

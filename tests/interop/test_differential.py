@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Api, Node
-from tests.interop.original import SERVICE, TRAP, Fleet, require_original, wait_until
+from testkit import eventually
+from testkit.harness import Api, Node
+from testkit.original import SERVICE, TRAP, Fleet, require_original
 from tests.interop.wire import Seen, of, raw_post
 
 # Differences docs/differences.md explains (the entry named after each); every one of them
@@ -302,7 +303,7 @@ def _blocker(side: Side) -> Seen:
 
 def _running(side: Side) -> Seen:
     _wait_status(side, "blocker", "Running")
-    wait_until(
+    eventually(
         lambda: side.http("GET", f"/download_partial/{side.job('blocker')}").status_code == 200,
         what="a partial download of the running job",
     )

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Api
-from tests.interop.original import SERVICE, TRAP, Fleet, get, wait_until
+from testkit import eventually
+from testkit.harness import Api
+from testkit.original import SERVICE, TRAP, Fleet, get
 
 #: Sender ticks (500 ms each) watched for a job that must not start.
 QUIET_S = 3.0
@@ -61,7 +62,7 @@ def _clients_up(api: Api, urls: tuple[str, ...]) -> bool:
 
 
 def _settled(marks: Path, count: int) -> set[str]:
-    wait_until(lambda: len(_started(marks)) >= count, what=f"{count} jobs to start")
+    eventually(lambda: len(_started(marks)) >= count, what=f"{count} jobs to start")
     time.sleep(QUIET_S)  # room for a job that must not start to show up
     return _started(marks)
 
@@ -114,11 +115,11 @@ def test_mixed_fleet_our_server_with_an_original_and_our_client(
     api: Api = fleet.api
     # Until its first health check answers, a client is not chosen: under load one of the two
     # could still be unchecked when the jobs arrive, and both would go to the other.
-    wait_until(
+    eventually(
         lambda: _clients_up(api, (original.url, ours.url)), what="the server to see both clients"
     )
     ids = {label: api.submit(_gated(marks, label)) for label in ("first", "second")}
-    wait_until(lambda: len(_started(marks)) == 2, what="both jobs to start")
+    eventually(lambda: len(_started(marks)) == 2, what="both jobs to start")
     # The server prefers the client with fewer active jobs: one job on each.
     for node in (original, ours):
         payload = get(f"{node.url}/retrieve/1")

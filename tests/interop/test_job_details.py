@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.interop.original import TRAP, Fleet
+from testkit.original import TRAP, Fleet
 
 FINAL = ("Completed", "Failed", "Invalid", "Killed")
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.interop.original import TRAP, Fleet, get, wait_until
+from testkit import eventually
+from testkit.original import TRAP, Fleet, get
 
 
 def test_our_server_with_the_original_client_has_an_empty_log(fleet: Fleet, tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_our_server_with_the_original_client_has_an_empty_log(fleet: Fleet, tmp_
         assert follow.read() == b""  # ends once the job is final
     assert fleet.api.wait_for(job_id, "Completed", "Failed")["status"] == "Completed"
     # The output went where the original puts it: its own log.
-    wait_until(lambda: "printed" in fleet.clients[0].log(), what="the client's log")
+    eventually(lambda: "printed" in fleet.clients[0].log(), what="the client's log")
     assert httpx.get(url, timeout=30).text == ""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.interop.original import SERVICE, TRAP, Fleet
+from testkit.original import SERVICE, TRAP, Fleet
 
 ORIGINAL = "original"
 OURS = "ours"

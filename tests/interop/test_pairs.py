@@ -17,8 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.harness import Api, Node, tagged_processes
-from tests.interop.original import TRAP, Fleet, get, wait_until
+from testkit import eventually
+from testkit.harness import Api, Node, tagged_processes
+from testkit.original import TRAP, Fleet, get
 
 OUR_SERVER = "our-server+original-client"
 ORIGINAL_SERVER = "original-server+our-client"
@@ -98,7 +99,7 @@ def test_partial_download_of_a_running_job(pair: Pair) -> None:
             return False
         return "progress.txt" in _zip(response).namelist()
 
-    wait_until(progress_visible, what="progress.txt in the partial download")
+    eventually(progress_visible, what="progress.txt in the partial download")
     archive = pair.api.download_partial_zip(job_id)
     assert archive.read("progress.txt") == b"step-1\n"
     pair.open("go")
@@ -136,12 +137,12 @@ def test_terminate_leaves_no_process(pair: Pair, request: pytest.FixtureRequest)
         )
     job_id = pair.api.submit(f"{TRAP}sleep 302\n")
     pair.api.wait_for(job_id, "Running")
-    wait_until(lambda: _sleepers(pair.fleet.tag), what="the job's sleep to start")
+    eventually(lambda: _sleepers(pair.fleet.tag), what="the job's sleep to start")
     response = httpx.post(f"{pair.server.url}/terminate/{job_id}", timeout=30)
     assert response.status_code == 200, response.text
     pair.api.wait_for(job_id, "Killed")
     try:
-        wait_until(lambda: not _sleepers(pair.fleet.tag), timeout_s=15, what="no sleep left")
+        eventually(lambda: not _sleepers(pair.fleet.tag), timeout_s=15, what="no sleep left")
     finally:
         for process in _sleepers(pair.fleet.tag):
             process.kill()
@@ -154,7 +155,7 @@ def test_client_restarted_while_it_holds_a_finished_payload(pair: Pair) -> None:
     pair.server.stop()
     pair.open("go")
     # Both kinds of client number their payloads from 1 on a fresh data directory.
-    wait_until(
+    eventually(
         lambda: (
             get(f"{pair.client.url}/retrieve/1").headers.get("content-type") == "application/zip"
         ),

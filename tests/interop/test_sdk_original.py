@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from job_orchestrator.sdk import Client, JobFailed, JobNotFound, Status
+from testkit.original import TRAP, Fleet
 from tests.acceptance.test_user_cli import cli, submitted_id
-from tests.interop.original import TRAP, Fleet
 
 
 @pytest.fixture

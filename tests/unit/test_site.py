@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 README_MAX_LINES = 150
 SETUP = ("./scripts/run-local", "./scripts/test")
@@ -25,6 +27,7 @@ def build(root: Path, site: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # runs mkdocs build
 def test_the_site_builds_strictly(tmp_path: Path) -> None:
     built = build(ROOT, tmp_path / "site")
     assert built.returncode == 0, built.stdout + built.stderr
@@ -34,6 +37,7 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert "Targets are reported" in benchmarks  # bench/RESULTS.md, included
 
 
+@pytest.mark.slow  # runs mkdocs build
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     """The check above can fail: the same site with one dead anchor does not build."""
     copy = tmp_path / "copy"

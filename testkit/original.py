@@ -8,15 +8,14 @@ loopback ports. Every process carries the harness's tag in its environment (the 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
-from tests.harness import Cluster, Node, free_port
+from testkit.harness import Cluster, Node, free_port
+from testkit.prerequisites import unavailable
 
 SERVICE = "example"
 ORIGINAL_VERSION = "2.2.3"
@@ -36,13 +35,10 @@ def require_original() -> Path:
     """The original's binary; skip without it, except in CI, where it must have been built."""
     if ORIGINAL_BINARY.is_file() and os.access(ORIGINAL_BINARY, os.X_OK):
         return ORIGINAL_BINARY
-    reason = (
+    unavailable(
         f"the original job-orchestrator {ORIGINAL_VERSION} is not built at {ORIGINAL_BINARY} "
         f"(run ./scripts/build-original; it needs cargo and the crates registry)"
     )
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
 
 
 @dataclass
@@ -119,17 +115,6 @@ class Fleet(Cluster):
     def restart(self, node: Node) -> None:
         node.stop()
         node.start()
-
-
-def wait_until(check: object, timeout_s: float = 60.0, what: str = "condition") -> None:
-    """Poll `check()` (a callable returning truthy) until it holds; fail after the deadline."""
-    assert callable(check)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(url: str) -> httpx.Response:

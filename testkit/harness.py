@@ -1,8 +1,8 @@
 """Real `job-orchestrator server` and `client` processes on free loopback ports.
 
-Used by the acceptance tests and the benchmarks. Every process started here, and every job
-process its clients start, carries a tag in its environment so teardown can prove (and
-enforce) that nothing is left running.
+Used by the acceptance and interop tests and by the benchmarks. Every process started here,
+and every job process its clients start, carries a tag in its environment so teardown can
+prove (and enforce) that nothing is left running.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -26,6 +25,8 @@ from typing import Any, Self
 
 import httpx
 import psutil
+
+from testkit.waiting import eventually
 
 TAG_VARIABLE = "JOB_ORCHESTRATOR_TEST_TAG"
 TRAP = "trap 'echo $? > .orchestrator.exit' EXIT\n"
@@ -119,16 +120,16 @@ class Node:
         resource.setrlimit(resource.RLIMIT_NOFILE, self.open_files)
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        def healthy() -> bool:
             assert self.process is not None
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited early:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.kind} did not become healthy:\n{self.log()}")
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+
+        try:
+            eventually(healthy, f"{self.kind} /health", timeout_s, retry_on=(httpx.HTTPError,))
+        except AssertionError as error:
+            raise RuntimeError(f"{self.kind} did not become healthy:\n{self.log()}") from error
 
     def stop(self, signum: int = signal.SIGTERM, timeout_s: float = 20.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
@@ -294,14 +295,17 @@ class Api:
         return body
 
     def wait_for(self, job_id: int, *statuses: str, timeout_s: float = 60.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        body: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            body = self.status(job_id)
-            if body["status"] in statuses:
-                return body
-            time.sleep(0.05)
-        raise AssertionError(f"job {job_id} never reached {statuses}; last: {body}")
+        """The job's status body once its status is one of `statuses`."""
+        last: dict[str, Any] = {}
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal last
+            last = self.status(job_id)
+            return last if last["status"] in statuses else None
+
+        return eventually(
+            reached, f"job {job_id} to reach {statuses}", timeout_s, detail=lambda: last
+        )
 
     def download_zip(self, job_id: int) -> zipfile.ZipFile:
         response = httpx.get(f"{self.base_url}/download/{job_id}", headers=self.headers, timeout=60)

@@ -1,5 +1,7 @@
 """Real PostgreSQL for the tests: a fresh database per test, or a private instance.
 
+Where PostgreSQL is unreachable the test skips, or fails when `CI=true` (`.ci/run` starts it).
+
 `fresh_database` creates a database on the shared cluster (127.0.0.1:5432, user postgres,
 trust auth) and drops it afterwards. `PrivateInstance` runs a PostgreSQL of its own (initdb +
 pg_ctl in a temporary directory, on a free port), for tests that stop or restart it without
@@ -20,9 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
-import pytest
 
-from tests.harness import free_port
+from testkit.harness import free_port
+from testkit.prerequisites import unavailable
 
 PG_HOST = "127.0.0.1"
 PG_PORT = 5432
@@ -30,13 +32,14 @@ PG_USER = "postgres"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
-def _url(port: int, database: str) -> str:
+def database_url(port: int, database: str) -> str:
     return f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{port}/{database}"
 
 
-async def _admin(port: int, statement: str) -> None:
+async def admin(port: int, statement: str, database: str = "postgres") -> None:
+    """Run one statement as the superuser (CREATE DATABASE cannot run in a transaction)."""
     connection = await asyncpg.connect(
-        user=PG_USER, host=PG_HOST, port=port, database="postgres", timeout=5
+        user=PG_USER, host=PG_HOST, port=port, database=database, timeout=5
     )
     try:
         await connection.execute(statement)
@@ -49,17 +52,17 @@ def fresh_database(port: int = PG_PORT) -> Iterator[str]:
     """The SQLAlchemy URL of a new, empty database, dropped at the end."""
     name = f"jo_test_{uuid.uuid4().hex[:12]}"
     try:
-        asyncio.run(_admin(port, f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin(port, f'CREATE DATABASE "{name}"'))
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-        reason = f"PostgreSQL not reachable on {PG_HOST}:{port}: {error!r}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        unavailable(
+            f"PostgreSQL not reachable as {PG_USER}@{PG_HOST}:{port} (trust auth expected): "
+            f"{error!r}"
+        )
     try:
-        yield _url(port, name)
+        yield database_url(port, name)
     finally:
         with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
-            asyncio.run(_admin(port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            asyncio.run(admin(port, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 class PrivateInstance:
@@ -85,7 +88,7 @@ class PrivateInstance:
 
     def init(self) -> None:
         if not (PG_BIN / "initdb").exists():
-            pytest.skip("PostgreSQL 15 binaries not installed")
+            unavailable(f"PostgreSQL 15 binaries not installed in {PG_BIN}")
         if os.geteuid() == 0:
             entry = pwd.getpwnam("postgres")
             shutil.chown(self.root, entry.pw_uid, entry.pw_gid)
@@ -108,8 +111,8 @@ class PrivateInstance:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def url(self, database: str = "postgres") -> str:
-        return _url(self.port, database)
+        return database_url(self.port, database)
 
     def create_database(self, name: str) -> str:
-        asyncio.run(_admin(self.port, f'CREATE DATABASE "{name}"'))
+        asyncio.run(admin(self.port, f'CREATE DATABASE "{name}"'))
         return self.url(name)
