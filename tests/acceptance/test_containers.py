@@ -349,11 +349,9 @@ def test_a_launch_the_client_did_not_record_is_adopted_not_repeated(
     assert (client.work(payload) / "starts.txt").read_text() == "started\n"
 
 
-def test_a_container_that_ended_while_the_client_was_down_is_collected(
-    engine: str, clients: list[Client], tmp_path: Path
-) -> None:
-    client = make_client(clients, tmp_path, engine)
-    payload = client.submit("touch started\n" + WAIT_FOR_GO + "exit 3\n")
+def end_while_the_client_is_down(client: Client, payload: int) -> None:
+    """Kill -9 the client once the job started, let the job end (its container exits), then
+    start the client again."""
     eventually(lambda: (client.work(payload) / "started").exists(), "the job to start")
     client.node.stop(signal.SIGKILL)
     (client.work(payload) / "go").touch()
@@ -364,6 +362,14 @@ def test_a_container_that_ended_while_the_client_was_down_is_collected(
 
     eventually(ended, "the job to end")
     client.node.start()
+
+
+def test_a_container_that_ended_while_the_client_was_down_is_collected(
+    engine: str, clients: list[Client], tmp_path: Path
+) -> None:
+    client = make_client(clients, tmp_path, engine)
+    payload = client.submit("touch started\n" + WAIT_FOR_GO + "exit 3\n")
+    end_while_the_client_is_down(client, payload)
     response = client.wait_for(payload, *FINAL)
     assert client.status(payload) == "Failed"
     assert response.headers["x-orchestrator-exit-code"] == "3"
@@ -379,16 +385,7 @@ def test_a_memory_kill_while_the_client_was_down_is_reported(
         "touch started\n" + WAIT_FOR_GO + "exec python3 allocate.py\n",
         **{"allocate.py": ALLOCATE},
     )
-    eventually(lambda: (client.work(payload) / "started").exists(), "the job to start")
-    client.node.stop(signal.SIGKILL)
-    (client.work(payload) / "go").touch()
-
-    def ended() -> bool:
-        container = client.container(payload)
-        return container is not None and container["State"]["Status"] == "exited"
-
-    eventually(ended, "the job to end")
-    client.node.start()
+    end_while_the_client_is_down(client, payload)
     response = client.wait_for(payload, *FINAL)
     assert message(response) == "out of memory: limit 64 MB"
 

@@ -10,30 +10,17 @@ builds others); the jobs run in the stack's own image, as they do by default.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from testkit.harness import Api, free_port
-from tests.deploy.test_compose_stack import (
-    BUILD_TIMEOUT_S,
-    CLIENTS,
-    Stack,
-    docker_ready,
-    wait_healthy,
-)
+from tests.deploy.test_compose_stack import Stack, brought_up, wait_healthy
 from tests.deploy.tools import (
-    COMPOSE_FILE,
-    COMPOSE_SECRETS,
-    LOCAL_BASE_OVERRIDE,
     run,
     said,
-    write_token_file,
 )
 
 pytestmark = [
@@ -42,8 +29,9 @@ pytestmark = [
     pytest.mark.xdist_group("compose-stack"),
 ]
 
+STACK_TAG = "containers-test"
 #: The stack's image, which is also its jobs' (JO_PAYLOAD_IMAGE defaults to it).
-STACK_IMAGE = "job-orchestrator:containers-test"
+STACK_IMAGE = f"job-orchestrator:{STACK_TAG}"
 LONG_JOB = """\
 echo started >> starts.txt
 while [ ! -e go ]; do sleep 0.2; done
@@ -53,44 +41,20 @@ echo "survived" > out.txt
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[Stack, Path]]:
-    command = docker_ready()
-    project = f"jocont{uuid.uuid4().hex[:10]}"
-    # Host directories mounted at the same path in the clients (not under /tmp: the client
-    # containers have a tmpfs there).
-    data = Path("/var/tmp") / project
-    port = free_port()
     env = {
-        **COMPOSE_SECRETS,
-        "JO_CLIENT_TOKEN_FILE": str(write_token_file(tmp_path)),
-        "JO_PUBLISH_ADDRESS": "127.0.0.1",
-        "JO_PUBLISH_PORT": str(port),
-        "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
-        "JO_IMAGE": STACK_IMAGE,
-        "JO_POSTGRES_IMAGE": "job-orchestrator-postgres:containers-test",
-        "JO_CLIENT_LIGHT_DATA": str(data / "light"),
-        "JO_CLIENT_HEAVY_DATA": str(data / "heavy"),
         "JO_PAYLOAD_IMAGE": STACK_IMAGE,
         "JO_DOCKER_CLI": shutil.which("docker") or "/usr/bin/docker",
     }
-    files = ["-f", str(COMPOSE_FILE), "-f", str(LOCAL_BASE_OVERRIDE)]
-    running = Stack(project, [*command, *files], env, Api(f"http://127.0.0.1:{port}"))
+    with brought_up(tmp_path, STACK_TAG, env=env, before_down=remove_job_containers) as up:
+        yield up
+
+
+def remove_job_containers(data: Path) -> None:
+    """The jobs' containers are the engine's, not the project's: `down` leaves them."""
     for name in ("light", "heavy"):
-        (data / name).mkdir(parents=True)
-    try:
-        built = running.compose("build", timeout_s=BUILD_TIMEOUT_S)
-        assert built.returncode == 0, said(built)
-        started = running.compose("up", "-d")
-        assert started.returncode == 0, said(started)
-        wait_healthy(running, ("db", "server", *CLIENTS))
-        yield running, data
-    finally:
-        removed = running.compose("down", "-v", "--remove-orphans")
-        for name in ("light", "heavy"):
-            client_id = data / name / ".client-id"
-            if client_id.exists():
-                remove_containers(client_id.read_text().strip())
-        shutil.rmtree(data, ignore_errors=True)
-        assert removed.returncode == 0, said(removed)
+        client_id = data / name / ".client-id"
+        if client_id.exists():
+            remove_containers(client_id.read_text().strip())
 
 
 def remove_containers(client_id: str) -> None:

@@ -17,13 +17,14 @@ which would hide the clients from the host too, answer "operation not supported"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,38 +116,58 @@ def wait_healthy(stack: Stack, services: tuple[str, ...]) -> None:
     raise AssertionError(f"not healthy in {HEALTHY_TIMEOUT_S} s: {states}\n{logs}")
 
 
-@pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
+@contextlib.contextmanager
+def brought_up(
+    tmp_path: Path,
+    tag: str,
+    overrides: Sequence[Path] = (),
+    env: Mapping[str, str] | None = None,
+    before_down: Callable[[Path], None] | None = None,
+) -> Iterator[tuple[Stack, Path]]:
+    """The compose file (with the local base and `overrides`) built under image tags `tag`,
+    up and healthy; with the clients' host directories. All of it removed after
+    (`before_down(data)` first: what the engine holds outside the project)."""
     command = docker_ready()
-    project = f"jotest{uuid.uuid4().hex[:10]}"
+    project = f"jo{tag.replace('-', '')}{uuid.uuid4().hex[:10]}"
     port = free_port()
     # The clients' host directories (not under /tmp: the client containers have a tmpfs there).
     data = Path("/var/tmp") / project
-    env = {
+    for name in ("light", "heavy"):
+        (data / name).mkdir(parents=True)
+    full_env = {
         **COMPOSE_SECRETS,
         "JO_CLIENT_TOKEN_FILE": str(write_token_file(tmp_path)),
         "JO_PUBLISH_ADDRESS": "127.0.0.1",
         "JO_PUBLISH_PORT": str(port),
         "JO_CLIENT_CPUS": str(min(4, os.cpu_count() or 1)),
-        "JO_IMAGE": "job-orchestrator:compose-test",
-        "JO_POSTGRES_IMAGE": "job-orchestrator-postgres:compose-test",
+        "JO_IMAGE": f"job-orchestrator:{tag}",
+        "JO_POSTGRES_IMAGE": f"job-orchestrator-postgres:{tag}",
         "JO_CLIENT_LIGHT_DATA": str(data / "light"),
         "JO_CLIENT_HEAVY_DATA": str(data / "heavy"),
+        **(env or {}),
     }
-    files = ["-f", str(COMPOSE_FILE), "-f", str(LOCAL_BASE_OVERRIDE)]
-    files += ["-f", str(RLIMITS_OVERRIDE)]
-    running = Stack(project, [*command, *files], env, Api(f"http://127.0.0.1:{port}"))
+    files = [COMPOSE_FILE, LOCAL_BASE_OVERRIDE, *overrides]
+    options = [option for path in files for option in ("-f", str(path))]
+    running = Stack(project, [*command, *options], full_env, Api(f"http://127.0.0.1:{port}"))
     try:
         built = running.compose("build", timeout_s=BUILD_TIMEOUT_S)
         assert built.returncode == 0, said(built)
         started = running.compose("up", "-d")
         assert started.returncode == 0, said(started)
         wait_healthy(running, ("db", "server", *CLIENTS))
-        yield running
+        yield running, data
     finally:
         removed = running.compose("down", "-v", "--remove-orphans")
+        if before_down is not None:
+            before_down(data)
         shutil.rmtree(data, ignore_errors=True)
         assert removed.returncode == 0, said(removed)
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    with brought_up(tmp_path, "compose-test", [RLIMITS_OVERRIDE]) as (running, _data):
+        yield running
 
 
 def test_compose_stack_runs_jobs_and_keeps_the_clients_private(stack: Stack) -> None:

@@ -13,6 +13,7 @@ from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
     UserQueue,
+    assign_nodes,
     free_slots,
     plan_dispatch,
 )
@@ -456,3 +457,14 @@ def test_simulation_interleaves_users(layout: str) -> None:
 
     for start in range(len(started_by) - 8 + 1):
         assert set(started_by[start : start + 8]) == {0, 1, 2, 3}, f"window at {start}"
+
+
+def test_assign_nodes_counts_each_pick_and_stops_at_the_first_job_no_node_takes() -> None:
+    def least_busy_below_two(active: Mapping[str, int]) -> str | None:
+        free = [node for node in ("a", "b") if active.get(node, 0) < 2]
+        return min(free, key=lambda node: (active.get(node, 0), node)) if free else None
+
+    before = {"a": 1}
+    assert assign_nodes([7, 8, 9, 10], before, least_busy_below_two) == {7: "b", 8: "a", 9: "b"}
+    assert before == {"a": 1}  # the caller's counts are not changed
+

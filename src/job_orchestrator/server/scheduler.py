@@ -14,7 +14,7 @@ queue gets one slot, then waits until every other waiting user got one.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
@@ -162,3 +162,22 @@ def _merge_duplicates(queues: list[UserQueue]) -> dict[int, UserQueue]:
             max(turns) if turns else None,
         )
     return users
+
+
+def assign_nodes(
+    planned: Iterable[int],
+    active: Mapping[str, int],
+    choose: Callable[[Mapping[str, int]], str | None],
+) -> dict[int, str]:
+    """The node of each planned job, in order, as `choose` picks among the nodes' active
+    counts (each pick counts at once); stops at the first job no node can take, so it and
+    the jobs after it stay queued."""
+    counts = dict(active)
+    node_by_job: dict[int, str] = {}
+    for job_id in planned:
+        node = choose(counts)
+        if node is None:
+            break
+        counts[node] = counts.get(node, 0) + 1
+        node_by_job[job_id] = node
+    return node_by_job

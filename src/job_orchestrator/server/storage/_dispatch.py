@@ -22,6 +22,7 @@ from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
     UserQueue,
+    assign_nodes,
     fairness_key,
     plan_dispatch,
 )
@@ -298,14 +299,9 @@ def claim_service(
             ).scalars()
         )
         planned = [job_id for job_id in planned if job_id in lockable]
-    active = _node_occupancy(connection, service)
-    node_by_job: dict[int, str] = {}
-    for job_id in planned:
-        node = choose_node(service, active)
-        if node is None:
-            break  # no node of this service can take work: its jobs stay queued
-        active[node] = active.get(node, 0) + 1
-        node_by_job[job_id] = node
+    node_by_job = assign_nodes(
+        planned, _node_occupancy(connection, service), lambda active: choose_node(service, active)
+    )
     return claim_rows(connection, list(node_by_job), node_by_job, owner)
 
 

@@ -25,6 +25,7 @@ from job_orchestrator.server.scheduler import (
     Occupancy,
     ServiceLimits,
     UserQueue,
+    assign_nodes,
     plan_dispatch,
 )
 from job_orchestrator.server.storage import _memory_rows as rows
@@ -215,14 +216,11 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
                 occupancy = rows.occupancy(db, service)
                 queues = rows.candidates(db, service, limit, occupancy, now)
                 planned = plan_dispatch(queues, occupancy, {service: limit})
-                active = rows.node_occupancy(db, service)
-                node_by_job: dict[int, str] = {}
-                for job_id in planned:
-                    node = choose_node(service, active)
-                    if node is None:
-                        break  # no node of this service can take work: its jobs stay queued
-                    active[node] = active.get(node, 0) + 1
-                    node_by_job[job_id] = node
+                node_by_job = assign_nodes(
+                    planned,
+                    rows.node_occupancy(db, service),
+                    lambda active: choose_node(service, active),
+                )
                 return rows.claim_rows(db, list(node_by_job), node_by_job, owner)
 
             claimed.extend(await self._run("claim_dispatchable", decide))
