@@ -467,4 +467,3 @@ def test_assign_nodes_counts_each_pick_and_stops_at_the_first_job_no_node_takes(
     before = {"a": 1}
     assert assign_nodes([7, 8, 9, 10], before, least_busy_below_two) == {7: "b", 8: "a", 9: "b"}
     assert before == {"a": 1}  # the caller's counts are not changed
-
