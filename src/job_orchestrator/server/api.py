@@ -41,6 +41,7 @@ from job_orchestrator.http_common import (
     too_busy,
 )
 from job_orchestrator.server.callbacks import MAX_URL_CHARS
+from job_orchestrator.server.dispatcher import Termination
 from job_orchestrator.server.jobfiles import PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.requesting import (
     authenticate,
@@ -430,9 +431,21 @@ async def terminate(request: Request) -> Response:
     outcome = await engine(request).terminate(job.id)
     if outcome is None:
         return not_found(job.id)
-    if outcome.http_status == 503:
+    if outcome.result is Termination.OUT_OF_DESCRIPTORS:
         return too_busy(outcome.message, 503, DESCRIPTORS_RETRY_AFTER_S, job.id, outcome.status)
-    return status_body(job.id, outcome.status, outcome.message, outcome.http_status)
+    return status_body(
+        job.id, outcome.status, outcome.message, TERMINATION_HTTP_STATUS[outcome.result]
+    )
+
+
+#: The original's codes for the outcomes of /terminate.
+TERMINATION_HTTP_STATUS = {
+    Termination.DONE: 200,
+    Termination.ALREADY_FINAL: 409,
+    Termination.NOT_TERMINABLE: 409,
+    Termination.KILL_FAILED: 500,
+    Termination.OUT_OF_DESCRIPTORS: 503,
+}
 
 
 def openapi_components() -> dict[str, Any]:

@@ -10,6 +10,7 @@ the Store's compare-and-set, so the loops, the API and a restart can never doubl
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import math
 import os
@@ -56,9 +57,19 @@ NO_CLIENT_WARNING_EVERY_S = 60.0
 IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
 
 
+class Termination(enum.Enum):
+    """How a /terminate ended, in the engine's words; the route maps each to HTTP."""
+
+    DONE = "terminated"  # killed, cancelled, or locked for the dispatch in flight to kill
+    ALREADY_FINAL = "already final"
+    NOT_TERMINABLE = "not terminable"  # a status this server never writes (Unknown)
+    KILL_FAILED = "kill failed"  # the client could not be asked; the job runs on
+    OUT_OF_DESCRIPTORS = "out of descriptors"  # this server's shortage; retry later
+
+
 @dataclass(frozen=True, slots=True)
 class TerminateOutcome:
-    http_status: int
+    result: Termination
     status: Status
     message: str
 
@@ -442,19 +453,23 @@ class Orchestrator:
                 return None
             if job.status in TERMINAL:
                 return TerminateOutcome(
-                    409, job.status, f"Job {job_id} already finished with status {job.status.wire}"
+                    Termination.ALREADY_FINAL,
+                    job.status,
+                    f"Job {job_id} already finished with status {job.status.wire}",
                 )
             if job.status is Status.QUEUED:
                 if await lifecycle.kill_queued(self.store, job_id):
                     self.metrics.job_finished(job, Status.KILLED)
-                    return TerminateOutcome(200, Status.KILLED, "job terminated")
+                    return TerminateOutcome(Termination.DONE, Status.KILLED, "job terminated")
                 continue
             if job.status is Status.LOCKED:
-                return TerminateOutcome(200, Status.LOCKED, "job terminated")
+                return TerminateOutcome(Termination.DONE, Status.LOCKED, "job terminated")
             if not lifecycle.may_lock(job.status):
                 # Unknown: a stored status this server never writes; nothing to kill known.
                 return TerminateOutcome(
-                    409, job.status, f"Job {job_id} cannot be terminated from {job.status.wire}"
+                    Termination.NOT_TERMINABLE,
+                    job.status,
+                    f"Job {job_id} cannot be terminated from {job.status.wire}",
                 )
             # The replica answering the request finishes the termination, so it owns the job
             # now; a dispatch in flight stays its sender's, who alone learns the payload id.
@@ -463,7 +478,7 @@ class Orchestrator:
                 continue
             if job.status is Status.PROCESSING:
                 # The dispatch in flight sees Locked and kills the payload it creates.
-                return TerminateOutcome(200, Status.LOCKED, "job terminated")
+                return TerminateOutcome(Termination.DONE, Status.LOCKED, "job terminated")
             self._terminating.add(job_id)
             try:
                 locked = await self.store.get_job(job_id)
@@ -502,8 +517,12 @@ class Orchestrator:
                 if fresh is not None:
                     self._spawn(job.id, self.collector.collect(fresh))
                 if isinstance(error, OutOfDescriptorsError):
-                    return TerminateOutcome(503, restore, "could not terminate job; retry later")
-                return TerminateOutcome(500, restore, "could not terminate job")
+                    return TerminateOutcome(
+                        Termination.OUT_OF_DESCRIPTORS,
+                        restore,
+                        "could not terminate job; retry later",
+                    )
+                return TerminateOutcome(Termination.KILL_FAILED, restore, "could not terminate job")
         return await self._killed(job, client)
 
     async def _killed(
@@ -514,7 +533,7 @@ class Orchestrator:
         self.wake_dispatch()
         if client is not None and job.dest_id:
             await self.collector.keep_partial(job, client)
-        return TerminateOutcome(200, Status.KILLED, "job terminated")
+        return TerminateOutcome(Termination.DONE, Status.KILLED, "job terminated")
 
     # ---- nodes -----------------------------------------------------------------------------
 
