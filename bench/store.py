@@ -15,13 +15,14 @@ import time
 from pathlib import Path
 
 from bench.common import Context, SectionResult, log
-from job_orchestrator.server.scheduler import ServiceLimits
+from job_orchestrator.server.scheduler import NodeSlot, Placement, ServiceLimits
 from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import ON_CLIENT, Status
 
 SERVICE = "example"
 LIMITS = {SERVICE: ServiceLimits(runs_per_user=64, max_runs=64)}
+PLACEMENTS = {SERVICE: Placement((NodeSlot("http://node", None, 0.0),))}
 STATUS_READS = 6
 
 
@@ -43,7 +44,7 @@ async def _job(store: SqlStore, number: int) -> None:
     for _ in range(STATUS_READS):
         await store.get_job(job_id)
     if number % 4 == 0:
-        await store.claim_dispatchable(LIMITS, time.time(), lambda _s, _a: "http://node")
+        await store.claim_dispatchable(LIMITS, time.time(), PLACEMENTS)
         await store.next_retry_at()
 
 

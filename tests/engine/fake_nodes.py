@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import PayloadLostError, TransientClientError, UndeliveredError
 from job_orchestrator.server.node_calls import LogAnswer, NodeReport, RetrieveResult, ZipAnswer
@@ -36,6 +37,10 @@ class FakePayload:
     exit_code: int | None = None
     result: dict[str, bytes] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When the node took it, on the node's clock.
+    taken_at: float = 0.0
+    #: Whether it ever ran (a payload killed while Submitted never did).
+    started: bool = False
 
 
 #: How a node ends a payload it has just taken: None leaves it Running until `finish`.
@@ -47,17 +52,28 @@ def completes(node: FakeNode, payload: FakePayload) -> None:
     node.finish(payload.id, Status.COMPLETED, {"output.txt": payload.files.get("run.sh", b"")})
 
 
+def waits(node: FakeNode, payload: FakePayload) -> None:
+    """Every payload waits in Submitted, not started (its node is busy), until `start`."""
+    payload.status, payload.started = Status.SUBMITTED, False
+
+
 @dataclass
 class FakeNode:
     url: str
     script: Script | None = None
     down: bool = False
     lose_submit_answers: int = 0
+    #: The SERVER_LEASE it advertises on its health check (None: it says none).
+    lease_s: float | None = None
+    clock: Clock = SYSTEM_CLOCK
     payloads: dict[int, FakePayload] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    #: (call, when) of every call, on the node's clock: a test reads the engine's pacing.
+    history: list[tuple[str, float]] = field(default_factory=list)
 
     def _reach(self, call: str) -> None:
         self.calls[call] += 1
+        self.history.append((call, self.clock.now()))
         if self.down:
             raise UndeliveredError(f"{call} to {self.url}: connection refused")
 
@@ -71,7 +87,9 @@ class FakeNode:
         for payload in self.payloads.values():
             if payload.dispatch_key == dispatch_key:
                 return payload  # the client's answer to a dispatch it already holds
-        payload = FakePayload(len(self.payloads) + 1, dispatch_key, files)
+        payload = FakePayload(
+            len(self.payloads) + 1, dispatch_key, files, taken_at=self.clock.now(), started=True
+        )
         self.payloads[payload.id] = payload
         if self.script is not None:
             self.script(self, payload)
@@ -92,6 +110,14 @@ class FakeNode:
         payload.status, payload.message, payload.exit_code = status, message, exit_code
         payload.result = dict(result or {})
         payload.changed.set()
+
+    def start(self, payload_id: int) -> None:
+        payload = self.payloads[payload_id]
+        payload.status, payload.started = Status.RUNNING, True
+        payload.changed.set()
+
+    def times(self, call: str) -> list[float]:
+        return [when for name, when in self.history if name == call]
 
     def running(self) -> list[FakePayload]:
         return [p for p in self.payloads.values() if p.status not in TERMINAL]
@@ -195,8 +221,9 @@ class FakeNodes:
         yield LogAnswer(payload.status in TERMINAL, _once(b""))
 
     async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport:
-        self._node(node)._reach("check")
-        return NodeReport(max_concurrent=None, load_percent=0.0)
+        fake = self._node(node)
+        fake._reach("check")
+        return NodeReport(max_concurrent=None, load_percent=0.0, server_lease_s=fake.lease_s)
 
     async def kill(
         self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None

@@ -5,8 +5,6 @@ database: each test takes milliseconds, and waits for events, never for time.
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
 import zipfile
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -14,96 +12,20 @@ from typing import Any
 
 import pytest
 
-from job_orchestrator.config import ServerSettings, load_server_settings
 from job_orchestrator.errors import StoreError
-from job_orchestrator.server.dispatcher import Orchestrator
-from job_orchestrator.server.storage import NO_CHANGES, JobChanges, JobRecord, MemoryStore
-from job_orchestrator.status import TERMINAL, Status
-from tests.engine.fake_nodes import FakeNode, FakeNodes, completes
+from job_orchestrator.server.storage import NO_CHANGES, JobChanges, MemoryStore
+from job_orchestrator.status import Status
+from testkit.clock import LoopClock
+from tests.engine.engines import RUN_SH, Engine, payloads, running
+from tests.engine.fake_nodes import FakeNode
 
-pytestmark = pytest.mark.timeout(30)
-
-#: Never contacted: the fake nodes answer in process.
-NODE_URLS = ("http://127.0.0.1:1", "http://127.0.0.1:2")
-RUN_SH = b"echo hello > output.txt\n"
-
-
-@dataclasses.dataclass
-class Engine:
-    orchestrator: Orchestrator
-    store: MemoryStore
-    nodes: FakeNodes
-    settings: ServerSettings
-
-    @property
-    def node_a(self) -> FakeNode:
-        return self.nodes[self.settings.services["example"].nodes[0].upload_url]
-
-    @property
-    def node_b(self) -> FakeNode:
-        return self.nodes[self.settings.services["example"].nodes[1].upload_url]
-
-    async def upload(self, user_id: int = 1) -> int:
-        loc = self.settings.data_path / str(uuid.uuid4())
-        (loc / "input").mkdir(parents=True)
-        (loc / "input" / "run.sh").write_bytes(RUN_SH)
-        job_id = await self.store.create_job(user_id=user_id, service="example", loc=str(loc))
-        self.orchestrator.wake_dispatch()
-        return job_id
-
-    async def final(self, job_id: int) -> JobRecord:
-        await self.orchestrator.wait_final(job_id, timeout_s=20)
-        job = await self.store.get_job(job_id)
-        assert job is not None
-        assert job.status in TERMINAL, job
-        return job
-
-
-def engine_settings(tmp_path: Path, **env: str) -> ServerSettings:
-    settings = load_server_settings(
-        {
-            "DB_PATH": str(tmp_path / "unused.db"),
-            "DATA_PATH": str(tmp_path / "data"),
-            "SERVICE_EXAMPLE_CLIENTS": ",".join(NODE_URLS),
-            **env,
-        }
-    )
-    # The loops' safety tick (a missed wake-up, the reaper) in milliseconds.
-    return dataclasses.replace(settings, safety_tick_s=0.01)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.looptime]
 
 
 @pytest.fixture
 async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    async with running(tmp_path, MemoryStore()) as started:
+    async with running(tmp_path) as started:
         yield started
-
-
-@dataclasses.dataclass
-class running:
-    """An Orchestrator over `store` and two fake nodes that complete what they get."""
-
-    tmp_path: Path
-    store: MemoryStore
-
-    async def __aenter__(self) -> Engine:
-        settings = engine_settings(self.tmp_path)
-        nodes = FakeNodes(
-            *(
-                FakeNode(node.upload_url, script=completes)
-                for node in settings.services["example"].nodes
-            )
-        )
-        self.orchestrator = Orchestrator(settings, self.store, nodes)
-        await self.orchestrator.start()
-        return Engine(self.orchestrator, self.store, nodes, settings)
-
-    async def __aexit__(self, *_exc: object) -> None:
-        await self.orchestrator.stop()
-        await self.store.close()
-
-
-def payloads(engine: Engine) -> int:
-    return sum(len(node.payloads) for node in engine.nodes.nodes.values())
 
 
 async def test_a_job_is_sent_once_and_its_result_kept(engine: Engine) -> None:
@@ -164,8 +86,8 @@ async def test_terminate_kills_the_payload_on_its_node(engine: Engine) -> None:
 class StoreFailingOnce(MemoryStore):
     """A MemoryStore whose `transition` raises once, on its `fail_on`-th call."""
 
-    def __init__(self, fail_on: int, error: Exception) -> None:
-        super().__init__()
+    def __init__(self, fail_on: int, error: Exception, clock: LoopClock) -> None:
+        super().__init__(clock=clock)
         self.fail_on, self.error, self.calls = fail_on, error, 0
 
     async def transition(
@@ -186,8 +108,9 @@ class StoreFailingOnce(MemoryStore):
 async def test_a_job_whose_task_died_is_redriven_to_one_run(
     tmp_path: Path, fail_on: int, error: Exception
 ) -> None:
-    store = StoreFailingOnce(fail_on, error)
-    async with running(tmp_path, store) as engine:
+    clock = LoopClock()
+    store = StoreFailingOnce(fail_on, error, clock)
+    async with running(tmp_path, store, clock=clock) as engine:
         job = await engine.final(await engine.upload())
     assert store.calls > fail_on, "the store never failed"
     assert job.status is Status.COMPLETED, job

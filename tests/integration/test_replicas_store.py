@@ -7,11 +7,11 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import pytest
 
-from job_orchestrator.server.scheduler import ServiceLimits
+from job_orchestrator.server.scheduler import NodeSlot, Placement, ServiceLimits
 from job_orchestrator.server.storage import open_store
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import ON_CLIENT, SLOT_HOLDING, Status
@@ -28,8 +28,8 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def first_node(_service: str, _active: Mapping[str, int]) -> str:
-    return "http://n1/submit"
+#: Every job of the service may go to one node.
+ON_N1 = {"svc": Placement((NodeSlot("http://n1/submit", None, 0.0),))}
 
 
 async def new_job(store: AnyStore, user_id: int) -> int:
@@ -40,24 +40,33 @@ async def test_claim_dispatchable_respects_quotas_and_sets_the_owner(store: AnyS
     for user in (1, 1, 1, 2, 2, 3):
         await new_job(store, user)
     limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
-    claimed = await store.claim_dispatchable(limits, time.time(), first_node, owner="a")
+    claimed = await store.claim_dispatchable(limits, time.time(), ON_N1, owner="a")
     assert len(claimed) == 4
     assert {job.owner for job in claimed} == {"a"}
     assert {job.status for job in claimed} == {Status.PROCESSING}
     assert {job.node for job in claimed} == {"http://n1/submit"}
     assert max(Counter(job.user_id for job in claimed).values()) <= 2
     assert {job.user_id for job in claimed} == {1, 2, 3}  # fair: every user got a slot
-    again = await store.claim_dispatchable(limits, time.time(), first_node, owner="b")
+    again = await store.claim_dispatchable(limits, time.time(), ON_N1, owner="b")
     assert again == []  # the service is full
 
 
 async def test_claim_dispatchable_without_a_node_leaves_jobs_queued(store: AnyStore) -> None:
     job_id = await new_job(store, 1)
     limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
-    assert await store.claim_dispatchable(limits, time.time(), lambda *_: None) == []
+    assert await store.claim_dispatchable(limits, time.time(), {"svc": Placement(())}) == []
     job = await store.get_job(job_id)
     assert job is not None
     assert job.status is Status.QUEUED
+
+
+async def test_a_probing_placement_claims_one_job_of_the_service(store: AnyStore) -> None:
+    for user in (1, 2, 3):
+        await new_job(store, user)
+    limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
+    probe = {"svc": Placement(ON_N1["svc"].nodes, at_most=1)}
+    claimed = await store.claim_dispatchable(limits, time.time(), probe)
+    assert [job.node for job in claimed] == ["http://n1/submit"]
 
 
 @pytest.mark.postgres
@@ -73,7 +82,7 @@ async def test_concurrent_dispatchers_never_exceed_the_quotas(pg_url: str) -> No
             while finished < 120:
                 claims = await asyncio.gather(
                     *(
-                        s.claim_dispatchable(limits, time.time(), first_node, owner=f"r{i}")
+                        s.claim_dispatchable(limits, time.time(), ON_N1, owner=f"r{i}")
                         for i, s in enumerate(stores)
                     )
                 )

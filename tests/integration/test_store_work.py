@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from job_orchestrator.server.scheduler import Occupancy, ServiceLimits
+from job_orchestrator.server.scheduler import NodeSlot, Occupancy, Placement, ServiceLimits
 from job_orchestrator.server.storage.callback_verbs import CallbackState
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.status import Status
@@ -21,6 +21,7 @@ from tests.integration.test_store import AnyStore
 
 LIMITS = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
 NODE = "http://n/submit"
+PLACEMENTS = {"svc": Placement((NodeSlot(NODE, None, 0.0),))}
 MESSAGE = JobChanges(message="m")
 
 
@@ -31,7 +32,7 @@ def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]
         ("get_job", lambda s: s.get_job(job_id)),
         ("transition", lambda s: s.transition(job_id, [Status.QUEUED], changes=MESSAGE)),
         ("transition_returning", lambda s: s.transition_returning(job_id, [Status.QUEUED])),
-        ("claim_dispatchable", lambda s: s.claim_dispatchable(LIMITS, time.time(), _node)),
+        ("claim_dispatchable", lambda s: s.claim_dispatchable(LIMITS, time.time(), PLACEMENTS)),
         ("claim", lambda s: s.claim([job_id], {job_id: NODE})),
         ("occupancy", lambda s: s.occupancy()),
         ("status_counts", lambda s: s.status_counts()),
@@ -74,10 +75,6 @@ def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]
         ),
         ("release_callback", lambda s: s.release_callback(job_id, "t")),
     ]
-
-
-def _node(_service: str, _active: object) -> str:
-    return NODE
 
 
 @pytest.mark.parametrize("index", range(len(calls(0))))

@@ -10,7 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from job_orchestrator.server.scheduler import (
+    NodeSlot,
     Occupancy,
+    Placement,
     ServiceLimits,
     UserQueue,
     assign_nodes,
@@ -459,11 +461,17 @@ def test_simulation_interleaves_users(layout: str) -> None:
         assert set(started_by[start : start + 8]) == {0, 1, 2, 3}, f"window at {start}"
 
 
-def test_assign_nodes_counts_each_pick_and_stops_at_the_first_job_no_node_takes() -> None:
-    def least_busy_below_two(active: Mapping[str, int]) -> str | None:
-        free = [node for node in ("a", "b") if active.get(node, 0) < 2]
-        return min(free, key=lambda node: (active.get(node, 0), node)) if free else None
-
+def test_assign_nodes_fills_the_freest_node_first_counting_each_pick() -> None:
+    placement = Placement((NodeSlot("a", 2, 0.0), NodeSlot("b", 2, 0.0)))
     before = {"a": 1}
-    assert assign_nodes([7, 8, 9, 10], before, least_busy_below_two) == {7: "b", 8: "a", 9: "b"}
+    assert assign_nodes([7, 8, 9], before, placement) == {7: "b", 8: "a", 9: "b"}
     assert before == {"a": 1}  # the caller's counts are not changed
+
+
+def test_assign_nodes_breaks_ties_by_load_and_stops_at_the_bound() -> None:
+    placement = Placement((NodeSlot("a", None, 80.0), NodeSlot("b", None, 10.0)), at_most=1)
+    assert assign_nodes([7, 8, 9], {}, placement) == {7: "b"}
+
+
+def test_assign_nodes_without_nodes_assigns_nothing() -> None:
+    assert assign_nodes([7, 8], {}, Placement(())) == {}

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from job_orchestrator._loops import backoff_s, wait_any
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
@@ -57,8 +57,10 @@ class JobCollector:
         metrics: ServerMetrics,
         stop: asyncio.Event,
         wake_dispatch: Callable[[], None],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._settings = settings
+        self._clock = clock
         self._store = store
         self._fleet = fleet
         self._metrics = metrics
@@ -90,18 +92,18 @@ class JobCollector:
         loc = Path(job.loc)
         # Clients enforce the limit themselves; this backstop covers those that cannot.
         limit_at = (
-            (job.dispatched_at or time.time()) + service.timeout_s + LIMIT_BACKSTOP_S
+            (job.dispatched_at or self._clock.now()) + service.timeout_s + LIMIT_BACKSTOP_S
             if service.timeout_s
             else None
         )
         while not self._stop.is_set():
             wait_s = self._settings.long_poll_s
             if limit_at is not None:
-                if time.time() >= limit_at:
+                if self._clock.now() >= limit_at:
                     await self._enforce_time_limit(job, client, service)
                     return
-                wait_s = max(0.1, min(wait_s, limit_at - time.time()))
-            self._fleet.asked_at[job.id] = time.time()
+                wait_s = max(0.1, min(wait_s, limit_at - self._clock.now()))
+            self._fleet.asked_at[job.id] = self._clock.now()
             try:
                 result = await client.retrieve(
                     job.dest_id,
@@ -122,8 +124,8 @@ class JobCollector:
                     self._fleet.report_failure(client.url, reason=str(error))
                     reason = f"lost contact with the client: {error}"
                 failures += 1
-                failing_since = failing_since or time.time()
-                if time.time() - failing_since >= self._settings.retry_deadline_s:
+                failing_since = failing_since or self._clock.now()
+                if self._clock.now() - failing_since >= self._settings.retry_deadline_s:
                     # If the client comes back, the script must not run on unaccounted for.
                     await self._fleet.revoke(client.url, job)
                     await self.fail(job, lifecycle.FAIL_ON_CLIENT, reason)
@@ -173,7 +175,7 @@ class JobCollector:
                 return
             if result.status in lifecycle.ON_CLIENT_REPORT.reaches and result.status is not known:
                 if not await lifecycle.mark_on_client(
-                    self._store, job.id, result.status, result.started_at
+                    self._store, job.id, result.status, result.started_at or self._clock.now()
                 ):
                     return  # terminated or otherwise moved by someone else
                 known = result.status

@@ -22,7 +22,6 @@ import functools
 import logging
 import os
 import signal
-import time
 import uuid
 from collections import Counter
 from collections.abc import Coroutine
@@ -32,6 +31,7 @@ import httpx
 
 from job_orchestrator import __version__
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.callbacks import (
@@ -71,8 +71,17 @@ DISABLED = "callbacks are disabled on this server (CALLBACK_SECRET is not set)"
 
 class CallbackDeliverer:
     def __init__(
-        self, settings: ServerSettings, store: Store, *, fallback_tick_s: float = FALLBACK_TICK_S
+        self,
+        settings: ServerSettings,
+        store: Store,
+        *,
+        fallback_tick_s: float = FALLBACK_TICK_S,
+        clock: Clock = SYSTEM_CLOCK,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """`transport`: where the POSTs go (default: the network); the engine tier gives a
+        receiver in process."""
+        self._clock = clock
         self.policy = AddressPolicy.from_settings(settings)
         self.clients = ClientEndpoints.from_settings(settings)
         self._secret = settings.callback_secret
@@ -97,6 +106,7 @@ class CallbackDeliverer:
             verify=httpx.create_ssl_context(trust_env=True),
             timeout=self._timeout_s,
             limits=httpx.Limits(max_keepalive_connections=0),
+            transport=transport,
         )
         store.on_final(lambda _job_id: self._wakeup.set())
 
@@ -165,10 +175,10 @@ class CallbackDeliverer:
                 )
             except StoreError:
                 logger.exception("callback delivery failed; retrying in %g s", STORE_RETRY_S)
-                next_at = time.time() + STORE_RETRY_S
+                next_at = self._clock.now() + STORE_RETRY_S
             timeout_s = self._fallback_tick_s
             if next_at is not None:
-                timeout_s = min(timeout_s, max(0.0, next_at - time.time()) + 0.01)
+                timeout_s = min(timeout_s, max(0.0, next_at - self._clock.now()) + 0.01)
             await wait_any(self._wakeup.wait(), self._stop.wait(), timeout_s=timeout_s)
 
     def _users_at_share(self) -> set[int]:
@@ -181,7 +191,10 @@ class CallbackDeliverer:
         started = 0
         while (free := MAX_IN_FLIGHT - len(self._in_flight)) > 0 and not self._stop.is_set():
             batch = await self._store.due_callbacks(
-                time.time(), free, exclude=self._in_flight, exclude_users=self._users_at_share()
+                self._clock.now(),
+                free,
+                exclude=self._in_flight,
+                exclude_users=self._users_at_share(),
             )
             started_now = await self._start_within_shares(batch)
             started += started_now
@@ -195,7 +208,7 @@ class CallbackDeliverer:
             at_share = self._users_at_share()
             if due.user_id in at_share or len(self._in_flight) >= MAX_IN_FLIGHT:
                 continue
-            now = time.time()
+            now = self._clock.now()
             token = uuid.uuid4().hex
             claimed = await self._store.claim_callback(
                 due.job_id,
@@ -246,7 +259,7 @@ class CallbackDeliverer:
 
     async def _settle(self, delivery: CallbackRecord, token: str, error: str | None) -> None:
         job_id, attempt = delivery.job_id, delivery.attempts
-        now = time.time()
+        now = self._clock.now()
         fields = {"job_id": job_id, "attempt": attempt}
         if error is None:
             state, next_at = CallbackState.DELIVERED, None

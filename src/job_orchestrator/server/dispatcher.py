@@ -14,12 +14,12 @@ import enum
 import logging
 import math
 import os
-import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
     ClientCallError,
@@ -42,7 +42,7 @@ from job_orchestrator.server.node_calls import NodeCalls
 from job_orchestrator.server.nodes import Fleet, NodeClient
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
-from job_orchestrator.server.scheduler import ServiceLimits
+from job_orchestrator.server.scheduler import Placement, ServiceLimits
 from job_orchestrator.server.storage import JobRecord, ServerStore
 from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
@@ -81,21 +81,23 @@ class Orchestrator:
         store: ServerStore,
         gateway: NodeCalls,
         metrics: ServerMetrics | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.metrics = metrics or ServerMetrics()
         self.store = store
         self.gateway = gateway
-        self.fleet = Fleet(settings, store, gateway)
-        self.lease = ReplicaLease(settings, store)
+        self.fleet = Fleet(settings, store, gateway, clock)
+        self.lease = ReplicaLease(settings, store, clock)
         self.uploads = UploadLimits(settings.upload_max_concurrent, settings.upload_max_per_client)
-        self.cleaner = Cleaner(settings, store, self.uploads)
+        self.cleaner = Cleaner(settings, store, self.uploads, clock)
         self._dispatch_wakeup = Wakeup()
         self._stop = asyncio.Event()
         #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
         self.draining = asyncio.Event()
         self.collector = JobCollector(
-            settings, store, self.fleet, self.metrics, self._stop, self.wake_dispatch
+            settings, store, self.fleet, self.metrics, self._stop, self.wake_dispatch, clock
         )
         self._final_waiters = FinalWaiters()
         store.on_final(self._final_waiters.notify)
@@ -106,9 +108,8 @@ class Orchestrator:
         self._unowned: dict[int, JobRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         #: Services with no usable client: when one of their jobs last tried the clients,
-        #: which may try in the current claim, and when that was last logged.
+        #: and when that was last logged.
         self._probed_at: dict[str, float] = {}
-        self._probing: set[str] = set()
         self._warned_at: dict[str, float] = {}
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -228,7 +229,7 @@ class Orchestrator:
 
     async def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
-            started = time.time()
+            started = self.clock.now()
             try:
                 await self.dispatch_once()
                 # Jobs due already and still queued were left by this pass (a quota, or no
@@ -242,30 +243,32 @@ class Orchestrator:
                 retry_at = None
             timeout = self.settings.safety_tick_s
             if retry_at is not None:
-                timeout = min(timeout, max(0.0, retry_at - time.time()) + 0.01)
+                timeout = min(timeout, max(0.0, retry_at - self.clock.now()) + 0.01)
             await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=timeout)
 
     async def dispatch_once(self) -> int:
-        now = time.time()
+        now = self.clock.now()
+        placements = {
+            name: placement
+            for name, service in self.settings.services.items()
+            if (placement := self._placement(name, service, now)) is not None
+        }
+        if not placements:
+            return 0
         limits = {
             name: ServiceLimits(runs_per_user=s.runs_per_user, max_runs=s.max_runs)
             for name, s in self.settings.services.items()
-            if self._may_dispatch(name, s, now)
+            if name in placements
         }
-        if not limits:
-            return 0
-        try:
-            claimed = await self.store.claim_dispatchable(
-                limits, now, self._choose_node, owner=self.lease.replica_id
-            )
-        finally:
-            self._probing.clear()
+        claimed = await self.store.claim_dispatchable(
+            limits, now, placements, owner=self.lease.replica_id
+        )
         for job in claimed:
             self._spawn(job.id, self._send(job))
         return len(claimed)
 
-    def _may_dispatch(self, name: str, service: ServiceConfig, now: float) -> bool:
-        """Whether to look at the service's queue now.
+    def _placement(self, name: str, service: ServiceConfig, now: float) -> Placement | None:
+        """Where the service's jobs may go in this claim; None: leave its queue alone now.
 
         With no usable client, its jobs wait in Queued, and one of them tries the clients
         every NODE_CHECK_INTERVAL (it fails, backs off and, past RETRY_DEADLINE, ends the
@@ -274,7 +277,7 @@ class Orchestrator:
         """
         if any(self.fleet.usable(node) for node in service.nodes):
             self._probed_at.pop(name, None)
-            return True
+            return self.fleet.placement(service.nodes, probe=False)
         down = self._unusable_since(service) is not None  # not merely unchecked yet
         if down and now - self._warned_at.get(name, 0.0) >= NO_CLIENT_WARNING_EVERY_S:
             self._warned_at[name] = now
@@ -285,20 +288,9 @@ class Orchestrator:
                 self.settings.node_check_interval_s,
             )
         if now - self._probed_at.get(name, 0.0) < self.settings.node_check_interval_s:
-            return False
+            return None
         self._probed_at[name] = now
-        self._probing.add(name)
-        return True
-
-    def _choose_node(self, service: str, active: Mapping[str, int]) -> str | None:
-        """A usable node for the service's next job (called inside the claim)."""
-        nodes = self.settings.services[service].nodes
-        if not any(self.fleet.usable(node) for node in nodes):
-            if service not in self._probing:
-                return None  # one job per round tries clients that do not answer
-            self._probing.discard(service)
-        node = self.fleet.choose(nodes, active)
-        return node.upload_url if node is not None else None
+        return self.fleet.placement(service.nodes, probe=True)
 
     async def fail_stranded(self) -> list[int]:
         """Fail the jobs queued for RETRY_DEADLINE while no client of their service answered.
@@ -307,7 +299,7 @@ class Orchestrator:
         the service is down. It reads the queue only while a service has had no usable
         client for RETRY_DEADLINE, so it costs nothing otherwise.
         """
-        now = time.time()
+        now = self.clock.now()
         deadline_s = self.settings.retry_deadline_s
         stranded = {
             name: "; ".join(
@@ -394,7 +386,7 @@ class Orchestrator:
                 job, lifecycle.FAIL_DISPATCH, f"client refused the job: {error}"
             )
             return
-        submitted = await lifecycle.mark_submitted(self.store, job, dest_id)
+        submitted = await lifecycle.mark_submitted(self.store, job, dest_id, self.clock.now())
         if submitted is not None:
             self.metrics.job_started(job)
             # The row is what the compare-and-set just wrote: no need to read it back. A
@@ -415,7 +407,7 @@ class Orchestrator:
 
     async def _retry_dispatch(self, job: JobRecord, reason: str, *, unpin: bool = False) -> None:
         """Queue the job again: after a backoff, or, unpinned, at once for another node."""
-        now = time.time()
+        now = self.clock.now()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
             await self.collector.fail(
@@ -575,9 +567,9 @@ class Orchestrator:
         just claimed gets its task a moment after its row changes, and a terminate may be
         finishing it in a request of its own.
         """
-        if self.lease.may_take_over(time.time()):
+        if self.lease.may_take_over(self.clock.now()):
             taken = await self.store.take_over(
-                self.lease.replica_id, IN_FLIGHT, time.time() - self.lease.lease_s, own=False
+                self.lease.replica_id, IN_FLIGHT, self.clock.now() - self.lease.lease_s, own=False
             )
             for job in taken:
                 logger.warning(

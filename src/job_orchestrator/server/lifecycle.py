@@ -26,7 +26,6 @@ fleet (nodes.py) and retention call these, never `Store.transition` itself:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, replace
 
@@ -127,9 +126,11 @@ class Outcome:
 # ---- dispatch ------------------------------------------------------------------------------
 
 
-async def mark_submitted(store: Store, job: JobRecord, dest_id: int) -> JobRecord | None:
-    """Processing -> Submitted as payload `dest_id`; the job as it is now, None if it moved."""
-    now = time.time()
+async def mark_submitted(
+    store: Store, job: JobRecord, dest_id: int, now: float
+) -> JobRecord | None:
+    """Processing -> Submitted as payload `dest_id` at `now`; the job as it is now, None if
+    it moved."""
     changes = JobChanges(
         dest_id=dest_id, failing_since=None, not_before=None, message="", dispatched_at=now
     )
@@ -177,13 +178,9 @@ async def fail(store: Store, job_id: int, move: Move, message: str) -> bool:
 # ---- collection ----------------------------------------------------------------------------
 
 
-async def mark_on_client(
-    store: Store, job_id: int, status: Status, started_at: float | None = None
-) -> bool:
+async def mark_on_client(store: Store, job_id: int, status: Status, started_at: float) -> bool:
     """Mirror the Prepared or Running its client reports; Running dates its start."""
-    changes = (
-        JobChanges(started_at=started_at or time.time()) if status is Status.RUNNING else NO_CHANGES
-    )
+    changes = JobChanges(started_at=started_at) if status is Status.RUNNING else NO_CHANGES
     return await ON_CLIENT_REPORT.make(store, job_id, status, changes)
 
 

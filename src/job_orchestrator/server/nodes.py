@@ -22,13 +22,12 @@ checks (an answer about another job's payload is a PayloadLostError).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 from job_orchestrator import settings_table
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
@@ -42,6 +41,7 @@ from job_orchestrator.errors import (
 from job_orchestrator.server import lifecycle
 from job_orchestrator.server.node_calls import NodeCalls, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import base_url
+from job_orchestrator.server.scheduler import NodeSlot, Placement
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 from job_orchestrator.wire import CONTAINER_IMAGE_FIELD, REFUSING_DISK_FULL
@@ -203,8 +203,15 @@ class NodeClient:
 
 
 class Fleet:
-    def __init__(self, settings: ServerSettings, store: Store, gateway: NodeCalls) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        gateway: NodeCalls,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         self.gateway = gateway
         self._tokens: dict[str, str | None] = {}
@@ -221,7 +228,7 @@ class Fleet:
             for node in service.nodes
         }
         self.state: dict[str, NodeState] = {url: NodeState() for url in self._nodes}
-        #: When the server last sent a request about each collected job (time.time()).
+        #: When the server last sent a request about each collected job (the clock's time).
         self.asked_at: dict[int, float] = {}
 
     def client_for(self, job: JobRecord) -> NodeClient | None:
@@ -251,22 +258,25 @@ class Fleet:
         """Whether a node of this service other than node_url can take work now."""
         return any(node.upload_url != node_url and self.usable(node) for node in nodes)
 
-    def choose(self, nodes: tuple[NodeConfig, ...], active: Mapping[str, int]) -> NodeConfig | None:
-        """The usable node with the most free capacity; ties go to the least loaded."""
+    def placement(self, nodes: tuple[NodeConfig, ...], *, probe: bool) -> Placement | None:
+        """Where a service's jobs may go in the next claim, as plain data: its usable nodes.
 
-        def rank(node: NodeConfig) -> tuple[float, int, float]:
-            state = self.state[node.upload_url]
-            running = active.get(node.upload_url, 0)
-            free = (state.max_concurrent - running) if state.max_concurrent else float("inf")
-            return (-free, running, state.load_percent or 0.0)
+        With none usable, only when `probe`: one job tries the others anyway, so it fails,
+        backs off and RETRY_DEADLINE ends it, instead of the jobs waiting in Queued forever.
+        Never one that refuses the token: it would refuse the job (the job waits, with the
+        reason). None: no job of the service may be claimed now.
+        """
+        usable = [node for node in nodes if self.usable(node)]
+        if usable:
+            return Placement(tuple(self._slot(node) for node in usable))
+        tried = [node for node in nodes if self.state[node.upload_url].refusing is None]
+        if not probe or not tried:
+            return None
+        return Placement(tuple(self._slot(node) for node in tried), at_most=1)
 
-        candidates = [node for node in nodes if self.usable(node)]
-        if not candidates:
-            # None answers: try them anyway, so the dispatch fails, backs off and
-            # RETRY_DEADLINE ends it, instead of the job waiting in Queued forever. Never one
-            # that refuses the token: it would refuse the job (the job waits, with the reason).
-            candidates = [n for n in nodes if self.state[n.upload_url].refusing is None]
-        return min(candidates, key=rank) if candidates else None
+    def _slot(self, node: NodeConfig) -> NodeSlot:
+        state = self.state[node.upload_url]
+        return NodeSlot(node.upload_url, state.max_concurrent, state.load_percent or 0.0)
 
     def report_failure(
         self, node_url: str, *, definite: bool = False, reason: str = "a call failed"
@@ -290,7 +300,7 @@ class Fleet:
     def _refusing(self, url: str, state: NodeState, cause: str | None) -> None:
         """The node's refusal is now `cause` (None: it takes work); said once per change."""
         if cause is not None:
-            state.last_error, state.last_error_at = REFUSALS[cause].message, time.time()
+            state.last_error, state.last_error_at = REFUSALS[cause].message, self.clock.now()
         if cause == state.refusing:
             return
         if cause is not None:
@@ -301,10 +311,10 @@ class Fleet:
 
     def _failed(self, url: str, state: NodeState, reason: str, *, definite: bool = False) -> None:
         state.failures += 1
-        state.last_error, state.last_error_at = reason, time.time()
+        state.last_error, state.last_error_at = reason, self.clock.now()
         if (definite or state.failures >= FAILURES_BEFORE_DOWN) and state.healthy:
             state.healthy = False
-            state.down_since = time.time()
+            state.down_since = self.clock.now()
             logger.warning("client %s is down (%s); skipping it", url, reason)
 
     async def check_once(self) -> bool:
@@ -392,7 +402,7 @@ class Fleet:
         that follows the job.
         """
         moved: list[int] = []
-        now = time.time()
+        now = self.clock.now()
         for url, state in self.state.items():
             if state.healthy or state.down_since is None:
                 continue

@@ -18,11 +18,11 @@ import hashlib
 import json
 import logging
 import socket
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 
 from job_orchestrator._loops import wait_any
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import ConfigError, StoreError
 from job_orchestrator.server.storage import Store
@@ -46,8 +46,9 @@ def services_digest(services: Mapping[str, ServiceConfig]) -> str:
 
 
 class ReplicaLease:
-    def __init__(self, settings: ServerSettings, store: Store) -> None:
+    def __init__(self, settings: ServerSettings, store: Store, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
+        self.clock = clock
         self.replica_id = settings.replica_id or f"{socket.gethostname()}:{settings.port}"
         self.lease_s = settings.lease_s
         self.digest = services_digest(settings.services)
@@ -76,7 +77,7 @@ class ReplicaLease:
     async def renew(self) -> bool:
         """Write a heartbeat. False: the lease had lapsed since the previous one, so other
         replicas may have taken this one's jobs (raises StoreError if the database fails)."""
-        now = time.time()
+        now = self.clock.now()
         previous = await self.store.heartbeat(self.replica_id, self.digest, now, self.incarnation)
         if self._renewed_at is not None and previous not in (None, self.incarnation):
             logger.error(
@@ -101,7 +102,7 @@ class ReplicaLease:
             self._disagreeing.add(replica_id)
 
     async def _disagreeing_replicas(self) -> set[str]:
-        live = await self.store.live_replicas(time.time() - self.lease_s)
+        live = await self.store.live_replicas(self.clock.now() - self.lease_s)
         return {
             replica_id
             for replica_id, digest in live.items()

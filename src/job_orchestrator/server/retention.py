@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from job_orchestrator._fs import remove_tree
 from job_orchestrator._loops import wait_any
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server import lifecycle
@@ -24,8 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 class Cleaner:
-    def __init__(self, settings: ServerSettings, store: Store, uploads: UploadLimits) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        store: Store,
+        uploads: UploadLimits,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.settings = settings
+        self.clock = clock
         self.store = store
         self.uploads = uploads
 
@@ -39,7 +46,7 @@ class Cleaner:
 
     async def clean_once(self) -> int:
         """Remove jobs that finished more than MAX_AGE ago, and orphan directories as old."""
-        cutoff = time.time() - self.settings.max_age_s
+        cutoff = self.clock.now() - self.settings.max_age_s
         cleaned = 0
         for job in await self.store.finished_before(cutoff):
             await asyncio.to_thread(remove_tree, job.loc)

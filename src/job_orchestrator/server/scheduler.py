@@ -14,14 +14,18 @@ queue gets one slot, then waits until every other waiting user got one.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 __all__ = [
     "FairnessKey",
+    "NodeSlot",
     "Occupancy",
+    "Placement",
     "ServiceLimits",
     "UserQueue",
+    "assign_nodes",
+    "choose_node",
     "fairness_key",
     "free_slots",
     "plan_dispatch",
@@ -164,18 +168,51 @@ def _merge_duplicates(queues: list[UserQueue]) -> dict[int, UserQueue]:
     return users
 
 
+@dataclass(frozen=True, slots=True)
+class NodeSlot:
+    """A node a service's jobs may go to, as the fleet stood before the claim."""
+
+    url: str
+    #: How many payloads it runs at once, as it said (None: it did not say; no bound).
+    max_concurrent: int | None
+    load_percent: float
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where one service's jobs may go in one claim: plain data, decided before the claim's
+    transaction so nothing calls back into the engine from inside it."""
+
+    nodes: tuple[NodeSlot, ...]
+    #: At most this many jobs in this claim (1 while none of the nodes answers: one job
+    #: tries them, the others wait); None: as many as the plan starts.
+    at_most: int | None = None
+
+
+def choose_node(nodes: Iterable[NodeSlot], active: Mapping[str, int]) -> str | None:
+    """The node with the most free capacity; ties go to the least loaded."""
+
+    def rank(node: NodeSlot) -> tuple[float, int, float]:
+        running = active.get(node.url, 0)
+        free = (node.max_concurrent - running) if node.max_concurrent else float("inf")
+        return (-free, running, node.load_percent)
+
+    best = min(nodes, key=rank, default=None)
+    return best.url if best is not None else None
+
+
 def assign_nodes(
-    planned: Iterable[int],
-    active: Mapping[str, int],
-    choose: Callable[[Mapping[str, int]], str | None],
+    planned: Iterable[int], active: Mapping[str, int], placement: Placement
 ) -> dict[int, str]:
-    """The node of each planned job, in order, as `choose` picks among the nodes' active
-    counts (each pick counts at once); stops at the first job no node can take, so it and
-    the jobs after it stay queued."""
+    """The node of each planned job, in order, as `choose_node` picks among the nodes'
+    active counts (each pick counts at once); stops at the placement's bound or at the first
+    job no node can take, so it and the jobs after it stay queued."""
     counts = dict(active)
     node_by_job: dict[int, str] = {}
     for job_id in planned:
-        node = choose(counts)
+        if placement.at_most is not None and len(node_by_job) >= placement.at_most:
+            break
+        node = choose_node(placement.nodes, counts)
         if node is None:
             break
         counts[node] = counts.get(node, 0) + 1

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Connection
 from job_orchestrator.server.scheduler import (
     FairnessKey,
     Occupancy,
+    Placement,
     ServiceLimits,
     UserQueue,
     assign_nodes,
@@ -27,7 +28,7 @@ from job_orchestrator.server.scheduler import (
     plan_dispatch,
 )
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage.base import ChooseNode, JobRecord
+from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, service_users
 from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, Status, check_move
 
@@ -269,7 +270,7 @@ def claim_service(
     service: str,
     limit: ServiceLimits,
     now: float,
-    choose_node: ChooseNode,
+    placement: Placement,
     owner: str | None,
     connection: Connection,
 ) -> list[JobRecord]:
@@ -299,9 +300,7 @@ def claim_service(
             ).scalars()
         )
         planned = [job_id for job_id in planned if job_id in lockable]
-    node_by_job = assign_nodes(
-        planned, _node_occupancy(connection, service), lambda active: choose_node(service, active)
-    )
+    node_by_job = assign_nodes(planned, _node_occupancy(connection, service), placement)
     return claim_rows(connection, list(node_by_job), node_by_job, owner)
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue, fairness_key
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
@@ -54,6 +55,8 @@ class MemoryDatabase:
     callbacks: dict[int, Row] = field(default_factory=dict)
     stores: list[MemoryStore] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: The time its rows are stamped with (replicas on one database share it).
+    clock: Clock = SYSTEM_CLOCK
 
 
 def record(job_id: int, row: Row) -> JobRecord:
@@ -150,7 +153,7 @@ def claim_rows(
 ) -> list[JobRecord]:
     """Queued -> Processing, keeping a node or dispatch key the job has (a re-dispatch goes
     where the first may have arrived, recognisably); then the claimed users' turns."""
-    now = time.time()
+    now = db.clock.now()
     claimed = []
     for job_id in wanted:
         row = db.jobs.get(job_id)

@@ -11,13 +11,12 @@ import abc
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue
+from job_orchestrator.server.scheduler import Occupancy, Placement, ServiceLimits, UserQueue
 from job_orchestrator.server.storage.callback_verbs import CallbackVerbs
 from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.status import Status
 
 #: (service, slot-holding jobs per node) -> the node to send the next job to, or None.
-ChooseNode = Callable[[str, Mapping[str, int]], str | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +130,7 @@ class Store(CallbackVerbs, abc.ABC):
         self,
         limits: Mapping[str, ServiceLimits],
         now: float,
-        choose_node: ChooseNode,
+        placements: Mapping[str, Placement],
         owner: str | None = None,
     ) -> list[JobRecord]:
         """Dispatch: claim the jobs the fairness rule starts now, each on a chosen node.
@@ -139,8 +138,8 @@ class Store(CallbackVerbs, abc.ABC):
         Per service, in one transaction serialised against every other dispatcher of the
         database (other replicas included): the occupancy, the candidates, the
         scheduler's decision (`plan_dispatch`) and the compare-and-set claim, so no quota is
-        ever exceeded. Claimed jobs are Processing, owned by `owner`. `choose_node` may be
-        called inside the transaction: it must be quick and must not touch the store.
+        ever exceeded. Claimed jobs are Processing, owned by `owner`, each on a node of its
+        service's placement (`limits` and `placements` name the same services).
         """
 
     @abc.abstractmethod

@@ -15,14 +15,15 @@ every verb with StoreUnavailableError; its database keeps the data (reopen: a re
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
     Occupancy,
+    Placement,
     ServiceLimits,
     UserQueue,
     assign_nodes,
@@ -35,7 +36,7 @@ from job_orchestrator.server.storage._memory_callbacks import (
 )
 from job_orchestrator.server.storage._memory_rows import MemoryDatabase, Row
 from job_orchestrator.server.storage._memory_views import MemoryViewVerbs
-from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
+from job_orchestrator.server.storage.base import JobRecord, ServerStore
 from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.status import SERVER_MOVES, Status, check_move
 
@@ -50,9 +51,11 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
     only by the contract tests. Given a database, `shared` is True (other stores may use it).
     """
 
-    def __init__(self, database: MemoryDatabase | None = None) -> None:
+    def __init__(
+        self, database: MemoryDatabase | None = None, *, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.shared = database is not None
-        self._db = database if database is not None else MemoryDatabase()
+        self._db = database if database is not None else MemoryDatabase(clock=clock)
         self._operations: Counter[str] = Counter()
         self._commits = 0
         self._closed = False
@@ -112,7 +115,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         callback_url: str | None = None,
         token_name: str | None = None,
     ) -> int:
-        now = time.time()
+        now = self._db.clock.now()
 
         def insert(db: MemoryDatabase) -> int:
             job_id = next(db.ids)
@@ -169,7 +172,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         new: Status | None,
         changes: JobChanges,
     ) -> JobRecord | None:
-        now = time.time()
+        now = self._db.clock.now()
         values: Row = {"updated_at": now, **changes.columns()}
         if new is not None:
             check_move(SERVER_MOVES, expected, new)
@@ -205,7 +208,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         self,
         limits: Mapping[str, ServiceLimits],
         now: float,
-        choose_node: ChooseNode,
+        placements: Mapping[str, Placement],
         owner: str | None = None,
     ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
@@ -217,9 +220,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
                 queues = rows.candidates(db, service, limit, occupancy, now)
                 planned = plan_dispatch(queues, occupancy, {service: limit})
                 node_by_job = assign_nodes(
-                    planned,
-                    rows.node_occupancy(db, service),
-                    lambda active: choose_node(service, active),
+                    planned, rows.node_occupancy(db, service), placements[service]
                 )
                 return rows.claim_rows(db, list(node_by_job), node_by_job, owner)
 
@@ -303,7 +304,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
 
     async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
         check_move(SERVER_MOVES, expected, Status.QUEUED)
-        now = time.time()
+        now = self._db.clock.now()
 
         def revoke(db: MemoryDatabase) -> bool:
             row = db.jobs.get(job.id)

@@ -26,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from job_orchestrator.errors import StoreError
 from job_orchestrator.server.scheduler import (
     Occupancy,
+    Placement,
     ServiceLimits,
     UserQueue,
 )
@@ -42,7 +43,7 @@ from job_orchestrator.server.storage._notify import (
 )
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage.backend import Backend, Work, open_backend
-from job_orchestrator.server.storage.base import ChooseNode, JobRecord, ServerStore
+from job_orchestrator.server.storage.base import JobRecord, ServerStore
 from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback
 from job_orchestrator.server.storage.sql_views import SqlViewVerbs
@@ -248,7 +249,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
         self,
         limits: Mapping[str, ServiceLimits],
         now: float,
-        choose_node: ChooseNode,
+        placements: Mapping[str, Placement],
         owner: str | None = None,
     ) -> list[JobRecord]:
         claimed: list[JobRecord] = []
@@ -257,7 +258,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, ServerStore):
             claimed.extend(
                 await self._run(
                     "claim_dispatchable",
-                    functools.partial(claim_service, service, limit, now, choose_node, owner),
+                    functools.partial(
+                        claim_service, service, limit, now, placements[service], owner
+                    ),
                 )
             )
         return claimed
