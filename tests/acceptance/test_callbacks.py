@@ -127,27 +127,6 @@ def test_a_killed_queued_job_is_posted(loopback: Cluster, receiver: CallbackRece
     assert request.signed_with(SECRET)
 
 
-def test_non_2xx_answers_are_retried_until_a_2xx(loopback: Cluster) -> None:
-    with CallbackReceiver(500, 302, 404, 204) as receiver:
-        job_id = submit(loopback, "echo done > out.txt\n", f"{receiver.url}/hook")
-        attempts = receiver.wait_for(4)
-    # Every attempt sends the same signed bytes; the redirect was not followed.
-    assert [request.path for request in attempts] == ["/hook"] * 4
-    assert {request.body for request in attempts} == {attempts[0].body}
-    assert all(request.signed_with(SECRET) for request in attempts)
-    # One delivery id for every attempt (receivers drop what they saw), each signed anew.
-    assert len({request.headers["x-orchestrator-delivery"] for request in attempts}) == 1
-    assert attempts[0].headers["x-orchestrator-delivery"].startswith(f"{job_id}.")
-    # The signature binds the URL: the same request replayed to another URL does not verify.
-    assert not attempts[0].signed_with(SECRET, url=f"{receiver.url}/elsewhere")
-    assert json.loads(attempts[0].body)["id"] == job_id
-    assert loopback.server is not None
-    wait_for_log(loopback, f"callback of job {job_id} delivered (attempt 4)")
-    log = loopback.server.log()
-    assert f"callback of job {job_id} failed (attempt 1): HTTP 500" in log
-    assert "HTTP 302 (redirects are not followed)" in log
-
-
 def test_a_callback_cut_short_by_kill_9_is_delivered_after_the_restart(tmp_path: Path) -> None:
     with (
         CallbackReceiver(HOLD) as receiver,

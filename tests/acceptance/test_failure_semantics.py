@@ -305,84 +305,6 @@ def resume_before_the_server(cl: Cluster, client: Node, frozen: list[Node], toke
     assert not state["handle"], f"the revoked payload was started: {state}"
 
 
-def test_failover_moves_a_prepared_job_and_revokes_it_on_the_dead_client(tmp_path: Path) -> None:
-    marker = tmp_path / "queued-job.marker"
-    cl = Cluster(tmp_path)
-    try:
-        first = cl.add_client(ONE_SLOT)
-        second = cl.add_client(ONE_SLOT, start=False)  # down: the server skips it for now
-        cl.start_server(FAILOVER_ENV)
-        long_job, queued, token = occupy_first_client(cl, marker, "sleep 20\n")
-        second.start()
-        first.stop(signal.SIGKILL)
-
-        cl.api.wait_for(queued, "Completed", timeout_s=60)
-        assert cl.api.download_zip(queued).read("output.txt") == f"{token}\n".encode()
-        assert payload_with(cl.root / "client1", token) is not None
-        assert len(lines(marker)) == 1
-        body = cl.api.wait_for(long_job, *FINAL, timeout_s=60)
-        assert body["status"] == "Failed", body
-        assert "client" in body["message"], body
-
-        # The dead client comes back: the payload revoked from it is killed, never run.
-        first.start()
-        revoked = payload_with(cl.root / "client0", token)
-        assert revoked is not None
-        state = eventually(
-            lambda: (s := payload_state(revoked)).get("status") in FINAL and s,
-            "the revoked payload to be killed on the restarted client",
-        )
-        assert state["status"] == "Killed", state
-        assert not state["handle"], f"the revoked payload was started: {state}"
-        assert len(lines(marker)) == 1, lines(marker)
-
-        # ... and the client gets new work again.
-        before = {entry.name for entry in payload_dirs(cl.root / "client0")}
-        fresh = [cl.api.submit(f"sleep 2\necho fresh{i} > output.txt\n") for i in range(2)]
-        for job_id in fresh:
-            cl.api.wait_for(job_id, "Completed", timeout_s=60)
-        after = {entry.name for entry in payload_dirs(cl.root / "client0")}
-        assert after - before, "the restarted client never got new work"
-        assert stable_status(cl, queued) == "Completed"
-        assert len(lines(marker)) == 1
-    finally:
-        cl.shutdown()
-
-
-def test_a_job_given_up_on_does_not_keep_running_when_its_client_returns(
-    tmp_path: Path,
-) -> None:
-    """The server declared the job Failed (client unreachable past RETRY_DEADLINE); when the
-    client comes back with the script still running, the orchestrator must not leave it running
-    unaccounted for (outside every quota, its outcome never collected)."""
-    cl = Cluster(tmp_path)
-    try:
-        cl.add_client(ONE_SLOT)
-        cl.add_client(ONE_SLOT)
-        cl.start_server(FAILOVER_ENV)
-        blocker = cl.api.submit("sleep 30\n")
-        cl.api.wait_for(blocker, "Running", timeout_s=60)
-        # The job goes to the other client (the one with a free slot), which then dies.
-        given_up = cl.api.submit("sleep 120\n")
-        cl.api.wait_for(given_up, "Running", timeout_s=60)
-        assert processes_running(cl, "sleep 120")
-        victim = next(
-            node for node in cl.clients if payload_with(Path(node.env["DATA_PATH"]), "sleep 120")
-        )
-        victim.stop(signal.SIGKILL)
-        body = cl.api.wait_for(given_up, *FINAL, timeout_s=60)
-        assert body["status"] == "Failed", body
-        victim.start()
-        eventually(
-            lambda: not processes_running(cl, "sleep 120"),
-            "the script of the job the server gave up on to be killed",
-            timeout_s=20,
-        )
-        httpx.post(f"{cl.api.base_url}/terminate/{blocker}", timeout=30)
-    finally:
-        cl.shutdown()
-
-
 def test_failover_from_a_partitioned_client_never_runs_a_job_twice(tmp_path: Path) -> None:
     """client0 is alive but unreachable (simulated with SIGSTOP): the server fails its Prepared
     job over to client1. If client0 then starts that payload before the server can revoke it,
@@ -552,21 +474,6 @@ def test_server_killed_right_after_upload_never_loses_or_repeats_a_job(tmp_path:
 
 
 # ---- unreachable clients -------------------------------------------------------------------
-
-
-def test_job_for_an_unreachable_client_fails_with_a_reason(tmp_path: Path) -> None:
-    cl = Cluster(tmp_path)
-    try:
-        ghost = cl.add_client(start=False)  # a loopback port nobody listens on
-        cl.start_server({"RETRY_DEADLINE": "2"})
-        job_id = cl.api.submit("echo never > output.txt\n")
-        body = cl.api.wait_for(job_id, *FINAL, timeout_s=40)
-        assert body["status"] == "Failed", body
-        assert "client" in body["message"], body
-        assert str(ghost.port) in body["message"], body
-        assert stable_status(cl, job_id) == "Failed"
-    finally:
-        cl.shutdown()
 
 
 def test_a_client_that_comes_up_late_still_gets_the_job(tmp_path: Path) -> None:

@@ -9,8 +9,10 @@ microseconds and nothing sleeps.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -74,8 +76,10 @@ def engine_settings(tmp_path: Path, **env: str) -> ServerSettings:
             **env,
         }
     )
-    # The loops' safety tick (a missed wake-up, the reaper) in milliseconds.
-    return dataclasses.replace(settings, safety_tick_s=0.01)
+    # The loops' safety tick (a missed wake-up, the reaper) at a second of loop time, which
+    # costs nothing on the virtual-time loop, where a shorter one would only spin the CPU
+    # through the minutes of loop time a lease or deadline test plays out.
+    return dataclasses.replace(settings, safety_tick_s=1.0)
 
 
 class running:
@@ -122,3 +126,16 @@ class running:
 
 def payloads(engine: Engine) -> int:
     return sum(len(node.payloads) for node in engine.nodes.nodes.values())
+
+
+async def until(
+    condition: Callable[[], Awaitable[bool]], *, within_s: float, step_s: float = 0.5
+) -> float:
+    """Let the engine run until `condition()` holds, looking every `step_s` of loop time;
+    the loop time it took. On the virtual-time loop the steps cost no real time."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while not await condition():
+        assert loop.time() - started < within_s, f"not within {within_s} s"
+        await asyncio.sleep(step_s)
+    return loop.time() - started

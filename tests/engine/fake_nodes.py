@@ -63,6 +63,9 @@ class FakeNode:
     script: Script | None = None
     down: bool = False
     lose_submit_answers: int = 0
+    #: When set, a submit takes its payload, then waits for the gate before it answers:
+    #: a dispatch in flight that a test can race.
+    submit_gate: asyncio.Event | None = None
     #: The SERVER_LEASE it advertises on its health check (None: it says none).
     lease_s: float | None = None
     clock: Clock = SYSTEM_CLOCK
@@ -149,6 +152,8 @@ class FakeNodes:
         fake._reach("submit")
         files = await asyncio.to_thread(_read_files, files_dir)
         payload = fake.take(files, dispatch_key)
+        if fake.submit_gate is not None:
+            await fake.submit_gate.wait()
         if fake.lose_submit_answers > 0:
             fake.lose_submit_answers -= 1
             raise TransientClientError(f"dispatch to {fake.url}: connection reset")

@@ -412,7 +412,11 @@ class Fleet:
             if self._has_sibling[url]:
                 for job in await self.store.jobs_on_node(url, [Status.QUEUED]):
                     # Its last dispatch may have reached the node, but a payload nobody
-                    # asks about never starts there (the lease), so another node may run it.
+                    # asks about never starts there (the lease), so another node may run it,
+                    # at once. Only when one can: else it keeps its backoff (and its key).
+                    service = self.settings.services.get(job.service)
+                    if service is None or not self.others_usable(service.nodes, url):
+                        continue
                     if await lifecycle.unpin(self.store, job.id):
                         logger.warning(
                             "job %d: client %s is down; dispatching it elsewhere", job.id, url
