@@ -166,7 +166,8 @@ def test_partial_downloads_cannot_starve_other_jobs(tmp_path: Path) -> None:
         downloads = [threading.Thread(target=download) for _ in range(8)]
         for thread in downloads:
             thread.start()
-        time.sleep(1)  # the downloads are all on the client now
+        # Every download has its answer's head: all eight streams are open on the client.
+        eventually(lambda: len(answers) == len(downloads), "the 8 downloads to start")
         started = time.monotonic()
         trivial = cl.api.submit("echo done > out.txt\n", user_id=2)
         body = cl.api.wait_for(trivial, *FINAL, timeout_s=60)

@@ -78,7 +78,7 @@ async def test_a_failing_unit_rolls_back_only_itself(tmp_path: Path) -> None:
             asyncio.ensure_future(backend.run(add("a"))),  # duplicate
             asyncio.ensure_future(backend.run(add("c"))),
         ]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: each has queued its unit
         release.set()
         await holding
         seen_at_answer: dict[int, set[str]] = {}
@@ -114,7 +114,7 @@ async def test_results_are_answered_only_after_the_commit(tmp_path: Path) -> Non
             answered_before_commit.append(first.done() or "first" in committed_notes(path))
 
         second = asyncio.ensure_future(backend.run(look))
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)  # one turn of the loop: each has queued its unit
         release.set()
         await asyncio.gather(holding, first, second)
         assert answered_before_commit == [False]

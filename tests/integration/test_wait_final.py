@@ -10,12 +10,20 @@ from job_orchestrator.server.storage import SqlStore, open_store
 from job_orchestrator.server.storage.changes import JobChanges
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
 from job_orchestrator.status import Status
+from testkit.waiting import eventually_async
 from tests.moves import move_to
 
 #: Longer than any test may run: a waiter that needs it to end has not been woken.
 NEVER_S = 3600.0
 #: Only to keep a broken test from hanging.
 DEADLINE_S = 30.0
+
+
+async def registered(waiters: FinalWaiters, job_id: int) -> None:
+    """Return once a waiter of the job is registered (it has read the job, not final)."""
+    await eventually_async(
+        lambda: asyncio.sleep(0, job_id in waiters._events), "the waiter to register"
+    )
 
 
 async def running_job(store: SqlStore) -> int:
@@ -35,7 +43,7 @@ async def test_a_transition_in_this_store_wakes_the_waiter(tmp_path: Path) -> No
         waiter = asyncio.create_task(
             wait_final(store, waiters, job_id, NEVER_S, stop, recheck_s=NEVER_S)
         )
-        await asyncio.sleep(0.2)
+        await registered(waiters, job_id)
         # Another job's change, and a non-final one, leave it waiting.
         assert await store.transition(other_id, [Status.RUNNING], Status.COMPLETED)
         assert await store.transition(job_id, [Status.RUNNING], Status.PREPARED)
@@ -59,7 +67,7 @@ async def test_a_transition_in_another_store_is_seen_by_the_re_read(tmp_path: Pa
         waiter = asyncio.create_task(
             wait_final(store, waiters, job_id, NEVER_S, asyncio.Event(), recheck_s=0.05)
         )
-        await asyncio.sleep(0.2)
+        await registered(waiters, job_id)
         assert not waiter.done()
         assert await elsewhere.transition(job_id, [Status.RUNNING], Status.KILLED)
         await asyncio.wait_for(waiter, DEADLINE_S)
@@ -75,7 +83,7 @@ async def test_stop_and_timeout_end_the_wait(tmp_path: Path) -> None:
         job_id = await running_job(store)
         stop = asyncio.Event()
         waiter = asyncio.create_task(wait_final(store, waiters, job_id, NEVER_S, stop))
-        await asyncio.sleep(0.2)
+        await registered(waiters, job_id)
         stop.set()
         await asyncio.wait_for(waiter, DEADLINE_S)
         await asyncio.wait_for(
