@@ -1,4 +1,6 @@
-"""What a setting is, and the only ways config.py reads one (see settings_table for the list).
+"""What a setting is, how the table declares one, and the only ways config reads one.
+
+The list itself is settings_table (with its server's and client's parts).
 
 `default` is the text a loader uses when the variable is unset (None: no value); `shown`
 describes a default that is not a literal (computed, or "no limit") the way docs/settings.md does.
@@ -48,6 +50,40 @@ class Setting:
     def for_service(self, service: str) -> str:
         """`SERVICE_<NAME>_TIMEOUT` for service `my_app` -> `SERVICE_MY_APP_TIMEOUT`."""
         return self.name.replace("<NAME>", service.upper())
+
+
+class Declarations:
+    """One part of the table: its settings in the order they are declared, which is the order
+    the settings reference (docs/settings.md) and `--help-settings` list them in."""
+
+    def __init__(self) -> None:
+        self._declared: list[Setting] = []
+
+    def __call__(
+        self,
+        name: str,
+        default: str | None,
+        help: str,
+        applies_to: AppliesTo,
+        group: str,
+        shown: str | None = None,
+    ) -> Setting:
+        setting = Setting(name, default, help, applies_to, group, shown)
+        self._declared.append(setting)
+        return setting
+
+    def file(self, secret: Setting) -> Setting:
+        """`<secret>_FILE`: the secret read from a file at start, so it is in no environment."""
+        return self(
+            f"{secret.name}_FILE",
+            None,
+            f"file holding {secret.name} (trailing newlines dropped); not with {secret.name}",
+            secret.applies_to,
+            secret.group,
+        )
+
+    def settings(self) -> tuple[Setting, ...]:
+        return tuple(self._declared)
 
 
 def raw(env: Mapping[str, str], setting: Setting) -> str | None:

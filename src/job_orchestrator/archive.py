@@ -19,21 +19,18 @@ into memory.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import os
-import stat
 import tempfile
 import threading
-import time
 import zipfile
-import zlib
-from collections.abc import Callable, Collection, Generator
+from collections.abc import Collection, Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from job_orchestrator._safewalk import MAX_DEPTH, Entry, Skipped, WalkCancelledError, walk
+from job_orchestrator._zip_entries import Writeback, incompressible, new_file_info, zip_info
 
 __all__ = [
     "MANIFEST_NAME",
@@ -56,11 +53,6 @@ TEMP_SUFFIX = ".tmp"
 
 _MIB = 1024 * 1024
 _CHUNK_BYTES = _MIB
-_STORED_SUFFIXES = frozenset({".zip", ".gz", ".bz2", ".xz", ".zst", ".png", ".jpg"})
-_ZIP_MIN_TIME = (1980, 1, 1, 0, 0, 0)
-_ZIP_MAX_TIME = (2107, 12, 31, 23, 59, 59)
-# MS-DOS directory attribute, set alongside the Unix mode so Windows tools see a folder.
-_DOS_DIRECTORY = 0x10
 # The root itself may not be a symlink either: its parent belongs to the client.
 _ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -210,7 +202,7 @@ def _write(
                 manifest,
                 cancel,
                 skipped,
-                _Writeback(raw.fileno()),
+                Writeback(raw.fileno()),
             )
             raw.flush()
             os.fsync(raw.fileno())
@@ -240,7 +232,7 @@ def _fill(
     manifest: bool,
     cancel: threading.Event | None,
     skipped: Skipped,
-    writeback: _Writeback | None,
+    writeback: Writeback | None,
 ) -> int:
     """Write the ZIP of the tree at ``root_fd`` into ``raw``; return the number of files."""
     root_path = os.readlink(f"/proc/self/fd/{root_fd}")
@@ -263,7 +255,7 @@ def _fill(
         )
         count = _fill_zip(zf, entries, limit, cancel, writeback)
         if manifest and skipped.count:
-            zf.writestr(_manifest_info(), _manifest_text(skipped))
+            zf.writestr(new_file_info(MANIFEST_NAME), _manifest_text(skipped))
     return count
 
 
@@ -301,13 +293,13 @@ def _fill_zip(
     entries: Generator[Entry, None, None],
     limit: int | None,
     cancel: threading.Event | None,
-    writeback: _Writeback | None,
+    writeback: Writeback | None,
 ) -> int:
     count = used = 0
     try:
         for entry in entries:
             if entry.fd is None:
-                zf.writestr(_zip_info(entry.name, entry.info), b"")
+                zf.writestr(zip_info(entry.name, entry.info), b"")
                 continue
             with os.fdopen(entry.fd, "rb") as src:
                 used += _write_file(zf, src, entry.name, entry.info, used, limit, cancel, writeback)
@@ -325,16 +317,14 @@ def _write_file(
     used: int,
     limit: int | None,
     cancel: threading.Event | None,
-    writeback: _Writeback | None,
+    writeback: Writeback | None,
 ) -> int:
     """Stream one open file into ``zf``; return its size."""
     if limit is not None and used + info.st_size > limit:
         raise ResultTooLargeError(limit)
-    zinfo = _zip_info(name, info)
+    zinfo = zip_info(name, info)
     head = src.read(_CHUNK_BYTES)
-    zinfo.compress_type = (
-        zipfile.ZIP_STORED if _incompressible(name, head) else zipfile.ZIP_DEFLATED
-    )
+    zinfo.compress_type = zipfile.ZIP_STORED if incompressible(name, head) else zipfile.ZIP_DEFLATED
     # Level 1: results are written once and read a few times, so speed beats the last
     # few percent of size. (A ZipInfo passed to open() keeps its own private level.)
     zinfo._compresslevel = 1  # type: ignore[attr-defined]
@@ -356,51 +346,6 @@ def _write_file(
     return size
 
 
-class _Writeback:
-    """Starts the disk writes of a big archive while it is still being written.
-
-    The final fsync otherwise waits for all of it at once: 0.15 s for 400 MB here, 15-30 % of
-    such an archive's build. sync_file_range(SYNC_FILE_RANGE_WRITE) only queues what is dirty
-    so far and returns; durability still comes from the fsync. Python has no binding for it,
-    so it is called through ctypes; where it is missing (not Linux/glibc) nothing is started
-    early.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._unsynced = 0
-
-    def wrote(self, nbytes: int) -> None:
-        self._unsynced += nbytes
-        if self._unsynced >= _WRITEBACK_BYTES and _SYNC_FILE_RANGE is not None:
-            self._unsynced = 0
-            # nbytes 0: to the end of the file. A failure is left to the fsync to report.
-            _SYNC_FILE_RANGE(self._fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-
-
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", function)
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-_WRITEBACK_BYTES = 16 * _MIB
-
-
-def _manifest_info() -> zipfile.ZipInfo:
-    zinfo = zipfile.ZipInfo(MANIFEST_NAME, date_time=_zip_time(time.time()))
-    zinfo.create_system = 3
-    zinfo.external_attr = (stat.S_IFREG | 0o644) << 16
-    zinfo.compress_type = zipfile.ZIP_DEFLATED
-    return zinfo
-
-
 def _manifest_text(skipped: Skipped) -> str:
     lines = [
         f"{_entries(skipped.count)} of the job's directory not in this archive:",
@@ -409,32 +354,3 @@ def _manifest_text(skipped: Skipped) -> str:
     if skipped.count > len(skipped.named):
         lines.append(f"... and {skipped.count - len(skipped.named)} more")
     return "\n".join(lines) + "\n"
-
-
-def _incompressible(name: str, head: bytes) -> bool:
-    """Already-compressed data (by name, or by a trial on its first chunk) is stored as is:
-    deflating it costs CPU (about 12 MB/s here) and gains nothing."""
-    if Path(name).suffix.lower() in _STORED_SUFFIXES:
-        return True
-    return len(head) >= 64 * 1024 and len(zlib.compress(head[: 256 * 1024], 1)) > 0.95 * min(
-        len(head), 256 * 1024
-    )
-
-
-def _zip_info(name: str, info: os.stat_result) -> zipfile.ZipInfo:
-    zinfo = zipfile.ZipInfo(name, date_time=_zip_time(info.st_mtime))
-    zinfo.create_system = 3  # Unix, so extractors honour the mode in external_attr
-    zinfo.external_attr = (stat.S_IFMT(info.st_mode) | stat.S_IMODE(info.st_mode)) << 16
-    if stat.S_ISDIR(info.st_mode):
-        zinfo.external_attr |= _DOS_DIRECTORY
-    return zinfo
-
-
-def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
-    # ZIP timestamps are local time limited to 1980..2107; out-of-range mtimes are clamped.
-    try:
-        local = time.localtime(mtime)
-    except (OverflowError, OSError, ValueError):
-        return _ZIP_MIN_TIME if mtime < 0 else _ZIP_MAX_TIME
-    stamp = (local.tm_year, local.tm_mon, local.tm_mday, local.tm_hour, local.tm_min, local.tm_sec)
-    return max(_ZIP_MIN_TIME, min(stamp, _ZIP_MAX_TIME))

@@ -1,6 +1,6 @@
 """The server's credential files, parsed: API_TOKENS_FILE and JWT_PUBLIC_KEYS.
 
-Pure text -> data, shared by config.py (a malformed file stops the start, naming the line)
+Pure text -> data, shared by config (a malformed file stops the start, naming the line)
 and the server (which re-reads the files when they change; see `server.auth`).
 
 API_TOKENS_FILE, one token a line (blank lines and `#` comments allowed)::

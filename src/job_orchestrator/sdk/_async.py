@@ -12,15 +12,10 @@ from typing import Any, Self, TypeVar
 import anyio
 import httpx
 
+from job_orchestrator.sdk import _exchanges as exchanges
 from job_orchestrator.sdk import _protocol as protocol
-from job_orchestrator.sdk._protocol import (
-    Call,
-    Connection,
-    CursorTrail,
-    Exchange,
-    JobFilter,
-    Target,
-)
+from job_orchestrator.sdk._exchanges import CursorTrail, JobFilter
+from job_orchestrator.sdk._protocol import Call, Connection, Exchange, Target
 from job_orchestrator.sdk._upload import Progress
 from job_orchestrator.sdk.errors import ServerUnreachable
 from job_orchestrator.sdk.models import Job
@@ -69,22 +64,22 @@ class AsyncClient:
     ) -> Job:
         body = protocol.upload_body(self._connection, files, service, user_id, callback_url)
         return await self._run(
-            protocol.submit_exchange(self._connection, body.headers, body.achunks(progress))
+            exchanges.submit_exchange(self._connection, body.headers, body.achunks(progress))
         )
 
     async def status(self, job_id: int) -> Job:
-        return await self._run(protocol.status_exchange(self._connection, job_id))
+        return await self._run(exchanges.status_exchange(self._connection, job_id))
 
     # The same signature as Client.wait; the exchange itself bounds every request it holds.
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:  # noqa: ASYNC109
-        return await self._run(protocol.wait_exchange(self._connection, job_id, timeout))
+        return await self._run(exchanges.wait_exchange(self._connection, job_id, timeout))
 
     async def services(self) -> list[dict[str, Any]]:
         """The server's services (`GET /services`): name, quotas, queue, clients and states."""
-        return await self._run(protocol.services_exchange(self._connection))
+        return await self._run(exchanges.services_exchange(self._connection))
 
     async def cancel(self, job_id: int) -> Job:
-        return await self._run(protocol.cancel_exchange(self._connection, job_id))
+        return await self._run(exchanges.cancel_exchange(self._connection, job_id))
 
     async def download(
         self, job_id: int, dest: str | os.PathLike[str], *, progress: Progress | None = None
@@ -108,7 +103,7 @@ class AsyncClient:
         trail = CursorTrail()
         cursor: str | None = None
         while True:
-            exchange = protocol.page_exchange(self._connection, filters, cursor)
+            exchange = exchanges.page_exchange(self._connection, filters, cursor)
             page, cursor = await self._run(exchange)
             for job in page:
                 yield job

@@ -12,15 +12,10 @@ from typing import Any, Self, TypeVar
 
 import httpx
 
+from job_orchestrator.sdk import _exchanges as exchanges
 from job_orchestrator.sdk import _protocol as protocol
-from job_orchestrator.sdk._protocol import (
-    Call,
-    Connection,
-    CursorTrail,
-    Exchange,
-    JobFilter,
-    Target,
-)
+from job_orchestrator.sdk._exchanges import CursorTrail, JobFilter
+from job_orchestrator.sdk._protocol import Call, Connection, Exchange, Target
 from job_orchestrator.sdk._upload import Progress
 from job_orchestrator.sdk.errors import ServerUnreachable
 from job_orchestrator.sdk.models import Job
@@ -85,26 +80,26 @@ class Client:
         """
         body = protocol.upload_body(self._connection, files, service, user_id, callback_url)
         return self._run(
-            protocol.submit_exchange(self._connection, body.headers, body.chunks(progress))
+            exchanges.submit_exchange(self._connection, body.headers, body.chunks(progress))
         )
 
     def status(self, job_id: int) -> Job:
-        return self._run(protocol.status_exchange(self._connection, job_id))
+        return self._run(exchanges.status_exchange(self._connection, job_id))
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
         """Block until the job is final; return it if Completed, else raise JobFailed.
 
         Raises WaitTimeout when `timeout` seconds pass first.
         """
-        return self._run(protocol.wait_exchange(self._connection, job_id, timeout))
+        return self._run(exchanges.wait_exchange(self._connection, job_id, timeout))
 
     def services(self) -> list[dict[str, Any]]:
         """The server's services (`GET /services`): name, quotas, queue, clients and states."""
-        return self._run(protocol.services_exchange(self._connection))
+        return self._run(exchanges.services_exchange(self._connection))
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a queued job or kill a running one (AlreadyFinished if it had ended)."""
-        return self._run(protocol.cancel_exchange(self._connection, job_id))
+        return self._run(exchanges.cancel_exchange(self._connection, job_id))
 
     def download(
         self, job_id: int, dest: str | os.PathLike[str], *, progress: Progress | None = None
@@ -132,7 +127,7 @@ class Client:
         trail = CursorTrail()
         cursor: str | None = None
         while True:
-            page, cursor = self._run(protocol.page_exchange(self._connection, filters, cursor))
+            page, cursor = self._run(exchanges.page_exchange(self._connection, filters, cursor))
             yield from page
             if trail.follow(cursor) is None:
                 return
