@@ -34,7 +34,7 @@ from job_orchestrator.client.longpoll import (
     status_query,
     wait_for_change,
 )
-from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload
+from job_orchestrator.client.payload import EMPTY_PAYLOAD, Payload
 from job_orchestrator.client.state import ClientState, client_state
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.exposure import client_warnings

@@ -8,7 +8,7 @@ import math
 import time
 
 from job_orchestrator._loops import wait_any
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.state import ClientState
 from job_orchestrator.status import Status
 from job_orchestrator.wire import STARTED_AGE_HEADER

@@ -33,7 +33,8 @@ from job_orchestrator.client.executors.base import (
 from job_orchestrator.client.lease import ServerLease
 from job_orchestrator.client.log_tail import with_last_line
 from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import TERMINATED, Ending, Payload, Registry
+from job_orchestrator.client.payload import TERMINATED, Ending, Payload, PayloadChanges
+from job_orchestrator.client.registry import Registry
 from job_orchestrator.client.sandbox import recorded_exit_code
 from job_orchestrator.client.uids import UidLeases
 from job_orchestrator.client.validator import validate_script
@@ -106,14 +107,16 @@ class Runner:
         if handle is None:
             if payload.uid is not None and self.uids is not None:
                 await self._release_uid(payload)
-                payload = self.registry.update(payload.id, uid=None) or payload
+                payload = self.registry.change(payload.id, PayloadChanges(uid=None)) or payload
             return payload
         logger.warning(
             "payload %d was started before the client stopped but not recorded: re-adopting it",
             payload.id,
             extra={"payload_id": payload.id},
         )
-        found = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
+        found = self.registry.change(
+            payload.id, PayloadChanges(handle=handle.encode()), {Status.PREPARED}
+        )
         return found or payload
 
     def start(self, payload: Payload) -> None:
@@ -249,7 +252,9 @@ class Runner:
             started_at = await self.executor.started(handle)
             current = self.registry.start_running(payload.id, started_at, handle.encode())
         else:
-            current = self.registry.update(payload.id, {Status.PREPARED}, handle=handle.encode())
+            current = self.registry.change(
+                payload.id, PayloadChanges(handle=handle.encode()), {Status.PREPARED}
+            )
         if current is None or current.killed:
             # Killed while we were starting it.
             await self.executor.terminate(handle, self.settings.kill_grace_s)
@@ -291,7 +296,7 @@ class Runner:
                 uid = await self.uids.acquire(payload.id, changed)
             if uid is None:
                 continue
-            updated = self.registry.update(payload.id, {Status.PREPARED}, uid=uid)
+            updated = self.registry.change(payload.id, PayloadChanges(uid=uid), {Status.PREPARED})
             if updated is None:  # gone meanwhile: never launched without its uid
                 await self._release_uid(payload)
             return updated
@@ -343,7 +348,7 @@ class Runner:
             logger.info(
                 "payload %d exceeded its wall-time limit of %g s", payload.id, payload.timeout_s
             )
-            self.registry.update(payload.id, timed_out=True)
+            self.registry.change(payload.id, PayloadChanges(timed_out=True))
             await self.executor.terminate(handle, self.settings.kill_grace_s)
             return await waiting
 
@@ -403,7 +408,7 @@ class Runner:
         current = self.registry.get(payload_id)
         if current is None or current.disk_stop is not None or not _still_running(current):
             return
-        updated = self.registry.update(payload_id, disk_stop=reason)
+        updated = self.registry.change(payload_id, PayloadChanges(disk_stop=reason))
         handle = Handle.decode(updated.handle) if updated is not None else None
         if handle is None or handle.kind != self.executor.kind:
             return
@@ -422,7 +427,7 @@ class Runner:
         """Mark the payload killed; a running one gets SIGTERM, then SIGKILL after the grace."""
         if payload.status.is_terminal():
             return  # nothing to kill; its outcome stands
-        updated = self.registry.update(payload.id, killed=True)
+        updated = self.registry.change(payload.id, PayloadChanges(killed=True))
         if updated is None or updated.status.is_terminal():
             return
         handle = Handle.decode(updated.handle)

@@ -18,7 +18,8 @@ from job_orchestrator._loops import wait_any
 from job_orchestrator.client.archives import sweep_temporaries
 from job_orchestrator.client.disk import DiskWatcher
 from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import Payload, Registry
+from job_orchestrator.client.payload import Payload
+from job_orchestrator.client.registry import Registry
 from job_orchestrator.client.runner import Runner
 from job_orchestrator.config import ClientSettings
 

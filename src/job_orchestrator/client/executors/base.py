@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 
 
 class LaunchError(Exception):

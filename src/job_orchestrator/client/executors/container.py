@@ -58,7 +58,7 @@ from job_orchestrator.client.executors.engine import (
     NameConflictError,
 )
 from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.sandbox import read_exit_file
 from job_orchestrator.config import ClientSettings
 

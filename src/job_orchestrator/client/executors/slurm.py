@@ -43,7 +43,7 @@ from job_orchestrator.client.executors.slurm_states import (
     outcome_for,
     sacct_exit_code,
 )
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.sandbox import (
     command_for,
     job_environment,
