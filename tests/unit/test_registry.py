@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from job_orchestrator.client.registry import (
-    ID_BLOCK,
-    IN_PLACE_MAX_BYTES,
-    NEXT_ID_FILE,
-    TERMINATED,
-    Ending,
-    Registry,
-)
+from job_orchestrator.client.payload import TERMINATED, Ending, PayloadChanges
+from job_orchestrator.client.registry import ID_BLOCK, NEXT_ID_FILE, Registry
+from job_orchestrator.client.state_file import IN_PLACE_MAX_BYTES
 from job_orchestrator.errors import IllegalMoveError
 from job_orchestrator.status import Status
 
@@ -72,7 +68,7 @@ def test_retention_counts_from_collection_except_for_killed_payloads(tmp_path: P
     registry.rebuild()
     collected, uncollected = finished(registry), finished(registry)
     killed = registry.add(registry.allocate(), dispatch_key=None).id
-    registry.update(killed, killed=True)
+    registry.change(killed, PayloadChanges(killed=True))
     registry.end(killed, TERMINATED)
     running = registry.add(registry.allocate(), dispatch_key=None).id
     registry.start_running(running, time.time())
@@ -152,9 +148,9 @@ def test_a_state_rewritten_shorter_or_longer_than_a_page_reads_back_whole(tmp_pa
     registry = Registry(tmp_path)
     registry.rebuild()
     payload = registry.add(registry.allocate(), dispatch_key="k" * 200)
-    messages = ["x" * 300, "short", "y" * (IN_PLACE_MAX_BYTES + 10), "z" * 20, ""]
-    for message in messages:
-        updated = registry.update(payload.id, message=message)
+    reasons = ["x" * 300, "short", "y" * (IN_PLACE_MAX_BYTES + 10), "z" * 20, ""]
+    for reason in reasons:
+        updated = registry.change(payload.id, PayloadChanges(disk_stop=reason))
         assert updated is not None
         [reread] = Registry(tmp_path).rebuild()
         assert reread == updated
@@ -195,8 +191,9 @@ def test_the_registry_moves_a_payload_only_as_client_moves_allows(tmp_path: Path
     registry = Registry(tmp_path)
     registry.rebuild()
     payload = registry.add(registry.allocate(), dispatch_key=None)
-    with pytest.raises(IllegalMoveError, match="through the registry's verbs"):
-        registry.update(payload.id, status=Status.RUNNING)
+    # No status among the columns a change may set: it moves through the verbs only.
+    assert "status" not in PayloadChanges().columns()
+    assert "status" not in {field.name for field in fields(PayloadChanges)}
     with pytest.raises(IllegalMoveError, match="no move from Prepared to Cleaned"):
         registry.remove(payload.id)
     running = registry.start_running(payload.id, 1000.0, handle="h")
@@ -214,3 +211,24 @@ def test_the_registry_moves_a_payload_only_as_client_moves_allows(tmp_path: Path
     assert registry.get(payload.id) == failed
     registry.remove(payload.id)
     assert registry.get(payload.id) is None
+
+
+def test_a_change_writes_the_fields_it_sets_and_keeps_the_others(tmp_path: Path) -> None:
+    registry = Registry(tmp_path)
+    registry.rebuild()
+    payload = registry.add(registry.allocate(), dispatch_key=None)
+    with_uid = registry.change(payload.id, PayloadChanges(uid=1234), {Status.PREPARED})
+    assert with_uid is not None
+    assert with_uid.uid == 1234
+    launched = registry.change(payload.id, PayloadChanges(handle="h"))
+    assert launched is not None
+    assert (launched.uid, launched.handle) == (1234, "h")  # KEEP: the uid stays
+    given_back = registry.change(payload.id, PayloadChanges(uid=None))
+    assert given_back is not None
+    assert (given_back.uid, given_back.handle) == (None, "h")  # None is a value: written
+    assert registry.change(payload.id, PayloadChanges()) == given_back
+    assert registry.start_running(payload.id, 1000.0) is not None
+    assert registry.change(payload.id, PayloadChanges(uid=5), {Status.PREPARED}) is None
+    [reread] = Registry(tmp_path).rebuild()
+    assert reread == registry.get(payload.id)
+    assert reread.uid is None

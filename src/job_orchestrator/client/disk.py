@@ -19,7 +19,7 @@ itself (its state files, the results it zips). So the client keeps DISK_RESERVE_
   grow no more, and must not be missed;
 - a stopped payload's files are released once the server has what it can keep: right after
   a partial copy of it was sent whole (streamed, so building it needs no disk space), or
-  COLLECTED_KEEP_S after its outcome was collected (app.py).
+  COLLECTED_KEEP_S after its outcome was collected (retention.py).
 
 JOB_MAX_DISK_MB measures every running payload at every check, and stops one whose directory
 takes more (Failed). It is enforced by polling, so a job can pass it by what it writes in one

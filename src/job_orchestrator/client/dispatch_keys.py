@@ -17,7 +17,7 @@ import logging
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from job_orchestrator.client.registry import EMPTY_PAYLOAD, Payload
+from job_orchestrator.client.payload import EMPTY_PAYLOAD, Payload
 from job_orchestrator.http_common import json_response
 from job_orchestrator.status import Status
 from job_orchestrator.wire import DISPATCH_KEY_HEADER, MESSAGE_HEADER

@@ -1,4 +1,4 @@
-"""The last line of a failed run.sh's output, for the payload's message (runner.py)."""
+"""The last line of a failed run.sh's output, for the payload's message (settling.py)."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 
 from job_orchestrator._loops import wait_any
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
-from job_orchestrator.client.registry import EMPTY_PAYLOAD, Registry
+from job_orchestrator.client.payload import EMPTY_PAYLOAD
+from job_orchestrator.client.registry import Registry
 from job_orchestrator.client.state import client_state
 from job_orchestrator.http_common import id_parameter, json_response, path_id
 from job_orchestrator.status import Status

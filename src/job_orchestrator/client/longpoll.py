@@ -1,15 +1,21 @@
 """Our long-poll extension of /retrieve (`?wait=&known=&settle=`): hold the answer until the
 payload's status changes. The original ignores the query string, and so do we when it is bad.
+
+An answer to a `?wait=` carries `X-Orchestrator-Long-Poll: 1` (responses.py
+`payload_response`): the caller learns that this client honoured it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from job_orchestrator._loops import wait_any
-from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.state import ClientState
+from job_orchestrator.client.payload import Payload
+from job_orchestrator.client.registry import Registry
 from job_orchestrator.status import Status
 from job_orchestrator.wire import STARTED_AGE_HEADER
 
@@ -62,21 +68,44 @@ def status_query(raw: str | None) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class LongPoll:
+    """What a /retrieve asks to wait for, each number of seconds at most MAX_LONG_POLL_S."""
+
+    wait_s: float
+    #: The status the caller knows (None: the payload's current one).
+    known: str | None
+    settle_s: float
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> LongPoll:
+        return cls(
+            wait_s=min(seconds_query(query.get("wait")), MAX_LONG_POLL_S),
+            known=status_query(query.get("known")),
+            settle_s=min(seconds_query(query.get("settle")), MAX_LONG_POLL_S),
+        )
+
+
 async def wait_for_change(
-    state: ClientState, payload: Payload, known: str, wait_s: float, settle_s: float = 0.0
+    registry: Registry,
+    draining: asyncio.Event,
+    payload: Payload,
+    known: str,
+    wait_s: float,
+    settle_s: float = 0.0,
 ) -> Payload:
-    """Hold a /retrieve until the payload is final or a status other than `known` has held.
+    """Hold a /retrieve until the payload is final or a status other than `known` has held;
+    at once when the client drains (a stop signal arrived).
 
     A status that lasts less than `settle_s` is never reported (0: the first change is).
     """
     deadline = time.monotonic() + wait_s
-    registry = state.registry
     with registry.watch(payload.id) as changed:
         while True:
             # Re-read after registering the watch, so no change slips in between.
             payload = registry.get(payload.id) or payload
             remaining = deadline - time.monotonic()
-            if payload.status.is_terminal() or remaining <= 0 or state.draining.is_set():
+            if payload.status.is_terminal() or remaining <= 0 or draining.is_set():
                 return payload
             timeout_s = remaining
             if payload.status.wire != known:
@@ -85,7 +114,7 @@ async def wait_for_change(
                     return payload
                 timeout_s = min(remaining, unsettled_s)
             changed.clear()
-            await wait_any(changed.wait(), state.draining.wait(), timeout_s=timeout_s)
+            await wait_any(changed.wait(), draining.wait(), timeout_s=timeout_s)
 
 
 def _held_s(payload: Payload) -> float:

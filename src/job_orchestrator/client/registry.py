@@ -20,39 +20,38 @@ until their outcome was collected (or for hours), far beyond a server's resend o
 The table answers the queries (by status, dispatch key, retention); the Payload objects
 themselves are kept beside it by id, so a `get` (several per request) builds nothing.
 
-A state file is created once and then overwritten in place by one `pwrite` of at most a page,
-padded with spaces to its old length (JSON ignores them). The kernel copies such a write
-whole or not at all, so a client killed at any moment (kill -9) leaves the previous state or
-the new one, never a torn file, without the inode churn of a temporary file renamed over it
-(three times cheaper in kernel CPU on ext4). A longer state is written beside and renamed.
-Neither way is flushed to disk (no fsync): a power failure may lose the last writes.
+Each row is written through to the payload's state file (state_file.py), which says how a
+write survives a client killed at any moment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from job_orchestrator.errors import IllegalMoveError
+from job_orchestrator.client.payload import (
+    STATE_FILE,
+    Ending,
+    Payload,
+    PayloadChanges,
+    PayloadPaths,
+)
+from job_orchestrator.client.state_file import read_state, row_of, write_state
 from job_orchestrator.status import CLIENT_MOVES, Status, check_move
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
 NEXT_ID_FILE = ".next-payload-id"
 #: Ids reserved on disk at once: the high-water mark is written once per this many payloads.
 ID_BLOCK = 64
-#: The largest state written in place: one page, which a write copies whole or not at all.
-IN_PLACE_MAX_BYTES = 4096
 
 _SCHEMA = """
 CREATE TABLE payloads (
@@ -74,106 +73,6 @@ CREATE TABLE payloads (
     disk_stop TEXT
 )
 """
-
-
-@dataclass(frozen=True, slots=True)
-class PayloadPaths:
-    root: Path
-
-    @property
-    def work(self) -> Path:
-        return self.root / "work"
-
-    @property
-    def state(self) -> Path:
-        return self.root / STATE_FILE
-
-    @property
-    def exit_code(self) -> Path:
-        return self.root / "exit" / "code"
-
-    @property
-    def tmp(self) -> Path:
-        """The job's private /tmp under the bwrap sandbox."""
-        return self.root / "tmp"
-
-    @property
-    def result(self) -> Path:
-        return self.root / "result.zip"
-
-    @property
-    def log(self) -> Path:
-        """run.sh's stdout and stderr, interleaved as written (never in the result ZIP)."""
-        return self.root / "output.log"
-
-
-@dataclass(frozen=True, slots=True)
-class Payload:
-    id: int
-    status: Status
-    loc: str
-    #: The executor's handle (client/executors/base.py `Handle`, encoded): a pid with its
-    #: start time, or a Slurm job id. None until it was launched.
-    handle: str | None = None
-    #: When run.sh started running (epoch s): its wall-time limit counts from here.
-    started_at: float | None = None
-    killed: bool = False
-    message: str = ""
-    exit_code: int | None = None
-    dispatch_key: str | None = None
-    timeout_s: float | None = None
-    timed_out: bool = False
-    created_at: float = 0.0
-    finished_at: float | None = None
-    #: When a /retrieve first answered the final status (the server has the outcome).
-    collected_at: float | None = None
-    #: The uid of JOB_USERS it runs (or ran) under; a restarted client keeps it held while
-    #: it re-adopts the payload.
-    uid: int | None = None
-    #: Why the client stopped it for disk space (disk.py): its final message; it ends Failed
-    #: and its files are released as soon as the server has what it can keep.
-    disk_stop: str | None = None
-
-    @property
-    def paths(self) -> PayloadPaths:
-        return PayloadPaths(Path(self.loc).parent)
-
-    @property
-    def pid(self) -> int:
-        """The process id the original's wire shows (0 when not a local process)."""
-        with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
-            values = json.loads(self.handle or "")
-            if values["kind"] == "local":
-                return int(values["id"])
-        return 0
-
-    def wire(self) -> dict[str, Any]:
-        """The original's six-field Payload JSON; `input` is never echoed back."""
-        return {
-            "id": self.id,
-            "input": {},
-            "status": self.status.wire,
-            "loc": self.loc,
-            "pid": self.pid,
-            "killed": self.killed,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How a payload ended (`Registry.end`): its final status, why, and run.sh's exit status
-    when it is known."""
-
-    status: Status
-    message: str
-    exit_code: int | None = None
-
-
-#: A payload killed through the API (or found killed before it ran).
-TERMINATED = Ending(Status.KILLED, "job terminated")
-
-
-EMPTY_PAYLOAD = {"id": 0, "input": {}, "status": "Unknown", "loc": "", "pid": 0, "killed": False}
 
 
 class Registry:
@@ -231,7 +130,7 @@ class Registry:
             if not entry.name.isdigit():
                 continue
             highest = max(highest, int(entry.name))
-            payload = _read_state(entry / STATE_FILE)
+            payload = read_state(entry / STATE_FILE)
             if payload is not None and payload.id == int(entry.name):
                 self._insert(payload)
                 loaded.append(payload)
@@ -242,7 +141,7 @@ class Registry:
     # ---- rows ------------------------------------------------------------------------------
 
     def _insert(self, payload: Payload) -> None:
-        row = _row(payload)
+        row = row_of(payload)
         columns = ", ".join(row)
         self._db.execute(
             f"INSERT INTO payloads ({columns}) VALUES ({', '.join('?' * len(row))})",
@@ -263,7 +162,7 @@ class Registry:
         )
         self._insert(payload)
         self._receiving.discard(payload.id)
-        _write_state(payload)
+        write_state(payload)
         return payload
 
     def get(self, payload_id: int) -> Payload | None:
@@ -328,7 +227,7 @@ class Registry:
         """The server has received this final payload's outcome; its retention starts."""
         payload = self.get(payload_id)
         if payload is not None and payload.status.is_terminal() and payload.collected_at is None:
-            self.update(payload_id, collected_at=time.time())
+            self.change(payload_id, PayloadChanges(collected_at=time.time()))
 
     def remove(self, payload_id: int) -> None:
         """Forget a cleaned payload (final -> Cleaned); its id stays used (see `lookup`)."""
@@ -375,17 +274,19 @@ class Registry:
         check_move(CLIENT_MOVES, [current.status], new)
         return self._write(current, {**columns, "status": new})
 
-    def update(
-        self, payload_id: int, expected: set[Status] | None = None, **changes: Any
+    def change(
+        self,
+        payload_id: int,
+        changes: PayloadChanges,
+        expected: Collection[Status] | None = None,
     ) -> Payload | None:
         """Change a payload's columns, not its status (only from `expected` statuses, if
         given); persist; wake watchers. The status moves through the verbs above."""
-        if "status" in changes:
-            raise IllegalMoveError("a payload's status changes through the registry's verbs")
         current = self.get(payload_id)
         if current is None or (expected is not None and current.status not in expected):
             return None
-        return self._write(current, changes)
+        columns = changes.columns()
+        return self._write(current, columns) if columns else current
 
     def _write(self, current: Payload, changes: dict[str, Any]) -> Payload:
         payload_id = current.id
@@ -398,7 +299,7 @@ class Registry:
         )
         self._payloads[payload_id] = updated
         if updated.status is not Status.CLEANED:
-            _write_state(updated)
+            write_state(updated)
         for event in self._watchers.get(payload_id, ()):
             event.set()
         return updated
@@ -433,77 +334,3 @@ class Registry:
 
     def ping(self) -> None:
         self._db.execute("SELECT 1").fetchone()
-
-
-_FIELDS = tuple(field.name for field in fields(Payload))
-
-
-def _row(payload: Payload) -> dict[str, Any]:
-    # Not dataclasses.asdict: its deep copy costs more than the rest, and every field is flat.
-    row = {name: getattr(payload, name) for name in _FIELDS}
-    row["status"] = payload.status.db
-    row["killed"] = int(payload.killed)
-    row["timed_out"] = int(payload.timed_out)
-    return row
-
-
-def _payload(values: dict[str, Any], status: Status) -> Payload:
-    """A Payload from a row or a state file (SQLite and JSON keep booleans as 0/1)."""
-    values = _upgraded(values)
-    return Payload(
-        **{
-            **values,
-            "status": status,
-            "killed": bool(values["killed"]),
-            "timed_out": bool(values.get("timed_out", False)),
-        }
-    )
-
-
-def _upgraded(values: dict[str, Any]) -> dict[str, Any]:
-    """A state file of a client before executors (`pid`, `pid_started_at`) in today's terms.
-
-    Its running payloads are local processes; re-adopting them needs pid and start time.
-    """
-    if "pid" not in values and "pid_started_at" not in values:
-        return values
-    values = dict(values)
-    pid = int(values.pop("pid", 0) or 0)
-    started_at = values.pop("pid_started_at", None)
-    if pid and not values.get("handle"):
-        values["handle"] = json.dumps({"kind": "local", "id": pid, "started_at": started_at})
-    values.setdefault("started_at", started_at)
-    return values
-
-
-def _write_state(payload: Payload) -> None:
-    """Persist the payload's state (see the module docstring for why in place)."""
-    state = str(payload.paths.state)
-    data = json.dumps({**_row(payload), "status": payload.status.wire}).encode()
-    try:
-        # A new file is empty until written: a crash in between leaves an unreadable state,
-        # which `rebuild` ignores, as it ignores a payload whose state was never written.
-        fd = os.open(state, os.O_WRONLY | os.O_CREAT, 0o644)
-        try:
-            data = data.ljust(os.fstat(fd).st_size)
-            if len(data) <= IN_PLACE_MAX_BYTES and os.pwrite(fd, data, 0) == len(data):
-                return
-        finally:
-            os.close(fd)
-        temporary = state + ".tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(data.rstrip())
-        os.replace(temporary, state)
-    except OSError:
-        logger.exception("could not persist the state of payload %d", payload.id)
-
-
-def _read_state(path: Path) -> Payload | None:
-    try:
-        values = json.loads(path.read_text())
-        return _payload(values, Status.from_wire(values["status"]))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError, KeyError):
-        logger.warning("ignoring unreadable payload state %s", path)
-        return None

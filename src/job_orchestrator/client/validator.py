@@ -4,7 +4,8 @@ A screen against mistakes and unsophisticated abuse, **not a sandbox**: what the
 indirectly (other uploaded files, command names in variables, ``$'\\x63url'``, interpreters reading
 code from files or heredocs) passes unseen; real containment is the executor's sandbox option.
 Categories, reason strings and their priority are upstream's (§7.1), but the script is read
-roughly the way bash reads it, which removes upstream's false positives (§7.2):
+roughly the way bash reads it (script_lexer.py), which removes upstream's false positives
+(§7.2):
 
 * comments are ignored (a ``#`` starting a word outside quotes; ``$#``, ``${#x}`` are not);
   heredoc bodies are data (``at 300 K`` in an input deck is fine), still searched for paths and
@@ -40,6 +41,8 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from job_orchestrator.client.script_lexer import SHELL, command_segments, split_script, unquote
 
 MAX_SCRIPT_BYTES = 20 * 1024 * 1024
 TRAP_MESSAGE = (
@@ -151,34 +154,17 @@ _TEXT_RULES: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     )
 )
 
-# All scanning is linear in the script size, so even a 20 MiB script cannot stall the client.
-_BREAK = r" \t\n;&|()<>"  # bash metacharacters; `\r` and NBSP are word characters
-_HEREDOC = rf"""(?P<heredoc>(?<!<)<<(?!<)-?[ \t]*
-    (?P<delimiter>(?:'[^'\n]*'|"[^"\n]*"|\\.|[^{_BREAK}'"\\])+))"""
-_COMMENT = rf"(?P<comment>(?<![^{_BREAK}])(?<!\\[{_BREAK}])\#[^\n]*)"  # `#` starting a word
-# Ordinary text: quoted strings, escapes, `#` inside a word (`$#`, `${#x}`), `<<<`, `$((1<<2))`.
-_RUN = r"""(?:[^'"\\\#<$%s]++|'[^']*'?|\$'(?:\\.|[^'\\])*'?|"(?:\\.|[^"\\])*"?|\\.|\$(?!')
-    |(?<![%s])\#|<(?!<)|<<<+)++"""
-_LEX_ANY = re.compile(rf"{_HEREDOC}|{_COMMENT}|{_RUN % ('', _BREAK)}|.", re.VERBOSE | re.DOTALL)
-_LEX_LINE = re.compile(  # while a heredoc is pending, stop at the end of its line
-    rf"{_HEREDOC}|{_COMMENT}|(?P<newline>\n)|{_RUN % (chr(10), _BREAK)}|.",
-    re.VERBOSE | re.DOTALL,
-)
-_SHELL = r"(?<![\w.-])(?:ba|da|k|z)?sh(?![\w.-])"
-_FEEDS_SHELL = re.compile(rf"{_SHELL}|/dev/stdin")
-_SPLIT = re.compile(r"[\n;&|()`]")  # simple-command boundaries, also inside quotes
 _SHELL_WORD = re.compile(r"(?:\S*/)?(?:ba|da|k|z)?sh")
 _C_OPTION = re.compile(r"-\w*c\w*")
 _BASE64 = re.compile(r"\bbase64\b")
-_PIPE_TO_SHELL = re.compile(rf"\|\s*(?:sudo\s+)?(?:[^\s|;&]*/)?{_SHELL}")
-_SHELL_RUNS = re.compile(rf"{_SHELL}\s+(?:-(?=\w*c)\w++\s|<\()")  # `sh -c ...`, `bash <(...)`
+_PIPE_TO_SHELL = re.compile(rf"\|\s*(?:sudo\s+)?(?:[^\s|;&]*/)?{SHELL}")
+_SHELL_RUNS = re.compile(rf"{SHELL}\s+(?:-(?=\w*c)\w++\s|<\()")  # `sh -c ...`, `bash <(...)`
 _FUNCTION_BODY = re.compile(r"\(\)\s*\{([^{}]{0,80})")
 _TRAILING_NAME = re.compile(r"[\w:]+$")
 _PIPE_PAIR = re.compile(r"(?<![\w:])([\w:]+)\s*\|(?=\s*([\w:]+)(?![\w:]))")
 _REDIRECT = re.compile(r"\d*(?:[<>]{1,2}|&>>?|[<>]&|>\|)")
 _ASSIGN = re.compile(r"[A-Za-z_]\w*(?:\[[^\]]*\])?\+?=")
 _WRAPPER_OPT = re.compile(r"[-+].*|\d[\w.:]*|\{\}")
-_QUOTING = re.compile(r"[\\'\"]")
 _PYTHON = re.compile(r"python(?:\d+(?:\.\d+)*)?")
 _PY_INLINE = re.compile(r"-[bBdEhiIOPqsSuvx]*c")
 _PY_FLAGS = re.compile(r"--[\w-]+|-[bBdEhiIOPqsSuvx]+")
@@ -190,52 +176,6 @@ _PARENT = re.compile(r"(?:^|/)\.\.(?:/|$)")
 _HOME = re.compile(r"~|\$HOME\b|\$\{HOME\}")
 _LEADING_VARS = re.compile(r"(?:\$\w+|\$\{[^}:?]*\})+")
 _SCRATCH = re.compile(r"/(?:tmp|var/tmp|dev/shm)/[^/*?\[.]")
-
-
-def _split_script(text: str) -> tuple[str, str]:
-    """Return ``(code, data)``: comments dropped, heredoc bodies moved to data unless they feed
-    a shell. Heredoc bodies are consumed raw so an apostrophe in them cannot desync quoting."""
-    code: list[str] = []
-    data: list[str] = []
-    pending: list[str] = []
-    pos = line_start = arithmetic = 0
-    while pos < len(text):
-        match = (_LEX_LINE if pending else _LEX_ANY).match(text, pos)
-        assert match is not None  # the final `.` alternative matches any character
-        kind, token, start, pos = match.lastgroup, match.group(), match.start(), match.end()
-        if kind == "comment":
-            continue
-        code.append(token)
-        if kind == "heredoc":
-            if arithmetic <= 0:  # in `$((1 << n))` or `$[1 << n]` it is a shift
-                pending.append(_unquote(match["delimiter"]))
-        elif kind == "newline":
-            sink = code if _FEEDS_SHELL.search(text, line_start, pos) else data
-            for delimiter in pending:
-                end = _heredoc_end(text, pos, delimiter)
-                sink.append(text[pos:end])
-                pos = end
-            pending.clear()
-            line_start = pos
-        else:
-            newline = token.rfind("\n")
-            if newline >= 0:
-                line_start = start + newline + 1
-            # Arithmetic may span lines; an unbalanced `((` only makes heredocs count as code.
-            opened = token.count("((") + token.count("$[") - token.count("))")
-            arithmetic = max(0, arithmetic + opened)
-    return "".join(code), "".join(data)
-
-
-def _heredoc_end(text: str, pos: int, delimiter: str) -> int:
-    # Lenient about indentation: ending early only means more lines get checked as code.
-    while pos < len(text):
-        newline = text.find("\n", pos)
-        end = len(text) if newline < 0 else newline + 1
-        if text[pos:end].strip() == delimiter:
-            return end
-        pos = end
-    return pos
 
 
 def _followed_on_line(text: str, first: re.Pattern[str], then: re.Pattern[str]) -> bool:
@@ -259,10 +199,6 @@ def _has_fork_bomb(code: str) -> bool:
     return False
 
 
-def _unquote(word: str) -> str:
-    return _QUOTING.sub("", word)
-
-
 def _dangerous_rm_target(target: str) -> bool:
     if _PARENT.search(target) or _HOME.match(target):
         return True
@@ -281,7 +217,7 @@ def _rm_is_destructive(args: list[str]) -> bool:
             continue
         if "<" in raw or ">" in raw:
             continue
-        arg = _unquote(raw)
+        arg = unquote(raw)
         if end_of_options or not arg.startswith("-") or arg == "-":
             targets.append(arg)
         elif arg == "--":
@@ -294,7 +230,7 @@ def _rm_is_destructive(args: list[str]) -> bool:
 
 
 def _python_inline(args: list[str]) -> bool:
-    for arg in map(_unquote, args):
+    for arg in map(unquote, args):
         if _PY_INLINE.match(arg):
             return True
         if not _PY_FLAGS.fullmatch(arg):  # a script, `-m module` or `-`: later words are theirs
@@ -315,7 +251,7 @@ def _command_reason(name: str, args: list[str]) -> str | None:
         return "inline interpreter: python" if _python_inline(args) else None
     if name not in ("chmod", "dd"):
         return None
-    plain = [_unquote(arg) for arg in args]
+    plain = [unquote(arg) for arg in args]
     if name == "chmod":
         return "dangerous chmod" if any(map(_SETID.search, plain)) else None
     if any(map(_DD_DEVICE_OUT.match, plain)):
@@ -323,60 +259,6 @@ def _command_reason(name: str, args: list[str]) -> str | None:
     if any(map(_DD_FILL_IN.match, plain)) and "of=/dev/null" not in plain:
         return "disk-filling dd command"
     return None
-
-
-def _command_segments(code: str) -> list[str]:
-    """Split code into simple commands at `;`, `&`, `|`, newlines, parentheses and backticks.
-
-    Separators inside quotes are text (`echo "done; at noon"` is one command), except in a
-    `$(...)` or backquoted substitution inside double quotes, which is code of its own. One
-    pass with an explicit stack, so the cost stays linear whatever the nesting. A quote that
-    is never closed is read as an ordinary character (bash would not run the script at all).
-    """
-    segments: list[str] = []
-    current: list[str] = []
-    # One frame per substitution opened inside double quotes: (outer word, closer, depth).
-    frames: list[tuple[list[str], str, int]] = []
-    depth = 0
-    in_double = False
-    position, length = 0, len(code)
-    while position < length:
-        char = code[position]
-        if char == "\\":
-            current.append(code[position : position + 2])
-            position += 2
-            continue
-        position += 1
-        if in_double:
-            if char == '"':
-                in_double = False
-            elif char == "`" or (char == "$" and code.startswith("(", position)):
-                closer = "`" if char == "`" else ")"
-                position += 0 if char == "`" else 1
-                frames.append((current, closer, depth))
-                current, depth, in_double = [], 0, False
-                continue
-            current.append(char)
-        elif char == "'" and (end := code.find("'", position)) >= 0:
-            current.append(code[position - 1 : end + 1])
-            position = end + 1
-        elif char == '"' and code.find('"', position) >= 0:
-            in_double = True
-            current.append(char)
-        elif frames and char == frames[-1][1] and (char == "`" or depth == 0):
-            segments.append("".join(current))
-            current, _closer, depth = frames.pop()
-            current.append("$_")
-            in_double = True
-        elif char in "\n;&|()`":
-            depth += 1 if char == "(" else -1 if char == ")" and depth > 0 else 0
-            segments.append("".join(current))
-            current = []
-        else:
-            current.append(char)
-    segments.append("".join(current))
-    segments.extend("".join(outer) for outer, _closer, _depth in frames)
-    return segments
 
 
 def _segment_reasons(words: list[str], depth: int = 0) -> Iterator[str]:
@@ -391,18 +273,18 @@ def _segment_reasons(words: list[str], depth: int = 0) -> Iterator[str]:
             continue
         if after_wrapper and _WRAPPER_OPT.fullmatch(word):  # `nice -n 5`, `timeout 10s`
             continue
-        name = _unquote(word).rpartition("/")[2]
+        name = unquote(word).rpartition("/")[2]
         if name not in _WRAPPERS:
             reason = _command_reason(name, words[i:])
             if reason is not None:
                 yield reason
             # `sh -c 'cmd'`, `find -exec sh -c 'cmd'`; the depth cap keeps `sh -c sh -c ...` linear.
             for j in range(i - 1, len(words) - 1 if depth < 3 else 0):
-                if _SHELL_WORD.fullmatch(_unquote(words[j])) and _C_OPTION.fullmatch(words[j + 1]):
+                if _SHELL_WORD.fullmatch(unquote(words[j])) and _C_OPTION.fullmatch(words[j + 1]):
                     inner = " ".join(words[j + 2 :])
                     if inner[:1] in ("'", '"'):  # the -c argument is code: drop its quotes
                         inner = inner[1:].removesuffix(inner[0])
-                    for segment in _command_segments(inner):
+                    for segment in command_segments(inner):
                         yield from _segment_reasons(segment.split(), depth + 1)
                     break
             return
@@ -415,7 +297,7 @@ def _segment_reasons(words: list[str], depth: int = 0) -> Iterator[str]:
 
 def check_script_text(text: str, *, require_exit_trap: bool = False) -> ScriptRejection | None:
     """Check decoded script text; the earliest (upstream order) matching reason is reported."""
-    code, data = _split_script(text.removeprefix("\ufeff"))
+    code, data = split_script(text.removeprefix("\ufeff"))
     found = {
         reason
         for reason, needle, rx in _TEXT_RULES
@@ -428,7 +310,7 @@ def check_script_text(text: str, *, require_exit_trap: bool = False) -> ScriptRe
         found.add("obfuscated execution: base64 pipe to shell")
     if "()" in code and _has_fork_bomb(code):
         found.add("fork bomb")
-    for segment in _command_segments(code):
+    for segment in command_segments(code):
         found.update(_segment_reasons(segment.split()))
     if found:
         return ScriptRejection(RejectionKind.UNSAFE, min(found, key=_RANK.__getitem__))

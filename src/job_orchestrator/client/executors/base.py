@@ -1,10 +1,10 @@
 """What the runner needs from whatever executes a payload's run.sh.
 
-The runner (client/runner.py) owns the policy: validation, slots, time limits and finishing
-(ZIP, status, message). An executor only starts the script, reports its end, stops it, and
-finds it again after a client restart. `LocalExecutor` runs it as a process group on this
-machine; `SlurmExecutor` hands it to Slurm as one batch job; `ContainerExecutor` runs it in a
-container of its own (Docker or Podman).
+The runner (client/runner.py, with launching.py and settling.py) owns the policy: validation,
+slots, time limits and finishing (ZIP, status, message). An executor only starts the script,
+reports its end, stops it, and finds it again after a client restart. `LocalExecutor` runs
+it as a process group on this machine; `SlurmExecutor` hands it to Slurm as one batch job;
+`ContainerExecutor` runs it in a container of its own (Docker or Podman).
 
 Errors: `LaunchError` (the executor refused the payload for good: it ends Failed with the
 message) and its subclass `LaunchUnavailableError` (the executor cannot be reached now: the
@@ -18,7 +18,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 
 
 class LaunchError(Exception):

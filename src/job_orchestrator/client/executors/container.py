@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import signal
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -40,6 +38,7 @@ from job_orchestrator.client.executors.base import (
     Outcome,
 )
 from job_orchestrator.client.executors.cgroup_oom import OomWatch, cgroup_of
+from job_orchestrator.client.executors.container_events import wake_on_ends
 from job_orchestrator.client.executors.container_spec import (
     OOM_FILE,
     client_identity,
@@ -58,13 +57,12 @@ from job_orchestrator.client.executors.engine import (
     NameConflictError,
 )
 from job_orchestrator.client.metrics import ClientMetrics
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.sandbox import read_exit_file
 from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 #: Seconds between two inspections while containers run (the events stream wakes it sooner).
 CONTAINER_TICK_S = 2.0
 
@@ -291,39 +289,13 @@ class ContainerExecutor:
 
     async def _events_loop(self) -> None:
         """Wake the tracker as soon as one of our containers ends (the tick is the fallback)."""
-        died = "died" if self.engine.is_podman else "die"
-        argv = [
-            self.engine.program,
-            "events",
-            "--filter",
-            f"label={LABEL_CLIENT}={self.client_id}",
-            "--filter",
-            f"event={died}",
-            "--format",
-            "{{.ID}}",
-        ]
-        while self._tracked:
-            try:
-                process = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    # Gone with the client, even a killed one (else it would wait, orphaned,
-                    # for an event of ours to write to a closed pipe).
-                    preexec_fn=_die_with_parent,
-                )
-            except OSError:
-                return
-            try:
-                assert process.stdout is not None
-                while self._tracked and await process.stdout.readline():
-                    self._wake.set()
-            finally:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                await process.wait()
-            await asyncio.sleep(CONTAINER_TICK_S)
+        await wake_on_ends(
+            self.engine,
+            self.client_id,
+            self._wake,
+            watching=lambda: bool(self._tracked),
+            retry_s=CONTAINER_TICK_S,
+        )
 
     # ---- stop ------------------------------------------------------------------------------
 
@@ -396,9 +368,3 @@ def _record(exit_dir: Path, exit_code: int, oom: bool) -> None:
     (exit_dir / "code").write_text(f"{exit_code}\n")
     if oom:
         (exit_dir / OOM_FILE).touch()
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the client's thread that started it ends."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

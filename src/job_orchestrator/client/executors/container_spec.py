@@ -21,7 +21,7 @@ from pathlib import Path
 
 from job_orchestrator.client.container_request import LOG_TARGET, WORKDIR, ContainerRequest
 from job_orchestrator.client.executors.engine import LABEL_CLIENT, LABEL_PAYLOAD, Engine
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.sandbox import JobUser, hand_over, resolve_user
 from job_orchestrator.config import ClientSettings
 

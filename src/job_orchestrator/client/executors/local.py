@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from job_orchestrator.client.executors.base import Handle, LaunchError, Outcome
-from job_orchestrator.client.registry import Payload
+from job_orchestrator.client.payload import Payload
 from job_orchestrator.client.sandbox import (
     WRAPPER_NAME,
     command_for,

@@ -13,7 +13,8 @@ for every job id, and one `sacct` for those squeue no longer knows (ended longer
 MinJobAge, e.g. while the client was down); no call at all while no job is in Slurm.
 Without slurmdbd, sacct reads the job-completion log (`sacct --completion`,
 JobCompType=jobcomp/filetxt). A controller that does not answer is waited for: the jobs
-keep their last known state.
+keep their last known state. The commands themselves, and how their answers are read, are
+slurm_commands.py's.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import shlex
 import time
 from collections.abc import Collection
@@ -30,11 +29,12 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter
 
-from job_orchestrator.client.executors.base import (
-    Handle,
-    LaunchError,
-    LaunchUnavailableError,
-    Outcome,
+from job_orchestrator.client.executors.base import Handle, LaunchUnavailableError, Outcome
+from job_orchestrator.client.executors.slurm_commands import (
+    Cpus,
+    SlurmCommands,
+    SlurmUnreachableError,
+    one_line,
 )
 from job_orchestrator.client.executors.slurm_states import (
     ENDED,
@@ -43,32 +43,16 @@ from job_orchestrator.client.executors.slurm_states import (
     outcome_for,
     sacct_exit_code,
 )
-from job_orchestrator.client.registry import Payload
-from job_orchestrator.client.sandbox import (
-    command_for,
-    job_environment,
-    private_tmp,
-    recorded_exit_code,
-)
+from job_orchestrator.client.payload import Payload
+from job_orchestrator.client.sandbox import command_for, private_tmp, recorded_exit_code
 from job_orchestrator.config import ClientSettings
 
 logger = logging.getLogger(__name__)
 
 KIND = "slurm"
-#: A Slurm command that takes longer is given up on (the controller retries for ~10 s).
-COMMAND_TIMEOUT_S = 30.0
 #: How long a sinfo answer serves /load and /health.
 CLUSTER_CACHE_S = 2.0
 BATCH_SCRIPT = "slurm-job.sh"
-#: What Slurm's commands print when the controller cannot be reached (retry, do not fail).
-_UNREACHABLE = (
-    "unable to contact slurm controller",
-    "socket timed out",
-    "temporarily unavailable",
-    "slurm is busy",
-    "connection refused",
-    "zero bytes were transmitted",
-)
 
 
 @dataclass
@@ -82,13 +66,6 @@ class _Job:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Cpus:
-    allocated: int
-    idle: int
-    total: int
-
-
 class SlurmExecutor:
     kind = KIND
     runs_at_launch = False
@@ -96,18 +73,15 @@ class SlurmExecutor:
 
     def __init__(self, settings: ClientSettings, calls: Counter | None = None) -> None:
         self.settings = settings
-        #: Slurm commands run, by name (one squeue per tick, not one per job).
-        self._calls = calls
+        self.slurm = SlurmCommands(settings, calls)
         self._jobs: dict[int, _Job] = {}
         self._wake = asyncio.Event()
         self._tracker: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[bool]] = set()
         #: Payloads whose sbatch found no controller: their next try needs no look-up.
         self._retrying: set[int] = set()
-        #: None until known: whether sacct needs --completion (no slurmdbd).
-        self._sacct_completion: bool | None = None
         self._unreachable_logged = False
-        self._cpus: _Cpus | None = None
+        self._cpus: Cpus | None = None
         self._cpus_at = 0.0
         self._cpus_refresh: asyncio.Task[None] | None = None
 
@@ -119,37 +93,19 @@ class SlurmExecutor:
         wrapper = command_for(self.settings, paths.work, paths.exit_code, paths.tmp, None)
         script = paths.root / BATCH_SCRIPT
         relaunch = script.exists() and payload.id not in self._retrying
-        if relaunch and (earlier := await self._submitted_before(payload)) is not None:
+        if relaunch and (earlier := await self.slurm.job_of(payload)) is not None:
             # The client stopped between sbatch's answer and the state file: same job.
             logger.info("payload %d is already Slurm job %d", payload.id, earlier)
             handle = Handle(KIND, earlier)
             self._track(payload, handle)
             return handle
         script.write_text(f"#!/bin/bash\nexec {shlex.join(wrapper)}\n")
-        argv = [
-            "sbatch",
-            "--parsable",
-            f"--chdir={paths.work}",
-            f"--job-name=jo-{payload.id}",
-            f"--output={paths.log}",  # stderr too: without --error Slurm joins them
-            "--open-mode=append",
-            # Never rerun by Slurm itself (see slurm_states.py: PREEMPTED and REQUEUED).
-            "--no-requeue",
-            *self._time_limit(payload),
-            *self.settings.slurm.sbatch_options(),
-            str(script),
-        ]
-        code, out, err = await self._call("sbatch", argv)
-        if code is None or _unreachable(err):
-            self._retrying.add(payload.id)
-            raise LaunchUnavailableError(f"slurmctld is unreachable: {_one_line(err)}")
         self._retrying.discard(payload.id)
-        if code != 0:
-            raise LaunchError(_one_line(err) or f"sbatch exited with status {code}")
         try:
-            job_id = int(out.strip().split(";", 1)[0])
-        except ValueError:
-            raise LaunchError(f"sbatch answered no job id: {out.strip()!r}") from None
+            job_id = await self.slurm.sbatch(payload, script)
+        except LaunchUnavailableError:
+            self._retrying.add(payload.id)
+            raise
         logger.info(
             "payload %d submitted as Slurm job %d",
             payload.id,
@@ -159,34 +115,6 @@ class SlurmExecutor:
         handle = Handle(KIND, job_id)
         self._track(payload, handle)
         return handle
-
-    async def _submitted_before(self, payload: Payload) -> int | None:
-        """A job of an earlier launch of this payload: this client's user's, with the same
-        name and work directory (another cluster user may name a job `jo-<id>` too)."""
-        code, out, _err = await self._call(
-            "squeue",
-            [
-                "squeue",
-                "--noheader",
-                f"--user={os.getuid()}",
-                f"--name=jo-{payload.id}",
-                "--format=%i|%Z",
-            ],
-        )
-        if code != 0:
-            return None
-        for line in out.splitlines():
-            job_id, _, workdir = line.strip().partition("|")
-            if job_id.isdigit() and workdir == str(payload.paths.work):
-                return int(job_id)
-        return None
-
-    @staticmethod
-    def _time_limit(payload: Payload) -> list[str]:
-        """The service's wall-time limit as --time, in whole minutes (Slurm's unit)."""
-        if not payload.timeout_s:
-            return []
-        return [f"--time={max(1, math.ceil(payload.timeout_s / 60))}"]
 
     # ---- observe ---------------------------------------------------------------------------
 
@@ -229,25 +157,12 @@ class SlurmExecutor:
         ids = sorted(self._jobs)
         if not ids:
             return
-        code, out, err = await self._call(
-            "squeue",
-            [
-                "squeue",
-                "--noheader",
-                "--states=all",
-                f"--jobs={_id_list(ids)}",
-                "--format=%i|%T|%r",
-            ],
-        )
-        if code != 0 and "invalid job id" not in err.lower():
-            self._log_unreachable(err)
+        try:
+            seen = await self.slurm.queue_states(ids)
+        except SlurmUnreachableError as error:
+            self._log_unreachable(str(error))
             return
         self._unreachable_logged = False
-        seen: dict[int, tuple[str, str]] = {}
-        for line in out.splitlines():
-            parts = line.strip().split("|")
-            if len(parts) == 3 and parts[0].isdigit():
-                seen[int(parts[0])] = (parts[1], parts[2])
         for job_id, (state, reason) in seen.items():
             if job_id in self._jobs:
                 await self._observe(job_id, state, reason, None)
@@ -280,7 +195,7 @@ class SlurmExecutor:
 
     async def _settle_forgotten(self, job_ids: list[int]) -> None:
         """Jobs squeue no longer lists ended long ago: sacct has their end."""
-        found = await self._sacct(job_ids)
+        found = await self.slurm.accounting(job_ids)
         for job_id in job_ids:
             if job_id in found:
                 state, reason, exit_text = found[job_id]
@@ -299,30 +214,6 @@ class SlurmExecutor:
                 if recorded is not None
                 else Outcome(None, f"Slurm job {job_id} is unknown to squeue and sacct")
             )
-
-    async def _sacct(self, job_ids: list[int]) -> dict[int, tuple[str, str, str]]:
-        base = ["sacct", "--noheader", "--parsable2", f"--jobs={_id_list(job_ids)}"]
-        fields = "--format=JobID,State,Reason,ExitCode"
-        completion = bool(self._sacct_completion)
-        code, out, err = await self._call(
-            "sacct", [*base, "--allocations", fields] if not completion else [*base, "-c", fields]
-        )
-        if code != 0 and self._sacct_completion is None and "disabled" in err.lower():
-            # No slurmdbd: the completion log answers instead.
-            self._sacct_completion = True
-            code, out, err = await self._call("sacct", [*base, "-c", fields])
-        if code != 0:
-            logger.warning("sacct failed: %s", _one_line(err))
-            return {}
-        if self._sacct_completion is None:
-            self._sacct_completion = False
-        found: dict[int, tuple[str, str, str]] = {}
-        for line in out.splitlines():
-            parts = line.strip().split("|")
-            head = parts[0].split(".", 1)[0]
-            if len(parts) >= 4 and head.isdigit():
-                found.setdefault(int(head), (parts[1], parts[2], parts[3]))
-        return found
 
     # ---- terminate -------------------------------------------------------------------------
 
@@ -352,13 +243,9 @@ class SlurmExecutor:
             await asyncio.sleep(self.settings.slurm.poll_interval_s)
 
     async def _scancel(self, job_id: int, *options: str) -> bool:
-        """Whether the controller took the request (a job already ended counts)."""
-        code, _out, err = await self._call("scancel", ["scancel", *options, str(job_id)])
+        delivered = await self.slurm.scancel(job_id, *options)
         self._wake.set()
-        if code == 0 or "already completing or completed" in err.lower():
-            return True
-        logger.warning("scancel %s %d: %s", " ".join(options), job_id, _one_line(err))
-        return code is not None and not _unreachable(err)
+        return delivered
 
     def find_launched(self, payload: Payload) -> Handle | None:
         return None  # launch() itself finds an earlier batch job of the payload (squeue)
@@ -386,7 +273,7 @@ class SlurmExecutor:
             return self.settings.max_concurrent
         return max(1, running + max(0, cpus.idle - pending))
 
-    async def _cluster_cpus(self) -> _Cpus | None:
+    async def _cluster_cpus(self) -> Cpus | None:
         """sinfo's CPU counts, at most CLUSTER_CACHE_S old; never waits on a slow controller."""
         stale = time.monotonic() - self._cpus_at > CLUSTER_CACHE_S
         if stale and (self._cpus_refresh is None or self._cpus_refresh.done()):
@@ -397,55 +284,18 @@ class SlurmExecutor:
         return self._cpus
 
     async def _refresh_cpus(self) -> None:
-        partition = self.settings.slurm.partition
-        argv = [
-            "sinfo",
-            "--noheader",
-            "--format=%C",
-            *([f"--partition={partition}"] * bool(partition)),
-        ]
-        code, out, err = await self._call("sinfo", argv)
-        if code != 0:
-            self._log_unreachable(err)
+        try:
+            self._cpus = await self.slurm.cluster_cpus()
+        except SlurmUnreachableError as error:
+            self._log_unreachable(str(error))
             return
-        allocated = idle = total = 0
-        for line in out.split():
-            counts = line.split("/")
-            if len(counts) == 4 and all(count.isdigit() for count in counts):
-                allocated += int(counts[0])
-                idle += int(counts[1])
-                total += int(counts[3])
-        self._cpus = _Cpus(allocated, idle, total)
         self._cpus_at = time.monotonic()
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _call(self, name: str, argv: list[str]) -> tuple[int | None, str, str]:
-        """Run a Slurm command; (None, "", why) when it cannot run or hangs."""
-        if self._calls is not None:
-            self._calls.labels(name).inc()
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=job_environment(os.environ),
-            )
-        except OSError as error:
-            return None, "", f"{argv[0]}: {error.strerror}"
-        try:
-            out, err = await asyncio.wait_for(process.communicate(), COMMAND_TIMEOUT_S)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
-            return None, "", f"{argv[0]} did not answer within {COMMAND_TIMEOUT_S:g} s"
-        return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
-
     def _log_unreachable(self, err: str) -> None:
         if not self._unreachable_logged:
-            logger.warning("Slurm does not answer (jobs keep their state): %s", _one_line(err))
+            logger.warning("Slurm does not answer (jobs keep their state): %s", one_line(err))
             self._unreachable_logged = True
 
     async def close(self) -> None:
@@ -453,16 +303,3 @@ class SlurmExecutor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, *self._background, return_exceptions=True)
-
-
-def _id_list(job_ids: list[int]) -> str:
-    return ",".join(str(job_id) for job_id in job_ids)
-
-
-def _unreachable(err: str) -> bool:
-    lowered = err.lower()
-    return any(marker in lowered for marker in _UNREACHABLE)
-
-
-def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in text.strip().splitlines() if line.strip())
