@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from job_orchestrator.server.dispatcher import Termination
+from job_orchestrator.server.termination import Termination
 from job_orchestrator.status import Status
 from tests.engine.engines import Engine, payloads, running, until
 from tests.engine.fake_nodes import FakePayload

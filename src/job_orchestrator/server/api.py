@@ -41,7 +41,6 @@ from job_orchestrator.http_common import (
     too_busy,
 )
 from job_orchestrator.server.callbacks import MAX_URL_CHARS
-from job_orchestrator.server.dispatcher import Termination
 from job_orchestrator.server.jobfiles import PARTIAL_NAME, RESULT_NAME
 from job_orchestrator.server.requesting import (
     authenticate,
@@ -49,6 +48,7 @@ from job_orchestrator.server.requesting import (
     lookup_job,
     not_found,
 )
+from job_orchestrator.server.termination import Termination
 from job_orchestrator.server.upload_service import (
     Reason,
     UploadAccepted,

@@ -10,13 +10,8 @@ the Store's compare-and-set, so the loops, the API and a restart can never doubl
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
-import math
 import os
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
 
 from job_orchestrator._loops import Wakeup, backoff_s, wait_any
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -27,8 +22,6 @@ from job_orchestrator.errors import (
     ClientLeftError,
     ClientUnauthorizedError,
     OutOfDescriptorsError,
-    PayloadLostError,
-    PermanentClientError,
     StoreError,
     StoreUnavailableError,
     TransientClientError,
@@ -36,42 +29,26 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server import lifecycle
 from job_orchestrator.server.collection import JobCollector, job_fields
+from job_orchestrator.server.job_tasks import JobTasks
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.node_calls import NodeCalls
-from job_orchestrator.server.nodes import Fleet, NodeClient
+from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.recovery import Recovery
 from job_orchestrator.server.replicas import ReplicaLease
 from job_orchestrator.server.retention import Cleaner
 from job_orchestrator.server.scheduler import Placement, ServiceLimits
 from job_orchestrator.server.storage import JobRecord, ServerStore
+from job_orchestrator.server.termination import TerminateOutcome, Terminator
 from job_orchestrator.server.uploads import UploadLimits
 from job_orchestrator.server.waiting import FinalWaiters, wait_final
-from job_orchestrator.status import ON_CLIENT, TERMINAL, Status
+from job_orchestrator.status import Status
 from job_orchestrator.wire import REFUSING_DISK_FULL
 
 logger = logging.getLogger(__name__)
 
 #: How often a service with no usable client is logged as such.
 NO_CLIENT_WARNING_EVERY_S = 60.0
-#: The statuses of a job whose work is in flight, owned by one replica under its lease.
-IN_FLIGHT = (Status.PROCESSING, *ON_CLIENT, Status.LOCKED)
-
-
-class Termination(enum.Enum):
-    """How a /terminate ended, in the engine's words; the route maps each to HTTP."""
-
-    DONE = "terminated"  # killed, cancelled, or locked for the dispatch in flight to kill
-    ALREADY_FINAL = "already final"
-    NOT_TERMINABLE = "not terminable"  # a status this server never writes (Unknown)
-    KILL_FAILED = "kill failed"  # the client could not be asked; the job runs on
-    OUT_OF_DESCRIPTORS = "out of descriptors"  # this server's shortage; retry later
-
-
-@dataclass(frozen=True, slots=True)
-class TerminateOutcome:
-    result: Termination
-    status: Status
-    message: str
 
 
 class Orchestrator:
@@ -99,13 +76,27 @@ class Orchestrator:
         self.collector = JobCollector(
             settings, store, self.fleet, self.metrics, self._stop, self.wake_dispatch, clock
         )
+        self.tasks = JobTasks(self._stop)
+        self.terminator = Terminator(
+            store,
+            self.fleet,
+            self.collector,
+            self.metrics,
+            self.tasks,
+            self.lease.replica_id,
+            self.wake_dispatch,
+        )
+        self.recovery = Recovery(
+            store,
+            self.lease,
+            self.tasks,
+            self.collector,
+            self.terminator,
+            self.wake_dispatch,
+            clock,
+        )
         self._final_waiters = FinalWaiters()
         store.on_final(self._final_waiters.notify)
-        self._job_tasks: dict[int, asyncio.Task[object]] = {}
-        #: Jobs a /terminate request is finishing in its own task (not in _job_tasks).
-        self._terminating: set[int] = set()
-        #: Jobs the last reaper pass found without a task, as it saw them.
-        self._unowned: dict[int, JobRecord] = {}
         self._loops: list[asyncio.Task[None]] = []
         #: Services with no usable client: when one of their jobs last tried the clients,
         #: and when that was last logged.
@@ -117,25 +108,28 @@ class Orchestrator:
     async def start(self) -> None:
         await self.lease.join()
         self.store.subscribe(self.wake_dispatch)
-        await self._recover()
+        await self.recovery.recover()
         self._loops = [
             asyncio.create_task(
-                self.lease.lease_loop(self._stop, self._resume_after_lapse), name="lease_loop"
+                self.lease.lease_loop(self._stop, self.recovery.resume_after_lapse),
+                name="lease_loop",
             ),
             asyncio.create_task(self._dispatch_loop(), name="dispatch_loop"),
             asyncio.create_task(self.cleaner.cleaner_loop(self._stop), name="cleaner_loop"),
             asyncio.create_task(self._node_loop(), name="node_loop"),
-            asyncio.create_task(self._reaper_loop(), name="reaper_loop"),
+            asyncio.create_task(
+                self.recovery.reaper_loop(self._stop, self.settings.safety_tick_s),
+                name="reaper_loop",
+            ),
         ]
         for task in self._loops:
             task.add_done_callback(self._loop_died)
 
     async def stop(self) -> None:
         self._stop.set()
-        tasks = [*self._loops, *self._job_tasks.values()]
-        for task in tasks:
+        for task in self._loops:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._loops, self.tasks.cancel_all(), return_exceptions=True)
         try:
             await self.lease.retire()
         except StoreError as error:
@@ -158,69 +152,6 @@ class Orchestrator:
             wait_final(self.store, self._final_waiters, job_id, timeout_s, self._stop),
             self.draining.wait(),
         )
-
-    async def _recover(self) -> None:
-        """Resume after a restart: nothing in flight is lost or sent twice.
-
-        Takes the jobs this replica owned before (same REPLICA_ID) and those nobody can be
-        following (no owner, or a replica that stopped cleanly); jobs of replicas that died
-        are taken over by the reaper once their lease runs out.
-        """
-        # Alone on its database (SQLite), every job in flight is this process's to resume,
-        # whatever REPLICA_ID (a port) it ran under before.
-        alive_since = 0.0 if self.store.shared else math.inf
-        taken = await self.store.take_over(self.lease.replica_id, IN_FLIGHT, alive_since, own=True)
-        self._redrive(taken)
-
-    def _redrive(self, jobs: list[JobRecord]) -> None:
-        """Follow jobs this replica has just become the owner of, with no task of its own."""
-        for job in jobs:
-            if job.status is Status.PROCESSING:
-                # Its dispatch may or may not have reached the client: queue it again with
-                # its dispatch key, so a client that already has the payload returns it.
-                self._spawn(job.id, self._requeue(job))
-            elif job.status is Status.LOCKED:
-                self._spawn(job.id, self._finish_termination(job))
-            else:
-                self._spawn(job.id, self.collector.collect(job))
-
-    async def _requeue(self, job: JobRecord) -> None:
-        await lifecycle.requeue(self.store, job.id)
-        self.wake_dispatch()
-
-    async def _resume_after_lapse(self) -> None:
-        logger.warning(
-            "the lease of replica %s lapsed; resuming only the jobs it still owns",
-            self.lease.replica_id,
-        )
-        tasks = [task for task in self._job_tasks.values() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._redrive(await self.store.take_over(self.lease.replica_id, IN_FLIGHT, 0.0, own=True))
-
-    def _spawn(self, job_id: int, coroutine: Coroutine[Any, Any, object]) -> None:
-        """Run one job's dispatch/collection; a job never has two such tasks."""
-        if job_id in self._job_tasks or self._stop.is_set():
-            coroutine.close()
-            return
-        task = asyncio.create_task(coroutine, name=f"job-{job_id}")
-        self._job_tasks[job_id] = task
-
-        def forget(done: asyncio.Task[object]) -> None:
-            if self._job_tasks.get(job_id) is done:
-                del self._job_tasks[job_id]
-            if not done.cancelled() and (error := done.exception()) is not None:
-                # The reaper re-drives the job; say why it needed to.
-                logger.error(
-                    "task of job %d failed: %r",
-                    job_id,
-                    error,
-                    exc_info=error,
-                    extra={"job_id": job_id},
-                )
-
-        task.add_done_callback(forget)
 
     # ---- dispatch --------------------------------------------------------------------------
 
@@ -264,7 +195,7 @@ class Orchestrator:
             limits, now, placements, owner=self.lease.replica_id
         )
         for job in claimed:
-            self._spawn(job.id, self._send(job))
+            self.tasks.spawn(job.id, self._send(job))
         return len(claimed)
 
     def _placement(self, name: str, service: ServiceConfig, now: float) -> Placement | None:
@@ -396,7 +327,7 @@ class Orchestrator:
         # /terminate arrived while the dispatch was in flight: kill what we just created.
         fresh = await lifecycle.record_payload(self.store, job.id, dest_id)
         if fresh is not None:
-            await self._finish_termination(fresh)
+            await self.terminator.finish(fresh)
 
     async def _requeue_refused(self, job: JobRecord, refused: str) -> None:
         requeued = await lifecycle.requeue_refused(self.store, job.id, refused)
@@ -439,93 +370,8 @@ class Orchestrator:
     # ---- termination -----------------------------------------------------------------------
 
     async def terminate(self, job_id: int) -> TerminateOutcome | None:
-        while True:
-            job = await self.store.get_job(job_id)
-            if job is None:
-                return None
-            if job.status in TERMINAL:
-                return TerminateOutcome(
-                    Termination.ALREADY_FINAL,
-                    job.status,
-                    f"Job {job_id} already finished with status {job.status.wire}",
-                )
-            if job.status is Status.QUEUED:
-                if await lifecycle.kill_queued(self.store, job_id):
-                    self.metrics.job_finished(job, Status.KILLED)
-                    return TerminateOutcome(Termination.DONE, Status.KILLED, "job terminated")
-                continue
-            if job.status is Status.LOCKED:
-                return TerminateOutcome(Termination.DONE, Status.LOCKED, "job terminated")
-            if not lifecycle.may_lock(job.status):
-                # Unknown: a stored status this server never writes; nothing to kill known.
-                return TerminateOutcome(
-                    Termination.NOT_TERMINABLE,
-                    job.status,
-                    f"Job {job_id} cannot be terminated from {job.status.wire}",
-                )
-            # The replica answering the request finishes the termination, so it owns the job
-            # now; a dispatch in flight stays its sender's, who alone learns the payload id.
-            owner = None if job.status is Status.PROCESSING else self.lease.replica_id
-            if not await lifecycle.lock_for_kill(self.store, job, owner):
-                continue
-            if job.status is Status.PROCESSING:
-                # The dispatch in flight sees Locked and kills the payload it creates.
-                return TerminateOutcome(Termination.DONE, Status.LOCKED, "job terminated")
-            self._terminating.add(job_id)
-            try:
-                locked = await self.store.get_job(job_id)
-                assert locked is not None
-                task = self._job_tasks.get(job_id)
-                if task is not None and task is not asyncio.current_task():
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                return await self._finish_termination(locked, restore=job.status)
-            finally:
-                self._terminating.discard(job_id)
-
-    async def _finish_termination(
-        self, job: JobRecord, restore: Status | None = None
-    ) -> TerminateOutcome:
-        try:
-            client = self.fleet.client_for(job)
-        except ClientLeftError as error:
-            # Nothing may be asked about it (no other client holds it): it is given up.
-            return await self._killed(job, None, f"job terminated; {error}")
-        try:
-            if client is None:
-                raise PermanentClientError(f"service {job.service!r} is not configured")
-            if job.dest_id:
-                await client.kill(job.dest_id, key=job.dispatch_key)
-        except PayloadLostError:
-            pass  # nothing left to kill on the client
-        except ClientCallError as error:
-            logger.warning("could not terminate job %d: %s", job.id, error)
-            if restore is None and client is not None and job.dest_id:
-                # Nobody waits for an answer (a restart resumed this): kill it when the
-                # client answers again, and report the job Killed now.
-                await self.fleet.revoke(client.url, job)
-            elif restore is not None and await lifecycle.unlock(self.store, job.id, restore):
-                fresh = await self.store.get_job(job.id)
-                if fresh is not None:
-                    self._spawn(job.id, self.collector.collect(fresh))
-                if isinstance(error, OutOfDescriptorsError):
-                    return TerminateOutcome(
-                        Termination.OUT_OF_DESCRIPTORS,
-                        restore,
-                        "could not terminate job; retry later",
-                    )
-                return TerminateOutcome(Termination.KILL_FAILED, restore, "could not terminate job")
-        return await self._killed(job, client)
-
-    async def _killed(
-        self, job: JobRecord, client: NodeClient | None, message: str = "job terminated"
-    ) -> TerminateOutcome:
-        if await asyncio.shield(lifecycle.kill_locked(self.store, job.id, message)):
-            self.metrics.job_finished(job, Status.KILLED)
-        self.wake_dispatch()
-        if client is not None and job.dest_id:
-            await self.collector.keep_partial(job, client)
-        return TerminateOutcome(Termination.DONE, Status.KILLED, "job terminated")
+        """End the job as a user asked (termination.py); None: there is no such job."""
+        return await self.terminator.terminate(job_id)
 
     # ---- nodes -----------------------------------------------------------------------------
 
@@ -540,68 +386,7 @@ class Orchestrator:
                 logger.exception("node check failed")
                 woke, moved = False, []
             for job_id in moved:
-                task = self._job_tasks.get(job_id)
-                if task is not None:
-                    task.cancel()
+                self.tasks.cancel(job_id)
             if woke or moved:
                 self.wake_dispatch()
             await wait_any(self._stop.wait(), timeout_s=self.settings.node_check_interval_s)
-
-    # ---- reaper ----------------------------------------------------------------------------
-
-    async def _reaper_loop(self) -> None:
-        """Re-drive jobs whose task died (rq's StartedJobRegistry.cleanup, in one process)."""
-        while not self._stop.is_set():
-            try:
-                await self.reap_once()
-            except StoreUnavailableError as error:
-                logger.warning("reaping waits for the database: %s", error)
-            except StoreError:
-                logger.exception("reaping failed")
-            await wait_any(self._stop.wait(), timeout_s=self.settings.safety_tick_s)
-
-    async def reap_once(self) -> list[int]:
-        """Re-drive every job in a non-final, non-Queued status that has no live task.
-
-        A job counts as unowned only if two passes in a row found it so, unchanged: a job
-        just claimed gets its task a moment after its row changes, and a terminate may be
-        finishing it in a request of its own.
-        """
-        if self.lease.may_take_over(self.clock.now()):
-            taken = await self.store.take_over(
-                self.lease.replica_id, IN_FLIGHT, self.clock.now() - self.lease.lease_s, own=False
-            )
-            for job in taken:
-                logger.warning(
-                    "taking job %d (%s) over: its replica's lease ran out",
-                    job.id,
-                    job.status.wire,
-                    extra=job_fields(job),
-                )
-            self._redrive(taken)
-        found: dict[int, JobRecord] = {}
-        for job in await self.store.jobs_with_status(IN_FLIGHT):
-            if (
-                job.owner == self.lease.replica_id
-                and job.id not in self._job_tasks
-                and job.id not in self._terminating
-            ):
-                found[job.id] = job
-        previous, self._unowned = self._unowned, found
-        reaped = []
-        for job_id, job in list(found.items()):
-            if previous.get(job_id) != job or job_id in self._job_tasks:
-                continue
-            logger.warning("job %d (%s) has no live task; re-driving it", job_id, job.status.wire)
-            del self._unowned[job_id]
-            reaped.append(job_id)
-            if job.status is Status.PROCESSING:
-                # As after a restart: the dispatch key is kept, so a client that already
-                # has the payload returns it instead of running it twice.
-                await lifecycle.requeue(self.store, job_id)
-                self.wake_dispatch()
-            elif job.status is Status.LOCKED:
-                self._spawn(job_id, self._finish_termination(job))
-            else:
-                self._spawn(job_id, self.collector.collect(job))
-        return reaped
