@@ -25,3 +25,6 @@ class LoopClock:
             self._origin = (time.time(), loop_now)
         wall, loop_then = self._origin
         return wall + (loop_now - loop_then)
+
+    def monotonic(self) -> float:
+        return asyncio.get_running_loop().time()

@@ -19,12 +19,19 @@ class Clock(Protocol):
         """Seconds since the epoch, as the job rows store them."""
         ...
 
+    def monotonic(self) -> float:
+        """Seconds from an arbitrary origin, never set back: for spans within a process."""
+        ...
+
 
 class SystemClock:
     """The wall clock: what every deployment uses."""
 
     def now(self) -> float:
         return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 SYSTEM_CLOCK: Clock = SystemClock()

@@ -139,3 +139,9 @@ async def until(
         assert loop.time() - started < within_s, f"not within {within_s} s"
         await asyncio.sleep(step_s)
     return loop.time() - started
+
+
+async def let_time_pass(seconds: float) -> None:
+    """Let `seconds` of loop time pass with nothing to wait for (on the virtual-time loop,
+    at no real cost): for what must *not* happen within a span."""
+    await asyncio.sleep(seconds)

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
+
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 
 #: How fast the smallest offset is let drift up (clock rates differ by far less).
 _DRIFT_PER_S = 1e-3
@@ -25,15 +26,16 @@ _MAX_INSTANCES = 16
 
 
 class ServerLease:
-    def __init__(self, lease_s: float) -> None:
+    def __init__(self, lease_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.lease_s = lease_s
+        self._clock = clock
         self._asked_at: dict[int, float] = {}
         self._offsets: dict[str, tuple[float, float]] = {}  # instance -> (offset, seen at)
         self._renewed: dict[int, asyncio.Event] = {}
 
     def asked(self, payload_id: int, clock: str | None) -> None:
         """The server asked about this payload (in a request stamped `clock`, if any)."""
-        sent_at = self._sent_at(clock, time.monotonic())
+        sent_at = self._sent_at(clock, self._clock.monotonic())
         if sent_at > self._asked_at.get(payload_id, -math.inf):
             self._asked_at[payload_id] = sent_at
         self.wake(payload_id)
@@ -41,7 +43,7 @@ class ServerLease:
     def held(self, payload_id: int) -> bool:
         """Whether the lease is held now; if not, renewed() returns on the next wake()."""
         asked_at = self._asked_at.get(payload_id, -math.inf)
-        if time.monotonic() - asked_at < self.lease_s:
+        if self._clock.monotonic() - asked_at < self.lease_s:
             return True
         self._renewed.setdefault(payload_id, asyncio.Event()).clear()
         return False

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Coroutine
 from typing import Any
 
@@ -32,6 +31,7 @@ from job_orchestrator.client.payload import TERMINATED, Payload, PayloadChanges
 from job_orchestrator.client.registry import Registry
 from job_orchestrator.client.sandbox import recorded_exit_code
 from job_orchestrator.client.settling import settle
+from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.status import Status
 
@@ -45,8 +45,10 @@ class Runner:
         registry: Registry,
         metrics: ClientMetrics | None = None,
         executor: Executor | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self.registry = registry
         self.metrics = metrics or ClientMetrics(registry)
         self.executor = executor or make_executor(settings, self.metrics)
@@ -58,7 +60,7 @@ class Runner:
         self._held: dict[int, asyncio.TimerHandle] = {}
         self._stopping = False
         self.archiver = Archiver()
-        self.lease = ServerLease(settings.server_lease_s)
+        self.lease = ServerLease(settings.server_lease_s, clock)
         self.launcher = Launcher(settings, registry, self.metrics, self.executor)
 
     async def resume(self, payloads: list[Payload]) -> None:
@@ -180,7 +182,7 @@ class Runner:
             if with_uid is None:
                 return
             payload = with_uid
-        launched = time.monotonic()
+        launched = self._clock.monotonic()
         handle = await self.launcher.launch(payload)
         if handle is None:
             await self.launcher.release_uid(payload)
@@ -216,7 +218,7 @@ class Runner:
         await self.launcher.release_uid(payload)
         await self._finish(payload, outcome)
         if (ended := self.registry.get(payload.id)) is not None:
-            self.metrics.run_ended(ended.status, time.monotonic() - launched)
+            self.metrics.run_ended(ended.status, self._clock.monotonic() - launched)
             logger.info(
                 "payload %d ended: %s",
                 payload.id,
@@ -231,8 +233,8 @@ class Runner:
         waiting = asyncio.ensure_future(ended)
         if payload.timeout_s is None:
             return await waiting
-        started_at = payload.started_at or handle.started_at or time.time()
-        remaining = payload.timeout_s - (time.time() - started_at)
+        started_at = payload.started_at or handle.started_at or self._clock.now()
+        remaining = payload.timeout_s - (self._clock.now() - started_at)
         try:
             return await asyncio.wait_for(asyncio.shield(waiting), max(0.0, remaining))
         except TimeoutError:
