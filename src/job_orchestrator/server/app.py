@@ -1,4 +1,7 @@
-"""The server application: create_app(settings) wires the store, the gateway and the loops."""
+"""The server application: create_app(settings) wires the store, the gateway and the loops.
+
+The lifespan builds the engine, then the one context the routes use (context.py).
+"""
 
 from __future__ import annotations
 
@@ -29,13 +32,19 @@ from job_orchestrator.http_common import (
 )
 from job_orchestrator.server import api, logs, services_view, status_page, views
 from job_orchestrator.server.auth import Authenticator
+from job_orchestrator.server.context import AppContext, app_context
 from job_orchestrator.server.delivery import CallbackDeliverer
 from job_orchestrator.server.disclosure import DisclosureMiddleware
 from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.gateway import NodeGateway
+from job_orchestrator.server.log_keeper import LogKeeper
+from job_orchestrator.server.log_stream import LogSources
 from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.openapi import COMPONENTS
 from job_orchestrator.server.queue_view import QueuePositions
+from job_orchestrator.server.requesting import database_unavailable
 from job_orchestrator.server.storage import open_store
+from job_orchestrator.server.upload_service import UploadService
 from job_orchestrator.server.waiting import HeldRequests
 from job_orchestrator.status import Status
 
@@ -50,39 +59,53 @@ def create_app(settings: ServerSettings) -> FastAPI:
         metrics = ServerMetrics()
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
-        log_keeper = logs.LogKeeper(settings, store, gateway)
+        log_keeper = LogKeeper(settings, store, gateway)
         store.on_final(log_keeper.job_final)
-        app.state.orchestrator = orchestrator
-        app.state.queue_positions = QueuePositions(store)  # GET /jobs/{id}
-        # DrainingServer sets it on SIGTERM so held `?wait=` requests answer at once.
+        callbacks = CallbackDeliverer(settings, store)
+        context = AppContext(
+            settings=settings,
+            store=store,
+            authenticator=Authenticator(settings),
+            engine=orchestrator,
+            fleet=orchestrator.fleet,
+            uploads=UploadService(
+                settings, store, orchestrator.uploads, callbacks, orchestrator.wake_dispatch
+            ),
+            logs=LogSources(
+                settings, store, gateway, orchestrator.wait_final, orchestrator.draining
+            ),
+            queue_positions=QueuePositions(store),  # GET /jobs/{id}
+            waits=HeldRequests(
+                "waits",
+                settings.wait_max_per_user,
+                settings.wait_max_total,
+                ("WAIT_MAX_PER_USER", "WAIT_MAX_TOTAL"),
+            ),
+            follows=HeldRequests(
+                "log follows",
+                settings.log_follow_max_per_user,
+                settings.log_follow_max_total,
+                ("LOG_FOLLOW_MAX_PER_USER", "LOG_FOLLOW_MAX_TOTAL"),
+            ),
+            metrics=metrics,
+        )
+        app.state.context = context
+        # For DrainingServer (_serve.py), not the routes: it sets `draining` on SIGTERM so
+        # held requests answer at once, from the signal handler through `loop`.
         app.state.draining = orchestrator.draining
         app.state.loop = asyncio.get_running_loop()
-        app.state.authenticator = Authenticator(settings)
-        app.state.callbacks = CallbackDeliverer(settings, store)
-        app.state.follows = HeldRequests(
-            "log follows",
-            settings.log_follow_max_per_user,
-            settings.log_follow_max_total,
-            ("LOG_FOLLOW_MAX_PER_USER", "LOG_FOLLOW_MAX_TOTAL"),
-        )
-        app.state.waits = HeldRequests(
-            "waits",
-            settings.wait_max_per_user,
-            settings.wait_max_total,
-            ("WAIT_MAX_PER_USER", "WAIT_MAX_TOTAL"),
-        )
-        if settings.admin_users and not app.state.authenticator.enabled:
+        if settings.admin_users and not context.authenticator.enabled:
             logger.warning(
                 "ADMIN_USERS has no effect without API_TOKENS_FILE or JWT_PUBLIC_KEYS: "
                 "/status is open"
             )
         await orchestrator.start()
-        await app.state.callbacks.start()
+        await callbacks.start()
         try:
             yield
         finally:
             await orchestrator.stop()
-            await app.state.callbacks.stop()
+            await callbacks.stop()
             await log_keeper.close()
             await gateway.close()
             await store.close()
@@ -124,8 +147,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
         token = settings.metrics_token
         if token and not bearer_matches(request.headers.get("authorization"), token):
             return json_response(UNAUTHORIZED, 401, headers={"WWW-Authenticate": "Bearer"})
-        orchestrator: Orchestrator = request.app.state.orchestrator
-        body = await orchestrator.metrics.exposition(orchestrator.store, orchestrator.fleet)
+        context = app_context(request.app)
+        body = await context.metrics.exposition(context.store, context.fleet.snapshot())
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/swagger/", include_in_schema=False)
@@ -153,16 +176,14 @@ def create_app(settings: ServerSettings) -> FastAPI:
                 routes=app.routes,
                 tags=app.openapi_tags,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(
-                {**api.openapi_components(), **views.COMPONENTS, **services_view.COMPONENTS}
-            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(COMPONENTS)
             app.openapi_schema = schema
         return app.openapi_schema
 
     async def store_failed(_request: Request, error: Exception) -> Response:
         if isinstance(error, StoreUnavailableError):
             logger.warning("request answered 503: %s", error)
-            return api.database_unavailable()
+            return database_unavailable()
         if is_exhaustion(error) or exhausted_now():
             # SQLite says "unable to open database file" without an errno.
             logger.warning("request answered 503: no file descriptor left (%s)", error)

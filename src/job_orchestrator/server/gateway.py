@@ -5,7 +5,8 @@ TransientClientError (worth retrying); of those, failures before a connection ex
 (refused, DNS, connect timeout) raise UndeliveredError, since the client cannot have seen the
 request. 4xx answers and unreadable replies raise
 PermanentClientError, and a 404 for a payload we handed over raises PayloadLostError, as does
-our client's 409 (the payload of that id holds another dispatch key: another job's).
+our client's 409 (the payload of that id holds another dispatch key: another job's); the
+answers are read, and the failures classified, in node_answers.py.
 Requests carry only what the original client understands plus headers it ignores
 (`Idempotency-Key`, `X-Orchestrator-Dispatch-Key`), so a Rust client can be driven unchanged.
 
@@ -22,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -33,22 +32,26 @@ from urllib.parse import unquote
 
 import aiohttp
 
-from job_orchestrator._descriptors import is_exhaustion
-from job_orchestrator._filestream import CHUNK_BYTES, ThreadedWriter
+from job_orchestrator._filestream import CHUNK_BYTES
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import (
-    ClientDiskFullError,
-    ClientUnauthorizedError,
     LogOffsetError,
-    OutOfDescriptorsError,
     PartialTooLargeError,
-    PayloadLostError,
     PermanentClientError,
     TransientClientError,
-    UndeliveredError,
 )
-from job_orchestrator.server.jobfiles import temporary_name
 from job_orchestrator.server.metrics import ServerMetrics, observed_call
+from job_orchestrator.server.node_answers import (
+    classified_failure,
+    exit_code_of,
+    is_zip,
+    payload_json,
+    raise_for_status,
+    range_size,
+    seconds_header,
+    started_at_of,
+    stream_to_file,
+)
 from job_orchestrator.server.node_calls import LogAnswer, NodeReport, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import (
     MultipartBody,
@@ -63,7 +66,6 @@ from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
     DISPATCH_KEY_HEADER,
-    EXIT_CODE_HEADER,
     IDEMPOTENCY_HEADER,
     LEASE_HEADER,
     LOG_BYTES_HEADER,
@@ -71,7 +73,6 @@ from job_orchestrator.wire import (
     LONG_POLL_HEADER,
     MESSAGE_HEADER,
     REFUSING_HEADER,
-    STARTED_AGE_HEADER,
     TIMEOUT_HEADER,
     WARNINGS_HEADER,
 )
@@ -81,65 +82,6 @@ from job_orchestrator.wire import (
 _KEEPALIVE_S = 4.0
 #: h11 (httpx) accepted 16 KiB of response headers; a long X-Orchestrator-Message must fit.
 _MAX_HEADER_BYTES = 16 * 1024
-
-
-def _exit_code(response: aiohttp.ClientResponse) -> int | None:
-    raw = response.headers.get(EXIT_CODE_HEADER, "")
-    return int(raw) if re.fullmatch(r"-?[0-9]{1,10}", raw) and abs(int(raw)) < 2**31 else None
-
-
-def _started_at(response: aiohttp.ClientResponse) -> float | None:
-    try:
-        age_s = float(response.headers.get(STARTED_AGE_HEADER, ""))
-    except ValueError:
-        return None
-    return time.time() - age_s if 0 <= age_s < float("inf") else None
-
-
-def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
-    if response.status == 404:
-        raise PayloadLostError(f"{what}: client answered 404 (payload not found)")
-    if response.status == 401:
-        raise ClientUnauthorizedError(f"{what}: {ClientUnauthorizedError.MESSAGE}")
-    if response.status == 507:
-        raise ClientDiskFullError(f"{what}: {ClientDiskFullError.MESSAGE}")
-    if response.status == 409:
-        # Never used as this job's answer: for this job, the client no longer has it.
-        raise PayloadLostError(f"{what}: client answered 409 (the payload is another job's)")
-    # 408: our client timed the dispatch body out (UPLOAD_IDLE_TIMEOUT); 429: it is busy.
-    if response.status >= 500 or response.status in (408, 429):
-        raise TransientClientError(f"{what}: client answered {response.status}")
-    if not 200 <= response.status < 300:
-        raise PermanentClientError(f"{what}: client answered {response.status}")
-
-
-def _seconds_header(text: str) -> float | None:
-    """A positive, finite number of seconds from a header; None for anything else."""
-    try:
-        seconds = float(text)
-    except ValueError:
-        return None
-    return seconds if 0 < seconds < float("inf") else None
-
-
-def _range_size(response: aiohttp.ClientResponse) -> int:
-    """The length a 416 gives in `Content-Range: bytes */N` (0 when absent)."""
-    found = re.fullmatch(r"bytes \*/([0-9]{1,19})", response.headers.get("Content-Range", ""))
-    return int(found.group(1)) if found else 0
-
-
-def _is_zip(response: aiohttp.ClientResponse) -> bool:
-    return response.status == 200 and "application/zip" in response.headers.get("content-type", "")
-
-
-def _payload_json(body: bytes, what: str) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise PermanentClientError(f"{what}: client sent a reply that is not JSON") from None
-    if not isinstance(payload, dict):
-        raise PermanentClientError(f"{what}: client sent an unexpected JSON reply")
-    return payload
 
 
 class NodeGateway:
@@ -206,7 +148,7 @@ class NodeGateway:
         try:
             yield
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            classified = _classified(what, error)
+            classified = classified_failure(what, error)
             if classified is error:
                 raise  # our own disk (writing a result): the caller's to judge
             raise classified from error
@@ -247,8 +189,8 @@ class NodeGateway:
             reply = await response.read()
         if response.status == 404:
             raise PermanentClientError(f"{what}: client answered 404")
-        _raise_for_status(response, what)
-        payload_id = _payload_json(reply, what).get("id")
+        raise_for_status(response, what)
+        payload_id = payload_json(reply, what).get("id")
         if not isinstance(payload_id, int) or isinstance(payload_id, bool) or payload_id <= 0:
             raise PermanentClientError(f"{what}: client reply has no valid payload id")
         return payload_id
@@ -292,11 +234,11 @@ class NodeGateway:
                 },
             ) as response,
         ):
-            _raise_for_status(response, what)
+            raise_for_status(response, what)
             # Dated on arrival of the headers, before the body streams in.
-            started_at = _started_at(response)
-            if _is_zip(response):
-                await _stream_to_file(response.content.iter_chunked(CHUNK_BYTES), zip_destination)
+            started_at = started_at_of(response)
+            if is_zip(response):
+                await stream_to_file(response.content.iter_chunked(CHUNK_BYTES), zip_destination)
                 # A Completed result may still say what was left out of it.
                 message = unquote(response.headers.get(MESSAGE_HEADER, ""))
                 log_bytes = response.headers.get(LOG_BYTES_HEADER, "")
@@ -304,12 +246,12 @@ class NodeGateway:
                     Status.COMPLETED,
                     message,
                     long_polled=False,
-                    exit_code=_exit_code(response),
+                    exit_code=exit_code_of(response),
                     started_at=started_at,
                     log_bytes=int(log_bytes) if log_bytes.isdigit() else None,
                 )
             body = await response.read()
-        payload = _payload_json(body, what)
+        payload = payload_json(body, what)
         try:
             status = Status.from_wire(str(payload.get("status")))
         except ValueError:
@@ -320,7 +262,7 @@ class NodeGateway:
             status=status,
             message=unquote(response.headers.get(MESSAGE_HEADER, "")),
             long_polled=response.headers.get(LONG_POLL_HEADER) == "1",
-            exit_code=_exit_code(response),
+            exit_code=exit_code_of(response),
             started_at=started_at,
         )
 
@@ -336,7 +278,7 @@ class NodeGateway:
     ) -> None:
         """Store the client's partial ZIP at destination (atomically)."""
         async with self.open_partial(node, payload_id, token=token, key=key) as answer:
-            await _stream_to_file(answer.chunks, destination)
+            await stream_to_file(answer.chunks, destination)
 
     @contextlib.asynccontextmanager
     async def open_partial(
@@ -353,8 +295,8 @@ class NodeGateway:
             if response.status == 413:
                 reason = unquote(response.headers.get(MESSAGE_HEADER, "")) or "files too large"
                 raise PartialTooLargeError(reason)
-            _raise_for_status(response, what)
-            if not _is_zip(response):
+            raise_for_status(response, what)
+            if not is_zip(response):
                 raise PermanentClientError(f"{what}: client did not send a ZIP")
             yield ZipAnswer(
                 response.content.iter_chunked(CHUNK_BYTES), response.headers.get(MESSAGE_HEADER)
@@ -391,8 +333,8 @@ class NodeGateway:
             ) as response,
         ):
             if response.status == 416:
-                raise LogOffsetError(_range_size(response))
-            _raise_for_status(response, what)
+                raise LogOffsetError(range_size(response))
+            raise_for_status(response, what)
             try:
                 status = Status.from_wire(response.headers.get(LOG_STATUS_HEADER, ""))
             except ValueError:
@@ -429,7 +371,7 @@ class NodeGateway:
             max_concurrent=int(capacity) if capacity.isdigit() and int(capacity) > 0 else None,
             load_percent=load,
             token_refused=refused,
-            server_lease_s=_seconds_header(health.headers.get(LEASE_HEADER, "")),
+            server_lease_s=seconds_header(health.headers.get(LEASE_HEADER, "")),
             warnings=tuple(
                 unquote(part) for part in health.headers.get(WARNINGS_HEADER, "").split(",") if part
             ),
@@ -452,45 +394,4 @@ class NodeGateway:
             ) as response,
         ):
             await response.read()
-        _raise_for_status(response, what)
-
-
-def _classified(what: str, error: Exception) -> Exception:
-    """The ClientCallError a failed call raises (a plain OSError of our own stays itself)."""
-    if is_exhaustion(error):
-        # socket(), or opening a file to send or keep, found no descriptor left: the client
-        # may never have seen the request, and its health is not in question.
-        return OutOfDescriptorsError(f"{what}: this server has no file descriptor left")
-    if isinstance(error, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        # No connection was made (refused, DNS, connect timeout), so nothing was sent.
-        return UndeliveredError(f"{what}: {type(error).__name__}: {error}")
-    if isinstance(error, aiohttp.ServerTimeoutError):
-        return TransientClientError(f"{what}: timed out ({type(error).__name__})")
-    if isinstance(error, aiohttp.ClientError):
-        # Disconnected, reset, a body cut short, a reply that is not HTTP.
-        return TransientClientError(f"{what}: {type(error).__name__}: {error}")
-    if isinstance(error, TimeoutError):
-        # paced(): the client stopped reading the dispatch body.
-        return TransientClientError(f"{what}: timed out (writing the body)")
-    return error
-
-
-async def _stream_to_file(chunks: AsyncIterator[bytes], destination: Path) -> None:
-    # Two collectors of one job (a replica taking over a job its owner still follows) each
-    # write their own file; the rename makes one whole copy win.
-    partial = temporary_name(destination)
-    try:
-        with partial.open("wb") as sink:
-            # A big ZIP is written on threads while the loop reads on (_filestream.py).
-            writer = ThreadedWriter(sink)
-            try:
-                async for chunk in chunks:
-                    await writer.write(chunk)
-                await writer.finish()
-            except BaseException:
-                await writer.abandon()
-                raise
-        os.replace(partial, destination)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+        raise_for_status(response, what)

@@ -14,7 +14,7 @@ from pathlib import Path
 RESULT_NAME = "output.zip"
 PARTIAL_NAME = "partial.zip"
 INPUT_DIR = "input"
-#: The server's copy of a finished job's log (server/logs.py).
+#: The server's copy of a finished job's log (server/log_keeper.py).
 LOG_NAME = "output.log"
 
 

@@ -2,9 +2,10 @@
 
 Job counts per status and queue depth are read from the store at scrape time, in one grouped
 query, so they are right after a restart and agree across replicas sharing a database; client
-health and load come from the fleet's last check. Counters and histograms are this process's:
-they are observed where jobs change state (the dispatcher) and where clients are called (the
-gateway), and start from zero at a restart, as Prometheus expects of counters.
+health and load come from a snapshot of the fleet's last check (fleet_snapshot.py). Counters
+and histograms are this process's: they are observed where jobs change state (the dispatcher)
+and where clients are called (the gateway), and start from zero at a restart, as Prometheus
+expects of counters.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from job_orchestrator.status import CLIENT_CONDITIONS, Status
 
 if TYPE_CHECKING:
     from job_orchestrator.config import NodeConfig
-    from job_orchestrator.server.nodes import Fleet
+    from job_orchestrator.server.fleet_snapshot import FleetSnapshot
     from job_orchestrator.server.storage import JobRecord, ServerStore
 
 PREFIX = "job_orchestrator_"
@@ -87,7 +88,7 @@ class ServerMetrics:
 
     # ---- scrape ----------------------------------------------------------------------------
 
-    async def exposition(self, store: ServerStore, fleet: Fleet) -> bytes:
+    async def exposition(self, store: ServerStore, fleet: FleetSnapshot) -> bytes:
         self._live.counts = await store.status_counts()
         self._live.work = store.work_counts()
         self._live.fleet = fleet
@@ -95,12 +96,12 @@ class ServerMetrics:
 
 
 class _LiveCollector(Collector):
-    """Gauges computed from the latest store read and fleet state (set just before a scrape)."""
+    """Gauges computed from the latest store read and fleet snapshot (set just before a scrape)."""
 
     def __init__(self) -> None:
         self.counts: dict[tuple[str, Status], int] = {}
         self.work: tuple[Mapping[str, int], int] = ({}, 0)
-        self.fleet: Fleet | None = None
+        self.fleet: FleetSnapshot | None = None
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily(
@@ -116,7 +117,7 @@ class _LiveCollector(Collector):
                 queued[service] = queued.get(service, 0) + count
         services = {service for service, _status in self.counts}
         if self.fleet is not None:
-            services |= set(self.fleet.settings.services)
+            services |= set(self.fleet.services)
         for service in sorted(services):
             depth.add_metric([service], queued.get(service, 0))
         yield jobs
@@ -160,18 +161,16 @@ class _LiveCollector(Collector):
             f"{PREFIX}client_capacity", "MAX_CONCURRENT the client declares", labels=labels
         )
         if self.fleet is not None:
-            for service in self.fleet.settings.services.values():
-                for node in service.nodes:
-                    state = self.fleet.state[node.upload_url]
-                    key = [service.name, node.upload_url]
-                    current = self.fleet.condition(node.upload_url)
-                    up.add_metric(key, 1 if current == "up" else 0)
+            for service in self.fleet.services:
+                for node in self.fleet.of_service(service):
+                    key = [service, node.url]
+                    up.add_metric(key, 1 if node.condition == "up" else 0)
                     for name in CLIENT_CONDITIONS:
-                        condition.add_metric([*key, name], 1 if name == current else 0)
-                    if state.load_percent is not None:
-                        load.add_metric(key, state.load_percent)
-                    if state.max_concurrent is not None:
-                        capacity.add_metric(key, state.max_concurrent)
+                        condition.add_metric([*key, name], 1 if name == node.condition else 0)
+                    if node.load_percent is not None:
+                        load.add_metric(key, node.load_percent)
+                    if node.max_concurrent is not None:
+                        capacity.add_metric(key, node.max_concurrent)
         yield up
         yield condition
         yield load

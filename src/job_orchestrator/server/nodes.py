@@ -39,6 +39,7 @@ from job_orchestrator.errors import (
     UndeliveredError,
 )
 from job_orchestrator.server import lifecycle
+from job_orchestrator.server.fleet_snapshot import FleetSnapshot, NodeView
 from job_orchestrator.server.node_calls import NodeCalls, RetrieveResult, ZipAnswer
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.scheduler import NodeSlot, Placement
@@ -434,3 +435,26 @@ class Fleet:
                     )
                     moved.append(job.id)
         return moved
+
+    def snapshot(self) -> FleetSnapshot:
+        """The clients as they are now, frozen: what /metrics, /status and the queue view read."""
+        return FleetSnapshot(
+            nodes={
+                url: NodeView(
+                    url=url,
+                    condition=self.condition(url),
+                    healthy=state.healthy,
+                    down_since=state.down_since,
+                    load_percent=state.load_percent,
+                    max_concurrent=state.max_concurrent,
+                    last_error=state.last_error,
+                    last_error_at=state.last_error_at,
+                    warnings=state.warnings,
+                )
+                for url, state in self.state.items()
+            },
+            services={
+                name: tuple(node.upload_url for node in service.nodes)
+                for name, service in self.settings.services.items()
+            },
+        )

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from job_orchestrator.config import ServiceConfig
 from job_orchestrator.errors import ClientDiskFullError, ClientUnauthorizedError
-from job_orchestrator.server.nodes import Fleet
+from job_orchestrator.server.fleet_snapshot import FleetSnapshot
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, plan_dispatch
 from job_orchestrator.server.storage import JobRecord, StoreViews
 
@@ -130,7 +130,7 @@ async def queue_standing(
     store: StoreViews,
     job: JobRecord,
     services: Mapping[str, ServiceConfig],
-    fleet: Fleet,
+    fleet: FleetSnapshot,
     positions: QueuePositions | None = None,
 ) -> QueueStanding:
     """Why a Queued job has not started yet, and its place in the queue."""
@@ -146,7 +146,7 @@ async def queue_standing(
             position, "service_limit", f"service {job.service!r} is not configured on this server"
         )
     down = [node.upload_url for node in service.nodes if fleet.is_down(node.upload_url)]
-    conditions = [fleet.condition(node.upload_url) for node in service.nodes]
+    conditions = [fleet[node.upload_url].condition for node in service.nodes]
     refusing = [c for c in conditions if c in ("unauthorized", "disk_full")]
     if "disk_full" in refusing and len(down) + len(refusing) == len(service.nodes):
         return QueueStanding(
@@ -161,7 +161,7 @@ async def queue_standing(
             f"no client of service {service.name} can take it: {ClientUnauthorizedError.MESSAGE}",
         )
     if service.nodes and len(down) == len(service.nodes):
-        errors = [fleet.state[url].last_error for url in down if fleet.state[url].last_error]
+        errors = [fleet[url].last_error for url in down if fleet[url].last_error]
         why = f" (last error: {errors[-1]})" if errors else ""
         return QueueStanding(
             position,

@@ -1,6 +1,6 @@
-"""What every route does before its own work: find the engine, the caller and the job.
+"""What every route does before its own work: find the app's context, the caller and the job.
 
-Shared by the routes of api.py, views.py, logs.py and status_page.py.
+Shared by the routes of api.py, views.py, logs.py, services_view.py and status_page.py.
 """
 
 from __future__ import annotations
@@ -14,23 +14,43 @@ from starlette.types import Scope
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.http_common import path_id, status_body
-from job_orchestrator.server.auth import Authenticator
-from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.context import AppContext, app_context
 from job_orchestrator.server.principal import ANYONE, COOKIE, AuthRefusedError, Principal
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import Status
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANYONE", "Principal", "authenticate", "engine", "lookup_job", "not_found"]
+__all__ = [
+    "ANYONE",
+    "Principal",
+    "authenticate",
+    "context",
+    "database_unavailable",
+    "lookup_job",
+    "not_found",
+]
 
 #: Where a request's caller is kept once decided (the disclosure middleware asks first).
 _CALLER = "job_orchestrator.caller"
 
 
-def engine(request: Request) -> Orchestrator:
-    orchestrator: Orchestrator = request.app.state.orchestrator
-    return orchestrator
+def context(request: Request) -> AppContext:
+    """What the route may use of the server (context.py)."""
+    return app_context(request.app)
+
+
+#: Seconds a client is told to wait while the database cannot be reached.
+DATABASE_RETRY_AFTER_S = 5
+
+
+def database_unavailable() -> JSONResponse:
+    """What any request answers while the database cannot be reached (never a 500)."""
+    response = status_body(
+        0, Status.UNKNOWN, "The database is unavailable; retry in a few seconds", 503
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
 
 
 def not_found(job_id: int) -> JSONResponse:
@@ -42,7 +62,7 @@ def caller_of(scope: Scope) -> Principal | AuthRefusedError:
     known: Principal | AuthRefusedError | None = scope.get(_CALLER)
     if known is not None:
         return known
-    authenticator: Authenticator = scope["app"].state.authenticator
+    authenticator = app_context(scope["app"]).authenticator
     connection = HTTPConnection(scope)
     try:
         found: Principal | AuthRefusedError = authenticator.principal(
@@ -73,7 +93,7 @@ async def lookup_job(request: Request) -> JobRecord | JSONResponse:
         return caller
     job_id = path_id(request)
     try:
-        job = await engine(request).store.get_job(job_id)
+        job = await context(request).store.get_job(job_id)
     except StoreUnavailableError:
         raise  # answered 503 by the app's handler
     except StoreError:

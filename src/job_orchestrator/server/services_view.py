@@ -9,7 +9,6 @@ each client by its name (`<service>-<n>`, as disclosure.py names it everywhere),
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -17,49 +16,11 @@ from fastapi.responses import JSONResponse, Response
 from job_orchestrator.errors import StoreError
 from job_orchestrator.http_common import json_response, status_body
 from job_orchestrator.server.node_wire import base_url
-from job_orchestrator.server.requesting import authenticate, engine
-from job_orchestrator.status import CLIENT_CONDITIONS, SLOT_HOLDING, Status
+from job_orchestrator.server.requesting import authenticate, context
+from job_orchestrator.status import SLOT_HOLDING, Status
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["services"])
-
-_CLIENT = {
-    "type": "object",
-    "required": ["name", "url", "state", "load_percent", "capacity"],
-    "properties": {
-        "name": {"type": "string", "description": "`<service>-<n>`: the n-th client"},
-        "url": {
-            "type": ["string", "null"],
-            "description": "Its base URL; null for callers who are not admins",
-        },
-        "state": {"type": "string", "enum": list(CLIENT_CONDITIONS)},
-        "load_percent": {"type": ["number", "null"]},
-        "capacity": {"type": ["integer", "null"], "description": "MAX_CONCURRENT, if set"},
-    },
-}
-COMPONENTS: dict[str, Any] = {
-    "ServiceClient": _CLIENT,
-    "Service": {
-        "type": "object",
-        "required": ["name", "runs_per_user", "max_runs", "timeout_s", "queued", "active"],
-        "properties": {
-            "name": {"type": "string"},
-            "runs_per_user": {"type": "integer"},
-            "max_runs": {"type": "integer"},
-            "timeout_s": {"type": ["number", "null"]},
-            "queued": {"type": "integer", "description": "Queued jobs, every user's"},
-            "active": {"type": "integer", "description": "Jobs holding a slot, every user's"},
-            "clients": {"type": "array", "items": {"$ref": "#/components/schemas/ServiceClient"}},
-        },
-    },
-    "ServiceList": {
-        "type": "object",
-        "required": ["services"],
-        "properties": {
-            "services": {"type": "array", "items": {"$ref": "#/components/schemas/Service"}}
-        },
-    },
-}
 
 
 @router.get(
@@ -80,19 +41,20 @@ async def list_services(request: Request) -> Response:
     caller = authenticate(request)
     if isinstance(caller, JSONResponse):
         return caller
-    orchestrator = engine(request)
+    ctx = context(request)
     try:
-        counts = await orchestrator.store.open_job_counts()
+        counts = await ctx.store.open_job_counts()
     except StoreError:
         logger.exception("counting the services' jobs failed")
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
     shows_urls = caller.admin
     names: dict[str, str] = {}  # the first service listing a client names it
-    for service in orchestrator.settings.services.values():
+    for service in ctx.settings.services.values():
         for index, node in enumerate(service.nodes, start=1):
             names.setdefault(base_url(node.upload_url), f"{service.name}-{index}")
+    fleet = ctx.fleet.snapshot()
     services = []
-    for name, service in sorted(orchestrator.settings.services.items()):
+    for name, service in sorted(ctx.settings.services.items()):
         queued = active = 0
         for (service_name, _user), by_status in counts.items():
             if service_name == name:
@@ -100,15 +62,15 @@ async def list_services(request: Request) -> Response:
                 active += sum(n for status, n in by_status.items() if status in SLOT_HOLDING)
         clients = []
         for node in service.nodes:
-            state = orchestrator.fleet.state[node.upload_url]
+            view = fleet[node.upload_url]
             url = base_url(node.upload_url)
             clients.append(
                 {
                     "name": names[url],
                     "url": url if shows_urls else None,
-                    "state": orchestrator.fleet.condition(node.upload_url),
-                    "load_percent": state.load_percent,
-                    "capacity": state.max_concurrent,
+                    "state": view.condition,
+                    "load_percent": view.load_percent,
+                    "capacity": view.max_concurrent,
                 }
             )
         services.append(

@@ -1,7 +1,7 @@
 """`GET /status`: an HTML page for operators, rendered on the server (Jinja2, no JavaScript).
 
 Each service's limits, queue depth and jobs per user; its clients with health, load,
-capacity and last error (the node loop's last look, `Fleet.state`); the warnings the server
+capacity and last error (the node loop's last look, as a `FleetSnapshot`); the warnings the server
 printed at start (exposure.py), for as long as they hold; recent jobs with their
 durations, filtered by service and status through the same listing verb and query parsing as
 `GET /jobs`. With authentication on (API_TOKENS_FILE, JWT_PUBLIC_KEYS) only admins open it
@@ -25,11 +25,10 @@ from fastapi.responses import HTMLResponse, Response
 from job_orchestrator import __version__
 from job_orchestrator.errors import StoreError
 from job_orchestrator.exposure import server_warnings
-from job_orchestrator.server.auth import Authenticator
-from job_orchestrator.server.dispatcher import Orchestrator
+from job_orchestrator.server.context import AppContext
 from job_orchestrator.server.node_wire import base_url
 from job_orchestrator.server.principal import COOKIE, AuthRefusedError
-from job_orchestrator.server.requesting import engine
+from job_orchestrator.server.requesting import context
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.server.views import ListQueryError, list_filters, rfc3339
 from job_orchestrator.status import SLOT_HOLDING, Status
@@ -61,7 +60,7 @@ def _bearer_of(authorization: str | None) -> str | None:
 
 def refusal(request: Request) -> Response | None:
     """401/403 unless the caller may see the page (None: it may)."""
-    authenticator: Authenticator = request.app.state.authenticator
+    authenticator = context(request).authenticator
     if not authenticator.enabled:
         return None
     try:
@@ -134,11 +133,11 @@ class JobRow:
         )
 
 
-async def _services(orchestrator: Orchestrator) -> list[dict[str, Any]]:
-    store, fleet = orchestrator.store, orchestrator.fleet
+async def _services(ctx: AppContext) -> list[dict[str, Any]]:
+    store, fleet = ctx.store, ctx.fleet.snapshot()
     counts = await store.open_job_counts()
     services = []
-    for name, service in sorted(orchestrator.settings.services.items()):
+    for name, service in sorted(ctx.settings.services.items()):
         users = []
         for (service_name, user_id), by_status in sorted(counts.items()):
             if service_name == name:
@@ -149,19 +148,19 @@ async def _services(orchestrator: Orchestrator) -> list[dict[str, Any]]:
         on_node = await store.node_occupancy(name)
         clients = []
         for node in service.nodes:
-            state = fleet.state[node.upload_url]
+            view = fleet[node.upload_url]
             clients.append(
                 {
                     "url": base_url(node.upload_url),
-                    "healthy": state.healthy,
-                    "condition": fleet.condition(node.upload_url),
-                    "down_since": rfc3339(state.down_since),
-                    "load": state.load_percent,
-                    "capacity": state.max_concurrent,
+                    "healthy": view.healthy,
+                    "condition": view.condition,
+                    "down_since": rfc3339(view.down_since),
+                    "load": view.load_percent,
+                    "capacity": view.max_concurrent,
                     "active": on_node.get(node.upload_url, 0),
-                    "last_error": state.last_error,
-                    "last_error_at": rfc3339(state.last_error_at),
-                    "warnings": state.warnings,
+                    "last_error": view.last_error,
+                    "last_error_at": rfc3339(view.last_error_at),
+                    "warnings": view.warnings,
                 }
             )
         services.append(
@@ -184,7 +183,7 @@ async def status_page(request: Request) -> Response:
     refused = refusal(request)
     if refused is not None:
         return refused
-    orchestrator = engine(request)
+    ctx = context(request)
     # The filter form sends an empty field for "any".
     given = {key: value for key, value in request.query_params.items() if value}
     given.setdefault("limit", str(PAGE_JOBS))
@@ -193,10 +192,10 @@ async def status_page(request: Request) -> Response:
     except ListQueryError as error:
         return HTMLResponse(_render("refused.html", reason=str(error)), status_code=400)
     try:
-        page = await orchestrator.store.list_jobs(
+        page = await ctx.store.list_jobs(
             limit=limit + 1, before_id=before_id, user_id=user_id, status=status, service=service
         )
-        services = await _services(orchestrator)
+        services = await _services(ctx)
     except StoreError:
         logger.exception("the status page could not read the database")
         return HTMLResponse(
@@ -209,7 +208,7 @@ async def status_page(request: Request) -> Response:
         _render(
             "status.html",
             now=rfc3339(now),
-            warnings=server_warnings(orchestrator.settings),
+            warnings=server_warnings(ctx.settings),
             services=services,
             jobs=rows,
             statuses=[s.wire for s in Status],

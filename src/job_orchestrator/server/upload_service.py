@@ -1,9 +1,10 @@
 """An upload turned into a queued job, or refused with a reason: the service behind /upload.
 
-`receive_upload` reads the multipart body into a staging directory, checks who may upload
-what, and creates the job; it answers an `UploadAccepted` or an `UploadRefused` and knows
-nothing of HTTP status codes (the route maps the reasons, api.py). A refused upload leaves
-nothing behind, and no upload can break another's.
+`UploadService.receive` reads the multipart body into a staging directory, checks who may
+upload what, and creates the job; it answers an `UploadAccepted` or an `UploadRefused` and
+knows nothing of HTTP status codes (the route maps the reasons, api.py). A refused upload
+leaves nothing behind, and no upload can break another's. The app's lifespan builds the one
+service (context.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
@@ -19,6 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._fs import remove_tree
+from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.multipart import (
@@ -32,10 +34,10 @@ from job_orchestrator.multipart import (
 )
 from job_orchestrator.server.callbacks import MAX_URL_CHARS, CallbackURLError
 from job_orchestrator.server.delivery import CallbackDeliverer
-from job_orchestrator.server.dispatcher import Orchestrator
 from job_orchestrator.server.jobfiles import INPUT_DIR
 from job_orchestrator.server.principal import Principal
-from job_orchestrator.server.uploads import Staging
+from job_orchestrator.server.storage import Store
+from job_orchestrator.server.uploads import Staging, UploadLimits
 from job_orchestrator.wire import parse_i32
 
 logger = logging.getLogger(__name__)
@@ -102,28 +104,33 @@ def too_large_message(limit: int) -> str:
     return f"Request body exceeds the upload limit of {limit} bytes ({limit // 2**20} MiB)"
 
 
-async def receive_upload(
-    orchestrator: Orchestrator, callbacks: CallbackDeliverer, upload: UploadRequest
-) -> UploadOutcome:
-    settings = orchestrator.settings
-    limit = settings.upload_limit_bytes
-    if upload.declared_length.isdigit() and int(upload.declared_length) > limit:
-        return UploadRefused(Reason.TOO_LARGE, too_large_message(limit))
-    if not orchestrator.uploads.admit(upload.caller_address):
-        return UploadRefused(Reason.BUSY, "Too many uploads in progress; retry later")
-    staging = Staging(settings.data_path)
-    try:
-        with orchestrator.uploads.tracking(staging):
-            return await _receive(orchestrator, callbacks, upload, staging)
-    finally:
-        orchestrator.uploads.release(upload.caller_address)
+@dataclass(frozen=True, slots=True)
+class UploadService:
+    """What an upload needs of the server: the settings, the store, the engine's upload limits
+    (which the cleaner reads too), the callback policy, and the dispatcher to wake."""
+
+    settings: ServerSettings
+    store: Store
+    limits: UploadLimits
+    callbacks: CallbackDeliverer
+    wake_dispatch: Callable[[], None]
+
+    async def receive(self, upload: UploadRequest) -> UploadOutcome:
+        limit = self.settings.upload_limit_bytes
+        if upload.declared_length.isdigit() and int(upload.declared_length) > limit:
+            return UploadRefused(Reason.TOO_LARGE, too_large_message(limit))
+        if not self.limits.admit(upload.caller_address):
+            return UploadRefused(Reason.BUSY, "Too many uploads in progress; retry later")
+        staging = Staging(self.settings.data_path)
+        try:
+            with self.limits.tracking(staging):
+                return await _receive(self, upload, staging)
+        finally:
+            self.limits.release(upload.caller_address)
 
 
 async def _receive(
-    orchestrator: Orchestrator,
-    callbacks: CallbackDeliverer,
-    upload: UploadRequest,
-    staging: Staging,
+    uploads: UploadService, upload: UploadRequest, staging: Staging
 ) -> UploadOutcome:
     """Read the form into `staging`, check it, and turn it into a queued job."""
     files_dir = staging.path / INPUT_DIR
@@ -140,14 +147,14 @@ async def _receive(
         logger.exception("could not create %s", files_dir)
         return UploadRefused(Reason.FAILED, "Could not create job directory")
     try:
-        outcome = await _queue(orchestrator, callbacks, upload, staging)
+        outcome = await _queue(uploads, upload, staging)
         keep = isinstance(outcome, UploadAccepted)
         return outcome
     except BoundaryError as error:
         return UploadRefused(Reason.BAD_BOUNDARY, str(error))
     except BodyTooLargeError:
         return UploadRefused(
-            Reason.TOO_LARGE, too_large_message(orchestrator.settings.upload_limit_bytes)
+            Reason.TOO_LARGE, too_large_message(uploads.settings.upload_limit_bytes)
         )
     except BodyIdleError as error:
         return UploadRefused(
@@ -174,13 +181,8 @@ async def _receive(
             await asyncio.to_thread(remove_tree, staging.path)
 
 
-async def _queue(
-    orchestrator: Orchestrator,
-    callbacks: CallbackDeliverer,
-    upload: UploadRequest,
-    staging: Staging,
-) -> UploadOutcome:
-    settings = orchestrator.settings
+async def _queue(uploads: UploadService, upload: UploadRequest, staging: Staging) -> UploadOutcome:
+    settings = uploads.settings
     caller = upload.caller
     form = await read_multipart(
         upload.body,
@@ -210,18 +212,18 @@ async def _queue(
     if service not in settings.services:
         return UploadRefused(Reason.INVALID, "Invalid service")
     queue_max = settings.queue_max_per_user
-    if queue_max and await orchestrator.store.queued_count(user_id) >= queue_max:
+    if queue_max and await uploads.store.queued_count(user_id) >= queue_max:
         return UploadRefused(
             Reason.QUEUE_FULL,
             f"Too many queued jobs for user {user_id} (at most {queue_max}, "
             "QUEUE_MAX_PER_USER); retry later",
         )
-    callback_url = await _callback_url(callbacks, fields, form.oversized)
+    callback_url = await _callback_url(uploads.callbacks, fields, form.oversized)
     if isinstance(callback_url, UploadRefused):
         return callback_url
     loc = await asyncio.to_thread(staging.commit)
     try:
-        job_id = await orchestrator.store.create_job(
+        job_id = await uploads.store.create_job(
             user_id=user_id,
             service=service,
             loc=str(loc),
@@ -242,7 +244,7 @@ async def _queue(
         caller.name or "-",
         extra={"job_id": job_id, "user_id": user_id, "service": service, "token_name": caller.name},
     )
-    orchestrator.wake_dispatch()
+    uploads.wake_dispatch()
     return UploadAccepted(job_id)
 
 

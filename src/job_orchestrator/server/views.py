@@ -15,10 +15,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from job_orchestrator.errors import StoreError
-from job_orchestrator.http_common import U32_SCHEMA, id_parameter, json_response, status_body
+from job_orchestrator.http_common import json_response, status_body
 from job_orchestrator.server.node_wire import base_url
-from job_orchestrator.server.queue_view import REASONS, queue_standing
-from job_orchestrator.server.requesting import authenticate, engine, lookup_job
+from job_orchestrator.server.openapi import JOB_ID, JSON_STATUS, PATH_ERROR, UNAUTHORIZED
+from job_orchestrator.server.queue_view import queue_standing
+from job_orchestrator.server.requesting import authenticate, context, lookup_job
 from job_orchestrator.server.storage import JobRecord
 from job_orchestrator.status import Status
 from job_orchestrator.wire import parse_i32, parse_unsigned
@@ -88,64 +89,6 @@ def list_filters(
     return limit, before_id, user_id, status, service.lower() if service is not None else None
 
 
-_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
-COMPONENTS: dict[str, Any] = {
-    "JobQueue": {
-        "type": "object",
-        "required": ["position", "reason", "detail"],
-        "properties": {
-            "position": {"type": ["integer", "null"], "minimum": 1},
-            "reason": {"type": "string", "enum": list(REASONS)},
-            "detail": {"type": "string"},
-        },
-    },
-    "JobDetails": {
-        "type": "object",
-        "required": [
-            "id",
-            "status",
-            "message",
-            "service",
-            "user_id",
-            "created_at",
-            "started_at",
-            "finished_at",
-            "client",
-            "exit_code",
-            "queue",
-            "callback_url",
-        ],
-        "properties": {
-            "id": U32_SCHEMA,
-            "status": {"$ref": "#/components/schemas/Status"},
-            "message": {"type": "string"},
-            "service": {"type": "string"},
-            "user_id": {"type": "integer", "format": "int32"},
-            "created_at": _NULLABLE_TIME,
-            "started_at": _NULLABLE_TIME,
-            "finished_at": _NULLABLE_TIME,
-            "client": {"type": ["string", "null"]},
-            "exit_code": {"type": ["integer", "null"]},
-            "queue": {"anyOf": [{"$ref": "#/components/schemas/JobQueue"}, {"type": "null"}]},
-            "callback_url": {"type": ["string", "null"]},
-        },
-    },
-    "JobList": {
-        "type": "object",
-        "required": ["jobs", "next_cursor"],
-        "properties": {
-            "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobDetails"}},
-            "next_cursor": {"type": ["string", "null"]},
-        },
-    },
-}
-_STATUS_BODY = {"application/json": {"schema": {"$ref": "#/components/schemas/StatusBody"}}}
-_UNAUTHORIZED = {
-    "description": "No valid bearer token (only when API_TOKENS_FILE is set)",
-    "content": _STATUS_BODY,
-}
-
-
 def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name,
@@ -159,7 +102,7 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
 @router.get(
     "/jobs/{id}",
     summary="A job's status, times, client, exit code and, while Queued, why it waits",
-    openapi_extra=id_parameter("Job identifier"),
+    openapi_extra=JOB_ID,
     responses={
         200: {
             "description": "The job",
@@ -167,33 +110,29 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
                 "application/json": {"schema": {"$ref": "#/components/schemas/JobDetails"}}
             },
         },
-        400: {"description": "The id is not a u32", "content": {"text/plain": {}}},
-        401: _UNAUTHORIZED,
-        404: {"description": "No such job (or someone else's)", "content": _STATUS_BODY},
-        500: {"description": "Storage failure", "content": _STATUS_BODY},
+        400: PATH_ERROR,
+        401: UNAUTHORIZED,
+        404: {"description": "No such job (or someone else's)", "content": JSON_STATUS},
+        500: {"description": "Storage failure", "content": JSON_STATUS},
     },
 )
 async def job_details(request: Request) -> Response:
     job = await lookup_job(request)
     if isinstance(job, Response):
         return job
+    ctx = context(request)
     queue = None
     if job.status is Status.QUEUED:
-        orchestrator = engine(request)
         try:
             standing = await queue_standing(
-                orchestrator.store,
-                job,
-                orchestrator.settings.services,
-                orchestrator.fleet,
-                request.app.state.queue_positions,
+                ctx.store, job, ctx.settings.services, ctx.fleet.snapshot(), ctx.queue_positions
             )
         except StoreError:
             logger.exception("queue standing of job %d failed", job.id)
             return status_body(0, Status.UNKNOWN, "Internal server error", 500)
         queue = standing.wire()
     try:
-        callback_url = await engine(request).store.callback_url(job.id)
+        callback_url = await ctx.store.callback_url(job.id)
     except StoreError:
         logger.exception("callback of job %d could not be read", job.id)
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)
@@ -221,13 +160,13 @@ async def job_details(request: Request) -> Response:
             "description": "One page; next_cursor is null on the last",
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobList"}}},
         },
-        400: {"description": "A query parameter is invalid", "content": _STATUS_BODY},
-        401: _UNAUTHORIZED,
+        400: {"description": "A query parameter is invalid", "content": JSON_STATUS},
+        401: UNAUTHORIZED,
         403: {
             "description": "A portal token named a user_id outside its user ids",
-            "content": _STATUS_BODY,
+            "content": JSON_STATUS,
         },
-        500: {"description": "Storage failure", "content": _STATUS_BODY},
+        500: {"description": "Storage failure", "content": JSON_STATUS},
     },
 )
 async def list_jobs(request: Request) -> Response:
@@ -248,8 +187,9 @@ async def list_jobs(request: Request) -> Response:
             message = "user_id is outside the user ids of this portal token"
             return status_body(0, Status.UNKNOWN, message, 403)
         user_ranges = caller.ranges if user_id is None else None
+    store = context(request).store
     try:
-        page = await engine(request).store.list_jobs(
+        page = await store.list_jobs(
             limit=limit + 1,
             before_id=before_id,
             user_id=user_id,
@@ -263,7 +203,7 @@ async def list_jobs(request: Request) -> Response:
     more = len(page) > limit
     page = page[:limit]
     try:
-        callback_urls = await engine(request).store.callback_urls([job.id for job in page])
+        callback_urls = await store.callback_urls([job.id for job in page])
     except StoreError:
         logger.exception("listing jobs failed")
         return status_body(0, Status.UNKNOWN, "Internal server error", 500)

@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from job_orchestrator.server.storage._memory_rows import MemoryDatabase
 from job_orchestrator.server.storage.callback_verbs import (
     CallbackRecord,
     CallbackState,
     CallbackVerbs,
 )
 from job_orchestrator.status import TERMINAL
-
-if TYPE_CHECKING:
-    from job_orchestrator.server.storage.memory import MemoryDatabase
 
 T = TypeVar("T")
 Row = dict[str, Any]

@@ -9,17 +9,24 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue, fairness_key
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.status import SLOT_HOLDING, TERMINAL, Status
 
-if TYPE_CHECKING:
-    from job_orchestrator.server.storage.memory import MemoryStore
-
 Row = dict[str, Any]
+
+
+class ChangeListener(Protocol):
+    """A store that hears of the changes other stores of its database commit (memory.py's
+    MemoryStore once it subscribed), as a PostgreSQL replica hears NOTIFY."""
+
+    def hear_change(self, job_id: int, *, final: bool) -> None:
+        """Another store queued the job, freed a slot, or (`final`) moved it to a final
+        status; called on that store's thread."""
+
 
 #: The columns `transition` may set (those of the SQL jobs table but id, status, created_at).
 COLUMNS = frozenset(
@@ -53,7 +60,7 @@ class MemoryDatabase:
     revocations: dict[tuple[str, int], tuple[int, str | None]] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
     callbacks: dict[int, Row] = field(default_factory=dict)
-    stores: list[MemoryStore] = field(default_factory=list)
+    stores: list[ChangeListener] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The time its rows are stamped with (replicas on one database share it).
     clock: Clock = SYSTEM_CLOCK

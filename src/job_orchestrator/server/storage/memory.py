@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
-from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.errors import StoreUnavailableError
 from job_orchestrator.server.scheduler import (
     Occupancy,
     Placement,
@@ -34,6 +34,7 @@ from job_orchestrator.server.storage._memory_callbacks import (
     MemoryCallbackVerbs,
     new_delivery,
 )
+from job_orchestrator.server.storage._memory_failover import MemoryFailoverVerbs
 from job_orchestrator.server.storage._memory_rows import MemoryDatabase, Row
 from job_orchestrator.server.storage._memory_views import MemoryViewVerbs
 from job_orchestrator.server.storage.base import JobRecord, ServerStore
@@ -44,7 +45,7 @@ __all__ = ["MemoryDatabase", "MemoryStore"]
 T = TypeVar("T")
 
 
-class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
+class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, ServerStore):
     """The Store and its views on a MemoryDatabase (a new one unless given).
 
     Also `claim`, `dispatch_candidates` and `callback_of`, as on SqlStore: called on their own
@@ -95,14 +96,18 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         with self._db.lock:
             others = [store for store in self._db.stores if store is not self]
         for other in others:
-            if other._wake is None:
-                continue
-            loop, wake = other._wake
-            if loop.is_closed():
-                continue
-            loop.call_soon_threadsafe(wake)
-            if new.is_terminal():
-                loop.call_soon_threadsafe(other._announce_final, job_id)
+            other.hear_change(job_id, final=new.is_terminal())
+
+    def hear_change(self, job_id: int, *, final: bool) -> None:
+        """Another store of the database changed a job: wake this one's engine, on its loop."""
+        if self._wake is None:
+            return
+        loop, wake = self._wake
+        if loop.is_closed():
+            return
+        loop.call_soon_threadsafe(wake)
+        if final:
+            loop.call_soon_threadsafe(self._announce_final, job_id)
 
     # ---- jobs ----------------------------------------------------------------------------
 
@@ -299,112 +304,6 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, ServerStore):
         return await self._select(
             "jobs_on_node", lambda row: row["node"] == node and row["status"] in wanted
         )
-
-    # ---- revocations -------------------------------------------------------------------------
-
-    async def revoke_to_queue(self, job: JobRecord, expected: Collection[Status]) -> bool:
-        check_move(SERVER_MOVES, expected, Status.QUEUED)
-        now = self._db.clock.now()
-
-        def revoke(db: MemoryDatabase) -> bool:
-            row = db.jobs.get(job.id)
-            # As SQL compares them: a job never given a payload id (dest_id NULL) is no match.
-            if (
-                row is None
-                or row["node"] != job.node
-                or row["dest_id"] != job.dest_id
-                or row["status"] not in expected
-            ):
-                return False
-            key = (str(job.node), job.dest_id)
-            if key in db.revocations:  # the SQL primary key refuses it; nothing changes
-                raise StoreError(f"payload {job.dest_id} on {job.node} is already revoked")
-            row.update(
-                status=Status.QUEUED,
-                node=None,
-                dest_id=None,
-                dispatch_key=None,
-                attempts=job.attempts + 1,
-                updated_at=now,
-            )
-            db.revocations[key] = (job.id, job.dispatch_key)
-            return True
-
-        revoked = await self._run("revoke_to_queue", revoke)
-        if revoked:
-            self._notify(Status.QUEUED, job.id)
-        return revoked
-
-    async def revocations(self, node: str) -> list[tuple[int, int, str | None]]:
-        return await self._run(
-            "revocations",
-            lambda db: sorted(
-                (payload_id, job_id, key)
-                for (on, payload_id), (job_id, key) in db.revocations.items()
-                if on == node
-            ),
-        )
-
-    async def add_revocation(
-        self, node: str, payload_id: int, job_id: int, dispatch_key: str | None
-    ) -> None:
-        await self._run(
-            "add_revocation",
-            lambda db: db.revocations.setdefault((node, payload_id), (job_id, dispatch_key)),
-        )
-
-    async def forget_revocation(self, node: str, payload_id: int) -> None:
-        await self._run("forget_revocation", lambda db: db.revocations.pop((node, payload_id), 0))
-
-    # ---- replicas and leases -----------------------------------------------------------------
-
-    async def heartbeat(
-        self, replica_id: str, services_digest: str, now: float, incarnation: str = ""
-    ) -> str | None:
-        def beat(db: MemoryDatabase) -> str | None:
-            previous = db.replicas.get(replica_id)
-            started_at = now if previous is None else previous.started_at
-            db.replicas[replica_id] = rows.Replica(now, started_at, services_digest, incarnation)
-            return None if previous is None else previous.incarnation
-
-        return await self._run("heartbeat", beat)
-
-    async def live_replicas(self, since: float) -> dict[str, str]:
-        return await self._run(
-            "live_replicas",
-            lambda db: {
-                replica_id: replica.services_digest
-                for replica_id, replica in db.replicas.items()
-                if replica.heartbeat_at >= since
-            },
-        )
-
-    async def retire_replica(self, replica_id: str) -> None:
-        await self._run("retire_replica", lambda db: db.replicas.pop(replica_id, None))
-
-    async def take_over(
-        self, replica_id: str, statuses: Collection[Status], alive_since: float, *, own: bool
-    ) -> list[JobRecord]:
-        wanted = set(statuses)
-
-        def take(db: MemoryDatabase) -> list[JobRecord]:
-            alive = {
-                other
-                for other, replica in db.replicas.items()
-                if replica.heartbeat_at >= alive_since and other != replica_id
-            }
-            taken = []
-            for job_id, row in db.jobs.items():
-                owner = row["owner"]
-                if row["status"] not in wanted or owner in alive:
-                    continue
-                if owner == replica_id and not own:
-                    continue
-                row["owner"] = replica_id
-                taken.append(rows.record(job_id, row))
-            return taken
-
-        return await self._run("take_over", take)
 
     async def ping(self) -> None:
         await self._run("ping", lambda db: None)
