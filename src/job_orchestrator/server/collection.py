@@ -3,7 +3,7 @@
 One `JobCollector.collect` call per job on a client long-polls the client (or polls, for
 clients without long-polling), mirrors Prepared/Running into the Store, enforces the
 server's time-limit backstop, and writes the final status with a compare-and-set that a
-shutdown cannot interrupt. The Orchestrator (dispatcher.py) owns the tasks that run it.
+shutdown cannot interrupt. Each runs in the job's one task (job_tasks.py).
 
 Our client reports a status only once it has held for STATUS_SETTLE (`?settle=`), so a job
 shorter than that costs one held request and no Store write before the final one; its start
@@ -33,7 +33,8 @@ from job_orchestrator.errors import (
 from job_orchestrator.server import lifecycle
 from job_orchestrator.server.jobfiles import RESULT_NAME, log_path, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import NOT_STARTED, Fleet, NodeClient
+from job_orchestrator.server.node_client import NodeClient
+from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
 

@@ -20,7 +20,7 @@ from job_orchestrator.server.auth import Authenticator
 from job_orchestrator.server.fleet_snapshot import FleetSnapshot
 from job_orchestrator.server.log_stream import LogSources
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import NodeClient
+from job_orchestrator.server.node_client import NodeClient
 from job_orchestrator.server.queue_view import QueuePositions
 from job_orchestrator.server.storage import JobRecord, ServerStore
 from job_orchestrator.server.termination import TerminateOutcome

@@ -21,7 +21,7 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server.jobfiles import log_path, temporary_name
 from job_orchestrator.server.node_calls import NodeCalls
-from job_orchestrator.server.nodes import recorded_node
+from job_orchestrator.server.node_client import recorded_node
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
 

@@ -13,39 +13,31 @@ than the lease the node advertises on /health plus LEASE_MARGIN_S, whatever FAIL
 says; a node that never said (down since the server started, or the original's client) is
 taken to hold our client's default lease.
 
-A job is only ever spoken about with the client it was dispatched to (`recorded_node`): one
-whose client is no longer configured raises ClientLeftError instead of reaching another
-client, and every request about a payload carries the job's dispatch key, which our client
-checks (an answer about another job's payload is a PayloadLostError).
+Which client a job may be spoken about with, and how: node_client.py; what is known of each
+client: node_state.py.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
-from pathlib import Path
 
 from job_orchestrator import settings_table
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
     ClientCallError,
-    ClientDiskFullError,
-    ClientLeftError,
-    ClientUnauthorizedError,
     OutOfDescriptorsError,
     PayloadLostError,
     UndeliveredError,
 )
 from job_orchestrator.server import lifecycle
 from job_orchestrator.server.fleet_snapshot import FleetSnapshot, NodeView
-from job_orchestrator.server.node_calls import NodeCalls, RetrieveResult, ZipAnswer
-from job_orchestrator.server.node_wire import base_url
+from job_orchestrator.server.node_calls import NodeCalls
+from job_orchestrator.server.node_client import NodeClient, recorded_node
+from job_orchestrator.server.node_state import REFUSALS, NodeState
 from job_orchestrator.server.scheduler import NodeSlot, Placement
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import Status
-from job_orchestrator.wire import CONTAINER_IMAGE_FIELD, REFUSING_DISK_FULL
 
 logger = logging.getLogger(__name__)
 
@@ -56,151 +48,6 @@ LEASE_MARGIN_S = 5.0
 #: The lease assumed of a node that has not said its own: our client's default.
 DEFAULT_CLIENT_LEASE_S = float(settings_table.SERVER_LEASE.literal or 15)
 NOT_STARTED = lifecycle.NOT_STARTED
-
-
-def client_label(node_url: str) -> str:
-    """A client as job messages name it (the one place: users may later see names, not URLs)."""
-    return f"client {base_url(node_url)}"
-
-
-def client_left_message(node_url: str) -> str:
-    return (
-        f"its {client_label(node_url)} is no longer configured for this service; "
-        "the server asks no other client about it"
-    )
-
-
-def recorded_node(settings: ServerSettings, job: JobRecord) -> NodeConfig | None:
-    """The node a job was dispatched to (or is to be); None if its service is not configured.
-
-    Only a job with no recorded node (taken over from an original's database) uses the
-    service's first node. A recorded node that is no longer configured raises
-    ClientLeftError: another client's payload of the same id belongs to another job.
-    """
-    service = settings.services.get(job.service)
-    if service is None or not service.nodes:
-        return None
-    if job.node is None:
-        return service.nodes[0]
-    node = next((node for node in service.nodes if node.upload_url == job.node), None)
-    if node is None:
-        raise ClientLeftError(client_left_message(job.node))
-    return node
-
-
-@dataclass(slots=True)
-class NodeState:
-    healthy: bool = True  # optimistic until the first check, so start-up costs no latency
-    failures: int = 0
-    down_since: float | None = None
-    max_concurrent: int | None = None
-    load_percent: float | None = None
-    revocations_pending: bool = True
-    #: Why it answers but takes no new payload (a key of REFUSALS), until a check finds the
-    #: cause gone; its running jobs carry on.
-    refusing: str | None = None
-    #: Why the latest failed check or call failed (kept after it recovers, for /status).
-    last_error: str | None = None
-    last_error_at: float | None = None
-    #: The SERVER_LEASE the node advertised on /health (None until it said).
-    server_lease_s: float | None = None
-    #: The warnings the node printed at start (no token beyond loopback, no sandbox), for /status.
-    warnings: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Refusal:
-    """A cause for which a node that answers takes no new payload, and what is said of it."""
-
-    #: What a job waiting for it (and /status) says.
-    message: str
-    #: Logged once when the node starts refusing so, after "client <url> ".
-    started: str
-    #: Logged once when it stops, after "client <url> ".
-    ended: str
-
-
-REFUSALS = {
-    # 401: the tokens differ (its /load, or a dispatch, said so).
-    "unauthorized": Refusal(
-        ClientUnauthorizedError.MESSAGE,
-        "refuses the server's token (check CLIENT_TOKEN on both); no jobs are sent to it "
-        "until it accepts the token",
-        "accepts the server's token again",
-    ),
-    # 507, or its /health (X-Orchestrator-Refusing): free space below its DISK_RESERVE_MB.
-    REFUSING_DISK_FULL: Refusal(
-        ClientDiskFullError.MESSAGE,
-        "is short of disk space (below its DISK_RESERVE_MB); no jobs are sent to it until it "
-        "has space again",
-        "has disk space again",
-    ),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class NodeClient:
-    """One client of one service as the engine speaks to it: bound to its node and token."""
-
-    node: NodeConfig
-    token: str | None
-    gateway: NodeCalls
-
-    @property
-    def url(self) -> str:
-        """The node's identity in the jobs table (its upload URL)."""
-        return self.node.upload_url
-
-    async def submit(
-        self,
-        files: Path,
-        *,
-        dispatch_key: str,
-        timeout_s: float | None,
-        container_image: str | None = None,
-    ) -> int:
-        return await self.gateway.submit(
-            self.node,
-            files,
-            dispatch_key=dispatch_key,
-            token=self.token,
-            timeout_s=timeout_s,
-            fields={CONTAINER_IMAGE_FIELD: container_image} if container_image else None,
-        )
-
-    async def retrieve(
-        self,
-        payload_id: int,
-        destination: Path,
-        *,
-        key: str | None,
-        wait_s: float,
-        known: Status,
-        settle_s: float = 0.0,
-    ) -> RetrieveResult:
-        return await self.gateway.retrieve(
-            self.node,
-            payload_id,
-            destination,
-            key=key,
-            wait_s=wait_s,
-            known=known,
-            token=self.token,
-            settle_s=settle_s,
-        )
-
-    async def fetch_partial(self, payload_id: int, destination: Path, *, key: str | None) -> None:
-        await self.gateway.fetch_partial(
-            self.node, payload_id, destination, key=key, token=self.token
-        )
-
-    def open_partial(
-        self, payload_id: int, *, key: str | None
-    ) -> AbstractAsyncContextManager[ZipAnswer]:
-        return self.gateway.open_partial(self.node, payload_id, key=key, token=self.token)
-
-    async def kill(self, payload_id: int, *, key: str | None) -> None:
-        await self.gateway.kill(self.node, payload_id, key=key, token=self.token)
 
 
 class Fleet:

@@ -25,7 +25,8 @@ from job_orchestrator.server import lifecycle
 from job_orchestrator.server.collection import JobCollector
 from job_orchestrator.server.job_tasks import JobTasks
 from job_orchestrator.server.metrics import ServerMetrics
-from job_orchestrator.server.nodes import Fleet, NodeClient
+from job_orchestrator.server.node_client import NodeClient
+from job_orchestrator.server.nodes import Fleet
 from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
 
