@@ -237,11 +237,9 @@ async def submit(request: Request) -> Response:
 )
 async def retrieve(request: Request) -> Response:
     state = client_state(request)
-    payload = state.registry.lookup(path_id(request))
-    if payload is None:
-        return empty_response(404)
-    if (refusal := refuse_other_dispatch(request, payload)) is not None:
-        return refusal
+    payload = requested_payload(request, state)
+    if isinstance(payload, Response):
+        return payload
     poll = LongPoll.from_query(request.query_params)
     wait_s = poll.wait_s
     if payload.status is Status.PREPARED:
@@ -296,11 +294,9 @@ async def retrieve(request: Request) -> Response:
 )
 async def retrieve_partial(request: Request) -> Response:
     state = client_state(request)
-    payload = state.registry.lookup(path_id(request))
-    if payload is None:
-        return empty_response(404)
-    if (refusal := refuse_other_dispatch(request, payload)) is not None:
-        return refusal
+    payload = requested_payload(request, state)
+    if isinstance(payload, Response):
+        return payload
     if payload.status is Status.CLEANED:
         # Retention removed its files: nothing failed (the original answers 500 here).
         return payload_response(payload, 410)
@@ -333,13 +329,20 @@ async def retrieve_partial(request: Request) -> Response:
 )
 async def kill(request: Request) -> Response:
     state = client_state(request)
+    payload = requested_payload(request, state)
+    if isinstance(payload, Response):
+        return payload
+    state.runner.kill(payload)
+    return Response(status_code=200)
+
+
+def requested_payload(request: Request, state: ClientState) -> Payload | Response:
+    """The payload the path names, or the answer: 404 if there is none, 409 if the request
+    is about another dispatch than the one it holds."""
     payload = state.registry.lookup(path_id(request))
     if payload is None:
         return empty_response(404)
-    if (refusal := refuse_other_dispatch(request, payload)) is not None:
-        return refusal
-    state.runner.kill(payload)
-    return Response(status_code=200)
+    return refuse_other_dispatch(request, payload) or payload
 
 
 async def _mark_collected(state: ClientState, payload_id: int) -> None:
