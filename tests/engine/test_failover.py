@@ -19,8 +19,8 @@ from job_orchestrator.server.nodes import LEASE_MARGIN_S
 from job_orchestrator.server.storage import MemoryDatabase
 from job_orchestrator.status import Status
 from testkit.clock import LoopClock
-from tests.engine.engines import payloads, running, until
-from tests.engine.fake_nodes import FakeNode, FakeNodes, completes, waits
+from tests.engine.engines import Engine, payloads, running, until
+from tests.engine.fake_nodes import FakeNode, completes, waits
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.looptime]
 
@@ -134,13 +134,11 @@ async def killed(node: FakeNode) -> bool:
     return any(p.status is Status.KILLED for p in node.payloads.values())
 
 
-async def running_on_a_node(engine: object) -> bool:
-    nodes: FakeNodes = engine.nodes  # type: ignore[attr-defined]
+async def running_on_a_node(engine: Engine) -> bool:
     return any(
-        p.status is Status.RUNNING for n in nodes.nodes.values() for p in n.payloads.values()
+        p.status is Status.RUNNING for n in engine.nodes.nodes.values() for p in n.payloads.values()
     )
 
 
-async def owned_by(engine: object, job_id: int, replica: str) -> bool:
-    job = await engine.store.get_job(job_id)  # type: ignore[attr-defined]
-    return job is not None and job.owner == replica
+async def owned_by(engine: Engine, job_id: int, replica: str) -> bool:
+    return (await engine.job(job_id)).owner == replica
