@@ -7,6 +7,8 @@ kill that ends the payload Killed) but runs nothing: a test says how each payloa
 `down` (nothing reaches it: UndeliveredError), `lose_submit_answers` (the payload is taken,
 then the answer is lost: TransientClientError, as a connection reset after the client
 accepted). Every call is counted, so a test can say what the engine asked and how often.
+Like our client, a node has a change feed (`changes`, one sequence of status moves) unless
+`feed` is False: then it answers as the original's client does, without one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,14 @@ from pathlib import Path
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import NodeConfig
 from job_orchestrator.errors import PayloadLostError, TransientClientError, UndeliveredError
-from job_orchestrator.server.node_calls import LogAnswer, NodeReport, RetrieveResult, ZipAnswer
+from job_orchestrator.server.node_calls import (
+    FeedEntry,
+    FeedPage,
+    LogAnswer,
+    NodeReport,
+    RetrieveResult,
+    ZipAnswer,
+)
 from job_orchestrator.status import TERMINAL, Status
 
 
@@ -73,6 +82,21 @@ class FakeNode:
     calls: Counter[str] = field(default_factory=Counter)
     #: (call, when) of every call, on the node's clock: a test reads the engine's pacing.
     history: list[tuple[str, float]] = field(default_factory=list)
+    #: Whether it has a change feed (the original's client has none).
+    feed: bool = True
+    #: How long a kill takes to answer (loop time); its end is in `history` as "killed".
+    kill_takes_s: float = 0.0
+    #: Payload id -> the number of its latest status move, in number order.
+    moved: dict[int, int] = field(default_factory=dict)
+    seq: int = 0
+    feed_changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _moved(self, payload: FakePayload) -> None:
+        self.seq += 1
+        self.moved.pop(payload.id, None)
+        self.moved[payload.id] = self.seq
+        payload.changed.set()
+        self.feed_changed.set()
 
     def _reach(self, call: str) -> None:
         self.calls[call] += 1
@@ -96,6 +120,7 @@ class FakeNode:
         self.payloads[payload.id] = payload
         if self.script is not None:
             self.script(self, payload)
+        self._moved(payload)
         return payload
 
     def finish(
@@ -112,12 +137,12 @@ class FakeNode:
             return  # final is final, as on our client
         payload.status, payload.message, payload.exit_code = status, message, exit_code
         payload.result = dict(result or {})
-        payload.changed.set()
+        self._moved(payload)
 
     def start(self, payload_id: int) -> None:
         payload = self.payloads[payload_id]
         payload.status, payload.started = Status.RUNNING, True
-        payload.changed.set()
+        self._moved(payload)
 
     def times(self, call: str) -> list[float]:
         return [when for name, when in self.history if name == call]
@@ -230,15 +255,39 @@ class FakeNodes:
         fake._reach("check")
         return NodeReport(max_concurrent=None, load_percent=0.0, server_lease_s=fake.lease_s)
 
+    async def changes(
+        self, node: NodeConfig, *, after: str | None, wait_s: float, token: str | None
+    ) -> FeedPage | None:
+        fake = self._node(node)
+        fake._reach("changes")
+        if not fake.feed:
+            return None
+        seq = int(after.removeprefix("fake.")) if after and after.startswith("fake.") else None
+        if seq is None:
+            return FeedPage(f"fake.{fake.seq}", True, tuple(map(_entry, fake.payloads.values())))
+        if fake.seq == seq and wait_s > 0:
+            fake.feed_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fake.feed_changed.wait(), wait_s)
+        changed = [fake.payloads[i] for i, moved in fake.moved.items() if moved > seq]
+        return FeedPage(f"fake.{fake.seq}", False, tuple(map(_entry, changed)))
+
     async def kill(
         self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None
     ) -> None:
         fake = self._node(node)
         fake._reach("kill")
+        if fake.kill_takes_s:
+            await asyncio.sleep(fake.kill_takes_s)
         fake.finish(fake._payload(payload_id).id, Status.KILLED, exit_code=None)
+        fake.history.append(("killed", fake.clock.now()))
 
     async def close(self) -> None:
         return None
+
+
+def _entry(payload: FakePayload) -> FeedEntry:
+    return FeedEntry(payload.id, payload.status, payload.dispatch_key, age=0.0)
 
 
 def _read_files(top: Path) -> dict[str, bytes]:

@@ -79,3 +79,39 @@ def test_a_lease_that_could_never_be_held_is_refused_at_start(raw: str) -> None:
 
 def test_the_default_lease_is_below_the_default_failover_after() -> None:
     assert load_client_settings({}).server_lease_s < load_server_settings({}).failover_after_s
+
+
+# ---- renewal through the change feed (client/changes.py) ---------------------------------------
+
+
+def test_a_feed_request_renews_only_what_its_server_instance_holds() -> None:
+    lease = ServerLease(5.0)
+    assert lease.asked_by(stamp("server-a")) == "server-a"
+    assert lease.held(1, holder="server-a")
+    # Held by another replica: server-a's feed says nothing of what server-b still wants.
+    assert not lease.held(2, holder="server-b")
+    # Never asked for by id (a dispatch whose answer was lost): nobody holds it, never held.
+    assert not lease.held(3, holder=None)
+
+
+def test_a_feed_request_without_a_stamp_renews_nothing() -> None:
+    lease = ServerLease(5.0)
+    assert lease.asked_by(None) is None
+    assert not lease.held(1, holder="server-a")
+
+
+def test_a_feed_request_that_waited_in_the_socket_does_not_renew_the_lease() -> None:
+    lease = ServerLease(5.0)
+    lease.asked(1, stamp("server-a"))  # the reference of prompt delivery
+    lease.asked_by(stamp("server-a", age_s=30.0))  # a /changes sent 30 s ago, read only now
+    assert not lease.held(2, holder="server-a")
+
+
+async def test_a_feed_request_wakes_a_payload_waiting_for_its_lease() -> None:
+    lease = ServerLease(5.0)
+    assert not lease.held(1, holder="server-a")
+    waiter = asyncio.create_task(lease.renewed(1))
+    await asyncio.sleep(0)
+    lease.asked_by(stamp("server-a"))
+    await asyncio.wait_for(waiter, timeout=5)
+    assert lease.held(1, holder="server-a")

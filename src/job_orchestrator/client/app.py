@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from job_orchestrator import __version__
-from job_orchestrator.client import logs, routes
+from job_orchestrator.client import changes, logs, routes
 from job_orchestrator.client.state import ClientState
 from job_orchestrator.config import ClientSettings
 from job_orchestrator.http_common import BearerGuard, install_conventions
@@ -43,6 +43,7 @@ def create_app(settings: ClientSettings) -> FastAPI:
     )
     app.include_router(routes.router)
     app.include_router(logs.router)
+    app.include_router(changes.router)
     app.router.redirect_slashes = False  # the original does no slash normalisation
     install_conventions(app)
     _warn_about(settings)

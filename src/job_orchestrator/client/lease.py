@@ -11,6 +11,14 @@ stamps each request with its own monotonic clock (`X-Orchestrator-Clock: <instan
 <seconds>`); the smallest observed (arrival - stamp) of an instance is its prompt delivery, so
 `stamp + that offset` is the send time on this client's clock, without synchronised clocks.
 Requests without the header (the original server polls every 500 ms) count on arrival.
+
+A server follows a client's payloads through one change feed (changes.py) rather than a
+request per payload. Its /changes requests renew, at their send time, the lease of every
+payload it *holds*: the last server instance to /retrieve the payload (`Payload.holder`). So
+a payload is renewed by the feed only after its server asked for it by id once. A dispatch
+whose answer was lost made a payload the server never learnt the id of: it never asks for it,
+never holds it, and its feed never renews it, so the payload never starts, exactly as before
+(docs/concepts/failure-semantics.md, "The lease").
 """
 
 from __future__ import annotations
@@ -25,24 +33,49 @@ _DRIFT_PER_S = 1e-3
 _MAX_INSTANCES = 16
 
 
+def stamp_instance(clock: str | None) -> str | None:
+    """The server instance of an `X-Orchestrator-Clock` stamp (None without one)."""
+    instance, _, _ = (clock or "").partition(" ")
+    return instance or None
+
+
 class ServerLease:
     def __init__(self, lease_s: float, clock: Clock = SYSTEM_CLOCK) -> None:
         self.lease_s = lease_s
         self._clock = clock
         self._asked_at: dict[int, float] = {}
         self._offsets: dict[str, tuple[float, float]] = {}  # instance -> (offset, seen at)
+        #: Server instance -> when it last sent a /changes: renews what it holds.
+        self._holder_asked_at: dict[str, float] = {}
         self._renewed: dict[int, asyncio.Event] = {}
 
     def asked(self, payload_id: int, clock: str | None) -> None:
         """The server asked about this payload (in a request stamped `clock`, if any)."""
-        sent_at = self._sent_at(clock, self._clock.monotonic())
+        _, sent_at = self._sent_at(clock, self._clock.monotonic())
         if sent_at > self._asked_at.get(payload_id, -math.inf):
             self._asked_at[payload_id] = sent_at
         self.wake(payload_id)
 
-    def held(self, payload_id: int) -> bool:
-        """Whether the lease is held now; if not, renewed() returns on the next wake()."""
+    def asked_by(self, clock: str | None) -> str | None:
+        """A server asked for its changes (a request stamped `clock`): it still wants every
+        payload it holds. Its instance, or None for a request without a stamp (renews none)."""
+        instance, sent_at = self._sent_at(clock, self._clock.monotonic())
+        if instance is None:
+            return None
+        if sent_at > self._holder_asked_at.get(instance, -math.inf):
+            self._holder_asked_at[instance] = sent_at
+            while len(self._holder_asked_at) > _MAX_INSTANCES:
+                del self._holder_asked_at[next(iter(self._holder_asked_at))]
+        for event in self._renewed.values():
+            event.set()
+        return instance
+
+    def held(self, payload_id: int, holder: str | None = None) -> bool:
+        """Whether the lease is held now, asked for by id or through its holder's feed; if
+        not, renewed() returns on the next wake()."""
         asked_at = self._asked_at.get(payload_id, -math.inf)
+        if holder is not None:
+            asked_at = max(asked_at, self._holder_asked_at.get(holder, -math.inf))
         if self._clock.monotonic() - asked_at < self.lease_s:
             return True
         self._renewed.setdefault(payload_id, asyncio.Event()).clear()
@@ -61,14 +94,15 @@ class ServerLease:
         self._asked_at.pop(payload_id, None)
         self._renewed.pop(payload_id, None)
 
-    def _sent_at(self, clock: str | None, now: float) -> float:
+    def _sent_at(self, clock: str | None, now: float) -> tuple[str | None, float]:
+        """The stamp's server instance and when it sent the request (None, now: no stamp)."""
         instance, _, raw = (clock or "").partition(" ")
         try:
             stamp = float(raw)
         except ValueError:
-            return now
+            return None, now
         if not instance or not math.isfinite(stamp):
-            return now
+            return None, now
         offset = now - stamp
         best = self._offsets.pop(instance, None)
         if best is not None:
@@ -77,4 +111,4 @@ class ServerLease:
         self._offsets[instance] = (offset, now)
         while len(self._offsets) > _MAX_INSTANCES:
             del self._offsets[next(iter(self._offsets))]
-        return min(now, stamp + offset)
+        return instance, min(now, stamp + offset)

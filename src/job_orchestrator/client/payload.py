@@ -77,6 +77,9 @@ class Payload:
     #: Why the client stopped it for disk space (disk.py): its final message; it ends Failed
     #: and its files are released as soon as the server has what it can keep.
     disk_stop: str | None = None
+    #: The server instance that holds the payload: the last to /retrieve it. Its /changes
+    #: requests renew the payload's lease (lease.py), no other server's do.
+    holder: str | None = None
 
     @property
     def paths(self) -> PayloadPaths:
@@ -149,6 +152,8 @@ class PayloadChanges:
     disk_stop: str | Keep | None = KEEP
     #: The server has received its final status (its retention starts).
     collected_at: float | Keep | None = KEEP
+    #: A server instance asked about it (/retrieve): that instance holds it now.
+    holder: str | Keep | None = KEEP
 
     def columns(self) -> dict[str, object]:
         """The columns to write and their values."""

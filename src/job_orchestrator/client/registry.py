@@ -37,6 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from job_orchestrator.client.change_log import ChangeLog
 from job_orchestrator.client.payload import (
     STATE_FILE,
     Ending,
@@ -70,7 +71,8 @@ CREATE TABLE payloads (
     finished_at REAL,
     collected_at REAL,
     uid INTEGER,
-    disk_stop TEXT
+    disk_stop TEXT,
+    holder TEXT
 )
 """
 
@@ -88,6 +90,8 @@ class Registry:
         #: Ids whose directory a /submit is still filling (not in the table yet).
         self._receiving: set[int] = set()
         self._watchers: dict[int, set[asyncio.Event]] = {}
+        #: Every status move, in order, for the change feed (changes.py).
+        self.changes = ChangeLog()
 
     # ---- ids and directories ---------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class Registry:
         self._insert(payload)
         self._receiving.discard(payload.id)
         write_state(payload)
+        self.changes.record(payload.id)
         return payload
 
     def get(self, payload_id: int) -> Payload | None:
@@ -172,6 +177,10 @@ class Registry:
         """The payloads whose ids a query of the table returns, in its order."""
         rows = self._db.execute(sql, parameters).fetchall()
         return [self._payloads[row[0]] for row in rows]
+
+    def ids(self) -> list[int]:
+        """Every payload's id."""
+        return list(self._payloads)
 
     def holds(self, payload_id: int) -> bool:
         """Whether the id is a payload here, or one whose upload is still being received."""
@@ -235,7 +244,8 @@ class Registry:
         if current is not None:
             check_move(CLIENT_MOVES, [current.status], Status.CLEANED)
         self._db.execute("DELETE FROM payloads WHERE id = ?", (payload_id,))
-        self._payloads.pop(payload_id, None)
+        if self._payloads.pop(payload_id, None) is not None:
+            self.changes.record(payload_id, removed=True)
         for event in self._watchers.get(payload_id, ()):
             event.set()
 
@@ -300,6 +310,8 @@ class Registry:
         self._payloads[payload_id] = updated
         if updated.status is not Status.CLEANED:
             write_state(updated)
+        if "status" in changes:
+            self.changes.record(payload_id)
         for event in self._watchers.get(payload_id, ()):
             event.set()
         return updated

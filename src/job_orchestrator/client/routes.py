@@ -27,8 +27,9 @@ from job_orchestrator.client.archives import PartialStream
 from job_orchestrator.client.container_request import FIELDS as CONTAINER_FIELDS
 from job_orchestrator.client.container_request import ContainerRequest, ContainerRequestError
 from job_orchestrator.client.dispatch_keys import refuse_other_dispatch
+from job_orchestrator.client.lease import stamp_instance
 from job_orchestrator.client.longpoll import LONG_POLL_PARAMETERS, LongPoll, wait_for_change
-from job_orchestrator.client.payload import EMPTY_PAYLOAD, Payload
+from job_orchestrator.client.payload import EMPTY_PAYLOAD, Payload, PayloadChanges
 from job_orchestrator.client.responses import (
     BY_ID,
     GUARDED,
@@ -242,9 +243,14 @@ async def retrieve(request: Request) -> Response:
         return payload
     poll = LongPoll.from_query(request.query_params)
     wait_s = poll.wait_s
+    clock = request.headers.get(CLOCK_HEADER)
+    holder = stamp_instance(clock)
+    if holder is not None and holder != payload.holder and not payload.status.is_terminal():
+        # That server follows it now: its change feed renews the lease from here on.
+        payload = state.registry.change(payload.id, PayloadChanges(holder=holder)) or payload
     if payload.status is Status.PREPARED:
         # The server still wants it: renew its lease (runner.py starts it only so).
-        state.runner.lease.asked(payload.id, request.headers.get(CLOCK_HEADER))
+        state.runner.lease.asked(payload.id, clock)
         # Answer before the lease runs out, so the next ask renews it in time.
         wait_s = min(wait_s, state.settings.server_lease_s / 2)
     state.runner.release(payload.id)

@@ -118,6 +118,17 @@ class Runner:
         if payload is not None and payload.status is Status.PREPARED:
             self.start(payload)
 
+    def asked_by(self, clock: str | None) -> None:
+        """A server asked for its changes: renew what it holds, and start those it holds of
+        the payloads adopted at start-up (as a /retrieve of each would)."""
+        instance = self.lease.asked_by(clock)
+        if instance is None:
+            return
+        for payload_id in list(self._held):
+            payload = self.registry.get(payload_id)
+            if payload is not None and payload.holder == instance:
+                self.release(payload_id)
+
     def _spawn(self, payload_id: int, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine, name=f"payload-{payload_id}")
         self._tasks[payload_id] = task
@@ -165,7 +176,7 @@ class Runner:
                     # Only our server fails jobs over (it sends a dispatch key); the original
                     # server never moves a job, and holding its payloads Prepared until its
                     # next 500 ms poll would widen its quota gap (it does not count Prepared).
-                    if current.dispatch_key is None or self.lease.held(payload.id):
+                    if current.dispatch_key is None or self.lease.held(payload.id, current.holder):
                         await self._execute(current)
                         return
                 # The server has not asked about it within SERVER_LEASE: it may have given

@@ -31,8 +31,10 @@ from job_orchestrator.errors import (
     TransientClientError,
 )
 from job_orchestrator.server import lifecycle
+from job_orchestrator.server.feeds import Ask, ClientFeed, Feeds
 from job_orchestrator.server.jobfiles import RESULT_NAME, log_path, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
+from job_orchestrator.server.node_calls import RetrieveResult
 from job_orchestrator.server.node_client import NodeClient
 from job_orchestrator.server.nodes import NOT_STARTED, Fleet
 from job_orchestrator.server.storage import JobRecord, Store
@@ -42,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 #: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
 LIMIT_BACKSTOP_S = 60.0
+#: How long the first ask about a payload may be held on a client with a feed (_ask).
+FIRST_HOLD_S = 5.0
 
 
 def job_fields(job: JobRecord) -> dict[str, object]:
@@ -59,8 +63,10 @@ class JobCollector:
         stop: asyncio.Event,
         wake_dispatch: Callable[[], None],
         clock: Clock = SYSTEM_CLOCK,
+        feeds: Feeds | None = None,
     ) -> None:
         self._settings = settings
+        self._feeds = feeds
         self._clock = clock
         self._store = store
         self._fleet = fleet
@@ -70,12 +76,17 @@ class JobCollector:
 
     async def collect(self, job: JobRecord) -> None:
         """Follow one job on its client until it reaches a final status."""
+        feed = self._feeds.of(job.node) if self._feeds is not None and job.node else None
+        if feed is not None:
+            feed.follow(job.dest_id)
         try:
-            await self._follow(job)
+            await self._follow(job, feed)
         finally:
             self._fleet.asked_at.pop(job.id, None)
+            if feed is not None:
+                feed.forget(job.dest_id)
 
-    async def _follow(self, job: JobRecord) -> None:
+    async def _follow(self, job: JobRecord, feed: ClientFeed | None) -> None:
         try:
             client = self._fleet.client_for(job)
         except ClientLeftError as error:
@@ -90,7 +101,9 @@ class JobCollector:
             )
             return
         known, failures, failing_since = job.status, 0, None
-        loc = Path(job.loc)
+        # Asked by id first (which makes this server the payload's holder there), then
+        # through the client's feed; per job only where the client has no feed (feeds.py).
+        ask: Ask | None = Ask.BY_ID if feed is not None else Ask.LONG_POLL
         # Clients enforce the limit themselves; this backstop covers those that cannot.
         limit_at = (
             (job.dispatched_at or self._clock.now()) + service.timeout_s + LIMIT_BACKSTOP_S
@@ -104,16 +117,19 @@ class JobCollector:
                     await self._enforce_time_limit(job, client, service)
                     return
                 wait_s = max(0.1, min(wait_s, limit_at - self._clock.now()))
-            self._fleet.asked_at[job.id] = self._clock.now()
+            result: RetrieveResult | None = None
             try:
-                result = await client.retrieve(
-                    job.dest_id,
-                    loc / RESULT_NAME,
-                    key=job.dispatch_key,
-                    wait_s=wait_s,
-                    known=known,
-                    settle_s=self._settings.status_settle_s,
-                )
+                if feed is not None and ask is None:
+                    news = await feed.wait(
+                        job.dest_id,
+                        job.dispatch_key,
+                        known,
+                        wait_s,
+                        self._settings.status_settle_s,
+                    )
+                    ask, result = (news, None) if isinstance(news, Ask) else (None, news)
+                if ask is not None:
+                    result = await self._ask(client, job, ask, known, wait_s, feed)
             except (TransientClientError, ClientUnauthorizedError) as error:
                 if isinstance(error, ClientUnauthorizedError):
                     # Retried like a lost contact: it recovers once the tokens agree.
@@ -151,6 +167,8 @@ class JobCollector:
                     job, lifecycle.FAIL_ON_CLIENT, f"could not collect the result: {error}"
                 )
                 return
+            assert result is not None
+            asked, ask = ask, None if feed is not None else Ask.LONG_POLL
             failures, failing_since = 0, None
             # Learnt at the end only: the Running of a short job was never reported.
             late_start = result.started_at if known is not Status.RUNNING else None
@@ -180,8 +198,41 @@ class JobCollector:
                 ):
                     return  # terminated or otherwise moved by someone else
                 known = result.status
-            if not result.long_polled:
+            if asked is Ask.LONG_POLL and not result.long_polled:
                 await wait_any(self._stop.wait(), timeout_s=self._settings.poll_interval_s)
+
+    async def _ask(
+        self,
+        client: NodeClient,
+        job: JobRecord,
+        ask: Ask,
+        known: Status,
+        wait_s: float,
+        feed: ClientFeed | None,
+    ) -> RetrieveResult:
+        """Ask the client about the job's payload itself (feeds.py `Ask`).
+
+        The first ask after a dispatch (known: Submitted) is held a little, a bounded number
+        at a time per client: a short job then ends in that one request, as before the feed.
+        """
+        hold_s, settle_s = wait_s, self._settings.status_settle_s
+        slots: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
+        if feed is not None and ask is Ask.BY_ID:
+            if known is Status.SUBMITTED and not feed.holding.locked():
+                slots, hold_s = feed.holding, min(wait_s, FIRST_HOLD_S)
+            else:
+                # The answers of a burst of endings come together: a few at a time.
+                slots, hold_s, settle_s = feed.asking, 0.0, 0.0
+        async with slots:
+            self._fleet.asked_at[job.id] = self._clock.now()
+            return await client.retrieve(
+                job.dest_id,
+                Path(job.loc) / RESULT_NAME,
+                key=job.dispatch_key,
+                wait_s=hold_s,
+                known=known,
+                settle_s=settle_s,
+            )
 
     async def _enforce_time_limit(
         self, job: JobRecord, client: NodeClient, service: ServiceConfig

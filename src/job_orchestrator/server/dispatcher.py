@@ -29,6 +29,7 @@ from job_orchestrator.errors import (
 )
 from job_orchestrator.server import lifecycle
 from job_orchestrator.server.collection import JobCollector, job_fields
+from job_orchestrator.server.feeds import Feeds
 from job_orchestrator.server.job_tasks import JobTasks
 from job_orchestrator.server.jobfiles import input_dir
 from job_orchestrator.server.metrics import ServerMetrics
@@ -73,8 +74,16 @@ class Orchestrator:
         self._stop = asyncio.Event()
         #: Set when a stop signal arrives, before uvicorn waits for open requests to end.
         self.draining = asyncio.Event()
+        self.feeds = Feeds(self.fleet, gateway, self._stop, clock)
         self.collector = JobCollector(
-            settings, store, self.fleet, self.metrics, self._stop, self.wake_dispatch, clock
+            settings,
+            store,
+            self.fleet,
+            self.metrics,
+            self._stop,
+            self.wake_dispatch,
+            clock,
+            self.feeds,
         )
         self.tasks = JobTasks(self._stop)
         self.terminator = Terminator(
@@ -121,6 +130,7 @@ class Orchestrator:
                 self.recovery.reaper_loop(self._stop, self.settings.safety_tick_s),
                 name="reaper_loop",
             ),
+            *self.feeds.loops(),
         ]
         for task in self._loops:
             task.add_done_callback(self._loop_died)

@@ -44,6 +44,7 @@ from job_orchestrator.server.metrics import ServerMetrics, observed_call
 from job_orchestrator.server.node_answers import (
     classified_failure,
     exit_code_of,
+    feed_page,
     is_zip,
     payload_json,
     raise_for_status,
@@ -52,7 +53,13 @@ from job_orchestrator.server.node_answers import (
     started_at_of,
     stream_to_file,
 )
-from job_orchestrator.server.node_calls import LogAnswer, NodeReport, RetrieveResult, ZipAnswer
+from job_orchestrator.server.node_calls import (
+    FeedPage,
+    LogAnswer,
+    NodeReport,
+    RetrieveResult,
+    ZipAnswer,
+)
 from job_orchestrator.server.node_wire import (
     MultipartBody,
     join_url,
@@ -377,6 +384,33 @@ class NodeGateway:
             ),
             refusing=health.headers.get(REFUSING_HEADER) or None,
         )
+
+    @observed_call("changes")
+    async def changes(
+        self, node: NodeConfig, *, after: str | None, wait_s: float, token: str | None
+    ) -> FeedPage | None:
+        """The node's change feed after the cursor `after` (client/changes.py); None if it
+        has none (the original's client answers 404). Stamped like /retrieve: it renews the
+        leases of the payloads this server holds there."""
+        base = node_base_url(node)
+        what = f"changes of {base}"
+        params = {"wait": f"{wait_s:g}", **({"after": after} if after else {})}
+        headers = {CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}"}
+        async with (
+            self._call(what),
+            self._request(
+                "GET",
+                f"{base}/changes",
+                wait_s=wait_s,
+                params=params,
+                headers={**headers, **self._headers(token)},
+            ) as response,
+        ):
+            body = await response.read()
+        if response.status == 404:
+            return None
+        raise_for_status(response, what)
+        return feed_page(body, what)
 
     @observed_call("kill")
     async def kill(

@@ -31,6 +31,8 @@ from job_orchestrator.errors import (
     UndeliveredError,
 )
 from job_orchestrator.server.jobfiles import temporary_name
+from job_orchestrator.server.node_calls import FeedEntry, FeedPage
+from job_orchestrator.status import Status
 from job_orchestrator.wire import EXIT_CODE_HEADER, STARTED_AGE_HEADER
 
 
@@ -91,6 +93,30 @@ def payload_json(body: bytes, what: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise PermanentClientError(f"{what}: client sent an unexpected JSON reply")
     return payload
+
+
+def feed_page(body: bytes, what: str) -> FeedPage:
+    """A /changes answer (client/changes.py); PermanentClientError if it is not one."""
+    page = payload_json(body, what)
+    cursor, entries = page.get("cursor"), page.get("changes")
+    if not isinstance(cursor, str) or not isinstance(entries, list):
+        raise PermanentClientError(f"{what}: not a change feed answer")
+    try:
+        return FeedPage(cursor, page.get("snapshot") is True, tuple(map(_feed_entry, entries)))
+    except (KeyError, TypeError, ValueError) as error:
+        raise PermanentClientError(f"{what}: a change is unreadable ({error!r})") from None
+
+
+def _feed_entry(raw: Any) -> FeedEntry:
+    started_age = raw.get("started_age")
+    key = raw.get("key")
+    return FeedEntry(
+        id=int(raw["id"]),
+        status=Status.from_wire(str(raw["status"])),
+        key=key if isinstance(key, str) else None,
+        age=max(0.0, float(raw.get("age") or 0.0)),
+        started_age=None if started_age is None else max(0.0, float(started_age)),
+    )
 
 
 def classified_failure(what: str, error: Exception) -> Exception:

@@ -64,6 +64,30 @@ class RetrieveResult:
     log_bytes: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class FeedEntry:
+    """One payload as a client's change feed tells it (client/changes.py)."""
+
+    id: int
+    status: Status
+    #: Its dispatch key (None: dispatched without one, or cleaned).
+    key: str | None
+    #: Seconds it has had this status, on the client's clock (0 once final).
+    age: float
+    #: Seconds since run.sh started (None: not started).
+    started_age: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """A client's answer to /changes: what changed, and the cursor to ask after next."""
+
+    cursor: str
+    #: The entries are every payload the client holds (it did not know our cursor).
+    snapshot: bool
+    entries: tuple[FeedEntry, ...]
+
+
 class NodeCalls(Protocol):
     """The calls the engine makes to a node; errors are those of `job_orchestrator.errors`."""
 
@@ -123,6 +147,13 @@ class NodeCalls(Protocol):
     ) -> AbstractAsyncContextManager[LogAnswer]: ...
 
     async def check(self, node: NodeConfig, *, token: str | None) -> NodeReport: ...
+
+    async def changes(
+        self, node: NodeConfig, *, after: str | None, wait_s: float, token: str | None
+    ) -> FeedPage | None:
+        """The payloads that changed on the node after the cursor `after`, held up to
+        `wait_s` while none did; None if the node has no change feed (the original's)."""
+        ...
 
     async def kill(
         self, node: NodeConfig, payload_id: int, *, token: str | None, key: str | None

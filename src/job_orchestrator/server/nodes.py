@@ -19,6 +19,7 @@ client: node_state.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from job_orchestrator import settings_table
@@ -78,6 +79,10 @@ class Fleet:
         self.state: dict[str, NodeState] = {url: NodeState() for url in self._nodes}
         #: When the server last sent a request about each collected job (the clock's time).
         self.asked_at: dict[int, float] = {}
+        #: When each client's change feed last sent a request (feeds.py): it renews the
+        #: leases of every payload this server holds there.
+        self.feed_asked_at: dict[str, float] = {}
+        self._flushing: dict[str, asyncio.Lock] = {}
 
     def client_for(self, job: JobRecord) -> NodeClient | None:
         """The client a job is (or is to be) on; None if its service is not configured.
@@ -195,8 +200,7 @@ class Fleet:
             self._refusing(url, state, cause if cause in REFUSALS else None)
             if state.refusing is not None:
                 continue
-            if state.revocations_pending:
-                state.revocations_pending = not await self._flush_revocations(node)
+            await self.flush_revocations(url)
             woke = woke or (self.usable(node) and not was_usable)
         return woke
 
@@ -217,6 +221,14 @@ class Fleet:
         lease_s = self.state[url].server_lease_s
         assumed_s = DEFAULT_CLIENT_LEASE_S if lease_s is None else lease_s
         return max(self.settings.failover_after_s, assumed_s + LEASE_MARGIN_S)
+
+    async def flush_revocations(self, url: str) -> bool:
+        """Kill the payloads revoked from this node, if any are; True once none is left."""
+        state = self.state[url]
+        async with self._flushing.setdefault(url, asyncio.Lock()):  # the feed's, the checks'
+            if state.revocations_pending:
+                state.revocations_pending = not await self._flush_revocations(self._nodes[url])
+        return not state.revocations_pending
 
     async def _flush_revocations(self, node: NodeConfig) -> bool:
         """Kill payloads revoked from this node; True once none is left."""
@@ -270,10 +282,11 @@ class Fleet:
                             "job %d: client %s is down; dispatching it elsewhere", job.id, url
                         )
                         moved.append(job.id)
+            fed_at = self.feed_asked_at.get(url, 0.0)
             for job in await self.store.jobs_on_node(url, NOT_STARTED):
                 if owner is not None and job.owner != owner:
                     continue
-                if now - self.asked_at.get(job.id, 0.0) < failover_after_s:
+                if now - max(self.asked_at.get(job.id, 0.0), fed_at) < failover_after_s:
                     continue  # asked about lately: its lease there may not have run out
                 if await lifecycle.revoke(self.store, job):
                     state.revocations_pending = True
