@@ -562,6 +562,20 @@ async def test_jobs_with_status_in_id_order(store: AnyStore) -> None:
     assert [job.id for job in await store.jobs_with_status([Status.RUNNING])] == ids
 
 
+async def test_owned_job_ids_are_those_of_the_owner_in_the_statuses(store: AnyStore) -> None:
+    mine = [await job_in(store, Status.RUNNING, user_id=u) for u in (3, 1)]
+    submitted = await job_in(store, Status.SUBMITTED)
+    others = await job_in(store, Status.RUNNING, user_id=2)
+    await job_in(store, Status.RUNNING)  # no owner at all
+    for job_id, status in [*((i, Status.RUNNING) for i in mine), (submitted, Status.SUBMITTED)]:
+        assert await store.transition(job_id, [status], changes=JobChanges(owner="me"))
+    assert await store.transition(others, [Status.RUNNING], changes=JobChanges(owner="other"))
+    assert await store.owned_job_ids([Status.RUNNING], "me") == mine
+    both = [Status.RUNNING, Status.SUBMITTED]
+    assert await store.owned_job_ids(both, "me") == sorted([*mine, submitted])
+    assert await store.owned_job_ids([Status.QUEUED], "me") == []
+
+
 async def test_finished_before(store: AnyStore) -> None:
     old_done = await job_in(store, Status.COMPLETED)
     old_failed = await job_in(store, Status.FAILED)

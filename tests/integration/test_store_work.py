@@ -44,6 +44,7 @@ def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]
         ),
         ("next_retry_at", lambda s: s.next_retry_at()),
         ("jobs_with_status", lambda s: s.jobs_with_status([Status.QUEUED])),
+        ("owned_job_ids", lambda s: s.owned_job_ids([Status.QUEUED], "r")),
         ("list_jobs", lambda s: s.list_jobs(limit=5)),
         ("open_job_counts", lambda s: s.open_job_counts()),
         ("queued_count", lambda s: s.queued_count(1)),

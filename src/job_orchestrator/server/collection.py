@@ -31,7 +31,7 @@ from job_orchestrator.errors import (
     TransientClientError,
 )
 from job_orchestrator.server import lifecycle
-from job_orchestrator.server.feeds import Ask, ClientFeed, Feeds
+from job_orchestrator.server.feeds import FOLLOW_WAIT_S, Ask, ClientFeed, Feeds
 from job_orchestrator.server.jobfiles import RESULT_NAME, log_path, partial_path
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.node_calls import RetrieveResult
@@ -111,7 +111,8 @@ class JobCollector:
             else None
         )
         while not self._stop.is_set():
-            wait_s = self._settings.long_poll_s
+            # A wait on the feed costs no request: it may be long (it wakes on any news).
+            wait_s = self._settings.long_poll_s if ask is not None else FOLLOW_WAIT_S
             if limit_at is not None:
                 if self._clock.now() >= limit_at:
                     await self._enforce_time_limit(job, client, service)
@@ -215,7 +216,7 @@ class JobCollector:
         The first ask after a dispatch (known: Submitted) is held a little, a bounded number
         at a time per client: a short job then ends in that one request, as before the feed.
         """
-        hold_s, settle_s = wait_s, self._settings.status_settle_s
+        hold_s, settle_s = min(wait_s, self._settings.long_poll_s), self._settings.status_settle_s
         slots: contextlib.AbstractAsyncContextManager[object] = contextlib.nullcontext()
         if feed is not None and ask is Ask.BY_ID:
             if known is Status.SUBMITTED and not feed.holding.locked():

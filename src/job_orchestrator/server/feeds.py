@@ -25,9 +25,10 @@ feed never renews it (client/lease.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from job_orchestrator._loops import backoff_s, wait_any
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
@@ -41,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 #: How long a /changes request may be held (the client answers within SERVER_LEASE/2).
 FEED_WAIT_S = 25.0
+#: How long a collector waits here with no news before it looks again (a wait costs no
+#: request; news, a failing feed and the server's stop end it sooner).
+FOLLOW_WAIT_S = 600.0
 #: Failed requests in a row before the collectors are told (as nodes.FAILURES_BEFORE_DOWN).
 FAILURES_BEFORE_FAILING = 2
 #: Requests by id to one client at once: its connections stay few when thousands of jobs end.
@@ -64,6 +68,15 @@ def _progress(status: Status) -> int:
     if status.is_terminal():
         return 2
     return 1 if status is Status.RUNNING else 0
+
+
+@dataclass(slots=True)
+class _Following:
+    """A payload a collector follows: how many snapshots had arrived when it began, and an
+    event set on news of it (one each: news of one payload wakes one collector)."""
+
+    snapshots: int
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +109,9 @@ class ClientFeed:
         #: Why the last request failed (None: it did not).
         self.error: str | None = None
         self._cursor: str | None = None
-        #: Followed payload id -> how many snapshots had arrived when its following began.
-        self._followed: dict[int, int] = {}
+        self._followed: dict[int, _Following] = {}
         self._seen: dict[int, _Seen] = {}
         self._snapshots = 0
-        self._changed = asyncio.Event()
         #: Collectors asking by id at once (the answers of a burst of endings come together),
         #: and those holding their first ask (collection.py `_ask`).
         self.asking = asyncio.Semaphore(ASKS_AT_ONCE)
@@ -115,7 +126,8 @@ class ClientFeed:
     def follow(self, payload_id: int) -> None:
         """Keep what the feed says of this payload (before the collector first asks by id, so
         no change between that answer and the first wait is lost)."""
-        self._followed.setdefault(payload_id, self._snapshots)
+        if payload_id not in self._followed:
+            self._followed[payload_id] = _Following(self._snapshots)
 
     def forget(self, payload_id: int) -> None:
         self._followed.pop(payload_id, None)
@@ -129,8 +141,9 @@ class ClientFeed:
         if there is none. Raises TransientClientError while the feed's requests fail."""
         deadline = self._clock.monotonic() + wait_s
         self.follow(payload_id)
+        following = self._followed[payload_id]
         while True:
-            changed = self._changed
+            following.changed.clear()
             if self.supported is False:
                 return Ask.LONG_POLL
             if self.error is not None:
@@ -138,8 +151,10 @@ class ClientFeed:
             timeout_s = deadline - self._clock.monotonic()
             seen = self._seen.get(payload_id)
             if seen is None:
-                if self._snapshots != self._followed.get(payload_id, self._snapshots):
-                    return Ask.BY_ID  # a snapshot since without it: ask the client
+                if following.snapshots != self._snapshots:
+                    # A snapshot since, without it: ask the client, once for that snapshot.
+                    following.snapshots = self._snapshots
+                    return Ask.BY_ID
             elif key is not None and seen.entry.key != key:
                 return Ask.BY_ID  # another job's payload under this id: the client says so
             elif _progress(seen.entry.status) > _progress(known):
@@ -151,7 +166,10 @@ class ClientFeed:
                 timeout_s = min(timeout_s, unsettled_s)
             if timeout_s <= 0:
                 return RetrieveResult(known, "", long_polled=True)
-            await wait_any(changed.wait(), self._stop.wait(), timeout_s=timeout_s)
+            # No task per wait: a wait is the common case, thousands at a time.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await following.changed.wait()
             if self._stop.is_set():
                 return RetrieveResult(known, "", long_polled=True)
 
@@ -165,6 +183,12 @@ class ClientFeed:
 
     async def run(self) -> None:
         """Hold /changes until the server stops (the loop of feeds.py's module doc)."""
+        try:
+            await self._run()
+        finally:
+            self._wake()  # the server stops: every collector waiting here returns
+
+    async def _run(self) -> None:
         failures, was_down = 0, False
         while not self._stop.is_set():
             if self._fleet.is_down(self.url):
@@ -226,15 +250,18 @@ class ClientFeed:
             self._snapshots += 1
             self._seen.clear()
         for entry in page.entries:
-            if entry.id in self._followed:
+            following = self._followed.get(entry.id)
+            if following is not None:
                 self._seen[entry.id] = _Seen(entry, now - entry.age)
+                following.changed.set()
         self._cursor = page.cursor
-        if page.entries or page.snapshot:
-            self._wake()
+        if page.snapshot:
+            self._wake()  # those it leaves out are asked for by id
 
     def _wake(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        """Wake every collector waiting here (the feed failed, ended, or said all)."""
+        for following in self._followed.values():
+            following.changed.set()
 
 
 class Feeds:

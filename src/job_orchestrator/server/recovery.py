@@ -104,12 +104,18 @@ class Recovery:
                     extra=job_fields(job),
                 )
             self._redrive(taken)
+        # Ids first: with thousands of jobs running, nearly every one has its task.
+        without_task = [
+            job_id
+            for job_id in await self._store.owned_job_ids(IN_FLIGHT, self._lease.replica_id)
+            if job_id not in self._tasks and job_id not in self._tasks.terminating
+        ]
         found = {
-            job.id: job
-            for job in await self._store.jobs_with_status(IN_FLIGHT)
-            if job.owner == self._lease.replica_id
-            and job.id not in self._tasks
-            and job.id not in self._tasks.terminating
+            record.id: record
+            for job_id in without_task
+            if (record := await self._store.get_job(job_id)) is not None
+            and record.status in IN_FLIGHT
+            and record.owner == self._lease.replica_id
         }
         previous, self._unowned = self._unowned, found
         reaped = []

@@ -151,6 +151,11 @@ class Store(CallbackVerbs, abc.ABC):
     async def jobs_with_status(self, statuses: Collection[Status]) -> list[JobRecord]: ...
 
     @abc.abstractmethod
+    async def owned_job_ids(self, statuses: Collection[Status], owner: str) -> list[int]:
+        """The ids of `owner`'s jobs in `statuses`, in id order: what the reaper reads every
+        tick, so no more than the ids (a record costs ten times an id)."""
+
+    @abc.abstractmethod
     async def queued_count(self, user_id: int) -> int:
         """How many of the user's jobs are Queued, in every service."""
 

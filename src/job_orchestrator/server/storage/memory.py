@@ -269,6 +269,15 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
         wanted = set(statuses)
         return await self._select("jobs_with_status", lambda row: row["status"] in wanted)
 
+    async def owned_job_ids(self, statuses: Collection[Status], owner: str) -> list[int]:
+        wanted = set(statuses)
+        return await self._run(
+            "owned_job_ids",
+            lambda db: [
+                i for i, row in db.jobs.items() if row["status"] in wanted and row["owner"] == owner
+            ],
+        )
+
     async def queued_count(self, user_id: int) -> int:
         return await self._run(
             "queued_count",

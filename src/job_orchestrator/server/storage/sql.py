@@ -308,6 +308,15 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         )
         return [job_record(row) for row in rows]
 
+    async def owned_job_ids(self, statuses: Collection[Status], owner: str) -> list[int]:
+        rows = await self._fetch(
+            "owned_job_ids",
+            sa.select(jobs.c.id)
+            .where(jobs.c.status.in_([s.db for s in statuses]), jobs.c.owner == owner)
+            .order_by(jobs.c.id),
+        )
+        return [row[0] for row in rows]
+
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         rows = await self._fetch(
             "finished_before",
