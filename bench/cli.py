@@ -148,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         quick=arguments.quick,
         profile_dir=arguments.profile,
         replicas=max(1, arguments.replicas),
+        with_original=arguments.original,
     )
     results: list[SectionResult] = []
     try:

@@ -83,6 +83,8 @@ class Context:
     figures: dict[str, float] = field(default_factory=dict)
     #: How many PostgreSQL replicas the `replicas` case measures beside one.
     replicas: int = 3
+    #: `--original`: cases that can also measure the original 2.2.3 beside ours do.
+    with_original: bool = False
 
 
 @dataclass(frozen=True)
@@ -388,7 +390,7 @@ class RssSampler:
 
 
 def upload_latencies(
-    base_url: str, jobs: int, poll_s: float, service: str = SERVICE
+    base_url: str, jobs: int, poll_s: float, service: str = SERVICE, script: str = SCRIPT
 ) -> list[float]:
     """Seconds from upload to the result ZIP of `jobs` trivial jobs one at a time, polling
     /download every `poll_s`, after one warm-up job (image caches, imports) not counted."""
@@ -398,7 +400,7 @@ def upload_latencies(
             started = time.perf_counter()
             response = http.post(
                 "/upload",
-                files=[("file", ("run.sh", SCRIPT))],
+                files=[("file", ("run.sh", script))],
                 data={**upload_form(1), "service": service},
             )
             if response.status_code != 201:

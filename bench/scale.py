@@ -6,7 +6,9 @@ client) while they run. Measured: the time from the last upload until all are Ru
 server's and the clients' CPU (% of one core), open files and RSS while they run; the short
 jobs' p50; the time from the last sleep's end until every job is collected; what was lost.
 Twice: with the descriptors this process has, and with the server and clients held to 1024
-(soft and hard), systemd's default soft limit.
+(soft and hard), systemd's default soft limit. With `--original`, the original 2.2.3 server
+and client(s) beside ours in the same run, at ORIGINAL_SIZE: one client per service (all it
+knows), its exit trap in every script.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from bench.common import (
+    SCRIPT,
     Context,
     SectionResult,
     cpu_snapshot,
@@ -33,6 +36,7 @@ from bench.common import (
     upload_latencies,
 )
 from testkit.harness import Cluster, Node
+from testkit.original import TRAP, Fleet
 
 USERS = 100
 CLIENTS = 4
@@ -59,6 +63,9 @@ class Size:
 
 FULL_SIZE = Size(jobs=4000, sleep_s=120.0)
 QUICK_SIZE = Size(jobs=40, sleep_s=8.0)
+#: The original at the size issue 24 measured it at: 500 running on its one client (7.5 s to
+#: start them, 55 % of a core to hold them).
+ORIGINAL_SIZE = Size(jobs=500, sleep_s=120.0)
 
 
 def scale(ctx: Context) -> SectionResult:
@@ -77,17 +84,40 @@ def scale(ctx: Context) -> SectionResult:
             continue  # a smoke run: the limited pass is the one that can break
         log(f"scale: {size.jobs} jobs{label}")
         _measure(ctx.workdir / f"scale{len(label)}", size, nofile, label, result)
+    if ctx.with_original:
+        original = QUICK_SIZE if ctx.quick else ORIGINAL_SIZE
+        label = f", original 2.2.3 ({original.jobs} jobs, 1 client)"
+        log(f"scale: {original.jobs} jobs on the original")
+        _measure(
+            ctx.workdir / "scale-original",
+            original,
+            None,
+            label,
+            result,
+            fleet=_original_fleet,
+            trap=TRAP,
+        )
     return result
 
 
 def _measure(
-    root: Path, size: Size, nofile: tuple[int, int] | None, label: str, result: SectionResult
+    root: Path,
+    size: Size,
+    nofile: tuple[int, int] | None,
+    label: str,
+    result: SectionResult,
+    *,
+    fleet: FleetFactory | None = None,
+    trap: str = "",
 ) -> None:
+    """One pass; the targets are ours (the original's pass reports its figures only)."""
     quota = str(size.jobs)
     limits = {"SERVICE_EXAMPLE_RUNS_PER_USER": quota, "SERVICE_EXAMPLE_MAX_RUNS": quota}
-    with _fleet(root, nofile, limits) as (running, procs):
+    with (fleet or _fleet)(root, nofile, limits) as (running, procs):
         base_url = running.api.base_url
-        uploaded, refused = _upload_all(base_url, size.jobs, _sleeper(size.sleep_s))
+        # The original's client needs the exit trap, so no `exec`: the shell waits.
+        sleeper = f"{trap}sleep {size.sleep_s:g}\n" if trap else _sleeper(size.sleep_s)
+        uploaded, refused = _upload_all(base_url, size.jobs, sleeper)
         last_upload = time.monotonic()
         db = root / "server.db"
         # Running or past it: where descriptors run short, the first may end before the last
@@ -102,7 +132,7 @@ def _measure(
         cpu = {name: 100 * (after.own[name] - before.own[name]) / wall for name in procs}
         files = {name: _open_files(process) for name, process in procs.items()}
         rss = {name: process.memory_info().rss for name, process in procs.items()}
-        short = upload_latencies(base_url, SHORT_JOBS, 0.005, service=SHORT)
+        short = upload_latencies(base_url, SHORT_JOBS, 0.005, SHORT, trap + SCRIPT)
         # Every job had started by `all_running`, so every sleep ends by then + S.
         last_end = all_running + size.sleep_s
         done = _wait_counts(
@@ -126,6 +156,8 @@ def _measure(
     result.add(f"short job of another service, p50{label}", ms(p50))
     result.add(f"collected after the last sleep's end{label}", f"{tail:.1f} s (+- 0.25 s)")
     result.add(f"final statuses{label}", ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if fleet is not None:
+        return
     result.target(
         f"all Running within {ALL_RUNNING_S:g} s{label}",
         f"{running_after:.1f} s",
@@ -149,6 +181,34 @@ def _measure(
     )
     lost = size.jobs - counts.get("completed", 0)
     result.target(f"nothing lost{label}", f"{lost} not Completed", lost == 0)
+
+
+FleetFactory = Callable[
+    [Path, tuple[int, int] | None, Mapping[str, str]],
+    contextlib.AbstractContextManager[tuple[Cluster, dict[str, psutil.Process]]],
+]
+
+
+@contextlib.contextmanager
+def _original_fleet(
+    root: Path, nofile: tuple[int, int] | None, limits: Mapping[str, str]
+) -> Iterator[tuple[Cluster, dict[str, psutil.Process]]]:
+    """The original's server with one original client for each service (SHORT's second)."""
+    root.mkdir(parents=True)
+    fleet = Fleet(root)
+    try:
+        sleeping = _limited(fleet.original_client(), nofile)
+        short = fleet.original_client()
+        server = fleet.original_server(limits, services={"example": sleeping, SHORT: short})
+        nodes = {"server": server, "client0": sleeping}
+        procs = {
+            name: psutil.Process(node.process.pid)
+            for name, node in nodes.items()
+            if node.process is not None
+        }
+        yield fleet, procs
+    finally:
+        fleet.shutdown()
 
 
 @contextlib.contextmanager

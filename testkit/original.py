@@ -78,17 +78,23 @@ class Fleet(Cluster):
     def our_client(self, env: Mapping[str, str] | None = None) -> Node:
         return self.add_client(env)
 
-    def service_urls(self) -> dict[str, str]:
-        """The original's per-service settings (one client: it knows no other form)."""
-        (client,) = self.clients
-        key = f"SERVICE_{SERVICE.upper()}"
-        return {
-            f"{key}_UPLOAD_URL": f"{client.url}/submit",
-            f"{key}_DOWNLOAD_URL": f"{client.url}/retrieve",
-            f"{key}_TERMINATE_URL": f"{client.url}/kill",
-        }
+    def service_urls(self, services: Mapping[str, Node] | None = None) -> dict[str, str]:
+        """The original's per-service settings: one client per service, the only form it
+        knows (by default SERVICE on the fleet's one client)."""
+        if services is None:
+            (client,) = self.clients
+            services = {SERVICE: client}
+        urls = {}
+        for service, client in services.items():
+            key = f"SERVICE_{service.upper()}"
+            urls[f"{key}_UPLOAD_URL"] = f"{client.url}/submit"
+            urls[f"{key}_DOWNLOAD_URL"] = f"{client.url}/retrieve"
+            urls[f"{key}_TERMINATE_URL"] = f"{client.url}/kill"
+        return urls
 
-    def original_server(self, env: Mapping[str, str] | None = None) -> OriginalNode:
+    def original_server(
+        self, env: Mapping[str, str] | None = None, *, services: Mapping[str, Node] | None = None
+    ) -> OriginalNode:
         port = free_port()
         self.server = OriginalNode(
             "server",
@@ -98,7 +104,7 @@ class Fleet(Cluster):
                     "PORT": str(port),
                     "DB_PATH": str(self.root / "server.db"),
                     "DATA_PATH": str(self.root / "server-data"),
-                    **self.service_urls(),
+                    **self.service_urls(services),
                     **(env or {}),
                 }
             ),
