@@ -179,8 +179,9 @@ def running_cluster(
         yield running
 
 
-def _metric_samples(running: Cluster) -> list[Sample]:
-    response = httpx.get(f"{running.api.base_url}/metrics", timeout=30, trust_env=False)
+def _metric_samples(running: Cluster, base_url: str | None = None) -> list[Sample]:
+    url = base_url or running.api.base_url
+    response = httpx.get(f"{url}/metrics", timeout=30, trust_env=False)
     response.raise_for_status()
     return [
         sample
@@ -199,9 +200,10 @@ def retrieve_calls(running: Cluster) -> float:
     )
 
 
-def store_work(running: Cluster) -> tuple[dict[str, float], float]:
-    """The server's store units of work per verb and its commits so far (its /metrics)."""
-    samples = _metric_samples(running)
+def store_work(running: Cluster, base_url: str | None = None) -> tuple[dict[str, float], float]:
+    """The server's store units of work per verb and its commits so far (its /metrics; of
+    the server at `base_url`, if given, else the cluster's first)."""
+    samples = _metric_samples(running, base_url)
     per_verb = {
         sample.labels["verb"]: sample.value
         for sample in samples

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 
-from bench.common import Context, SectionResult, log, median, ms
-from bench.throughput import QUOTA, drive
+from bench.common import Context, SectionResult, log, median, ms, store_work
+from bench.throughput import QUOTA, drive, work_per_job
 from testkit.harness import Cluster
 
 PG_ADMIN = {"user": "postgres", "host": "127.0.0.1", "port": 5432, "database": "postgres"}
@@ -40,8 +43,32 @@ def _database() -> Iterator[str]:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> tuple[float, float]:
-    """(jobs/s, p50 turnaround s) of `replicas` servers on db_path (None: a SQLite file)."""
+@dataclass(frozen=True)
+class Run:
+    rate: float
+    p50_s: float
+    #: The servers' store work per job, summed over the replicas (throughput.work_per_job).
+    store_work: str
+    #: PostgreSQL's own view of the timed part: commits per job, and how often a sampled
+    #: active backend of the database was waiting, and on what.
+    database: str | None
+
+
+def _work(running: Cluster) -> tuple[dict[str, float], float]:
+    """Every replica's store work so far, summed."""
+    per_verb: dict[str, float] = {}
+    commits = 0.0
+    for server in running.servers:
+        verbs, server_commits = store_work(running, server.url)
+        for verb, count in verbs.items():
+            per_verb[verb] = per_verb.get(verb, 0.0) + count
+        commits += server_commits
+    return per_verb, commits
+
+
+def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Run:
+    """Throughput, p50 turnaround and the profile of `replicas` servers on db_path (None: a
+    SQLite file)."""
     sizes = ctx.sizes
     env = {"SERVICE_EXAMPLE_MAX_RUNS": QUOTA, "SERVICE_EXAMPLE_RUNS_PER_USER": QUOTA}
     if db_path is not None:
@@ -55,18 +82,97 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> tu
         urls = [server.url for server in running.servers]
         poll_s = sizes.throughput_poll_s
         asyncio.run(drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
-        elapsed, _submitted, counts = asyncio.run(
-            drive(
-                urls,
-                sizes.throughput_jobs,
-                sizes.throughput_users,
-                sizes.throughput_concurrency,
-                poll_s,
+        work_before = _work(running)
+        with _PgSampler(db_path) as sampler:
+            elapsed, _submitted, counts = asyncio.run(
+                drive(
+                    urls,
+                    sizes.throughput_jobs,
+                    sizes.throughput_users,
+                    sizes.throughput_concurrency,
+                    poll_s,
+                )
             )
-        )
+        work = work_per_job(work_before, _work(running), sizes.throughput_jobs)
     finally:
         running.shutdown()
-    return sizes.throughput_jobs / elapsed, median(counts.turnaround)
+    return Run(
+        sizes.throughput_jobs / elapsed,
+        median(counts.turnaround),
+        work,
+        sampler.describe(sizes.throughput_jobs),
+    )
+
+
+class _PgSampler:
+    """PostgreSQL's commits (pg_stat_database) over a `with` block, and what the database's
+    active backends wait on (pg_stat_activity, sampled every SAMPLE_S in a thread)."""
+
+    SAMPLE_S = 0.02
+
+    def __init__(self, db_path: str | None) -> None:
+        self._name = db_path.rsplit("/", 1)[1] if db_path else None
+        self._commits = 0
+        self._samples: Counter[str] = Counter()
+        self._active = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> _PgSampler:
+        if self._name is not None:
+            self._commits = -asyncio.run(self._query_commits())
+            self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._name is not None:
+            self._stop.set()
+            self._thread.join()
+            self._commits += asyncio.run(self._query_commits())
+
+    async def _query_commits(self) -> int:
+        connection = await asyncpg.connect(**PG_ADMIN, timeout=5)
+        try:
+            value = await connection.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", self._name
+            )
+            return int(value or 0)
+        finally:
+            await connection.close()
+
+    def _sample(self) -> None:
+        asyncio.run(self._sample_loop())
+
+    async def _sample_loop(self) -> None:
+        connection = await asyncpg.connect(**PG_ADMIN, timeout=5)
+        try:
+            while not self._stop.is_set():
+                rows = await connection.fetch(
+                    "SELECT wait_event_type, wait_event FROM pg_stat_activity"
+                    " WHERE datname = $1 AND state = 'active'",
+                    self._name,
+                )
+                for row in rows:
+                    self._active += 1
+                    waiting = row["wait_event_type"]
+                    if waiting is not None:
+                        self._samples[f"{waiting}:{row['wait_event']}"] += 1
+                await asyncio.sleep(self.SAMPLE_S)
+        finally:
+            await connection.close()
+
+    def describe(self, jobs: int) -> str | None:
+        if self._name is None:
+            return None
+        # The PostgreSQL-side commits also count the replicas' leases and the sampler's reads.
+        waits = ", ".join(
+            f"{event} {100 * count / max(1, self._active):.0f}%"
+            for event, count in self._samples.most_common(4)
+        )
+        return (
+            f"{self._commits / jobs:.1f} commits per job; of {self._active} active-backend "
+            f"samples, waiting on: {waits or 'nothing'}"
+        )
 
 
 def replicas(ctx: Context) -> SectionResult:
@@ -89,9 +195,12 @@ def replicas(ctx: Context) -> SectionResult:
         root = ctx.workdir / f"replicas-{backend}-{n}"
         with contextlib.ExitStack() as stack:
             db_path = stack.enter_context(_database()) if backend == "postgresql" else None
-            rate, p50 = _measure(ctx, root, db_path, n)
-        result.add(f"{backend}, {n} replica(s): jobs/s", f"{rate:.1f}")
-        result.add(f"{backend}, {n} replica(s): turnaround p50", ms(p50))
+            run = _measure(ctx, root, db_path, n)
+        result.add(f"{backend}, {n} replica(s): jobs/s", f"{run.rate:.1f}")
+        result.add(f"{backend}, {n} replica(s): turnaround p50", ms(run.p50_s))
+        result.add(f"{backend}, {n} replica(s): store work per job", run.store_work)
+        if run.database is not None:
+            result.add(f"{backend}, {n} replica(s): PostgreSQL", run.database)
     result.notes.append(
         "All processes share the machine's cores: more replicas add parallel HTTP and "
         "dispatch work but no CPU, so this shows the cost of coordination, not a scale-out."

@@ -12,7 +12,7 @@ import pytest
 
 from job_orchestrator.status import Status
 from tests.engine.engines import Engine, let_time_pass, running, until
-from tests.engine.fake_nodes import FakeNode, completes, waits
+from tests.engine.fake_nodes import FakeNode, FakePayload, completes, waits
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.looptime]
 
@@ -89,15 +89,18 @@ async def test_the_feed_kills_what_was_revoked_before_it_renews_anything(
 ) -> None:
     """A job failed over while its node was down must not start there when the node comes
     back: the node's feed renews the leases of what this server holds, so the revoked
-    payload is killed before the first /changes after the outage."""
-    async with running(tmp_path, script=waits) as engine:  # a payload waits for a slot
+    payload is killed before the first /changes after the outage. (A job still running
+    there keeps the feed wanted.)"""
+    async with running(tmp_path, script=first_waits) as engine:
         engine.node_b.script = completes
-        engine.node_b.down = True  # the job goes to node a
-        job_id = await engine.upload()
+        engine.node_b.down = True  # both jobs go to node a: the first waits, the second runs
+        waiting_id = await engine.upload(user_id=1)
         await until(lambda: has_payload(engine.node_a), within_s=30)
-        [payload] = engine.node_a.payloads.values()
+        running_id = await engine.upload(user_id=2)
+        await until(lambda: job_is(engine, running_id, Status.RUNNING), within_s=30)
+        waiting = engine.node_a.payloads[1]
         engine.node_a.down, engine.node_b.down = True, False
-        await until(lambda: moved_to(engine, job_id), within_s=300)
+        await until(lambda: moved_to(engine, waiting_id), within_s=300)
         back_at = len(engine.node_a.history)
         # A slow kill: the first health check finds the node up and is still killing.
         engine.node_a.kill_takes_s = 20.0
@@ -107,7 +110,20 @@ async def test_the_feed_kills_what_was_revoked_before_it_renews_anything(
         after = [call for call, _ in engine.node_a.history[back_at:]]
         assert "changes" in after, after
         assert after.index("killed") < after.index("changes"), after
-        assert not payload.started
+        assert not waiting.started
+        # The running job was followed on through the outage and ends there.
+        engine.node_a.finish(2, Status.COMPLETED, {"out.txt": b"done"})
+        assert (await engine.final(running_id, timeout_s=60)).status is Status.COMPLETED
+
+
+def first_waits(node: FakeNode, payload: FakePayload) -> None:
+    """The node's first payload waits for a slot; the others run."""
+    if payload.id == 1:
+        waits(node, payload)
+
+
+async def job_is(engine: Engine, job_id: int, status: Status) -> bool:
+    return (await engine.job(job_id)).status is status
 
 
 async def has_payload(node: FakeNode) -> bool:

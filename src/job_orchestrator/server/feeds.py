@@ -49,8 +49,9 @@ FOLLOW_WAIT_S = 600.0
 FAILURES_BEFORE_FAILING = 2
 #: Requests by id to one client at once: its connections stay few when thousands of jobs end.
 ASKS_AT_ONCE = 16
-#: First asks held at once per client (a short job ends in that one request).
-HELD_ASKS_AT_ONCE = 16
+#: First asks held at once per client (a short job ends in that one request). Each is held
+#: only until its payload's first settled status (STATUS_SETTLE), so they turn over fast.
+HELD_ASKS_AT_ONCE = 64
 
 
 class Ask(enum.Enum):
@@ -110,6 +111,9 @@ class ClientFeed:
         self.error: str | None = None
         self._cursor: str | None = None
         self._followed: dict[int, _Following] = {}
+        #: Collectors waiting here now; the feed asks the client only while one does.
+        self._waiting = 0
+        self._wanted = asyncio.Event()
         self._seen: dict[int, _Seen] = {}
         self._snapshots = 0
         #: Collectors asking by id at once (the answers of a burst of endings come together),
@@ -167,9 +171,16 @@ class ClientFeed:
             if timeout_s <= 0:
                 return RetrieveResult(known, "", long_polled=True)
             # No task per wait: a wait is the common case, thousands at a time.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout_s):
-                    await following.changed.wait()
+            self._waiting += 1
+            self._wanted.set()
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout_s):
+                        await following.changed.wait()
+            finally:
+                self._waiting -= 1
+                if not self._waiting:
+                    self._wanted.clear()
             if self._stop.is_set():
                 return RetrieveResult(known, "", long_polled=True)
 
@@ -206,6 +217,12 @@ class ClientFeed:
             if self.supported is False:
                 await self._pause()
                 continue
+            if not self._waiting and self.error is None:
+                # Nobody to tell: every job here is being asked about by id, or there is none
+                # (and what nobody waits for needs no renewal). The cursor keeps the changes.
+                # After a failure it asks anyway: its collectors wait only once it answers.
+                await self._pause(self._wanted)
+                continue
             try:
                 if not await self._fleet.flush_revocations(self.url):
                     raise TransientClientError(f"could not revoke payloads on {self.url}")
@@ -221,8 +238,13 @@ class ClientFeed:
             failures = 0
             self._received(page)
 
-    async def _pause(self) -> None:
-        await wait_any(self._stop.wait(), timeout_s=self._fleet.settings.node_check_interval_s)
+    async def _pause(self, until: asyncio.Event | None = None) -> None:
+        """Until the next look at the fleet (or `until` is set, or the server stops)."""
+        events = (self._stop, *((until,) if until is not None else ()))
+        await wait_any(
+            *(event.wait() for event in events),
+            timeout_s=self._fleet.settings.node_check_interval_s,
+        )
 
     def _failed(self, reason: str, failures: int) -> None:
         """A request failed. From the second in a row, its collectors raise the error and

@@ -10,12 +10,8 @@ answers are read, and the failures classified, in node_answers.py.
 Requests carry only what the original client understands plus headers it ignores
 (`Idempotency-Key`, `X-Orchestrator-Dispatch-Key`), so a Rust client can be driven unchanged.
 
-The HTTP library is aiohttp, not httpx: httpcore's pool scans (and polls the socket of) every
-pooled connection on every request, which made it the server's largest cost with 64
-long-polls open to one client (bench/README.md). Callers get our own answer types
-(LogAnswer, ZipAnswer), never a library's response. Unlike httpx, aiohttp sends a GET once
-more when its connection closes before any answer (a kept-alive connection the client was
-just closing, RFC 9112 9.3.1.1); never a POST, never after an answer began.
+The transport (one aiohttp session, timeouts, failures classified) is node_transport.py.
+Callers get our own answer types (LogAnswer, ZipAnswer), never a library's response.
 """
 
 from __future__ import annotations
@@ -23,11 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote
 
 import aiohttp
@@ -40,9 +34,8 @@ from job_orchestrator.errors import (
     PermanentClientError,
     TransientClientError,
 )
-from job_orchestrator.server.metrics import ServerMetrics, observed_call
+from job_orchestrator.server.metrics import observed_call
 from job_orchestrator.server.node_answers import (
-    classified_failure,
     exit_code_of,
     feed_page,
     is_zip,
@@ -60,6 +53,7 @@ from job_orchestrator.server.node_calls import (
     RetrieveResult,
     ZipAnswer,
 )
+from job_orchestrator.server.node_transport import NodeTransport
 from job_orchestrator.server.node_wire import (
     MultipartBody,
     join_url,
@@ -72,7 +66,6 @@ from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
     CLOCK_HEADER,
-    DISPATCH_KEY_HEADER,
     IDEMPOTENCY_HEADER,
     LEASE_HEADER,
     LOG_BYTES_HEADER,
@@ -84,81 +77,9 @@ from job_orchestrator.wire import (
     WARNINGS_HEADER,
 )
 
-#: Idle connections are closed before our client's uvicorn closes them (after 5 s), so a
-#: request rarely meets a connection the client is closing.
-_KEEPALIVE_S = 4.0
-#: h11 (httpx) accepted 16 KiB of response headers; a long X-Orchestrator-Message must fit.
-_MAX_HEADER_BYTES = 16 * 1024
 
-
-class NodeGateway:
-    """The NodeCalls of the server over HTTP: one aiohttp session (one unlimited keep-alive
-    pool) for all calls to all nodes.
-
-    Built inside the running loop (aiohttp binds a session to it): the app's lifespan.
-    """
-
-    def __init__(self, *, timeout_s: float, metrics: ServerMetrics | None = None) -> None:
-        self.metrics = metrics
-        self._timeout_s = timeout_s
-        self._instance = secrets.token_hex(8)
-        self._plain_timeout = self.timeout_for(0.0)
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=0, limit_per_host=0, keepalive_timeout=_KEEPALIVE_S
-            ),
-            timeout=self._plain_timeout,
-            # Answers are stored and relayed byte for byte: ask for them uncompressed.
-            headers={"Accept-Encoding": "identity"},
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            max_line_size=_MAX_HEADER_BYTES,
-            max_field_size=_MAX_HEADER_BYTES,
-            # Room for what arrives while a big ZIP's last chunk is written (aiohttp stops
-            # reading the socket at twice this); the 64 KiB default stalled it at once.
-            read_bufsize=CHUNK_BYTES,
-        )
-
-    async def close(self) -> None:
-        await self._http.close()
-
-    def timeout_for(self, wait_s: float) -> aiohttp.ClientTimeout:
-        """No total: a big ZIP may take long. Each read (of a long-poll: plus its wait) may not."""
-        connect = min(self._timeout_s, 10.0)
-        return aiohttp.ClientTimeout(
-            total=None, connect=connect, sock_connect=connect, sock_read=self._timeout_s + wait_s
-        )
-
-    def _request(
-        self, method: str, url: str, *, wait_s: float = 0.0, **options: Any
-    ) -> contextlib.AbstractAsyncContextManager[aiohttp.ClientResponse]:
-        # httpx followed no redirects; a 3xx stays an answer (PermanentClientError).
-        return self._http.request(
-            method,
-            url,
-            allow_redirects=False,
-            timeout=self.timeout_for(wait_s) if wait_s else self._plain_timeout,
-            **options,
-        )
-
-    @staticmethod
-    def _headers(token: str | None, key: str | None = None) -> dict[str, str]:
-        """Authorization, and on a request about a payload the job's dispatch key."""
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        if key:
-            headers[DISPATCH_KEY_HEADER] = key
-        return headers
-
-    @contextlib.asynccontextmanager
-    async def _call(self, what: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
-            classified = classified_failure(what, error)
-            if classified is error:
-                raise  # our own disk (writing a result): the caller's to judge
-            raise classified from error
+class NodeGateway(NodeTransport):
+    """The NodeCalls of the server over HTTP (node_transport.py: the session beneath)."""
 
     @observed_call("submit")
     async def submit(
