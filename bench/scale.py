@@ -197,16 +197,10 @@ def _original_fleet(
     root.mkdir(parents=True)
     fleet = Fleet(root)
     try:
-        sleeping = _limited(fleet.original_client(), nofile)
+        sleeping = fleet.original_client()  # run as this process is: never held to `nofile`
         short = fleet.original_client()
         server = fleet.original_server(limits, services={"example": sleeping, SHORT: short})
-        nodes = {"server": server, "client0": sleeping}
-        procs = {
-            name: psutil.Process(node.process.pid)
-            for name, node in nodes.items()
-            if node.process is not None
-        }
-        yield fleet, procs
+        yield fleet, _processes({"server": server, "client0": sleeping})
     finally:
         fleet.shutdown()
 
@@ -228,16 +222,19 @@ def _fleet(
             {**limits, "SERVICE_SHORT_CLIENTS": short_client.url}, start=False
         )
         _limited(server, nofile).start()
-        nodes = {"server": server, **{f"client{i}": c for i, c in enumerate(running.clients)}}
-        procs = {
-            name: psutil.Process(node.process.pid)
-            for name, node in nodes.items()
-            if node.process is not None
-        }
-        yield running, procs
+        clients = {f"client{i}": client for i, client in enumerate(running.clients)}
+        yield running, _processes({"server": server, **clients})
     finally:
         running.shutdown()
         short.shutdown()
+
+
+def _processes(nodes: Mapping[str, Node]) -> dict[str, psutil.Process]:
+    return {
+        name: psutil.Process(node.process.pid)
+        for name, node in nodes.items()
+        if node.process is not None
+    }
 
 
 def _limited(node: Node, nofile: tuple[int, int] | None) -> Node:
