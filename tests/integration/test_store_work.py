@@ -111,3 +111,14 @@ async def test_commits_are_counted(store: AnyStore) -> None:
     _per_verb, commits = store.work_counts()
     await store.create_job(user_id=1, service="svc", loc="/x")
     assert store.work_counts()[1] > commits
+
+
+async def test_a_read_commits_nothing_on_postgresql(store: AnyStore, backend: str) -> None:
+    """On PostgreSQL a read runs without a transaction: BEGIN and COMMIT were two of its
+    three round trips. (SQLite's group commit shares one commit among a batch anyway.)"""
+    job_id = await store.create_job(user_id=1, service="svc", loc="/x")
+    _per_verb, commits = store.work_counts()
+    assert await store.get_job(job_id) is not None
+    assert await store.jobs_with_status([Status.QUEUED])
+    if backend == "postgres":
+        assert store.work_counts()[1] == commits

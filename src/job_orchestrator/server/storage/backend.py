@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,6 +70,10 @@ class Backend:
 
     async def run(self, work: Work[T]) -> T:
         raise NotImplementedError
+
+    async def read(self, work: Work[T]) -> T:
+        """Run a unit that only reads (one statement's snapshot is all it needs)."""
+        return await self.run(work)
 
     async def close(self) -> None:
         raise NotImplementedError
@@ -187,11 +191,23 @@ class AsyncEngineBackend(Backend):
         self._engine = engine
 
     async def run(self, work: Work[T]) -> T:
-        try:
+        async with self._unavailable_raised():
             async with self._engine.begin() as connection:
                 result = await connection.run_sync(work)
             self.commits += 1
             return result
+
+    async def read(self, work: Work[T]) -> T:
+        """Without a transaction: BEGIN and COMMIT were two of a read's three round trips
+        (bench/README.md, "Where issue 24 stands"); one SELECT reads one snapshot anyway."""
+        async with self._unavailable_raised(), self._engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return await autocommit.run_sync(work)
+
+    @contextlib.asynccontextmanager
+    async def _unavailable_raised(self) -> AsyncIterator[None]:
+        try:
+            yield
         except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
             raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
         except DBAPIError as error:

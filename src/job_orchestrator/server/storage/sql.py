@@ -113,11 +113,14 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         if new.is_terminal():
             connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
 
-    async def _run(self, verb: str, work: Work[T]) -> T:
+    async def _run(self, verb: str, work: Work[T], *, read: bool = False) -> T:
         """Run one unit of work, counted under `verb` (the label of
-        job_orchestrator_store_operations_total: the public verb's name)."""
+        job_orchestrator_store_operations_total: the public verb's name); `read`: it only
+        reads, in one statement (on PostgreSQL it then runs without a transaction)."""
         self._operations[verb] += 1
         try:
+            if read:
+                return await self._backend.read(work)
             return await self._backend.run(work)
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
@@ -129,7 +132,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
     async def _fetch(
         self, verb: str, statement: sa.Executable, params: Mapping[str, Any] | None = None
     ) -> list[Any]:
-        return await self._run(verb, lambda connection: list(connection.execute(statement, params)))
+        return await self._run(
+            verb, lambda connection: list(connection.execute(statement, params)), read=True
+        )
 
     async def create_job(
         self,
