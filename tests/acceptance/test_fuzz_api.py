@@ -67,6 +67,7 @@ CLIENT_OPERATIONS = [
     ("POST", "/kill/{id}"),
     ("GET", "/metrics"),
     ("GET", "/logs/{id}"),
+    ("GET", "/changes"),
 ]
 
 
