@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 
+import asyncpg
 import pytest
 
 from job_orchestrator.server.scheduler import NodeSlot, Placement, ServiceLimits
@@ -180,3 +181,31 @@ async def test_concurrent_take_overs_take_each_job_once(pg_url: str) -> None:
         finally:
             for opened in stores:
                 await opened.close()
+
+
+async def test_a_replica_finding_the_dispatch_lock_taken_claims_nothing_at_once(
+    pg_url: str,
+) -> None:
+    """It does not queue behind the replica deciding (that one decides for every replica's
+    jobs); the jobs are claimed once the lock is free."""
+    store = await open_store(pg_url)
+    holder = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        job_id = await new_job(store, 1)
+        limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
+        await holder.execute(
+            "SELECT pg_advisory_lock(hashtext($1))", "job-orchestrator:dispatch:svc"
+        )
+        # A hang guard, not a timing goal: queueing for the lock would never return.
+        claimed = await asyncio.wait_for(
+            store.claim_dispatchable(limits, time.time(), ON_N1, owner="r1"), timeout=30
+        )
+        assert claimed == []
+        await holder.execute(
+            "SELECT pg_advisory_unlock(hashtext($1))", "job-orchestrator:dispatch:svc"
+        )
+        claimed = await store.claim_dispatchable(limits, time.time(), ON_N1, owner="r1")
+        assert [job.id for job in claimed] == [job_id]
+    finally:
+        await holder.close()
+        await store.close()
