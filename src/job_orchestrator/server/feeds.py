@@ -7,7 +7,9 @@ its payload, and speaks to the client about it by id only twice: once when it st
 (which makes this server instance the payload's holder on the client and renews its lease) and
 once when the payload is final (to fetch the result, which also tells the client it was
 collected). A client without a feed (the original's answers 404) is followed per job, as
-before: `Ask.LONG_POLL`.
+before: `Ask.LONG_POLL`. The feed asks only while a collector waits on it (or to find out
+that a failure is over): when every job there is in an ask of its own, or there is none,
+nobody needs its news, and no payload needs its renewal.
 
 The lease (docs/concepts/failure-semantics.md): every /changes request renews, at its send
 time, the lease of each payload this instance holds on that client. Two rules keep a job from
