@@ -295,13 +295,10 @@ class Feeds:
     def __init__(
         self, fleet: Fleet, gateway: NodeCalls, stop: asyncio.Event, clock: Clock = SYSTEM_CLOCK
     ) -> None:
-        self._feeds: dict[str, ClientFeed] = {}
-        for service in fleet.settings.services.values():
-            for node in service.nodes:
-                if node.upload_url not in self._feeds:
-                    self._feeds[node.upload_url] = ClientFeed(
-                        node, service.client_token, gateway, fleet, stop, clock
-                    )
+        self._feeds = {
+            node.upload_url: ClientFeed(node, token, gateway, fleet, stop, clock)
+            for node, token in fleet.endpoints()
+        }
 
     def of(self, url: str) -> ClientFeed | None:
         return self._feeds.get(url)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from urllib.parse import unquote
@@ -65,7 +64,6 @@ from job_orchestrator.server.node_wire import (
 from job_orchestrator.status import Status
 from job_orchestrator.wire import (
     CAPACITY_HEADER,
-    CLOCK_HEADER,
     IDEMPOTENCY_HEADER,
     LEASE_HEADER,
     LOG_BYTES_HEADER,
@@ -155,11 +153,7 @@ class NodeGateway(NodeTransport):
                 join_url(node.download_url, payload_id),
                 wait_s=wait_s,
                 params=params,
-                # Lets the client tell a fresh request from one that sat in its socket.
-                headers={
-                    CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}",
-                    **self._headers(token, key),
-                },
+                headers={**self._stamp(), **self._headers(token, key)},
             ) as response,
         ):
             raise_for_status(response, what)
@@ -316,7 +310,6 @@ class NodeGateway(NodeTransport):
         base = node_base_url(node)
         what = f"changes of {base}"
         params = {"wait": f"{wait_s:g}", **({"after": after} if after else {})}
-        headers = {CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}"}
         async with (
             self._call(what),
             self._request(
@@ -324,7 +317,7 @@ class NodeGateway(NodeTransport):
                 f"{base}/changes",
                 wait_s=wait_s,
                 params=params,
-                headers={**headers, **self._headers(token)},
+                headers={**self._stamp(), **self._headers(token)},
             ) as response,
         ):
             body = await response.read()

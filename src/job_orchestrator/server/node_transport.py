@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import aiohttp
 from job_orchestrator._filestream import CHUNK_BYTES
 from job_orchestrator.server.metrics import ServerMetrics
 from job_orchestrator.server.node_answers import classified_failure
-from job_orchestrator.wire import DISPATCH_KEY_HEADER
+from job_orchestrator.wire import CLOCK_HEADER, DISPATCH_KEY_HEADER
 
 #: Idle connections are closed before our client's uvicorn closes them (after 5 s), so a
 #: request rarely meets a connection the client is closing.
@@ -80,6 +81,12 @@ class NodeTransport:
             timeout=self.timeout_for(wait_s) if wait_s else self._plain_timeout,
             **options,
         )
+
+    def _stamp(self) -> dict[str, str]:
+        """`X-Orchestrator-Clock`: when this server process sent the request, on its own
+        clock, so our client can tell a fresh request from one that sat in its socket (the
+        lease: client/lease.py)."""
+        return {CLOCK_HEADER: f"{self._instance} {time.monotonic():.6f}"}
 
     @staticmethod
     def _headers(token: str | None, key: str | None = None) -> dict[str, str]:

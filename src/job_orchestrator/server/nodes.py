@@ -84,6 +84,10 @@ class Fleet:
         self.feed_asked_at: dict[str, float] = {}
         self._flushing: dict[str, asyncio.Lock] = {}
 
+    def endpoints(self) -> list[tuple[NodeConfig, str | None]]:
+        """Every client of every service once, with the token the server speaks to it with."""
+        return [(node, self._tokens[url]) for url, node in self._nodes.items()]
+
     def client_for(self, job: JobRecord) -> NodeClient | None:
         """The client a job is (or is to be) on; None if its service is not configured.
 
