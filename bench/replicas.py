@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import psutil
 
 from bench.common import Context, SectionResult, log, median, ms, store_work
 from bench.throughput import QUOTA, drive, work_per_job
-from testkit.harness import Cluster
+from testkit.harness import Cluster, Node
 
 PG_ADMIN = {"user": "postgres", "host": "127.0.0.1", "port": 5432, "database": "postgres"}
 
@@ -52,6 +55,8 @@ class Run:
     #: PostgreSQL's own view of the timed part: commits per job, and how often a sampled
     #: active backend of the database was waiting, and on what.
     database: str | None
+    #: CPU per job of the servers, the client, the bench driver and PostgreSQL's processes.
+    cpu: str
 
 
 def _work(running: Cluster) -> tuple[dict[str, float], float]:
@@ -83,7 +88,8 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
         poll_s = sizes.throughput_poll_s
         asyncio.run(drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
         work_before = _work(running)
-        with _PgSampler(db_path) as sampler:
+        cpu = _CpuMeter(running, with_database=db_path is not None)
+        with _PgSampler(db_path) as sampler, cpu:
             elapsed, _submitted, counts = asyncio.run(
                 drive(
                     urls,
@@ -101,7 +107,58 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
         median(counts.turnaround),
         work,
         sampler.describe(sizes.throughput_jobs),
+        cpu.describe(sizes.throughput_jobs),
     )
+
+
+class _CpuMeter:
+    """CPU seconds per job of each group of processes over a `with` block; PostgreSQL's are
+    the cluster's processes (the other variants' databases are idle meanwhile)."""
+
+    def __init__(self, running: Cluster, *, with_database: bool) -> None:
+        self._groups: dict[str, list[psutil.Process]] = {
+            "servers": [psutil.Process(_pid(server)) for server in running.servers],
+            "client": [psutil.Process(_pid(client)) for client in running.clients],
+            "bench driver": [psutil.Process()],
+        }
+        self._with_database = with_database
+        self._used: dict[str, float] = {}
+
+    def _snapshot(self) -> dict[str, dict[int, float]]:
+        groups = dict(self._groups)
+        if self._with_database:
+            groups["PostgreSQL"] = [
+                process
+                for process in psutil.process_iter(["username"])
+                if process.info["username"] == "postgres"
+            ]
+        seen: dict[str, dict[int, float]] = {}
+        for name, members in groups.items():
+            seen[name] = {}
+            for process in members:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    seen[name][process.pid] = times.user + times.system
+        return seen
+
+    def __enter__(self) -> _CpuMeter:
+        self._before = self._snapshot()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        after = self._snapshot()
+        self._wall = time.perf_counter() - self._started
+        for name, now in after.items():
+            # A process that started meanwhile counts whole; one that ended is not seen.
+            self._used[name] = sum(
+                used - self._before[name].get(pid, 0.0) for pid, used in now.items()
+            )
+
+    def describe(self, jobs: int) -> str:
+        parts = ", ".join(f"{name} {ms(used / jobs)}" for name, used in self._used.items())
+        busy = 100 * sum(self._used.values()) / (self._wall * (os.cpu_count() or 1))
+        return f"{parts} per job ({busy:.0f}% of the machine's cores busy)"
 
 
 class _PgSampler:
@@ -199,6 +256,7 @@ def replicas(ctx: Context) -> SectionResult:
         result.add(f"{backend}, {n} replica(s): jobs/s", f"{run.rate:.1f}")
         result.add(f"{backend}, {n} replica(s): turnaround p50", ms(run.p50_s))
         result.add(f"{backend}, {n} replica(s): store work per job", run.store_work)
+        result.add(f"{backend}, {n} replica(s): CPU per job", run.cpu)
         if run.database is not None:
             result.add(f"{backend}, {n} replica(s): PostgreSQL", run.database)
     result.notes.append(
@@ -206,3 +264,8 @@ def replicas(ctx: Context) -> SectionResult:
         "dispatch work but no CPU, so this shows the cost of coordination, not a scale-out."
     )
     return result
+
+
+def _pid(member: Node) -> int:
+    assert member.process is not None
+    return int(member.process.pid)

@@ -2,8 +2,8 @@
 
 On SQLite, one dedicated thread owns the only connection, so writes are serialised there
 (as in datasette) and never wait on SQLite's lock, and units queued together share one
-commit (group commit); on PostgreSQL, the async engine
-(asyncpg), whose lost or refused connections become StoreUnavailableError.
+commit (group commit); on PostgreSQL, the async engine (asyncpg) with group commit of its
+own (postgres_backend.py).
 """
 
 from __future__ import annotations
@@ -12,25 +12,23 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from job_orchestrator._logging import MASK, display_url, url_secrets
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import asyncpg_dsn
+from job_orchestrator.server.storage._unit import Backend, T, Work
+from job_orchestrator.server.storage.postgres_backend import PostgresBackend, postgres_engine
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-T = TypeVar("T")
-Work = Callable[[Connection], T]
 
 
 def database_url(db_path: str) -> str:
@@ -49,7 +47,7 @@ async def open_backend(db_path: str) -> tuple[Backend, str | None]:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         backend = SqliteThread(url)
     else:
-        backend = AsyncEngineBackend(create_async_engine(url, pool_pre_ping=True))
+        backend = PostgresBackend(postgres_engine(url))
     try:
         await backend.run(migrate)
     except StoreUnavailableError:
@@ -62,21 +60,6 @@ async def open_backend(db_path: str) -> tuple[Backend, str | None]:
             reason = reason.replace(secret, MASK)
         raise StoreError(f"cannot open database {display_url(db_path)!r}: {reason}") from error
     return backend, None if url.startswith("sqlite") else asyncpg_dsn(url)
-
-
-class Backend:
-    #: Transactions committed so far.
-    commits = 0
-
-    async def run(self, work: Work[T]) -> T:
-        raise NotImplementedError
-
-    async def read(self, work: Work[T]) -> T:
-        """Run a unit that only reads (one statement's snapshot is all it needs)."""
-        return await self.run(work)
-
-    async def close(self) -> None:
-        raise NotImplementedError
 
 
 class SqliteThread(Backend):
@@ -184,51 +167,6 @@ class SqliteThread(Backend):
             outcomes = [outcome if not outcome[0] else (False, error) for outcome in outcomes]
             outcomes += [(False, error)] * (len(units) - len(outcomes))
         return outcomes
-
-
-class AsyncEngineBackend(Backend):
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def run(self, work: Work[T]) -> T:
-        async with self._unavailable_raised():
-            async with self._engine.begin() as connection:
-                result = await connection.run_sync(work)
-            self.commits += 1
-            return result
-
-    async def read(self, work: Work[T]) -> T:
-        """Without a transaction: BEGIN and COMMIT were two of a read's three round trips
-        (bench/README.md, "Where issue 24 stands"); one SELECT reads one snapshot anyway."""
-        async with self._unavailable_raised(), self._engine.connect() as connection:
-            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            return await autocommit.run_sync(work)
-
-    @contextlib.asynccontextmanager
-    async def _unavailable_raised(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
-            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-        except DBAPIError as error:
-            if _is_unavailable(error):
-                raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
-            raise
-
-    async def close(self) -> None:
-        await self._engine.dispose()
-
-
-def _is_unavailable(error: DBAPIError) -> bool:
-    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
-    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
-    return (
-        error.connection_invalidated
-        or isinstance(error, OperationalError | InterfaceError)
-        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
-        or sqlstate.startswith("08")
-        or sqlstate in {"57P01", "57P02", "57P03"}
-    )
 
 
 #: A unit of work, the future of its caller and that caller's loop; work None: stop.

@@ -41,7 +41,8 @@ from job_orchestrator.server.storage._notify import (
     Listener,
 )
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage.backend import Backend, Work, open_backend
+from job_orchestrator.server.storage._unit import Backend, Work
+from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.base import JobRecord, ServerStore
 from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
 from job_orchestrator.server.storage.sql_callbacks import SqlCallbackVerbs, insert_callback

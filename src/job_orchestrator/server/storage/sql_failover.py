@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage.backend import Work
+from job_orchestrator.server.storage._unit import Work
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations
 from job_orchestrator.status import SERVER_MOVES, Status, check_move

@@ -1,0 +1,158 @@
+"""PostgreSQL's backend: reads on the pool without a transaction, writes in group commits.
+
+Through SQLAlchemy on asyncpg, a unit of work in a transaction of its own took six round trips
+and a WAL flush: the pool's pre-ping (BEGIN, an empty query, ROLLBACK), BEGIN, the statement,
+COMMIT. With three replicas the database sat waiting for our processes (bench/README.md,
+"Where issue 24 stands"), so the round trips are Python CPU more than database time. Here:
+
+- A checkout costs no round trip. A connection the database has closed (a restart, an
+  administrator's terminate) is known to asyncpg, which saw its socket close, and is replaced
+  at checkout. One that dies unnoticed fails its unit as unavailable, as a pre-pinged one
+  dying right after its ping did.
+- Writes queue to one writer task, which runs everything queued so far (up to `_MAX_BATCH`
+  units) in one transaction and commits once; only then do the callers hear back. Under load a
+  job's units share commits; alone, a unit costs BEGIN, its statements and COMMIT.
+- A unit that raises rolls back its whole batch. The batch then runs again, one unit per
+  transaction, so each caller gets its own outcome. Units change nothing outside the
+  database, so running one again after a rollback is safe. A batch whose connection was lost
+  is never run again: its COMMIT may have reached the database, so its callers are told the
+  database is unavailable, as a lone unit's caller was.
+- Reads run on the pool without a transaction (BEGIN and COMMIT were two of a read's three
+  round trips) and never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from job_orchestrator.errors import StoreUnavailableError
+from job_orchestrator.server.storage._unit import Backend, T, Work
+
+#: At most this many units share a transaction, so one batch never holds row locks for long.
+_MAX_BATCH = 256
+#: Connections a server process holds (plus one for LISTEN). A fixed pool: an overflow
+#: connection was closed as soon as it was returned, so a burst of reads past the pool paid a
+#: new connection (and its TLS attempt) each, 20 % of a busy server's CPU (bench/README.md).
+#: Past it, a unit waits for a free connection; reads take about a millisecond.
+POOL_SIZE = 10
+
+
+def postgres_engine(url: str) -> AsyncEngine:
+    return create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30)
+
+
+_Queued = tuple[Work[Any], "asyncio.Future[Any]"]
+
+
+class PostgresBackend(Backend):
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        sa.event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        self._queued: list[_Queued] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def run(self, work: Work[T]) -> T:
+        if self._closed:
+            raise StoreUnavailableError("the store is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queued.append((work, future))
+        # The writer runs while anything is queued and then ends; it is never between the two
+        # when this runs (one loop, and it checks the queue without awaiting before it ends).
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued(), name="postgres-writer")
+        # A caller cancelled while queued is skipped; one cancelled while its batch runs only
+        # loses the answer, as with a lone transaction whose COMMIT is on its way.
+        return await future
+
+    async def read(self, work: Work[T]) -> T:
+        async with _unavailable_raised(), self._engine.connect() as connection:
+            autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            return await autocommit.run_sync(work)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._writer is not None:
+            await self._writer  # what was accepted runs (and commits) first
+        await self._engine.dispose()
+
+    async def _write_queued(self) -> None:
+        while self._queued:
+            batch = [unit for unit in self._queued[:_MAX_BATCH] if not unit[1].done()]
+            del self._queued[:_MAX_BATCH]
+            if not batch:
+                continue
+            outcomes = await self._commit([work for work, _future in batch])
+            for (_work, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():  # its caller was cancelled meanwhile
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    async def _commit(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
+        """Each unit's (ok, result or exception), from one transaction if they all succeed."""
+        try:
+            async with _unavailable_raised(), self._engine.begin() as connection:
+                results = await connection.run_sync(_run_each, works)
+        except StoreUnavailableError as error:
+            return [(False, error)] * len(works)
+        except Exception as error:
+            if len(works) == 1:
+                return [(False, error)]
+            # Nothing of the batch was kept: each unit again, alone, for its own outcome.
+            return [outcome for work in works for outcome in await self._commit([work])]
+        self.commits += 1
+        return [(True, result) for result in results]
+
+
+def _run_each(connection: Connection, works: list[Work[Any]]) -> list[Any]:
+    return [work(connection) for work in works]
+
+
+def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """At checkout: a connection whose socket asyncpg saw close makes the pool connect anew
+    (SQLAlchemy retries a checkout that raises DisconnectionError)."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("the database closed this connection")
+
+
+@contextlib.asynccontextmanager
+async def _unavailable_raised() -> AsyncIterator[None]:
+    try:
+        yield
+    except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
+        raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+    except PoolTimeoutError as error:  # every connection held for pool_timeout: it hangs
+        raise StoreUnavailableError(f"the database does not answer: {error}") from error
+    except DBAPIError as error:
+        if _is_unavailable(error):
+            raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+        raise
+
+
+def _is_unavailable(error: DBAPIError) -> bool:
+    """A lost or refused connection, or a server shutting down or starting up: not our bug."""
+    sqlstate = str(getattr(error.orig, "sqlstate", None) or "")
+    return (
+        error.connection_invalidated
+        or isinstance(error, OperationalError | InterfaceError)
+        # Class 08: connection exception; 57P01-57P03: admin shutdown, crash, cannot connect now.
+        or sqlstate.startswith("08")
+        or sqlstate in {"57P01", "57P02", "57P03"}
+    )

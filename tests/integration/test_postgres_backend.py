@@ -1,0 +1,157 @@
+"""PostgreSQL's backend (storage/postgres_backend.py): group commit of writes, each caller's
+own outcome, answers only after the commit, and connections the database closed replaced at
+checkout without a pre-ping's round trips.
+
+Real PostgreSQL: a fresh database on the shared cluster per test (testkit/pg.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import asyncpg
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from job_orchestrator.errors import StoreUnavailableError
+from job_orchestrator.server.storage.backend import open_backend
+from job_orchestrator.server.storage.postgres_backend import PostgresBackend
+from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
+
+pytestmark = pytest.mark.postgres
+
+NOTES = sa.text("CREATE TABLE notes (name TEXT PRIMARY KEY)")
+
+
+class UnitFailedError(Exception):
+    pass
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+async def backend(database: str) -> AsyncIterator[PostgresBackend]:
+    opened, _listen = await open_backend(database)
+    assert isinstance(opened, PostgresBackend)
+    await opened.run(lambda connection: connection.execute(NOTES))
+    yield opened
+    await opened.close()
+
+
+async def committed_notes(database: str) -> set[str]:
+    """What another connection sees: committed rows only."""
+    name = database.rsplit("/", 1)[1]
+    reader = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database=name)
+    try:
+        return {row[0] for row in await reader.fetch("SELECT name FROM notes")}
+    finally:
+        await reader.close()
+
+
+def add(name: str, *, fail: bool = False) -> Callable[[Connection], str]:
+    def work(connection: Connection) -> str:
+        connection.execute(sa.text("INSERT INTO notes VALUES (:name)"), {"name": name})
+        if fail:
+            raise UnitFailedError(name)
+        return name
+
+    return work
+
+
+async def test_units_queued_together_share_one_commit(
+    backend: PostgresBackend, database: str
+) -> None:
+    commits = backend.commits
+    names = [f"n{i}" for i in range(20)]
+    # Queued in one turn of the loop, before the writer runs: one batch.
+    assert await asyncio.gather(*(backend.run(add(name)) for name in names)) == names
+    assert backend.commits == commits + 1
+    assert await committed_notes(database) == set(names)
+
+
+async def test_a_failing_unit_fails_alone_with_its_own_exception(
+    backend: PostgresBackend, database: str
+) -> None:
+    outcomes = await asyncio.gather(
+        backend.run(add("a")),
+        backend.run(add("b", fail=True)),
+        backend.run(add("a")),  # duplicate: the database refuses it
+        backend.run(add("c")),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == "a"
+    assert isinstance(outcomes[1], UnitFailedError)
+    assert isinstance(outcomes[2], sa.exc.IntegrityError)
+    assert outcomes[3] == "c"
+    assert await committed_notes(database) == {"a", "c"}
+
+
+async def test_results_are_answered_only_after_the_commit(
+    backend: PostgresBackend, database: str
+) -> None:
+    first = asyncio.ensure_future(backend.run(add("first")))
+    seen_in_batch: list[tuple[int, bool]] = []
+
+    def look(connection: Connection) -> None:
+        # In the same transaction, after `first` ran: its row is there, but not committed,
+        # so its caller has not heard back yet.
+        rows = connection.execute(sa.text("SELECT count(*) FROM notes")).scalar_one()
+        seen_in_batch.append((rows, first.done()))
+
+    await asyncio.gather(first, backend.run(look))
+    assert seen_in_batch == [(1, False)]
+    assert await committed_notes(database) == {"first"}
+
+
+async def test_a_caller_cancelled_while_queued_is_skipped(
+    backend: PostgresBackend, database: str
+) -> None:
+    kept = asyncio.ensure_future(backend.run(add("kept")))
+    dropped = asyncio.ensure_future(backend.run(add("dropped")))
+    await asyncio.sleep(0)  # both queued; the writer has not taken them yet
+    dropped.cancel()
+    assert await kept == "kept"
+    assert await committed_notes(database) == {"kept"}
+
+
+async def test_close_runs_every_accepted_unit_then_refuses(database: str) -> None:
+    backend, _listen = await open_backend(database)
+    await backend.run(lambda connection: connection.execute(NOTES))
+    units = [asyncio.ensure_future(backend.run(add(f"n{i}"))) for i in range(20)]
+    await asyncio.sleep(0)  # each has queued its unit
+    await backend.close()
+    assert sorted(await asyncio.gather(*units)) == sorted(f"n{i}" for i in range(20))
+    assert await committed_notes(database) == {f"n{i}" for i in range(20)}
+    with pytest.raises(StoreUnavailableError):
+        await backend.run(add("late"))
+
+
+async def test_connections_the_database_closed_are_replaced_at_checkout(
+    backend: PostgresBackend, database: str
+) -> None:
+    """Without a pre-ping: asyncpg saw the sockets close, so the pool connects anew instead
+    of failing the next unit."""
+    await asyncio.gather(*(backend.read(_sleep_briefly) for _ in range(3)))  # pooled now
+    name = database.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database="postgres")
+    try:
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+    finally:
+        await admin.close()
+    assert ended >= 1
+    await asyncio.sleep(0.5)  # the loop reads each closed socket's end
+    assert await backend.read(lambda c: c.execute(sa.text("SELECT 1")).scalar()) == 1
+    assert await backend.run(add("after")) == "after"
+    assert await committed_notes(database) == {"after"}
+
+
+def _sleep_briefly(connection: Connection) -> None:
+    connection.execute(sa.text("SELECT pg_sleep(0.05)"))
