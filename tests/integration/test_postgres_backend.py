@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from job_orchestrator.errors import StoreUnavailableError
+from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.server.storage._unit import PreparedRead
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
 from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
@@ -131,12 +132,22 @@ async def test_close_runs_every_accepted_unit_then_refuses(database: str) -> Non
         await backend.run(add("late"))
 
 
-async def test_connections_the_database_closed_are_replaced_at_checkout(
+async def test_a_prepared_read_answers_by_name_and_by_position(backend: PostgresBackend) -> None:
+    await backend.run(add("a"))
+    await backend.run(add("b"))
+    rows = await backend.fetch(NAMES_AFTER, {"after": "a"})
+    assert [(row.name, row[0], *row) for row in rows] == [("b", "b", "b")]
+    assert await backend.fetch(NAMES_AFTER, {"after": "b"}) == []
+
+
+async def test_connections_the_database_closed_are_replaced(
     backend: PostgresBackend, database: str
 ) -> None:
-    """Without a pre-ping: asyncpg saw the sockets close, so the pool connects anew instead
+    """Without a pre-ping: asyncpg saw the sockets close, so each pool connects anew instead
     of failing the next unit."""
-    await asyncio.gather(*(backend.read(_sleep_briefly) for _ in range(3)))  # pooled now
+    sleep = sa.text("SELECT pg_sleep(0.05)")
+    await asyncio.gather(*(backend.fetch(sleep) for _ in range(3)))  # pooled now
+    await asyncio.gather(*(backend.fetch(NAMES_AFTER, {"after": ""}) for _ in range(3)))
     name = database.rsplit("/", 1)[1]
     admin = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database="postgres")
     try:
@@ -146,12 +157,23 @@ async def test_connections_the_database_closed_are_replaced_at_checkout(
         )
     finally:
         await admin.close()
-    assert ended >= 1
+    assert ended >= 2
     await asyncio.sleep(0.5)  # the loop reads each closed socket's end
-    assert await backend.read(lambda c: c.execute(sa.text("SELECT 1")).scalar()) == 1
+    assert await backend.fetch(sa.text("SELECT 1")) == [(1,)]
     assert await backend.run(add("after")) == "after"
+    assert [row.name for row in await backend.fetch(NAMES_AFTER, {"after": ""})] == ["after"]
     assert await committed_notes(database) == {"after"}
 
 
-def _sleep_briefly(connection: Connection) -> None:
-    connection.execute(sa.text("SELECT pg_sleep(0.05)"))
+async def test_a_read_the_database_refuses_is_a_store_error(backend: PostgresBackend) -> None:
+    with pytest.raises(StoreError):
+        await backend.fetch(PreparedRead(sa.select(sa.column("nothing")).select_from(NOWHERE)))
+
+
+NAMES_AFTER = PreparedRead(
+    sa.select(sa.column("name"))
+    .select_from(sa.table("notes"))
+    .where(sa.column("name") > sa.bindparam("after"))
+    .order_by(sa.column("name"))
+)
+NOWHERE = sa.table("no_such_table")

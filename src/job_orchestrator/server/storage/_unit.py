@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 T = TypeVar("T")
 #: One Store verb's work: statements on a Connection, atomic, and safe to run again after a
 #: rollback (it changes nothing outside the database).
 Work = Callable[[Connection], T]
+
+
+class PreparedRead:
+    """A hot read built once, at import, with every value a bind parameter: a backend may
+    compile it once and run it without SQLAlchemy's per-execution work (PostgreSQL runs it
+    on asyncpg directly). Its rows answer by column name and by position."""
+
+    def __init__(self, statement: sa.Select[Any]) -> None:
+        self.statement = statement
+
+
+Read = sa.Executable | PreparedRead
 
 
 class Backend:
@@ -20,9 +33,10 @@ class Backend:
     async def run(self, work: Work[T]) -> T:
         raise NotImplementedError
 
-    async def read(self, work: Work[T]) -> T:
-        """Run a unit that only reads (one statement's snapshot is all it needs)."""
-        return await self.run(work)
+    async def fetch(self, read: Read, params: Mapping[str, Any] | None = None) -> list[Any]:
+        """The rows of one read statement (one statement's snapshot is all it needs)."""
+        statement = read.statement if isinstance(read, PreparedRead) else read
+        return await self.run(lambda connection: list(connection.execute(statement, params)))
 
     async def close(self) -> None:
         raise NotImplementedError

@@ -26,7 +26,7 @@ from job_orchestrator._logging import MASK, display_url, url_secrets
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import asyncpg_dsn
 from job_orchestrator.server.storage._unit import Backend, T, Work
-from job_orchestrator.server.storage.postgres_backend import PostgresBackend, postgres_engine
+from job_orchestrator.server.storage.postgres_backend import PostgresBackend
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -47,7 +47,7 @@ async def open_backend(db_path: str) -> tuple[Backend, str | None]:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
         backend = SqliteThread(url)
     else:
-        backend = PostgresBackend(postgres_engine(url))
+        backend = await PostgresBackend.open(url)
     try:
         await backend.run(migrate)
     except StoreUnavailableError:

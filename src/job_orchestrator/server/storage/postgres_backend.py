@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import (
@@ -39,32 +40,45 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from job_orchestrator.errors import StoreUnavailableError
-from job_orchestrator.server.storage._unit import Backend, T, Work
+from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.server.storage._notify import asyncpg_dsn
+from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, T, Work
 
 #: At most this many units share a transaction, so one batch never holds row locks for long.
 _MAX_BATCH = 256
-#: Connections a server process holds (plus one for LISTEN). A fixed pool: an overflow
-#: connection was closed as soon as it was returned, so a burst of reads past the pool paid a
-#: new connection (and its TLS attempt) each, 20 % of a busy server's CPU (bench/README.md).
-#: Past it, a unit waits for a free connection; reads take about a millisecond.
-POOL_SIZE = 10
-
-
-def postgres_engine(url: str) -> AsyncEngine:
-    return create_async_engine(url, pool_size=POOL_SIZE, max_overflow=0, pool_timeout=30)
+#: Connections of a server process's asyncpg pool, for the hot reads (PreparedRead). Fixed
+#: pools: an overflow connection was closed as soon as it was returned, so a burst past the
+#: pool paid a new connection (and its TLS handshake) each, 20 % of a busy server's CPU
+#: (bench/README.md). Past it, a read waits for a free connection; one takes about 1 ms.
+READ_POOL_SIZE = 10
+#: Connections of SQLAlchemy's pool: the writer's batches (one at a time) and the other reads.
+ENGINE_POOL_SIZE = 4
+#: Seconds to wait for a free connection before answering that the database is unavailable.
+POOL_TIMEOUT_S = 30.0
 
 
 _Queued = tuple[Work[Any], "asyncio.Future[Any]"]
 
 
 class PostgresBackend(Backend):
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, reads: asyncpg.Pool) -> None:
         self._engine = engine
         sa.event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        self._reads = reads
+        self._prepared: dict[PreparedRead, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
         self._queued: list[_Queued] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresBackend:
+        """Nothing connects yet: the first unit does (migrate, at a server's start)."""
+        engine = create_async_engine(
+            url, pool_size=ENGINE_POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_S
+        )
+        # asyncpg's pool replaces a connection it finds closed when it hands it out.
+        reads = await asyncpg.create_pool(asyncpg_dsn(url), min_size=0, max_size=READ_POOL_SIZE)
+        return cls(engine, reads)
 
     async def run(self, work: Work[T]) -> T:
         if self._closed:
@@ -79,15 +93,37 @@ class PostgresBackend(Backend):
         # loses the answer, as with a lone transaction whose COMMIT is on its way.
         return await future
 
-    async def read(self, work: Work[T]) -> T:
+    async def fetch(self, read: Read, params: Mapping[str, Any] | None = None) -> list[Any]:
+        if isinstance(read, PreparedRead):
+            sql, names, constants = self._compiled(read)
+            values = {**constants, **(params or {})}  # a missing one: KeyError, a bug of ours
+            async with (
+                _unavailable_raised(),
+                self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection,
+            ):
+                records = await connection.fetch(sql, *(values[name] for name in names))
+            return [_Row(record) for record in records]
         async with _unavailable_raised(), self._engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
-            return await autocommit.run_sync(work)
+            result = await autocommit.execute(read, params)
+            return list(result)
+
+    def _compiled(self, read: PreparedRead) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        """Its SQL, the names of its positional parameters, and the values fixed at import."""
+        compiled = self._prepared.get(read)
+        if compiled is None:
+            form = read.statement.compile(dialect=self._engine.dialect)
+            binds = form.binds.values()
+            constants = {form.bind_names[bind]: bind.value for bind in binds if not bind.required}
+            compiled = (form.string, tuple(form.positiontup or ()), constants)
+            self._prepared[read] = compiled
+        return compiled
 
     async def close(self) -> None:
         self._closed = True
         if self._writer is not None:
             await self._writer  # what was accepted runs (and commits) first
+        await self._reads.close()
         await self._engine.dispose()
 
     async def _write_queued(self) -> None:
@@ -121,6 +157,30 @@ class PostgresBackend(Backend):
         return [(True, result) for result in results]
 
 
+class _Row:
+    """An asyncpg record that also answers by attribute, as SQLAlchemy's rows do."""
+
+    __slots__ = ("_record",)
+
+    def __init__(self, record: asyncpg.Record) -> None:
+        self._record = record
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._record[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __getitem__(self, index: int) -> Any:
+        return self._record[index]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._record.values())
+
+    def __len__(self) -> int:
+        return len(self._record)
+
+
 def _run_each(connection: Connection, works: list[Work[Any]]) -> list[Any]:
     return [work(connection) for work in works]
 
@@ -140,10 +200,22 @@ async def _unavailable_raised() -> AsyncIterator[None]:
         raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
     except PoolTimeoutError as error:  # every connection held for pool_timeout: it hangs
         raise StoreUnavailableError(f"the database does not answer: {error}") from error
+    except _ASYNCPG_UNAVAILABLE as error:  # on the hot reads' own pool
+        raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
+    except asyncpg.PostgresError as error:
+        raise StoreError(str(error)) from error
     except DBAPIError as error:
         if _is_unavailable(error):
             raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
         raise
+
+
+_ASYNCPG_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,  # class 08, and a connection lost mid-query
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+)
 
 
 def _is_unavailable(error: DBAPIError) -> bool:

@@ -41,7 +41,7 @@ from job_orchestrator.server.storage._notify import (
     Listener,
 )
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage._unit import Backend, Work
+from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, Work
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.base import JobRecord, ServerStore
 from job_orchestrator.server.storage.changes import NO_CHANGES, JobChanges
@@ -57,7 +57,7 @@ T = TypeVar("T")
 # The hottest statements, built once and executed with parameters: a statement object run
 # again skips SQLAlchemy's construction and cache-key work (its compiled form is cached).
 _INSERT_JOB = jobs.insert()
-_GET_JOB = jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
+_GET_JOB = PreparedRead(jobs.select().where(jobs.c.id == sa.bindparam("job_id")))
 _NEXT_RETRY_AT = sa.select(sa.func.min(jobs.c.not_before)).where(
     jobs.c.status == Status.QUEUED.db, jobs.c.not_before.is_not(None)
 )
@@ -114,14 +114,11 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         if new.is_terminal():
             connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
 
-    async def _run(self, verb: str, work: Work[T], *, read: bool = False) -> T:
+    async def _run(self, verb: str, work: Work[T]) -> T:
         """Run one unit of work, counted under `verb` (the label of
-        job_orchestrator_store_operations_total: the public verb's name); `read`: it only
-        reads, in one statement (on PostgreSQL it then runs without a transaction)."""
+        job_orchestrator_store_operations_total: the public verb's name)."""
         self._operations[verb] += 1
         try:
-            if read:
-                return await self._backend.read(work)
             return await self._backend.run(work)
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
@@ -131,11 +128,15 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         return await self._run(verb, lambda connection: connection.execute(statement).rowcount)
 
     async def _fetch(
-        self, verb: str, statement: sa.Executable, params: Mapping[str, Any] | None = None
+        self, verb: str, statement: Read, params: Mapping[str, Any] | None = None
     ) -> list[Any]:
-        return await self._run(
-            verb, lambda connection: list(connection.execute(statement, params)), read=True
-        )
+        """The rows of one read, counted under `verb` as a unit (on PostgreSQL it runs
+        without a transaction)."""
+        self._operations[verb] += 1
+        try:
+            return await self._backend.fetch(statement, params)
+        except SQLAlchemyError as error:
+            raise StoreError(str(error)) from error
 
     async def create_job(
         self,

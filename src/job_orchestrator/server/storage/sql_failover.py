@@ -14,7 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage._unit import Work
+from job_orchestrator.server.storage._unit import Read, Work
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, replicas, revocations
 from job_orchestrator.status import SERVER_MOVES, Status, check_move
@@ -31,7 +31,7 @@ class SqlFailoverVerbs(abc.ABC):
 
     @abc.abstractmethod
     async def _fetch(
-        self, verb: str, statement: sa.Executable, params: Mapping[str, Any] | None = None
+        self, verb: str, statement: Read, params: Mapping[str, Any] | None = None
     ) -> list[Any]: ...
 
     @abc.abstractmethod
