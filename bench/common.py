@@ -297,6 +297,25 @@ def cpu_breakdown(before: CpuSnapshot, after: CpuSnapshot, jobs: int) -> str:
     return f"{', '.join(parts)} (these processes kept {busy:.0f}% of {cores} cores busy)"
 
 
+class StatusCounts:
+    """Jobs per status, sampled now and then: the mean and the largest count of each."""
+
+    def __init__(self) -> None:
+        self.samples: list[dict[str, int]] = []
+
+    def add(self, sample: dict[str, int]) -> None:
+        self.samples.append(sample)
+
+    def summary(self, statuses: Sequence[str]) -> str:
+        if not self.samples:
+            return "no samples"
+        parts = []
+        for status in statuses:
+            counts = [sample.get(status, 0) for sample in self.samples]
+            parts.append(f"{status} {sum(counts) / len(counts):.1f} (max {max(counts)})")
+        return ", ".join(parts)
+
+
 class StatusSampler:
     """Counts the server's jobs by status every `interval_s`, read-only from its SQLite file.
 
@@ -309,7 +328,7 @@ class StatusSampler:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
-        self.samples: list[dict[str, int]] = []
+        self.counts = StatusCounts()
 
     def _run(self) -> None:
         with contextlib.closing(
@@ -318,7 +337,7 @@ class StatusSampler:
             while not self._stop.is_set():
                 with contextlib.suppress(sqlite3.Error):
                     rows = connection.execute("SELECT status, count(*) FROM jobs GROUP BY status")
-                    self.samples.append({str(status): int(n) for status, n in rows})
+                    self.counts.add({str(status): int(n) for status, n in rows})
                 self._stop.wait(self._interval_s)
 
     def __enter__(self) -> StatusSampler:
@@ -330,13 +349,7 @@ class StatusSampler:
         self._thread.join()
 
     def summary(self, statuses: Sequence[str]) -> str:
-        if not self.samples:
-            return "no samples"
-        parts = []
-        for status in statuses:
-            counts = [sample.get(status, 0) for sample in self.samples]
-            parts.append(f"{status} {sum(counts) / len(counts):.1f} (max {max(counts)})")
-        return ", ".join(parts)
+        return self.counts.summary(statuses)
 
 
 class RssSampler:

@@ -21,7 +21,16 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from bench.common import Context, SectionResult, log, median, ms, store_work
+from bench.common import (
+    Context,
+    SectionResult,
+    StatusCounts,
+    StatusSampler,
+    log,
+    median,
+    ms,
+    store_work,
+)
 from bench.throughput import QUOTA, drive, work_per_job
 from testkit.harness import Cluster, Node
 
@@ -57,6 +66,11 @@ class Run:
     database: str | None
     #: CPU per job of the servers, the client, the bench driver and PostgreSQL's processes.
     cpu: str
+    #: How many jobs were in each status, on average over the timed part: where they wait.
+    waiting: str
+
+
+WAITING = ["queued", "processing", "submitted", "prepared", "running"]
 
 
 def _work(running: Cluster) -> tuple[dict[str, float], float]:
@@ -89,7 +103,11 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
         asyncio.run(drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
         work_before = _work(running)
         cpu = _CpuMeter(running, with_database=db_path is not None)
-        with _PgSampler(db_path) as sampler, cpu:
+        sampler = _PgSampler(db_path)
+        statuses: StatusSampler | _PgSampler = sampler
+        if db_path is None:
+            statuses = StatusSampler(Path(running.servers[0].env["DB_PATH"]))
+        with sampler, cpu, statuses if statuses is not sampler else contextlib.nullcontext():
             elapsed, _submitted, counts = asyncio.run(
                 drive(
                     urls,
@@ -108,6 +126,7 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
         work,
         sampler.describe(sizes.throughput_jobs),
         cpu.describe(sizes.throughput_jobs),
+        statuses.summary(WAITING),
     )
 
 
@@ -166,6 +185,8 @@ class _PgSampler:
     active backends wait on (pg_stat_activity, sampled every SAMPLE_S in a thread)."""
 
     SAMPLE_S = 0.02
+    #: The jobs' statuses are counted every this many samples (250 ms).
+    STATUS_EVERY = 12
 
     def __init__(self, db_path: str | None) -> None:
         self._name = db_path.rsplit("/", 1)[1] if db_path else None
@@ -174,6 +195,7 @@ class _PgSampler:
         self._active = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._statuses = StatusCounts()
 
     def __enter__(self) -> _PgSampler:
         if self._name is not None:
@@ -201,12 +223,14 @@ class _PgSampler:
         asyncio.run(self._sample_loop())
 
     async def _sample_loop(self) -> None:
-        connection = await asyncpg.connect(**PG_ADMIN, timeout=5)
+        assert self._name is not None
+        connection = await asyncpg.connect(**{**PG_ADMIN, "database": self._name}, timeout=5)
+        rounds = 0
         try:
             while not self._stop.is_set():
                 rows = await connection.fetch(
                     "SELECT wait_event_type, wait_event FROM pg_stat_activity"
-                    " WHERE datname = $1 AND state = 'active'",
+                    " WHERE datname = $1 AND state = 'active' AND pid <> pg_backend_pid()",
                     self._name,
                 )
                 for row in rows:
@@ -214,9 +238,18 @@ class _PgSampler:
                     waiting = row["wait_event_type"]
                     if waiting is not None:
                         self._samples[f"{waiting}:{row['wait_event']}"] += 1
+                rounds += 1
+                if rounds % self.STATUS_EVERY == 0:
+                    counts = await connection.fetch(
+                        "SELECT status, count(*) FROM jobs GROUP BY status"
+                    )
+                    self._statuses.add({row[0]: int(row[1]) for row in counts})
                 await asyncio.sleep(self.SAMPLE_S)
         finally:
             await connection.close()
+
+    def summary(self, statuses: list[str]) -> str:
+        return self._statuses.summary(statuses)
 
     def describe(self, jobs: int) -> str | None:
         if self._name is None:
@@ -257,6 +290,7 @@ def replicas(ctx: Context) -> SectionResult:
         result.add(f"{backend}, {n} replica(s): turnaround p50", ms(run.p50_s))
         result.add(f"{backend}, {n} replica(s): store work per job", run.store_work)
         result.add(f"{backend}, {n} replica(s): CPU per job", run.cpu)
+        result.add(f"{backend}, {n} replica(s): jobs in each status (mean)", run.waiting)
         if run.database is not None:
             result.add(f"{backend}, {n} replica(s): PostgreSQL", run.database)
     result.notes.append(

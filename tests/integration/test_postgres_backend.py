@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.server.storage._notify import announce
 from job_orchestrator.server.storage._unit import PreparedRead
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
@@ -168,6 +169,45 @@ async def test_connections_the_database_closed_are_replaced(
 async def test_a_read_the_database_refuses_is_a_store_error(backend: PostgresBackend) -> None:
     with pytest.raises(StoreError):
         await backend.fetch(PreparedRead(sa.select(sa.column("nothing")).select_from(NOWHERE)))
+
+
+async def test_a_batch_announces_each_channel_and_payload_once_at_commit(
+    backend: PostgresBackend, database: str
+) -> None:
+    heard: list[tuple[str, str]] = []
+    name = database.rsplit("/", 1)[1]
+    listener = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database=name)
+    try:
+        for channel in ("wake", "done"):
+            await listener.add_listener(
+                channel, lambda _c, _p, ch, payload: heard.append((ch, payload))
+            )
+
+        def announcing(payload: str, *, fail: bool = False) -> Callable[[Connection], None]:
+            def work(connection: Connection) -> None:
+                announce(connection, "wake")
+                announce(connection, "done", payload)
+                if fail:
+                    raise UnitFailedError(payload)
+
+            return work
+
+        outcomes = await asyncio.gather(
+            backend.run(announcing("1")),
+            backend.run(announcing("2", fail=True)),  # rolled back: never announced
+            backend.run(announcing("1")),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[1], UnitFailedError)
+        for _ in range(50):
+            if len(heard) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # nothing more comes
+    finally:
+        await listener.close()
+    # The batch failed and ran again unit by unit: one commit each for "1" and "1" again.
+    assert sorted(heard) == sorted([("wake", ""), ("done", "1")] * 2)
 
 
 NAMES_AFTER = PreparedRead(

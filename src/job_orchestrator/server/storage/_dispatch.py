@@ -124,6 +124,27 @@ _USER_HEAD = (
     .order_by(jobs.c.id)
     .limit(sa.bindparam("depth"))
 )
+# On PostgreSQL, every chosen user's head in one statement (each statement is a round trip).
+_WANTED = (
+    sa.func.unnest(
+        sa.bindparam("users", type_=postgresql.ARRAY(sa.Integer)),
+        sa.bindparam("depths", type_=postgresql.ARRAY(sa.Integer)),
+    )
+    .table_valued("user_id", "depth")
+    .render_derived(name="wanted")
+)
+_HEAD = (
+    sa.select(jobs.c.id)
+    .where(_DUE_QUEUED, jobs.c.user_id == _WANTED.c.user_id)
+    .order_by(jobs.c.id)
+    .limit(_WANTED.c.depth)
+    .lateral("head")
+)
+_USER_HEADS = (
+    sa.select(_WANTED.c.user_id, _HEAD.c.id)
+    .select_from(_WANTED.join(_HEAD, sa.true()))
+    .order_by(_WANTED.c.user_id, _HEAD.c.id)
+)
 _LOWEST = -(2**63)  # below any user id, job id or turn, in a bound (never sent to the database)
 
 
@@ -198,19 +219,37 @@ def service_candidates(
             break
         batch = min(2 * batch, _SCAN_BATCH)
 
+    chosen = ranked[:free]
+    depths = {key[4]: quota - count for key, count in chosen}
+    heads = _user_heads(connection, where, depths)
     return [
         UserQueue(
             service=service,
             user_id=key[4],
-            job_ids=tuple(
-                connection.execute(
-                    _USER_HEAD, {**where, "user": key[4], "depth": quota - count}
-                ).scalars()
-            ),
+            job_ids=heads.get(key[4], ()),
             last_served=key[2] if key[1] else None,
         )
-        for key, count in ranked[:free]
+        for key, _count in chosen
     ]
+
+
+def _user_heads(
+    connection: Connection, where: dict[str, Any], depths: dict[int, int]
+) -> dict[int, tuple[int, ...]]:
+    """Each user's oldest due jobs, as many as its depth: one statement on PostgreSQL (a
+    LATERAL join), one per user on SQLite (a statement there costs no round trip)."""
+    if connection.dialect.name != "postgresql":
+        return {
+            user: tuple(
+                connection.execute(_USER_HEAD, {**where, "user": user, "depth": depth}).scalars()
+            )
+            for user, depth in depths.items()
+        }
+    heads: dict[int, list[int]] = {}
+    params = {**where, "users": list(depths), "depths": list(depths.values())}
+    for user, job_id in connection.execute(_USER_HEADS, params):
+        heads.setdefault(user, []).append(job_id)
+    return {user: tuple(job_ids) for user, job_ids in heads.items()}
 
 
 # The claim's move, as the transition table has it (checked once, at import).
@@ -224,6 +263,28 @@ _CLAIM = (
         # so that node can recognise it.
         node=sa.func.coalesce(jobs.c.node, sa.bindparam("chosen_node", type_=sa.Text)),
         dispatch_key=sa.func.coalesce(jobs.c.dispatch_key, sa.bindparam("new_key", type_=sa.Text)),
+        owner=sa.bindparam("new_owner", type_=sa.Text),
+        updated_at=sa.bindparam("now", type_=sa.Float),
+    )
+    .returning(*jobs.c)
+)
+# On PostgreSQL the same claim for every chosen job in one statement.
+_CHOSEN = (
+    sa.func.unnest(
+        sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)),
+        sa.bindparam("nodes", type_=postgresql.ARRAY(sa.Text)),
+        sa.bindparam("keys", type_=postgresql.ARRAY(sa.Text)),
+    )
+    .table_valued("id", "node", "dispatch_key")
+    .render_derived(name="chosen")
+)
+_CLAIM_ALL = (
+    jobs.update()
+    .where(jobs.c.id == _CHOSEN.c.id, jobs.c.status == Status.QUEUED.db)
+    .values(
+        status=Status.PROCESSING.db,
+        node=sa.func.coalesce(jobs.c.node, _CHOSEN.c.node),
+        dispatch_key=sa.func.coalesce(jobs.c.dispatch_key, _CHOSEN.c.dispatch_key),
         owner=sa.bindparam("new_owner", type_=sa.Text),
         updated_at=sa.bindparam("now", type_=sa.Float),
     )
@@ -252,21 +313,31 @@ def claim_rows(
     owner: str | None,
 ) -> list[JobRecord]:
     now = time.time()
-    claimed = []
-    for job_id in wanted:
-        # A dispatch key survives a restart, so a re-dispatch is recognised.
-        row = connection.execute(
-            _CLAIM,
-            {
+    # A dispatch key survives a restart, so a re-dispatch is recognised.
+    keys = [f"job-{job_id}-{time.time_ns()}" for job_id in wanted]
+    if connection.dialect.name == "postgresql":
+        params = {
+            "ids": wanted,
+            "nodes": [node_by_job[job_id] for job_id in wanted],
+            "keys": keys,
+            "new_owner": owner,
+            "now": now,
+        }
+        by_id = {row.id: job_record(row) for row in connection.execute(_CLAIM_ALL, params)}
+        claimed = [by_id[job_id] for job_id in wanted if job_id in by_id]  # in claim order
+    else:
+        claimed = []
+        for job_id, key in zip(wanted, keys, strict=True):
+            params = {
                 "job_id": job_id,
                 "chosen_node": node_by_job[job_id],
-                "new_key": f"job-{job_id}-{time.time_ns()}",
+                "new_key": key,
                 "new_owner": owner,
                 "now": now,
-            },
-        ).first()
-        if row is not None:
-            claimed.append(job_record(row))
+            }
+            row = connection.execute(_CLAIM, params).first()
+            if row is not None:
+                claimed.append(job_record(row))
     stamp_turns(connection, claimed)
     return claimed
 
@@ -332,18 +403,17 @@ def stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
     """Each claimed job's user becomes the most recently served of its service, in claim
     order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
     turns: dict[str, int] = {}
-    upsert_turn = user_inserts(connection.dialect.name)[1]
+    stamps: dict[tuple[str, int], dict[str, Any]] = {}  # a user's last turn is what stays
     for job in claimed:
         if job.service not in turns:
             latest = connection.execute(_LATEST_TURN, {"service": job.service}).scalar()
             turns[job.service] = int(latest or 0)
         turns[job.service] += 1
-        connection.execute(
-            upsert_turn,
-            {
-                "service": job.service,
-                "user_id": job.user_id,
-                "first_job_id": job.id,
-                "served_turn": turns[job.service],
-            },
-        )
+        stamps[(job.service, job.user_id)] = {
+            "service": job.service,
+            "user_id": job.user_id,
+            "first_job_id": job.id,
+            "served_turn": turns[job.service],
+        }
+    if stamps:  # one executemany: one statement on PostgreSQL
+        connection.execute(user_inserts(connection.dialect.name)[1], list(stamps.values()))

@@ -41,7 +41,11 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
-from job_orchestrator.server.storage._notify import asyncpg_dsn
+from job_orchestrator.server.storage._notify import (
+    asyncpg_dsn,
+    forget_announcements,
+    send_announcements,
+)
 from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, T, Work
 
 #: At most this many units share a transaction, so one batch never holds row locks for long.
@@ -53,6 +57,10 @@ _MAX_BATCH = 256
 READ_POOL_SIZE = 10
 #: Connections of SQLAlchemy's pool: the writer's batches (one at a time) and the other reads.
 ENGINE_POOL_SIZE = 4
+#: Writer tasks at most, each with a transaction of its own. One was not enough: each of
+#: a batch's round trips waits for a turn of the server's busy event loop, so one writer's
+#: batches came one after another too slowly for the uploads waiting on them.
+WRITERS = 3
 #: Seconds to wait for a free connection before answering that the database is unavailable.
 POOL_TIMEOUT_S = 30.0
 
@@ -67,7 +75,7 @@ class PostgresBackend(Backend):
         self._reads = reads
         self._prepared: dict[PreparedRead, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
         self._queued: list[_Queued] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @classmethod
@@ -87,10 +95,12 @@ class PostgresBackend(Backend):
             raise StoreUnavailableError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queued.append((work, future))
-        # The writer runs while anything is queued and then ends; it is never between the two
-        # when this runs (one loop, and it checks the queue without awaiting before it ends).
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_queued(), name="postgres-writer")
+        # A writer runs while anything is queued and then ends; none is between the two when
+        # this runs (one loop, and it checks the queue without awaiting before it ends).
+        if len(self._writers) < WRITERS:
+            writer = asyncio.create_task(self._write_queued(), name="postgres-writer")
+            self._writers.add(writer)
+            writer.add_done_callback(self._writers.discard)
         # A caller cancelled while queued is skipped; one cancelled while its batch runs only
         # loses the answer, as with a lone transaction whose COMMIT is on its way.
         return await future
@@ -123,8 +133,7 @@ class PostgresBackend(Backend):
 
     async def close(self) -> None:
         self._closed = True
-        if self._writer is not None:
-            await self._writer  # what was accepted runs (and commits) first
+        await asyncio.gather(*self._writers)  # what was accepted runs (and commits) first
         await self._reads.close()
         await self._engine.dispose()
 
@@ -190,7 +199,10 @@ async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
 
 
 def _run_each(connection: Connection, works: list[Work[Any]]) -> list[Any]:
-    return [work(connection) for work in works]
+    forget_announcements(connection)
+    results = [work(connection) for work in works]
+    send_announcements(connection)
+    return results
 
 
 def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

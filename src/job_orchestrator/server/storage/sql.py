@@ -36,9 +36,10 @@ from job_orchestrator.server.storage._dispatch import (
     user_inserts,
 )
 from job_orchestrator.server.storage._notify import (
-    NOTIFY_DISPATCH,
-    NOTIFY_FINAL,
+    DISPATCH_CHANNEL,
+    FINAL_CHANNEL,
     Listener,
+    announce,
 )
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, Work
@@ -110,9 +111,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             return
         if new is None or not (new is Status.QUEUED or new.is_terminal()):
             return
-        connection.execute(NOTIFY_DISPATCH)
+        announce(connection, DISPATCH_CHANNEL)
         if new.is_terminal():
-            connection.execute(NOTIFY_FINAL, {"job_id": str(job_id)})
+            announce(connection, FINAL_CHANNEL, str(job_id))
 
     async def _run(self, verb: str, work: Work[T]) -> T:
         """Run one unit of work, counted under `verb` (the label of
