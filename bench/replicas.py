@@ -59,6 +59,7 @@ def _database() -> Iterator[str]:
 class Run:
     rate: float
     p50_s: float
+    upload_p50_s: float
     #: The servers' store work per job, summed over the replicas (throughput.work_per_job).
     store_work: str
     #: PostgreSQL's own view of the timed part: commits per job, and how often a sampled
@@ -123,6 +124,7 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
     return Run(
         sizes.throughput_jobs / elapsed,
         median(counts.turnaround),
+        median(counts.uploads),
         work,
         sampler.describe(sizes.throughput_jobs),
         cpu.describe(sizes.throughput_jobs),
@@ -288,6 +290,7 @@ def replicas(ctx: Context) -> SectionResult:
             run = _measure(ctx, root, db_path, n)
         result.add(f"{backend}, {n} replica(s): jobs/s", f"{run.rate:.1f}")
         result.add(f"{backend}, {n} replica(s): turnaround p50", ms(run.p50_s))
+        result.add(f"{backend}, {n} replica(s): upload p50", ms(run.upload_p50_s))
         result.add(f"{backend}, {n} replica(s): store work per job", run.store_work)
         result.add(f"{backend}, {n} replica(s): CPU per job", run.cpu)
         result.add(f"{backend}, {n} replica(s): jobs in each status (mean)", run.waiting)

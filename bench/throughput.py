@@ -51,6 +51,8 @@ class Counts:
     def __init__(self) -> None:
         self.polls = 0
         self.turnaround: list[float] = []
+        #: Seconds each upload took, request to answer.
+        self.uploads: list[float] = []
 
 
 async def drive(
@@ -94,6 +96,7 @@ async def drive(
                     body = await response.read()
                 if response.status != 201:
                     raise RuntimeError(f"upload answered {response.status}: {body!r}")
+                counts.uploads.append(time.perf_counter() - started)
                 pending.put_nowait((int(json.loads(body)["id"]), on, started))
 
         async def collect() -> None:
