@@ -15,10 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.server.storage import open_store
 from job_orchestrator.server.storage._notify import announce
 from job_orchestrator.server.storage._unit import PreparedRead
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
+from job_orchestrator.status import Status
 from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
 
 pytestmark = pytest.mark.postgres
@@ -208,6 +210,23 @@ async def test_a_batch_announces_each_channel_and_payload_once_at_commit(
         await listener.close()
     # The batch failed and ran again unit by unit: one commit each for "1" and "1" again.
     assert sorted(heard) == sorted([("wake", ""), ("done", "1")] * 2)
+
+
+async def test_tls_settings_in_the_url_reach_every_connection(database: str) -> None:
+    """`?ssl=` as SQLAlchemy takes it for asyncpg: the engine, the hot reads' pool and the
+    listener all connect with it (asyncpg's DSN spells it `sslmode`)."""
+    store = await open_store(f"{database}?ssl=disable")
+    woken = asyncio.Event()
+    try:
+        store.subscribe(woken.set)
+        await asyncio.sleep(0.5)  # the listener is listening
+        job_id = await store.create_job(user_id=1, service="svc", loc="/x")
+        job = await store.get_job(job_id)  # a PreparedRead, on the asyncpg pool
+        assert job is not None
+        assert job.status is Status.QUEUED
+        await asyncio.wait_for(woken.wait(), 10)  # the new job's NOTIFY, heard
+    finally:
+        await store.close()
 
 
 NAMES_AFTER = PreparedRead(

@@ -61,8 +61,17 @@ def send_announcements(connection: Connection) -> None:
 
 
 def asyncpg_dsn(url: str) -> str:
-    """The asyncpg DSN of a SQLAlchemy `postgresql+asyncpg://` URL."""
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """The asyncpg DSN of a SQLAlchemy `postgresql+asyncpg://` URL.
+
+    SQLAlchemy hands `?ssl=` to asyncpg.connect as its `ssl` argument; in a DSN asyncpg reads
+    the same choice as `sslmode` and would send an `ssl` parameter to the server as a setting,
+    which the server refuses. So the read pool and the listener connect as the engine does.
+    """
+    parsed = sa.make_url(url).set(drivername="postgresql")
+    query = dict(parsed.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return parsed.set(query=query).render_as_string(hide_password=False)
 
 
 class Listener:
