@@ -1,12 +1,12 @@
 """Wake-ups across replicas on PostgreSQL: NOTIFY where it matters, LISTEN on a connection
 of its own.
 
-The Store notifies, in the same transaction as the change (so delivered at commit, once per
-transaction, all of a transaction's in one statement), on a new job, a job back in the queue
-and a job reaching a final status (a freed slot; the final one also carries the job id for
-held `?wait=` requests). Every replica listens; its listener reconnects by itself after the
-database restarts, and then wakes its dispatcher once, for whatever was announced while it
-was not listening.
+The Store notifies right after the change commits (whatever committed meanwhile in one
+statement, outside the writers' transactions: see `take_announcements`), on a new job, a job
+back in the queue and a job reaching a final status (a freed slot; the final one also
+carries the job id for held `?wait=` requests). Every replica listens; its listener
+reconnects by itself after the database restarts, and then wakes its dispatcher once, for
+whatever was announced while it was not listening.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from job_orchestrator._loops import backoff_s
@@ -30,21 +29,19 @@ DISPATCH_CHANNEL = "job_orchestrator_dispatch"
 FINAL_CHANNEL = "job_orchestrator_final"
 #: Where a transaction's announcements wait for its end, in the connection's `info`.
 _ANNOUNCEMENTS = "job_orchestrator_announcements"
-_NOTIFY_ALL = sa.text(
-    "SELECT pg_notify(channel, payload) FROM unnest(:channels, :payloads) AS n(channel, payload)"
-).bindparams(
-    sa.bindparam("channels", type_=postgresql.ARRAY(sa.Text)),
-    sa.bindparam("payloads", type_=postgresql.ARRAY(sa.Text)),
+#: Every announcement made since the last, in one statement outside any transaction.
+NOTIFY_ALL = (
+    "SELECT pg_notify(channel, payload) FROM unnest($1::text[], $2::text[]) AS n(channel, payload)"
 )
+
+Announcements = dict[tuple[str, str], None]
 #: Seconds between checks that the listening connection is still alive.
 CHECK_INTERVAL_S = 2.0
 _LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def announce(connection: Connection, channel: str, payload: str = "") -> None:
-    """NOTIFY `channel` when this transaction commits. A transaction's announcements are
-    sent together, once each, by `send_announcements` just before its COMMIT: one round trip
-    per transaction instead of one per announcement (up to three per job)."""
+    """NOTIFY `channel` once this transaction has committed (see `take_announcements`)."""
     connection.info.setdefault(_ANNOUNCEMENTS, {})[(channel, payload)] = None
 
 
@@ -53,11 +50,17 @@ def forget_announcements(connection: Connection) -> None:
     connection.info.pop(_ANNOUNCEMENTS, None)
 
 
-def send_announcements(connection: Connection) -> None:
-    pending: dict[tuple[str, str], None] = connection.info.pop(_ANNOUNCEMENTS, {})
-    if pending:
-        channels, payloads = zip(*pending, strict=True)
-        connection.execute(_NOTIFY_ALL, {"channels": channels, "payloads": payloads})
+def take_announcements(connection: Connection) -> Announcements:
+    """What this transaction announced, each once, to send after its COMMIT.
+
+    Not in the transaction itself: PostgreSQL takes a database-wide lock to commit a
+    transaction that notified, and holds it through the WAL flush, so transactions that
+    notify commit one at a time; our writers' commits queued behind it (bench/README.md).
+    Sent after the commit, a wake-up can be lost with a crash in between; the dispatchers'
+    safety tick and the `?wait=` timeouts cover that, as they cover a restarted listener.
+    """
+    taken: Announcements = connection.info.pop(_ANNOUNCEMENTS, {})
+    return taken
 
 
 def asyncpg_dsn(url: str) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
@@ -42,11 +43,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import (
+    NOTIFY_ALL,
+    Announcements,
     asyncpg_dsn,
     forget_announcements,
-    send_announcements,
+    take_announcements,
 )
 from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, T, Work
+
+logger = logging.getLogger(__name__)
 
 #: At most this many units share a transaction, so one batch never holds row locks for long.
 _MAX_BATCH = 256
@@ -54,13 +59,13 @@ _MAX_BATCH = 256
 #: pools: an overflow connection was closed as soon as it was returned, so a burst past the
 #: pool paid a new connection (and its TLS handshake) each, 20 % of a busy server's CPU
 #: (bench/README.md). Past it, a read waits for a free connection; one takes about 1 ms.
-READ_POOL_SIZE = 10
+READ_POOL_SIZE = 8
 #: Connections of SQLAlchemy's pool: the writer's batches (one at a time) and the other reads.
-ENGINE_POOL_SIZE = 4
+ENGINE_POOL_SIZE = 8
 #: Writer tasks at most, each with a transaction of its own. One was not enough: each of
 #: a batch's round trips waits for a turn of the server's busy event loop, so one writer's
 #: batches came one after another too slowly for the uploads waiting on them.
-WRITERS = 3
+WRITERS = 6
 #: Seconds to wait for a free connection before answering that the database is unavailable.
 POOL_TIMEOUT_S = 30.0
 
@@ -76,6 +81,8 @@ class PostgresBackend(Backend):
         self._prepared: dict[PreparedRead, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
         self._queued: list[_Queued] = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._announcements: Announcements = {}
+        self._announcer: asyncio.Task[None] | None = None
         self._closed = False
 
     @classmethod
@@ -134,6 +141,8 @@ class PostgresBackend(Backend):
     async def close(self) -> None:
         self._closed = True
         await asyncio.gather(*self._writers)  # what was accepted runs (and commits) first
+        if self._announcer is not None:
+            await self._announcer
         await self._reads.close()
         await self._engine.dispose()
 
@@ -156,7 +165,7 @@ class PostgresBackend(Backend):
         """Each unit's (ok, result or exception), from one transaction if they all succeed."""
         try:
             async with _unavailable_raised(), self._engine.begin() as connection:
-                results = await connection.run_sync(_run_each, works)
+                results, announcements = await connection.run_sync(_run_each, works)
         except StoreUnavailableError as error:
             return [(False, error)] * len(works)
         except Exception as error:
@@ -165,7 +174,28 @@ class PostgresBackend(Backend):
             # Nothing of the batch was kept: each unit again, alone, for its own outcome.
             return [outcome for work in works for outcome in await self._commit([work])]
         self.commits += 1
+        self._announce(announcements)
         return [(True, result) for result in results]
+
+    def _announce(self, announcements: Announcements) -> None:
+        """Send what committed transactions announced, soon, and together (take_announcements
+        says why not in them)."""
+        if not announcements:
+            return
+        self._announcements.update(announcements)
+        if self._announcer is None or self._announcer.done():
+            self._announcer = asyncio.create_task(self._send_announcements(), name="notify")
+
+    async def _send_announcements(self) -> None:
+        while self._announcements:
+            channels, payloads = zip(*self._announcements, strict=True)
+            self._announcements = {}
+            try:
+                async with self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection:
+                    await connection.execute(NOTIFY_ALL, channels, payloads)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                # A lost wake-up: the other replicas' safety tick finds the work anyway.
+                logger.warning("could not wake the other replicas: %s", error)
 
 
 class _Row:
@@ -198,11 +228,10 @@ async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
     needed."""
 
 
-def _run_each(connection: Connection, works: list[Work[Any]]) -> list[Any]:
+def _run_each(connection: Connection, works: list[Work[Any]]) -> tuple[list[Any], Announcements]:
     forget_announcements(connection)
     results = [work(connection) for work in works]
-    send_announcements(connection)
-    return results
+    return results, take_announcements(connection)
 
 
 def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
