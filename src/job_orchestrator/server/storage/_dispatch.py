@@ -8,13 +8,12 @@ decision grows with free slots, not with queued jobs.
 from __future__ import annotations
 
 import bisect
-import functools
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 
 from job_orchestrator.server.scheduler import (
@@ -28,41 +27,12 @@ from job_orchestrator.server.scheduler import (
     plan_dispatch,
 )
 from job_orchestrator.server.storage._rows import job_record
+from job_orchestrator.server.storage._service_users import user_inserts
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, service_users
 from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, Status, check_move
 
 _SCAN_BATCH = 256
-
-
-@functools.cache
-def user_inserts(dialect: str) -> tuple[Any, Any]:
-    """For the dialect: (add a service's user unless known, add it or set its served turn),
-    built once and executed with the columns' values as parameters.
-
-    The first reads before it inserts: a plain ON CONFLICT DO NOTHING on a known user waits
-    for any transaction updating that user's row (a replica's dispatch stamping its turn),
-    which was most of three replicas' database waits (bench/README.md); the snapshot read
-    waits for nothing. ON CONFLICT stays for two uploads of a new user at once.
-    """
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(service_users)
-    keys = ["service", "user_id"]
-    service = sa.bindparam("service", type_=sa.Text)
-    user_id = sa.bindparam("user_id", type_=sa.Integer)
-    known = (
-        sa.select(service_users.c.user_id)
-        .where(service_users.c.service == service, service_users.c.user_id == user_id)
-        .exists()
-    )
-    new_user = sa.select(service, user_id, sa.bindparam("first_job_id", type_=sa.Integer))
-    return (
-        insert.from_select([*keys, "first_job_id"], new_user.where(~known)).on_conflict_do_nothing(
-            index_elements=keys
-        ),
-        insert.on_conflict_do_update(
-            index_elements=keys, set_={"served_turn": insert.excluded.served_turn}
-        ),
-    )
 
 
 # The statements of a dispatch decision, built once: executing the same statement object again

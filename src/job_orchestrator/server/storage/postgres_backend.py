@@ -1,24 +1,31 @@
-"""PostgreSQL's backend: reads on the pool without a transaction, writes in group commits.
+"""PostgreSQL's backend: hot reads on asyncpg, writes in group commits, no pre-ping.
 
 Through SQLAlchemy on asyncpg, a unit of work in a transaction of its own took six round trips
 and a WAL flush: the pool's pre-ping (BEGIN, an empty query, ROLLBACK), BEGIN, the statement,
-COMMIT. With three replicas the database sat waiting for our processes (bench/README.md,
-"Where issue 24 stands"), so the round trips are Python CPU more than database time. Here:
+COMMIT. Each round trip costs CPU in this process and waits for a turn of its busy event loop
+(bench/README.md, "Where issue 24 stands"). Here:
 
 - A checkout costs no round trip. A connection the database has closed (a restart, an
   administrator's terminate) is known to asyncpg, which saw its socket close, and is replaced
   at checkout. One that dies unnoticed fails its unit as unavailable, as a pre-pinged one
   dying right after its ping did.
-- Writes queue to one writer task, which runs everything queued so far (up to `_MAX_BATCH`
-  units) in one transaction and commits once; only then do the callers hear back. Under load a
-  job's units share commits; alone, a unit costs BEGIN, its statements and COMMIT.
+- Writes queue to up to `WRITERS` writer tasks; each runs everything queued so far (up to
+  `_MAX_BATCH` units) in one transaction and commits once; only then do the callers hear back.
+  Under load a job's units share commits; alone, a unit costs BEGIN, its statements and
+  COMMIT. What a transaction announced (NOTIFY) is sent after its commit, together with every
+  other's (`_notify.take_announcements` says why).
 - A unit that raises rolls back its whole batch. The batch then runs again, one unit per
   transaction, so each caller gets its own outcome. Units change nothing outside the
   database, so running one again after a rollback is safe. A batch whose connection was lost
   is never run again: its COMMIT may have reached the database, so its callers are told the
   database is unavailable, as a lone unit's caller was.
-- Reads run on the pool without a transaction (BEGIN and COMMIT were two of a read's three
-  round trips) and never wait for the writer.
+- Reads run without a transaction (BEGIN and COMMIT were two of a read's three round trips)
+  and never wait for a writer. The hottest (`PreparedRead`: a job by id, a user's queue
+  length) skip SQLAlchemy: compiled once, run on an asyncpg pool of their own (90 instead of
+  240 us of CPU each).
+
+A server holds at most READ_POOL_SIZE + ENGINE_POOL_SIZE + 1 (LISTEN) connections: PostgreSQL's
+`max_connections` must cover that for every replica (docs/replicas.md).
 """
 
 from __future__ import annotations
@@ -60,11 +67,12 @@ _MAX_BATCH = 256
 #: pool paid a new connection (and its TLS handshake) each, 20 % of a busy server's CPU
 #: (bench/README.md). Past it, a read waits for a free connection; one takes about 1 ms.
 READ_POOL_SIZE = 8
-#: Connections of SQLAlchemy's pool: the writer's batches (one at a time) and the other reads.
+#: Connections of SQLAlchemy's pool: the writers' batches and the other reads.
 ENGINE_POOL_SIZE = 8
-#: Writer tasks at most, each with a transaction of its own. One was not enough: each of
-#: a batch's round trips waits for a turn of the server's busy event loop, so one writer's
-#: batches came one after another too slowly for the uploads waiting on them.
+#: Writer tasks at most, each with a transaction of its own. One was not enough: each of a
+#: batch's round trips waits for a turn of the server's busy event loop, so one writer's
+#: batches came one after another too slowly for the uploads waiting on them (3: a write took
+#: 100 ms at p50 in the `replicas` case; 6 to 8: 70 ms; SQLite: 14 ms).
 WRITERS = 6
 #: Seconds to wait for a free connection before answering that the database is unavailable.
 POOL_TIMEOUT_S = 30.0

@@ -33,7 +33,6 @@ from job_orchestrator.server.storage._dispatch import (
     claim_rows,
     claim_service,
     service_candidates,
-    user_inserts,
 )
 from job_orchestrator.server.storage._notify import (
     DISPATCH_CHANNEL,
@@ -42,6 +41,7 @@ from job_orchestrator.server.storage._notify import (
     announce,
 )
 from job_orchestrator.server.storage._rows import job_record
+from job_orchestrator.server.storage._service_users import new_job_statement, user_inserts
 from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, Work
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.base import JobRecord, ServerStore
@@ -160,13 +160,16 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         }
 
         def insert(connection: Connection) -> int:
-            primary_key = connection.execute(_INSERT_JOB, values).inserted_primary_key
-            assert primary_key is not None
-            job_id = int(primary_key[0])
-            connection.execute(
-                user_inserts(connection.dialect.name)[0],
-                {"service": service, "user_id": user_id, "first_job_id": job_id},
-            )
+            if connection.dialect.name == "postgresql":
+                job_id = int(connection.execute(new_job_statement(), values).scalar_one())
+            else:
+                primary_key = connection.execute(_INSERT_JOB, values).inserted_primary_key
+                assert primary_key is not None
+                job_id = int(primary_key[0])
+                connection.execute(
+                    user_inserts(connection.dialect.name)[0],
+                    {"service": service, "user_id": user_id, "first_job_id": job_id},
+                )
             if callback_url is not None:
                 insert_callback(connection, job_id, callback_url, now)
             self._notify(connection, Status.QUEUED, job_id)
