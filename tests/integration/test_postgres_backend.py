@@ -22,14 +22,11 @@ from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
 from job_orchestrator.status import Status
 from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
+from tests.integration.test_group_commit import UnitFailedError, add
 
 pytestmark = pytest.mark.postgres
 
 NOTES = sa.text("CREATE TABLE notes (name TEXT PRIMARY KEY)")
-
-
-class UnitFailedError(Exception):
-    pass
 
 
 @pytest.fixture
@@ -55,16 +52,6 @@ async def committed_notes(database: str) -> set[str]:
         return {row[0] for row in await reader.fetch("SELECT name FROM notes")}
     finally:
         await reader.close()
-
-
-def add(name: str, *, fail: bool = False) -> Callable[[Connection], str]:
-    def work(connection: Connection) -> str:
-        connection.execute(sa.text("INSERT INTO notes VALUES (:name)"), {"name": name})
-        if fail:
-            raise UnitFailedError(name)
-        return name
-
-    return work
 
 
 async def test_units_queued_together_share_one_commit(

@@ -28,29 +28,15 @@ _KNOWN = (
 @functools.cache
 def user_inserts(dialect: str) -> tuple[Any, Any]:
     """For the dialect: (add a service's user unless known, add it or set its served turn),
-    built once and executed with the columns' values as parameters.
-
-    The first reads before it inserts: a plain ON CONFLICT DO NOTHING on a known user waits
-    for any transaction updating that user's row (a replica's dispatch stamping its turn),
-    which was most of three replicas' database waits (bench/README.md); the snapshot read
-    waits for nothing. ON CONFLICT stays for two uploads of a new user at once.
-    """
+    built once and executed with the columns' values as parameters."""
     insert = (postgresql if dialect == "postgresql" else sqlite).insert(service_users)
-    keys = ["service", "user_id"]
-    service = sa.bindparam("service", type_=sa.Text)
-    user_id = sa.bindparam("user_id", type_=sa.Integer)
-    known = (
-        sa.select(service_users.c.user_id)
-        .where(service_users.c.service == service, service_users.c.user_id == user_id)
-        .exists()
-    )
-    new_user = sa.select(service, user_id, sa.bindparam("first_job_id", type_=sa.Integer))
+    new_user = sa.select(_SERVICE, _USER_ID, sa.bindparam("first_job_id", type_=sa.Integer))
     return (
-        insert.from_select([*keys, "first_job_id"], new_user.where(~known)).on_conflict_do_nothing(
-            index_elements=keys
-        ),
+        insert.from_select(
+            [*_KEYS, "first_job_id"], new_user.where(~_KNOWN)
+        ).on_conflict_do_nothing(index_elements=_KEYS),
         insert.on_conflict_do_update(
-            index_elements=keys, set_={"served_turn": insert.excluded.served_turn}
+            index_elements=_KEYS, set_={"served_turn": insert.excluded.served_turn}
         ),
     )
 

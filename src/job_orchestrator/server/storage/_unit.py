@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -24,6 +25,17 @@ class PreparedRead:
 
 
 Read = sa.Executable | PreparedRead
+
+
+def settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    """Hand each caller its unit's outcome: (its future, ok, the result or the exception)."""
+    for future, ok, value in settled:
+        if future.done():  # its caller was cancelled while its unit ran
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class Backend:

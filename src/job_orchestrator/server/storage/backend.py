@@ -25,7 +25,7 @@ from sqlalchemy.pool import StaticPool
 from job_orchestrator._logging import MASK, display_url, url_secrets
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import asyncpg_dsn
-from job_orchestrator.server.storage._unit import Backend, T, Work
+from job_orchestrator.server.storage._unit import Backend, T, Work, settle
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -182,17 +182,7 @@ def _settle_all(units: list[_Unit], outcomes: list[tuple[bool, Any]]) -> None:
         by_loop.setdefault(loop, []).append((future, ok, value))
     for loop, settled in by_loop.items():
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits now
-            loop.call_soon_threadsafe(_settle, settled)
-
-
-def _settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in settled:
-        if future.done():  # cancelled while its unit ran
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+            loop.call_soon_threadsafe(settle, settled)
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -56,7 +56,14 @@ from job_orchestrator.server.storage._notify import (
     forget_announcements,
     take_announcements,
 )
-from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, T, Work
+from job_orchestrator.server.storage._unit import (
+    Backend,
+    PreparedRead,
+    Read,
+    T,
+    Work,
+    settle,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -161,13 +168,12 @@ class PostgresBackend(Backend):
             if not batch:
                 continue
             outcomes = await self._commit([work for work, _future in batch])
-            for (_work, future), (ok, value) in zip(batch, outcomes, strict=True):
-                if future.done():  # its caller was cancelled meanwhile
-                    continue
-                if ok:
-                    future.set_result(value)
-                else:
-                    future.set_exception(value)
+            settle(
+                [
+                    (future, ok, value)
+                    for (_work, future), (ok, value) in zip(batch, outcomes, strict=True)
+                ]
+            )
 
     async def _commit(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         """Each unit's (ok, result or exception), from one transaction if they all succeed."""
