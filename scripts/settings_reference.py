@@ -42,7 +42,8 @@ NOTES: dict[str, str] = {
     "that cannot be read or is empty, stops the program with exit status 2.",
     "LOG_FORMAT": "See [Monitoring](monitoring.md#logs).",
     "DB_PATH": "Created and migrated at start. PostgreSQL is required for "
-    "[several replicas](replicas.md).",
+    "[several replicas](replicas.md); TLS is chosen as SQLAlchemy takes it for asyncpg "
+    "(`?ssl=require`, `?ssl=disable`) and applies to every connection a server opens.",
     "DB_PATH_FILE": "For a PostgreSQL URL with a password in it.",
     "SERVICE_<NAME>_UPLOAD_URL": "e.g. `http://client:9000/submit`.",
     "SERVICE_<NAME>_DOWNLOAD_URL": "e.g. `http://client:9000/retrieve`.",

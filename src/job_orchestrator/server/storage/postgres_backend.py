@@ -154,6 +154,8 @@ class PostgresBackend(Backend):
         return compiled
 
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         await asyncio.gather(*self._writers)  # what was accepted runs (and commits) first
         if self._announcer is not None:
