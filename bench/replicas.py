@@ -103,12 +103,14 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
         poll_s = sizes.throughput_poll_s
         asyncio.run(drive(urls, len(urls), 1, 2, poll_s))  # warm-up, not timed
         work_before = _work(running)
-        cpu = _CpuMeter(running, with_database=db_path is not None)
-        sampler = _PgSampler(db_path)
-        statuses: StatusSampler | _PgSampler = sampler
-        if db_path is None:
-            statuses = StatusSampler(Path(running.servers[0].env["DB_PATH"]))
-        with sampler, cpu, statuses if statuses is not sampler else contextlib.nullcontext():
+        with contextlib.ExitStack() as measuring:
+            sampler = measuring.enter_context(_PgSampler(db_path))
+            cpu = measuring.enter_context(_CpuMeter(running, with_database=db_path is not None))
+            # Where jobs wait: PostgreSQL's sampler counts them too; SQLite's file is read.
+            statuses: StatusSampler | _PgSampler = sampler
+            if db_path is None:
+                sqlite_file = Path(running.servers[0].env["DB_PATH"])
+                statuses = measuring.enter_context(StatusSampler(sqlite_file))
             elapsed, _submitted, counts = asyncio.run(
                 drive(
                     urls,

@@ -37,7 +37,8 @@ NOTIFY_ALL = (
 Announcements = dict[tuple[str, str], None]
 #: Seconds between checks that the listening connection is still alive.
 CHECK_INTERVAL_S = 2.0
-_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+#: What a lost or refused connection raises.
+CONNECTION_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 
 def announce(connection: Connection, channel: str, payload: str = "") -> None:
@@ -99,7 +100,7 @@ class Listener:
         while True:
             try:
                 connection = await asyncpg.connect(self._dsn, timeout=5)
-            except _LOST as error:
+            except CONNECTION_LOST as error:
                 failures += 1
                 if failures == 1:
                     logger.warning("cannot listen for wake-ups: %s; retrying", error)
@@ -116,11 +117,11 @@ class Listener:
                 while True:
                     await asyncio.sleep(CHECK_INTERVAL_S)
                     await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout=5)
-            except _LOST as error:
+            except CONNECTION_LOST as error:
                 failures += 1
                 logger.warning("lost the wake-up connection: %s; reconnecting", error)
             finally:
-                with contextlib.suppress(*_LOST):
+                with contextlib.suppress(*CONNECTION_LOST):
                     await asyncio.wait_for(connection.close(), timeout=2)
 
     def _dispatch(self, *_: Any) -> None:

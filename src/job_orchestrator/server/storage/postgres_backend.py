@@ -50,6 +50,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage._notify import (
+    CONNECTION_LOST,
     NOTIFY_ALL,
     Announcements,
     asyncpg_dsn,
@@ -209,7 +210,7 @@ class PostgresBackend(Backend):
             try:
                 async with self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection:
                     await connection.execute(NOTIFY_ALL, channels, payloads)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            except CONNECTION_LOST as error:
                 # A lost wake-up: the other replicas' safety tick finds the work anyway.
                 logger.warning("could not wake the other replicas: %s", error)
 
@@ -261,12 +262,10 @@ def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None
 async def _unavailable_raised() -> AsyncIterator[None]:
     try:
         yield
-    except (OSError, TimeoutError) as error:  # asyncpg could not connect at all
+    except (OSError, TimeoutError, *_ASYNCPG_UNAVAILABLE) as error:  # could not connect, or lost
         raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
     except PoolTimeoutError as error:  # every connection held for pool_timeout: it hangs
         raise StoreUnavailableError(f"the database does not answer: {error}") from error
-    except _ASYNCPG_UNAVAILABLE as error:  # on the hot reads' own pool
-        raise StoreUnavailableError(f"the database cannot be reached: {error}") from error
     except asyncpg.PostgresError as error:
         raise StoreError(str(error)) from error
     except DBAPIError as error:

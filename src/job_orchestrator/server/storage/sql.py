@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -116,13 +116,8 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             announce(connection, FINAL_CHANNEL, str(job_id))
 
     async def _run(self, verb: str, work: Work[T]) -> T:
-        """Run one unit of work, counted under `verb` (the label of
-        job_orchestrator_store_operations_total: the public verb's name)."""
-        self._operations[verb] += 1
-        try:
-            return await self._backend.run(work)
-        except SQLAlchemyError as error:
-            raise StoreError(str(error)) from error
+        """Run one unit of work, counted under `verb`."""
+        return await self._counted(verb, self._backend.run(work))
 
     async def _execute(self, verb: str, statement: sa.Executable) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -133,9 +128,14 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
     ) -> list[Any]:
         """The rows of one read, counted under `verb` as a unit (on PostgreSQL it runs
         without a transaction)."""
+        return await self._counted(verb, self._backend.fetch(statement, params))
+
+    async def _counted(self, verb: str, call: Awaitable[T]) -> T:
+        """`call`'s result, counted under `verb` (the label of
+        job_orchestrator_store_operations_total: the public verb's name)."""
         self._operations[verb] += 1
         try:
-            return await self._backend.fetch(statement, params)
+            return await call
         except SQLAlchemyError as error:
             raise StoreError(str(error)) from error
 
