@@ -63,8 +63,10 @@ NOTES: dict[str, str] = {
     "UPLOAD_MAX_CONCURRENT": "More are answered 503 with `Retry-After`.",
     "UPLOAD_MAX_PER_CLIENT": "Behind a proxy, the proxy's address. More: 503 with `Retry-After`.",
     "QUEUE_MAX_PER_USER": "The refusal is 429 with `Retry-After: 30` (`Too many queued jobs "
-    "for user N (at most 1000, QUEUE_MAX_PER_USER); retry later`), checked once the form has "
-    "been read.",
+    "for user N (at most 1000, QUEUE_MAX_PER_USER); retry later`), counted with the new job's "
+    "insert, in its transaction: uploads arriving together never pass the limit together, but "
+    "on PostgreSQL two committing at the same instant on different connections (or replicas) "
+    "can.",
     "LOG_KEEP_MAX_MB": "See [Live logs](api.md#live-logs).",
     "LOG_FOLLOW_MAX_PER_USER": "The job's owner. The 429 carries `Retry-After` "
     "([Held requests](api.md#held-requests-and-file-descriptors)).",

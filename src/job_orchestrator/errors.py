@@ -4,6 +4,7 @@
     ├── ConfigError            a setting in the environment is invalid (exit status 2)
     ├── StoreError             the database failed
     │   └── StoreUnavailableError  it cannot be reached (down, restarting): retry later (503)
+    ├── QueueFullError         the user has QUEUE_MAX_PER_USER jobs queued already (429)
     ├── LogOffsetError         a log was asked for from past its end (416)
     ├── IllegalMoveError       a status change the transition tables (status.py) do not
     │                          allow: a defect of the caller, never a lost race
@@ -44,6 +45,10 @@ class StoreError(JobOrchestratorError):
 
 class StoreUnavailableError(StoreError):
     pass
+
+
+class QueueFullError(JobOrchestratorError):
+    """A new job refused: its user has as many jobs Queued as the limit allows."""
 
 
 class LogOffsetError(JobOrchestratorError):

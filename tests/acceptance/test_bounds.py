@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -67,6 +68,22 @@ def test_one_users_queued_jobs_are_capped(tmp_path: Path) -> None:
         assert _upload(server.url, user_id=2).status_code == 201  # another user's queue
         # Nothing of the refused upload is left behind.
         assert len(list((tmp_path / "server-data").iterdir())) == 4
+    finally:
+        running.shutdown()
+
+
+def test_uploads_at_once_never_pass_the_queue_limit_together(tmp_path: Path) -> None:
+    """The limit was read apart from the insert, so uploads arriving together all saw room
+    (2 of 12 passed a limit of 1 when this test was written); it is now counted in the
+    insert's own transaction."""
+    running = Cluster(tmp_path)
+    try:
+        running.add_client(start=False)  # never started: the jobs stay Queued
+        server = running.start_server({"QUEUE_MAX_PER_USER": "1"})
+        with ThreadPoolExecutor(max_workers=12) as uploads:
+            codes = list(uploads.map(lambda _: _upload(server.url, 1).status_code, range(12)))
+        assert sorted(codes) == [201] + [429] * 11
+        assert len(list((tmp_path / "server-data").iterdir())) == 1  # the refused left nothing
     finally:
         running.shutdown()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from job_orchestrator.errors import IllegalMoveError, StoreError
+from job_orchestrator.errors import IllegalMoveError, QueueFullError, StoreError
 from job_orchestrator.server.scheduler import Occupancy, ServiceLimits, UserQueue, plan_dispatch
 from job_orchestrator.server.storage import (
     JobRecord,
@@ -530,14 +530,30 @@ async def test_next_retry_at(store: AnyStore) -> None:
     assert plain
 
 
-async def test_queued_count_counts_one_users_queued_jobs_in_every_service(store: AnyStore) -> None:
-    assert await store.queued_count(1) == 0
+async def test_queue_max_counts_one_users_queued_jobs_in_every_service(store: AnyStore) -> None:
     await job_in(store, Status.QUEUED, user_id=1, service="svc")
     await job_in(store, Status.QUEUED, user_id=1, service="other")
     await job_in(store, Status.RUNNING, user_id=1)
     await job_in(store, Status.QUEUED, user_id=2)
-    assert await store.queued_count(1) == 2
-    assert await store.queued_count(2) == 1
+    with pytest.raises(QueueFullError):
+        await store.create_job(user_id=1, service="svc", loc="/l/full", queue_max=2)
+    # Neither the refused job nor its user row was written.
+    assert await store.known_locs(["/l/full"]) == set()
+    assert await store.create_job(user_id=1, service="svc", loc="/l/3", queue_max=3)
+    assert await store.create_job(user_id=2, service="new", loc="/l/2", queue_max=2)
+    assert await store.create_job(user_id=1, service="svc", loc="/l/any")  # no limit
+
+
+async def test_uploads_at_the_queue_limit_at_once_never_both_pass(store: AnyStore) -> None:
+    """Counted in the insert's own transaction: a separate read let both pass (each saw one
+    job queued). On PostgreSQL the calls queued together share one transaction."""
+    await job_in(store, Status.QUEUED, user_id=1)
+    outcomes = await asyncio.gather(
+        *(store.create_job(user_id=1, service="svc", loc=f"/l/{n}", queue_max=2) for n in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, int) for outcome in outcomes) == 1
+    assert sum(isinstance(outcome, QueueFullError) for outcome in outcomes) == 4
 
 
 # --- jobs_with_status, finished_before, known_locs, ping ------------------------------------------

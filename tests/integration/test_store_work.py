@@ -47,7 +47,6 @@ def calls(job_id: int) -> list[tuple[str, Callable[[AnyStore], Awaitable[Any]]]]
         ("owned_job_ids", lambda s: s.owned_job_ids([Status.QUEUED], "r")),
         ("list_jobs", lambda s: s.list_jobs(limit=5)),
         ("open_job_counts", lambda s: s.open_job_counts()),
-        ("queued_count", lambda s: s.queued_count(1)),
         ("finished_before", lambda s: s.finished_before(time.time())),
         ("known_locs", lambda s: s.known_locs(["/x"])),
         ("jobs_on_node", lambda s: s.jobs_on_node(NODE, [Status.QUEUED])),

@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from job_orchestrator._descriptors import is_exhaustion
 from job_orchestrator._fs import remove_tree
 from job_orchestrator.config import ServerSettings
-from job_orchestrator.errors import StoreError, StoreUnavailableError
+from job_orchestrator.errors import QueueFullError, StoreError, StoreUnavailableError
 from job_orchestrator.filenames import UnsafeFileNameError, sanitize_filename
 from job_orchestrator.multipart import (
     PARSE_ERROR_MESSAGE,
@@ -211,13 +211,6 @@ async def _queue(uploads: UploadService, upload: UploadRequest, staging: Staging
     service = fields.get("service", "").lower()
     if service not in settings.services:
         return UploadRefused(Reason.INVALID, "Invalid service")
-    queue_max = settings.queue_max_per_user
-    if queue_max and await uploads.store.queued_count(user_id) >= queue_max:
-        return UploadRefused(
-            Reason.QUEUE_FULL,
-            f"Too many queued jobs for user {user_id} (at most {queue_max}, "
-            "QUEUE_MAX_PER_USER); retry later",
-        )
     callback_url = await _callback_url(uploads.callbacks, fields, form.oversized)
     if isinstance(callback_url, UploadRefused):
         return callback_url
@@ -229,6 +222,15 @@ async def _queue(uploads: UploadService, upload: UploadRequest, staging: Staging
             loc=str(loc),
             callback_url=callback_url,
             token_name=caller.name,
+            # Counted with the insert: a read of its own was a round trip more per upload.
+            queue_max=settings.queue_max_per_user,
+        )
+    except QueueFullError:
+        await asyncio.to_thread(remove_tree, loc)
+        return UploadRefused(
+            Reason.QUEUE_FULL,
+            f"Too many queued jobs for user {user_id} (at most {settings.queue_max_per_user}, "
+            "QUEUE_MAX_PER_USER); retry later",
         )
     except StoreError as error:
         logger.exception("could not add a job")

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from job_orchestrator.server.storage.tables import jobs, service_users
+from job_orchestrator.status import Status
 
 _KEYS = ["service", "user_id"]
 _SERVICE = sa.bindparam("service", type_=sa.Text)
@@ -42,18 +43,25 @@ def user_inserts(dialect: str) -> tuple[Any, Any]:
 
 
 _JOB_COLUMNS = ("user_id", "service", "loc", "status", "queued_at", "updated_at", "token_name")
+#: How many of a user's jobs are Queued, in every service.
+QUEUED_OF_USER = sa.select(sa.func.count()).where(
+    jobs.c.status == Status.QUEUED.db, jobs.c.user_id == _USER_ID
+)
 
 
 @functools.cache
-def new_job_statement() -> Any:
+def new_job_statement(limited: bool) -> Any:
     """On PostgreSQL, a new job and its user made known, in one statement returning the job's
-    id: one round trip where two statements took two (SQLite runs them one after another)."""
-    job = (
-        jobs.insert()
-        .values({column: sa.bindparam(column) for column in _JOB_COLUMNS})
-        .returning(jobs.c.id)
-        .cte("new_job")
-    )
+    id: one round trip where two statements took two (SQLite runs them one after another).
+
+    `limited`: no row is inserted (none returned) if the user has `queue_max` jobs Queued,
+    counted in the same statement (the upload's separate read was a round trip of its own)."""
+    row = sa.select(*(sa.bindparam(column, type_=jobs.c[column].type) for column in _JOB_COLUMNS))
+    if limited:
+        row = row.where(
+            QUEUED_OF_USER.scalar_subquery() < sa.bindparam("queue_max", type_=sa.Integer)
+        )
+    job = jobs.insert().from_select(list(_JOB_COLUMNS), row).returning(jobs.c.id).cte("new_job")
     unless_known = sa.select(_SERVICE, _USER_ID, job.c.id).where(~_KNOWN)
     user = (
         postgresql.insert(service_users)

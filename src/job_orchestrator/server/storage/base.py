@@ -90,9 +90,16 @@ class Store(CallbackVerbs, abc.ABC):
         loc: str,
         callback_url: str | None = None,
         token_name: str | None = None,
+        queue_max: int = 0,
     ) -> int:
         """Insert a Queued job and return its id (ids are never reused); with `callback_url`,
-        its pending callback delivery in the same transaction."""
+        its pending callback delivery in the same transaction.
+
+        With `queue_max`, raise QueueFullError instead if the user has that many jobs Queued
+        already, in every service, counted in the same transaction: on SQLite and in memory
+        two uploads at the limit never both pass; on PostgreSQL (read committed) two that
+        commit at the same instant on different connections can.
+        """
 
     @abc.abstractmethod
     async def get_job(self, job_id: int) -> JobRecord | None: ...
@@ -154,10 +161,6 @@ class Store(CallbackVerbs, abc.ABC):
     async def owned_job_ids(self, statuses: Collection[Status], owner: str) -> list[int]:
         """The ids of `owner`'s jobs in `statuses`, in id order: what the reaper reads every
         tick, so no more than the ids (a record costs ten times an id)."""
-
-    @abc.abstractmethod
-    async def queued_count(self, user_id: int) -> int:
-        """How many of the user's jobs are Queued, in every service."""
 
     @abc.abstractmethod
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import TypeVar
 
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
-from job_orchestrator.errors import StoreUnavailableError
+from job_orchestrator.errors import QueueFullError, StoreUnavailableError
 from job_orchestrator.server.scheduler import (
     Occupancy,
     Placement,
@@ -119,10 +119,13 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
         loc: str,
         callback_url: str | None = None,
         token_name: str | None = None,
+        queue_max: int = 0,
     ) -> int:
         now = self._db.clock.now()
 
         def insert(db: MemoryDatabase) -> int:
+            if queue_max and _queued(db, user_id) >= queue_max:
+                raise QueueFullError(f"user {user_id} has {queue_max} jobs queued")
             job_id = next(db.ids)
             db.jobs[job_id] = dict.fromkeys(rows.COLUMNS) | {
                 "user_id": user_id,
@@ -278,16 +281,6 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
             ],
         )
 
-    async def queued_count(self, user_id: int) -> int:
-        return await self._run(
-            "queued_count",
-            lambda db: sum(
-                1
-                for row in db.jobs.values()
-                if row["status"] is Status.QUEUED and row["user_id"] == user_id
-            ),
-        )
-
     async def finished_before(self, cutoff: float, limit: int = 500) -> list[JobRecord]:
         def finished(db: MemoryDatabase) -> list[JobRecord]:
             found = [
@@ -322,3 +315,11 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
         with self._db.lock:
             if self in self._db.stores:
                 self._db.stores.remove(self)
+
+
+def _queued(db: MemoryDatabase, user_id: int) -> int:
+    return sum(
+        1
+        for row in db.jobs.values()
+        if row["status"] is Status.QUEUED and row["user_id"] == user_id
+    )

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from job_orchestrator.errors import StoreError
+from job_orchestrator.errors import QueueFullError, StoreError
 from job_orchestrator.server.scheduler import (
     Occupancy,
     Placement,
@@ -41,7 +41,11 @@ from job_orchestrator.server.storage._notify import (
     announce,
 )
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage._service_users import new_job_statement, user_inserts
+from job_orchestrator.server.storage._service_users import (
+    QUEUED_OF_USER,
+    new_job_statement,
+    user_inserts,
+)
 from job_orchestrator.server.storage._unit import Backend, PreparedRead, Read, Work
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.base import JobRecord, ServerStore
@@ -147,6 +151,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         loc: str,
         callback_url: str | None = None,
         token_name: str | None = None,
+        queue_max: int = 0,
     ) -> int:
         now = time.time()
         values = {
@@ -159,10 +164,21 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             "token_name": token_name,
         }
 
-        def insert(connection: Connection) -> int:
+        def insert(connection: Connection) -> int | None:
+            # A full queue is an answer, not an error: raised here, it would roll back every
+            # unit sharing this one's commit.
             if connection.dialect.name == "postgresql":
-                job_id = int(connection.execute(new_job_statement(), values).scalar_one())
+                statement = new_job_statement(limited=queue_max > 0)
+                new_id = connection.execute(statement, {**values, "queue_max": queue_max}).scalar()
+                if new_id is None:
+                    return None
+                job_id = int(new_id)
             else:
+                if (
+                    queue_max
+                    and connection.execute(QUEUED_OF_USER, values).scalar_one() >= queue_max
+                ):
+                    return None
                 primary_key = connection.execute(_INSERT_JOB, values).inserted_primary_key
                 assert primary_key is not None
                 job_id = int(primary_key[0])
@@ -175,7 +191,10 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             self._notify(connection, Status.QUEUED, job_id)
             return job_id
 
-        return await self._run("create_job", insert)
+        job_id = await self._run("create_job", insert)
+        if job_id is None:
+            raise QueueFullError(f"user {user_id} has {queue_max} jobs queued")
+        return job_id
 
     async def get_job(self, job_id: int) -> JobRecord | None:
         rows = await self._fetch("get_job", _GET_JOB, {"job_id": job_id})

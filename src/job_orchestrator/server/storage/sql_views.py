@@ -14,17 +14,10 @@ import sqlalchemy as sa
 
 from job_orchestrator.server.scheduler import ServiceLimits, UserQueue
 from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage._unit import PreparedRead, Read
+from job_orchestrator.server.storage._unit import Read
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, service_users
 from job_orchestrator.status import SLOT_HOLDING, Status
-
-# Read on every upload (the user's queue limit): built once.
-_QUEUED_COUNT = PreparedRead(
-    sa.select(sa.func.count()).where(
-        jobs.c.status == Status.QUEUED.db, jobs.c.user_id == sa.bindparam("user_id")
-    )
-)
 
 
 class SqlViewVerbs:
@@ -131,10 +124,6 @@ class SqlViewVerbs:
             "list_jobs", jobs.select().where(*conditions).order_by(jobs.c.id.desc()).limit(limit)
         )
         return [job_record(row) for row in rows]
-
-    async def queued_count(self, user_id: int) -> int:
-        rows = await self._fetch("queued_count", _QUEUED_COUNT, {"user_id": user_id})
-        return int(rows[0][0])
 
     async def open_job_counts(self) -> dict[tuple[str, int], dict[Status, int]]:
         rows = await self._fetch(
