@@ -7,6 +7,7 @@ Real PostgreSQL: a fresh database on the shared cluster per test (testkit/pg.py)
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
@@ -22,7 +23,9 @@ from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import PostgresBackend
 from job_orchestrator.status import Status
 from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
+from testkit.waiting import eventually_async
 from tests.integration.test_group_commit import UnitFailedError, add
+from tests.moves import move_to
 
 pytestmark = pytest.mark.postgres
 
@@ -202,18 +205,51 @@ async def test_a_batch_announces_each_channel_and_payload_once_at_commit(
 async def test_tls_settings_in_the_url_reach_every_connection(database: str) -> None:
     """`?ssl=` as SQLAlchemy takes it for asyncpg: the engine, the hot reads' pool and the
     listener all connect with it (asyncpg's DSN spells it `sslmode`)."""
-    store = await open_store(f"{database}?ssl=disable")
+    store, other = await open_store(f"{database}?ssl=disable"), await open_store(database)
     woken = asyncio.Event()
     try:
         store.subscribe(woken.set)
-        await asyncio.sleep(0.5)  # the listener is listening
+        await asyncio.wait_for(woken.wait(), 10)  # listening: it wakes once on connecting
+        woken.clear()
         job_id = await store.create_job(user_id=1, service="svc", loc="/x")
         job = await store.get_job(job_id)  # a PreparedRead, on the asyncpg pool
         assert job is not None
         assert job.status is Status.QUEUED
-        await asyncio.wait_for(woken.wait(), 10)  # the new job's NOTIFY, heard
+        await other.create_job(user_id=1, service="svc", loc="/y")
+        await asyncio.wait_for(woken.wait(), 10)  # the other's NOTIFY, heard
     finally:
         await store.close()
+        await other.close()
+
+
+async def test_a_replica_hears_the_others_announcements_not_its_own(database: str) -> None:
+    """It acted on its own when it made them: heard again, each final job was read and its
+    log copied from the client twice, and every new or final job woke its dispatch twice."""
+    here, there = await open_store(database), await open_store(database)
+    heard: dict[str, list[object]] = {"here": [], "there": []}
+    try:
+        for name, store in (("here", here), ("there", there)):
+            store.on_final(functools.partial(heard[name].append))
+            store.subscribe(functools.partial(heard[name].append, "wake"))
+        await eventually_async(
+            lambda: asyncio.sleep(0, heard["here"] and heard["there"]), "both to listen"
+        )
+        heard["here"].clear()
+        heard["there"].clear()
+        job_id = await here.create_job(user_id=1, service="svc", loc="/x")
+        assert await move_to(here, job_id, Status.COMPLETED)
+        await eventually_async(
+            lambda: asyncio.sleep(0, job_id in heard["there"]), "the other replica to hear"
+        )
+        await asyncio.sleep(0.5)  # its own would have come by now
+        assert heard["here"] == [job_id]  # the Store's own final listeners, called once
+        # The other: the final job, and its dispatch woken (once or twice: announcements
+        # waiting to be sent together are sent once).
+        assert heard["there"].count(job_id) == 1
+        assert set(heard["there"]) == {job_id, "wake"}
+    finally:
+        await here.close()
+        await there.close()
 
 
 NAMES_AFTER = PreparedRead(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 import asyncpg
@@ -79,12 +79,26 @@ def asyncpg_dsn(url: str) -> str:
 
 
 class Listener:
+    """Hears the other replicas' announcements.
+
+    Not this process's own: it acted on them when it made them (the Store's final listeners,
+    the engine's dispatch wake-ups), and hearing them again made every final job read and
+    its log copied twice (bench/README.md). They are told apart by the database session
+    they were sent from, `own`, which the announcer adds to before it sends: NOTIFY's
+    payloads and channels stay what replicas of other versions read.
+    """
+
     def __init__(
-        self, dsn: str, on_dispatch: Callable[[], None], on_final: Callable[[int], None]
+        self,
+        dsn: str,
+        on_dispatch: Callable[[], None],
+        on_final: Callable[[int], None],
+        own: Container[int] = frozenset(),
     ) -> None:
         self._dsn = dsn
         self._on_dispatch = on_dispatch
         self._on_final = on_final
+        self._own = own
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -124,9 +138,12 @@ class Listener:
                 with contextlib.suppress(*CONNECTION_LOST):
                     await asyncio.wait_for(connection.close(), timeout=2)
 
-    def _dispatch(self, *_: Any) -> None:
-        self._on_dispatch()
+    def _dispatch(self, _connection: Any, pid: int, _channel: str, _payload: str) -> None:
+        if pid not in self._own:
+            self._on_dispatch()
 
-    def _final(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _final(self, _connection: Any, pid: int, _channel: str, payload: str) -> None:
+        if pid in self._own:
+            return
         with contextlib.suppress(ValueError):
             self._on_final(int(payload))

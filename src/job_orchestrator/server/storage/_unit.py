@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -41,6 +41,8 @@ def settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 class Backend:
     #: Transactions committed so far.
     commits = 0
+    #: The database sessions (PostgreSQL backend pids) this backend's NOTIFYs come from.
+    notifier_pids: Container[int] = frozenset()
 
     async def run(self, work: Work[T]) -> T:
         raise NotImplementedError

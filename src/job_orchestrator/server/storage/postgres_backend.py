@@ -99,6 +99,7 @@ class PostgresBackend(Backend):
         self._writers: set[asyncio.Task[None]] = set()
         self._announcements: Announcements = {}
         self._announcer: asyncio.Task[None] | None = None
+        self.notifier_pids: set[int] = set()
         self._closed = False
 
     @classmethod
@@ -209,6 +210,8 @@ class PostgresBackend(Backend):
             self._announcements = {}
             try:
                 async with self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection:
+                    # Known before it is sent: this process's listener hears it too.
+                    self.notifier_pids.add(connection.get_server_pid())
                     await connection.execute(NOTIFY_ALL, channels, payloads)
             except CONNECTION_LOST as error:
                 # A lost wake-up: the other replicas' safety tick finds the work anyway.

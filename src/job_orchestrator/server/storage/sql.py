@@ -106,7 +106,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
     def subscribe(self, wake: Callable[[], None]) -> None:
         if self._listen_dsn is None or self._listener is not None:
             return  # SQLite: one process, whose own events already wake it
-        self._listener = Listener(self._listen_dsn, wake, self._announce_final)
+        self._listener = Listener(
+            self._listen_dsn, wake, self._announce_final, own=self._backend.notifier_pids
+        )
         self._listener.start()
 
     def _notify(self, connection: Connection, new: Status | None, job_id: int) -> None:
