@@ -215,6 +215,16 @@ def store_work(running: Cluster, base_url: str | None = None) -> tuple[dict[str,
     return per_verb, commits
 
 
+def store_round_trips(running: Cluster, base_url: str | None = None) -> float:
+    """The requests the server has sent its database server so far (its /metrics; 0 on
+    SQLite)."""
+    return sum(
+        sample.value
+        for sample in _metric_samples(running, base_url)
+        if sample.name == "job_orchestrator_store_round_trips_total"
+    )
+
+
 def processes(running: Cluster) -> dict[str, psutil.Process]:
     assert running.server is not None
     assert running.server.process is not None

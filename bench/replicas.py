@@ -29,6 +29,7 @@ from bench.common import (
     log,
     median,
     ms,
+    store_round_trips,
     store_work,
 )
 from bench.throughput import QUOTA, drive, work_per_job
@@ -74,16 +75,17 @@ class Run:
 WAITING = ["queued", "processing", "submitted", "prepared", "running"]
 
 
-def _work(running: Cluster) -> tuple[dict[str, float], float]:
-    """Every replica's store work so far, summed."""
+def _work(running: Cluster) -> tuple[tuple[dict[str, float], float], float]:
+    """Every replica's store work so far, summed, and its round trips to the database."""
     per_verb: dict[str, float] = {}
-    commits = 0.0
+    commits = round_trips = 0.0
     for server in running.servers:
         verbs, server_commits = store_work(running, server.url)
         for verb, count in verbs.items():
             per_verb[verb] = per_verb.get(verb, 0.0) + count
         commits += server_commits
-    return per_verb, commits
+        round_trips += store_round_trips(running, server.url)
+    return (per_verb, commits), round_trips
 
 
 def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Run:
@@ -120,7 +122,11 @@ def _measure(ctx: Context, root: Path, db_path: str | None, replicas: int) -> Ru
                     poll_s,
                 )
             )
-        work = work_per_job(work_before, _work(running), sizes.throughput_jobs)
+        work_after = _work(running)
+        work = work_per_job(work_before[0], work_after[0], sizes.throughput_jobs)
+        if db_path is not None:
+            round_trips = (work_after[1] - work_before[1]) / sizes.throughput_jobs
+            work += f"; {round_trips:.1f} round trips to PostgreSQL per job"
     finally:
         running.shutdown()
     return Run(

@@ -91,6 +91,7 @@ def test_server_metrics_reflect_the_jobs(monitored: tuple[Cluster, int, int]) ->
     assert value(samples, operations, verb="create_job") == 2
     assert (value(samples, operations, verb="transition") or 0) >= 2
     assert (value(samples, "job_orchestrator_store_commits_total") or 0) >= 1
+    assert value(samples, "job_orchestrator_store_round_trips_total") == 0  # SQLite: in process
 
 
 def test_server_metrics_need_the_metrics_token(monitored: tuple[Cluster, int, int]) -> None:

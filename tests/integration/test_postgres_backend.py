@@ -202,6 +202,23 @@ async def test_a_batch_announces_each_channel_and_payload_once_at_commit(
     assert sorted(heard) == sorted([("wake", ""), ("done", "1")] * 2)
 
 
+async def test_round_trips_count_each_request_to_the_database(database: str) -> None:
+    """Store.round_trips (/metrics, the bench's replicas case): a hot read is one request, a
+    lone unit of one statement three (BEGIN, the statement, COMMIT)."""
+    store = await open_store(database)
+    try:
+        job_id = await store.create_job(user_id=1, service="svc", loc="/x")
+        await asyncio.sleep(0.2)  # the new job's wake-up for the other replicas, sent
+        before = store.round_trips()
+        await store.get_job(job_id)
+        assert store.round_trips() == before + 1
+        # A move that wakes no replica (neither back to the queue nor final).
+        assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
+        assert store.round_trips() == before + 4
+    finally:
+        await store.close()
+
+
 async def test_tls_settings_in_the_url_reach_every_connection(database: str) -> None:
     """`?ssl=` as SQLAlchemy takes it for asyncpg: the engine, the hot reads' pool and the
     listener all connect with it (asyncpg's DSN spells it `sslmode`)."""

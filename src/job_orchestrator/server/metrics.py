@@ -91,6 +91,7 @@ class ServerMetrics:
     async def exposition(self, store: ServerStore, fleet: FleetSnapshot) -> bytes:
         self._live.counts = await store.status_counts()
         self._live.work = store.work_counts()
+        self._live.round_trips = store.round_trips()
         self._live.fleet = fleet
         return generate_latest(self.registry)
 
@@ -101,6 +102,7 @@ class _LiveCollector(Collector):
     def __init__(self) -> None:
         self.counts: dict[tuple[str, Status], int] = {}
         self.work: tuple[Mapping[str, int], int] = ({}, 0)
+        self.round_trips = 0
         self.fleet: FleetSnapshot | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -139,6 +141,11 @@ class _LiveCollector(Collector):
             f"{PREFIX}store_commits",
             "Transactions the store committed (this process; on SQLite one may hold many units)",
             value=commits,
+        )
+        yield CounterMetricFamily(
+            f"{PREFIX}store_round_trips",
+            "Requests sent to the database server and waited for (this process; 0 on SQLite)",
+            value=self.round_trips,
         )
 
     def _clients(self) -> Iterator[Metric]:

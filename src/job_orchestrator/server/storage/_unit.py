@@ -41,6 +41,8 @@ def settle(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 class Backend:
     #: Transactions committed so far.
     commits = 0
+    #: Requests sent to a database server and waited for so far (Store.round_trips).
+    round_trips = 0
     #: The database sessions (PostgreSQL backend pids) this backend's NOTIFYs come from.
     notifier_pids: Container[int] = frozenset()
 

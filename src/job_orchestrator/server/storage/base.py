@@ -75,6 +75,11 @@ class Store(CallbackVerbs, abc.ABC):
         (one unit may take part in a shared commit), since it opened the store (/metrics)."""
         return {}, 0
 
+    def round_trips(self) -> int:
+        """Requests this process has sent its database server and waited for, since it opened
+        the store (/metrics); none for a database in the process (SQLite, memory)."""
+        return 0
+
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Have `wake()` called whenever any process using this database (another replica)
         queues a job or frees a slot; also once after each reconnection of the listener, for

@@ -93,6 +93,7 @@ class PostgresBackend(Backend):
     def __init__(self, engine: AsyncEngine, reads: asyncpg.Pool) -> None:
         self._engine = engine
         sa.event.listen(engine.sync_engine, "checkout", _replace_if_closed)
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", self._count_statement)
         self._reads = reads
         self._prepared: dict[PreparedRead, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
         self._queued: list[_Queued] = []
@@ -137,12 +138,19 @@ class PostgresBackend(Backend):
                 _unavailable_raised(),
                 self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection,
             ):
+                self.round_trips += 1
                 records = await connection.fetch(sql, *(values[name] for name in names))
             return [_Row(record) for record in records]
         async with _unavailable_raised(), self._engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             result = await autocommit.execute(read, params)
             return list(result)
+
+    def _count_statement(self, *_: Any) -> None:
+        """Each statement SQLAlchemy sends: one round trip (an executemany is one too, as
+        asyncpg pipelines it). asyncpg's first preparation of a statement on a connection
+        adds one, not counted."""
+        self.round_trips += 1
 
     def _compiled(self, read: PreparedRead) -> tuple[str, tuple[str, ...], dict[str, Any]]:
         """Its SQL, the names of its positional parameters, and the values fixed at import."""
@@ -181,6 +189,7 @@ class PostgresBackend(Backend):
 
     async def _commit(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         """Each unit's (ok, result or exception), from one transaction if they all succeed."""
+        self.round_trips += 2  # BEGIN, and COMMIT or ROLLBACK; the statements are counted apart
         try:
             async with _unavailable_raised(), self._engine.begin() as connection:
                 results, announcements = await connection.run_sync(_run_each, works)
@@ -212,6 +221,7 @@ class PostgresBackend(Backend):
                 async with self._reads.acquire(timeout=POOL_TIMEOUT_S) as connection:
                     # Known before it is sent: this process's listener hears it too.
                     self.notifier_pids.add(connection.get_server_pid())
+                    self.round_trips += 1
                     await connection.execute(NOTIFY_ALL, channels, payloads)
             except CONNECTION_LOST as error:
                 # A lost wake-up: the other replicas' safety tick finds the work anyway.

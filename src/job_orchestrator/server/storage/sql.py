@@ -103,6 +103,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
     def work_counts(self) -> tuple[Mapping[str, int], int]:
         return self._operations, self._backend.commits
 
+    def round_trips(self) -> int:
+        return self._backend.round_trips
+
     def subscribe(self, wake: Callable[[], None]) -> None:
         if self._listen_dsn is None or self._listener is not None:
             return  # SQLite: one process, whose own events already wake it
