@@ -298,3 +298,32 @@ def test_two_servers_under_one_replica_id_are_reported(tmp_path: Path, pg_url: s
         )
     finally:
         running.shutdown()
+
+
+def test_a_final_jobs_log_is_copied_once_by_the_replica_that_ended_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Every replica hears of a final job; each used to copy its log from the client at once
+    (three replicas: three copies of every log). The one that moved it copies; the others
+    stand by (2 x LONG_POLL + 5 s, here 9 s) in case it died first."""
+    running = Cluster(tmp_path)
+    try:
+        running.add_client()
+        servers = [running.add_server(replica_env(pg_url, LONG_POLL="2")) for _ in range(3)]
+        api = Api(servers[0].url)
+        job_id = api.submit("echo to keep\n", user_id=1)
+        assert wait_final(Api(servers[1].url), job_id)["status"] == "Completed"
+        kept = f"kept the log of job {job_id} "
+        eventually(lambda: any(kept in server.log() for server in servers), "the log kept")
+        time.sleep(3)  # the others heard at once: a copy of theirs would be logged by now
+        assert sum(server.log().count(kept) for server in servers) == 1
+        logs = httpx.get(f"{servers[2].url}/jobs/{job_id}/logs", timeout=30)
+        assert logs.content == b"to keep\n"
+        # As if its maker had died before copying: the replicas standing by copy it.
+        (copy,) = (tmp_path / "server-data").glob("*/output.log")
+        copy.unlink()
+        eventually(copy.exists, "a replica standing by to copy the log", 30)
+        assert copy.read_bytes() == b"to keep\n"
+    finally:
+        leftover = running.shutdown()
+    assert leftover == []

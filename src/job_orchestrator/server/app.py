@@ -60,7 +60,7 @@ def create_app(settings: ServerSettings) -> FastAPI:
         gateway = NodeGateway(timeout_s=settings.client_timeout_s, metrics=metrics)
         orchestrator = Orchestrator(settings, store, gateway, metrics)
         log_keeper = LogKeeper(settings, store, gateway)
-        store.on_final(log_keeper.job_final)
+        store.on_final(log_keeper.job_final, log_keeper.job_final_elsewhere)
         callbacks = CallbackDeliverer(settings, store)
         context = AppContext(
             settings=settings,

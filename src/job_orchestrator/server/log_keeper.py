@@ -10,6 +10,8 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from job_orchestrator.config import NodeConfig, ServerSettings
 from job_orchestrator.errors import (
@@ -49,6 +51,11 @@ class LogKeeper:
 
     Registered as a Store final-status listener: the copy is made off the job's path, and
     readers fall back to the client until it is in place (it appears atomically, whole).
+
+    The replica that moved the job copies it at once. The others (they share DATA_PATH) hear
+    of it at the same moment and used to copy it too, each from the client; they now stand
+    by for `standby_s` and copy only if no copy is there by then (its maker died first),
+    while the client still keeps the payload.
     """
 
     def __init__(self, settings: ServerSettings, store: Store, gateway: NodeCalls) -> None:
@@ -57,8 +64,23 @@ class LogKeeper:
         self.gateway = gateway
         self._tasks: set[asyncio.Task[None]] = set()
 
+    @property
+    def standby_s(self) -> float:
+        """Longer than its maker's copy can take (`keep`'s deadline), and a margin."""
+        return 2 * self.settings.long_poll_s + 5.0
+
     def job_final(self, job_id: int) -> None:
-        task = asyncio.get_running_loop().create_task(self.keep(job_id), name=f"keep-log-{job_id}")
+        self._spawn(self.keep(job_id), f"keep-log-{job_id}")
+
+    def job_final_elsewhere(self, job_id: int) -> None:
+        self._spawn(self._stand_by(job_id), f"stand-by-log-{job_id}")
+
+    async def _stand_by(self, job_id: int) -> None:
+        await asyncio.sleep(self.standby_s)
+        await self.keep(job_id)
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(work, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -111,6 +133,7 @@ class LogKeeper:
                     final = answer.final or cut
             if final:
                 os.replace(partial, destination)
+                logger.info("kept the log of job %d (%d bytes)", job_id, offset)
             else:
                 # Incomplete: readers go on asking the client, which still has the payload.
                 logger.warning("log of job %d: its payload did not end in time", job_id)

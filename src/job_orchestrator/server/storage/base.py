@@ -59,16 +59,24 @@ class Store(CallbackVerbs, abc.ABC):
 
     #: Whether other processes (server replicas) may use the same database.
     shared: bool = False
-    #: Called with a job's id each time this store moves it to a final status.
-    _final_listeners: tuple[Callable[[int], None], ...] = ()
+    #: (called for this process's moves to a final status, for the other replicas' heard of)
+    _final_listeners: tuple[tuple[Callable[[int], None], Callable[[int], None]], ...] = ()
 
-    def on_final(self, listener: Callable[[int], None]) -> None:
-        """Have `listener(job_id)` called after every move of a job to a final status."""
-        self._final_listeners = (*self._final_listeners, listener)
+    def on_final(
+        self, listener: Callable[[int], None], elsewhere: Callable[[int], None] | None = None
+    ) -> None:
+        """Have `listener(job_id)` called after every move of a job to a final status by this
+        process, and `elsewhere(job_id)` (by default `listener`) once this process hears of
+        another replica's."""
+        self._final_listeners = (*self._final_listeners, (listener, elsewhere or listener))
 
     def _announce_final(self, job_id: int) -> None:
-        for listener in self._final_listeners:
+        for listener, _elsewhere in self._final_listeners:
             listener(job_id)
+
+    def _heard_final(self, job_id: int) -> None:
+        for _listener, elsewhere in self._final_listeners:
+            elsewhere(job_id)
 
     def work_counts(self) -> tuple[Mapping[str, int], int]:
         """Units of work run by this process per verb, and the transactions it committed

@@ -107,7 +107,7 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
             return
         loop.call_soon_threadsafe(wake)
         if final:
-            loop.call_soon_threadsafe(self._announce_final, job_id)
+            loop.call_soon_threadsafe(self._heard_final, job_id)
 
     # ---- jobs ----------------------------------------------------------------------------
 

@@ -110,7 +110,7 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         if self._listen_dsn is None or self._listener is not None:
             return  # SQLite: one process, whose own events already wake it
         self._listener = Listener(
-            self._listen_dsn, wake, self._announce_final, own=self._backend.notifier_pids
+            self._listen_dsn, wake, self._heard_final, own=self._backend.notifier_pids
         )
         self._listener.start()
 
