@@ -59,7 +59,8 @@ class Store(CallbackVerbs, abc.ABC):
 
     #: Whether other processes (server replicas) may use the same database.
     shared: bool = False
-    #: (called for this process's moves to a final status, for the other replicas' heard of)
+    #: Pairs: what to call when this process moves a job to a final status, and what to call
+    #: when it hears that another replica did.
     _final_listeners: tuple[tuple[Callable[[int], None], Callable[[int], None]], ...] = ()
 
     def on_final(
