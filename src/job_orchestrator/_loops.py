@@ -1,4 +1,5 @@
-"""Helpers for background loops: wait on several things at once, back off with jitter."""
+"""Helpers for background loops: wait on several things at once, back off with jitter, drop a
+task no longer wanted."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ async def wait_any(*awaitables: Coroutine[Any, Any, Any], timeout_s: float | Non
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def forget(task: asyncio.Future[Any]) -> None:
+    """Cancel a task no longer wanted (a no-op once done) and mark its outcome seen: asyncio
+    would log an exception that nobody retrieved."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 def backoff_s(attempt: int, *, base_s: float = 0.5, cap_s: float = 60.0) -> float:

@@ -20,7 +20,7 @@ from job_orchestrator.server.storage import open_store
 from job_orchestrator.server.storage._notify import announce
 from job_orchestrator.server.storage._unit import PreparedRead
 from job_orchestrator.server.storage.backend import open_backend
-from job_orchestrator.server.storage.postgres_backend import PostgresBackend
+from job_orchestrator.server.storage.postgres_backend import WRITERS, PostgresBackend
 from job_orchestrator.status import Status
 from testkit.pg import PG_HOST, PG_PORT, PG_USER, fresh_database
 from testkit.waiting import eventually_async
@@ -123,6 +123,54 @@ async def test_close_runs_every_accepted_unit_then_refuses(database: str) -> Non
     assert await committed_notes(database) == {f"n{i}" for i in range(20)}
     with pytest.raises(StoreUnavailableError):
         await backend.run(add("late"))
+
+
+async def test_a_unit_run_alone_does_not_wait_for_the_writers(
+    backend: PostgresBackend, database: str
+) -> None:
+    """Every writer is held (each batch waits for a row another session is inserting); a unit
+    run alone (a dispatch decision) commits meanwhile, in a transaction of its own."""
+    name = database.rsplit("/", 1)[1]
+    holder = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database=name)
+    held = holder.transaction()
+    await held.start()
+    await holder.execute("INSERT INTO notes VALUES ('held')")
+    blocked = []
+    try:
+        for count in range(1, WRITERS + 1):
+            blocked.append(asyncio.ensure_future(backend.run(add("held"))))
+
+            async def waiting(count: int = count) -> bool:
+                return await holder_waits(database) >= count
+
+            # One batch per writer: the next unit is queued once this one waits.
+            await eventually_async(waiting, f"{count} writers waiting for the held row")
+        # A hang guard, not a timing goal: queued behind the writers, it would never return.
+        assert await asyncio.wait_for(backend.run(add("alone"), alone=True), 30) == "alone"
+        assert "alone" in await committed_notes(database)
+        assert not any(unit.done() for unit in blocked)
+    finally:
+        await held.rollback()
+        await holder.close()
+        outcomes = await asyncio.gather(*blocked, return_exceptions=True)
+    assert outcomes.count("held") == 1  # the others found it inserted
+    assert await committed_notes(database) == {"held", "alone"}
+
+
+async def holder_waits(database: str) -> int:
+    """How many of the database's sessions wait for a lock."""
+    name = database.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(user=PG_USER, host=PG_HOST, port=PG_PORT, database="postgres")
+    try:
+        return int(
+            await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND wait_event_type = 'Lock'",
+                name,
+            )
+        )
+    finally:
+        await admin.close()
 
 
 async def test_a_prepared_read_answers_by_name_and_by_position(backend: PostgresBackend) -> None:

@@ -209,3 +209,29 @@ async def test_a_replica_finding_the_dispatch_lock_taken_claims_nothing_at_once(
     finally:
         await holder.close()
         await store.close()
+
+
+async def test_a_claim_skips_a_queued_job_another_transaction_is_moving(pg_url: str) -> None:
+    """A row locked by another transaction (a terminate moving it) is left for the next
+    decision, not waited on; the user's other job is claimed meanwhile, and its turn stamped."""
+    store = await open_store(pg_url)
+    mover = await asyncpg.connect(pg_url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        moving, other = await new_job(store, 1), await new_job(store, 1)
+        limits = {"svc": ServiceLimits(runs_per_user=2, max_runs=4)}
+        moved = mover.transaction()
+        await moved.start()
+        await mover.execute("SELECT id FROM jobs WHERE id = $1 FOR UPDATE", moving)
+        # A hang guard, not a timing goal: waiting for the row would never return.
+        claimed = await asyncio.wait_for(
+            store.claim_dispatchable(limits, time.time(), ON_N1, owner="r1"), timeout=30
+        )
+        assert [job.id for job in claimed] == [other]
+        await moved.rollback()
+        claimed = await store.claim_dispatchable(limits, time.time(), ON_N1, owner="r1")
+        assert [job.id for job in claimed] == [moving]
+        turns = await mover.fetch("SELECT user_id, served_turn FROM service_users")
+        assert [(row["user_id"], row["served_turn"]) for row in turns] == [(1, 2)]
+    finally:
+        await mover.close()
+        await store.close()

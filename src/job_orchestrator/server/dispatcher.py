@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 
-from job_orchestrator._loops import Wakeup, backoff_s, wait_any
+from job_orchestrator._loops import Wakeup, backoff_s, forget, wait_any
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
@@ -171,17 +171,20 @@ class Orchestrator:
     async def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
             started = self.clock.now()
+            # Jobs due now and left queued (a quota, no client) wait for a wake-up, not a spin;
+            # those due later are read while the claim runs (on PostgreSQL, a fifth of a pass).
+            retry_read = asyncio.ensure_future(self.store.next_retry_at(after=started))
             try:
                 await self.dispatch_once()
-                # Jobs due already and still queued were left by this pass (a quota, or no
-                # client to take them): a wake-up brings them, not a spin every 10 ms.
-                retry_at = await self.store.next_retry_at(after=started)
+                retry_at = await retry_read
             except StoreUnavailableError as error:
                 logger.warning("dispatch waits for the database: %s", error)
                 retry_at = None
             except StoreError:
                 logger.exception("dispatch failed; retrying on the next tick")
                 retry_at = None
+            finally:
+                forget(retry_read)  # after a failed claim or a stop: that failure is logged
             timeout = self.settings.safety_tick_s
             if retry_at is not None:
                 timeout = min(timeout, max(0.0, retry_at - self.clock.now()) + 0.01)
@@ -351,11 +354,8 @@ class Orchestrator:
         now = self.clock.now()
         since = job.failing_since or now
         if now - since >= self.settings.retry_deadline_s:
-            await self.collector.fail(
-                job,
-                lifecycle.FAIL_DISPATCH,
-                f"could not reach the client for {now - since:.0f} s: {reason}",
-            )
+            message = f"could not reach the client for {now - since:.0f} s: {reason}"
+            await self.collector.fail(job, lifecycle.FAIL_DISPATCH, message)
             return
         delay = 0.0 if unpin else backoff_s(job.attempts + 1)
         logger.warning(
@@ -365,12 +365,9 @@ class Orchestrator:
             "on another client now" if unpin else f"in {delay:.1f} s",
             extra=job_fields(job),
         )
+        not_before = now + delay if delay else None
         moved = await lifecycle.retry_dispatch(
-            self.store,
-            job,
-            failing_since=since,
-            not_before=now + delay if delay else None,
-            unpin=unpin,
+            self.store, job, failing_since=since, not_before=not_before, unpin=unpin
         )
         # Not Processing: terminated meanwhile, and never sent.
         if not moved and await lifecycle.kill_locked(self.store, job.id):

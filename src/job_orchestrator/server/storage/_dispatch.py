@@ -1,4 +1,5 @@
-"""The dispatch decision inside the database: the part of the Store that chooses and claims.
+"""The dispatch decision inside the database: the part of the Store that chooses (the claim
+itself is in _claim.py).
 
 `claim_service` is one service's whole decision in one transaction; `service_candidates` reads
 only the queues the scheduler needs for an exact decision (see its docstring), so the cost of a
@@ -8,8 +9,7 @@ decision grows with free slots, not with queued jobs.
 from __future__ import annotations
 
 import bisect
-import time
-from collections.abc import Mapping
+from collections import Counter
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,11 +26,10 @@ from job_orchestrator.server.scheduler import (
     fairness_key,
     plan_dispatch,
 )
-from job_orchestrator.server.storage._rows import job_record
-from job_orchestrator.server.storage._service_users import user_inserts
+from job_orchestrator.server.storage._claim import claim_rows
 from job_orchestrator.server.storage.base import JobRecord
 from job_orchestrator.server.storage.tables import jobs, service_users
-from job_orchestrator.status import SERVER_MOVES, SLOT_HOLDING, Status, check_move
+from job_orchestrator.status import SLOT_HOLDING, Status
 
 _SCAN_BATCH = 256
 
@@ -222,105 +221,28 @@ def _user_heads(
     return {user: tuple(job_ids) for user, job_ids in heads.items()}
 
 
-# The claim's move, as the transition table has it (checked once, at import).
-check_move(SERVER_MOVES, [Status.QUEUED], Status.PROCESSING)
-_CLAIM = (
-    jobs.update()
-    .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.status == Status.QUEUED.db)
-    .values(
-        status=Status.PROCESSING.db,
-        # A dispatch that may have reached a node is only ever resent there, with its key,
-        # so that node can recognise it.
-        node=sa.func.coalesce(jobs.c.node, sa.bindparam("chosen_node", type_=sa.Text)),
-        dispatch_key=sa.func.coalesce(jobs.c.dispatch_key, sa.bindparam("new_key", type_=sa.Text)),
-        owner=sa.bindparam("new_owner", type_=sa.Text),
-        updated_at=sa.bindparam("now", type_=sa.Float),
-    )
-    .returning(*jobs.c)
-)
-# On PostgreSQL the same claim for every chosen job in one statement.
-_CHOSEN = (
-    sa.func.unnest(
-        sa.bindparam("ids", type_=postgresql.ARRAY(sa.Integer)),
-        sa.bindparam("nodes", type_=postgresql.ARRAY(sa.Text)),
-        sa.bindparam("keys", type_=postgresql.ARRAY(sa.Text)),
-    )
-    .table_valued("id", "node", "dispatch_key")
-    .render_derived(name="chosen")
-)
-_CLAIM_ALL = (
-    jobs.update()
-    .where(jobs.c.id == _CHOSEN.c.id, jobs.c.status == Status.QUEUED.db)
-    .values(
-        status=Status.PROCESSING.db,
-        node=sa.func.coalesce(jobs.c.node, _CHOSEN.c.node),
-        dispatch_key=sa.func.coalesce(jobs.c.dispatch_key, _CHOSEN.c.dispatch_key),
-        owner=sa.bindparam("new_owner", type_=sa.Text),
-        updated_at=sa.bindparam("now", type_=sa.Float),
-    )
-    .returning(*jobs.c)
-)
 _SLOT_HOLDING_OF_SERVICE = sa.and_(
     jobs.c.service == sa.bindparam("service"), jobs.c.status.in_([s.db for s in SLOT_HOLDING])
 )
-_SERVICE_OCCUPANCY = (
-    sa.select(jobs.c.user_id, sa.func.count())
+# The slots a service's jobs hold, per user and node: one read for both occupancies.
+_SLOTS_HELD = (
+    sa.select(jobs.c.user_id, jobs.c.node, sa.func.count())
     .where(_SLOT_HOLDING_OF_SERVICE)
-    .group_by(jobs.c.user_id)
-)
-_NODE_OCCUPANCY = (
-    sa.select(jobs.c.node, sa.func.count()).where(_SLOT_HOLDING_OF_SERVICE).group_by(jobs.c.node)
-)
-_LATEST_TURN = sa.select(sa.func.max(service_users.c.served_turn)).where(
-    service_users.c.service == sa.bindparam("service")
+    .group_by(jobs.c.user_id, jobs.c.node)
 )
 
 
-def claim_rows(
-    connection: Connection,
-    wanted: list[int],
-    node_by_job: Mapping[int, str],
-    owner: str | None,
-) -> list[JobRecord]:
-    now = time.time()
-    # A dispatch key survives a restart, so a re-dispatch is recognised.
-    keys = [f"job-{job_id}-{time.time_ns()}" for job_id in wanted]
-    if connection.dialect.name == "postgresql":
-        params = {
-            "ids": wanted,
-            "nodes": [node_by_job[job_id] for job_id in wanted],
-            "keys": keys,
-            "new_owner": owner,
-            "now": now,
-        }
-        by_id = {row.id: job_record(row) for row in connection.execute(_CLAIM_ALL, params)}
-        claimed = [by_id[job_id] for job_id in wanted if job_id in by_id]  # in claim order
-    else:
-        claimed = []
-        for job_id, key in zip(wanted, keys, strict=True):
-            params = {
-                "job_id": job_id,
-                "chosen_node": node_by_job[job_id],
-                "new_key": key,
-                "new_owner": owner,
-                "now": now,
-            }
-            row = connection.execute(_CLAIM, params).first()
-            if row is not None:
-                claimed.append(job_record(row))
-    stamp_turns(connection, claimed)
-    return claimed
-
-
-def _service_occupancy(connection: Connection, service: str) -> Occupancy:
-    rows = connection.execute(_SERVICE_OCCUPANCY, {"service": service})
-    per_user = {(service, user_id): count for user_id, count in rows}
-    return Occupancy(per_user=per_user, per_service={service: sum(per_user.values())})
-
-
-def _node_occupancy(connection: Connection, service: str) -> dict[str, int]:
-    rows = connection.execute(_NODE_OCCUPANCY, {"service": service})
-    return {node: count for node, count in rows if node is not None}
+def _slots_held(connection: Connection, service: str) -> tuple[Occupancy, dict[str, int]]:
+    """The service's occupancy, per user and per node (jobs without a node count only for
+    their user)."""
+    per_user: Counter[tuple[str, int]] = Counter()
+    per_node: Counter[str] = Counter()
+    for user_id, node, count in connection.execute(_SLOTS_HELD, {"service": service}):
+        per_user[(service, user_id)] += count
+        if node is not None:
+            per_node[node] += count
+    occupancy = Occupancy(per_user=dict(per_user), per_service={service: per_user.total()})
+    return occupancy, dict(per_node)
 
 
 def claim_service(
@@ -339,51 +261,24 @@ def claim_service(
     exceeded. A replica that finds it taken claims nothing instead of queueing for it: the
     holder is deciding for every replica's queued jobs, and whatever it could not see yet
     (an upload committed meanwhile) wakes every replica again (the queue's NOTIFY). Waiting
-    on it was 29 % of three replicas' database time (bench/README.md). The claimed rows are
-    locked with SKIP LOCKED, so a row a terminate is moving is left for the next decision
-    instead of waited on. SQLite's single writer already serialises them.
+    on it was 29 % of three replicas' database time (bench/README.md). The claim skips rows
+    another transaction has locked (SKIP LOCKED), so a row a terminate is moving is left for
+    the next decision instead of waited on; the node chosen for it goes unused. SQLite's
+    single writer already serialises them. Each statement is a round trip on PostgreSQL,
+    which the decision waits for while dispatch waits for it (about 6 ms each on a busy
+    server), hence the fewest: the lock, the slots held, the candidates, the claim, the turns.
     """
-    postgres = connection.dialect.name == "postgresql"
-    if postgres:
+    if connection.dialect.name == "postgresql":
         name = f"job-orchestrator:dispatch:{service}"
         if not connection.execute(_DISPATCH_LOCK, {"name": name}).scalar():
             return []
-    occupancy = _service_occupancy(connection, service)
+    occupancy, per_node = _slots_held(connection, service)
     candidates = service_candidates(connection, service, limit, occupancy, now)
     planned = plan_dispatch(candidates, occupancy, {service: limit})
     if not planned:
         return []
-    if postgres:
-        lockable = set(
-            connection.execute(
-                sa.select(jobs.c.id)
-                .where(jobs.c.id.in_(planned), jobs.c.status == Status.QUEUED.db)
-                .with_for_update(skip_locked=True)
-            ).scalars()
-        )
-        planned = [job_id for job_id in planned if job_id in lockable]
-    node_by_job = assign_nodes(planned, _node_occupancy(connection, service), placement)
+    node_by_job = assign_nodes(planned, per_node, placement)
     return claim_rows(connection, list(node_by_job), node_by_job, owner)
 
 
 _DISPATCH_LOCK = sa.text("SELECT pg_try_advisory_xact_lock(hashtext(:name))")
-
-
-def stamp_turns(connection: Connection, claimed: list[JobRecord]) -> None:
-    """Each claimed job's user becomes the most recently served of its service, in claim
-    order (the order plan_dispatch chose them), as the scheduler assumes within a decision."""
-    turns: dict[str, int] = {}
-    stamps: dict[tuple[str, int], dict[str, Any]] = {}  # a user's last turn is what stays
-    for job in claimed:
-        if job.service not in turns:
-            latest = connection.execute(_LATEST_TURN, {"service": job.service}).scalar()
-            turns[job.service] = int(latest or 0)
-        turns[job.service] += 1
-        stamps[(job.service, job.user_id)] = {
-            "service": job.service,
-            "user_id": job.user_id,
-            "first_job_id": job.id,
-            "served_turn": turns[job.service],
-        }
-    if stamps:  # one executemany: one statement on PostgreSQL
-        connection.execute(user_inserts(connection.dialect.name)[1], list(stamps.values()))

@@ -46,7 +46,9 @@ class Backend:
     #: The database sessions (PostgreSQL backend pids) this backend's NOTIFYs come from.
     notifier_pids: Container[int] = frozenset()
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: Work[T], *, alone: bool = False) -> T:
+        """The unit's result once committed. `alone`: in a transaction of its own, not
+        waiting for others queued (a long unit that others' work waits for)."""
         raise NotImplementedError
 
     async def fetch(self, read: Read, params: Mapping[str, Any] | None = None) -> list[Any]:

@@ -98,6 +98,7 @@ class PostgresBackend(Backend):
         self._prepared: dict[PreparedRead, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
         self._queued: list[_Queued] = []
         self._writers: set[asyncio.Task[None]] = set()
+        self._lone: set[asyncio.Task[None]] = set()
         self._announcements: Announcements = {}
         self._announcer: asyncio.Task[None] | None = None
         self.notifier_pids: set[int] = set()
@@ -115,10 +116,15 @@ class PostgresBackend(Backend):
         )
         return cls(engine, reads)
 
-    async def run(self, work: Work[T]) -> T:
+    async def run(self, work: Work[T], *, alone: bool = False) -> T:
         if self._closed:
             raise StoreUnavailableError("the store is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        if alone:
+            lone = asyncio.create_task(self._write_alone(work, future), name="postgres-alone")
+            self._lone.add(lone)
+            lone.add_done_callback(self._lone.discard)
+            return await future
         self._queued.append((work, future))
         # A writer runs while anything is queued and then ends; none is between the two when
         # this runs (one loop, and it checks the queue without awaiting before it ends).
@@ -167,7 +173,7 @@ class PostgresBackend(Backend):
         if self._closed:
             return
         self._closed = True
-        await asyncio.gather(*self._writers)  # what was accepted runs (and commits) first
+        await asyncio.gather(*self._writers, *self._lone)  # what was accepted commits first
         if self._announcer is not None:
             await self._announcer
         await self._reads.close()
@@ -186,6 +192,13 @@ class PostgresBackend(Backend):
                     for (_work, future), (ok, value) in zip(batch, outcomes, strict=True)
                 ]
             )
+
+    async def _write_alone(self, work: Work[Any], future: asyncio.Future[Any]) -> None:
+        """A unit in a transaction of its own, at once: each statement of a writer's batch is a
+        round trip that every unit of the batch waits for, and a batch waits for a free
+        writer. A dispatch decision (about eight statements) is what freed slots wait for."""
+        [(ok, value)] = await self._commit([work])
+        settle([(future, ok, value)])
 
     async def _commit(self, works: list[Work[Any]]) -> list[tuple[bool, Any]]:
         """Each unit's (ok, result or exception), from one transaction if they all succeed."""

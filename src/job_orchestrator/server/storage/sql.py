@@ -29,11 +29,8 @@ from job_orchestrator.server.scheduler import (
     ServiceLimits,
     UserQueue,
 )
-from job_orchestrator.server.storage._dispatch import (
-    claim_rows,
-    claim_service,
-    service_candidates,
-)
+from job_orchestrator.server.storage._claim import claim_rows
+from job_orchestrator.server.storage._dispatch import claim_service, service_candidates
 from job_orchestrator.server.storage._notify import (
     DISPATCH_CHANNEL,
     FINAL_CHANNEL,
@@ -124,9 +121,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         if new.is_terminal():
             announce(connection, FINAL_CHANNEL, str(job_id))
 
-    async def _run(self, verb: str, work: Work[T]) -> T:
-        """Run one unit of work, counted under `verb`."""
-        return await self._counted(verb, self._backend.run(work))
+    async def _run(self, verb: str, work: Work[T], *, alone: bool = False) -> T:
+        """Run one unit of work, counted under `verb` (`alone`: Backend.run)."""
+        return await self._counted(verb, self._backend.run(work, alone=alone))
 
     async def _execute(self, verb: str, statement: sa.Executable) -> int:
         """Run one statement; return the number of rows it changed."""
@@ -296,6 +293,8 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
                     functools.partial(
                         claim_service, service, limit, now, placements[service], owner
                     ),
+                    # Freed slots wait for the decision: not behind a writer's batch.
+                    alone=True,
                 )
             )
         return claimed
