@@ -87,6 +87,22 @@ _SERVED_WALK = (
     .order_by(service_users.c.served_turn, service_users.c.user_id)
     .limit(sa.bindparam("batch"))
 )
+
+
+def _tagged(walk: int, statement: sa.Select[Any]) -> sa.Select[Any]:
+    rows = statement.subquery()
+    return sa.select(sa.literal(walk).label("walk"), *rows.c)
+
+
+# The busy users and the first batch of each walk, in one statement (a round trip on
+# PostgreSQL, about 6 ms on a busy server, where three statements took three): (walk, user,
+# turn or first_job_id, oldest due job), in no particular order.
+_BUSY, _NEVER_SERVED, _SERVED = 0, 1, 2
+_FIRST_ROWS = sa.union_all(
+    _tagged(_BUSY, _BUSY_USERS),
+    _tagged(_NEVER_SERVED, _NEVER_SERVED_WALK),
+    _tagged(_SERVED, _SERVED_WALK),
+)
 _USER_HEAD = (
     sa.select(jobs.c.id)
     .where(_DUE_QUEUED, jobs.c.user_id == sa.bindparam("user"))
@@ -145,22 +161,27 @@ def service_candidates(
     where = {"service": service, "now": now}
     ranked: list[tuple[FairnessKey, int]] = []  # (key, slots held), sorted
     busy = [user for user, count in active.items() if count < quota]
-    if busy:
-        for user, turn, oldest in connection.execute(_BUSY_USERS, {**where, "users": busy}):
-            if oldest is not None:
-                bisect.insort(
-                    ranked, (fairness_key(active[user], turn, oldest, user), active[user])
-                )
+    # Each row read costs one index probe for its oldest job: read about as many as needed.
+    first_batch = max(free, 8)
+    first: dict[int, list[Any]] = {_BUSY: [], _NEVER_SERVED: [], _SERVED: []}
+    first_params = {**where, "users": busy, "after": 0, "turn": 0, "user": 0}
+    for walk, *row in connection.execute(_FIRST_ROWS, {**first_params, "batch": first_batch}):
+        first[walk].append(row)
+    for user, turn, oldest in first[_BUSY]:
+        if oldest is not None:
+            bisect.insort(ranked, (fairness_key(active[user], turn, oldest, user), active[user]))
 
     def enough(bound: FairnessKey) -> bool:
         # No later row of this walk can beat the free-th best user found so far.
         return len(ranked) >= free and ranked[free - 1][0] < bound
 
-    # Each row read costs one index probe for its oldest job: read about as many as needed.
-    batch, after = max(free, 8), 0  # job ids start at 1
+    batch, after = first_batch, 0  # job ids start at 1
+    rows: list[Any] | None = sorted(first[_NEVER_SERVED], key=lambda row: row[1])
     # A later row's first_job_id, hence its user's oldest queued job, is above `after`.
     while not enough((0, 0, 0, after + 1, _LOWEST)):
-        rows = connection.execute(_NEVER_SERVED_WALK, {**where, "after": after, "batch": batch})
+        if rows is None:
+            params = {**where, "after": after, "batch": batch}
+            rows = list(connection.execute(_NEVER_SERVED_WALK, params))
         read = 0
         for user, first_job_id, oldest in rows:
             read += 1
@@ -171,13 +192,16 @@ def service_candidates(
             after = first_job_id
         if read < batch:
             break
-        batch = min(2 * batch, _SCAN_BATCH)
+        batch, rows = min(2 * batch, _SCAN_BATCH), None
 
-    batch, turn_after, user_after = max(free, 8), 0, 0  # turns start at 1
+    batch, turn_after, user_after = first_batch, 0, 0  # turns start at 1
+    rows = sorted(first[_SERVED], key=lambda row: (row[1], row[0]))
     while not enough((0, 1, turn_after, _LOWEST, _LOWEST)):
-        params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
+        if rows is None:
+            params = {**where, "turn": turn_after, "user": user_after, "batch": batch}
+            rows = list(connection.execute(_SERVED_WALK, params))
         read = 0
-        for user, turn, oldest in connection.execute(_SERVED_WALK, params):
+        for user, turn, oldest in rows:
             read += 1
             if enough((0, 1, turn, _LOWEST, _LOWEST)):
                 break
@@ -186,7 +210,7 @@ def service_candidates(
             turn_after, user_after = turn, user
         if read < batch:
             break
-        batch = min(2 * batch, _SCAN_BATCH)
+        batch, rows = min(2 * batch, _SCAN_BATCH), None
 
     chosen = ranked[:free]
     depths = {key[4]: quota - count for key, count in chosen}
