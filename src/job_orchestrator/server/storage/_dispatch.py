@@ -90,6 +90,8 @@ _SERVED_WALK = (
 
 
 def _tagged(walk: int, statement: sa.Select[Any]) -> sa.Select[Any]:
+    """The statement's rows, each led by `walk`; a subquery, so its ORDER BY and LIMIT hold
+    inside a UNION on SQLite too."""
     rows = statement.subquery()
     return sa.select(sa.literal(walk).label("walk"), *rows.c)
 
