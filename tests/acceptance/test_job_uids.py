@@ -138,11 +138,10 @@ exit 0
 
 
 # Forks in a loop until 8 s passed or 300 children were started (what keeps the machine
-# usable if the limit did not hold), then keeps its children: it ends only when killed.
-# Forks until its uid's process limit refuses. bash retries a refused fork for about 15 s
-# and then exits: in the job's own shell that ended the job (Failed) while a slow machine
-# was still running the sibling. So the forking is a subshell's, and the job's shell then
-# becomes a sleep (exec: no fork), Running at its limit until it is killed.
+# usable if the limit did not hold), in a subshell: bash retries a refused fork for about
+# 15 s and then exits, which in the job's own shell ended the job (Failed) while a slow
+# machine still ran the sibling. The job's shell then becomes a sleep (exec: no fork), so it
+# stays Running at its limit until it is killed.
 BOMB = """\
 (
   spawned=0

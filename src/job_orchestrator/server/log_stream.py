@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from job_orchestrator._loops import backoff_s, wait_any
+from job_orchestrator._loops import backoff_s, forget, wait_any
 from job_orchestrator.config import ServerSettings
 from job_orchestrator.errors import (
     LogOffsetError,
@@ -76,13 +76,7 @@ async def _until_set(stop: asyncio.Event, chunks: AsyncIterator[bytes]) -> Async
         if step is not None and not step.done():
             # The follower went away while a read was pending: that read ends with the
             # relay's connection, and its error is nobody's to report.
-            step.cancel()
-            step.add_done_callback(_discard_outcome)
-
-
-def _discard_outcome(future: asyncio.Future[bytes]) -> None:
-    if not future.cancelled():
-        future.exception()
+            forget(step)
 
 
 async def log_chunks(
