@@ -37,18 +37,44 @@ TRAP = "trap 'echo $? > .orchestrator.exit' EXIT\n"
 #: before the process that is to listen on it binds it (seen in a full run: "address already
 #: in use"), while the kernel never hands out one of these on its own.
 _TEST_PORTS = range(20000, 32768)
+#: Ports this test process has handed out: never again until its share is used up, since the
+#: process given one may not have bound it yet when the next is asked for.
+_handed: set[int] = set()
+
+
+def _worker_ports() -> range:
+    """This pytest-xdist worker's own share of _TEST_PORTS (all of it without xdist).
+
+    free_port's bind check cannot see a port another worker has just handed to a process
+    that has not bound it yet. When two workers handed out the same port, one server failed
+    to bind while its start-up health check was answered by the other worker's process, and
+    the test then talked to that process (seen in CI: an upload answered with an empty 4xx).
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count < 2:
+        return _TEST_PORTS
+    share = len(_TEST_PORTS) // count
+    start = _TEST_PORTS.start + int(worker[2:]) % count * share
+    return range(start, start + share)
 
 
 def free_port() -> int:
     """A loopback port nothing listens on now, outside the ephemeral range."""
+    ports = _worker_ports()
+    if len(_handed) >= len(ports) // 2:
+        _handed.clear()  # the earliest were handed out long ago, to processes gone since
     for _ in range(200):
-        port = random.choice(_TEST_PORTS)
+        port = random.choice(ports)
+        if port in _handed:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return port
+        _handed.add(port)
+        return port
     with socket.socket() as sock:  # the range is crowded: let the kernel choose
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
