@@ -146,26 +146,36 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
             job_id = Api(replicas[on].url).submit(ledger_script(ledger, token, user), user_id=user)
             jobs[job_id] = (token, on)
 
-        victim = f"{socket.gethostname()}:{replicas[1].port}"  # its default REPLICA_ID
-        token, orphans = 0, []
-        # From the 100th job on, kill the victim as soon as it owns work in flight.
+        ids = [f"{socket.gethostname()}:{replica.port}" for replica in replicas]  # REPLICA_ID
+
+        def in_flight() -> tuple[int, list[int]]:
+            """A replica that owns jobs in flight, and those jobs ((0, []): none does)."""
+            for index, replica_id in enumerate(ids):
+                if owned := owned_in_flight(pg_url, replica_id):
+                    return index, owned
+            return 0, []
+
+        token, orphans, victim = 0, [], 0
+        # From the 100th job on, kill a replica as soon as it owns work in flight: mostly
+        # the one that leads dispatch (the others claim only on their safety tick).
         while not orphans:
-            assert token < 200, "the victim never owned a job in flight"
+            assert token < 200, "no replica ever owned a job in flight"
             upload(token, [0, 1, 2])
             token += 1
             if token >= 100:
-                orphans = owned_in_flight(pg_url, victim)
-        replicas[1].stop(signal.SIGKILL)
+                victim, orphans = in_flight()
+        replicas[victim].stop(signal.SIGKILL)
+        survivors = [index for index in range(3) if index != victim]
         killed_at = token
         for token in range(killed_at, killed_at + 100):
-            upload(token, [0, 2])
+            upload(token, survivors)
         # The survivors take the dead replica's work over once its lease ran out.
         eventually(
-            lambda: victim not in owners(pg_url, orphans),
+            lambda: ids[victim] not in owners(pg_url, orphans),
             "the survivors to take the dead replica's jobs over",
             poll_s=0.2,
         )
-        replicas[1].start()
+        replicas[victim].start()
         for token in range(killed_at + 100, total):
             upload(token, [0, 1, 2])
 

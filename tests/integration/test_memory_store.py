@@ -49,6 +49,22 @@ async def test_a_subscribed_store_hears_of_the_others_changes() -> None:
     assert (len(wakes), finals) == (3, [job_id])
 
 
+async def test_the_first_store_to_subscribe_leads_dispatch_until_it_closes() -> None:
+    database = MemoryDatabase()
+    first, second, bystander = (MemoryStore(database) for _ in range(3))
+    woken: list[str] = []
+    first.subscribe(lambda: woken.append("first"))
+    second.subscribe(lambda: woken.append("second"))
+    await settled()
+    assert (first.leads_dispatch(), second.leads_dispatch()) == (True, False)
+    assert bystander.leads_dispatch()  # it never subscribed: no wake-ups, no election
+    woken.clear()
+    await first.close()
+    await settled()
+    assert second.leads_dispatch()
+    assert woken == ["second"]  # woken to decide at once, as the PostgreSQL listener does
+
+
 async def test_a_store_announces_its_own_final_moves_once() -> None:
     database = MemoryDatabase()
     store = MemoryStore(database)

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from job_orchestrator.errors import StoreError, StoreUnavailableError
 from job_orchestrator.server.storage import open_store
-from job_orchestrator.server.storage._notify import announce
+from job_orchestrator.server.storage._notify import CHECK_INTERVAL_S, announce
 from job_orchestrator.server.storage._unit import PreparedRead
 from job_orchestrator.server.storage.backend import open_backend
 from job_orchestrator.server.storage.postgres_backend import WRITERS, PostgresBackend
@@ -313,6 +313,37 @@ async def test_a_replica_hears_the_others_announcements_not_its_own(database: st
     finally:
         await here.close()
         await there.close()
+
+
+async def test_one_replica_at_a_time_leads_dispatch(database: str) -> None:
+    """The holder of a session lock on the listener's connection dispatches for every
+    replica; when its connection ends (its process died or closed) another takes the lead
+    at its next check, and is woken to decide at once."""
+    first, second, bystander = [await open_store(database) for _ in range(3)]
+    woken: dict[str, int] = {"first": 0, "second": 0}
+
+    def wake(name: str) -> None:
+        woken[name] += 1
+
+    try:
+        first.subscribe(functools.partial(wake, "first"))
+        await eventually_async(lambda: asyncio.sleep(0, first.leads_dispatch()), "a leader")
+        second.subscribe(functools.partial(wake, "second"))
+        await eventually_async(lambda: asyncio.sleep(0, woken["second"]), "the second listens")
+        await asyncio.sleep(CHECK_INTERVAL_S + 1)  # it has tried to lead since, in vain
+        assert (first.leads_dispatch(), second.leads_dispatch()) == (True, False)
+        assert bystander.leads_dispatch()  # it never subscribed: no wake-ups, no election
+        before = woken["second"]
+        await first.close()
+        await eventually_async(
+            lambda: asyncio.sleep(0, second.leads_dispatch()),
+            "the second to lead",
+            timeout_s=CHECK_INTERVAL_S * 5,
+        )
+        assert woken["second"] == before + 1
+    finally:
+        for store in (first, second, bystander):
+            await store.close()
 
 
 NAMES_AFTER = PreparedRead(

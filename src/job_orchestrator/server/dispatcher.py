@@ -169,8 +169,16 @@ class Orchestrator:
         return self.settings.services.get(job.service)
 
     async def _dispatch_loop(self) -> None:
+        tick_s = self.settings.safety_tick_s
+        passed_at = -tick_s
         while not self._stop.is_set():
             started = self.clock.now()
+            # Another replica dispatches for all: this one only on its tick, in case that one
+            # cannot (every replica deciding on every wake-up multiplied the decisions).
+            if not self.store.leads_dispatch() and (due_s := passed_at + tick_s - started) > 0:
+                await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=due_s)
+                continue
+            passed_at = started
             # Jobs due now and left queued (a quota, no client) wait for a wake-up, not a spin;
             # those due later are read while the claim runs (on PostgreSQL, a fifth of a pass).
             retry_read = asyncio.ensure_future(self.store.next_retry_at(after=started))
@@ -185,7 +193,7 @@ class Orchestrator:
                 retry_at = None
             finally:
                 forget(retry_read)  # after a failed claim or a stop: that failure is logged
-            timeout = self.settings.safety_tick_s
+            timeout = tick_s
             if retry_at is not None:
                 timeout = min(timeout, max(0.0, retry_at - self.clock.now()) + 0.01)
             await wait_any(self._dispatch_wakeup.wait(), self._stop.wait(), timeout_s=timeout)
@@ -222,7 +230,7 @@ class Orchestrator:
         if any(self.fleet.usable(node) for node in service.nodes):
             self._probed_at.pop(name, None)
             return self.fleet.placement(service.nodes, probe=False)
-        down = self._unusable_since(service) is not None  # not merely unchecked yet
+        down = self.fleet.unusable_since(service.nodes) is not None  # not merely unchecked yet
         if down and now - self._warned_at.get(name, 0.0) >= NO_CLIENT_WARNING_EVERY_S:
             self._warned_at[name] = now
             logger.warning(
@@ -251,7 +259,8 @@ class Orchestrator:
                 for node in service.nodes
             )
             for name, service in self.settings.services.items()
-            if (since := self._unusable_since(service)) is not None and now - since >= deadline_s
+            if (since := self.fleet.unusable_since(service.nodes)) is not None
+            and now - since >= deadline_s
         }
         if not stranded:
             return []
@@ -267,16 +276,6 @@ class Orchestrator:
                 )
                 failed.append(job.id)
         return failed
-
-    def _unusable_since(self, service: ServiceConfig) -> float | None:
-        """Since when none of the service's clients is usable (None: one is, or not known)."""
-        since = []
-        for node in service.nodes:
-            state = self.fleet.state.get(node.upload_url)
-            if state is None or self.fleet.usable(node) or state.down_since is None:
-                return None
-            since.append(state.down_since)
-        return max(since, default=None)
 
     async def _send(self, job: JobRecord) -> None:
         try:

@@ -111,6 +111,16 @@ class Fleet:
         state = self.state.get(node_url)
         return state is not None and not state.healthy
 
+    def unusable_since(self, nodes: tuple[NodeConfig, ...]) -> float | None:
+        """Since when none of `nodes` is usable (None: one is, or not known)."""
+        since = []
+        for node in nodes:
+            state = self.state.get(node.upload_url)
+            if state is None or self.usable(node) or state.down_since is None:
+                return None
+            since.append(state.down_since)
+        return max(since, default=None)
+
     def others_usable(self, nodes: tuple[NodeConfig, ...], node_url: str) -> bool:
         """Whether a node of this service other than node_url can take work now."""
         return any(node.upload_url != node_url and self.usable(node) for node in nodes)

@@ -27,6 +27,9 @@ class ChangeListener(Protocol):
         """Another store queued the job, freed a slot, or (`final`) moved it to a final
         status; called on that store's thread."""
 
+    def lead_dispatch(self) -> None:
+        """The store that led dispatch closed: this one leads now (stores[0])."""
+
 
 #: The columns `transition` may set (those of the SQL jobs table but id, status, created_at).
 COLUMNS = frozenset(
@@ -60,6 +63,7 @@ class MemoryDatabase:
     revocations: dict[tuple[str, int], tuple[int, str | None]] = field(default_factory=dict)
     replicas: dict[str, Replica] = field(default_factory=dict)
     callbacks: dict[int, Row] = field(default_factory=dict)
+    #: The subscribed stores, in order: the first leads dispatch (ServerStore.leads_dispatch).
     stores: list[ChangeListener] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     #: The time its rows are stamped with (replicas on one database share it).

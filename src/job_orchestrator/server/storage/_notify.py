@@ -7,6 +7,13 @@ back in the queue and a job reaching a final status (a freed slot; the final one
 carries the job id for held `?wait=` requests). Every replica listens; its listener
 reconnects by itself after the database restarts, and then wakes its dispatcher once, for
 whatever was announced while it was not listening.
+
+Its connection also elects the replica that dispatches: the one holding a session advisory
+lock (`LEAD_DISPATCH`) on it. Every replica's decision still takes the per-service lock in
+its own transaction, so the election saves work and never guards a quota: with no leader,
+or two for a moment, dispatch stays correct. When the leader's connection ends (the process
+died, the database restarted) PostgreSQL releases the lock, and another replica takes it at
+its next check, within CHECK_INTERVAL_S.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ NOTIFY_ALL = (
 Announcements = dict[tuple[str, str], None]
 #: Seconds between checks that the listening connection is still alive.
 CHECK_INTERVAL_S = 2.0
+#: The session lock whose holder dispatches (Listener.leading).
+LEAD_DISPATCH = "SELECT pg_try_advisory_lock(hashtext('job-orchestrator:dispatch-leader'))"
 #: What a lost or refused connection raises.
 CONNECTION_LOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -100,6 +109,8 @@ class Listener:
         self._on_final = on_final
         self._own = own
         self._task: asyncio.Task[None] | None = None
+        #: Whether this replica holds LEAD_DISPATCH (only while its connection lives).
+        self.leading = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen_loop(), name="notify_listener")
@@ -126,15 +137,25 @@ class Listener:
                 if failures:
                     logger.info("listening for wake-ups again")
                 failures = 0
-                # Whatever was announced before this connection listened.
-                self._on_dispatch()
+                missed = True  # whatever was announced before this connection listened
                 while True:
+                    was_leading = self.leading
+                    # A held lock is kept (a second take would only stack it): a ping.
+                    check = "SELECT 1" if was_leading else LEAD_DISPATCH
+                    answer = await asyncio.wait_for(connection.fetchval(check), timeout=5)
+                    if not was_leading and answer is True:
+                        self.leading = True
+                        logger.info("this replica now dispatches for every replica")
+                    if missed or self.leading != was_leading:
+                        missed = False
+                        self._on_dispatch()
                     await asyncio.sleep(CHECK_INTERVAL_S)
-                    await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout=5)
             except CONNECTION_LOST as error:
                 failures += 1
                 logger.warning("lost the wake-up connection: %s; reconnecting", error)
             finally:
+                # The lock goes with the connection (or is about to, if it only seems lost).
+                self.leading = False
                 with contextlib.suppress(*CONNECTION_LOST):
                     await asyncio.wait_for(connection.close(), timeout=2)
 

@@ -92,8 +92,17 @@ class Store(CallbackVerbs, abc.ABC):
     def subscribe(self, wake: Callable[[], None]) -> None:
         """Have `wake()` called whenever any process using this database (another replica)
         queues a job or frees a slot; also once after each reconnection of the listener, for
-        what it may have missed. A no-op where this process is the only one (SQLite)."""
+        what it may have missed, and when this process comes to lead dispatch. A no-op where
+        this process is the only one (SQLite)."""
         del wake
+
+    def leads_dispatch(self) -> bool:
+        """Whether this process is the one that dispatches for every process using this
+        database (one at a time; another takes over when it is gone). The others run a
+        dispatch pass only on their safety tick, so a wake-up heard by every replica costs one
+        decision, not one per replica. Only work is saved: each decision is serialised and
+        quota-checked whoever makes it. True where this process is the only one."""
+        return True
 
     @abc.abstractmethod
     async def create_job(

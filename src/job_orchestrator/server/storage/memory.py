@@ -8,7 +8,8 @@ concurrent callers interleave between units, as they do on a real database, neve
 
 Several stores opened on one `MemoryDatabase` act as replicas of one database: they see the
 same jobs, and a store that `subscribe`s hears of the others' changes (a job queued, a slot
-freed, a final status), as PostgreSQL's LISTEN/NOTIFY tells replicas. A closed store refuses
+freed, a final status), as PostgreSQL's LISTEN/NOTIFY tells replicas; the first to subscribe
+leads dispatch until it closes, as the holder of the PostgreSQL lock does. A closed store refuses
 every verb with StoreUnavailableError; its database keeps the data (reopen: a restart).
 """
 
@@ -88,6 +89,16 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
             result = work(self._db)
         self._commits += 1
         return result
+
+    def leads_dispatch(self) -> bool:
+        # As on PostgreSQL: a store that never subscribed is not in the election.
+        with self._db.lock:
+            stores = self._db.stores
+            return self._wake is None or (bool(stores) and stores[0] is self)
+
+    def lead_dispatch(self) -> None:
+        if self._wake is not None and not (loop := self._wake[0]).is_closed():
+            loop.call_soon_threadsafe(self._wake[1])
 
     def _notify(self, new: Status | None, job_id: int) -> None:
         """Tell the other subscribed stores of the database, as NOTIFY does at commit."""
@@ -313,8 +324,12 @@ class MemoryStore(MemoryCallbackVerbs, MemoryViewVerbs, MemoryFailoverVerbs, Ser
     async def close(self) -> None:
         self._closed = True
         with self._db.lock:
+            led = bool(self._db.stores) and self._db.stores[0] is self
             if self in self._db.stores:
                 self._db.stores.remove(self)
+            successor = self._db.stores[0] if led and self._db.stores else None
+        if successor is not None:
+            successor.lead_dispatch()
 
 
 def _queued(db: MemoryDatabase, user_id: int) -> int:

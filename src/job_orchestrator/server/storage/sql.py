@@ -111,6 +111,9 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
         )
         self._listener.start()
 
+    def leads_dispatch(self) -> bool:
+        return self._listener is None or self._listener.leading
+
     def _notify(self, connection: Connection, new: Status | None, job_id: int) -> None:
         """Tell the other replicas, at commit, that a slot or a queued job may be there."""
         if self._listen_dsn is None:
