@@ -5,6 +5,7 @@ database: each test takes milliseconds, and waits for events, never for time.
 
 from __future__ import annotations
 
+import asyncio
 import zipfile
 from collections.abc import AsyncIterator, Collection
 from pathlib import Path
@@ -16,7 +17,7 @@ from job_orchestrator.errors import StoreError
 from job_orchestrator.server.storage import NO_CHANGES, JobChanges, MemoryStore
 from job_orchestrator.status import Status
 from testkit.clock import LoopClock
-from tests.engine.engines import RUN_SH, Engine, payloads, running
+from tests.engine.engines import RUN_SH, Engine, payloads, running, until
 from tests.engine.fake_nodes import FakeNode
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.looptime]
@@ -115,3 +116,42 @@ async def test_a_job_whose_task_died_is_redriven_to_one_run(
     assert store.calls > fail_on, "the store never failed"
     assert job.status is Status.COMPLETED, job
     assert payloads(engine) == 1
+
+
+class StoreHoldingSubmitted(MemoryStore):
+    """A MemoryStore whose write of Submitted waits for `release` (a slow shared commit)."""
+
+    def __init__(self, clock: LoopClock) -> None:
+        super().__init__(clock=clock)
+        self.release = asyncio.Event()
+
+    async def transition(
+        self,
+        job_id: int,
+        expected: Collection[Status],
+        new: Status | None = None,
+        changes: JobChanges = NO_CHANGES,
+    ) -> bool:
+        if new is Status.SUBMITTED:
+            await self.release.wait()
+        return await super().transition(job_id, expected, new, changes)
+
+
+async def test_the_client_is_asked_about_a_job_while_its_dispatch_is_written(
+    tmp_path: Path,
+) -> None:
+    clock = LoopClock()
+    store = StoreHoldingSubmitted(clock)
+    async with running(tmp_path, store, clock=clock) as engine:
+        job_id = await engine.upload()
+
+        async def asked() -> bool:
+            return engine.node_a.calls["retrieve"] + engine.node_b.calls["retrieve"] > 0
+
+        await until(asked, within_s=10, step_s=0.01)
+        # The client has answered (the job ended there): nothing is written before Submitted.
+        assert (await engine.job(job_id)).status is Status.PROCESSING
+        store.release.set()
+        job = await engine.final(job_id)
+        assert job.status is Status.COMPLETED, job
+        assert payloads(engine) == 1

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from job_orchestrator._loops import backoff_s, wait_any
+from job_orchestrator._loops import backoff_s, forget, wait_any
 from job_orchestrator.clock import SYSTEM_CLOCK, Clock
 from job_orchestrator.config import ServerSettings, ServiceConfig
 from job_orchestrator.errors import (
@@ -41,6 +43,7 @@ from job_orchestrator.server.storage import JobRecord, Store
 from job_orchestrator.status import TERMINAL, Status
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How long past a service's TIMEOUT the server itself kills a job (clients that cannot).
 LIMIT_BACKSTOP_S = 60.0
@@ -74,28 +77,46 @@ class JobCollector:
         self._stop = stop
         self._wake_dispatch = wake_dispatch
 
-    async def collect(self, job: JobRecord) -> None:
-        """Follow one job on its client until it reaches a final status."""
+    async def collect(self, job: JobRecord, recorded: Awaitable[bool] | None = None) -> bool:
+        """Follow one job on its client until it reaches a final status.
+
+        `recorded`: the write of its Submitted (`job` as it will be), still under way. The
+        first question to the client goes out meanwhile: that write is a commit the job's slot
+        waits for (on PostgreSQL, a shared batch: tens of ms), and a short job has often ended
+        by the time the client answers. Nothing is written here before it is done, since every
+        write expects the job where it puts it. False: it was not made (the job moved
+        meanwhile, a terminate), and nothing was written.
+        """
+        record = None if recorded is None else _Record(asyncio.ensure_future(recorded))
         feed = self._feeds.of(job.node) if self._feeds is not None and job.node else None
         if feed is not None:
             feed.follow(job.dest_id)
         try:
-            await self._follow(job, feed)
+            await self._follow(job, feed, record)
+        except _NotRecordedError:
+            return False
         finally:
+            if record is not None:
+                forget(record.write)  # cancelled with the task: its commit may still be made
             self._fleet.asked_at.pop(job.id, None)
             if feed is not None:
                 feed.forget(job.dest_id)
+        return True
 
-    async def _follow(self, job: JobRecord, feed: ClientFeed | None) -> None:
+    async def _follow(
+        self, job: JobRecord, feed: ClientFeed | None, record: _Record | None
+    ) -> None:
         try:
             client = self._fleet.client_for(job)
         except ClientLeftError as error:
             # At once: only a restart with another configuration brings it back, and in the
             # meantime the job would hold its user's slot (docs/concepts/failure-semantics.md).
+            await _written(record)
             await self.fail(job, lifecycle.FAIL_ON_CLIENT, f"job lost: {error}")
             return
         service = self._settings.services.get(job.service)
         if service is None or client is None:
+            await _written(record)
             await self.fail(
                 job, lifecycle.FAIL_ON_CLIENT, f"service {job.service!r} is not configured"
             )
@@ -115,22 +136,15 @@ class JobCollector:
             wait_s = self._settings.long_poll_s if ask is not None else FOLLOW_WAIT_S
             if limit_at is not None:
                 if self._clock.now() >= limit_at:
+                    await _written(record)
                     await self._enforce_time_limit(job, client, service)
                     return
                 wait_s = max(0.1, min(wait_s, limit_at - self._clock.now()))
-            result: RetrieveResult | None = None
             try:
-                if feed is not None and ask is None:
-                    news = await feed.wait(
-                        job.dest_id,
-                        job.dispatch_key,
-                        known,
-                        wait_s,
-                        self._settings.status_settle_s,
-                    )
-                    ask, result = (news, None) if isinstance(news, Ask) else (None, news)
-                if ask is not None:
-                    result = await self._ask(client, job, ask, known, wait_s, feed)
+                answer = self._answer(client, job, feed, ask, known, wait_s)
+                if record is not None:
+                    answer, record = record.after(answer), None
+                ask, result = await answer
             except (TransientClientError, ClientUnauthorizedError) as error:
                 if isinstance(error, ClientUnauthorizedError):
                     # Retried like a lost contact: it recovers once the tokens agree.
@@ -168,7 +182,6 @@ class JobCollector:
                     job, lifecycle.FAIL_ON_CLIENT, f"could not collect the result: {error}"
                 )
                 return
-            assert result is not None
             asked, ask = ask, None if feed is not None else Ask.LONG_POLL
             failures, failing_since = 0, None
             # Learnt at the end only: the Running of a short job was never reported.
@@ -201,6 +214,27 @@ class JobCollector:
                 known = result.status
             if asked is Ask.LONG_POLL and not result.long_polled:
                 await wait_any(self._stop.wait(), timeout_s=self._settings.poll_interval_s)
+
+    async def _answer(
+        self,
+        client: NodeClient,
+        job: JobRecord,
+        feed: ClientFeed | None,
+        ask: Ask | None,
+        known: Status,
+        wait_s: float,
+    ) -> tuple[Ask | None, RetrieveResult]:
+        """The client's next word on the job, from its feed or by asking (`ask`), and how it
+        was asked."""
+        if feed is not None and ask is None:
+            news = await feed.wait(
+                job.dest_id, job.dispatch_key, known, wait_s, self._settings.status_settle_s
+            )
+            if not isinstance(news, Ask):
+                return None, news
+            ask = news
+        assert ask is not None
+        return ask, await self._ask(client, job, ask, known, wait_s, feed)
 
     async def _ask(
         self,
@@ -301,3 +335,31 @@ class JobCollector:
         if await lifecycle.fail(self._store, job.id, move, message):
             self._metrics.job_finished(job, Status.FAILED)
         self._wake_dispatch()
+
+
+class _NotRecordedError(Exception):
+    """The job's Submitted was not written: it moved while its dispatch was in flight."""
+
+
+@dataclass(frozen=True)
+class _Record:
+    """The write of a job's Submitted, under way while its first answer is asked for."""
+
+    write: asyncio.Future[bool]
+
+    async def after(self, answer: Awaitable[T]) -> T:
+        """`answer` (asked at once), once the write is made; _NotRecordedError if it was not.
+        The client's answer, or its error, is acted on only then."""
+        asking = asyncio.ensure_future(answer)
+        try:
+            await _written(self)
+        except BaseException:
+            forget(asking)
+            raise
+        return await asking
+
+
+async def _written(record: _Record | None) -> None:
+    """Return once the job's Submitted is written (at once without a pending write)."""
+    if record is not None and not await record.write:
+        raise _NotRecordedError

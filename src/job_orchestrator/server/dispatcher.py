@@ -329,12 +329,12 @@ class Orchestrator:
                 job, lifecycle.FAIL_DISPATCH, f"client refused the job: {error}"
             )
             return
-        submitted = await lifecycle.mark_submitted(self.store, job, dest_id, self.clock.now())
-        if submitted is not None:
-            self.metrics.job_started(job)
-            # The row is what the compare-and-set just wrote: no need to read it back. A
-            # /terminate from now on cancels this task before it touches the job.
-            await self.collector.collect(submitted)
+        self.metrics.job_started(job)  # out of the queue: the client holds it
+        now = self.clock.now()
+        recorded = lifecycle.mark_submitted(self.store, job, dest_id, now)
+        # Followed while its Submitted is written (JobCollector.collect), as that write makes
+        # it. A /terminate from then on cancels this task before it touches the job.
+        if await self.collector.collect(lifecycle.as_submitted(job, dest_id, now), recorded):
             return
         # /terminate arrived while the dispatch was in flight: kill what we just created.
         fresh = await lifecycle.record_payload(self.store, job.id, dest_id)

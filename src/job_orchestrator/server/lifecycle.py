@@ -126,16 +126,8 @@ class Outcome:
 # ---- dispatch ------------------------------------------------------------------------------
 
 
-async def mark_submitted(
-    store: Store, job: JobRecord, dest_id: int, now: float
-) -> JobRecord | None:
-    """Processing -> Submitted as payload `dest_id` at `now`; the job as it is now, None if
-    it moved."""
-    changes = JobChanges(
-        dest_id=dest_id, failing_since=None, not_before=None, message="", dispatched_at=now
-    )
-    if not await SUBMIT.make(store, job.id, Status.SUBMITTED, changes):
-        return None
+def as_submitted(job: JobRecord, dest_id: int, now: float) -> JobRecord:
+    """The job as `mark_submitted` writes it."""
     return replace(
         job,
         status=Status.SUBMITTED,
@@ -145,6 +137,14 @@ async def mark_submitted(
         message="",
         dispatched_at=now,
     )
+
+
+async def mark_submitted(store: Store, job: JobRecord, dest_id: int, now: float) -> bool:
+    """Processing -> Submitted as payload `dest_id` at `now` (as_submitted); False: it moved."""
+    changes = JobChanges(
+        dest_id=dest_id, failing_since=None, not_before=None, message="", dispatched_at=now
+    )
+    return await SUBMIT.make(store, job.id, Status.SUBMITTED, changes)
 
 
 async def requeue(store: Store, job_id: int) -> bool:
