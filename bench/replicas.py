@@ -20,6 +20,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+import sqlalchemy as sa
 
 from bench.common import (
     Context,
@@ -51,7 +52,7 @@ def _database() -> Iterator[str]:
     name = f"jo_bench_{uuid.uuid4().hex[:12]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
-        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}?ssl=disable"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
@@ -199,7 +200,7 @@ class _PgSampler:
     STATUS_EVERY = 12
 
     def __init__(self, db_path: str | None) -> None:
-        self._name = db_path.rsplit("/", 1)[1] if db_path else None
+        self._name = sa.make_url(db_path).database if db_path else None
         self._commits = 0
         self._samples: Counter[str] = Counter()
         self._active = 0
