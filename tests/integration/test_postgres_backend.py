@@ -265,6 +265,49 @@ async def test_round_trips_count_each_request_to_the_database(database: str) -> 
         await store.close()
 
 
+async def test_moves_of_one_shape_in_a_batch_run_as_one_statement(database: str) -> None:
+    """storage/_move.py: each caller is still told whether its own row moved (a job moved
+    away meanwhile, or moved twice in the batch, is not), its own row when it asked for it,
+    and each job that moved is announced to the other replicas."""
+    store, other = await open_store(database), await open_store(database)
+    heard: list[int] = []
+    try:
+        other.on_final(heard.append)
+        other.subscribe(lambda: None)
+        job_ids = [await store.create_job(user_id=1, service="svc", loc=f"/{n}") for n in range(20)]
+        taken = job_ids[::2]
+        for job_id in taken:
+            assert await store.transition(job_id, [Status.QUEUED], Status.PROCESSING)
+        await asyncio.sleep(0.5)  # the listener is in place, and nothing is pending
+        before = store.round_trips()
+        # Queued in one turn of the loop: one writer's batch holds them all.
+        kills = [store.transition(job_id, [Status.QUEUED], Status.KILLED) for job_id in job_ids]
+        again = store.transition(job_ids[1], [Status.QUEUED], Status.KILLED)
+        rows = [
+            store.transition_returning(job_id, [Status.PROCESSING], Status.FAILED)
+            for job_id in taken
+        ]
+        outcomes = await asyncio.gather(*kills, again, *rows)
+        killed, killed_again = outcomes[: len(kills)], outcomes[len(kills)]
+        failed = outcomes[len(kills) + 1 :]
+        round_trips = store.round_trips() - before
+        assert killed == [job_id not in taken for job_id in job_ids]
+        assert killed_again is False  # the batch's second move of that row came after
+        assert [record.id if record else None for record in failed] == taken
+        assert all(record and record.status is Status.FAILED for record in failed)
+        # 31 moves of 2 shapes, a row twice, one batch: BEGIN, a statement per shape, one
+        # more for the row moved twice, COMMIT, and the announcements' NOTIFY after it (sent
+        # by now or not). Not 31 statements.
+        assert round_trips in (5, 6), round_trips
+        await eventually_async(
+            lambda: asyncio.sleep(0, len(heard) >= len(job_ids)), "every final job announced"
+        )
+        assert sorted(heard) == sorted(job_ids)
+    finally:
+        await store.close()
+        await other.close()
+
+
 async def test_tls_settings_in_the_url_reach_every_connection(database: str) -> None:
     """`?ssl=` as SQLAlchemy takes it for asyncpg: the engine, the hot reads' pool and the
     listener all connect with it (asyncpg's DSN spells it `sslmode`)."""

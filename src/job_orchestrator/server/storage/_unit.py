@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import abc
 import asyncio
-from collections.abc import Callable, Container, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Container, Hashable, Mapping, Sequence
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -13,6 +14,30 @@ T = TypeVar("T")
 #: One Store verb's work: statements on a Connection, atomic, and safe to run again after a
 #: rollback (it changes nothing outside the database).
 Work = Callable[[Connection], T]
+
+
+class JoinableWork(abc.ABC, Generic[T]):
+    """A unit that is one statement on one row, which a batch may run as one statement with
+    the batch's other units of its `join_key`, on other rows (PostgreSQL, where each
+    statement is a round trip). Alone, it is called as any unit is."""
+
+    @property
+    @abc.abstractmethod
+    def join_key(self) -> Hashable:
+        """Units with equal keys can run together (`run_joined`)."""
+
+    @property
+    @abc.abstractmethod
+    def row(self) -> Hashable:
+        """The row it changes: two units of one row never run as one statement."""
+
+    @abc.abstractmethod
+    def __call__(self, connection: Connection) -> T: ...
+
+    @abc.abstractmethod
+    def run_joined(self, connection: Connection, units: Sequence[JoinableWork[T]]) -> list[T]:
+        """Run `units` (this one among them, all of its key) as one statement: each one's
+        result, in their order, as if each had run alone."""
 
 
 class PreparedRead:

@@ -13,7 +13,8 @@ COMMIT. Each round trip costs CPU in this process and waits for a turn of its bu
   `_MAX_BATCH` units) in one transaction and commits once; only then do the callers hear back.
   Under load a job's units share commits; alone, a unit costs BEGIN, its statements and
   COMMIT. What a transaction announced (NOTIFY) is sent after its commit, together with every
-  other's (`_notify.take_announcements` says why).
+  other's (`_notify.take_announcements` says why). Alike units of a batch on distinct rows
+  (`JoinableWork`: the moves of one shape, storage/_move.py) run as one statement.
 - A unit that raises rolls back its whole batch. The batch then runs again, one unit per
   transaction, so each caller gets its own outcome. Units change nothing outside the
   database, so running one again after a rollback is safe. A batch whose connection was lost
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Hashable, Iterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -59,6 +60,7 @@ from job_orchestrator.server.storage._notify import (
 )
 from job_orchestrator.server.storage._unit import (
     Backend,
+    JoinableWork,
     PreparedRead,
     Read,
     T,
@@ -273,8 +275,38 @@ async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
 
 def _run_each(connection: Connection, works: list[Work[Any]]) -> tuple[list[Any], Announcements]:
     forget_announcements(connection)
-    results = [work(connection) for work in works]
+    results: list[Any] = [None] * len(works)
+    for group in _joined(works):
+        first = works[group[0]]
+        if len(group) == 1:
+            results[group[0]] = first(connection)
+            continue
+        assert isinstance(first, JoinableWork)
+        units = [unit for index in group if isinstance(unit := works[index], JoinableWork)]
+        for index, result in zip(group, first.run_joined(connection, units), strict=True):
+            results[index] = result
     return results, take_announcements(connection)
+
+
+def _joined(works: list[Work[Any]]) -> list[list[int]]:
+    """The batch's units as groups to run one statement each, by index, in the order of each
+    group's first unit: alike joinable units on distinct rows together, every other alone.
+    Running a later unit earlier is safe: the units of a batch come from callers that do not
+    wait for each other, and writers commit batches in any order already."""
+    groups: list[list[int]] = []
+    open_groups: dict[Hashable, tuple[list[int], set[Hashable]]] = {}
+    for index, work in enumerate(works):
+        if not isinstance(work, JoinableWork):
+            groups.append([index])
+            continue
+        group, rows = open_groups.get(work.join_key, (None, set()))
+        if group is None or work.row in rows:  # a row twice: its second move comes after
+            group, rows = [], set()
+            open_groups[work.join_key] = (group, rows)
+            groups.append(group)
+        group.append(index)
+        rows.add(work.row)
+    return groups
 
 
 def _replace_if_closed(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:

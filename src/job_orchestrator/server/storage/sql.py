@@ -31,6 +31,7 @@ from job_orchestrator.server.scheduler import (
 )
 from job_orchestrator.server.storage._claim import claim_rows
 from job_orchestrator.server.storage._dispatch import claim_service, service_candidates
+from job_orchestrator.server.storage._move import Move
 from job_orchestrator.server.storage._notify import (
     DISPATCH_CHANNEL,
     FINAL_CHANNEL,
@@ -63,18 +64,6 @@ _GET_JOB = PreparedRead(jobs.select().where(jobs.c.id == sa.bindparam("job_id"))
 _NEXT_RETRY_AT = sa.select(sa.func.min(jobs.c.not_before)).where(
     jobs.c.status == Status.QUEUED.db, jobs.c.not_before.is_not(None)
 )
-
-
-@functools.lru_cache(maxsize=512)
-def _move_statement(expected: tuple[str, ...], columns: tuple[str, ...], returning: bool) -> Any:
-    """transition's compare-and-set UPDATE for one shape of call (the statuses expected, the
-    columns set): a handful of shapes, each built once; the values are parameters."""
-    statement = (
-        jobs.update()
-        .where(jobs.c.id == sa.bindparam("job_id"), jobs.c.status.in_(expected))
-        .values({column: sa.bindparam(f"set_{column}") for column in columns})
-    )
-    return statement.returning(*jobs.c) if returning else statement
 
 
 async def open_store(db_path: str) -> SqlStore:
@@ -246,17 +235,13 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             values["status"] = new.db
             if new.is_terminal() and new is not Status.CLEANED:
                 values.setdefault("finished_at", now)
-        statement = _move_statement(tuple(s.db for s in expected), tuple(values), returning)
-        params = {f"set_{column}": value for column, value in values.items()}
-        params["job_id"] = job_id
-
-        def move(connection: Connection) -> Any:
-            result = connection.execute(statement, params)
-            outcome = result.first() if returning else result.rowcount == 1
-            if outcome:
-                self._notify(connection, new, job_id)
-            return outcome
-
+        move = Move(
+            job_id,
+            tuple(status.db for status in expected),
+            values,
+            returning,
+            moved=lambda connection: self._notify(connection, new, job_id),
+        )
         outcome = await self._run(verb, move)
         if outcome and new is not None and new.is_terminal():
             self._announce_final(job_id)
