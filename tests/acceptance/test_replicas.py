@@ -205,6 +205,41 @@ def test_three_replicas_hold_quotas_and_survive_a_kill(tmp_path: Path, pg_url: s
     assert leftover == []
 
 
+def leads(server_url: str) -> bool:
+    metrics = httpx.get(f"{server_url}/metrics", timeout=30).text
+    [value] = [
+        line.split()[1]
+        for line in metrics.splitlines()
+        if line.startswith("job_orchestrator_dispatch_leader ")
+    ]
+    return float(value) == 1.0
+
+
+def test_another_replica_leads_dispatch_once_the_leader_is_killed(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """One replica decides on wake-ups (its lock goes with its database session); killed,
+    another takes the lead, and a job uploaded on it runs without waiting for its tick."""
+    ledger = tmp_path / "ledger"
+    running = Cluster(tmp_path)
+    try:
+        running.add_client()
+        servers = [running.add_server(replica_env(pg_url)) for _ in range(2)]
+        eventually(lambda: sum(leads(server.url) for server in servers) == 1, "one leader")
+        leader, follower = sorted(servers, key=lambda server: not leads(server.url))
+        first = Api(follower.url).submit(ledger_script(ledger, 1, 1), user_id=1)
+        assert wait_final(Api(follower.url), first)["status"] == "Completed"
+        leader.stop(signal.SIGKILL)
+        eventually(lambda: leads(follower.url), "the survivor to lead", timeout_s=30)
+        second = Api(follower.url).submit(ledger_script(ledger, 2, 2), user_id=2)
+        assert wait_final(Api(follower.url), second)["status"] == "Completed"
+        starts = Counter(token for kind, token, _, _ in read_ledger(ledger) if kind == "start")
+        assert starts == Counter([1, 2])
+    finally:
+        leftover = running.shutdown()
+    assert leftover == []
+
+
 def test_any_replica_answers_any_request(tmp_path: Path, pg_url: str) -> None:
     ledger = tmp_path / "ledger"
     running = Cluster(tmp_path)

@@ -92,6 +92,7 @@ class ServerMetrics:
         self._live.counts = await store.status_counts()
         self._live.work = store.work_counts()
         self._live.round_trips = store.round_trips()
+        self._live.leads_dispatch = store.leads_dispatch()
         self._live.fleet = fleet
         return generate_latest(self.registry)
 
@@ -103,6 +104,7 @@ class _LiveCollector(Collector):
         self.counts: dict[tuple[str, Status], int] = {}
         self.work: tuple[Mapping[str, int], int] = ({}, 0)
         self.round_trips = 0
+        self.leads_dispatch = True
         self.fleet: FleetSnapshot | None = None
 
     def collect(self) -> Iterator[Metric]:
@@ -146,6 +148,12 @@ class _LiveCollector(Collector):
             f"{PREFIX}store_round_trips",
             "Requests sent to the database server and waited for (this process; 0 on SQLite)",
             value=self.round_trips,
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}dispatch_leader",
+            "1 if this replica decides dispatch on every wake-up (the others only on their "
+            "safety tick); always 1 for a server alone (SQLite)",
+            value=int(self.leads_dispatch),
         )
 
     def _clients(self) -> Iterator[Metric]:
