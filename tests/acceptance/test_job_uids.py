@@ -31,6 +31,11 @@ from tests.acceptance.test_sandbox import (
     run_job,
 )
 
+# One worker for the whole module: a client reclaims every uid of its range as it starts
+# (kill -9 as each uid), so the module-scoped cluster of one sandbox, built again on a second
+# xdist worker over the same range, killed the first one's jobs (seen in CI: a job ended by
+# SIGKILL). Its own group, beside the one of the tests that share JOB_USER.
+pytestmark = pytest.mark.xdist_group("job-uids")
 TOKEN = "t" * 32
 MAX_PROCESSES = 30
 RANGES = {"rlimits": (72000, 72003), "bwrap": (72010, 72013), "pool_of_one": (72020, 72020)}
