@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +84,14 @@ async def test_terminate_kills_the_payload_on_its_node(engine: Engine) -> None:
     assert [payload.status for payload in killed] == [Status.KILLED]
 
 
-class StoreFailingOnce(MemoryStore):
-    """A MemoryStore whose `transition` raises once, on its `fail_on`-th call."""
+class StoreWithHook(MemoryStore):
+    """A MemoryStore whose `transition` first awaits `before(new)`: a test's fault or delay."""
 
-    def __init__(self, fail_on: int, error: Exception, clock: LoopClock) -> None:
+    def __init__(
+        self, before: Callable[[Status | None], Awaitable[None]], clock: LoopClock
+    ) -> None:
         super().__init__(clock=clock)
-        self.fail_on, self.error, self.calls = fail_on, error, 0
+        self.before = before
 
     async def transition(
         self,
@@ -98,9 +100,7 @@ class StoreFailingOnce(MemoryStore):
         new: Status | None = None,
         changes: JobChanges = NO_CHANGES,
     ) -> bool:
-        self.calls += 1
-        if self.calls == self.fail_on:
-            raise self.error
+        await self.before(new)
         return await super().transition(job_id, expected, new, changes)
 
 
@@ -109,39 +109,34 @@ class StoreFailingOnce(MemoryStore):
 async def test_a_job_whose_task_died_is_redriven_to_one_run(
     tmp_path: Path, fail_on: int, error: Exception
 ) -> None:
+    calls = 0
+
+    async def fail_once(_new: Status | None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == fail_on:
+            raise error
+
     clock = LoopClock()
-    store = StoreFailingOnce(fail_on, error, clock)
+    store = StoreWithHook(fail_once, clock)
     async with running(tmp_path, store, clock=clock) as engine:
         job = await engine.final(await engine.upload())
-    assert store.calls > fail_on, "the store never failed"
+    assert calls > fail_on, "the store never failed"
     assert job.status is Status.COMPLETED, job
     assert payloads(engine) == 1
-
-
-class StoreHoldingSubmitted(MemoryStore):
-    """A MemoryStore whose write of Submitted waits for `release` (a slow shared commit)."""
-
-    def __init__(self, clock: LoopClock) -> None:
-        super().__init__(clock=clock)
-        self.release = asyncio.Event()
-
-    async def transition(
-        self,
-        job_id: int,
-        expected: Collection[Status],
-        new: Status | None = None,
-        changes: JobChanges = NO_CHANGES,
-    ) -> bool:
-        if new is Status.SUBMITTED:
-            await self.release.wait()
-        return await super().transition(job_id, expected, new, changes)
 
 
 async def test_the_client_is_asked_about_a_job_while_its_dispatch_is_written(
     tmp_path: Path,
 ) -> None:
+    release = asyncio.Event()
+
+    async def hold_submitted(new: Status | None) -> None:
+        if new is Status.SUBMITTED:  # a slow shared commit
+            await release.wait()
+
     clock = LoopClock()
-    store = StoreHoldingSubmitted(clock)
+    store = StoreWithHook(hold_submitted, clock)
     async with running(tmp_path, store, clock=clock) as engine:
         job_id = await engine.upload()
 
@@ -151,7 +146,7 @@ async def test_the_client_is_asked_about_a_job_while_its_dispatch_is_written(
         await until(asked, within_s=10, step_s=0.01)
         # The client has answered (the job ended there): nothing is written before Submitted.
         assert (await engine.job(job_id)).status is Status.PROCESSING
-        store.release.set()
+        release.set()
         job = await engine.final(job_id)
         assert job.status is Status.COMPLETED, job
         assert payloads(engine) == 1
