@@ -308,6 +308,52 @@ async def test_moves_of_one_shape_in_a_batch_run_as_one_statement(database: str)
         await other.close()
 
 
+async def test_new_jobs_of_a_batch_run_as_one_statement(database: str) -> None:
+    """storage/_service_users.py NewJob: each upload gets its own job (by its loc), a new user
+    is made known with the least of its new jobs' ids, a known one keeps its row, and a job
+    with a callback or a queue limit still runs alone in the same batch."""
+    store = await open_store(database)
+    try:
+        known = await store.create_job(user_id=1, service="svc", loc="/known")
+        await asyncio.sleep(0.2)  # its announcement is sent: nothing pending
+        before = store.round_trips()
+        # Queued in one turn of the loop: one writer's batch holds them all.
+        plain = [
+            store.create_job(user_id=user, service="svc", loc=f"/{user}/{n}")
+            for n in range(4)
+            for user in (1, 2, 3)
+        ]
+        limited = store.create_job(user_id=4, service="svc", loc="/limited", queue_max=5)
+        called = store.create_job(
+            user_id=5, service="svc", loc="/called", callback_url="http://127.0.0.1:9/x"
+        )
+        *ids, limited_id, called_id = await asyncio.gather(*plain, limited, called)
+        round_trips = store.round_trips() - before
+        locs = [f"/{user}/{n}" for n in range(4) for user in (1, 2, 3)]
+        for job_id, loc in zip(ids, locs, strict=True):
+            record = await store.get_job(job_id)
+            assert record is not None
+            assert (record.loc, record.status) == (loc, Status.QUEUED)
+        assert len({*ids, limited_id, called_id, known}) == len(ids) + 3
+        # BEGIN, the 12 plain uploads in one statement, the limited one, the called one and
+        # its callback row, COMMIT, the NOTIFY after it (sent by now or not). 18 before.
+        assert round_trips in (6, 7), round_trips
+        connection = await asyncpg.connect(database.replace("+asyncpg", ""))
+        try:
+            rows = await connection.fetch(
+                "SELECT user_id, first_job_id FROM service_users WHERE service = 'svc'"
+            )
+        finally:
+            await connection.close()
+        first = {row["user_id"]: row["first_job_id"] for row in rows}
+        assert first[1] == known
+        for user in (2, 3):
+            assert first[user] == min(ids[index] for index in range(user - 1, 12, 3))
+        assert (first[4], first[5]) == (limited_id, called_id)
+    finally:
+        await store.close()
+
+
 async def test_tls_settings_in_the_url_reach_every_connection(database: str) -> None:
     """`?ssl=` as SQLAlchemy takes it for asyncpg: the engine, the hot reads' pool and the
     listener all connect with it (asyncpg's DSN spells it `sslmode`)."""

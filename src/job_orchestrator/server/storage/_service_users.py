@@ -1,14 +1,19 @@
 """The rows of `service_users` written outside a dispatch decision's reads: a service's user
-becoming known with its first job, and its turn stamped when a dispatch serves it."""
+becoming known with its first job (and that job's insert: `new_job_statement`, `NewJob`),
+and its turn stamped when a dispatch serves it."""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 
+from job_orchestrator.server.storage._unit import JoinableWork
 from job_orchestrator.server.storage.tables import jobs, service_users
 from job_orchestrator.status import Status
 
@@ -70,3 +75,62 @@ def new_job_statement(limited: bool) -> Any:
         .cte("new_user")
     )
     return sa.select(job.c.id).add_cte(user)
+
+
+_JOINED_NEW_JOBS = sa.text(
+    f"""
+WITH new_job AS (
+    INSERT INTO jobs ({", ".join(_JOB_COLUMNS)})
+    SELECT * FROM unnest(
+        CAST(:user_id AS INTEGER[]), CAST(:service AS TEXT[]), CAST(:loc AS TEXT[]),
+        CAST(:status AS TEXT[]), CAST(:queued_at AS FLOAT[]), CAST(:updated_at AS FLOAT[]),
+        CAST(:token_name AS TEXT[])
+    )
+    RETURNING id, user_id, service, loc
+), new_user AS (
+    INSERT INTO service_users (service, user_id, first_job_id)
+    SELECT service, user_id, min(id) FROM new_job
+    WHERE NOT EXISTS (
+        SELECT 1 FROM service_users AS known
+        WHERE known.service = new_job.service AND known.user_id = new_job.user_id
+    )
+    GROUP BY service, user_id
+    ON CONFLICT (service, user_id) DO NOTHING
+)
+SELECT id, loc FROM new_job
+"""
+)
+
+
+@dataclass(eq=False)
+class NewJob(JoinableWork[int | None]):
+    """create_job's unit for a job with no queue limit to check and no callback: alone, what
+    `alone` does; on PostgreSQL, the batch's new jobs in one statement, their users made known
+    (`first_job_id`: the least new id of each), each unit given its own id by its `loc`."""
+
+    values: dict[str, Any]
+    alone: Callable[[Connection], int | None]
+    #: Called in the transaction with the new job's id (the Store's announcements).
+    created: Callable[[Connection, int], None]
+
+    @property
+    def join_key(self) -> Hashable:
+        return "new job"
+
+    @property
+    def row(self) -> Hashable:
+        return str(self.values["loc"])
+
+    def __call__(self, connection: Connection) -> int | None:
+        return self.alone(connection)
+
+    def run_joined(
+        self, connection: Connection, units: Sequence[JoinableWork[int | None]]
+    ) -> list[int | None]:
+        jobs_ = [unit for unit in units if isinstance(unit, NewJob)]
+        assert len(jobs_) == len(units), "only new jobs join"
+        params = {column: [job.values[column] for job in jobs_] for column in _JOB_COLUMNS}
+        ids = {row.loc: int(row.id) for row in connection.execute(_JOINED_NEW_JOBS, params)}
+        for job in jobs_:
+            job.created(connection, ids[job.values["loc"]])
+        return [ids[job.values["loc"]] for job in jobs_]

@@ -41,6 +41,7 @@ from job_orchestrator.server.storage._notify import (
 from job_orchestrator.server.storage._rows import job_record
 from job_orchestrator.server.storage._service_users import (
     QUEUED_OF_USER,
+    NewJob,
     new_job_statement,
     user_inserts,
 )
@@ -185,7 +186,15 @@ class SqlStore(SqlCallbackVerbs, SqlViewVerbs, SqlFailoverVerbs, ServerStore):
             self._notify(connection, Status.QUEUED, job_id)
             return job_id
 
-        job_id = await self._run("create_job", insert)
+        work: Work[int | None] = insert
+        if not queue_max and callback_url is None:
+            # One statement with the batch's other new jobs (PostgreSQL).
+            work = NewJob(
+                values,
+                insert,
+                lambda connection, job_id: self._notify(connection, Status.QUEUED, job_id),
+            )
+        job_id = await self._run("create_job", work)
         if job_id is None:
             raise QueueFullError(f"user {user_id} has {queue_max} jobs queued")
         return job_id
