@@ -14,7 +14,8 @@ COMMIT. Each round trip costs CPU in this process and waits for a turn of its bu
   Under load a job's units share commits; alone, a unit costs BEGIN, its statements and
   COMMIT. What a transaction announced (NOTIFY) is sent after its commit, together with every
   other's (`_notify.take_announcements` says why). Alike units of a batch on distinct rows
-  (`JoinableWork`: the moves of one shape, storage/_move.py) run as one statement.
+  (`JoinableWork`: the moves of one shape, storage/_move.py; new jobs,
+  storage/_service_users.py) run as one statement.
 - A unit that raises rolls back its whole batch. The batch then runs again, one unit per
   transaction, so each caller gets its own outcome. Units change nothing outside the
   database, so running one again after a rollback is safe. A batch whose connection was lost
