@@ -90,9 +90,7 @@ class Move(JoinableWork[Any]):
             self.moved(connection)
         return outcome
 
-    def run_joined(self, connection: Connection, units: Sequence[JoinableWork[Any]]) -> list[Any]:
-        moves = [unit for unit in units if isinstance(unit, Move)]
-        assert len(moves) == len(units), "only moves of one shape join"
+    def run_joined(self, connection: Connection, moves: Sequence[Move]) -> list[Any]:
         params: dict[str, list[Any]] = {"job_id": [move.job_id for move in moves]}
         for column in self.values:
             params[f"set_{column}"] = [move.values[column] for move in moves]

@@ -124,13 +124,9 @@ class NewJob(JoinableWork[int | None]):
     def __call__(self, connection: Connection) -> int | None:
         return self.alone(connection)
 
-    def run_joined(
-        self, connection: Connection, units: Sequence[JoinableWork[int | None]]
-    ) -> list[int | None]:
-        jobs_ = [unit for unit in units if isinstance(unit, NewJob)]
-        assert len(jobs_) == len(units), "only new jobs join"
-        params = {column: [job.values[column] for job in jobs_] for column in _JOB_COLUMNS}
+    def run_joined(self, connection: Connection, new_jobs: Sequence[NewJob]) -> list[int | None]:
+        params = {column: [job.values[column] for job in new_jobs] for column in _JOB_COLUMNS}
         ids = {row.loc: int(row.id) for row in connection.execute(_JOINED_NEW_JOBS, params)}
-        for job in jobs_:
+        for job in new_jobs:
             job.created(connection, ids[job.values["loc"]])
-        return [ids[job.values["loc"]] for job in jobs_]
+        return [ids[job.values["loc"]] for job in new_jobs]

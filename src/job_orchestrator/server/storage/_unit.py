@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable, Container, Hashable, Mapping, Sequence
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -35,9 +35,9 @@ class JoinableWork(abc.ABC, Generic[T]):
     def __call__(self, connection: Connection) -> T: ...
 
     @abc.abstractmethod
-    def run_joined(self, connection: Connection, units: Sequence[JoinableWork[T]]) -> list[T]:
-        """Run `units` (this one among them, all of its key) as one statement: each one's
-        result, in their order, as if each had run alone."""
+    def run_joined(self, connection: Connection, units: Sequence[Self]) -> list[T]:
+        """Run `units` (this one among them, all of its key, so all of its kind) as one
+        statement: each one's result, in their order, as if each had run alone."""
 
 
 class PreparedRead:
